@@ -1,0 +1,178 @@
+//! Extracts: the observables and attributes an enricher pulls out of a Graph record.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::country;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExtractKind {
+    Ipv4,
+    Ipv6,
+    Host,
+    Ipv4Cidr,
+    Ipv6Cidr,
+    Asn,
+    Country,
+    City,
+    Postcode,
+    Street,
+    Email,
+    Name,
+    Organization,
+    Telephone,
+    Registrar,
+}
+
+impl ExtractKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtractKind::Ipv4 => "IPV4",
+            ExtractKind::Ipv6 => "IPV6",
+            ExtractKind::Host => "HOST",
+            ExtractKind::Ipv4Cidr => "IPV4_CIDR",
+            ExtractKind::Ipv6Cidr => "IPV6_CIDR",
+            ExtractKind::Asn => "ASN",
+            ExtractKind::Country => "COUNTRY",
+            ExtractKind::City => "CITY",
+            ExtractKind::Postcode => "POSTCODE",
+            ExtractKind::Street => "STREET",
+            ExtractKind::Email => "EMAIL",
+            ExtractKind::Name => "NAME",
+            ExtractKind::Organization => "ORGANIZATION",
+            ExtractKind::Telephone => "TELEPHONE",
+            ExtractKind::Registrar => "REGISTRAR",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Extract {
+    pub kind: ExtractKind,
+    pub value: String,
+    /// The Graph field it came from, e.g. `registrant.email`, so an abuse mailbox can be told
+    /// from a registrant's.
+    pub field: String,
+    /// ISO 3166-1 alpha-2, for COUNTRY extracts whose text is recognisable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country_code: Option<String>,
+}
+
+/// Collects extracts in order, dropping empty values and exact repeats.
+#[derive(Debug, Default)]
+pub struct Extracts {
+    items: Vec<Extract>,
+    seen: HashSet<(ExtractKind, String, String)>,
+}
+
+impl Extracts {
+    pub fn push(&mut self, kind: ExtractKind, value: Option<&str>, field: &str) {
+        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return;
+        };
+        let country_code = match kind {
+            ExtractKind::Country => country::iso_code(value).map(str::to_owned),
+            _ => None,
+        };
+        if self
+            .seen
+            .insert((kind, value.to_owned(), field.to_owned()))
+        {
+            self.items.push(Extract {
+                kind,
+                value: value.to_owned(),
+                field: field.to_owned(),
+                country_code,
+            });
+        }
+    }
+
+    /// A host key (IP or name) as IPV4, IPV6 or HOST, by what the value is.
+    pub fn push_host(&mut self, value: Option<&str>, field: &str) {
+        if let Some((kind, canonical)) = value.and_then(host_extract) {
+            self.push(kind, Some(&canonical), field);
+        }
+    }
+
+    /// Like [`push_host`](Self::push_host) but deduplicated on the value alone, whatever field
+    /// carried it (host pairs name the same host as parent in one pair and child in the next).
+    pub fn push_host_once(&mut self, value: Option<&str>, field: &str) {
+        if let Some((kind, canonical)) = value.and_then(host_extract) {
+            if !self
+                .items
+                .iter()
+                .any(|e| e.kind == kind && e.value == canonical)
+            {
+                self.push(kind, Some(&canonical), field);
+            }
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<Extract> {
+        self.items
+    }
+}
+
+/// IPV4 / IPV6 for addresses (in canonical form), HOST for names (lowercase, no trailing dot).
+pub fn host_extract(value: &str) -> Option<(ExtractKind, String)> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    match value.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Some((ExtractKind::Ipv4, ip.to_string())),
+        Ok(IpAddr::V6(ip)) => Some(match ip.to_ipv4_mapped() {
+            Some(v4) => (ExtractKind::Ipv4, v4.to_string()),
+            None => (ExtractKind::Ipv6, ip.to_string()),
+        }),
+        Err(_) => Some((
+            ExtractKind::Host,
+            value.trim_end_matches('.').to_ascii_lowercase(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_values_are_classified_by_what_they_are() {
+        assert_eq!(
+            host_extract("8.8.8.8"),
+            Some((ExtractKind::Ipv4, "8.8.8.8".into()))
+        );
+        assert_eq!(
+            host_extract("2001:4860:4860:0:0:0:0:8888"),
+            Some((ExtractKind::Ipv6, "2001:4860:4860::8888".into()))
+        );
+        assert_eq!(
+            host_extract("NS1.Contoso.COM."),
+            Some((ExtractKind::Host, "ns1.contoso.com".into()))
+        );
+        assert_eq!(host_extract("  "), None);
+    }
+
+    #[test]
+    fn empty_values_and_repeats_are_dropped() {
+        let mut extracts = Extracts::default();
+        extracts.push(ExtractKind::Email, Some("a@b.c"), "abuse.email");
+        extracts.push(ExtractKind::Email, Some("a@b.c"), "abuse.email");
+        extracts.push(ExtractKind::Email, Some("a@b.c"), "admin.email");
+        extracts.push(ExtractKind::Email, Some(" "), "admin.email");
+        extracts.push(ExtractKind::Email, None, "admin.email");
+        assert_eq!(extracts.into_vec().len(), 2);
+    }
+
+    #[test]
+    fn countries_keep_their_text_and_gain_a_code() {
+        let mut extracts = Extracts::default();
+        extracts.push(ExtractKind::Country, Some("united states"), "admin.address.countryOrRegion");
+        let extract = &extracts.into_vec()[0];
+        assert_eq!(extract.value, "united states");
+        assert_eq!(extract.country_code.as_deref(), Some("US"));
+    }
+}

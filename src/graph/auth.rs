@@ -1,0 +1,180 @@
+//! OAuth2 client credentials with a cached token.
+//!
+//! One refresh at a time: the cache sits behind an async mutex that is held while a token is
+//! fetched, so a hundred tasks that find it stale cause one token request, and the rest reuse
+//! its answer. A 401 invalidates only the token that was refused (by generation), so many
+//! requests refused with the same token trigger one refresh, not many.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::retry::{classify_status, classify_transport, Verdict};
+use super::GraphError;
+use crate::secret::Secret;
+
+const SCOPE: &str = "https://graph.microsoft.com/.default";
+
+#[derive(Clone)]
+pub struct BearerToken {
+    pub token: Secret,
+    pub generation: u64,
+}
+
+struct Cached {
+    token: Secret,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+pub struct TokenSource {
+    http: reqwest::Client,
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    /// Refresh this long before expiry so no request leaves with a token about to lapse.
+    margin: Duration,
+    cache: Mutex<Option<Cached>>,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenErrorAnswer {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl TokenSource {
+    pub fn new(
+        http: reqwest::Client,
+        login_base_url: &str,
+        tenant_id: &str,
+        client_id: &str,
+        client_secret: Secret,
+        margin: Duration,
+    ) -> Self {
+        let tenant = percent_encoding::utf8_percent_encode(tenant_id, super::client::SEGMENT);
+        TokenSource {
+            http,
+            token_url: format!(
+                "{}/{tenant}/oauth2/v2.0/token",
+                login_base_url.trim_end_matches('/')
+            ),
+            client_id: client_id.to_owned(),
+            client_secret,
+            margin,
+            cache: Mutex::new(None),
+            generations: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A valid token, fetched only when the cached one is missing or close to expiry.
+    pub async fn bearer(&self) -> Result<BearerToken, GraphError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.as_ref() {
+            if Instant::now() < cached.refresh_at {
+                return Ok(BearerToken {
+                    token: cached.token.clone(),
+                    generation: cached.generation,
+                });
+            }
+        }
+        let (token, lifetime) = self.fetch().await?;
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        // A very short lifetime still gets used once rather than refreshed in a loop.
+        let usable = lifetime.saturating_sub(self.margin).max(lifetime / 2);
+        *cache = Some(Cached {
+            token: token.clone(),
+            refresh_at: Instant::now() + usable,
+            generation,
+        });
+        tracing::debug!(
+            generation,
+            lifetime_s = lifetime.as_secs(),
+            "fetched a Graph access token"
+        );
+        Ok(BearerToken { token, generation })
+    }
+
+    /// Graph refused the token of `generation`: drop it, unless a newer one is already cached.
+    pub async fn invalidate(&self, generation: u64) {
+        let mut cache = self.cache.lock().await;
+        if cache.as_ref().is_some_and(|c| c.generation == generation) {
+            *cache = None;
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Secret, Duration), GraphError> {
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.expose()),
+            ("scope", SCOPE),
+            ("grant_type", "client_credentials"),
+        ];
+        let response = match self.http.post(&self.token_url).form(&form).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Err(GraphError::Token {
+                    transient: true,
+                    reason: format!("{:?}", classify_transport(&error)),
+                })
+            }
+        };
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        match classify_status(status, None) {
+            Verdict::Success => {
+                let answer: TokenAnswer =
+                    serde_json::from_slice(&body).map_err(|e| GraphError::Token {
+                        transient: true,
+                        reason: format!("unreadable token answer: {e}"),
+                    })?;
+                let seconds = answer
+                    .expires_in
+                    .as_ref()
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                    .unwrap_or(3599);
+                Ok((
+                    Secret::new(answer.access_token),
+                    Duration::from_secs(seconds),
+                ))
+            }
+            verdict => {
+                // The AADSTS error text names the problem (bad secret, unknown tenant) and never
+                // echoes the secret, so it is safe and useful to pass on.
+                let detail: TokenErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+                let transient =
+                    matches!(verdict, Verdict::Backoff(_) | Verdict::RetryAfter(_));
+                Err(GraphError::Token {
+                    transient,
+                    reason: format!(
+                        "HTTP {}: {} {}",
+                        status.as_u16(),
+                        detail.error.unwrap_or_default(),
+                        first_line(&detail.error_description.unwrap_or_default())
+                    )
+                    .trim()
+                    .to_owned(),
+                })
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}

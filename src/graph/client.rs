@@ -1,0 +1,590 @@
+//! The request loop: token, budget, send, classify, wait, repeat; and paging on top of it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::auth::TokenSource;
+use super::model;
+use super::retry::{backoff_delay, classify_status, classify_transport, parse_retry_after, Verdict};
+use super::throttle::Throttle;
+use super::GraphError;
+use crate::secret::Secret;
+
+/// Characters that must be escaped in one URL path segment: everything but RFC 3986 unreserved.
+/// A host key can therefore never add a path segment, a query or a fragment.
+pub const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+const TI: &str = "security/threatIntelligence";
+
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub graph_base_url: String,
+    pub login_base_url: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Sustained requests per second for the whole process, retries and pages included.
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub request_timeout: Duration,
+    pub token_refresh_margin: Duration,
+    pub page_limits: PageLimits,
+    /// Extra CA certificate (PEM) trusted beside the system roots.
+    pub ca_cert_file: Option<PathBuf>,
+    pub tls_verify: bool,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        GraphSettings {
+            graph_base_url: "https://graph.microsoft.com/v1.0".into(),
+            login_base_url: "https://login.microsoftonline.com".into(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            requests_per_second: 10.0,
+            burst: 10,
+            max_in_flight: 32,
+            max_attempts: 6,
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            token_refresh_margin: Duration::from_secs(300),
+            page_limits: PageLimits::default(),
+            ca_cert_file: None,
+            tls_verify: true,
+        }
+    }
+}
+
+/// How far a collection walk may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    /// `$top` on the first request; `None` leaves the page size to Graph.
+    pub page_size: Option<u32>,
+    /// Stop after this many pages; `None` walks to the end.
+    pub max_pages: Option<u32>,
+}
+
+impl Default for PageLimits {
+    fn default() -> Self {
+        PageLimits {
+            page_size: Some(100),
+            max_pages: Some(50),
+        }
+    }
+}
+
+/// The items of a paged collection, and how the walk ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collection<T> {
+    pub items: Vec<T>,
+    pub pages: u32,
+    /// A page cap stopped the walk while Graph still offered a next page.
+    pub truncated: bool,
+    /// False when Graph answered 404: MDTI knows nothing about the host.
+    pub found: bool,
+    /// Items that did not parse and were left out (logged).
+    pub skipped: u32,
+}
+
+impl<T> Default for Collection<T> {
+    fn default() -> Self {
+        Collection {
+            items: Vec::new(),
+            pages: 0,
+            truncated: false,
+            found: true,
+            skipped: 0,
+        }
+    }
+}
+
+/// Counters for benchmarks and metrics; cheap atomics bumped on the request path.
+#[derive(Debug, Default)]
+pub struct GraphStats {
+    pub requests: AtomicU64,
+    pub throttled: AtomicU64,
+    pub retries: AtomicU64,
+    pub retry_after_micros: AtomicU64,
+    pub gave_up: AtomicU64,
+}
+
+struct Inner {
+    settings: GraphSettings,
+    http: reqwest::Client,
+    tokens: TokenSource,
+    throttle: Throttle,
+    stats: GraphStats,
+}
+
+/// Cheap to clone; clones share the token cache, the rate limiter and the in-flight cap.
+#[derive(Clone)]
+pub struct GraphClient {
+    inner: Arc<Inner>,
+    /// Requests made through this handle and its clones; see [`GraphClient::tracked`].
+    tally: Arc<AtomicU64>,
+}
+
+impl GraphClient {
+    pub fn new(settings: GraphSettings) -> Result<Self, GraphError> {
+        let missing: Vec<&str> = [
+            ("tenant id (MDTI_TENANT_ID)", settings.tenant_id.is_empty()),
+            ("client id (MDTI_CLIENT_ID)", settings.client_id.is_empty()),
+            (
+                "client secret (MDTI_CLIENT_SECRET or MDTI_CLIENT_SECRET_FILE)",
+                settings.client_secret.is_empty(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            return Err(GraphError::Config(format!(
+                "missing credentials: {}",
+                missing.join(", ")
+            )));
+        }
+        url::Url::parse(&settings.graph_base_url)
+            .map_err(|e| GraphError::Config(format!("Graph base URL: {e}")))?;
+        url::Url::parse(&settings.login_base_url)
+            .map_err(|e| GraphError::Config(format!("login base URL: {e}")))?;
+
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(settings.max_in_flight)
+            .user_agent(concat!("mdti-worker/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &settings.ca_cert_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
+            })?;
+            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        if !settings.tls_verify {
+            tracing::warn!(
+                "TLS certificate verification is OFF for Graph and login: anyone on the path can read the client secret and tokens; use a CA certificate file instead"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
+        let tokens = TokenSource::new(
+            http.clone(),
+            &settings.login_base_url,
+            &settings.tenant_id,
+            &settings.client_id,
+            settings.client_secret.clone(),
+            settings.token_refresh_margin,
+        );
+        let throttle = Throttle::new(
+            settings.requests_per_second,
+            settings.burst,
+            settings.max_in_flight,
+        );
+        Ok(GraphClient {
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                tokens,
+                throttle,
+                stats: GraphStats::default(),
+            }),
+            tally: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A handle sharing everything with this one but counting its own requests, so one
+    /// observable's enrichment can report what it cost.
+    pub fn tracked(&self) -> GraphClient {
+        GraphClient {
+            inner: Arc::clone(&self.inner),
+            tally: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Requests sent through this handle (and its clones) so far, retries included.
+    pub fn requests(&self) -> u64 {
+        self.tally.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> &GraphStats {
+        &self.inner.stats
+    }
+
+    /// Microseconds spent waiting on the rate limiter and on 429 holds, process-wide.
+    pub fn wait_micros(&self) -> (u64, u64) {
+        let throttle = &self.inner.throttle;
+        (
+            throttle.limiter_wait_micros.load(Ordering::Relaxed),
+            throttle.hold_wait_micros.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn settings(&self) -> &GraphSettings {
+        &self.inner.settings
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}/{TI}/{path}",
+            self.inner.settings.graph_base_url.trim_end_matches('/')
+        )
+    }
+
+    /// `hosts/{key}` or `hosts/{key}/{leaf}`, the key escaped as one path segment.
+    pub fn host_path(key: &str, leaf: Option<&str>) -> String {
+        let key = percent_encoding::utf8_percent_encode(key, SEGMENT);
+        match leaf {
+            Some(leaf) => format!("hosts/{key}/{leaf}"),
+            None => format!("hosts/{key}"),
+        }
+    }
+
+    pub async fn host(&self, key: &str) -> Result<Option<model::Host>, GraphError> {
+        self.entity("host", &Self::host_path(key, None)).await
+    }
+
+    pub async fn whois(&self, key: &str) -> Result<Option<model::WhoisRecord>, GraphError> {
+        self.entity("whois", &Self::host_path(key, Some("whois")))
+            .await
+    }
+
+    pub async fn reputation(
+        &self,
+        key: &str,
+    ) -> Result<Option<model::HostReputation>, GraphError> {
+        self.entity("reputation", &Self::host_path(key, Some("reputation")))
+            .await
+    }
+
+    pub async fn passive_dns(
+        &self,
+        key: &str,
+        limits: PageLimits,
+    ) -> Result<Collection<model::PassiveDnsRecord>, GraphError> {
+        self.collection("passiveDns", &Self::host_path(key, Some("passiveDns")), limits)
+            .await
+    }
+
+    pub async fn passive_dns_reverse(
+        &self,
+        key: &str,
+        limits: PageLimits,
+    ) -> Result<Collection<model::PassiveDnsRecord>, GraphError> {
+        self.collection(
+            "passiveDnsReverse",
+            &Self::host_path(key, Some("passiveDnsReverse")),
+            limits,
+        )
+        .await
+    }
+
+    pub async fn host_pairs(
+        &self,
+        key: &str,
+        limits: PageLimits,
+    ) -> Result<Collection<model::HostPair>, GraphError> {
+        self.collection("hostPairs", &Self::host_path(key, Some("hostPairs")), limits)
+            .await
+    }
+
+    pub async fn subdomains(
+        &self,
+        key: &str,
+        limits: PageLimits,
+    ) -> Result<Collection<model::Subdomain>, GraphError> {
+        self.collection("subdomains", &Self::host_path(key, Some("subdomains")), limits)
+            .await
+    }
+
+    pub async fn intel_profiles(
+        &self,
+        limits: PageLimits,
+    ) -> Result<Collection<model::IntelligenceProfile>, GraphError> {
+        self.collection("intelProfiles", "intelProfiles", limits)
+            .await
+    }
+
+    pub async fn intel_profile_indicators(
+        &self,
+        profile_id: &str,
+        limits: PageLimits,
+    ) -> Result<Collection<model::IntelligenceProfileIndicator>, GraphError> {
+        let id = percent_encoding::utf8_percent_encode(profile_id, SEGMENT);
+        self.collection(
+            "intelProfileIndicators",
+            &format!("intelProfiles/{id}/indicators"),
+            limits,
+        )
+        .await
+    }
+
+    /// One entity; `None` when Graph has nothing on it (404).
+    pub async fn entity<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+    ) -> Result<Option<T>, GraphError> {
+        match self.get(endpoint, &self.url(path)).await? {
+            None => Ok(None),
+            Some(body) => serde_json::from_value(body)
+                .map(Some)
+                .map_err(|e| GraphError::GaveUp {
+                    endpoint,
+                    attempts: 1,
+                    reason: format!("answer does not have the documented shape: {e}"),
+                    transient: false,
+                }),
+        }
+    }
+
+    /// Every page of a collection, following `@odata.nextLink` exactly as given, within `limits`.
+    pub async fn collection<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        limits: PageLimits,
+    ) -> Result<Collection<T>, GraphError> {
+        let mut url = self.url(path);
+        if let Some(top) = limits.page_size {
+            url.push_str(&format!("?$top={top}"));
+        }
+        let mut out = Collection::default();
+        loop {
+            let Some(mut page) = self.get(endpoint, &url).await? else {
+                // A 404 on a later page would be odd; treat the walk as ended either way.
+                out.found = out.pages > 0;
+                return Ok(out);
+            };
+            out.pages += 1;
+            if let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) {
+                for item in items {
+                    match serde_json::from_value(item) {
+                        Ok(parsed) => out.items.push(parsed),
+                        Err(error) => {
+                            out.skipped += 1;
+                            tracing::warn!(endpoint, %error, "skipping an unreadable collection item");
+                        }
+                    }
+                }
+            }
+            let next = page
+                .get("@odata.nextLink")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match next {
+                None => return Ok(out),
+                Some(_) if limits.max_pages.is_some_and(|cap| out.pages >= cap) => {
+                    out.truncated = true;
+                    tracing::info!(endpoint, pages = out.pages, "page cap reached; walk cut short");
+                    return Ok(out);
+                }
+                Some(next) => {
+                    // The bearer token goes wherever the link points: only ever to Graph itself.
+                    if !same_origin(&next, &self.inner.settings.graph_base_url) {
+                        return Err(GraphError::ForeignNextLink);
+                    }
+                    url = next;
+                }
+            }
+        }
+    }
+
+    /// One GET with the whole retry discipline; `Ok(None)` for 404.
+    async fn get(&self, endpoint: &'static str, url: &str) -> Result<Option<Value>, GraphError> {
+        let settings = &self.inner.settings;
+        let stats = &self.inner.stats;
+        let mut refreshed = false;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let verdict = match self.attempt(url).await {
+                Attempt::Done(body) => return Ok(Some(body)),
+                Attempt::NotFound => return Ok(None),
+                Attempt::Unauthorized(generation) if !refreshed => {
+                    // One refresh and one retry: a second 401 means the credentials or the
+                    // permission are wrong, which waiting will not fix.
+                    refreshed = true;
+                    self.inner.tokens.invalidate(generation).await;
+                    attempt -= 1;
+                    continue;
+                }
+                Attempt::Unauthorized(_) => Verdict::GiveUp(
+                    "HTTP 401 after a token refresh: check the app's ThreatIntelligence.Read.All permission".into(),
+                ),
+                Attempt::Token(error) if !error.is_transient() => return Err(error),
+                Attempt::Token(error) => Verdict::Backoff(error.to_string()),
+                Attempt::Verdict(verdict) => verdict,
+            };
+            let (wait, reason, transient) = match verdict {
+                Verdict::RetryAfter(wait) => {
+                    stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .retry_after_micros
+                        .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                    // The tenant is throttled, not this task: everyone holds back.
+                    self.inner.throttle.hold_for(wait);
+                    (Duration::ZERO, format!("throttled, Graph asked for {wait:?}"), true)
+                }
+                Verdict::Backoff(reason) => (
+                    backoff_delay(attempt - 1, settings.backoff_base, settings.backoff_cap),
+                    reason,
+                    true,
+                ),
+                Verdict::GiveUp(reason) => (Duration::ZERO, reason, false),
+                Verdict::Success | Verdict::NotFound | Verdict::RefreshToken => {
+                    unreachable!("handled by attempt()")
+                }
+            };
+            if !transient || attempt >= settings.max_attempts {
+                stats.gave_up.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(endpoint, attempt, %reason, transient, "giving up on a Graph request");
+                return Err(GraphError::GaveUp {
+                    endpoint,
+                    attempts: attempt,
+                    reason,
+                    transient,
+                });
+            }
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(endpoint, attempt, %reason, ?wait, "retrying a Graph request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(&self, url: &str) -> Attempt {
+        let bearer = match self.inner.tokens.bearer().await {
+            Ok(bearer) => bearer,
+            Err(error) => return Attempt::Token(error),
+        };
+        let _permit = self.inner.throttle.admit().await;
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.tally.fetch_add(1, Ordering::Relaxed);
+        let response = match self
+            .inner
+            .http
+            .get(url)
+            .bearer_auth(bearer.token.expose())
+            .header("Accept", "application/json")
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => return Attempt::Verdict(classify_transport(&error)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        match classify_status(status, retry_after) {
+            Verdict::Success => {}
+            Verdict::NotFound => return Attempt::NotFound,
+            Verdict::RefreshToken => return Attempt::Unauthorized(bearer.generation),
+            other => {
+                let code = graph_error_code(response).await;
+                return Attempt::Verdict(match (other, code) {
+                    (Verdict::GiveUp(reason), Some(code)) => {
+                        Verdict::GiveUp(format!("{reason} ({code})"))
+                    }
+                    (other, _) => other,
+                });
+            }
+        }
+        // Reading and parsing belong to the attempt: a body cut off mid-way is a transient
+        // failure like any other, and is retried.
+        match response.bytes().await {
+            Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(body) => Attempt::Done(body),
+                Err(error) => Attempt::Verdict(Verdict::Backoff(format!(
+                    "unreadable JSON in a {} answer: {error}",
+                    status.as_u16()
+                ))),
+            },
+            Err(error) => Attempt::Verdict(classify_transport(&error)),
+        }
+    }
+}
+
+enum Attempt {
+    Done(Value),
+    NotFound,
+    Unauthorized(u64),
+    Token(GraphError),
+    Verdict(Verdict),
+}
+
+/// The `error.code` of a Graph error body, for the log; never the message, which may change.
+async fn graph_error_code(response: reqwest::Response) -> Option<String> {
+    let body: Value = response.json().await.ok()?;
+    body.pointer("/error/code")?
+        .as_str()
+        .map(|code| code.chars().take(80).collect())
+}
+
+fn same_origin(link: &str, base: &str) -> bool {
+    match (url::Url::parse(link), url::Url::parse(base)) {
+        (Ok(link), Ok(base)) => {
+            link.scheme() == base.scheme()
+                && link.host_str() == base.host_str()
+                && link.port_or_known_default() == base.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_key_is_always_one_path_segment() {
+        assert_eq!(
+            GraphClient::host_path("2001:db8::1", Some("whois")),
+            "hosts/2001%3Adb8%3A%3A1/whois"
+        );
+        assert_eq!(
+            GraphClient::host_path("../x?y#z/w", None),
+            "hosts/..%2Fx%3Fy%23z%2Fw"
+        );
+    }
+
+    #[test]
+    fn next_links_are_followed_only_within_graph() {
+        let base = "https://graph.microsoft.com/v1.0";
+        assert!(same_origin(
+            "https://graph.microsoft.com/v1.0/security/x?$skip=10",
+            base
+        ));
+        assert!(!same_origin("https://evil.example/v1.0/x", base));
+        assert!(!same_origin("http://graph.microsoft.com/v1.0/x", base));
+    }
+
+    #[test]
+    fn missing_credentials_are_named() {
+        let error = GraphClient::new(GraphSettings::default()).err().unwrap();
+        let text = error.to_string();
+        assert!(text.contains("MDTI_TENANT_ID"), "{text}");
+        assert!(text.contains("MDTI_CLIENT_SECRET"), "{text}");
+    }
+}
