@@ -1,0 +1,130 @@
+//! The store's one error type, and the question the worker asks of it: retry later, or give up
+//! on this message?
+
+use sqlx::migrate::MigrateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] MigrateError),
+    /// A stored row that this build cannot read back (a kind or enricher name it does not know).
+    #[error("stored {what} could not be read: {detail}")]
+    Decode { what: &'static str, detail: String },
+}
+
+impl StoreError {
+    /// Whether the failure is the database's or the network's rather than the data's, so the
+    /// same write may succeed later: connection refused, reset or closed, pool timeout, I/O,
+    /// serialization failure and deadlock, administrator or crash shutdown, the server starting
+    /// up, running out of connections or disk, failover to a read-only replica. Constraint
+    /// violations, bad values and SQL errors are not: retrying would fail the same way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(error) => sqlx_is_transient(error),
+            StoreError::Migrate(error) => match error {
+                MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => {
+                    sqlx_is_transient(error)
+                }
+                _ => false,
+            },
+            StoreError::Decode { .. } => false,
+        }
+    }
+
+    /// The SQLSTATE of a database error, if the server sent one.
+    pub fn sqlstate(&self) -> Option<String> {
+        let error = match self {
+            StoreError::Database(error) => error,
+            StoreError::Migrate(
+                MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _),
+            ) => error,
+            _ => return None,
+        };
+        match error {
+            sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+fn sqlx_is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        // Refused, reset, broken pipe, unexpected EOF: the connection, not the statement.
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        // A connection dropped mid-message shows up as a protocol error.
+        sqlx::Error::Protocol(_) => true,
+        // Every connection stayed busy or could not be opened within the acquire timeout.
+        sqlx::Error::PoolTimedOut => true,
+        // The pool was closed under us: the worker is shutting down, so the message is not at
+        // fault and must go back to the queue.
+        sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_is_transient(&code)),
+        sqlx::Error::Migrate(error) => match error.as_ref() {
+            MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => {
+                sqlx_is_transient(error)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
+fn sqlstate_is_transient(code: &str) -> bool {
+    // Class 08: connection exception.
+    code.starts_with("08")
+        // Class 53: insufficient resources (disk full, out of memory, too many connections).
+        || (code.starts_with("53"))
+        || matches!(
+            code,
+            // serialization_failure, deadlock_detected
+            "40001" | "40P01"
+            // admin_shutdown, crash_shutdown, cannot_connect_now
+            | "57P01" | "57P02" | "57P03"
+            // idle_session_timeout
+            | "57P05"
+            // query_canceled (statement_timeout, pg_cancel_backend)
+            | "57014"
+            // lock_not_available (lock_timeout)
+            | "55P03"
+            // read_only_sql_transaction: a failover left us on a standby for a while
+            | "25006"
+            // io_error
+            | "58030"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        for code in [
+            "08006", "08001", "40001", "40P01", "57P01", "57P02", "57P03", "53300",
+        ] {
+            assert!(sqlstate_is_transient(code), "{code}");
+        }
+        for code in [
+            "23505", "23503", "23514", "42601", "42P01", "22P02", "54000",
+        ] {
+            assert!(!sqlstate_is_transient(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn connection_failures_are_transient() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(StoreError::from(sqlx::Error::Io(refused)).is_transient());
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(StoreError::from(sqlx::Error::PoolClosed).is_transient());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_transient());
+        assert!(!StoreError::Decode {
+            what: "extract",
+            detail: String::new()
+        }
+        .is_transient());
+    }
+}

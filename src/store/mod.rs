@@ -1,0 +1,447 @@
+//! Postgres persistence: what the worker enriched, what it cost, and what it rejected.
+//!
+//! The schema is in `migrations/` (embedded at compile time, applied by [`Store::migrate`]).
+//! Every write is an idempotent upsert keyed on what the input determines, so a redelivered
+//! message leaves the same rows; everything one message produced is written by
+//! [`Store::record_message`] in one transaction, with a fixed number of statements however many
+//! observables the message held (rows travel as arrays and are expanded with `UNNEST`).
+//!
+//! Queries are checked at run time, not compile time: building the crate needs no database.
+
+mod error;
+mod report;
+mod write;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+pub use error::StoreError;
+pub use report::Summary;
+pub use write::EXTRACT_MAX_BYTES;
+
+use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};
+use crate::observable::{Observable, ObservableKind};
+
+/// How long [`Store`] waits for a pooled connection before giving up with a transient error.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many characters of a rejected input are kept.
+pub const REJECTED_INPUT_MAX_CHARS: usize = 1_000;
+
+/// Namespace of the UUIDv5 run ids (fixed forever: changing it would break idempotency across
+/// an upgrade).
+const RUN_NAMESPACE: Uuid = Uuid::from_u128(0x8497460a_0b95_41e4_82e9_ded79f503aa9);
+
+/// The id of the run for item `item_index` of message `message_id`: the same for every delivery
+/// of that message.
+pub fn run_id(message_id: &str, item_index: i32) -> Uuid {
+    // The index first: it contains no '/', so the name is unambiguous whatever the message id.
+    Uuid::new_v5(
+        &RUN_NAMESPACE,
+        format!("{item_index}/{message_id}").as_bytes(),
+    )
+}
+
+/// What the worker did with one item of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Graph was called.
+    Enriched,
+    /// Every enricher was fresh in the store: Graph was not called.
+    Cached,
+    /// Not enriched; [`RunRecord::detail`] says why.
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Enriched => "enriched",
+            RunStatus::Cached => "cached",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "enriched" => Ok(RunStatus::Enriched),
+            "cached" => Ok(RunStatus::Cached),
+            "skipped" => Ok(RunStatus::Skipped),
+            other => Err(format!("unknown run status {other:?}")),
+        }
+    }
+}
+
+/// One item of a message, as processed.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub message_id: String,
+    /// Position of the item in the message.
+    pub item_index: i32,
+    pub source: Option<String>,
+    pub context: Option<serde_json::Value>,
+    pub observable: Observable,
+    pub status: RunStatus,
+    /// Why it was skipped, or any other note.
+    pub detail: Option<String>,
+    /// The enrichers asked for.
+    pub enrichers: Vec<EnricherKind>,
+    pub graph_requests: u64,
+    pub duration: Duration,
+    /// What Graph returned: `Some` for [`RunStatus::Enriched`].
+    pub enrichment: Option<Enrichment>,
+}
+
+/// An input the worker could not use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedInput {
+    pub message_id: String,
+    /// `-1` for a whole message that could not be decoded.
+    pub item_index: i32,
+    /// What was sent; only the first [`REJECTED_INPUT_MAX_CHARS`] characters are stored.
+    pub input: String,
+    /// A stable machine-readable code, for grouping.
+    pub code: String,
+    pub reason: String,
+    pub source: Option<String>,
+    pub context: Option<serde_json::Value>,
+    pub attempts: i32,
+}
+
+/// The Postgres store. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("size", &self.pool.size())
+            .field("idle", &self.pool.num_idle())
+            .finish()
+    }
+}
+
+impl Store {
+    /// A pool of at most `max_connections` connections to `database_url`. Lazy: nothing is
+    /// connected until the first query, so the worker can start while Postgres is down (queries
+    /// then fail with a transient error after [`ACQUIRE_TIMEOUT`]). Fails only on a malformed URL.
+    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(database_url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(Store { pool })
+    }
+
+    /// A store over an existing pool (tests, or a caller that tunes the pool itself).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    /// Create the database `database_url` names if it does not exist, connecting to the
+    /// `postgres` database of the same server to do so. Safe to race with another worker.
+    pub async fn create_database_if_missing(database_url: &str) -> Result<(), StoreError> {
+        let options = PgConnectOptions::from_str(database_url)?;
+        let name = options
+            .get_database()
+            .unwrap_or(options.get_username())
+            .to_owned();
+        let mut conn = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            let statement = format!("CREATE DATABASE {}", quote_identifier(&name));
+            match sqlx::query(&statement).execute(&mut conn).await {
+                Ok(_) => tracing::info!(database = %name, "created database"),
+                // Another worker created it between our check and our CREATE.
+                Err(sqlx::Error::Database(db))
+                    if matches!(db.code().as_deref(), Some("42P04") | Some("23505")) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        conn.close().await.ok();
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Apply the embedded migrations that are not applied yet. Workers may race: sqlx holds an
+    /// advisory lock while migrating.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether every one of `enrichers` was fetched for this observable within `ttl` (a "not
+    /// found" counts as fetched). True for an empty list; false for a zero `ttl`.
+    pub async fn is_fresh(
+        &self,
+        observable: &Observable,
+        enrichers: &[EnricherKind],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        if enrichers.is_empty() {
+            return Ok(true);
+        }
+        if ttl.is_zero() {
+            return Ok(false);
+        }
+        let mut wanted: Vec<&str> = enrichers.iter().map(|e| e.as_str()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let fresh: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM enricher_results e \
+             JOIN observables o ON o.id = e.observable_id \
+             WHERE o.kind = $1 AND o.value = $2 AND e.enricher = ANY($3::text[]) \
+               AND e.fetched_at > now() - make_interval(secs => $4::float8)",
+        )
+        .bind(kind_name(observable.kind()))
+        .bind(observable.value())
+        .bind(&wanted)
+        .bind(ttl_seconds(ttl))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(fresh == wanted.len() as i64)
+    }
+
+    /// Everything one message produced, in one transaction: observables, runs, and for enriched
+    /// runs the enricher results, whois indicator, reputation and extracts; and the rejected
+    /// inputs. Idempotent: a redelivered message rewrites the same rows. A run recorded for an
+    /// item supersedes an earlier rejection of that item, which is deleted. A redelivery that
+    /// finds the item cached or skipped does not overwrite a run that enriched it (the Graph
+    /// requests it cost stay counted).
+    pub async fn record_message(
+        &self,
+        runs: &[RunRecord],
+        rejected: &[RejectedInput],
+    ) -> Result<(), StoreError> {
+        write::record_message(&self.pool, runs, rejected).await
+    }
+
+    /// Record one rejected input (same as `record_message(&[], &[rejected])`).
+    pub async fn record_rejection(&self, rejected: &RejectedInput) -> Result<(), StoreError> {
+        self.record_message(&[], std::slice::from_ref(rejected))
+            .await
+    }
+
+    /// The reputation of `host` if it was fetched within `ttl`. A stored value this build cannot
+    /// read is treated as a miss.
+    pub async fn cached_reputation(
+        &self,
+        host: &str,
+        ttl: Duration,
+    ) -> Result<Option<Reputation>, StoreError> {
+        if ttl.is_zero() {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT classification, score, rules FROM reputations \
+             WHERE host = $1 AND fetched_at > now() - make_interval(secs => $2::float8)",
+        )
+        .bind(write::pg_text(host))
+        .bind(ttl_seconds(ttl))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let rules: serde_json::Value = row.try_get("rules")?;
+        match serde_json::from_value::<Vec<ReputationRule>>(rules) {
+            Ok(rules) => Ok(Some(Reputation {
+                classification: row.try_get("classification")?,
+                score: row.try_get("score")?,
+                rules,
+            })),
+            Err(error) => {
+                tracing::warn!(host, %error, "stored reputation rules unreadable; treating as a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Store the reputation of `host` (an observable or a counterpart), fetched now.
+    pub async fn save_reputation(
+        &self,
+        host: &str,
+        reputation: &Reputation,
+    ) -> Result<(), StoreError> {
+        let mut rows = write::ReputationRows::default();
+        rows.push(host, reputation);
+        rows.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The distinct extracts stored for `observable`, whatever enricher found them, in the
+    /// order they were first stored.
+    pub async fn extracts_for(&self, observable: &Observable) -> Result<Vec<Extract>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT x.kind, x.value, x.field, max(x.country_code) AS country_code \
+             FROM extracts x JOIN observables o ON o.id = x.observable_id \
+             WHERE o.kind = $1 AND o.value = $2 \
+             GROUP BY x.kind, x.value, x.field ORDER BY min(x.id)",
+        )
+        .bind(kind_name(observable.kind()))
+        .bind(observable.value())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(extract_from_row).collect()
+    }
+
+    /// The extracts stored for `observable`, with the enricher that found each, ordered by
+    /// enricher and then as first stored.
+    pub async fn enricher_extracts_for(
+        &self,
+        observable: &Observable,
+    ) -> Result<Vec<(EnricherKind, Extract)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT x.enricher, x.kind, x.value, x.field, x.country_code \
+             FROM extracts x JOIN observables o ON o.id = x.observable_id \
+             WHERE o.kind = $1 AND o.value = $2 ORDER BY x.enricher, x.id",
+        )
+        .bind(kind_name(observable.kind()))
+        .bind(observable.value())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let enricher: String = row.try_get("enricher")?;
+                let enricher = enricher.parse().map_err(|detail| StoreError::Decode {
+                    what: "enricher",
+                    detail,
+                })?;
+                Ok((enricher, extract_from_row(row)?))
+            })
+            .collect()
+    }
+
+    /// How many runs are stored.
+    pub async fn run_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM enrichment_runs")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Every rejected input, oldest first.
+    pub async fn rejected(&self) -> Result<Vec<RejectedInput>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT message_id, item_index, input, code, reason, source, context, attempts \
+             FROM rejected_inputs ORDER BY rejected_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RejectedInput {
+                    message_id: row.try_get("message_id")?,
+                    item_index: row.try_get("item_index")?,
+                    input: row.try_get("input")?,
+                    code: row.try_get("code")?,
+                    reason: row.try_get("reason")?,
+                    source: row.try_get("source")?,
+                    context: row.try_get("context")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Close the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn extract_from_row(row: &sqlx::postgres::PgRow) -> Result<Extract, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Extract {
+        kind: parse_extract_kind(&kind)?,
+        value: row.try_get("value")?,
+        field: row.try_get("field")?,
+        country_code: row.try_get("country_code")?,
+    })
+}
+
+fn parse_extract_kind(text: &str) -> Result<ExtractKind, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|error| {
+        StoreError::Decode {
+            what: "extract kind",
+            detail: format!("{text:?}: {error}"),
+        }
+    })
+}
+
+/// The stored name of an observable kind (lowercase, as in serde).
+pub(crate) fn kind_name(kind: ObservableKind) -> &'static str {
+    kind.as_str()
+}
+
+/// A TTL in seconds, capped at a century so `now() - ttl` stays a valid timestamp.
+fn ttl_seconds(ttl: Duration) -> f64 {
+    const CENTURY: f64 = 100.0 * 365.25 * 24.0 * 3600.0;
+    ttl.as_secs_f64().min(CENTURY)
+}
+
+/// `name` as a Postgres identifier, quoted.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_deterministic_and_distinct() {
+        assert_eq!(run_id("m-1", 0), run_id("m-1", 0));
+        assert_ne!(run_id("m-1", 0), run_id("m-1", 1));
+        assert_ne!(run_id("m-1", 0), run_id("m-2", 0));
+        assert_ne!(run_id("1/a", 2), run_id("a", 21));
+        assert_eq!(run_id("m-1", 0).get_version_num(), 5);
+    }
+
+    #[test]
+    fn extract_kinds_round_trip_through_their_names() {
+        for kind in [
+            ExtractKind::Ipv4,
+            ExtractKind::Ipv4Cidr,
+            ExtractKind::Email,
+            ExtractKind::Registrar,
+        ] {
+            assert_eq!(parse_extract_kind(kind.as_str()).unwrap(), kind);
+        }
+        assert!(parse_extract_kind("NOPE").is_err());
+    }
+
+    #[test]
+    fn kind_names_are_lowercase() {
+        assert_eq!(kind_name(ObservableKind::Ipv4), "ipv4");
+        assert_eq!(kind_name(ObservableKind::Domain), "domain");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("mdti"), "\"mdti\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,598 @@
+//! [`record_message`]: one message's rows, in one transaction, in a fixed number of statements.
+//!
+//! Rows are gathered into columns (one `Vec` per column) and each table is written by a single
+//! `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO UPDATE`. Before that they are deduplicated
+//! on the conflict key (Postgres refuses an `ON CONFLICT DO UPDATE` that touches a row twice)
+//! and sorted by it, so concurrent messages lock shared rows in the same order and do not
+//! deadlock.
+//!
+//! Text is made storable on the way in: Postgres text and jsonb cannot hold NUL characters, and
+//! an extract value longer than a btree index entry allows would fail the whole message, so NULs
+//! are dropped and extract values are cut at [`EXTRACT_MAX_BYTES`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::REJECTED_INPUT_MAX_CHARS;
+use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, StoreError};
+use crate::enrich::{EnricherKind, Indicator, Reputation};
+
+/// Extract values and fields are cut to this many bytes (at a character boundary): the unique
+/// and pivot indexes hold them, and a btree entry is limited to about 2,700 bytes.
+pub const EXTRACT_MAX_BYTES: usize = 1_000;
+
+pub(super) async fn record_message(
+    pool: &PgPool,
+    runs: &[RunRecord],
+    rejected: &[RejectedInput],
+) -> Result<(), StoreError> {
+    if runs.is_empty() && rejected.is_empty() {
+        return Ok(());
+    }
+    // Last one wins when a message names the same item twice.
+    let runs: BTreeMap<(&str, i32), &RunRecord> = runs
+        .iter()
+        .map(|run| ((run.message_id.as_str(), run.item_index), run))
+        .collect();
+
+    let mut tx = pool.begin().await?;
+    if !runs.is_empty() {
+        let ids = upsert_observables(&mut tx, runs.values().copied()).await?;
+        write_runs(&mut tx, &runs, &ids).await?;
+    }
+    if !rejected.is_empty() {
+        upsert_rejected(&mut tx, rejected).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+type ObservableKey = (String, String);
+
+fn observable_key(run: &RunRecord) -> ObservableKey {
+    (
+        kind_name(run.observable.kind()).to_owned(),
+        pg_text(run.observable.value()),
+    )
+}
+
+fn was_enriched(run: &RunRecord) -> bool {
+    run.status == RunStatus::Enriched || run.enrichment.is_some()
+}
+
+/// Insert the observables not seen before, stamp `last_enriched_at` on those Graph was called
+/// for, and return every one's id.
+async fn upsert_observables<'r>(
+    tx: &mut Transaction<'_, Postgres>,
+    runs: impl Iterator<Item = &'r RunRecord>,
+) -> Result<HashMap<ObservableKey, i64>, StoreError> {
+    let mut wanted: BTreeMap<ObservableKey, bool> = BTreeMap::new();
+    for run in runs {
+        *wanted.entry(observable_key(run)).or_default() |= was_enriched(run);
+    }
+    let mut kinds = Vec::with_capacity(wanted.len());
+    let mut values = Vec::with_capacity(wanted.len());
+    let mut enriched = Vec::with_capacity(wanted.len());
+    for ((kind, value), was) in wanted {
+        kinds.push(kind);
+        values.push(value);
+        enriched.push(was);
+    }
+    // DO UPDATE (even when nothing changes) so RETURNING yields the ids of existing rows too.
+    let rows = sqlx::query(
+        "INSERT INTO observables AS o (kind, value, last_enriched_at) \
+         SELECT u.kind, u.value, CASE WHEN u.enriched THEN now() END \
+         FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(kind, value, enriched) \
+         ON CONFLICT (kind, value) DO UPDATE \
+         SET last_enriched_at = COALESCE(excluded.last_enriched_at, o.last_enriched_at) \
+         RETURNING o.id, o.kind, o.value",
+    )
+    .bind(&kinds)
+    .bind(&values)
+    .bind(&enriched)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                (row.try_get("kind")?, row.try_get("value")?),
+                row.try_get("id")?,
+            ))
+        })
+        .collect()
+}
+
+/// The runs, and for those with an enrichment everything it found.
+async fn write_runs(
+    tx: &mut Transaction<'_, Postgres>,
+    runs: &BTreeMap<(&str, i32), &RunRecord>,
+    observable_ids: &HashMap<ObservableKey, i64>,
+) -> Result<(), StoreError> {
+    let mut rows = RunRows::default();
+    let mut results = ResultRows::default();
+    let mut indicators = IndicatorRows::default();
+    let mut reputations = ReputationRows::default();
+    let mut extracts = ExtractRows::default();
+    for run in runs.values() {
+        let observable_id = *observable_ids
+            .get(&observable_key(run))
+            .expect("every run's observable was upserted");
+        let id = run_id(&run.message_id, run.item_index);
+        rows.push(id, observable_id, run);
+        let Some(enrichment) = &run.enrichment else {
+            continue;
+        };
+        for result in &enrichment.results {
+            results.push(
+                observable_id,
+                result.enricher,
+                result.found,
+                result.truncated,
+                id,
+            );
+            if let Some(indicator) = &result.indicator {
+                indicators.push(observable_id, indicator, id);
+            }
+            if let Some(reputation) = &result.reputation {
+                reputations.push(run.observable.value(), reputation);
+            }
+            for extract in &result.extracts {
+                extracts.push(
+                    (
+                        observable_id,
+                        result.enricher.as_str(),
+                        extract.kind.as_str(),
+                        cut(&pg_text(&extract.value), EXTRACT_MAX_BYTES),
+                        cut(&pg_text(&extract.field), EXTRACT_MAX_BYTES),
+                    ),
+                    (extract.country_code.as_deref().map(pg_text), id),
+                );
+            }
+        }
+    }
+    rows.execute(&mut **tx).await?;
+    results.execute(&mut **tx).await?;
+    indicators.execute(&mut **tx).await?;
+    reputations.execute(&mut **tx).await?;
+    extracts.execute(&mut **tx).await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct RunRows {
+    ids: Vec<Uuid>,
+    message_ids: Vec<String>,
+    item_indexes: Vec<i32>,
+    observable_ids: Vec<i64>,
+    sources: Vec<Option<String>>,
+    contexts: Vec<Option<Value>>,
+    statuses: Vec<&'static str>,
+    details: Vec<Option<String>>,
+    /// Comma-joined: UNNEST would flatten a two-dimensional array.
+    enrichers: Vec<String>,
+    graph_requests: Vec<i32>,
+    durations_ms: Vec<i32>,
+}
+
+impl RunRows {
+    fn push(&mut self, id: Uuid, observable_id: i64, run: &RunRecord) {
+        let mut enrichers: Vec<&str> = Vec::with_capacity(run.enrichers.len());
+        for enricher in &run.enrichers {
+            if !enrichers.contains(&enricher.as_str()) {
+                enrichers.push(enricher.as_str());
+            }
+        }
+        self.ids.push(id);
+        self.message_ids.push(pg_text(&run.message_id));
+        self.item_indexes.push(run.item_index);
+        self.observable_ids.push(observable_id);
+        self.sources.push(run.source.as_deref().map(pg_text));
+        self.contexts.push(run.context.as_ref().map(pg_json));
+        self.statuses.push(run.status.as_str());
+        self.details.push(run.detail.as_deref().map(pg_text));
+        self.enrichers.push(enrichers.join(","));
+        self.graph_requests
+            .push(i32::try_from(run.graph_requests).unwrap_or(i32::MAX));
+        self.durations_ms.push(millis(run.duration));
+    }
+
+    /// Upsert the runs and delete the rejections they supersede. An enriched run is not
+    /// overwritten by a redelivery that found the item cached or skipped.
+    async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "WITH superseded AS ( \
+                 DELETE FROM rejected_inputs r \
+                 USING UNNEST($2::text[], $3::int[]) AS k(message_id, item_index) \
+                 WHERE r.message_id = k.message_id AND r.item_index = k.item_index \
+             ) \
+             INSERT INTO enrichment_runs AS r (id, message_id, item_index, observable_id, source, \
+                 context, status, detail, enrichers, graph_requests, duration_ms) \
+             SELECT u.id, u.message_id, u.item_index, u.observable_id, u.source, u.context, \
+                 u.status, u.detail, string_to_array(u.enrichers, ','), u.graph_requests, \
+                 u.duration_ms \
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::text[], \
+                 $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[]) \
+                 AS u(id, message_id, item_index, observable_id, source, context, status, \
+                     detail, enrichers, graph_requests, duration_ms) \
+             ON CONFLICT (message_id, item_index) DO UPDATE SET \
+                 observable_id = excluded.observable_id, source = excluded.source, \
+                 context = excluded.context, status = excluded.status, \
+                 detail = excluded.detail, enrichers = excluded.enrichers, \
+                 graph_requests = excluded.graph_requests, duration_ms = excluded.duration_ms \
+             WHERE r.status <> 'enriched' OR excluded.status = 'enriched'",
+        )
+        .bind(&self.ids)
+        .bind(&self.message_ids)
+        .bind(&self.item_indexes)
+        .bind(&self.observable_ids)
+        .bind(&self.sources)
+        .bind(&self.contexts)
+        .bind(&self.statuses)
+        .bind(&self.details)
+        .bind(&self.enrichers)
+        .bind(&self.graph_requests)
+        .bind(&self.durations_ms)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Enricher results, keyed (observable id, enricher).
+#[derive(Default)]
+struct ResultRows(BTreeMap<(i64, &'static str), (bool, bool, Uuid)>);
+
+impl ResultRows {
+    fn push(
+        &mut self,
+        observable_id: i64,
+        enricher: EnricherKind,
+        found: bool,
+        truncated: bool,
+        run_id: Uuid,
+    ) {
+        self.0.insert(
+            (observable_id, enricher.as_str()),
+            (found, truncated, run_id),
+        );
+    }
+
+    async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let (mut observable_ids, mut enrichers, mut found, mut truncated, mut run_ids) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (&(observable_id, enricher), &(f, t, run_id)) in &self.0 {
+            observable_ids.push(observable_id);
+            enrichers.push(enricher);
+            found.push(f);
+            truncated.push(t);
+            run_ids.push(run_id);
+        }
+        sqlx::query(
+            "INSERT INTO enricher_results (observable_id, enricher, found, truncated, fetched_at, \
+                 run_id) \
+             SELECT u.observable_id, u.enricher, u.found, u.truncated, now(), u.run_id \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bool[], $4::bool[], $5::uuid[]) \
+                 AS u(observable_id, enricher, found, truncated, run_id) \
+             ON CONFLICT (observable_id, enricher) DO UPDATE SET \
+                 found = excluded.found, truncated = excluded.truncated, \
+                 fetched_at = excluded.fetched_at, run_id = excluded.run_id",
+        )
+        .bind(&observable_ids)
+        .bind(&enrichers)
+        .bind(&found)
+        .bind(&truncated)
+        .bind(&run_ids)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Whois indicators, keyed by their Graph id.
+#[derive(Default)]
+struct IndicatorRows<'a>(BTreeMap<String, (i64, &'a Indicator, Uuid)>);
+
+impl<'a> IndicatorRows<'a> {
+    fn push(&mut self, observable_id: i64, indicator: &'a Indicator, run_id: Uuid) {
+        self.0
+            .insert(pg_text(&indicator.id), (observable_id, indicator, run_id));
+    }
+
+    async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let n = self.0.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut observable_ids = Vec::with_capacity(n);
+        let mut titles = Vec::with_capacity(n);
+        let mut descriptions = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n);
+        let mut observed = Vec::with_capacity(n);
+        let mut timestamps = Vec::with_capacity(n);
+        let mut labels = Vec::with_capacity(n);
+        let mut run_ids = Vec::with_capacity(n);
+        for (id, &(observable_id, indicator, run_id)) in &self.0 {
+            ids.push(id.as_str());
+            observable_ids.push(observable_id);
+            titles.push(pg_text(&indicator.title));
+            descriptions.push(indicator.description.as_deref().map(pg_text));
+            starts.push(indicator.threat_start_time);
+            ends.push(indicator.threat_end_time);
+            observed.push(indicator.observed_time);
+            timestamps.push(indicator.timestamp);
+            // As a JSON array: UNNEST would flatten a text[][].
+            labels.push(Value::from(
+                indicator
+                    .labels
+                    .iter()
+                    .map(|label| pg_text(label))
+                    .collect::<Vec<_>>(),
+            ));
+            run_ids.push(run_id);
+        }
+        sqlx::query(
+            "INSERT INTO indicators AS i (id, observable_id, title, description, \
+                 threat_start_time, threat_end_time, observed_time, \"timestamp\", labels, run_id) \
+             SELECT u.id, u.observable_id, u.title, u.description, u.threat_start_time, \
+                 u.threat_end_time, u.observed_time, u.ts, \
+                 ARRAY(SELECT l.label FROM jsonb_array_elements_text(u.labels) \
+                     WITH ORDINALITY AS l(label, n) ORDER BY l.n), \
+                 u.run_id \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], \
+                 $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[], $10::uuid[]) \
+                 AS u(id, observable_id, title, description, threat_start_time, threat_end_time, \
+                     observed_time, ts, labels, run_id) \
+             ON CONFLICT (id) DO UPDATE SET \
+                 observable_id = excluded.observable_id, title = excluded.title, \
+                 description = excluded.description, \
+                 threat_start_time = excluded.threat_start_time, \
+                 threat_end_time = excluded.threat_end_time, \
+                 observed_time = excluded.observed_time, \"timestamp\" = excluded.\"timestamp\", \
+                 labels = excluded.labels, updated_at = now(), run_id = excluded.run_id",
+        )
+        .bind(&ids)
+        .bind(&observable_ids)
+        .bind(&titles)
+        .bind(&descriptions)
+        .bind(&starts)
+        .bind(&ends)
+        .bind(&observed)
+        .bind(&timestamps)
+        .bind(&labels)
+        .bind(&run_ids)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Reputations, keyed by host value.
+#[derive(Default)]
+pub(super) struct ReputationRows(BTreeMap<String, (Option<String>, Option<i32>, Value)>);
+
+impl ReputationRows {
+    pub(super) fn push(&mut self, host: &str, reputation: &Reputation) {
+        let rules = serde_json::to_value(&reputation.rules).unwrap_or(Value::Array(vec![]));
+        self.0.insert(
+            pg_text(host),
+            (
+                reputation.classification.as_deref().map(pg_text),
+                reputation.score,
+                pg_json(&rules),
+            ),
+        );
+    }
+
+    pub(super) async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let (mut hosts, mut classifications, mut scores, mut rules) =
+            (vec![], vec![], vec![], vec![]);
+        for (host, (classification, score, rule)) in &self.0 {
+            hosts.push(host.as_str());
+            classifications.push(classification.as_deref());
+            scores.push(*score);
+            rules.push(rule);
+        }
+        sqlx::query(
+            "INSERT INTO reputations (host, classification, score, rules, fetched_at) \
+             SELECT u.host, u.classification, u.score, u.rules, now() \
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::jsonb[]) \
+                 AS u(host, classification, score, rules) \
+             ON CONFLICT (host) DO UPDATE SET \
+                 classification = excluded.classification, score = excluded.score, \
+                 rules = excluded.rules, fetched_at = excluded.fetched_at",
+        )
+        .bind(&hosts)
+        .bind(&classifications)
+        .bind(&scores)
+        .bind(&rules)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+}
+
+/// (observable id, enricher, kind, value, field): the extracts' unique key.
+type ExtractKey = (i64, &'static str, &'static str, String, String);
+
+/// Extracts of the whole message, keyed on their unique key; value (country code, run id).
+#[derive(Default)]
+struct ExtractRows(BTreeMap<ExtractKey, (Option<String>, Uuid)>);
+
+impl ExtractRows {
+    fn push(&mut self, key: ExtractKey, value: (Option<String>, Uuid)) {
+        self.0.insert(key, value);
+    }
+
+    async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let n = self.0.len();
+        let mut observable_ids = Vec::with_capacity(n);
+        let mut enrichers = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n);
+        let mut fields = Vec::with_capacity(n);
+        let mut country_codes = Vec::with_capacity(n);
+        let mut run_ids = Vec::with_capacity(n);
+        for ((observable_id, enricher, kind, value, field), (country_code, run_id)) in &self.0 {
+            observable_ids.push(*observable_id);
+            enrichers.push(*enricher);
+            kinds.push(*kind);
+            values.push(value.as_str());
+            fields.push(field.as_str());
+            country_codes.push(country_code.as_deref());
+            run_ids.push(*run_id);
+        }
+        sqlx::query(
+            "INSERT INTO extracts (observable_id, enricher, kind, value, field, country_code, \
+                 run_id) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::uuid[]) \
+             ON CONFLICT (observable_id, enricher, kind, value, field) DO UPDATE SET \
+                 country_code = excluded.country_code, last_seen_at = now(), \
+                 run_id = excluded.run_id",
+        )
+        .bind(&observable_ids)
+        .bind(&enrichers)
+        .bind(&kinds)
+        .bind(&values)
+        .bind(&fields)
+        .bind(&country_codes)
+        .bind(&run_ids)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Rejected inputs, one per (message id, item index). A redelivery updates the row but keeps
+/// the first `rejected_at`, and the highest attempt count seen.
+async fn upsert_rejected(
+    tx: &mut Transaction<'_, Postgres>,
+    rejected: &[RejectedInput],
+) -> Result<(), StoreError> {
+    let by_key: BTreeMap<(String, i32), &RejectedInput> = rejected
+        .iter()
+        .map(|r| ((pg_text(&r.message_id), r.item_index), r))
+        .collect();
+    let n = by_key.len();
+    let mut message_ids = Vec::with_capacity(n);
+    let mut item_indexes = Vec::with_capacity(n);
+    let mut inputs = Vec::with_capacity(n);
+    let mut codes = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut sources = Vec::with_capacity(n);
+    let mut contexts = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    for ((message_id, item_index), r) in by_key {
+        message_ids.push(message_id);
+        item_indexes.push(item_index);
+        inputs.push(
+            pg_text(&r.input)
+                .chars()
+                .take(REJECTED_INPUT_MAX_CHARS)
+                .collect::<String>(),
+        );
+        codes.push(pg_text(&r.code));
+        reasons.push(pg_text(&r.reason));
+        sources.push(r.source.as_deref().map(pg_text));
+        contexts.push(r.context.as_ref().map(pg_json));
+        attempts.push(r.attempts);
+    }
+    sqlx::query(
+        "INSERT INTO rejected_inputs AS r (message_id, item_index, input, code, reason, source, \
+             context, attempts) \
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::jsonb[], $8::int[]) \
+         ON CONFLICT (message_id, item_index) DO UPDATE SET \
+             input = excluded.input, code = excluded.code, reason = excluded.reason, \
+             source = excluded.source, context = excluded.context, \
+             attempts = GREATEST(r.attempts, excluded.attempts)",
+    )
+    .bind(&message_ids)
+    .bind(&item_indexes)
+    .bind(&inputs)
+    .bind(&codes)
+    .bind(&reasons)
+    .bind(&sources)
+    .bind(&contexts)
+    .bind(&attempts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `text` without NUL characters, which Postgres text cannot hold.
+pub(super) fn pg_text(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `value` without NUL characters in its strings and keys, which jsonb cannot hold.
+fn pg_json(value: &Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(pg_text(text)),
+        Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (pg_text(key), pg_json(value)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn millis(duration: Duration) -> i32 {
+    i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_dropped() {
+        assert_eq!(pg_text("a\0b"), "ab");
+        let json = serde_json::json!({"k\u{0}": ["x\u{0}y", 1, null]});
+        assert_eq!(pg_json(&json), serde_json::json!({"k": ["xy", 1, null]}));
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut("abc", 2), "ab");
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+}

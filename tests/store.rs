@@ -1,0 +1,709 @@
+//! The Postgres store against a real server: each test gets its own freshly created and
+//! migrated database (`mdti_test_<uuid>`), dropped when the test ends, passed or not.
+//!
+//! The server is `MDTI_TEST_DATABASE_URL` (its path, if any, is replaced by the test database's
+//! name), by default `postgres://postgres@127.0.0.1:5432`.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use mdti_worker::enrich::{
+    EnricherKind, EnricherResult, Enrichment, Extract, ExtractKind, Indicator, Reputation,
+    ReputationRule,
+};
+use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
+use serde_json::json;
+use uuid::Uuid;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A fresh, migrated database; dropped (best effort) when this is dropped.
+struct TestDb {
+    store: Store,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let base = std::env::var("MDTI_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let mut url = url::Url::parse(&base).expect("MDTI_TEST_DATABASE_URL is a URL");
+        let name = format!("mdti_test_{}", Uuid::new_v4().simple());
+        url.set_path(&name);
+        Store::create_database_if_missing(url.as_str())
+            .await
+            .expect("create the test database");
+        let store = Store::connect(url.as_str(), 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        url.set_path("postgres");
+        TestDb {
+            store,
+            name,
+            admin_url: url.to_string(),
+        }
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    async fn counts(&self) -> Vec<(&'static str, i64)> {
+        let mut counts = Vec::new();
+        for table in TABLES {
+            counts.push((table, self.count(table).await));
+        }
+        counts
+    }
+}
+
+const TABLES: [&str; 7] = [
+    "observables",
+    "enrichment_runs",
+    "enricher_results",
+    "indicators",
+    "extracts",
+    "reputations",
+    "rejected_inputs",
+];
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be gone: use a runtime of our own on a
+        // thread of our own. FORCE ends the pool's connections.
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+fn observable(raw: &str) -> Observable {
+    match normalise(raw, None, &Default::default()) {
+        Ok(Normalised::Ready(observable)) => observable,
+        other => panic!("{raw} is not a ready observable: {other:?}"),
+    }
+}
+
+fn extract(kind: ExtractKind, value: &str, field: &str) -> Extract {
+    Extract {
+        kind,
+        value: value.to_owned(),
+        field: field.to_owned(),
+        country_code: None,
+    }
+}
+
+fn result(enricher: EnricherKind) -> EnricherResult {
+    EnricherResult {
+        enricher,
+        found: true,
+        truncated: false,
+        indicator: None,
+        extracts: Vec::new(),
+        reputation: None,
+    }
+}
+
+fn reputation() -> Reputation {
+    Reputation {
+        classification: Some("malicious".into()),
+        score: Some(92),
+        rules: vec![ReputationRule {
+            name: Some("Cyber Threat Intelligence".into()),
+            description: Some(json!(["seen in a campaign", "listed"])),
+            severity: Some("high".into()),
+            related_details_url: Some("https://example.test/rule".into()),
+        }],
+    }
+}
+
+/// A whois, host and reputation enrichment of `observable`.
+fn enrichment(observable: &Observable) -> Enrichment {
+    let mut whois = result(EnricherKind::Whois);
+    whois.indicator = Some(Indicator {
+        id: format!(
+            "{{https://graph.microsoft.com}}Indicator-{}",
+            Uuid::new_v5(&Uuid::NAMESPACE_DNS, observable.value().as_bytes())
+        ),
+        title: format!("whois {}", observable.value()),
+        description: Some("registered by Contoso".into()),
+        threat_start_time: Some(Utc.with_ymd_and_hms(2020, 1, 2, 3, 4, 5).unwrap()),
+        threat_end_time: None,
+        observed_time: Some(Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap()),
+        timestamp: None,
+        labels: vec!["whois".into(), "registrar:markmonitor".into()],
+    });
+    whois.extracts = vec![
+        extract(ExtractKind::Email, "abuse@contoso.com", "abuse.email"),
+        extract(ExtractKind::Email, "admin@contoso.com", "registrant.email"),
+        // The same mailbox under another field is another extract.
+        extract(ExtractKind::Email, "admin@contoso.com", "admin.email"),
+        Extract {
+            country_code: Some("US".into()),
+            ..extract(ExtractKind::Country, "United States", "registrant.country")
+        },
+        extract(ExtractKind::Registrar, "MarkMonitor Inc.", "registrar.name"),
+    ];
+    let mut host = result(EnricherKind::Host);
+    host.truncated = true;
+    host.extracts = vec![
+        extract(ExtractKind::Asn, "8075", "asn"),
+        Extract {
+            country_code: Some("IE".into()),
+            ..extract(ExtractKind::Country, "Ireland", "location.countryName")
+        },
+    ];
+    let mut rep = result(EnricherKind::Reputation);
+    rep.reputation = Some(reputation());
+    Enrichment {
+        observable: observable.clone(),
+        results: vec![whois, host, rep],
+        graph_requests: 3,
+    }
+}
+
+const ENRICHERS: [EnricherKind; 3] = [
+    EnricherKind::Whois,
+    EnricherKind::Host,
+    EnricherKind::Reputation,
+];
+
+fn run(message_id: &str, item_index: i32, observable: &Observable, status: RunStatus) -> RunRecord {
+    let enriched = status == RunStatus::Enriched;
+    RunRecord {
+        message_id: message_id.to_owned(),
+        item_index,
+        source: Some("feed-a".into()),
+        context: Some(json!({"ticket": 42, "tags": ["x"]})),
+        observable: observable.clone(),
+        status,
+        detail: (status == RunStatus::Skipped).then(|| "private address".to_owned()),
+        enrichers: ENRICHERS.to_vec(),
+        graph_requests: if enriched { 3 } else { 0 },
+        duration: Duration::from_millis(250),
+        enrichment: enriched.then(|| enrichment(observable)),
+    }
+}
+
+fn rejection(message_id: &str, item_index: i32, attempts: i32) -> RejectedInput {
+    RejectedInput {
+        message_id: message_id.to_owned(),
+        item_index,
+        input: "not an observable".into(),
+        code: "invalid_observable".into(),
+        reason: "not an IP address or a DNS name".into(),
+        source: Some("feed-a".into()),
+        context: None,
+        attempts,
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_on_a_fresh_database() {
+    let db = TestDb::new().await;
+    for table in TABLES {
+        assert_eq!(db.count(table).await, 0, "{table}");
+    }
+    // Applying again is a no-op.
+    db.store.migrate().await.unwrap();
+    assert_eq!(db.store.run_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn create_database_if_missing_is_idempotent() {
+    let db = TestDb::new().await;
+    let mut url = url::Url::parse(&db.admin_url).unwrap();
+    url.set_path(&db.name);
+    Store::create_database_if_missing(url.as_str())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn recording_a_message_twice_leaves_the_same_rows() {
+    let db = TestDb::new().await;
+    let google = observable("8.8.8.8");
+    let contoso = observable("contoso.com");
+    let runs = vec![
+        run("msg-1", 0, &google, RunStatus::Enriched),
+        run("msg-1", 1, &contoso, RunStatus::Enriched),
+        run(
+            "msg-1",
+            2,
+            &observable("www.contoso.com"),
+            RunStatus::Cached,
+        ),
+        run("msg-1", 3, &observable("1.1.1.1"), RunStatus::Skipped),
+    ];
+    let rejected = vec![rejection("msg-1", 4, 1)];
+
+    db.store.record_message(&runs, &rejected).await.unwrap();
+    let first = db.counts().await;
+    assert_eq!(
+        first,
+        vec![
+            ("observables", 4),
+            ("enrichment_runs", 4),
+            ("enricher_results", 6),
+            ("indicators", 2),
+            ("extracts", 14),
+            ("reputations", 2),
+            ("rejected_inputs", 1),
+        ]
+    );
+
+    db.store.record_message(&runs, &rejected).await.unwrap();
+    assert_eq!(db.counts().await, first);
+    assert_eq!(db.store.run_count().await.unwrap(), 4);
+
+    // The run ids are the deterministic ones, and the columns hold what was recorded.
+    let row: (
+        Uuid,
+        String,
+        String,
+        Vec<String>,
+        i32,
+        i32,
+        serde_json::Value,
+    ) = sqlx::query_as(
+        "SELECT id, status, source, enrichers, graph_requests, duration_ms, context \
+         FROM enrichment_runs WHERE message_id = 'msg-1' AND item_index = 0",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.0, run_id("msg-1", 0));
+    assert_eq!(row.1, "enriched");
+    assert_eq!(row.2, "feed-a");
+    assert_eq!(row.3, vec!["whois", "host", "reputation"]);
+    assert_eq!((row.4, row.5), (3, 250));
+    assert_eq!(row.6, json!({"ticket": 42, "tags": ["x"]}));
+
+    let skipped: (String, Option<String>, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+        "SELECT r.status, r.detail, o.last_enriched_at FROM enrichment_runs r \
+         JOIN observables o ON o.id = r.observable_id WHERE r.item_index = 3",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(skipped.0, "skipped");
+    assert_eq!(skipped.1.as_deref(), Some("private address"));
+    assert_eq!(skipped.2, None);
+
+    let indicator: (String, Vec<String>, Option<chrono::DateTime<Utc>>, Uuid) = sqlx::query_as(
+        "SELECT i.title, i.labels, i.threat_start_time, i.run_id FROM indicators i \
+         JOIN observables o ON o.id = i.observable_id WHERE o.value = 'contoso.com'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(indicator.0, "whois contoso.com");
+    assert_eq!(indicator.1, vec!["whois", "registrar:markmonitor"]);
+    assert_eq!(
+        indicator.2,
+        Some(Utc.with_ymd_and_hms(2020, 1, 2, 3, 4, 5).unwrap())
+    );
+    assert_eq!(indicator.3, run_id("msg-1", 1));
+
+    let truncated: bool = sqlx::query_scalar(
+        "SELECT truncated FROM enricher_results e JOIN observables o ON o.id = e.observable_id \
+         WHERE o.value = '8.8.8.8' AND e.enricher = 'host'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert!(truncated);
+}
+
+#[tokio::test]
+async fn extracts_are_written_in_bulk_and_read_back() {
+    let db = TestDb::new().await;
+    // Many observables in one message, each with its own extracts and some shared ones.
+    let observables: Vec<Observable> = (1..=100)
+        .map(|i| observable(&format!("20.{i}.0.1")))
+        .collect();
+    let runs: Vec<RunRecord> = observables
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let mut run = run("bulk", i as i32, o, RunStatus::Enriched);
+            let enrichment = run.enrichment.as_mut().unwrap();
+            let mut pdns = result(EnricherKind::PassiveDns);
+            pdns.extracts = (0..10)
+                .map(|j| extract(ExtractKind::Host, &format!("h{j}.{i}.example"), "hostname"))
+                .collect();
+            enrichment.results.push(pdns);
+            run
+        })
+        .collect();
+    db.store.record_message(&runs, &[]).await.unwrap();
+    assert_eq!(db.count("observables").await, 100);
+    assert_eq!(db.count("extracts").await, 100 * (7 + 10));
+
+    let read = db.store.extracts_for(&observables[0]).await.unwrap();
+    assert_eq!(read.len(), 17);
+    let wanted = enrichment(&observables[0]);
+    for written in wanted.results.iter().flat_map(|r| &r.extracts) {
+        assert!(read.contains(written), "{written:?} not read back");
+    }
+    let country = read
+        .iter()
+        .find(|e| e.field == "registrant.country")
+        .unwrap();
+    assert_eq!(country.kind, ExtractKind::Country);
+    assert_eq!(country.value, "United States");
+    assert_eq!(country.country_code.as_deref(), Some("US"));
+    assert!(read.iter().any(|e| e.kind == ExtractKind::Host
+        && e.value == "h9.0.example"
+        && e.field == "hostname"));
+
+    let by_enricher = db
+        .store
+        .enricher_extracts_for(&observables[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        by_enricher
+            .iter()
+            .filter(|(e, _)| *e == EnricherKind::PassiveDns)
+            .count(),
+        10
+    );
+
+    // Pivot: every observable sharing an abuse mailbox.
+    let sharing: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT observable_id) FROM extracts \
+         WHERE kind = 'EMAIL' AND value = 'abuse@contoso.com'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(sharing, 100);
+
+    // An observable with nothing stored reads back empty.
+    assert!(db
+        .store
+        .extracts_for(&observable("9.9.9.9"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn repeats_within_one_message_are_merged() {
+    let db = TestDb::new().await;
+    let google = observable("8.8.8.8");
+    let mut first = run("dup", 0, &google, RunStatus::Enriched);
+    // The same extract twice in one result, and the same indicator in two results.
+    let enrichment = first.enrichment.as_mut().unwrap();
+    let repeated = enrichment.results[0].extracts[0].clone();
+    enrichment.results[0].extracts.push(repeated);
+    enrichment.results.push(enrichment.results[0].clone());
+    let runs = vec![
+        first,
+        run("dup", 1, &google, RunStatus::Enriched),
+        run("dup", 1, &google, RunStatus::Enriched),
+    ];
+    db.store
+        .record_message(&runs, &[rejection("dup", 9, 1), rejection("dup", 9, 2)])
+        .await
+        .unwrap();
+    assert_eq!(db.count("observables").await, 1);
+    assert_eq!(db.count("enrichment_runs").await, 2);
+    assert_eq!(db.count("indicators").await, 1);
+    assert_eq!(db.count("extracts").await, 7);
+    assert_eq!(db.count("rejected_inputs").await, 1);
+}
+
+#[tokio::test]
+async fn freshness_follows_the_enrichers_fetched() {
+    let db = TestDb::new().await;
+    let google = observable("8.8.8.8");
+    assert!(!db.store.is_fresh(&google, &ENRICHERS, HOUR).await.unwrap());
+
+    db.store
+        .record_message(&[run("m", 0, &google, RunStatus::Enriched)], &[])
+        .await
+        .unwrap();
+    assert!(db.store.is_fresh(&google, &ENRICHERS, HOUR).await.unwrap());
+    assert!(db
+        .store
+        .is_fresh(&google, &[EnricherKind::Whois, EnricherKind::Whois], HOUR)
+        .await
+        .unwrap());
+    // An enricher never fetched.
+    assert!(!db
+        .store
+        .is_fresh(
+            &google,
+            &[EnricherKind::Whois, EnricherKind::PassiveDns],
+            HOUR
+        )
+        .await
+        .unwrap());
+    assert!(!db
+        .store
+        .is_fresh(&google, &ENRICHERS, Duration::ZERO)
+        .await
+        .unwrap());
+    // Another observable.
+    assert!(!db
+        .store
+        .is_fresh(&observable("contoso.com"), &ENRICHERS, HOUR)
+        .await
+        .unwrap());
+
+    // A fetch older than the TTL is stale.
+    sqlx::query("UPDATE enricher_results SET fetched_at = now() - interval '2 hours'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    assert!(!db.store.is_fresh(&google, &ENRICHERS, HOUR).await.unwrap());
+    assert!(db
+        .store
+        .is_fresh(&google, &ENRICHERS, 3 * HOUR)
+        .await
+        .unwrap());
+    assert!(db
+        .store
+        .is_fresh(&google, &ENRICHERS, Duration::MAX)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn a_redelivery_found_cached_keeps_the_enriched_run() {
+    let db = TestDb::new().await;
+    let google = observable("8.8.8.8");
+    db.store
+        .record_message(&[run("m", 0, &google, RunStatus::Enriched)], &[])
+        .await
+        .unwrap();
+    db.store
+        .record_message(&[run("m", 0, &google, RunStatus::Cached)], &[])
+        .await
+        .unwrap();
+    let (status, requests): (String, i32) =
+        sqlx::query_as("SELECT status, graph_requests FROM enrichment_runs WHERE message_id = 'm'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), requests), ("enriched", 3));
+
+    // Skipped, then enriched on redelivery: the later outcome wins.
+    db.store
+        .record_message(&[run("n", 0, &google, RunStatus::Skipped)], &[])
+        .await
+        .unwrap();
+    db.store
+        .record_message(&[run("n", 0, &google, RunStatus::Enriched)], &[])
+        .await
+        .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM enrichment_runs WHERE message_id = 'n'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(status, "enriched");
+}
+
+#[tokio::test]
+async fn rejected_inputs_are_upserted_once() {
+    let db = TestDb::new().await;
+    let mut long = rejection("bad", -1, 1);
+    long.input = format!("{}\0{}", "é".repeat(600), "x".repeat(600));
+    long.context = Some(json!({"note": "nul \u{0} inside"}));
+    db.store.record_rejection(&long).await.unwrap();
+    db.store.record_rejection(&long).await.unwrap();
+    db.store
+        .record_rejection(&RejectedInput {
+            attempts: 3,
+            ..long.clone()
+        })
+        .await
+        .unwrap();
+    db.store
+        .record_rejection(&rejection("bad", 2, 1))
+        .await
+        .unwrap();
+
+    let rejected = db.store.rejected().await.unwrap();
+    assert_eq!(rejected.len(), 2);
+    let whole = rejected.iter().find(|r| r.item_index == -1).unwrap();
+    assert_eq!(whole.attempts, 3);
+    assert_eq!(whole.input.chars().count(), 1_000);
+    assert_eq!(
+        whole.input,
+        format!("{}{}", "é".repeat(600), "x".repeat(400))
+    );
+    assert_eq!(whole.context, Some(json!({"note": "nul  inside"})));
+    assert_eq!(whole.code, "invalid_observable");
+    assert_eq!(whole.source.as_deref(), Some("feed-a"));
+
+    // A later successful run of the item supersedes its rejection.
+    db.store
+        .record_message(
+            &[run("bad", 2, &observable("8.8.4.4"), RunStatus::Cached)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let rejected = db.store.rejected().await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].item_index, -1);
+}
+
+#[tokio::test]
+async fn cached_reputation_respects_the_ttl() {
+    let db = TestDb::new().await;
+    let host = "counterpart.example";
+    assert_eq!(db.store.cached_reputation(host, HOUR).await.unwrap(), None);
+
+    db.store.save_reputation(host, &reputation()).await.unwrap();
+    assert_eq!(
+        db.store.cached_reputation(host, HOUR).await.unwrap(),
+        Some(reputation())
+    );
+    assert_eq!(
+        db.store
+            .cached_reputation(host, Duration::ZERO)
+            .await
+            .unwrap(),
+        None
+    );
+
+    sqlx::query("UPDATE reputations SET fetched_at = now() - interval '2 hours'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(db.store.cached_reputation(host, HOUR).await.unwrap(), None);
+    assert_eq!(
+        db.store.cached_reputation(host, 3 * HOUR).await.unwrap(),
+        Some(reputation())
+    );
+
+    // Saving again refreshes it, and overwrites.
+    let benign = Reputation {
+        classification: Some("neutral".into()),
+        score: None,
+        rules: vec![],
+    };
+    db.store.save_reputation(host, &benign).await.unwrap();
+    assert_eq!(
+        db.store.cached_reputation(host, HOUR).await.unwrap(),
+        Some(benign)
+    );
+    assert_eq!(db.count("reputations").await, 1);
+
+    // An enriched observable's reputation is cached under its value.
+    let google = observable("8.8.8.8");
+    db.store
+        .record_message(&[run("m", 0, &google, RunStatus::Enriched)], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.cached_reputation("8.8.8.8", HOUR).await.unwrap(),
+        Some(reputation())
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient() {
+    let url = "postgres://postgres@127.0.0.1:1/mdti";
+    let error = Store::create_database_if_missing(url).await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+
+    // Lazy: connecting succeeds, the first query fails (after the acquire timeout).
+    let store = Store::connect(url, 1).await.unwrap();
+    let error = store.run_count().await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+}
+
+#[tokio::test]
+async fn constraint_violations_are_not_transient() {
+    let db = TestDb::new().await;
+    let insert = "INSERT INTO observables (kind, value) VALUES ('ipv4', '8.8.8.8')";
+    sqlx::query(insert).execute(db.store.pool()).await.unwrap();
+    let error = StoreError::from(
+        sqlx::query(insert)
+            .execute(db.store.pool())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(error.sqlstate().as_deref(), Some("23505"));
+    assert!(!error.is_transient(), "{error:?}");
+
+    let error = StoreError::from(
+        sqlx::query("SELEKT 1")
+            .execute(db.store.pool())
+            .await
+            .unwrap_err(),
+    );
+    assert!(!error.is_transient(), "{error:?}");
+}
+
+#[tokio::test]
+async fn nothing_to_record_is_a_no_op() {
+    let db = TestDb::new().await;
+    db.store.record_message(&[], &[]).await.unwrap();
+    assert_eq!(db.store.run_count().await.unwrap(), 0);
+    assert!(db.store.rejected().await.unwrap().is_empty());
+    assert!(db
+        .store
+        .is_fresh(&observable("8.8.8.8"), &[], HOUR)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn concurrent_messages_sharing_observables_do_not_deadlock() {
+    let db = TestDb::new().await;
+    let observables: Vec<Observable> = (1..=20)
+        .map(|i| observable(&format!("20.0.{i}.1")))
+        .collect();
+    let tasks: Vec<_> = (0..8)
+        .map(|m| {
+            let store = db.store.clone();
+            let mut items = observables.clone();
+            // Each message names the shared observables in another order.
+            if m % 2 == 1 {
+                items.reverse();
+            }
+            items.rotate_left(m * 3 % 20);
+            tokio::spawn(async move {
+                let runs: Vec<RunRecord> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| run(&format!("c{m}"), i as i32, o, RunStatus::Enriched))
+                    .collect();
+                store.record_message(&runs, &[]).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(db.count("observables").await, 20);
+    assert_eq!(db.count("enrichment_runs").await, 8 * 20);
+    assert_eq!(db.count("extracts").await, 20 * 7);
+}
