@@ -1,0 +1,339 @@
+//! The Graph client against the simulator: throttling, retries, tokens, paging and the shared
+//! rate limit, observed from both sides (the client's results and the simulator's counters).
+
+use std::time::{Duration, Instant};
+
+use mdti_worker::enrich::{self, EnricherKind};
+use mdti_worker::graph::{GraphClient, GraphError, GraphSettings, PageLimits};
+use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
+use mdti_worker::secret::Secret;
+use mdti_worker::sim::{self, SimConfig, SimHandle};
+use serde_json::json;
+
+fn settings_for(sim: &SimHandle) -> GraphSettings {
+    GraphSettings {
+        graph_base_url: sim.graph_base_url(),
+        login_base_url: sim.login_base_url(),
+        tenant_id: "sim-tenant".into(),
+        client_id: "sim-client".into(),
+        client_secret: Secret::new("sim-secret"),
+        requests_per_second: 1000.0,
+        burst: 100,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..GraphSettings::default()
+    }
+}
+
+async fn sim_and_client(config: SimConfig) -> (SimHandle, GraphClient) {
+    let sim = sim::spawn(config).await.expect("simulator starts");
+    let client = GraphClient::new(settings_for(&sim)).expect("client builds");
+    (sim, client)
+}
+
+fn observable(raw: &str) -> Observable {
+    match normalise(raw, None, &NormaliseOptions::default()) {
+        Ok(Normalised::Ready(observable)) => observable,
+        other => panic!("{raw} is not a ready observable: {other:?}"),
+    }
+}
+
+fn records(n: usize) -> serde_json::Value {
+    json!((0..n)
+        .map(|i| json!({
+            "id": format!("r{i}"),
+            "recordType": "A",
+            "parentHost": {"id": "paged.contoso.com"},
+            "artifact": {"@odata.type": "#microsoft.graph.security.ipAddress", "id": format!("20.0.{}.{}", i / 250, i % 250 + 1)}
+        }))
+        .collect::<Vec<_>>())
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_for_at_least_its_retry_after() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    client.whois("contoso.com").await.unwrap(); // token fetched, connection warm
+    sim.control().inject_429(1, Duration::from_millis(1200));
+    let started = Instant::now();
+    let record = client
+        .whois("contoso.com")
+        .await
+        .expect("retried after the wait");
+    assert!(record.is_some());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "retried after {:?}, before the Retry-After had passed",
+        started.elapsed()
+    );
+    assert_eq!(sim.count("throttled"), 1);
+    assert_eq!(
+        client
+            .stats()
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn while_one_request_waits_out_a_429_the_whole_client_holds_back() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    client.host("contoso.com").await.unwrap();
+    sim.control().inject_429(1, Duration::from_millis(1500));
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.host("contoso.com").await }
+    });
+    while sim.count("throttled") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Another task, another host: it was never throttled itself, yet it waits for the tenant.
+    let started = Instant::now();
+    client.host("fabrikam.com").await.unwrap();
+    let waited = started.elapsed();
+    first.await.unwrap().unwrap();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "an unthrottled task went ahead during the hold (after {waited:?})"
+    );
+    assert_eq!(sim.count("throttled"), 1);
+}
+
+#[tokio::test]
+async fn an_http_date_retry_after_is_honoured_too() {
+    let config = SimConfig {
+        retry_after_format: sim::RetryAfterFormat::HttpDate,
+        ..SimConfig::default()
+    };
+    let (sim, client) = sim_and_client(config).await;
+    sim.control().inject_429(1, Duration::from_millis(900));
+    client.reputation("contoso.com").await.unwrap();
+    assert_eq!(sim.count("throttled"), 1);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_graph_recovers() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    sim.control().set_fail_all(Some(502));
+    let settings = GraphSettings {
+        max_attempts: 30,
+        ..settings_for(&sim)
+    };
+    let client_patient = GraphClient::new(settings).unwrap();
+    let request = tokio::spawn(async move { client_patient.host("contoso.com").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sim.control().set_fail_all(None);
+    let host = request.await.unwrap().expect("recovered");
+    assert!(host.is_some());
+    assert!(sim.count("errors") >= 1);
+    drop(client);
+}
+
+#[tokio::test]
+async fn server_errors_give_up_after_the_attempt_limit_as_transient() {
+    let (sim, _) = sim_and_client(SimConfig::default()).await;
+    sim.control().set_fail_all(Some(500));
+    let client = GraphClient::new(GraphSettings {
+        max_attempts: 3,
+        ..settings_for(&sim)
+    })
+    .unwrap();
+    let error = client.host("contoso.com").await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert_eq!(sim.count("host"), 3);
+}
+
+#[tokio::test]
+async fn bad_request_and_forbidden_are_not_retried() {
+    for status in [400, 403] {
+        let (sim, client) = sim_and_client(SimConfig::default()).await;
+        sim.control().set_fail_all(Some(status));
+        let error = client.whois("contoso.com").await.unwrap_err();
+        assert!(!error.is_transient(), "{status}: {error}");
+        assert!(error.to_string().contains(&status.to_string()), "{error}");
+        assert_eq!(sim.count("whois"), 1, "HTTP {status} was retried");
+    }
+}
+
+#[tokio::test]
+async fn a_host_mdti_does_not_know_is_an_empty_answer_not_an_error() {
+    let (_sim, client) = sim_and_client(SimConfig::default()).await;
+    assert!(client.whois("unknown.contoso.com").await.unwrap().is_none());
+    let pdns = client
+        .passive_dns("unknown.contoso.com", PageLimits::default())
+        .await
+        .unwrap();
+    assert!(!pdns.found);
+    assert!(pdns.items.is_empty());
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_before_use() {
+    let config = SimConfig {
+        token_ttl: Duration::from_secs(2),
+        ..SimConfig::default()
+    };
+    let (sim, client) = sim_and_client(config).await;
+    client.host("contoso.com").await.unwrap();
+    assert_eq!(sim.count("token"), 1);
+    client.host("contoso.com").await.unwrap();
+    assert_eq!(sim.count("token"), 1, "a valid token is reused");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    client.host("contoso.com").await.unwrap();
+    assert_eq!(sim.count("token"), 2);
+    assert_eq!(
+        sim.count("unauthorized"),
+        0,
+        "refreshed before Graph refused it"
+    );
+}
+
+#[tokio::test]
+async fn a_401_triggers_one_refresh_and_one_retry_even_for_many_tasks() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    client.host("contoso.com").await.unwrap();
+    sim.control().expire_tokens();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.host(&format!("host{i}.contoso.com")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("retried with a fresh token");
+    }
+    assert_eq!(
+        sim.count("token"),
+        2,
+        "one refresh for all the refused requests"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_permanently_without_leaking_the_secret() {
+    let sim = sim::spawn(SimConfig::default()).await.unwrap();
+    let client = GraphClient::new(GraphSettings {
+        client_secret: Secret::new("hunter2-very-secret"),
+        ..settings_for(&sim)
+    })
+    .unwrap();
+    let error = client.host("contoso.com").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            GraphError::Token {
+                transient: false,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("invalid_client"), "{text}");
+    assert!(!text.contains("hunter2"), "the secret leaked: {text}");
+}
+
+#[tokio::test]
+async fn paging_follows_next_links_across_many_pages() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    sim.control()
+        .set_override("hosts/paged.contoso.com/passiveDns", records(35));
+    let limits = PageLimits {
+        page_size: Some(10),
+        max_pages: None,
+    };
+    let walk = client
+        .passive_dns("paged.contoso.com", limits)
+        .await
+        .unwrap();
+    assert_eq!(walk.items.len(), 35);
+    assert_eq!(walk.pages, 4);
+    assert!(!walk.truncated);
+    assert_eq!(sim.count("passiveDns"), 4);
+}
+
+#[tokio::test]
+async fn a_page_cap_cuts_the_walk_and_says_so() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    sim.control()
+        .set_override("hosts/paged.contoso.com/passiveDns", records(35));
+    let limits = PageLimits {
+        page_size: Some(10),
+        max_pages: Some(2),
+    };
+    let walk = client
+        .passive_dns("paged.contoso.com", limits)
+        .await
+        .unwrap();
+    assert_eq!(walk.items.len(), 20);
+    assert!(walk.truncated);
+}
+
+#[tokio::test]
+async fn the_shared_limiter_keeps_concurrent_tasks_under_the_simulators_limit() {
+    // The simulator allows 25/s; the client is set to 20/s with no burst. 50 concurrent requests
+    // must all pass without a single 429.
+    let config = SimConfig {
+        rate_limit: Some(25.0),
+        ..SimConfig::default()
+    };
+    let sim = sim::spawn(config).await.unwrap();
+    let client = GraphClient::new(GraphSettings {
+        requests_per_second: 20.0,
+        burst: 1,
+        ..settings_for(&sim)
+    })
+    .unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.reputation(&format!("h{i}.contoso.com")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(sim.count("reputation"), 50);
+    assert_eq!(sim.count("throttled"), 0);
+}
+
+#[tokio::test]
+async fn ipv6_keys_travel_as_one_encoded_segment() {
+    let (sim, client) = sim_and_client(SimConfig::default()).await;
+    let host = client.host("2603:1030::5").await.unwrap().expect("known");
+    assert_eq!(host.id.as_deref(), Some("2603:1030::5"));
+    assert_eq!(sim.count("host"), 1);
+}
+
+#[tokio::test]
+async fn all_six_enrichers_run_for_an_ip_and_a_domain() {
+    let (_sim, client) = sim_and_client(SimConfig::default()).await;
+    for raw in ["8.8.8.8", "contoso.com"] {
+        let enrichment = enrich::enrich(
+            &client,
+            &observable(raw),
+            &EnricherKind::ALL,
+            PageLimits::default(),
+        )
+        .await
+        .unwrap();
+        let kinds: Vec<_> = enrichment.results.iter().map(|r| r.enricher).collect();
+        assert_eq!(kinds, EnricherKind::ALL.to_vec());
+        let whois = &enrichment.results[0];
+        assert!(whois
+            .indicator
+            .as_ref()
+            .unwrap()
+            .id
+            .starts_with("{https://graph.microsoft.com}Indicator-"));
+        let reputation = enrichment.results[5].reputation.as_ref().unwrap();
+        assert!(reputation.classification.is_some());
+        let pdns = &enrichment.results[1];
+        assert!(
+            !pdns.extracts.is_empty(),
+            "{raw}: passive DNS found nothing"
+        );
+        assert!(enrichment.graph_requests >= 6);
+    }
+}
