@@ -1,0 +1,1043 @@
+//! The `publish [FILE…]` command, library part: read observables from files or stdin, validate
+//! them locally, drop duplicates, and publish the rest in confirmed batches to the input
+//! exchange.
+//!
+//! Input formats ([`InputFormat`]):
+//!
+//! - `lines` (default): one observable a line;
+//! - `csv`: the value is in one column ([`CsvColumn`]): a 1-based number (no header row) or a
+//!   header name (then the first line of each file is the header row);
+//! - `jsonl`: one JSON value a line: a string, or an object with a string `value` and an
+//!   optional `kind` (other fields are ignored).
+//!
+//! In every format blank lines and lines starting with `#` are skipped. Each remaining line is
+//! normalised with [`crate::observable::normalise`]; a rejected line is reported with its file,
+//! line number and reason. Exact duplicates (after normalisation, over all inputs) are dropped and
+//! counted. Accepted observables are sent as JSON arrays of
+//! `{"value": <canonical>, "kind": <kind>, "source": <source>}` (at most `batch_size` per message,
+//! and never more bytes than the worker accepts), each with a fresh UUID v4 message id, with
+//! publisher confirms: nothing counts as published until the broker confirmed it.
+//!
+//! The invariant of [`PublishSummary`]: `read = published + not_published + rejected + skipped +
+//! duplicates`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{BufRead, IsTerminal, Write};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::observable::{normalise, NormaliseOptions, Normalised, Observable, ObservableKind};
+use crate::queue::message::{DecodeLimits, ECHO_CHARS};
+use crate::queue::{truncate_chars, PublishError, Publisher};
+
+/// Default observables per message.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Lines longer than this many bytes are rejected without being kept in memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Messages published before waiting for their confirms.
+const MESSAGES_IN_FLIGHT: usize = 8;
+/// Routing key when no source is given.
+pub const DEFAULT_ROUTING_KEY: &str = "publish";
+
+/// How input lines are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputFormat {
+    #[default]
+    Lines,
+    Csv,
+    Jsonl,
+}
+
+impl FromStr for InputFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "lines" | "text" | "txt" => Ok(InputFormat::Lines),
+            "csv" => Ok(InputFormat::Csv),
+            "jsonl" | "ndjson" => Ok(InputFormat::Jsonl),
+            other => Err(format!(
+                "unknown input format {:?}: expected lines, csv or jsonl",
+                truncate_chars(other, 40)
+            )),
+        }
+    }
+}
+
+/// Which CSV column holds the observable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsvColumn {
+    /// 1-based column number; the files have no header row.
+    Number(usize),
+    /// Column name, looked up (case-insensitively, trimmed) in the header row of each file.
+    Name(String),
+}
+
+impl Default for CsvColumn {
+    fn default() -> Self {
+        CsvColumn::Number(1)
+    }
+}
+
+impl FromStr for CsvColumn {
+    type Err = String;
+
+    /// A positive number is a column number, anything else a header name.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("the CSV column is empty".to_string());
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            return match text.parse::<usize>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "CSV column numbers start at 1, got {:?}",
+                    truncate_chars(text, 40)
+                )),
+                Ok(n) => Ok(CsvColumn::Number(n)),
+            };
+        }
+        Ok(CsvColumn::Name(text.to_string()))
+    }
+}
+
+/// Options of the `publish` command.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub format: InputFormat,
+    /// Only used with [`InputFormat::Csv`].
+    pub csv_column: CsvColumn,
+    /// Declared kind for every line (a JSON line's own `kind` wins).
+    pub kind: Option<ObservableKind>,
+    /// Written into every item as `source`, and used as the routing key.
+    pub source: Option<String>,
+    /// Observables per message, 1 ..= [`DecodeLimits::max_items`] (default 500).
+    pub batch_size: usize,
+    /// Progress line on stderr: `None` means when stderr is a terminal.
+    pub progress: Option<bool>,
+    /// Report each rejected line on stderr (default true).
+    pub report_lines: bool,
+    /// Report each skipped line (valid but not public, e.g. a private address) on stderr too
+    /// (default false: feeds often hold many).
+    pub report_skipped: bool,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            format: InputFormat::Lines,
+            csv_column: CsvColumn::default(),
+            kind: None,
+            source: None,
+            batch_size: DEFAULT_BATCH_SIZE,
+            progress: None,
+            report_lines: true,
+            report_skipped: false,
+        }
+    }
+}
+
+/// A line that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub file: String,
+    /// 1-based line number.
+    pub line: usize,
+    /// The line, truncated.
+    pub input: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)?;
+        if !self.reason.contains(&self.input) {
+            write!(f, " (line: {:?})", self.input)?;
+        }
+        Ok(())
+    }
+}
+
+/// A valid observable that normalisation decided not to enrich.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedLine {
+    pub file: String,
+    pub line: usize,
+    pub observable: Observable,
+    pub reason: String,
+}
+
+impl fmt::Display for SkippedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: skipped {}: {}",
+            self.file,
+            self.line,
+            self.observable.value(),
+            self.reason
+        )
+    }
+}
+
+/// What [`parse_lines`] found in one input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedInput {
+    /// Accepted observables, first occurrences only, in input order.
+    pub observables: Vec<Observable>,
+    pub rejected: Vec<Rejection>,
+    pub skipped: Vec<SkippedLine>,
+    /// Exact duplicates dropped (of this input or of anything in `seen` before).
+    pub duplicates: usize,
+    /// Lines that held an observable (not blank, not a comment, not the CSV header).
+    pub read: usize,
+    /// Why the input was not read to its end (I/O error, missing CSV column).
+    pub error: Option<String>,
+}
+
+/// Parse and validate one input without a broker: what `publish` would send, reject, skip and
+/// drop. `seen` carries the duplicates check across inputs.
+pub fn parse_lines<R: BufRead>(
+    reader: R,
+    name: &str,
+    options: &PublishOptions,
+    seen: &mut HashSet<Observable>,
+) -> ParsedInput {
+    let mut out = ParsedInput::default();
+    let mut parser = LineParser::new(options);
+    let mut lines = LineReader::new(reader);
+    loop {
+        let (number, line) = match lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(error) => {
+                out.error = Some(format!("{name}: read error: {error}"));
+                break;
+            }
+        };
+        match parser.line(name, number, line, seen) {
+            Outcome::Ignored => {}
+            Outcome::Accepted(observable) => {
+                out.read += 1;
+                out.observables.push(observable);
+            }
+            Outcome::Duplicate => {
+                out.read += 1;
+                out.duplicates += 1;
+            }
+            Outcome::Skipped(skipped) => {
+                out.read += 1;
+                out.skipped.push(skipped);
+            }
+            Outcome::Rejected(rejection) => {
+                out.read += 1;
+                out.rejected.push(rejection);
+            }
+            Outcome::FileError(error) => {
+                out.error = Some(error);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The result of a `publish` run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishSummary {
+    /// Lines that held an observable.
+    pub read: usize,
+    /// Observables confirmed by the broker.
+    pub published: usize,
+    /// Messages confirmed by the broker.
+    pub messages: usize,
+    pub rejected: usize,
+    pub skipped: usize,
+    pub duplicates: usize,
+    /// Accepted observables that were not confirmed (a failed batch, or the run stopped).
+    pub not_published: usize,
+    /// Failures that stopped an input or the run (I/O errors, missing CSV column, publish
+    /// errors).
+    pub errors: Vec<String>,
+}
+
+impl PublishSummary {
+    /// Whether the command succeeded: nothing rejected, nothing left unpublished, no error.
+    /// Skipped lines and duplicates are not failures.
+    pub fn is_success(&self) -> bool {
+        self.rejected == 0 && self.not_published == 0 && self.errors.is_empty()
+    }
+
+    /// Process exit code for the CLI: 0 on success, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.is_success() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for PublishSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "read {}, published {} in {} message(s), rejected {}, skipped {}, duplicates {}",
+            self.read, self.published, self.messages, self.rejected, self.skipped, self.duplicates
+        )?;
+        if self.not_published > 0 {
+            write!(f, ", NOT published {}", self.not_published)?;
+        }
+        for error in &self.errors {
+            write!(f, "\nerror: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Run the `publish` command: read `inputs` (named by `names`, e.g. file names or `-`), report
+/// rejected lines on stderr, publish with confirms through `publisher`, and return the summary
+/// (also when something failed: see [`PublishSummary::is_success`]). An `Err` means the command
+/// could not start (bad options).
+///
+/// Inputs are read on a separate thread, so blocking reads (stdin) do not stall the runtime.
+/// The first publish failure stops the run: what was not confirmed counts as not published.
+pub async fn run(
+    options: PublishOptions,
+    publisher: &Publisher,
+    inputs: Vec<Box<dyn BufRead + Send>>,
+    names: Vec<String>,
+) -> anyhow::Result<PublishSummary> {
+    let max_items = DecodeLimits::default().max_items;
+    if options.batch_size == 0 || options.batch_size > max_items {
+        bail!(
+            "batch size must be between 1 and {max_items} (the worker's limit), got {}",
+            options.batch_size
+        );
+    }
+    if names.len() != inputs.len() {
+        bail!("{} input(s) but {} name(s)", inputs.len(), names.len());
+    }
+    let routing_key = options
+        .source
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_string());
+    if routing_key.len() > 255 {
+        bail!("the source is used as routing key and must be at most 255 bytes");
+    }
+
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<ReadEvent>(1024);
+    std::thread::Builder::new()
+        .name("publish-reader".into())
+        .spawn(move || read_inputs(inputs, sender))
+        .context("cannot start the input reader thread")?;
+
+    let mut progress = Progress::new(
+        options
+            .progress
+            .unwrap_or_else(|| std::io::stderr().is_terminal()),
+    );
+    let mut summary = PublishSummary::default();
+    let mut parser = LineParser::new(&options);
+    let mut seen = HashSet::new();
+    let mut batches = Batcher::new(&options, routing_key);
+    let mut failed_file: Option<usize> = None;
+
+    while let Some(event) = receiver.recv().await {
+        match event {
+            ReadEvent::Line { file, number, line } => {
+                if failed_file == Some(file) {
+                    continue;
+                }
+                let name = &names[file];
+                match parser.line(name, number, line, &mut seen) {
+                    Outcome::Ignored => continue,
+                    Outcome::Accepted(observable) => {
+                        summary.read += 1;
+                        batches.push(&observable);
+                    }
+                    Outcome::Duplicate => {
+                        summary.read += 1;
+                        summary.duplicates += 1;
+                    }
+                    Outcome::Skipped(skipped) => {
+                        summary.read += 1;
+                        summary.skipped += 1;
+                        if options.report_skipped {
+                            progress.message(&skipped.to_string());
+                        }
+                    }
+                    Outcome::Rejected(rejection) => {
+                        summary.read += 1;
+                        summary.rejected += 1;
+                        if options.report_lines {
+                            progress.message(&format!("rejected {rejection}"));
+                        }
+                    }
+                    Outcome::FileError(error) => {
+                        failed_file = Some(file);
+                        progress.message(&format!("error: {error}"));
+                        summary.errors.push(error);
+                    }
+                }
+            }
+            ReadEvent::EndOfFile { file } => {
+                parser.end_of_file();
+                if failed_file == Some(file) {
+                    failed_file = None;
+                }
+            }
+            ReadEvent::Error { file, error } => {
+                parser.end_of_file();
+                let error = format!("{}: read error: {error}", names[file]);
+                progress.message(&format!("error: {error}"));
+                summary.errors.push(error);
+            }
+        }
+        if batches.ready_to_send() {
+            if let Err(error) = batches.send(publisher, &mut summary).await {
+                let error = format!("{error}; stopped, the rest of the input was not read");
+                progress.message(&format!("error: {error}"));
+                summary.errors.push(error);
+                break;
+            }
+        }
+        progress.update(&summary);
+    }
+    // Stops the reader thread if we left early (its next send fails).
+    drop(receiver);
+
+    if batches.sent_ok() {
+        batches.close_current();
+        if let Err(error) = batches.send(publisher, &mut summary).await {
+            progress.message(&format!("error: {error}"));
+            summary.errors.push(error);
+        }
+    }
+    summary.not_published += batches.abandon();
+    progress.finish();
+    Ok(summary)
+}
+
+/// Command-line arguments of `publish`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PublishArgs {
+    /// Files to read (`-` is stdin); stdin when none
+    pub files: Vec<std::path::PathBuf>,
+    /// Input format: lines, csv or jsonl
+    #[arg(long, default_value = "lines")]
+    pub format: InputFormat,
+    /// CSV column holding the observable: a 1-based number (no header row) or a header name
+    #[arg(long, default_value = "1")]
+    pub csv_column: CsvColumn,
+    /// Declared kind of every observable (ipv4, ipv6, domain, host); guessed when absent
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<ObservableKind>,
+    /// Source name written into every item and used as routing key
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Observables per message
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Never draw the progress line (it is drawn only when stderr is a terminal anyway)
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Also list each skipped line (valid but not public), not only rejected ones
+    #[arg(long)]
+    pub show_skipped: bool,
+}
+
+fn parse_kind(text: &str) -> Result<ObservableKind, String> {
+    ObservableKind::from_str(text).map_err(|e| e.to_string())
+}
+
+impl PublishArgs {
+    pub fn options(&self) -> PublishOptions {
+        PublishOptions {
+            format: self.format,
+            csv_column: self.csv_column.clone(),
+            kind: self.kind,
+            source: self.source.clone(),
+            batch_size: self.batch_size,
+            progress: if self.no_progress { Some(false) } else { None },
+            report_lines: true,
+            report_skipped: self.show_skipped,
+        }
+    }
+}
+
+/// The whole `publish` command: open the inputs, connect, [`run`], print the summary on stderr
+/// and return the process exit code (0 only when everything read was published or deliberately
+/// skipped or a duplicate).
+pub async fn command(
+    topology: crate::queue::Topology,
+    amqp_url: crate::secret::Secret,
+    args: PublishArgs,
+) -> anyhow::Result<i32> {
+    let options = args.options();
+    let mut inputs: Vec<Box<dyn BufRead + Send>> = Vec::new();
+    let mut names = Vec::new();
+    if args.files.is_empty() {
+        inputs.push(Box::new(std::io::BufReader::new(std::io::stdin())));
+        names.push("<stdin>".to_string());
+    }
+    for path in &args.files {
+        if path.as_os_str() == "-" {
+            inputs.push(Box::new(std::io::BufReader::new(std::io::stdin())));
+            names.push("<stdin>".to_string());
+        } else {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            inputs.push(Box::new(std::io::BufReader::new(file)));
+            names.push(path.display().to_string());
+        }
+    }
+    let url = amqp_url.expose();
+    let publisher = Publisher::connect(url, topology)
+        .await
+        .with_context(|| format!("connecting to {}", crate::config::redact_url(url)))?;
+    let summary = run(options, &publisher, inputs, names).await?;
+    let _ = publisher.close().await;
+    eprintln!("{summary}");
+    Ok(summary.exit_code())
+}
+
+/// Lines read on the reader thread.
+enum ReadEvent {
+    Line {
+        file: usize,
+        number: usize,
+        line: RawLine,
+    },
+    EndOfFile {
+        file: usize,
+    },
+    Error {
+        file: usize,
+        error: String,
+    },
+}
+
+fn read_inputs(inputs: Vec<Box<dyn BufRead + Send>>, sender: tokio::sync::mpsc::Sender<ReadEvent>) {
+    for (file, input) in inputs.into_iter().enumerate() {
+        let mut lines = LineReader::new(input);
+        loop {
+            let event = match lines.next_line() {
+                Ok(Some((number, line))) => ReadEvent::Line { file, number, line },
+                Ok(None) => ReadEvent::EndOfFile { file },
+                Err(error) => ReadEvent::Error {
+                    file,
+                    error: error.to_string(),
+                },
+            };
+            let last = !matches!(event, ReadEvent::Line { .. });
+            if sender.blocking_send(event).is_err() {
+                return;
+            }
+            if last {
+                break;
+            }
+        }
+    }
+}
+
+/// One physical line as read: at most [`MAX_LINE_BYTES`] bytes, without the line ending.
+#[derive(Debug)]
+struct RawLine {
+    bytes: Vec<u8>,
+    /// The line was longer than [`MAX_LINE_BYTES`]; `bytes` holds its beginning.
+    too_long: bool,
+}
+
+/// Reads lines of bounded length, numbering them from 1.
+struct LineReader<R> {
+    reader: R,
+    number: usize,
+}
+
+impl<R: BufRead> LineReader<R> {
+    fn new(reader: R) -> Self {
+        LineReader { reader, number: 0 }
+    }
+
+    fn next_line(&mut self) -> std::io::Result<Option<(usize, RawLine)>> {
+        let mut bytes = Vec::new();
+        let mut too_long = false;
+        let mut any = false;
+        loop {
+            let buffer = match self.reader.fill_buf() {
+                Ok(buffer) => buffer,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            if buffer.is_empty() {
+                break;
+            }
+            any = true;
+            let (chunk, used, done) = match buffer.iter().position(|&b| b == b'\n') {
+                Some(end) => (&buffer[..end], end + 1, true),
+                None => (buffer, buffer.len(), false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(bytes.len());
+            if chunk.len() > room {
+                too_long = true;
+            }
+            bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.reader.consume(used);
+            if done {
+                break;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        self.number += 1;
+        if self.number == 1 && bytes.starts_with(b"\xef\xbb\xbf") {
+            bytes.drain(..3);
+        }
+        Ok(Some((self.number, RawLine { bytes, too_long })))
+    }
+}
+
+enum Outcome {
+    /// Blank, comment, or the CSV header row.
+    Ignored,
+    Accepted(Observable),
+    Duplicate,
+    Skipped(SkippedLine),
+    Rejected(Rejection),
+    /// The rest of this input cannot be read (e.g. the CSV column is not in the header).
+    FileError(String),
+}
+
+/// Turns lines into outcomes; the state is the CSV header of the current input.
+struct LineParser<'a> {
+    options: &'a PublishOptions,
+    normalise_options: NormaliseOptions,
+    /// 0-based column index, once known for the current input.
+    csv_index: Option<usize>,
+}
+
+impl<'a> LineParser<'a> {
+    fn new(options: &'a PublishOptions) -> Self {
+        let mut parser = LineParser {
+            options,
+            normalise_options: NormaliseOptions::default(),
+            csv_index: None,
+        };
+        parser.end_of_file();
+        parser
+    }
+
+    /// Forget the header of the input that ended.
+    fn end_of_file(&mut self) {
+        self.csv_index = match &self.options.csv_column {
+            CsvColumn::Number(n) => Some(n.saturating_sub(1)),
+            CsvColumn::Name(_) => None,
+        };
+    }
+
+    fn line(
+        &mut self,
+        file: &str,
+        number: usize,
+        line: RawLine,
+        seen: &mut HashSet<Observable>,
+    ) -> Outcome {
+        let reject = |input: &str, reason: String| {
+            Outcome::Rejected(Rejection {
+                file: file.to_string(),
+                line: number,
+                input: truncate_chars(input, ECHO_CHARS),
+                reason,
+            })
+        };
+        let text = match std::str::from_utf8(&line.bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                return reject(
+                    &String::from_utf8_lossy(&line.bytes),
+                    format!(
+                        "not valid UTF-8 (invalid byte sequence at byte {})",
+                        error.valid_up_to()
+                    ),
+                )
+            }
+        };
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            return Outcome::Ignored;
+        }
+        if line.too_long {
+            return reject(trimmed, format!("line longer than {MAX_LINE_BYTES} bytes"));
+        }
+
+        let (value, declared) = match self.options.format {
+            InputFormat::Lines => (trimmed.to_string(), self.options.kind),
+            InputFormat::Csv => {
+                let fields = match split_csv(text) {
+                    Ok(fields) => fields,
+                    Err(reason) => return reject(trimmed, reason),
+                };
+                let Some(index) = self.csv_index else {
+                    return self.read_header(file, number, &fields);
+                };
+                match fields.get(index).map(|field| field.trim()) {
+                    None => {
+                        return reject(
+                            trimmed,
+                            format!(
+                                "no column {} (the line has {} column(s))",
+                                index + 1,
+                                fields.len()
+                            ),
+                        )
+                    }
+                    Some("") => return reject(trimmed, format!("column {} is empty", index + 1)),
+                    Some(value) => (value.to_string(), self.options.kind),
+                }
+            }
+            InputFormat::Jsonl => match json_line(trimmed) {
+                Ok((value, kind)) => (value, kind.or(self.options.kind)),
+                Err(reason) => return reject(trimmed, reason),
+            },
+        };
+
+        match normalise(&value, declared, &self.normalise_options) {
+            Err(invalid) => reject(&value, invalid.to_string()),
+            Ok(Normalised::Skipped { observable, reason }) => Outcome::Skipped(SkippedLine {
+                file: file.to_string(),
+                line: number,
+                observable,
+                reason: reason.to_string(),
+            }),
+            Ok(Normalised::Ready(observable)) => {
+                if seen.contains(&observable) {
+                    Outcome::Duplicate
+                } else {
+                    seen.insert(observable.clone());
+                    Outcome::Accepted(observable)
+                }
+            }
+        }
+    }
+
+    fn read_header(&mut self, file: &str, number: usize, fields: &[String]) -> Outcome {
+        let CsvColumn::Name(wanted) = &self.options.csv_column else {
+            return Outcome::Ignored;
+        };
+        let found = fields
+            .iter()
+            .position(|field| field.trim().eq_ignore_ascii_case(wanted.trim()));
+        match found {
+            Some(index) => {
+                self.csv_index = Some(index);
+                Outcome::Ignored
+            }
+            None => Outcome::FileError(format!(
+                "{file}:{number}: no column named {:?} in the header row ({})",
+                truncate_chars(wanted, 60),
+                truncate_chars(&fields.join(","), ECHO_CHARS)
+            )),
+        }
+    }
+}
+
+/// Split one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote; no line breaks in fields).
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut in_quotes = false;
+    let mut quoted_field = false;
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => in_quotes = false,
+                _ => field.push(c),
+            }
+        } else {
+            match c {
+                ',' => {
+                    fields.push(std::mem::take(&mut field));
+                    quoted_field = false;
+                }
+                '"' if field.trim().is_empty() && !quoted_field => {
+                    field.clear();
+                    in_quotes = true;
+                    quoted_field = true;
+                }
+                _ => field.push(c),
+            }
+        }
+    }
+    if in_quotes {
+        return Err("unterminated quoted CSV field".to_string());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// A JSON line: a string, or an object with a string `value` and an optional string `kind`.
+fn json_line(line: &str) -> Result<(String, Option<ObservableKind>), String> {
+    let parsed: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    match parsed {
+        Value::String(value) => Ok((value, None)),
+        Value::Object(fields) => {
+            let value = match fields.get("value") {
+                Some(Value::String(value)) => value.clone(),
+                None | Some(Value::Null) => return Err("`value` is required".to_string()),
+                Some(_) => return Err("`value` must be a string".to_string()),
+            };
+            let kind = match fields.get("kind") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(kind)) => Some(
+                    ObservableKind::from_str(kind).map_err(|e| format!("invalid `kind`: {e}"))?,
+                ),
+                Some(_) => return Err("`kind` must be a string".to_string()),
+            };
+            Ok((value, kind))
+        }
+        _ => Err("expected a JSON string or an object with `value`".to_string()),
+    }
+}
+
+/// Accumulates observables into messages and sends them a few at a time.
+struct Batcher {
+    batch_size: usize,
+    max_body_bytes: usize,
+    routing_key: String,
+    source: Option<String>,
+    /// Items of the message being built, serialised.
+    current: Vec<Vec<u8>>,
+    current_bytes: usize,
+    /// Closed messages not sent yet: (body, observable count).
+    closed: Vec<(Vec<u8>, usize)>,
+    any_failure: bool,
+}
+
+impl Batcher {
+    fn new(options: &PublishOptions, routing_key: String) -> Self {
+        Batcher {
+            batch_size: options.batch_size,
+            // Leave room for the brackets and commas, and some margin.
+            max_body_bytes: DecodeLimits::default().max_body_bytes - 1024,
+            routing_key,
+            source: options.source.clone(),
+            current: Vec::new(),
+            current_bytes: 0,
+            closed: Vec::new(),
+            any_failure: false,
+        }
+    }
+
+    fn push(&mut self, observable: &Observable) {
+        let mut item = json!({
+            "value": observable.value(),
+            "kind": observable.kind(),
+        });
+        if let Some(source) = &self.source {
+            item["source"] = Value::String(source.clone());
+        }
+        let item = serde_json::to_vec(&item).unwrap_or_default();
+        if !self.current.is_empty() && self.current_bytes + item.len() + 1 > self.max_body_bytes {
+            self.close_current();
+        }
+        self.current_bytes += item.len() + 1;
+        self.current.push(item);
+        if self.current.len() >= self.batch_size {
+            self.close_current();
+        }
+    }
+
+    fn close_current(&mut self) {
+        if self.current.is_empty() {
+            return;
+        }
+        let count = self.current.len();
+        let mut body = Vec::with_capacity(self.current_bytes + 2);
+        body.push(b'[');
+        for (n, item) in self.current.drain(..).enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&item);
+        }
+        body.push(b']');
+        self.current_bytes = 0;
+        self.closed.push((body, count));
+    }
+
+    fn ready_to_send(&self) -> bool {
+        self.closed.len() >= MESSAGES_IN_FLIGHT
+    }
+
+    fn sent_ok(&self) -> bool {
+        !self.any_failure
+    }
+
+    /// Publish the closed messages and wait for their confirms.
+    async fn send(
+        &mut self,
+        publisher: &Publisher,
+        summary: &mut PublishSummary,
+    ) -> Result<(), String> {
+        if self.closed.is_empty() {
+            return Ok(());
+        }
+        let messages = std::mem::take(&mut self.closed);
+        let counts: Vec<usize> = messages.iter().map(|(_, count)| *count).collect();
+        let items = messages
+            .into_iter()
+            .map(|(body, _)| {
+                (
+                    self.routing_key.clone(),
+                    body,
+                    "application/json".to_string(),
+                    uuid::Uuid::new_v4().to_string(),
+                )
+            })
+            .collect();
+        match publisher.publish_batch(items).await {
+            Ok(_) => {
+                summary.messages += counts.len();
+                summary.published += counts.iter().sum::<usize>();
+                Ok(())
+            }
+            Err(error) => {
+                self.any_failure = true;
+                let failed: Vec<usize> = match &error {
+                    PublishError::Batch { failed, .. } => failed.iter().map(|f| f.index).collect(),
+                    _ => (0..counts.len()).collect(),
+                };
+                for (index, count) in counts.iter().enumerate() {
+                    if failed.contains(&index) {
+                        summary.not_published += count;
+                    } else {
+                        summary.messages += 1;
+                        summary.published += count;
+                    }
+                }
+                Err(format!("publishing failed: {error}"))
+            }
+        }
+    }
+
+    /// Count what was never sent.
+    fn abandon(&mut self) -> usize {
+        let unsent = self.current.len() + self.closed.iter().map(|(_, count)| count).sum::<usize>();
+        self.current.clear();
+        self.current_bytes = 0;
+        self.closed.clear();
+        unsent
+    }
+}
+
+/// A single updating progress line on stderr (when enabled), and line reports that do not
+/// collide with it.
+struct Progress {
+    enabled: bool,
+    drawn: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Progress {
+            enabled,
+            drawn: false,
+            last: None,
+        }
+    }
+
+    fn clear(&mut self, stderr: &mut impl Write) {
+        if self.drawn {
+            let _ = write!(stderr, "\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        let mut stderr = std::io::stderr().lock();
+        self.clear(&mut stderr);
+        let _ = writeln!(stderr, "{text}");
+    }
+
+    fn update(&mut self, summary: &PublishSummary) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r\x1b[2Kread {}, published {}, rejected {}, skipped {}, duplicates {}",
+            summary.read, summary.published, summary.rejected, summary.skipped, summary.duplicates
+        );
+        let _ = stderr.flush();
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        let mut stderr = std::io::stderr().lock();
+        self.clear(&mut stderr);
+        let _ = stderr.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_split() {
+        assert_eq!(split_csv("a,b,c").unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(
+            split_csv(r#""a,b","say ""hi""",c"#).unwrap(),
+            vec!["a,b", r#"say "hi""#, "c"]
+        );
+        assert_eq!(split_csv("a,,").unwrap(), vec!["a", "", ""]);
+        assert!(split_csv(r#""open,b"#).is_err());
+    }
+
+    #[test]
+    fn csv_column_parsing() {
+        assert_eq!("2".parse::<CsvColumn>(), Ok(CsvColumn::Number(2)));
+        assert!("0".parse::<CsvColumn>().is_err());
+        assert_eq!(
+            "indicator".parse::<CsvColumn>(),
+            Ok(CsvColumn::Name("indicator".into()))
+        );
+    }
+
+    #[test]
+    fn long_lines_are_bounded() {
+        let input = format!("{}\nnext\n", "a".repeat(MAX_LINE_BYTES * 3));
+        let mut reader = LineReader::new(std::io::BufReader::with_capacity(1000, input.as_bytes()));
+        let (number, first) = reader.next_line().unwrap().unwrap();
+        assert_eq!(number, 1);
+        assert!(first.too_long);
+        assert_eq!(first.bytes.len(), MAX_LINE_BYTES);
+        let (number, second) = reader.next_line().unwrap().unwrap();
+        assert_eq!((number, second.bytes.as_slice()), (2, b"next".as_slice()));
+        assert!(reader.next_line().unwrap().is_none());
+    }
+}

@@ -1,0 +1,31 @@
+//! The broker side: the RabbitMQ topology ([`topology`]), a publisher with publisher confirms
+//! ([`publisher`]), the message contract ([`message`]) and the consumer loop ([`consumer`]).
+//!
+//! Flow: feeds and the `publish` command send observables to the input exchange; the work queue
+//! receives everything; a failed delivery that may pass later goes to the retry queue, whose
+//! per-queue TTL dead-letters it back to the work queue; a permanent failure goes to the dead
+//! letter queue. The consumer acknowledges a delivery only after the broker confirmed its
+//! retry / dead-letter copy, so nothing is lost between the two.
+
+pub mod consumer;
+pub mod message;
+pub mod publisher;
+pub mod topology;
+
+pub use message::{decode, DecodeError, DecodeLimits, Item, ObservableRequest};
+pub use publisher::{BatchFailure, PublishError, Publisher};
+pub use topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
+
+/// Cut `text` to at most `max` characters (not bytes), marking the cut with `…`. Used for
+/// everything that echoes untrusted input or ends up in a header.
+pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((cut, _)) => {
+            let mut out = String::with_capacity(cut + 3);
+            out.push_str(&text[..cut]);
+            out.push('…');
+            out
+        }
+    }
+}

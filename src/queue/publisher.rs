@@ -1,0 +1,471 @@
+//! Publishing with publisher confirms: nothing counts as sent until the broker confirmed it.
+//!
+//! One [`Publisher`] owns one channel in confirm mode. It is `Clone` (the channel is shared and
+//! lapin's channel is safe to use from several tasks), so the worker's tasks can share one.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use super::topology::{Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
+use super::truncate_chars;
+
+/// Longest reason (in characters) written into [`REASON_HEADER`].
+pub const MAX_REASON_CHARS: usize = 500;
+/// Longest reason code (in characters) written into [`REASON_CODE_HEADER`].
+pub const MAX_CODE_CHARS: usize = 100;
+
+const PERSISTENT: u8 = 2;
+
+/// Why a publish did not end with a broker confirmation.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The channel or connection failed (closed, reset, protocol error).
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused responsibility for the message (basic.nack).
+    #[error("the broker nacked message {message_id:?}")]
+    Nacked { message_id: String },
+    /// The message was published as mandatory and no queue took it (someone deleted a queue or
+    /// a binding while we run).
+    #[error("message {message_id:?} to {destination} was returned unroutable: {reply_code} {reply_text}")]
+    Unroutable {
+        message_id: String,
+        destination: String,
+        reply_code: u16,
+        reply_text: String,
+    },
+    /// The channel is not in confirm mode: the broker never confirms (a bug, not a broker state).
+    #[error("message {message_id:?} was not confirmed: the channel is not in confirm mode")]
+    NotConfirmed { message_id: String },
+    /// Something we were asked to send cannot be expressed in AMQP (e.g. a routing key or
+    /// message id over 255 bytes). Nothing was sent.
+    #[error("cannot publish: {field} {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// Some messages of a batch were not confirmed; the others were.
+    #[error("{} of {} message(s) not confirmed: {}", failed.len(), confirmed + failed.len(), BatchFailures(failed))]
+    Batch {
+        /// How many messages of the batch the broker confirmed.
+        confirmed: usize,
+        /// The messages that were not confirmed, in batch order.
+        failed: Vec<BatchFailure>,
+    },
+}
+
+/// One message of a batch that was not confirmed.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Position in the batch given to [`Publisher::publish_batch`].
+    pub index: usize,
+    pub message_id: String,
+    pub error: Box<PublishError>,
+}
+
+struct BatchFailures<'a>(&'a [BatchFailure]);
+
+impl fmt::Display for BatchFailures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 5;
+        for (n, failure) in self.0.iter().take(SHOWN).enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            match *failure.error {
+                // These name the message themselves.
+                PublishError::Nacked { .. }
+                | PublishError::Unroutable { .. }
+                | PublishError::NotConfirmed { .. } => {
+                    write!(f, "#{}: {}", failure.index, failure.error)?
+                }
+                _ => write!(
+                    f,
+                    "#{} ({}): {}",
+                    failure.index, failure.message_id, failure.error
+                )?,
+            }
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "; and {} more", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+/// A channel in confirm mode plus the topology it publishes into.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    topology: Topology,
+    /// Kept when the publisher opened its own connection, so that [`Publisher::close`] can
+    /// close it.
+    connection: Option<Arc<Connection>>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("channel", &self.channel.id())
+            .field("topology", &self.topology)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Connect to `amqp_url`, open a channel, declare the topology and enable confirms.
+    pub async fn connect(amqp_url: &str, topology: Topology) -> Result<Publisher, lapin::Error> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let mut publisher = Publisher::on_connection(&connection, topology).await?;
+        publisher.connection = Some(Arc::new(connection));
+        Ok(publisher)
+    }
+
+    /// Open a new channel on an existing connection (e.g. the worker's), declare the topology
+    /// and enable confirms. The connection stays the caller's.
+    pub async fn on_connection(
+        connection: &Connection,
+        topology: Topology,
+    ) -> Result<Publisher, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        Publisher::on_channel(channel, topology).await
+    }
+
+    /// Use `channel` (which then must not be used for unconfirmed publishes elsewhere): declare
+    /// the topology and enable confirms.
+    pub async fn on_channel(
+        channel: Channel,
+        topology: Topology,
+    ) -> Result<Publisher, lapin::Error> {
+        topology.declare(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            topology,
+            connection: None,
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The confirm-mode channel (for declarations, `basic_get` in tests, and so on).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Close the channel, and the connection when [`Publisher::connect`] opened it (closing a
+    /// clone closes them for all clones). Pending confirms should have been awaited before.
+    pub async fn close(self) -> Result<(), lapin::Error> {
+        self.channel.close(200, "bye".into()).await?;
+        if let Some(connection) = self.connection {
+            connection.close(200, "bye".into()).await?;
+        }
+        Ok(())
+    }
+
+    /// Publish one message of observables to the input exchange: persistent, with `message_id`,
+    /// and wait for the broker's confirm. A nack or an unroutable return is an error.
+    pub async fn publish_observables(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        content_type: &str,
+        message_id: &str,
+    ) -> Result<(), PublishError> {
+        let props = observable_properties(content_type, message_id)?;
+        let confirm = self
+            .publish_raw(
+                &self.topology.input_exchange(),
+                routing_key,
+                true,
+                body,
+                props,
+            )
+            .await?;
+        check(confirm.await, message_id, &self.topology.input_exchange())
+    }
+
+    /// Publish every `(routing_key, body, content_type, message_id)` to the input exchange, then
+    /// await all the confirms (pipelined: one wait, not one round trip per message).
+    ///
+    /// Returns how many were confirmed (all of them) or [`PublishError::Batch`] naming each
+    /// message that was not confirmed, with the count of those that were. A message that could
+    /// not be expressed in AMQP (see [`PublishError::Invalid`]) fails alone; a channel error
+    /// fails everything that was not confirmed yet.
+    pub async fn publish_batch(
+        &self,
+        items: Vec<(String, Vec<u8>, String, String)>,
+    ) -> Result<usize, PublishError> {
+        let exchange = self.topology.input_exchange();
+        let mut pending = Vec::with_capacity(items.len());
+        let mut failed = Vec::new();
+        for (index, (routing_key, body, content_type, message_id)) in items.into_iter().enumerate()
+        {
+            let sent = match observable_properties(&content_type, &message_id) {
+                Ok(props) => {
+                    self.publish_raw(&exchange, &routing_key, true, &body, props)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(confirm) => pending.push((index, message_id, confirm)),
+                Err(error) => failed.push(BatchFailure {
+                    index,
+                    message_id,
+                    error: Box::new(error),
+                }),
+            }
+        }
+
+        let mut confirmed = 0;
+        let exchange = exchange.as_str();
+        let results = join_all(pending.into_iter().map(
+            |(index, message_id, confirm)| async move {
+                let result = check(confirm.await, &message_id, exchange);
+                (index, message_id, result)
+            },
+        ))
+        .await;
+        for (index, message_id, result) in results {
+            match result {
+                Ok(()) => confirmed += 1,
+                Err(error) => failed.push(BatchFailure {
+                    index,
+                    message_id,
+                    error: Box::new(error),
+                }),
+            }
+        }
+        if failed.is_empty() {
+            Ok(confirmed)
+        } else {
+            failed.sort_by_key(|f| f.index);
+            Err(PublishError::Batch { confirmed, failed })
+        }
+    }
+
+    /// Republish a delivery to the retry queue (default exchange, routing key = retry queue),
+    /// keeping its properties and headers, with [`ATTEMPT_HEADER`] = `attempt` and
+    /// [`REASON_HEADER`] = `reason` (truncated). Returns once the broker confirmed: only then
+    /// may the caller ack the original delivery.
+    pub async fn send_to_retry(
+        &self,
+        delivery_body: &[u8],
+        props: &BasicProperties,
+        attempt: u32,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let props = annotated(props, attempt, None, reason);
+        self.publish_to_queue(&self.topology.retry_queue(), delivery_body, props)
+            .await
+    }
+
+    /// Republish a delivery to the dead letter queue, like [`Publisher::send_to_retry`], with
+    /// [`REASON_CODE_HEADER`] = `code` too. Confirmed before it returns.
+    pub async fn send_to_dead_letter(
+        &self,
+        delivery_body: &[u8],
+        props: &BasicProperties,
+        attempt: u32,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let props = annotated(props, attempt, Some(code), reason);
+        self.publish_to_queue(&self.topology.dead_letter_queue(), delivery_body, props)
+            .await
+    }
+
+    /// Publish a JSON event to the events exchange: persistent, `application/json`, a fresh
+    /// UUID as message id, confirmed. Not mandatory: an event nobody subscribed to yet is not an
+    /// error.
+    pub async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), PublishError> {
+        let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
+            field: "event body",
+            reason: e.to_string(),
+        })?;
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(message_id.as_str().into())
+            .with_timestamp(now_secs());
+        let exchange = self.topology.events_exchange();
+        let confirm = self
+            .publish_raw(&exchange, routing_key, false, &payload, props)
+            .await?;
+        check(confirm.await, &message_id, &exchange)
+    }
+
+    async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let message_id = props
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let confirm = self.publish_raw("", queue, true, body, props).await?;
+        check(confirm.await, &message_id, queue)
+    }
+
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, PublishError> {
+        let routing_key = short("routing key", routing_key)?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        Ok(self
+            .channel
+            .basic_publish(exchange.into(), routing_key, options, body, props)
+            .await?)
+    }
+}
+
+/// Turn the outcome of a publisher confirm into ours.
+fn check(
+    confirmation: Result<Confirmation, lapin::Error>,
+    message_id: &str,
+    destination: &str,
+) -> Result<(), PublishError> {
+    match confirmation? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(PublishError::Unroutable {
+                message_id: message_id.to_string(),
+                destination: destination.to_string(),
+                reply_code: returned.reply_code,
+                reply_text: returned.reply_text.to_string(),
+            })
+        }
+        Confirmation::Nack(None) => Err(PublishError::Nacked {
+            message_id: message_id.to_string(),
+        }),
+        Confirmation::NotRequested => Err(PublishError::NotConfirmed {
+            message_id: message_id.to_string(),
+        }),
+    }
+}
+
+fn short(field: &'static str, value: &str) -> Result<ShortString, PublishError> {
+    ShortString::try_new(value).map_err(|_| PublishError::Invalid {
+        field,
+        reason: format!(
+            "is {} bytes long, AMQP allows 255: {:?}",
+            value.len(),
+            truncate_chars(value, 60)
+        ),
+    })
+}
+
+fn observable_properties(
+    content_type: &str,
+    message_id: &str,
+) -> Result<BasicProperties, PublishError> {
+    Ok(BasicProperties::default()
+        .with_content_type(short("content type", content_type)?)
+        .with_message_id(short("message id", message_id)?)
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(attempt_headers(FieldTable::default(), 1))
+        .with_timestamp(now_secs()))
+}
+
+fn attempt_headers(mut headers: FieldTable, attempt: u32) -> FieldTable {
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
+    headers
+}
+
+/// The properties of a delivery, made persistent, with our attempt and reason headers set
+/// (everything else kept, including `x-death` added by the broker).
+fn annotated(
+    props: &BasicProperties,
+    attempt: u32,
+    code: Option<&str>,
+    reason: &str,
+) -> BasicProperties {
+    let mut headers = attempt_headers(props.headers().clone().unwrap_or_default(), attempt);
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(truncate_chars(reason, MAX_REASON_CHARS).into()),
+    );
+    if let Some(code) = code {
+        headers.insert(
+            REASON_CODE_HEADER.into(),
+            AMQPValue::LongString(truncate_chars(code, MAX_CODE_CHARS).into()),
+        );
+    }
+    props
+        .clone()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers)
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_keeps_properties_and_headers() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(1));
+        let props = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_message_id("m-1".into())
+            .with_headers(headers);
+        let long_reason = "é".repeat(2000);
+        let out = annotated(&props, 3, Some("bad_value"), &long_reason);
+        assert_eq!(out.content_type().as_ref().unwrap().as_str(), "text/plain");
+        assert_eq!(out.message_id().as_ref().unwrap().as_str(), "m-1");
+        assert_eq!(*out.delivery_mode(), Some(2));
+        let headers = out.headers().as_ref().unwrap().inner();
+        assert_eq!(
+            headers.get("x-custom"),
+            Some(&AMQPValue::LongString("kept".into()))
+        );
+        assert_eq!(crate::queue::attempt_of(&out), 3);
+        let Some(AMQPValue::LongString(reason)) = headers.get(REASON_HEADER) else {
+            panic!("no reason header");
+        };
+        let reason = std::str::from_utf8(reason.as_bytes()).unwrap();
+        assert_eq!(reason.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(reason.ends_with('…'));
+        assert_eq!(
+            headers.get(REASON_CODE_HEADER),
+            Some(&AMQPValue::LongString("bad_value".into()))
+        );
+    }
+
+    #[test]
+    fn long_routing_key_is_an_error_not_a_panic() {
+        let err = short("routing key", &"k".repeat(300)).unwrap_err();
+        assert!(err.to_string().contains("300 bytes"), "{err}");
+    }
+}

@@ -1,0 +1,239 @@
+//! The RabbitMQ topology: names, arguments and the one idempotent `declare` that the worker and
+//! every publisher call before doing anything else.
+//!
+//! ```text
+//! publishers ──► {prefix}.observables (topic) ──"#"──► {prefix}.work ──► worker
+//!                                                          ▲      │ transient failure
+//!                  x-message-ttl, dead-letter to work ─────┘      ▼
+//!                                                 {prefix}.retry.{delay}
+//!                                                          permanent failure ──► {prefix}.dead
+//! worker ──► {prefix}.events (topic)
+//! ```
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+
+/// Delivery attempt count. 1 on the first publish; a message without it is on its first attempt.
+pub const ATTEMPT_HEADER: &str = "x-mdti-attempt";
+/// Why a message was dead-lettered or sent to retry (truncated to about 500 characters).
+pub const REASON_HEADER: &str = "x-mdti-reason";
+/// A short machine-readable code for the dead-letter reason.
+pub const REASON_CODE_HEADER: &str = "x-mdti-reason-code";
+
+/// Names and settings of the broker objects. All names derive from `prefix`, so several
+/// deployments (or test runs) can share one broker.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+    /// How long a message waits in the retry queue before it returns to the work queue.
+    pub retry_delay: Duration,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            prefix: "mdti".to_string(),
+            retry_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Topology {
+    /// A topology with the given prefix and the default retry delay.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        Topology {
+            prefix: prefix.into(),
+            ..Topology::default()
+        }
+    }
+
+    /// Topic exchange, durable: publishers send here with any routing key (the source name).
+    pub fn input_exchange(&self) -> String {
+        format!("{}.observables", self.prefix)
+    }
+
+    /// Durable work queue, bound to the input exchange with `#`.
+    pub fn work_queue(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    /// Durable retry queue: `x-message-ttl` = retry delay, dead-lettered through the default
+    /// exchange to the work queue. The delay is part of the name (`{prefix}.retry.30s`, or
+    /// `{prefix}.retry.1500ms` when it is not a whole number of seconds) because RabbitMQ
+    /// refuses to redeclare a queue with other arguments: a changed setting gets a new queue
+    /// instead of a `PRECONDITION_FAILED` at start.
+    pub fn retry_queue(&self) -> String {
+        let ms = self.retry_delay.as_millis();
+        if ms.is_multiple_of(1000) {
+            format!("{}.retry.{}s", self.prefix, ms / 1000)
+        } else {
+            format!("{}.retry.{}ms", self.prefix, ms)
+        }
+    }
+
+    /// Durable dead letter queue, read by people (or a replay tool), not by the worker.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Topic exchange, durable, for events such as actor hits.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The retry delay in milliseconds, as RabbitMQ wants it for `x-message-ttl`.
+    fn retry_ttl_ms(&self) -> i64 {
+        i64::try_from(self.retry_delay.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Declare the exchanges, queues and the binding. Idempotent: both the worker and the
+    /// publishers call it at start, in any order, as often as they like.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.input_exchange().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .queue_declare(
+                self.work_queue().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.work_queue().into(),
+                self.input_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut retry_args = FieldTable::default();
+        retry_args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(self.retry_ttl_ms()),
+        );
+        retry_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        retry_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.work_queue().into()),
+        );
+        channel
+            .queue_declare(
+                self.retry_queue().into(),
+                QueueDeclareOptions::durable(),
+                retry_args,
+            )
+            .await?;
+
+        channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The delivery attempt of a message: [`ATTEMPT_HEADER`] in any integer AMQP type (or a decimal
+/// string), at least 1. Absent, unreadable or non-positive means 1.
+pub fn attempt_of(props: &BasicProperties) -> u32 {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(ATTEMPT_HEADER))
+        .and_then(amqp_integer)
+        .map(|n| n.clamp(1, i128::from(u32::MAX)) as u32)
+        .unwrap_or(1)
+}
+
+fn amqp_integer(value: &AMQPValue) -> Option<i128> {
+    Some(match value {
+        AMQPValue::ShortShortInt(n) => i128::from(*n),
+        AMQPValue::ShortShortUInt(n) => i128::from(*n),
+        AMQPValue::ShortInt(n) => i128::from(*n),
+        AMQPValue::ShortUInt(n) => i128::from(*n),
+        AMQPValue::LongInt(n) => i128::from(*n),
+        AMQPValue::LongUInt(n) => i128::from(*n),
+        AMQPValue::LongLongInt(n) => i128::from(*n),
+        AMQPValue::Timestamp(n) => i128::from(*n),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok()?,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_attempt(value: AMQPValue) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPT_HEADER.into(), value);
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn names() {
+        let t = Topology::default();
+        assert_eq!(t.input_exchange(), "mdti.observables");
+        assert_eq!(t.work_queue(), "mdti.work");
+        assert_eq!(t.retry_queue(), "mdti.retry.30s");
+        assert_eq!(t.dead_letter_queue(), "mdti.dead");
+        assert_eq!(t.events_exchange(), "mdti.events");
+        let odd = Topology {
+            prefix: "x".into(),
+            retry_delay: Duration::from_millis(1500),
+        };
+        assert_eq!(odd.retry_queue(), "x.retry.1500ms");
+    }
+
+    #[test]
+    fn attempts() {
+        assert_eq!(attempt_of(&BasicProperties::default()), 1);
+        assert_eq!(attempt_of(&with_attempt(AMQPValue::LongLongInt(4))), 4);
+        assert_eq!(attempt_of(&with_attempt(AMQPValue::ShortShortUInt(2))), 2);
+        assert_eq!(attempt_of(&with_attempt(AMQPValue::LongUInt(7))), 7);
+        assert_eq!(attempt_of(&with_attempt(AMQPValue::LongInt(-3))), 1);
+        assert_eq!(
+            attempt_of(&with_attempt(AMQPValue::LongString("5".into()))),
+            5
+        );
+        assert_eq!(attempt_of(&with_attempt(AMQPValue::Boolean(true))), 1);
+        assert_eq!(
+            attempt_of(&with_attempt(AMQPValue::LongLongInt(i64::MAX))),
+            u32::MAX
+        );
+    }
+}
