@@ -3,7 +3,9 @@
 
 use mdti_worker::enrich::extract::ExtractKind;
 use mdti_worker::enrich::mapping;
-use mdti_worker::graph::model::{HostPair, HostReputation, PassiveDnsRecord, Subdomain, WhoisRecord};
+use mdti_worker::graph::model::{
+    HostPair, HostReputation, PassiveDnsRecord, Subdomain, WhoisRecord,
+};
 use serde_json::json;
 
 fn values(extracts: &[mdti_worker::enrich::Extract], kind: ExtractKind) -> Vec<(String, String)> {
@@ -80,7 +82,10 @@ fn whois_indicator_id_matches_pythons_uuid5_over_the_record_id() {
 fn whois_record_maps_to_one_indicator_with_the_specified_fields() {
     let (indicator, _) = mapping::whois(&documented_whois());
     let indicator = indicator.expect("a record with an id gives an indicator");
-    assert_eq!(indicator.title, "Y29udG9zby5jb20kJDY5NjQ3ODEyMDc3NDY1NzI0MzM=");
+    assert_eq!(
+        indicator.title,
+        "Y29udG9zby5jb20kJDY5NjQ3ODEyMDc3NDY1NzI0MzM="
+    );
     assert_eq!(
         indicator.threat_end_time.unwrap().to_rfc3339(),
         "2023-08-31T00:00:00+00:00"
@@ -97,7 +102,10 @@ fn whois_record_maps_to_one_indicator_with_the_specified_fields() {
         indicator.timestamp.unwrap().to_rfc3339(),
         "2021-12-07T00:00:00+00:00"
     );
-    assert!(indicator.description.unwrap().starts_with("Domain Name: contoso.com"));
+    assert!(indicator
+        .description
+        .unwrap()
+        .starts_with("Domain Name: contoso.com"));
     assert_eq!(
         indicator.labels,
         vec![
@@ -113,15 +121,23 @@ fn whois_record_maps_to_one_indicator_with_the_specified_fields() {
 fn whois_contacts_become_extracts_that_name_their_field() {
     let (_, extracts) = mapping::whois(&documented_whois());
     let emails = values(&extracts, ExtractKind::Email);
-    assert!(emails.contains(&("abusecomplaints@markmonitor.com".into(), "abuse.email".into())));
-    assert!(emails.contains(&("abusecomplaints@markmonitor.com".into(), "registrar.email".into())));
+    assert!(emails.contains(&(
+        "abusecomplaints@markmonitor.com".into(),
+        "abuse.email".into()
+    )));
+    assert!(emails.contains(&(
+        "abusecomplaints@markmonitor.com".into(),
+        "registrar.email".into()
+    )));
     assert!(emails.contains(&("domains@contoso.com".into(), "registrant.email".into())));
     assert!(
         !emails.iter().any(|(v, _)| v == "billing@contoso.com"),
         "billing is not a mapped contact"
     );
-    assert!(values(&extracts, ExtractKind::Organization)
-        .contains(&("Contoso Corporation".into(), "registrant.organization".into())));
+    assert!(values(&extracts, ExtractKind::Organization).contains(&(
+        "Contoso Corporation".into(),
+        "registrant.organization".into()
+    )));
     assert!(values(&extracts, ExtractKind::Telephone)
         .contains(&("+1.4258828080".into(), "admin.telephone".into())));
     assert_eq!(
@@ -149,7 +165,10 @@ fn free_text_countries_keep_their_text_and_gain_the_same_iso_code() {
         .filter(|e| e.kind == ExtractKind::Country)
         .map(|e| (e.value.as_str(), e.country_code.as_deref()))
         .collect();
-    assert_eq!(countries, vec![("US", Some("US")), ("united states", Some("US"))]);
+    assert_eq!(
+        countries,
+        vec![("US", Some("US")), ("united states", Some("US"))]
+    );
 }
 
 #[test]
@@ -214,7 +233,10 @@ fn passive_dns_artifacts_map_by_their_type_and_case_does_not_matter() {
     ]))
     .unwrap();
     let extracts = mapping::passive_dns(&records);
-    let kinds: Vec<_> = extracts.iter().map(|e| (e.kind, e.value.as_str())).collect();
+    let kinds: Vec<_> = extracts
+        .iter()
+        .map(|e| (e.kind, e.value.as_str()))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -249,7 +271,11 @@ fn host_maps_country_netblock_asn_registrar_and_organizations() {
             (ExtractKind::Country, "united states", "countryOrRegion"),
             (ExtractKind::Ipv4Cidr, "20.48.0.0/12", "netblock"),
             (ExtractKind::Asn, "AS8075", "autonomousSystem.number"),
-            (ExtractKind::Organization, "Microsoft Azure", "hostingProvider"),
+            (
+                ExtractKind::Organization,
+                "Microsoft Azure",
+                "hostingProvider"
+            ),
         ]
     );
 
@@ -260,7 +286,10 @@ fn host_maps_country_netblock_asn_registrar_and_organizations() {
     }))
     .unwrap();
     let extracts = mapping::host(&name);
-    let pairs: Vec<_> = extracts.iter().map(|e| (e.kind, e.value.as_str())).collect();
+    let pairs: Vec<_> = extracts
+        .iter()
+        .map(|e| (e.kind, e.value.as_str()))
+        .collect();
     assert_eq!(
         pairs,
         vec![
@@ -282,7 +311,10 @@ fn host_pairs_give_each_host_once() {
     ]))
     .unwrap();
     let extracts = mapping::host_pairs(&pairs);
-    let got: Vec<_> = extracts.iter().map(|e| (e.kind, e.value.as_str())).collect();
+    let got: Vec<_> = extracts
+        .iter()
+        .map(|e| (e.kind, e.value.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![

@@ -6,8 +6,29 @@
 
 /// (code, names in lowercase). The code itself is always accepted.
 const COUNTRIES: &[(&str, &[&str])] = &[
-    ("US", &["united states", "united states of america", "usa", "u.s.a.", "u.s.", "america"]),
-    ("GB", &["united kingdom", "uk", "great britain", "england", "scotland", "wales", "northern ireland"]),
+    (
+        "US",
+        &[
+            "united states",
+            "united states of america",
+            "usa",
+            "u.s.a.",
+            "u.s.",
+            "america",
+        ],
+    ),
+    (
+        "GB",
+        &[
+            "united kingdom",
+            "uk",
+            "great britain",
+            "england",
+            "scotland",
+            "wales",
+            "northern ireland",
+        ],
+    ),
     ("CA", &["canada"]),
     ("AU", &["australia"]),
     ("NZ", &["new zealand"]),
@@ -64,8 +85,19 @@ const COUNTRIES: &[(&str, &[&str])] = &[
     ("HK", &["hong kong"]),
     ("TW", &["taiwan"]),
     ("JP", &["japan"]),
-    ("KR", &["south korea", "korea, republic of", "republic of korea", "korea"]),
-    ("KP", &["north korea", "democratic people's republic of korea"]),
+    (
+        "KR",
+        &[
+            "south korea",
+            "korea, republic of",
+            "republic of korea",
+            "korea",
+        ],
+    ),
+    (
+        "KP",
+        &["north korea", "democratic people's republic of korea"],
+    ),
     ("SG", &["singapore"]),
     ("MY", &["malaysia"]),
     ("ID", &["indonesia"]),

@@ -77,10 +77,7 @@ impl Extracts {
             ExtractKind::Country => country::iso_code(value).map(str::to_owned),
             _ => None,
         };
-        if self
-            .seen
-            .insert((kind, value.to_owned(), field.to_owned()))
-        {
+        if self.seen.insert((kind, value.to_owned(), field.to_owned())) {
             self.items.push(Extract {
                 kind,
                 value: value.to_owned(),
@@ -170,7 +167,11 @@ mod tests {
     #[test]
     fn countries_keep_their_text_and_gain_a_code() {
         let mut extracts = Extracts::default();
-        extracts.push(ExtractKind::Country, Some("united states"), "admin.address.countryOrRegion");
+        extracts.push(
+            ExtractKind::Country,
+            Some("united states"),
+            "admin.address.countryOrRegion",
+        );
         let extract = &extracts.into_vec()[0];
         assert_eq!(extract.value, "united states");
         assert_eq!(extract.country_code.as_deref(), Some("US"));

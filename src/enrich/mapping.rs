@@ -72,9 +72,18 @@ pub fn whois(record: &model::WhoisRecord) -> (Option<Indicator>, Vec<super::Extr
     (indicator, extracts.into_vec())
 }
 
-fn map_contact(role: &str, contact: &WhoisContact, extracts: &mut Extracts, labels: &mut Vec<String>) {
+fn map_contact(
+    role: &str,
+    contact: &WhoisContact,
+    extracts: &mut Extracts,
+    labels: &mut Vec<String>,
+) {
     let field = |name: &str| format!("{role}.{name}");
-    extracts.push(ExtractKind::Email, contact.email.as_deref(), &field("email"));
+    extracts.push(
+        ExtractKind::Email,
+        contact.email.as_deref(),
+        &field("email"),
+    );
     extracts.push(ExtractKind::Name, contact.name.as_deref(), &field("name"));
     extracts.push(
         ExtractKind::Organization,
@@ -92,7 +101,11 @@ fn map_contact(role: &str, contact: &WhoisContact, extracts: &mut Extracts, labe
             address.country_or_region.as_deref(),
             &field("address.countryOrRegion"),
         );
-        extracts.push(ExtractKind::City, address.city.as_deref(), &field("address.city"));
+        extracts.push(
+            ExtractKind::City,
+            address.city.as_deref(),
+            &field("address.city"),
+        );
         extracts.push(
             ExtractKind::Postcode,
             address.postal_code.as_deref(),
@@ -155,7 +168,11 @@ pub fn host(record: &model::Host) -> Vec<super::Extract> {
             "autonomousSystem.number",
         );
     }
-    extracts.push(ExtractKind::Registrar, record.registrar.as_deref(), "registrar");
+    extracts.push(
+        ExtractKind::Registrar,
+        record.registrar.as_deref(),
+        "registrar",
+    );
     extracts.push(
         ExtractKind::Organization,
         record.registrant.as_deref(),

@@ -157,8 +157,7 @@ impl TokenSource {
                 // The AADSTS error text names the problem (bad secret, unknown tenant) and never
                 // echoes the secret, so it is safe and useful to pass on.
                 let detail: TokenErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-                let transient =
-                    matches!(verdict, Verdict::Backoff(_) | Verdict::RetryAfter(_));
+                let transient = matches!(verdict, Verdict::Backoff(_) | Verdict::RetryAfter(_));
                 Err(GraphError::Token {
                     transient,
                     reason: format!(

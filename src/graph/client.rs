@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use super::auth::TokenSource;
 use super::model;
-use super::retry::{backoff_delay, classify_status, classify_transport, parse_retry_after, Verdict};
+use super::retry::{
+    backoff_delay, classify_status, classify_transport, parse_retry_after, Verdict,
+};
 use super::throttle::Throttle;
 use super::GraphError;
 use crate::secret::Secret;
@@ -268,10 +270,7 @@ impl GraphClient {
             .await
     }
 
-    pub async fn reputation(
-        &self,
-        key: &str,
-    ) -> Result<Option<model::HostReputation>, GraphError> {
+    pub async fn reputation(&self, key: &str) -> Result<Option<model::HostReputation>, GraphError> {
         self.entity("reputation", &Self::host_path(key, Some("reputation")))
             .await
     }
@@ -281,8 +280,12 @@ impl GraphClient {
         key: &str,
         limits: PageLimits,
     ) -> Result<Collection<model::PassiveDnsRecord>, GraphError> {
-        self.collection("passiveDns", &Self::host_path(key, Some("passiveDns")), limits)
-            .await
+        self.collection(
+            "passiveDns",
+            &Self::host_path(key, Some("passiveDns")),
+            limits,
+        )
+        .await
     }
 
     pub async fn passive_dns_reverse(
@@ -303,8 +306,12 @@ impl GraphClient {
         key: &str,
         limits: PageLimits,
     ) -> Result<Collection<model::HostPair>, GraphError> {
-        self.collection("hostPairs", &Self::host_path(key, Some("hostPairs")), limits)
-            .await
+        self.collection(
+            "hostPairs",
+            &Self::host_path(key, Some("hostPairs")),
+            limits,
+        )
+        .await
     }
 
     pub async fn subdomains(
@@ -312,8 +319,12 @@ impl GraphClient {
         key: &str,
         limits: PageLimits,
     ) -> Result<Collection<model::Subdomain>, GraphError> {
-        self.collection("subdomains", &Self::host_path(key, Some("subdomains")), limits)
-            .await
+        self.collection(
+            "subdomains",
+            &Self::host_path(key, Some("subdomains")),
+            limits,
+        )
+        .await
     }
 
     pub async fn intel_profiles(
@@ -395,7 +406,11 @@ impl GraphClient {
                 None => return Ok(out),
                 Some(_) if limits.max_pages.is_some_and(|cap| out.pages >= cap) => {
                     out.truncated = true;
-                    tracing::info!(endpoint, pages = out.pages, "page cap reached; walk cut short");
+                    tracing::info!(
+                        endpoint,
+                        pages = out.pages,
+                        "page cap reached; walk cut short"
+                    );
                     return Ok(out);
                 }
                 Some(next) => {
@@ -443,7 +458,11 @@ impl GraphClient {
                         .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
                     // The tenant is throttled, not this task: everyone holds back.
                     self.inner.throttle.hold_for(wait);
-                    (Duration::ZERO, format!("throttled, Graph asked for {wait:?}"), true)
+                    (
+                        Duration::ZERO,
+                        format!("throttled, Graph asked for {wait:?}"),
+                        true,
+                    )
                 }
                 Verdict::Backoff(reason) => (
                     backoff_delay(attempt - 1, settings.backoff_base, settings.backoff_cap),

@@ -113,7 +113,10 @@ mod tests {
     fn server_errors_and_timeouts_back_off() {
         for status in [408, 500, 502, 503, 504] {
             let verdict = classify_status(StatusCode::from_u16(status).unwrap(), None);
-            assert!(matches!(verdict, Verdict::Backoff(_)), "{status}: {verdict:?}");
+            assert!(
+                matches!(verdict, Verdict::Backoff(_)),
+                "{status}: {verdict:?}"
+            );
         }
     }
 
@@ -121,9 +124,15 @@ mod tests {
     fn client_errors_are_not_retried_but_404_is_an_empty_answer() {
         for status in [400, 403, 405, 409, 422] {
             let verdict = classify_status(StatusCode::from_u16(status).unwrap(), None);
-            assert!(matches!(verdict, Verdict::GiveUp(_)), "{status}: {verdict:?}");
+            assert!(
+                matches!(verdict, Verdict::GiveUp(_)),
+                "{status}: {verdict:?}"
+            );
         }
-        assert_eq!(classify_status(StatusCode::NOT_FOUND, None), Verdict::NotFound);
+        assert_eq!(
+            classify_status(StatusCode::NOT_FOUND, None),
+            Verdict::NotFound
+        );
         assert_eq!(
             classify_status(StatusCode::UNAUTHORIZED, None),
             Verdict::RefreshToken

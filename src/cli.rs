@@ -1,0 +1,420 @@
+//! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `demo`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::config::{
+    parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
+};
+use crate::enrich::{self, Enrichment};
+use crate::graph::GraphClient;
+use crate::observable::{self, NormaliseOptions, Normalised, ObservableKind};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::queue::consumer::{self, ConsumerSettings, WorkerStats};
+use crate::queue::message::DecodeLimits;
+use crate::sim;
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mdti-worker",
+    version,
+    about = "Enrich observables with Microsoft Defender Threat Intelligence, from RabbitMQ into Postgres"
+)]
+pub struct Cli {
+    /// File of KEY=VALUE lines (MDTI_* settings) read before the environment
+    #[arg(long, env = "MDTI_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format
+    #[arg(
+        long,
+        env = "MDTI_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Consume observables from RabbitMQ, enrich them, write the results to Postgres
+    Worker(WorkerCmd),
+    /// Publish observables from files or stdin to the input exchange
+    Publish(PublishCmd),
+    /// Enrich observables now and print the mapped result (no broker, no database)
+    Enrich(EnrichCmd),
+    /// Create the database if missing and apply migrations
+    Migrate(MigrateCmd),
+    /// Serve the Graph simulator
+    Sim(SimCmd),
+    /// Run the whole path on local defaults against the in-process simulator
+    Demo(DemoCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerCmd {
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Use an in-process Graph simulator instead of Microsoft Graph
+    #[arg(long, env = "MDTI_SIMULATOR")]
+    pub simulator: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrichCmd {
+    /// Observables (IPv4, IPv6, domains, hosts; defanged forms are fine)
+    #[arg(required = true)]
+    pub observables: Vec<String>,
+    /// Kind of every observable given (auto-detected when absent)
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Enrichers to run (comma-separated, or `all`)
+    #[arg(long, default_value = "all")]
+    pub enrichers: EnricherList,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: OutputFormat,
+    /// Enrich private, loopback and reserved addresses and internal names too
+    #[arg(long)]
+    pub allow_non_public: bool,
+    /// Use an in-process Graph simulator instead of Microsoft Graph
+    #[arg(long)]
+    pub simulator: bool,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Json,
+    Table,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateCmd {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SimCmd {
+    /// Address to listen on
+    #[arg(long, env = "MDTI_SIM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Items per page when the client gives no $top
+    #[arg(long, default_value_t = 50)]
+    pub page_size: usize,
+    /// Enforced requests per second; beyond it, 429 with Retry-After
+    #[arg(long)]
+    pub rate_limit: Option<f64>,
+    /// Share of Graph requests answered with a 5xx
+    #[arg(long, default_value_t = 0.0)]
+    pub error_ratio: f64,
+    /// Latency added to every answer
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub latency: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub options: crate::publish::PublishArgs,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Enrich(cmd) => enrich_command(cmd).await,
+        Command::Migrate(cmd) => {
+            migrate(&cmd.database).await?;
+            Ok(0)
+        }
+        Command::Sim(cmd) => {
+            let config = sim::SimConfig {
+                page_size: cmd.page_size,
+                rate_limit: cmd.rate_limit,
+                error_ratio: cmd.error_ratio,
+                latency: cmd.latency,
+                ..sim::SimConfig::default()
+            };
+            eprintln!(
+                "Graph simulator on http://{0}/v1.0 (token: http://{0}/<tenant>/oauth2/v2.0/token, client sim-client / sim-secret)",
+                cmd.listen
+            );
+            sim::serve(config, cmd.listen, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Worker(cmd) => worker_command(cmd).await,
+        Command::Publish(cmd) => {
+            crate::publish::command(cmd.broker.topology(), cmd.broker.amqp_url, cmd.options).await
+        }
+        Command::Demo(cmd) => crate::demo::run(cmd).await,
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    let url = database.database_url.expose();
+    Store::create_database_if_missing(url)
+        .await
+        .with_context(|| format!("creating database {}", redact_url(url)))?;
+    let store = Store::connect(url, database.db_max_connections).await?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating {}", redact_url(url)))?;
+    tracing::info!(database = %redact_url(url), "migrations applied");
+    Ok(store)
+}
+
+/// A Graph client from settings, or from an in-process simulator (kept alive by the handle).
+pub async fn graph_client(
+    graph: &mut GraphArgs,
+    simulator: bool,
+) -> anyhow::Result<(GraphClient, Option<sim::SimHandle>)> {
+    let handle = if simulator {
+        let handle = sim::spawn(sim::SimConfig::default()).await?;
+        graph.use_simulator(handle.graph_base_url(), handle.login_base_url());
+        tracing::info!(url = %handle.graph_base_url(), "using the in-process Graph simulator");
+        Some(handle)
+    } else {
+        None
+    };
+    let settings = graph.to_settings().map_err(anyhow::Error::msg)?;
+    let client = GraphClient::new(settings)?;
+    Ok((client, handle))
+}
+
+async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
+    let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
+    let store = if cmd.worker.migrate {
+        migrate(&cmd.database).await?
+    } else {
+        Store::connect(
+            cmd.database.database_url.expose(),
+            cmd.database.db_max_connections,
+        )
+        .await?
+    };
+    let stats = Arc::new(WorkerStats::default());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight messages");
+        let _ = stop.send(true);
+    });
+    run_worker(
+        &cmd.graph,
+        &cmd.broker,
+        &cmd.worker,
+        graph,
+        store,
+        stopped,
+        Arc::clone(&stats),
+    )
+    .await?;
+    Ok(0)
+}
+
+/// The worker's main job, shared by `worker` and `demo`.
+pub async fn run_worker(
+    graph_args: &GraphArgs,
+    broker: &BrokerArgs,
+    worker: &WorkerArgs,
+    graph: GraphClient,
+    store: Store,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<WorkerStats>,
+) -> anyhow::Result<()> {
+    let pipeline = Pipeline::new(
+        graph,
+        store,
+        PipelineSettings {
+            default_enrichers: worker.enrichers.0.clone(),
+            cache_ttl: worker.cache_ttl,
+            normalise: NormaliseOptions {
+                allow_non_public: worker.allow_non_public,
+            },
+            page_limits: graph_args.page_limits(),
+            decode: DecodeLimits {
+                max_body_bytes: worker.max_body_bytes,
+                ..DecodeLimits::default()
+            },
+            item_concurrency: worker.item_concurrency,
+        },
+    );
+    let settings = ConsumerSettings {
+        amqp_url: broker.amqp_url.clone(),
+        topology: broker.topology(),
+        concurrency: worker.concurrency,
+        max_deliveries: worker.max_deliveries,
+        shutdown_timeout: worker.shutdown_timeout,
+        exit_when_idle: worker.exit_when_idle,
+    };
+    consumer::run(pipeline, settings, shutdown, stats).await
+}
+
+async fn enrich_command(mut cmd: EnrichCmd) -> anyhow::Result<i32> {
+    let options = NormaliseOptions {
+        allow_non_public: cmd.allow_non_public,
+    };
+    let declared = match cmd.kind.as_deref().map(str::parse::<ObservableKind>) {
+        None => None,
+        Some(Ok(kind)) => Some(kind),
+        Some(Err(error)) => bail!("--kind: {error}"),
+    };
+    let mut observables = Vec::new();
+    let mut invalid = 0;
+    for raw in &cmd.observables {
+        match observable::normalise(raw, declared, &options) {
+            Ok(Normalised::Ready(observable)) => observables.push(observable),
+            Ok(Normalised::Skipped { observable, reason }) => {
+                eprintln!("skipped {observable}: {reason} (use --allow-non-public to enrich it)");
+            }
+            Err(error) => {
+                eprintln!(
+                    "invalid observable {:?}: {error}",
+                    raw.chars().take(100).collect::<String>()
+                );
+                invalid += 1;
+            }
+        }
+    }
+    if invalid > 0 {
+        return Ok(2);
+    }
+    if !cmd.simulator && !cmd.graph.has_credentials() {
+        bail!(
+            "no Graph credentials: set MDTI_TENANT_ID, MDTI_CLIENT_ID and MDTI_CLIENT_SECRET (or MDTI_CLIENT_SECRET_FILE), or pass --simulator"
+        );
+    }
+    let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
+    let limits = cmd.graph.page_limits();
+    let mut results = Vec::new();
+    for observable in &observables {
+        results.push(enrich::enrich(&graph, observable, &cmd.enrichers.0, limits).await?);
+    }
+    match cmd.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        OutputFormat::Table => print!("{}", table(&results, std::io::stdout().is_terminal())),
+    }
+    Ok(0)
+}
+
+/// A human view of enrichments: one block per observable, one section per enricher.
+pub fn table(results: &[Enrichment], _terminal: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for enrichment in results {
+        let _ = writeln!(
+            out,
+            "{}  ({} Graph requests)",
+            enrichment.observable, enrichment.graph_requests
+        );
+        for result in &enrichment.results {
+            let state = match (result.found, result.truncated) {
+                (false, _) => " — MDTI has nothing on this host",
+                (true, true) => " — cut short by the page cap",
+                _ => "",
+            };
+            let _ = writeln!(out, "  [{}]{state}", result.enricher);
+            if let Some(indicator) = &result.indicator {
+                let _ = writeln!(out, "    indicator {}", indicator.id);
+                let _ = writeln!(out, "      title      {}", indicator.title);
+                for label in &indicator.labels {
+                    let _ = writeln!(out, "      label      {label}");
+                }
+            }
+            if let Some(reputation) = &result.reputation {
+                let _ = writeln!(
+                    out,
+                    "    classification {}  score {}",
+                    reputation.classification.as_deref().unwrap_or("-"),
+                    reputation.score.map_or("-".into(), |s| s.to_string())
+                );
+                for rule in &reputation.rules {
+                    let description = match &rule.description {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "    rule {} [{}] {}",
+                        rule.name.as_deref().unwrap_or("-"),
+                        rule.severity.as_deref().unwrap_or("-"),
+                        description
+                    );
+                }
+            }
+            for extract in &result.extracts {
+                let code = extract
+                    .country_code
+                    .as_deref()
+                    .map(|c| format!(" [{c}]"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "    {:<13} {}{code}  ({})",
+                    extract.kind.as_str(),
+                    extract.value,
+                    extract.field
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,343 @@
+//! Settings: command-line flags over environment variables over an optional env file.
+//!
+//! Every setting has a flag and an `MDTI_*` variable (clap reads both); `--config FILE` (or
+//! `MDTI_CONFIG`) names a file of `KEY=VALUE` lines that fills in variables not already set, so
+//! a flag beats the environment and the environment beats the file. Secrets are held as
+//! [`Secret`] and URLs with passwords are printed through [`redact_url`], so neither `Debug`
+//! output nor a log line can carry them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::enrich::EnricherKind;
+use crate::graph::{GraphSettings, PageLimits};
+use crate::secret::Secret;
+
+/// Load `KEY=VALUE` lines into the environment where the variable is not set yet. Runs before
+/// any thread is spawned (from `main`), which is what makes `set_var` sound here.
+pub fn load_env_file(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!(
+                "config file {} line {}: expected KEY=VALUE",
+                path.display(),
+                number + 1
+            ));
+        };
+        let key = key.trim().trim_start_matches("export ").trim();
+        let value = value.trim().trim_matches('"');
+        if std::env::var_os(key).is_none() {
+            // SAFETY: called from main before the runtime or any other thread starts.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+    Ok(())
+}
+
+/// `30s`, `500ms`, `5m`, `24h`, `2d` or plain seconds (fractions allowed).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 500ms, 30s, 5m, 24h)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A comma-separated enricher list as one setting (`whois,passive_dns` or `all`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnricherList(pub Vec<EnricherKind>);
+
+impl std::str::FromStr for EnricherList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_enrichers(text).map(EnricherList)
+    }
+}
+
+pub fn parse_enrichers(text: &str) -> Result<Vec<EnricherKind>, String> {
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name.eq_ignore_ascii_case("all") {
+            return Ok(EnricherKind::ALL.to_vec());
+        }
+        let kind = name.parse::<EnricherKind>()?;
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    if out.is_empty() {
+        return Err("no enricher named".into());
+    }
+    Ok(out)
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "[unparsable URL]".into(),
+    }
+}
+
+/// Microsoft Graph and the login endpoint.
+#[derive(Args, Debug, Clone)]
+pub struct GraphArgs {
+    /// Graph base URL (sovereign clouds and the simulator differ)
+    #[arg(
+        long,
+        env = "MDTI_GRAPH_URL",
+        default_value = "https://graph.microsoft.com/v1.0"
+    )]
+    pub graph_url: String,
+    /// Login (token) base URL
+    #[arg(
+        long,
+        env = "MDTI_LOGIN_URL",
+        default_value = "https://login.microsoftonline.com"
+    )]
+    pub login_url: String,
+    /// Directory (tenant) id of the app registration
+    #[arg(long, env = "MDTI_TENANT_ID", default_value = "")]
+    pub tenant_id: String,
+    /// Application (client) id
+    #[arg(long, env = "MDTI_CLIENT_ID", default_value = "")]
+    pub client_id: String,
+    /// Client secret (prefer MDTI_CLIENT_SECRET_FILE; a flag shows in `ps`)
+    #[arg(
+        long,
+        env = "MDTI_CLIENT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub client_secret: Secret,
+    /// File holding the client secret (first line)
+    #[arg(long, env = "MDTI_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Graph requests per second for this process, retries and pages included
+    #[arg(long, env = "MDTI_GRAPH_RATE", default_value_t = 10.0)]
+    pub graph_rate: f64,
+    /// Requests the limiter lets through at once after a quiet spell
+    #[arg(long, env = "MDTI_GRAPH_BURST", default_value_t = 10)]
+    pub graph_burst: u32,
+    /// Graph requests open at once
+    #[arg(long, env = "MDTI_GRAPH_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub graph_max_in_flight: usize,
+    /// Attempts per Graph request before giving up
+    #[arg(long, env = "MDTI_GRAPH_MAX_ATTEMPTS", default_value_t = 6)]
+    pub graph_max_attempts: u32,
+    /// Timeout of one Graph request
+    #[arg(long, env = "MDTI_GRAPH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub graph_timeout: Duration,
+    /// Items per page asked of Graph ($top)
+    #[arg(long, env = "MDTI_PAGE_SIZE", default_value_t = 100)]
+    pub page_size: u32,
+    /// Pages read per collection at most (0 = no cap)
+    #[arg(long, env = "MDTI_MAX_PAGES", default_value_t = 50)]
+    pub max_pages: u32,
+    /// Extra CA certificate (PEM) to trust, e.g. for a TLS-inspecting proxy
+    #[arg(long, env = "MDTI_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Turn TLS certificate verification off (dangerous; logs a warning)
+    #[arg(long, env = "MDTI_INSECURE_SKIP_TLS_VERIFY", default_value_t = false)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl GraphArgs {
+    pub fn page_limits(&self) -> PageLimits {
+        PageLimits {
+            page_size: Some(self.page_size.max(1)),
+            max_pages: (self.max_pages > 0).then_some(self.max_pages),
+        }
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        !self.tenant_id.is_empty()
+            || !self.client_id.is_empty()
+            || !self.client_secret.is_empty()
+            || self.client_secret_file.is_some()
+    }
+
+    pub fn to_settings(&self) -> Result<GraphSettings, String> {
+        let client_secret = match &self.client_secret_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("client secret file {}: {e}", path.display()))?;
+                Secret::new(text.lines().next().unwrap_or("").trim())
+            }
+            None => self.client_secret.clone(),
+        };
+        Ok(GraphSettings {
+            graph_base_url: self.graph_url.clone(),
+            login_base_url: self.login_url.clone(),
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret,
+            requests_per_second: self.graph_rate,
+            burst: self.graph_burst,
+            max_in_flight: self.graph_max_in_flight,
+            max_attempts: self.graph_max_attempts.max(1),
+            request_timeout: self.graph_timeout,
+            page_limits: self.page_limits(),
+            ca_cert_file: self.ca_cert.clone(),
+            tls_verify: !self.insecure_skip_tls_verify,
+            ..GraphSettings::default()
+        })
+    }
+
+    /// Point at an in-process simulator with its own credentials.
+    pub fn use_simulator(&mut self, graph_url: String, login_url: String) {
+        self.graph_url = graph_url;
+        self.login_url = login_url;
+        self.tenant_id = "sim-tenant".into();
+        self.client_id = "sim-client".into();
+        self.client_secret = Secret::new("sim-secret");
+        self.client_secret_file = None;
+    }
+}
+
+/// RabbitMQ.
+#[derive(Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// AMQP URL of RabbitMQ
+    #[arg(
+        long,
+        env = "MDTI_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: Secret,
+    /// Prefix of every exchange and queue name
+    #[arg(long, env = "MDTI_QUEUE_PREFIX", default_value = "mdti")]
+    pub queue_prefix: String,
+    /// Delay before a transiently failed message is tried again
+    #[arg(long, env = "MDTI_RETRY_DELAY", default_value = "30s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
+}
+
+impl BrokerArgs {
+    pub fn topology(&self) -> crate::queue::topology::Topology {
+        crate::queue::topology::Topology {
+            prefix: self.queue_prefix.clone(),
+            retry_delay: self.retry_delay,
+        }
+    }
+}
+
+/// Postgres.
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL
+    #[arg(
+        long,
+        env = "MDTI_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/mdti"
+    )]
+    pub database_url: Secret,
+    /// Postgres connections in the pool
+    #[arg(long, env = "MDTI_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+}
+
+/// The worker's own behaviour.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Messages processed at once (also the broker prefetch)
+    #[arg(long, env = "MDTI_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Enrichers run when a message names none (comma-separated, or `all`)
+    #[arg(long, env = "MDTI_ENRICHERS", default_value = "all")]
+    pub enrichers: EnricherList,
+    /// An observable enriched this recently is answered from Postgres unless the message says force
+    #[arg(long, env = "MDTI_CACHE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// Enrich private, loopback, reserved addresses and internal names instead of skipping them
+    #[arg(long, env = "MDTI_ALLOW_NON_PUBLIC", default_value_t = false)]
+    pub allow_non_public: bool,
+    /// Deliveries of one message before it is dead-lettered
+    #[arg(long, env = "MDTI_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
+    /// Largest message body accepted
+    #[arg(long, env = "MDTI_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Observables of one message enriched at once
+    #[arg(long, env = "MDTI_ITEM_CONCURRENCY", default_value_t = 8)]
+    pub item_concurrency: usize,
+    /// Time given to in-flight messages on SIGTERM before they are handed back to the broker
+    #[arg(long, env = "MDTI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Apply database migrations at start
+    #[arg(long, env = "MDTI_MIGRATE", default_value_t = false)]
+    pub migrate: bool,
+    /// Exit once the work and retry queues have been empty with nothing in flight this long
+    #[arg(long, env = "MDTI_EXIT_WHEN_IDLE", value_parser = parse_duration)]
+    pub exit_when_idle: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn enricher_lists_accept_all_and_graph_spellings() {
+        assert_eq!(parse_enrichers("all").unwrap().len(), 6);
+        assert_eq!(
+            parse_enrichers("whois, passiveDns,whois").unwrap(),
+            vec![EnricherKind::Whois, EnricherKind::PassiveDns]
+        );
+        assert!(parse_enrichers("whois,bogus")
+            .unwrap_err()
+            .contains("bogus"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:hunter2@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/mdti"),
+            "postgres://postgres@127.0.0.1/mdti"
+        );
+    }
+}

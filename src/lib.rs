@@ -1,0 +1,27 @@
+//! Queue-driven enrichment of observables with Microsoft Defender Threat Intelligence.
+//!
+//! The flow, and the module that owns each step:
+//!
+//! - [`observable`]: parse, refang and canonicalise what feeds send (IPv4, IPv6, domains, hosts).
+//! - [`graph`]: the Microsoft Graph threat intelligence client: token cache, one shared rate
+//!   limiter, the single retry classifier, paging.
+//! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
+//!   mapping of Graph records to indicators and extracts.
+//! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
+//!
+//! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
+//! nothing of the crate: the pipeline is where they meet.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod enrich;
+pub mod graph;
+pub mod logging;
+pub mod observable;
+pub mod pipeline;
+pub mod publish;
+pub mod queue;
+pub mod secret;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,39 @@
+use clap::Parser;
+use mdti_worker::cli::{self, Cli, LogFormat};
+
+fn main() -> std::process::ExitCode {
+    // The env file must be loaded before clap reads the environment, and before any thread
+    // exists: look for --config by hand first.
+    let args: Vec<String> = std::env::args().collect();
+    let config = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+        })
+        .or_else(|| std::env::var("MDTI_CONFIG").ok());
+    if let Some(path) = config {
+        if let Err(error) = mdti_worker::config::load_env_file(path.as_ref()) {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let cli = Cli::parse();
+    mdti_worker::logging::init(matches!(cli.log_format, LogFormat::Json));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

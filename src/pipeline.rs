@@ -1,0 +1,399 @@
+//! Where the parts meet: one delivered message in, one [`Outcome`] out.
+//!
+//! decode → for each item: validate kind and enrichers, normalise, answer from the cache or run
+//! the enrichers → one Postgres transaction for everything the message produced. The outcome is
+//! decided here and nowhere else; the consumer only maps it to ack, delayed retry or dead letter.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::enrich::{self, EnricherKind, Enrichment};
+use crate::graph::{GraphClient, GraphError, PageLimits};
+use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
+use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
+use crate::store::{RejectedInput, RunRecord, RunStatus, Store, StoreError};
+
+/// What should happen to a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Everything the message carried is settled in Postgres. Items that were bad input are in
+    /// `rejected` (and in the `rejected_inputs` table); they go to the dead-letter queue.
+    Done {
+        enriched: usize,
+        cached: usize,
+        skipped: usize,
+        rejected: Vec<RejectedInput>,
+    },
+    /// Something outside the message failed (Graph after its retries, Postgres): try later.
+    Retry { reason: String },
+    /// The message as a whole is unusable: dead-letter it at once.
+    Reject { code: String, reason: String },
+}
+
+/// One delivery, as the pipeline needs it.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub message_id: &'a str,
+    pub body: &'a [u8],
+    pub content_type: Option<&'a str>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub default_enrichers: Vec<EnricherKind>,
+    pub cache_ttl: Duration,
+    pub normalise: NormaliseOptions,
+    pub page_limits: PageLimits,
+    pub decode: DecodeLimits,
+    pub item_concurrency: usize,
+}
+
+#[derive(Clone)]
+pub struct Pipeline {
+    graph: GraphClient,
+    store: Store,
+    settings: PipelineSettings,
+}
+
+/// An item that passed validation, with what to run for it.
+struct Work {
+    request: ObservableRequest,
+    observable: Observable,
+    enrichers: Vec<EnricherKind>,
+}
+
+enum ItemResult {
+    Run(RunRecord),
+    Rejected(RejectedInput),
+}
+
+impl Pipeline {
+    pub fn new(graph: GraphClient, store: Store, settings: PipelineSettings) -> Self {
+        Pipeline {
+            graph,
+            store,
+            settings,
+        }
+    }
+
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn handle(&self, message: &Incoming<'_>) -> Outcome {
+        let items = match message::decode(message.body, message.content_type, &self.settings.decode)
+        {
+            Ok(items) => items,
+            Err(error) => {
+                let rejected = RejectedInput {
+                    message_id: message.message_id.to_owned(),
+                    item_index: -1,
+                    input: excerpt(message.body),
+                    code: error.code().to_owned(),
+                    reason: error.to_string(),
+                    source: None,
+                    context: None,
+                    attempts: message.attempt as i32,
+                };
+                return match self.store.record_rejection(&rejected).await {
+                    Ok(()) => Outcome::Reject {
+                        code: rejected.code,
+                        reason: rejected.reason,
+                    },
+                    Err(error) => store_failure(error),
+                };
+            }
+        };
+
+        let mut results = Vec::with_capacity(items.len());
+        let mut work = Vec::new();
+        for item in items {
+            match self.validate(message, item) {
+                Validated::Work(w) => work.push(w),
+                Validated::Skipped(run) => results.push(ItemResult::Run(*run)),
+                Validated::Rejected(rejected) => results.push(ItemResult::Rejected(*rejected)),
+            }
+        }
+
+        // The same observable twice in one message is enriched once.
+        let mut first_of: HashMap<(Observable, Vec<EnricherKind>, bool), usize> = HashMap::new();
+        let mut unique = Vec::new();
+        let mut repeats = Vec::new();
+        for w in work {
+            let key = (w.observable.clone(), w.enrichers.clone(), w.request.force);
+            match first_of.get(&key) {
+                Some(&at) => repeats.push((at, w)),
+                None => {
+                    first_of.insert(key, unique.len());
+                    unique.push(w);
+                }
+            }
+        }
+
+        // The futures are collected first: a lazy `map` closure inside the stream would make
+        // this future's type higher-ranked over the borrow, which `tokio::spawn` cannot accept.
+        let pending: Vec<_> = unique.iter().map(|w| self.answer(w)).collect();
+        let answers: Vec<Result<Answer, Failure>> = futures::stream::iter(pending)
+            .buffered(self.settings.item_concurrency.max(1))
+            .collect()
+            .await;
+        for (w, answer) in unique.iter().zip(&answers) {
+            match answer {
+                Ok(answer) => results.push(ItemResult::Run(run_record(message, w, answer))),
+                Err(failure) => return failure.clone().into_outcome(),
+            }
+        }
+        for (at, w) in &repeats {
+            if let Ok(answer) = &answers[*at] {
+                results.push(ItemResult::Run(run_record(message, w, answer)));
+            }
+        }
+
+        let mut runs = Vec::new();
+        let mut rejected = Vec::new();
+        for result in results {
+            match result {
+                ItemResult::Run(run) => runs.push(run),
+                ItemResult::Rejected(r) => rejected.push(r),
+            }
+        }
+        if let Err(error) = self.store.record_message(&runs, &rejected).await {
+            return store_failure(error);
+        }
+        let count = |status| runs.iter().filter(|r| r.status == status).count();
+        Outcome::Done {
+            enriched: count(RunStatus::Enriched),
+            cached: count(RunStatus::Cached),
+            skipped: count(RunStatus::Skipped),
+            rejected,
+        }
+    }
+
+    fn validate(&self, message: &Incoming<'_>, item: Item) -> Validated {
+        let request = match item {
+            Item::Request(request) => request,
+            Item::Invalid {
+                index,
+                input,
+                code,
+                reason,
+            } => {
+                return Validated::rejected(rejection(
+                    message, index, input, code, reason, None, None,
+                ));
+            }
+        };
+        let reject = |code: &str, reason: String| {
+            rejection(
+                message,
+                request.index,
+                request.value.clone(),
+                code,
+                reason,
+                request.source.clone(),
+                request.context.clone(),
+            )
+        };
+        let declared = match request.kind.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<ObservableKind>() {
+                Ok(kind) => Some(kind),
+                Err(error) => {
+                    return Validated::rejected(reject("unknown_kind", error.to_string()))
+                }
+            },
+        };
+        let enrichers = match &request.enrichers {
+            None => self.settings.default_enrichers.clone(),
+            Some(names) => {
+                let mut kinds = Vec::new();
+                for name in names {
+                    match name.parse::<EnricherKind>() {
+                        Ok(kind) if !kinds.contains(&kind) => kinds.push(kind),
+                        Ok(_) => {}
+                        Err(error) => {
+                            return Validated::rejected(reject("unknown_enricher", error))
+                        }
+                    }
+                }
+                if kinds.is_empty() {
+                    return Validated::rejected(reject(
+                        "no_enrichers",
+                        "`enrichers` is an empty list; leave it out to run the default set".into(),
+                    ));
+                }
+                kinds
+            }
+        };
+        match observable::normalise(&request.value, declared, &self.settings.normalise) {
+            Ok(Normalised::Ready(observable)) => Validated::Work(Work {
+                request,
+                observable,
+                enrichers,
+            }),
+            Ok(Normalised::Skipped { observable, reason }) => {
+                Validated::Skipped(Box::new(RunRecord {
+                    message_id: message.message_id.to_owned(),
+                    item_index: request.index as i32,
+                    source: request.source,
+                    context: request.context,
+                    observable,
+                    status: RunStatus::Skipped,
+                    detail: Some(reason),
+                    enrichers,
+                    graph_requests: 0,
+                    duration: Duration::ZERO,
+                    enrichment: None,
+                }))
+            }
+            Err(error) => Validated::rejected(reject(error.code(), error.to_string())),
+        }
+    }
+
+    /// The cache or Graph. An answer without an enrichment is a cache hit.
+    async fn answer(&self, work: &Work) -> Result<Answer, Failure> {
+        let started = Instant::now();
+        if !work.request.force {
+            let fresh = self
+                .store
+                .is_fresh(&work.observable, &work.enrichers, self.settings.cache_ttl)
+                .await
+                .map_err(Failure::store)?;
+            if fresh {
+                return Ok((None, 0, started.elapsed()));
+            }
+        }
+        match enrich::enrich(
+            &self.graph,
+            &work.observable,
+            &work.enrichers,
+            self.settings.page_limits,
+        )
+        .await
+        {
+            Ok(enrichment) => {
+                let requests = enrichment.graph_requests;
+                Ok((Some(enrichment), requests, started.elapsed()))
+            }
+            Err(error) => Err(Failure::graph(&work.observable, &error)),
+        }
+    }
+}
+
+/// An item after validation: work to do, a skip to record, or bad input to reject.
+enum Validated {
+    Work(Work),
+    Skipped(Box<RunRecord>),
+    Rejected(Box<RejectedInput>),
+}
+
+impl Validated {
+    fn rejected(rejected: RejectedInput) -> Self {
+        Validated::Rejected(Box::new(rejected))
+    }
+}
+
+fn run_record(
+    message: &Incoming<'_>,
+    work: &Work,
+    (enrichment, requests, duration): &Answer,
+) -> RunRecord {
+    RunRecord {
+        message_id: message.message_id.to_owned(),
+        item_index: work.request.index as i32,
+        source: work.request.source.clone(),
+        context: work.request.context.clone(),
+        observable: work.observable.clone(),
+        status: if enrichment.is_some() {
+            RunStatus::Enriched
+        } else {
+            RunStatus::Cached
+        },
+        detail: None,
+        enrichers: work.enrichers.clone(),
+        graph_requests: *requests,
+        duration: *duration,
+        enrichment: enrichment.clone(),
+    }
+}
+
+fn rejection(
+    message: &Incoming<'_>,
+    index: usize,
+    input: String,
+    code: &str,
+    reason: String,
+    source: Option<String>,
+    context: Option<serde_json::Value>,
+) -> RejectedInput {
+    RejectedInput {
+        message_id: message.message_id.to_owned(),
+        item_index: index as i32,
+        input: input.chars().take(1000).collect(),
+        code: code.to_owned(),
+        reason,
+        source,
+        context,
+        attempts: message.attempt as i32,
+    }
+}
+
+/// The cache's answer (no enrichment) or Graph's, with its request count and duration.
+type Answer = (Option<Enrichment>, u64, Duration);
+
+/// Why an item could not be answered; it decides the whole message.
+#[derive(Debug, Clone)]
+struct Failure {
+    transient: bool,
+    reason: String,
+}
+
+impl Failure {
+    /// Graph's own classification decides: a transient failure (throttling, 5xx, network, after
+    /// the client's retries) is retried later; a permanent one (Graph refused the request, the
+    /// credentials are wrong) will not improve by waiting and is dead-lettered with the reason,
+    /// ready for a replay once the cause is fixed.
+    fn graph(observable: &Observable, error: &GraphError) -> Self {
+        Failure {
+            transient: error.is_transient(),
+            reason: format!("Graph, for {observable}: {error}"),
+        }
+    }
+
+    /// Transient or not, a failed read or write means nothing was committed: the message must
+    /// survive, so it is retried.
+    fn store(error: StoreError) -> Self {
+        Failure {
+            transient: true,
+            reason: format!("Postgres: {error}"),
+        }
+    }
+
+    fn into_outcome(self) -> Outcome {
+        if self.transient {
+            Outcome::Retry {
+                reason: self.reason,
+            }
+        } else {
+            Outcome::Reject {
+                code: "graph_refused".into(),
+                reason: self.reason,
+            }
+        }
+    }
+}
+
+fn store_failure(error: StoreError) -> Outcome {
+    Failure::store(error).into_outcome()
+}
+
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(1000)]).into_owned()
+}
