@@ -1,0 +1,595 @@
+//! The worker end to end: RabbitMQ in, Postgres out, against the real services and the Graph
+//! simulator. Each test has its own database and its own queue names.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Future;
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::types::AMQPValue;
+use lapin::{Connection, ConnectionProperties};
+use mdti_worker::enrich::EnricherKind;
+use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
+use mdti_worker::observable::NormaliseOptions;
+use mdti_worker::pipeline::{Pipeline, PipelineSettings};
+use mdti_worker::queue::consumer::{self, ConsumerSettings, WorkerStats};
+use mdti_worker::queue::{DecodeLimits, Publisher, Topology, REASON_CODE_HEADER, REASON_HEADER};
+use mdti_worker::secret::Secret;
+use mdti_worker::sim::{self, SimConfig, SimHandle};
+use mdti_worker::store::Store;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn server_url() -> String {
+    std::env::var("MDTI_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A TCP relay in front of Postgres that a test can cut and restore, to make the database
+/// unreachable for the worker without stopping the shared server.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: &'static str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (open2, links2) = (Arc::clone(&open), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links2.lock().unwrap().push(link);
+            }
+        });
+        Relay { port, open, links }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+struct App {
+    sim: SimHandle,
+    /// The store the worker writes through (possibly via the relay).
+    store: Store,
+    /// A direct store for the test's own reads.
+    reader: Store,
+    database: String,
+    topology: Topology,
+    publisher: Publisher,
+    stats: Arc<WorkerStats>,
+    stop: Option<watch::Sender<bool>>,
+    worker: Option<JoinHandle<anyhow::Result<()>>>,
+    graph: GraphClient,
+    relay: Option<Relay>,
+}
+
+struct Options {
+    graph_attempts: u32,
+    max_deliveries: u32,
+    through_relay: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            graph_attempts: 4,
+            max_deliveries: 5,
+            through_relay: false,
+        }
+    }
+}
+
+async fn spawn_app(options: Options) -> App {
+    let sim = sim::spawn(SimConfig::default()).await.unwrap();
+    let database = format!("mdti_test_{}", uuid::Uuid::new_v4().simple());
+    let direct_url = format!("{}/{database}", server_url());
+    Store::create_database_if_missing(&direct_url)
+        .await
+        .unwrap();
+    let reader = Store::connect(&direct_url, 4).await.unwrap();
+    reader.migrate().await.unwrap();
+    let relay = if options.through_relay {
+        Some(Relay::start("127.0.0.1:5432").await)
+    } else {
+        None
+    };
+    let worker_url = match &relay {
+        Some(relay) => format!("postgres://postgres@127.0.0.1:{}/{database}", relay.port),
+        None => direct_url.clone(),
+    };
+    let store = Store::connect(&worker_url, 4).await.unwrap();
+    let graph = GraphClient::new(GraphSettings {
+        graph_base_url: sim.graph_base_url(),
+        login_base_url: sim.login_base_url(),
+        tenant_id: "sim-tenant".into(),
+        client_id: "sim-client".into(),
+        client_secret: Secret::new("sim-secret"),
+        requests_per_second: 2000.0,
+        burst: 200,
+        max_attempts: options.graph_attempts,
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(50),
+        ..GraphSettings::default()
+    })
+    .unwrap();
+    let topology = Topology {
+        prefix: format!("t-{}", uuid::Uuid::new_v4().simple()),
+        retry_delay: Duration::from_secs(1),
+    };
+    let publisher = Publisher::connect(AMQP, topology.clone()).await.unwrap();
+    let mut app = App {
+        sim,
+        store,
+        reader,
+        database,
+        topology,
+        publisher,
+        stats: Arc::default(),
+        stop: None,
+        worker: None,
+        graph,
+        relay,
+    };
+    app.start_worker(options.max_deliveries);
+    app
+}
+
+impl App {
+    fn start_worker(&mut self, max_deliveries: u32) {
+        let pipeline = Pipeline::new(
+            self.graph.clone(),
+            self.store.clone(),
+            PipelineSettings {
+                default_enrichers: EnricherKind::ALL.to_vec(),
+                cache_ttl: Duration::from_secs(3600),
+                normalise: NormaliseOptions::default(),
+                page_limits: PageLimits::default(),
+                decode: DecodeLimits::default(),
+                item_concurrency: 4,
+            },
+        );
+        let settings = ConsumerSettings {
+            amqp_url: Secret::new(AMQP),
+            topology: self.topology.clone(),
+            concurrency: 8,
+            max_deliveries,
+            shutdown_timeout: Duration::from_secs(10),
+            exit_when_idle: None,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let stats = Arc::clone(&self.stats);
+        self.worker = Some(tokio::spawn(consumer::run(
+            pipeline, settings, stopped, stats,
+        )));
+        self.stop = Some(stop);
+    }
+
+    async fn stop_worker(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(worker) = self.worker.take() {
+            tokio::time::timeout(Duration::from_secs(30), worker)
+                .await
+                .expect("the worker stops within its bound")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    async fn publish(&self, message_id: &str, body: serde_json::Value) {
+        self.publisher
+            .publish_observables(
+                "test",
+                &serde_json::to_vec(&body).unwrap(),
+                "application/json",
+                message_id,
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.reader.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Row counts of every result table, to compare before and after a redelivery.
+    async fn table_counts(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for table in [
+            "observables",
+            "enrichment_runs",
+            "enricher_results",
+            "indicators",
+            "extracts",
+            "reputations",
+            "rejected_inputs",
+        ] {
+            out.push((
+                table.to_owned(),
+                self.count(&format!("SELECT count(*) FROM {table}")).await,
+            ));
+        }
+        out
+    }
+
+    /// Every message in the dead-letter queue: (body, reason, code).
+    async fn drain_dead_letters(&self) -> Vec<(String, String, String)> {
+        let connection = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                self.topology.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let header = |name: &str| {
+                message
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(name).cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default()
+            };
+            out.push((
+                String::from_utf8_lossy(&message.delivery.data).into_owned(),
+                header(REASON_HEADER),
+                header(REASON_CODE_HEADER),
+            ));
+        }
+        let _ = connection.close(200, "done".into()).await;
+        out
+    }
+
+    async fn teardown(mut self) {
+        self.stop_worker().await;
+        let connection = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        for queue in [
+            self.topology.work_queue(),
+            self.topology.retry_queue(),
+            self.topology.dead_letter_queue(),
+        ] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            self.topology.input_exchange(),
+            self.topology.events_exchange(),
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = connection.close(200, "done".into()).await;
+        self.store.close().await;
+        self.reader.close().await;
+        let admin = Store::connect(&format!("{}/postgres", server_url()), 1)
+            .await
+            .unwrap();
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        ))
+        .execute(admin.pool())
+        .await;
+        drop(self.sim);
+    }
+}
+
+/// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_mixed_batch_lands_in_postgres_in_canonical_form() {
+    let app = spawn_app(Options::default()).await;
+    app.publish(
+        "mixed-1",
+        json!([
+            {"value": "8.8.8.8"},
+            {"value": "2001:4860:4860:0:0:0:0:8888"},
+            {"value": "contoso[.]com", "kind": "domain"},
+            {"value": "WWW.Fabrikam.com."},
+            {"value": "hxxps://login.contoso-payroll[.]com/owa?user=x", "source": "feed-x",
+             "context": {"incident": "INC-7"}}
+        ]),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "five runs", || async {
+        app.count("SELECT count(*) FROM enrichment_runs").await == 5
+    })
+    .await;
+    let values: Vec<String> =
+        sqlx::query_scalar("SELECT kind || ':' || value FROM observables ORDER BY value")
+            .fetch_all(app.reader.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        values,
+        vec![
+            "ipv6:2001:4860:4860::8888",
+            "ipv4:8.8.8.8",
+            "domain:contoso.com",
+            "host:login.contoso-payroll.com",
+            "host:www.fabrikam.com",
+        ]
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM enrichment_runs WHERE status = 'enriched'")
+            .await,
+        5
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM enricher_results").await,
+        5 * 6,
+        "every enricher recorded for every observable"
+    );
+    assert!(app.count("SELECT count(*) FROM extracts").await > 0);
+    assert!(app.count("SELECT count(*) FROM indicators").await >= 1);
+    let context: serde_json::Value = sqlx::query_scalar(
+        "SELECT r.context FROM enrichment_runs r JOIN observables o ON o.id = r.observable_id WHERE o.value = 'login.contoso-payroll.com'",
+    )
+    .fetch_one(app.reader.pool())
+    .await
+    .unwrap();
+    assert_eq!(context, json!({"incident": "INC-7"}));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_leaves_the_same_rows() {
+    let app = spawn_app(Options::default()).await;
+    let body = json!([{"value": "contoso.com", "force": true}, {"value": "20.53.203.50", "force": true}, {"value": "10.0.0.1"}, {"value": "not a host"}]);
+    app.publish("twice", body.clone()).await;
+    eventually(Duration::from_secs(30), "first delivery done", || async {
+        WorkerStats::get(&app.stats.done) == 1
+    })
+    .await;
+    let before = app.table_counts().await;
+    app.publish("twice", body).await;
+    eventually(Duration::from_secs(30), "second delivery done", || async {
+        WorkerStats::get(&app.stats.done) == 2
+    })
+    .await;
+    assert_eq!(app.table_counts().await, before);
+    assert!(
+        app.sim.count("whois") >= 2,
+        "`force` made the second delivery call Graph again"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_observable_enriched_recently_is_answered_from_postgres() {
+    let app = spawn_app(Options::default()).await;
+    app.publish("first", json!({"value": "contoso.com"})).await;
+    eventually(Duration::from_secs(30), "first done", || async {
+        WorkerStats::get(&app.stats.done) == 1
+    })
+    .await;
+    let graph_calls = app.sim.count("graph");
+    app.publish("second", json!({"value": "contoso.com"})).await;
+    eventually(Duration::from_secs(30), "second done", || async {
+        WorkerStats::get(&app.stats.done) == 2
+    })
+    .await;
+    assert_eq!(
+        app.sim.count("graph"),
+        graph_calls,
+        "no Graph call for a cached observable"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM enrichment_runs WHERE status = 'cached'")
+            .await,
+        1
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_dead_lettered_with_its_reason_and_recorded() {
+    let app = spawn_app(Options::default()).await;
+    app.publisher
+        .publish_observables("test", b"{\"value\": ", "application/json", "broken")
+        .await
+        .unwrap();
+    app.publish(
+        "mixed",
+        json!([{"value": "contoso.com"}, {"value": "d41d8cd98f00b204e9800b998ecf8427"}, {"value": 42}]),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "both messages settled", || async {
+        WorkerStats::get(&app.stats.messages) == 2
+            && app.count("SELECT count(*) FROM enrichment_runs").await == 1
+    })
+    .await;
+    let mut dead = app.drain_dead_letters().await;
+    dead.sort_by(|a, b| a.2.cmp(&b.2));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let (body, reason, code) = &dead[0];
+    assert_eq!(code, "invalid_json");
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    assert_eq!(body, "{\"value\": ");
+    let (body, reason, code) = &dead[1];
+    assert_eq!(code, "mixed");
+    assert!(reason.contains("2 items rejected"), "{reason}");
+    let items: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        items.as_array().unwrap().len(),
+        2,
+        "only the bad items are dead-lettered"
+    );
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM rejected_inputs ORDER BY code")
+        .fetch_all(app.reader.pool())
+        .await
+        .unwrap();
+    assert_eq!(codes, vec!["file_hash", "invalid_json", "wrong_type"]);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn graph_failing_for_a_while_is_retried_later_and_then_done() {
+    let app = spawn_app(Options {
+        graph_attempts: 2,
+        ..Options::default()
+    })
+    .await;
+    app.sim.control().set_fail_all(Some(500));
+    app.publish("flaky", json!({"value": "contoso.com"})).await;
+    eventually(Duration::from_secs(30), "a delayed retry", || async {
+        WorkerStats::get(&app.stats.retried) >= 1
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 0);
+    app.sim.control().set_fail_all(None);
+    eventually(Duration::from_secs(30), "done after the retry", || async {
+        app.count("SELECT count(*) FROM enrichment_runs WHERE status = 'enriched'")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(WorkerStats::get(&app.stats.dead_lettered), 0);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn graph_failing_for_good_ends_in_the_dead_letter_queue_after_the_delivery_limit() {
+    let app = spawn_app(Options {
+        graph_attempts: 1,
+        max_deliveries: 2,
+        ..Options::default()
+    })
+    .await;
+    app.sim.control().set_fail_all(Some(500));
+    app.publish("doomed", json!({"value": "contoso.com"})).await;
+    eventually(Duration::from_secs(30), "dead-lettered", || async {
+        WorkerStats::get(&app.stats.dead_lettered) == 1
+    })
+    .await;
+    let dead = app.drain_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].2, "gave_up");
+    assert!(dead[0].1.contains("after 2 deliveries"), "{}", dead[0].1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM rejected_inputs WHERE code = 'gave_up'")
+            .await,
+        1
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn postgres_unreachable_keeps_the_message_until_it_is_back() {
+    let app = spawn_app(Options {
+        max_deliveries: 50,
+        through_relay: true,
+        ..Options::default()
+    })
+    .await;
+    let relay = app.relay.as_ref().unwrap();
+    relay.cut();
+    app.publish("while-down", json!({"value": "contoso.com"}))
+        .await;
+    eventually(
+        Duration::from_secs(60),
+        "a retry while Postgres is away",
+        || async { WorkerStats::get(&app.stats.retried) >= 1 },
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 0);
+    relay.restore();
+    eventually(
+        Duration::from_secs(60),
+        "processed once Postgres is back",
+        || async { app.count("SELECT count(*) FROM enrichment_runs").await == 1 },
+    )
+    .await;
+    assert_eq!(WorkerStats::get(&app.stats.dead_lettered), 0);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_batch_and_restarted_finishes_everything_once() {
+    let mut app = spawn_app(Options::default()).await;
+    app.sim.control().set_latency(Duration::from_millis(20));
+    for i in 0..30 {
+        app.publish(
+            &format!("batch-{i}"),
+            json!({"value": format!("host{i}.contoso.com")}),
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "some progress", || async {
+        WorkerStats::get(&app.stats.done) >= 3
+    })
+    .await;
+    app.stop_worker().await;
+    let after_stop = app.count("SELECT count(*) FROM enrichment_runs").await;
+    assert!(after_stop < 30, "the stop came too late to test anything");
+    app.start_worker(5);
+    eventually(Duration::from_secs(90), "all thirty", || async {
+        app.count("SELECT count(*) FROM enrichment_runs").await == 30
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM observables").await, 30);
+    assert_eq!(
+        app.count("SELECT count(*) FROM (SELECT observable_id, enricher, kind, value, field FROM extracts GROUP BY 1,2,3,4,5 HAVING count(*) > 1) d").await,
+        0
+    );
+    app.teardown().await;
+}
