@@ -22,6 +22,11 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
     cmd.broker.queue_prefix = format!("{}.demo", cmd.broker.queue_prefix);
     cmd.broker.retry_delay = Duration::from_secs(2);
     let use_simulator = !cmd.graph.has_credentials();
+    if use_simulator {
+        // The simulator is not a throttled tenant: let the demo go at its own pace.
+        cmd.graph.graph_rate = cmd.graph.graph_rate.max(500.0);
+        cmd.graph.graph_burst = cmd.graph.graph_burst.max(50);
+    }
     let (graph, _sim) = cli::graph_client(&mut cmd.graph, use_simulator).await?;
     println!(
         "Graph:    {}",
