@@ -470,8 +470,10 @@ impl GraphClient {
                     true,
                 ),
                 Verdict::GiveUp(reason) => (Duration::ZERO, reason, false),
-                Verdict::Success | Verdict::NotFound | Verdict::RefreshToken => {
-                    unreachable!("handled by attempt()")
+                // attempt() answers these itself; should one slip through, fail loudly but
+                // without a panic on the request path.
+                other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => {
+                    (Duration::ZERO, format!("unexpected verdict {other:?}"), false)
                 }
             };
             if !transient || attempt >= settings.max_attempts {
