@@ -19,7 +19,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use mdti_worker::publish::{self, CsvColumn, InputFormat, PublishOptions};
-use mdti_worker::queue::message::{decode, DecodeError, DecodeLimits, Item, ObservableRequest};
+use mdti_worker::queue::message::{
+    decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest,
+};
 use mdti_worker::queue::{
     attempt_of, PublishError, Publisher, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER,
     REASON_HEADER,
@@ -441,6 +443,7 @@ fn request(index: usize, value: &str) -> ObservableRequest {
         kind: None,
         enrichers: None,
         force: false,
+        chain: ChainRequest::default(),
         source: None,
         context: None,
     }
@@ -459,6 +462,7 @@ fn decode_single_object() {
             kind: Some("domain".into()),
             enrichers: Some(vec!["whois".into(), "passive_dns".into()]),
             force: true,
+            chain: ChainRequest::default(),
             source: Some("feed-x".into()),
             context: Some(json!({"case": 7})),
         })]
@@ -478,6 +482,38 @@ fn decode_single_object() {
             ..
         }]
     ));
+}
+
+#[test]
+fn decode_reads_the_chain_option_in_its_three_forms() {
+    let chain = |body: &str| match &decode(body.as_bytes(), None, &limits()).unwrap()[0] {
+        Item::Request(request) => Ok(request.chain),
+        Item::Invalid { code, reason, .. } => Err((*code, reason.clone())),
+    };
+    assert_eq!(chain(r#"{"value": "a.com"}"#), Ok(ChainRequest::default()));
+    assert_eq!(
+        chain(r#"{"value": "a.com", "chain": false}"#),
+        Ok(ChainRequest {
+            enabled: Some(false),
+            depth: None
+        })
+    );
+    assert_eq!(
+        chain(r#"{"value": "a.com", "chain": {"depth": 2}}"#),
+        Ok(ChainRequest {
+            enabled: None,
+            depth: Some(2)
+        })
+    );
+    let (code, reason) = chain(r#"{"value": "a.com", "chain": {"depth": 50}}"#).unwrap_err();
+    assert_eq!(code, "out_of_range");
+    assert!(reason.contains("chain.depth"), "{reason}");
+    assert_eq!(
+        chain(r#"{"value": "a.com", "chain": "yes"}"#)
+            .unwrap_err()
+            .0,
+        "wrong_type"
+    );
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! A body is one of:
 //!
 //! - a JSON object `{"value": "evil[.]com", "kind": "domain", "enrichers": ["whois"],
-//!   "force": false, "source": "feed-x", "context": {...}}` where only `value` is required and
-//!   unknown fields are ignored;
+//!   "force": false, "chain": {"depth": 2}, "source": "feed-x", "context": {...}}` where only
+//!   `value` is required and unknown fields are ignored; `chain` is `true`, `false` or an object
+//!   with `enabled` and/or `depth`;
 //! - a JSON array of such objects (one message, many observables);
 //! - `text/plain`, one observable a line; blank lines and lines starting with `#` are skipped.
 //!
@@ -53,10 +54,22 @@ pub struct ObservableRequest {
     /// Raw enricher names.
     pub enrichers: Option<Vec<String>>,
     pub force: bool,
+    /// The message's say on infrastructure chaining; empty means the worker's defaults.
+    pub chain: ChainRequest,
     pub source: Option<String>,
     /// Free-form context, any JSON, passed through.
     pub context: Option<Value>,
 }
+
+/// `"chain": true | false | {"enabled": bool, "depth": n}` of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ChainRequest {
+    pub enabled: Option<bool>,
+    pub depth: Option<u32>,
+}
+
+/// Deepest walk a message may ask for: each hop multiplies the Graph requests.
+pub const MAX_CHAIN_DEPTH: u32 = 3;
 
 /// One element of a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +210,7 @@ fn decode_lines(text: &str, limits: &DecodeLimits) -> Result<Vec<Item>, DecodeEr
                 kind: None,
                 enrichers: None,
                 force: false,
+                chain: ChainRequest::default(),
                 source: None,
                 context: None,
             })
@@ -290,6 +304,7 @@ fn request_of(index: usize, element: &Value) -> Result<ObservableRequest, (&'sta
         }
         Some(other) => return Err(wrong_type("enrichers", "an array of strings", other)),
     };
+    let chain = chain_of(fields.get("chain"))?;
     let context = match fields.get("context") {
         None | Some(Value::Null) => None,
         Some(context) => Some(context.clone()),
@@ -300,9 +315,43 @@ fn request_of(index: usize, element: &Value) -> Result<ObservableRequest, (&'sta
         kind,
         enrichers,
         force,
+        chain,
         source,
         context,
     })
+}
+
+fn chain_of(field: Option<&Value>) -> Result<ChainRequest, (&'static str, String)> {
+    let expected = "a boolean or an object with `enabled` and `depth`";
+    match field {
+        None | Some(Value::Null) => Ok(ChainRequest::default()),
+        Some(Value::Bool(enabled)) => Ok(ChainRequest {
+            enabled: Some(*enabled),
+            depth: None,
+        }),
+        Some(Value::Object(options)) => {
+            let enabled = match options.get("enabled") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(enabled)) => Some(*enabled),
+                Some(other) => return Err(wrong_type("chain.enabled", "a boolean", other)),
+            };
+            let depth = match options.get("depth") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(depth @ 1..) if depth <= u64::from(MAX_CHAIN_DEPTH) => Some(depth as u32),
+                    _ => {
+                        return Err((
+                            "out_of_range",
+                            format!("`chain.depth` must be a whole number from 1 to {MAX_CHAIN_DEPTH}, got {n}"),
+                        ))
+                    }
+                },
+                Some(other) => return Err(wrong_type("chain.depth", "a whole number", other)),
+            };
+            Ok(ChainRequest { enabled, depth })
+        }
+        Some(other) => Err(wrong_type("chain", expected, other)),
+    }
 }
 
 fn optional_string(

@@ -12,7 +12,7 @@ pub mod message;
 pub mod publisher;
 pub mod topology;
 
-pub use message::{decode, DecodeError, DecodeLimits, Item, ObservableRequest};
+pub use message::{decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest};
 pub use publisher::{BatchFailure, PublishError, Publisher};
 pub use topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 
