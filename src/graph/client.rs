@@ -472,9 +472,11 @@ impl GraphClient {
                 Verdict::GiveUp(reason) => (Duration::ZERO, reason, false),
                 // attempt() answers these itself; should one slip through, fail loudly but
                 // without a panic on the request path.
-                other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => {
-                    (Duration::ZERO, format!("unexpected verdict {other:?}"), false)
-                }
+                other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => (
+                    Duration::ZERO,
+                    format!("unexpected verdict {other:?}"),
+                    false,
+                ),
             };
             if !transient || attempt >= settings.max_attempts {
                 stats.gave_up.fetch_add(1, Ordering::Relaxed);
