@@ -87,12 +87,16 @@ struct App {
     worker: Option<JoinHandle<anyhow::Result<()>>>,
     graph: GraphClient,
     relay: Option<Relay>,
+    broker_relay: Option<Relay>,
 }
 
 struct Options {
     graph_attempts: u32,
     max_deliveries: u32,
+    /// Postgres through a relay the test can cut.
     through_relay: bool,
+    /// RabbitMQ through a relay the test can cut.
+    broker_relay: bool,
 }
 
 impl Default for Options {
@@ -101,6 +105,7 @@ impl Default for Options {
             graph_attempts: 4,
             max_deliveries: 5,
             through_relay: false,
+            broker_relay: false,
         }
     }
 }
@@ -143,6 +148,11 @@ async fn spawn_app(options: Options) -> App {
         retry_delay: Duration::from_secs(1),
     };
     let publisher = Publisher::connect(AMQP, topology.clone()).await.unwrap();
+    let broker_relay = if options.broker_relay {
+        Some(Relay::start("127.0.0.1:5672").await)
+    } else {
+        None
+    };
     let mut app = App {
         sim,
         store,
@@ -155,6 +165,7 @@ async fn spawn_app(options: Options) -> App {
         worker: None,
         graph,
         relay,
+        broker_relay,
     };
     app.start_worker(options.max_deliveries);
     app
@@ -174,8 +185,12 @@ impl App {
                 item_concurrency: 4,
             },
         );
+        let amqp_url = match &self.broker_relay {
+            Some(relay) => format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port),
+            None => AMQP.to_owned(),
+        };
         let settings = ConsumerSettings {
-            amqp_url: Secret::new(AMQP),
+            amqp_url: Secret::new(amqp_url),
             topology: self.topology.clone(),
             concurrency: 8,
             max_deliveries,
@@ -591,5 +606,41 @@ async fn a_worker_stopped_mid_batch_and_restarted_finishes_everything_once() {
         app.count("SELECT count(*) FROM (SELECT observable_id, enricher, kind, value, field FROM extracts GROUP BY 1,2,3,4,5 HAVING count(*) > 1) d").await,
         0
     );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_lost_broker_connection_is_rebuilt_and_the_work_goes_on() {
+    let app = spawn_app(Options {
+        broker_relay: true,
+        ..Options::default()
+    })
+    .await;
+    app.sim.control().set_latency(Duration::from_millis(20));
+    for i in 0..20 {
+        app.publish(
+            &format!("lost-{i}"),
+            json!({"value": format!("host{i}.fabrikam.com")}),
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "some progress", || async {
+        WorkerStats::get(&app.stats.done) >= 2
+    })
+    .await;
+    let relay = app.broker_relay.as_ref().unwrap();
+    relay.cut();
+    relay.restore();
+    eventually(
+        Duration::from_secs(90),
+        "all twenty after the reconnect",
+        || async { app.count("SELECT count(*) FROM enrichment_runs").await == 20 },
+    )
+    .await;
+    assert!(
+        WorkerStats::get(&app.stats.reconnects) >= 1,
+        "the connection was never lost"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM observables").await, 20);
     app.teardown().await;
 }
