@@ -8,6 +8,7 @@
 //!
 //! Queries are checked at run time, not compile time: building the crate needs no database.
 
+mod actors;
 mod error;
 mod report;
 mod write;

@@ -1,0 +1,623 @@
+//! Threat infrastructure chaining and actor attribution: from one IOC (IP or name), page its
+//! passive DNS, ask the reputation of the IOC and of every counterpart, and read the threat actor
+//! groups out of the reputation rules and the intelligence profiles' indicators.
+//!
+//! This is the "MDTI Actor Lookup" algorithm (all passive DNS of the IOC, a reputation request per
+//! artifact found, the `Cyber Threat Intelligence` rule naming the group) with what makes it
+//! affordable at volume:
+//!
+//! - counterparts are canonicalised and deduplicated before any reputation request (the seed asks
+//!   once per record, duplicates included), the IOC itself and non-public addresses are skipped;
+//! - reputations come from the Postgres cache ([`Store::cached_reputation`], TTL
+//!   [`ChainSettings::reputation_ttl`]) before Graph, and what Graph answers is saved there, so
+//!   IOCs sharing infrastructure pay for a shared counterpart once per TTL; a host Graph does not
+//!   know (404) is cached as an empty reputation so it is not asked again either;
+//! - reputations are fetched [`ChainSettings::concurrency`] at a time; the client's one shared rate
+//!   limiter still paces every request (this module adds none);
+//! - intelligence profiles are synced into Postgres by [`sync_profiles`] and matched locally
+//!   ([`ProfileIndex`]): no Graph request per IOC.
+//!
+//! Decisions where the documentation is silent:
+//!
+//! - The [`ChainSettings::since`] window is applied to each record's `lastSeenDateTime` on our
+//!   side (Graph documents no `$filter` on `passiveDns`); a record without a usable
+//!   `lastSeenDateTime` is kept, since it cannot be shown to be outside the window.
+//! - Depth counts passive DNS hops: depth 1 (the seed) walks the IOC's passive DNS only; depth 2
+//!   also walks every depth-1 counterpart's, and so on, each host at most once (a visited set, so
+//!   cycles end). Level by level: a level's reputations are asked before the next level's passive
+//!   DNS, so a budget cut leaves the nearest infrastructure attributed.
+//! - The request budget ([`ChainSettings::request_budget`], per walk) counts requests as the
+//!   client counts them ([`GraphClient::tracked`]): pages, reputations and their retries. A
+//!   passive DNS walk is capped to the pages the budget has left; reputations beyond the budget
+//!   are not asked. Either cut, a page cap and [`ChainSettings::max_artifacts`] are recorded in
+//!   [`ChainReport::truncated`]. Retries already under way may overshoot the budget slightly.
+//! - A Graph failure (after the client's retries) fails the walk: the caller retries the IOC whole,
+//!   and what was already fetched is in the cache. A cache read or write failure only logs: the
+//!   walk falls back to Graph.
+//! - A group named by a rule that matches a profile's title or one of its aliases
+//!   (case-insensitively) is reported under the profile's title, with its id and aliases, so
+//!   `APT28` and `Forest Blizzard` on the same artifact are one hit.
+
+mod attribution;
+mod profiles;
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
+pub use profiles::{
+    sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
+    ProfileInfo, SyncSummary,
+};
+pub use report::{actor_hit_event, event_routing_key};
+
+use crate::enrich::{mapping, Reputation};
+use crate::graph::model::{ArtifactType, PassiveDnsRecord};
+use crate::graph::{GraphClient, GraphError, PageLimits};
+use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
+use crate::store::{Store, StoreError};
+
+/// How far and how expensively one walk may go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainSettings {
+    /// Passive DNS hops from the IOC; 1 is the seed's walk, 0 asks the IOC's reputation only.
+    pub depth: u32,
+    /// Paging of each passive DNS walk; by default every page, 1,000 records a page.
+    pub page_limits: PageLimits,
+    /// Only records last seen at or after this instant (records without a last-seen time are
+    /// kept).
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many distinct counterparts per walk (the IOC not counted).
+    pub max_artifacts: usize,
+    /// At most this many Graph requests per walk, retries included.
+    pub request_budget: u64,
+    /// Cached reputations younger than this are used instead of asking Graph; zero disables the
+    /// cache reads (what Graph answers is still saved).
+    pub reputation_ttl: Duration,
+    /// Reputation lookups in flight per walk.
+    pub concurrency: usize,
+}
+
+impl Default for ChainSettings {
+    fn default() -> Self {
+        ChainSettings {
+            depth: 1,
+            page_limits: PageLimits {
+                page_size: Some(1000),
+                max_pages: None,
+            },
+            since: None,
+            max_artifacts: 500,
+            request_budget: 2000,
+            reputation_ttl: Duration::from_secs(24 * 3600),
+            concurrency: 8,
+        }
+    }
+}
+
+/// Why a walk or a profile sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ChainError {
+    /// Whether the same work may succeed later (throttling, 5xx, network, database down).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ChainError::Graph(error) => error.is_transient(),
+            ChainError::Store(error) => error.is_transient(),
+        }
+    }
+}
+
+/// Why an actor is linked to an artifact. Serialised with a `source` tag:
+/// `{"source": "reputation_rule", "rule": ..., ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum Evidence {
+    /// A `Cyber Threat Intelligence` reputation rule naming the group.
+    ReputationRule {
+        rule: String,
+        severity: Option<String>,
+        score: Option<i32>,
+        classification: Option<String>,
+    },
+    /// A `Microsoft Defender Threat Intelligence Intel Article` rule on the same artifact.
+    IntelArticle {
+        title: Option<String>,
+        article_id: Option<String>,
+        url: Option<String>,
+    },
+    /// The artifact is an indicator of the actor's intelligence profile. The indicator's own
+    /// source (`microsoft`, `osint`, `public`) is serialised as `indicator_source`: `source` is
+    /// the tag.
+    ProfileIndicator {
+        profile_id: String,
+        #[serde(rename = "indicator_source")]
+        source: Option<String>,
+    },
+}
+
+/// One actor linked to one artifact (the IOC itself or a counterpart), evidence merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActorHit {
+    /// The group's name: the profile's title when the name matched a profile, else as the rule
+    /// named it (trimmed).
+    pub actor: String,
+    pub profile_id: Option<String>,
+    pub aliases: Vec<String>,
+    /// The linking domain or IP.
+    pub artifact: String,
+    /// IOC → ... → artifact (just the IOC when the IOC itself is attributed).
+    pub path: Vec<String>,
+    pub evidence: Vec<Evidence>,
+    /// Earliest `firstSeenDateTime` and latest `lastSeenDateTime` of the passive DNS records
+    /// linking the artifact to the previous host of the path (none for the IOC itself).
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// An intel article rule found on an artifact, whether or not an actor was named there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArticleRef {
+    pub artifact: String,
+    pub path: Vec<String>,
+    pub title: Option<String>,
+    pub article_id: Option<String>,
+    pub url: Option<String>,
+}
+
+/// What one walk found and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainReport {
+    pub ioc: Observable,
+    /// Sorted by actor (case-insensitively), then by path length, then by artifact.
+    pub hits: Vec<ActorHit>,
+    /// Every intel article rule seen, on any artifact of the walk.
+    pub articles: Vec<ArticleRef>,
+    /// Distinct counterparts found (all depths, the IOC not counted).
+    pub counterparts: usize,
+    /// Passive DNS pages read.
+    pub pages: u32,
+    /// Graph requests this walk sent, retries included.
+    pub graph_requests: u64,
+    /// Reputations read from the Postgres cache instead of Graph.
+    pub reputation_cache_hits: u64,
+    /// Why the walk is incomplete, if it is: budget, page cap, artifact cap.
+    pub truncated: Vec<String>,
+}
+
+/// One host of the walk: how it was reached.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub(crate) path: Vec<String>,
+    pub(crate) first_seen: Option<DateTime<Utc>>,
+    pub(crate) last_seen: Option<DateTime<Utc>>,
+}
+
+impl Node {
+    fn parent(&self) -> Option<&str> {
+        let n = self.path.len();
+        (n >= 2).then(|| self.path[n - 2].as_str())
+    }
+
+    fn widen(&mut self, record: &PassiveDnsRecord) {
+        self.first_seen = earliest(self.first_seen, record.first_seen_date_time);
+        self.last_seen = latest(self.last_seen, record.last_seen_date_time);
+    }
+}
+
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn latest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Runs walks. Cheap to clone; clones share the client, the store and the profile index.
+#[derive(Clone)]
+pub struct Chainer {
+    graph: GraphClient,
+    store: Option<Store>,
+    settings: ChainSettings,
+    profiles: Arc<ProfileIndex>,
+}
+
+/// How one reputation was obtained.
+enum Lookup {
+    Cached(Reputation),
+    Fetched(Reputation),
+    OverBudget,
+}
+
+/// The mutable state of one walk.
+struct Walk {
+    graph: GraphClient,
+    nodes: HashMap<String, Node>,
+    /// Nodes in the order they were found (the IOC first).
+    order: Vec<String>,
+    /// Hosts whose passive DNS was walked.
+    visited: HashSet<String>,
+    /// Reputations of this walk, `None` when the budget left it unasked.
+    reputations: HashMap<String, Option<Reputation>>,
+    pages: u32,
+    cache_hits: u64,
+    truncated: Vec<String>,
+    dropped: HashSet<String>,
+    budget_spent: bool,
+}
+
+impl Chainer {
+    /// A chainer without profiles; see [`Chainer::with_profiles`]. Without a store the walk asks
+    /// Graph for every reputation (still once per host per walk).
+    pub fn new(graph: GraphClient, store: Option<Store>, settings: ChainSettings) -> Chainer {
+        Chainer {
+            graph,
+            store,
+            settings,
+            profiles: Arc::new(ProfileIndex::default()),
+        }
+    }
+
+    /// Match artifacts against these profiles (load them with [`ProfileIndex::load`]).
+    pub fn with_profiles(mut self, profiles: Arc<ProfileIndex>) -> Chainer {
+        self.profiles = profiles;
+        self
+    }
+
+    pub fn settings(&self) -> &ChainSettings {
+        &self.settings
+    }
+
+    pub fn profiles(&self) -> &Arc<ProfileIndex> {
+        &self.profiles
+    }
+
+    /// Walk from `ioc` and attribute what was found; see the module documentation.
+    pub async fn walk(&self, ioc: &Observable) -> Result<ChainReport, ChainError> {
+        let root = ioc.value().to_owned();
+        let mut walk = Walk {
+            graph: self.graph.tracked(),
+            nodes: HashMap::from([(
+                root.clone(),
+                Node {
+                    path: vec![root.clone()],
+                    first_seen: None,
+                    last_seen: None,
+                },
+            )]),
+            order: vec![root.clone()],
+            visited: HashSet::new(),
+            reputations: HashMap::new(),
+            pages: 0,
+            cache_hits: 0,
+            truncated: Vec::new(),
+            dropped: HashSet::new(),
+            budget_spent: false,
+        };
+
+        let mut ask = vec![root.clone()];
+        let mut frontier = vec![root.clone()];
+        for _level in 0..self.settings.depth {
+            let mut next = Vec::new();
+            for parent in &frontier {
+                if walk.budget_spent {
+                    break;
+                }
+                next.extend(self.expand(&mut walk, parent).await?);
+            }
+            ask.extend(next.iter().cloned());
+            self.reputations(&mut walk, std::mem::take(&mut ask))
+                .await?;
+            if next.is_empty() || walk.budget_spent {
+                break;
+            }
+            frontier = next;
+        }
+        if !ask.is_empty() {
+            // Depth 0: the IOC's reputation only.
+            self.reputations(&mut walk, ask).await?;
+        }
+        if !walk.dropped.is_empty() {
+            walk.truncated.push(format!(
+                "max_artifacts ({}) reached: {} further counterpart(s) left out",
+                self.settings.max_artifacts,
+                walk.dropped.len()
+            ));
+        }
+
+        let (hits, articles) =
+            attribution::attribute(&walk.order, &walk.nodes, &walk.reputations, &self.profiles);
+        Ok(ChainReport {
+            ioc: ioc.clone(),
+            hits,
+            articles,
+            counterparts: walk.nodes.len() - 1,
+            pages: walk.pages,
+            graph_requests: walk.graph.requests(),
+            reputation_cache_hits: walk.cache_hits,
+            truncated: walk.truncated,
+        })
+    }
+
+    /// Page the passive DNS of `parent` and add its new counterparts; returns them.
+    async fn expand(&self, walk: &mut Walk, parent: &str) -> Result<Vec<String>, ChainError> {
+        if !walk.visited.insert(parent.to_owned()) {
+            return Ok(Vec::new());
+        }
+        let budget = self.settings.request_budget;
+        let left = budget.saturating_sub(walk.graph.requests());
+        if left == 0 {
+            walk.budget_spent = true;
+            walk.truncated.push(format!(
+                "request budget ({budget}) reached before the passive DNS of {parent}"
+            ));
+            return Ok(Vec::new());
+        }
+        let mut limits = self.settings.page_limits;
+        let budget_pages = u32::try_from(left).unwrap_or(u32::MAX);
+        let budget_caps = limits.max_pages.is_none_or(|cap| budget_pages < cap);
+        if budget_caps {
+            limits.max_pages = Some(budget_pages);
+        }
+        let collection = walk.graph.passive_dns(parent, limits).await?;
+        walk.pages += collection.pages;
+        if collection.truncated {
+            if budget_caps {
+                walk.budget_spent = true;
+                walk.truncated.push(format!(
+                    "request budget ({budget}) cut the passive DNS of {parent} after {} page(s)",
+                    collection.pages
+                ));
+            } else {
+                walk.truncated.push(format!(
+                    "page cap cut the passive DNS of {parent} after {} page(s)",
+                    collection.pages
+                ));
+            }
+        }
+
+        let path = walk.nodes[parent].path.clone();
+        let mut added = Vec::new();
+        for record in &collection.items {
+            if let (Some(since), Some(last)) = (self.settings.since, record.last_seen_date_time) {
+                if last < since {
+                    continue;
+                }
+            }
+            let Some(artifact) = counterpart(record) else {
+                continue;
+            };
+            if let Some(node) = walk.nodes.get_mut(&artifact) {
+                if node.parent() == Some(parent) {
+                    node.widen(record);
+                }
+                continue;
+            }
+            if walk.nodes.len() > self.settings.max_artifacts {
+                walk.dropped.insert(artifact);
+                continue;
+            }
+            let mut node = Node {
+                path: path.iter().cloned().chain([artifact.clone()]).collect(),
+                first_seen: None,
+                last_seen: None,
+            };
+            node.widen(record);
+            walk.nodes.insert(artifact.clone(), node);
+            walk.order.push(artifact.clone());
+            added.push(artifact);
+        }
+        Ok(added)
+    }
+
+    /// The reputation of each host of `keys` not known to this walk yet: cache, else Graph.
+    async fn reputations(&self, walk: &mut Walk, keys: Vec<String>) -> Result<(), ChainError> {
+        let keys: Vec<String> = {
+            let mut seen = HashSet::new();
+            keys.into_iter()
+                .filter(|k| !walk.reputations.contains_key(k) && seen.insert(k.clone()))
+                .collect()
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let graph = &walk.graph;
+        let budget = self.settings.request_budget;
+        // Requests before this batch plus those this batch started; the tracked count is higher
+        // when retries happened. The futures are polled by one task, so the check and the
+        // increment below are not interleaved with another future's.
+        let base = graph.requests();
+        let started = AtomicU64::new(0);
+        let results: Vec<(String, Lookup)> = futures::stream::iter(keys)
+            .map(|key| {
+                let started = &started;
+                async move {
+                    let lookup = self.reputation(graph, &key, budget, base, started).await?;
+                    Ok::<_, ChainError>((key, lookup))
+                }
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut over_budget = 0usize;
+        for (key, lookup) in results {
+            let reputation = match lookup {
+                Lookup::Cached(reputation) => {
+                    walk.cache_hits += 1;
+                    Some(reputation)
+                }
+                Lookup::Fetched(reputation) => Some(reputation),
+                Lookup::OverBudget => {
+                    over_budget += 1;
+                    None
+                }
+            };
+            walk.reputations.insert(key, reputation);
+        }
+        if over_budget > 0 {
+            walk.budget_spent = true;
+            walk.truncated.push(format!(
+                "request budget ({budget}) reached: {over_budget} host(s) left without a reputation"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn reputation(
+        &self,
+        graph: &GraphClient,
+        key: &str,
+        budget: u64,
+        base: u64,
+        started: &AtomicU64,
+    ) -> Result<Lookup, ChainError> {
+        let ttl = self.settings.reputation_ttl;
+        if let Some(store) = &self.store {
+            match store.cached_reputation(key, ttl).await {
+                Ok(Some(reputation)) => return Ok(Lookup::Cached(reputation)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(host = key, %error, "reputation cache unreadable; asking Graph")
+                }
+            }
+        }
+        let spent = graph.requests().max(base + started.load(Ordering::Relaxed));
+        if spent >= budget {
+            return Ok(Lookup::OverBudget);
+        }
+        started.fetch_add(1, Ordering::Relaxed);
+        let reputation = match graph.reputation(key).await? {
+            Some(record) => mapping::reputation(&record),
+            // Unknown to MDTI: cached as an empty reputation so it is not asked again.
+            None => Reputation {
+                classification: None,
+                score: None,
+                rules: Vec::new(),
+            },
+        };
+        if let Some(store) = &self.store {
+            if let Err(error) = store.save_reputation(key, &reputation).await {
+                tracing::warn!(host = key, %error, "could not cache a reputation");
+            }
+        }
+        Ok(Lookup::Fetched(reputation))
+    }
+}
+
+/// The canonical counterpart a passive DNS record names, if it is a public host worth asking
+/// about. An `ipAddress` artifact whose id is not an IP is not trusted.
+fn counterpart(record: &PassiveDnsRecord) -> Option<String> {
+    let artifact = record.artifact.as_ref()?;
+    let id = artifact.id.as_deref()?.trim();
+    if id.is_empty() {
+        return None;
+    }
+    if artifact.artifact_type() == ArtifactType::IpAddress
+        && id.parse::<std::net::IpAddr>().is_err()
+    {
+        return None;
+    }
+    match normalise(id, None, &NormaliseOptions::default()) {
+        Ok(Normalised::Ready(observable)) => Some(observable.value().to_owned()),
+        Ok(Normalised::Skipped { .. }) | Err(_) => None,
+    }
+}
+
+/// The canonical form of an indicator artifact (non-public values allowed): what
+/// [`counterpart`] would produce for the same host.
+pub(crate) fn canonical_artifact(id: &str) -> Option<String> {
+    let options = NormaliseOptions {
+        allow_non_public: true,
+    };
+    match normalise(id, None, &options) {
+        Ok(normalised) => Some(normalised.into_observable().value().to_owned()),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::model::EntityRef;
+
+    fn record(artifact: &str, odata: &str) -> PassiveDnsRecord {
+        PassiveDnsRecord {
+            artifact: Some(EntityRef {
+                id: Some(artifact.into()),
+                odata_type: Some(odata.into()),
+            }),
+            ..PassiveDnsRecord::default()
+        }
+    }
+
+    #[test]
+    fn counterparts_are_canonical_and_public() {
+        let ip = "#microsoft.graph.security.ipAddress";
+        let host = "#microsoft.graph.security.hostName";
+        assert_eq!(
+            counterpart(&record("20.0.0.1", ip)),
+            Some("20.0.0.1".into())
+        );
+        assert_eq!(
+            counterpart(&record("CDN-1.Example.NET.", host)),
+            Some("cdn-1.example.net".into())
+        );
+        assert_eq!(counterpart(&record("10.0.0.1", ip)), None);
+        assert_eq!(counterpart(&record("not-an-ip.example.com", ip)), None);
+        assert_eq!(counterpart(&record("  ", host)), None);
+        assert_eq!(
+            canonical_artifact("Update-1.Example.COM"),
+            Some("update-1.example.com".into())
+        );
+    }
+
+    #[test]
+    fn seen_times_widen() {
+        let t = |s: &str| crate::graph::model::parse_time(s);
+        let mut node = Node {
+            path: vec!["a".into(), "b".into()],
+            first_seen: None,
+            last_seen: None,
+        };
+        let mut r = record("b", "");
+        r.first_seen_date_time = t("2023-01-01T00:00:00Z");
+        r.last_seen_date_time = t("2023-06-01T00:00:00Z");
+        node.widen(&r);
+        r.first_seen_date_time = t("2022-01-01T00:00:00Z");
+        r.last_seen_date_time = None;
+        node.widen(&r);
+        assert_eq!(node.first_seen, t("2022-01-01T00:00:00Z"));
+        assert_eq!(node.last_seen, t("2023-06-01T00:00:00Z"));
+        assert_eq!(node.parent(), Some("a"));
+    }
+
+    #[test]
+    fn default_settings_follow_the_seed() {
+        let s = ChainSettings::default();
+        assert_eq!(s.depth, 1);
+        assert_eq!(s.page_limits.max_pages, None);
+        assert_eq!(s.page_limits.page_size, Some(1000));
+        assert_eq!(s.max_artifacts, 500);
+        assert_eq!(s.request_budget, 2000);
+        assert_eq!(s.concurrency, 8);
+    }
+}

@@ -1,0 +1,334 @@
+//! Intelligence profiles (kind `actor`) and their indicators: synced from Graph into Postgres by a
+//! job, read back into an in-memory [`ProfileIndex`] that walks match against for free.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{canonical_artifact, ChainError};
+use crate::graph::model::IntelligenceProfileIndicator;
+use crate::graph::{GraphClient, PageLimits};
+use crate::store::{Store, StoreError};
+
+/// An actor profile as stored in `intel_profiles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntelProfileRecord {
+    pub id: String,
+    pub title: String,
+    pub aliases: Vec<String>,
+    pub first_active: Option<DateTime<Utc>>,
+}
+
+/// One indicator of a profile as stored in `intel_profile_indicators`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileIndicatorRecord {
+    /// Canonical (lowercase name, canonical IP).
+    pub artifact: String,
+    /// The `@odata.type`'s last part, lowercase (`ipaddress`, `hostname`).
+    pub artifact_type: Option<String>,
+    pub source: Option<String>,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// What the index knows of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    pub id: String,
+    pub title: String,
+    pub aliases: Vec<String>,
+}
+
+/// Canonical indicator artifact → the profiles listing it; and group name (title or alias,
+/// case-insensitive) → profile. Immutable once built: share it in an `Arc`, rebuild to refresh.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileIndex {
+    profiles: Vec<ProfileInfo>,
+    /// (profile index, indicator source), profiles in id order.
+    by_artifact: HashMap<String, Vec<(usize, Option<String>)>>,
+    by_name: HashMap<String, usize>,
+}
+
+fn name_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+impl ProfileIndex {
+    /// Build from rows; indicators of unknown profiles are ignored. Titles win over aliases when
+    /// a name is both; among equals the lowest profile id wins.
+    pub fn from_records(
+        profiles: Vec<IntelProfileRecord>,
+        indicators: Vec<(String, ProfileIndicatorRecord)>,
+    ) -> ProfileIndex {
+        let mut profiles: Vec<ProfileInfo> = profiles
+            .into_iter()
+            .map(|p| ProfileInfo {
+                id: p.id,
+                title: p.title,
+                aliases: p.aliases,
+            })
+            .collect();
+        profiles.sort_by(|a, b| a.id.cmp(&b.id));
+        profiles.dedup_by(|a, b| a.id == b.id);
+        let position: HashMap<&str, usize> = profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.as_str(), i))
+            .collect();
+        let mut by_name = HashMap::new();
+        for (i, p) in profiles.iter().enumerate() {
+            by_name.entry(name_key(&p.title)).or_insert(i);
+        }
+        for (i, p) in profiles.iter().enumerate() {
+            for alias in &p.aliases {
+                let key = name_key(alias);
+                if !key.is_empty() {
+                    by_name.entry(key).or_insert(i);
+                }
+            }
+        }
+        by_name.remove("");
+        let mut by_artifact: HashMap<String, Vec<(usize, Option<String>)>> = HashMap::new();
+        for (profile_id, indicator) in indicators {
+            let Some(&i) = position.get(profile_id.as_str()) else {
+                continue;
+            };
+            let Some(artifact) = canonical_artifact(&indicator.artifact) else {
+                continue;
+            };
+            let entry = by_artifact.entry(artifact).or_default();
+            if !entry.iter().any(|(j, _)| *j == i) {
+                entry.push((i, indicator.source));
+                entry.sort_by_key(|(j, _)| *j);
+            }
+        }
+        ProfileIndex {
+            profiles,
+            by_artifact,
+            by_name,
+        }
+    }
+
+    /// Everything `intel_profiles` and `intel_profile_indicators` hold.
+    pub async fn load(store: &Store) -> Result<ProfileIndex, StoreError> {
+        let (profiles, indicators) = store.intel_profile_rows().await?;
+        Ok(ProfileIndex::from_records(profiles, indicators))
+    }
+
+    /// The profiles listing `artifact` (canonical form) as an indicator, with the indicator's
+    /// source.
+    pub fn lookup(&self, artifact: &str) -> Vec<(&ProfileInfo, Option<&str>)> {
+        self.by_artifact
+            .get(artifact)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(i, source)| (&self.profiles[*i], source.as_deref()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The profile whose title or one of whose aliases is `name` (case-insensitive, trimmed).
+    pub fn profile_named(&self, name: &str) -> Option<&ProfileInfo> {
+        self.by_name
+            .get(&name_key(name))
+            .map(|&i| &self.profiles[i])
+    }
+
+    pub fn profiles(&self) -> &[ProfileInfo] {
+        &self.profiles
+    }
+
+    /// Distinct indicator artifacts.
+    pub fn artifact_count(&self) -> usize {
+        self.by_artifact.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+/// What a profile sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSummary {
+    /// Actor profiles stored.
+    pub profiles: usize,
+    /// Profiles of other kinds (tools), and profiles without an id or title, left out.
+    pub skipped_profiles: usize,
+    /// Indicators stored (distinct per profile).
+    pub indicators: usize,
+    /// Indicators whose artifact is not a host or IP, left out.
+    pub skipped_indicators: usize,
+    /// Stored profiles that Graph no longer lists, deleted.
+    pub pruned_profiles: u64,
+    pub graph_requests: u64,
+    /// Listings a page cap cut (their stale rows are then kept, not pruned).
+    pub truncated: Vec<String>,
+}
+
+/// [`sync_profiles_with`] every page, 1,000 items a page.
+pub async fn sync_profiles(graph: &GraphClient, store: &Store) -> Result<SyncSummary, ChainError> {
+    let limits = PageLimits {
+        page_size: Some(1000),
+        max_pages: None,
+    };
+    sync_profiles_with(graph, store, limits).await
+}
+
+/// Page `intelProfiles`, keep kind `actor`, page each one's `indicators`, and upsert them into
+/// `intel_profiles` and `intel_profile_indicators`, one transaction per profile. Indicators a
+/// complete listing no longer holds are deleted; so are profiles a complete, non-empty profile
+/// listing no longer holds (an empty listing is more likely a licence problem than no actors).
+pub async fn sync_profiles_with(
+    graph: &GraphClient,
+    store: &Store,
+    limits: PageLimits,
+) -> Result<SyncSummary, ChainError> {
+    let graph = graph.tracked();
+    let mut summary = SyncSummary::default();
+    let listing = graph.intel_profiles(limits).await?;
+    if listing.truncated {
+        summary
+            .truncated
+            .push(format!("intelProfiles after {} page(s)", listing.pages));
+    }
+    let mut kept: Vec<String> = Vec::new();
+    for profile in listing.items {
+        let is_actor = profile
+            .kind
+            .as_deref()
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("actor"));
+        let id = profile.id.as_deref().map(str::trim).unwrap_or_default();
+        let title = profile.title.as_deref().map(str::trim).unwrap_or_default();
+        if !is_actor || id.is_empty() || title.is_empty() {
+            summary.skipped_profiles += 1;
+            continue;
+        }
+        let record = IntelProfileRecord {
+            id: id.to_owned(),
+            title: title.to_owned(),
+            aliases: profile
+                .aliases
+                .iter()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            first_active: profile.first_active_date_time,
+        };
+        let indicators = graph.intel_profile_indicators(id, limits).await?;
+        let complete = indicators.found && !indicators.truncated;
+        if indicators.truncated {
+            summary.truncated.push(format!(
+                "indicators of {title} after {} page(s)",
+                indicators.pages
+            ));
+        }
+        let (rows, skipped) = indicator_rows(&indicators.items);
+        summary.skipped_indicators += skipped;
+        summary.indicators += rows.len();
+        store.save_intel_profile(&record, &rows, complete).await?;
+        summary.profiles += 1;
+        kept.push(record.id);
+    }
+    if !listing.truncated && !kept.is_empty() {
+        summary.pruned_profiles = store.prune_intel_profiles(&kept).await?;
+    }
+    summary.graph_requests = graph.requests();
+    tracing::info!(
+        profiles = summary.profiles,
+        indicators = summary.indicators,
+        requests = summary.graph_requests,
+        "intelligence profiles synced"
+    );
+    Ok(summary)
+}
+
+/// Canonical, one row per artifact (seen times widened over duplicates); and how many were left
+/// out.
+fn indicator_rows(items: &[IntelligenceProfileIndicator]) -> (Vec<ProfileIndicatorRecord>, usize) {
+    let mut rows: Vec<ProfileIndicatorRecord> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut skipped = 0;
+    for item in items {
+        let artifact = item.artifact.as_ref();
+        let Some(value) = artifact
+            .and_then(|a| a.id.as_deref())
+            .and_then(canonical_artifact)
+        else {
+            skipped += 1;
+            continue;
+        };
+        let artifact_type = artifact
+            .and_then(|a| a.odata_type.as_deref())
+            .map(|t| t.rsplit('.').next().unwrap_or(t).to_ascii_lowercase());
+        match at.get(&value) {
+            Some(&i) => {
+                let row = &mut rows[i];
+                row.first_seen = super::earliest(row.first_seen, item.first_seen_date_time);
+                row.last_seen = super::latest(row.last_seen, item.last_seen_date_time);
+            }
+            None => {
+                at.insert(value.clone(), rows.len());
+                rows.push(ProfileIndicatorRecord {
+                    artifact: value,
+                    artifact_type,
+                    source: item.source.clone(),
+                    first_seen: item.first_seen_date_time,
+                    last_seen: item.last_seen_date_time,
+                });
+            }
+        }
+    }
+    (rows, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(id: &str, title: &str, aliases: &[&str]) -> IntelProfileRecord {
+        IntelProfileRecord {
+            id: id.into(),
+            title: title.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            first_active: None,
+        }
+    }
+
+    fn indicator(artifact: &str) -> ProfileIndicatorRecord {
+        ProfileIndicatorRecord {
+            artifact: artifact.into(),
+            artifact_type: None,
+            source: Some("osint".into()),
+            first_seen: None,
+            last_seen: None,
+        }
+    }
+
+    #[test]
+    fn names_and_artifacts_are_matched_loosely() {
+        let index = ProfileIndex::from_records(
+            vec![
+                profile("b", "Volt Typhoon", &["Vanguard Panda"]),
+                profile("a", "Aqua Blizzard", &["ACTINIUM", "Volt Typhoon"]),
+            ],
+            vec![
+                ("a".into(), indicator("EVIL.Example.com.")),
+                ("b".into(), indicator("evil.example.com")),
+                ("zz".into(), indicator("other.example.com")),
+            ],
+        );
+        assert_eq!(index.profile_named(" actinium ").unwrap().id, "a");
+        // A title wins over another profile's alias.
+        assert_eq!(index.profile_named("volt typhoon").unwrap().id, "b");
+        assert!(index.profile_named("nobody").is_none());
+        let hits = index.lookup("evil.example.com");
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].0.id, "a");
+        assert!(index.lookup("other.example.com").is_empty());
+        assert_eq!(index.artifact_count(), 1);
+    }
+}

@@ -1,0 +1,339 @@
+//! Actor attribution rows: the hits of chaining walks (`actor_hits`) and the local copy of the
+//! actor intelligence profiles (`intel_profiles`, `intel_profile_indicators`). See
+//! `migrations/0002_actor_hits.sql` and [`crate::chain`].
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::write::pg_text;
+use super::{kind_name, Store, StoreError};
+use crate::chain::{ActorHit, Evidence, IntelProfileRecord, ProfileIndicatorRecord};
+use crate::observable::Observable;
+
+/// `value` without NUL characters, which jsonb cannot hold.
+fn pg_json(value: &Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(pg_text(text)),
+        Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (pg_text(key), pg_json(value)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
+fn text_list(items: &[String]) -> Value {
+    Value::Array(items.iter().map(|i| Value::String(pg_text(i))).collect())
+}
+
+/// `ARRAY(...)` of a JSON array of texts, order kept.
+const JSON_TO_TEXT_ARRAY: &str = "ARRAY(SELECT x.v FROM jsonb_array_elements_text({}) \
+                                  WITH ORDINALITY AS x(v, n) ORDER BY x.n)";
+
+fn text_array(column: &str) -> String {
+    JSON_TO_TEXT_ARRAY.replace("{}", column)
+}
+
+impl Store {
+    /// Upsert the hits of one walk of `observable` (and the observable row if missing), in one
+    /// transaction. Returns the hits that were not stored before (inserted, not updated): the
+    /// caller publishes one event for each. Idempotent: recording the same hits again returns
+    /// none. An existing hit gets the new evidence, path, profile and aliases, its seen times
+    /// widened, and the run and context when given.
+    pub async fn record_actor_hits(
+        &self,
+        observable: &Observable,
+        run_id: Option<Uuid>,
+        context: Option<&Value>,
+        hits: &[ActorHit],
+    ) -> Result<Vec<ActorHit>, StoreError> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One row per key (Postgres refuses to update a row twice in one statement), in key
+        // order so concurrent writers lock rows in the same order. The last hit of a key wins.
+        let rows: BTreeMap<(String, String), &ActorHit> = hits
+            .iter()
+            .map(|hit| ((pg_text(&hit.actor), pg_text(&hit.artifact)), hit))
+            .collect();
+        let n = rows.len();
+        let (mut actors, mut profile_ids, mut aliases, mut artifacts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut paths, mut evidence, mut first_seen, mut last_seen) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((actor, artifact), hit) in &rows {
+            actors.push(actor.clone());
+            artifacts.push(artifact.clone());
+            profile_ids.push(hit.profile_id.as_deref().map(pg_text));
+            aliases.push(text_list(&hit.aliases));
+            paths.push(text_list(&hit.path));
+            evidence.push(pg_json(
+                &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
+            ));
+            first_seen.push(hit.first_seen);
+            last_seen.push(hit.last_seen);
+        }
+
+        let mut tx = self.pool().begin().await?;
+        // DO UPDATE (a no-op) so that RETURNING yields the id of an existing row too.
+        let observable_id: i64 = sqlx::query_scalar(
+            "INSERT INTO observables AS o (kind, value) VALUES ($1, $2) \
+             ON CONFLICT (kind, value) DO UPDATE SET value = o.value \
+             RETURNING o.id",
+        )
+        .bind(kind_name(observable.kind()))
+        .bind(pg_text(observable.value()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let statement = format!(
+            "INSERT INTO actor_hits AS h (observable_id, actor, profile_id, aliases, artifact, \
+                 path, evidence, first_seen, last_seen, run_id, context) \
+             SELECT $1, u.actor, u.profile_id, {aliases}, u.artifact, {path}, u.evidence, \
+                 u.first_seen, u.last_seen, $2, $3 \
+             FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::jsonb[], \
+                 $9::jsonb[], $10::timestamptz[], $11::timestamptz[]) \
+                 AS u(actor, profile_id, aliases, artifact, path, evidence, first_seen, last_seen) \
+             ON CONFLICT (observable_id, actor, artifact) DO UPDATE SET \
+                 profile_id = COALESCE(excluded.profile_id, h.profile_id), \
+                 aliases = excluded.aliases, path = excluded.path, \
+                 evidence = excluded.evidence, \
+                 first_seen = LEAST(h.first_seen, excluded.first_seen), \
+                 last_seen = GREATEST(h.last_seen, excluded.last_seen), \
+                 run_id = COALESCE(excluded.run_id, h.run_id), \
+                 context = COALESCE(excluded.context, h.context), \
+                 updated_at = now() \
+             RETURNING h.actor, h.artifact, (h.xmax = 0) AS inserted",
+            aliases = text_array("u.aliases"),
+            path = text_array("u.path"),
+        );
+        let returned = sqlx::query(&statement)
+            .bind(observable_id)
+            .bind(run_id)
+            .bind(context.map(pg_json))
+            .bind(&actors)
+            .bind(&profile_ids)
+            .bind(&aliases)
+            .bind(&artifacts)
+            .bind(&paths)
+            .bind(&evidence)
+            .bind(&first_seen)
+            .bind(&last_seen)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+
+        let mut new = Vec::new();
+        for row in returned {
+            if !row.try_get::<bool, _>("inserted")? {
+                continue;
+            }
+            let key: (String, String) = (row.try_get("actor")?, row.try_get("artifact")?);
+            if let Some(hit) = rows.get(&key) {
+                new.push((*hit).clone());
+            }
+        }
+        new.sort_by(|a, b| (&a.actor, &a.artifact).cmp(&(&b.actor, &b.artifact)));
+        Ok(new)
+    }
+
+    /// The stored hits of `observable`, by actor and artifact.
+    pub async fn actor_hits_for(
+        &self,
+        observable: &Observable,
+    ) -> Result<Vec<ActorHit>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT h.actor, h.profile_id, h.aliases, h.artifact, h.path, h.evidence, \
+                 h.first_seen, h.last_seen \
+             FROM actor_hits h JOIN observables o ON o.id = h.observable_id \
+             WHERE o.kind = $1 AND o.value = $2 ORDER BY h.actor, h.artifact",
+        )
+        .bind(kind_name(observable.kind()))
+        .bind(observable.value())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let evidence: Value = row.try_get("evidence")?;
+                let evidence: Vec<Evidence> =
+                    serde_json::from_value(evidence).map_err(|error| StoreError::Decode {
+                        what: "actor hit evidence",
+                        detail: error.to_string(),
+                    })?;
+                Ok(ActorHit {
+                    actor: row.try_get("actor")?,
+                    profile_id: row.try_get("profile_id")?,
+                    aliases: row.try_get("aliases")?,
+                    artifact: row.try_get("artifact")?,
+                    path: row.try_get("path")?,
+                    evidence,
+                    first_seen: row.try_get("first_seen")?,
+                    last_seen: row.try_get("last_seen")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Upsert one actor profile and its indicators in one transaction. When `complete` (the
+    /// indicator listing was read to its end), the profile's indicators not in `indicators` are
+    /// deleted.
+    pub async fn save_intel_profile(
+        &self,
+        profile: &IntelProfileRecord,
+        indicators: &[ProfileIndicatorRecord],
+        complete: bool,
+    ) -> Result<(), StoreError> {
+        let rows: BTreeMap<String, &ProfileIndicatorRecord> = indicators
+            .iter()
+            .map(|i| (pg_text(&i.artifact), i))
+            .collect();
+        let n = rows.len();
+        let mut artifacts = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        let mut firsts = Vec::with_capacity(n);
+        let mut lasts = Vec::with_capacity(n);
+        for (artifact, row) in &rows {
+            artifacts.push(artifact.clone());
+            types.push(row.artifact_type.as_deref().map(pg_text));
+            sources.push(row.source.as_deref().map(pg_text));
+            firsts.push(row.first_seen);
+            lasts.push(row.last_seen);
+        }
+        let aliases: Vec<String> = profile.aliases.iter().map(|a| pg_text(a)).collect();
+        let id = pg_text(&profile.id);
+
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO intel_profiles (id, title, aliases, first_active, synced_at) \
+             VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, aliases = excluded.aliases, \
+                 first_active = excluded.first_active, synced_at = excluded.synced_at",
+        )
+        .bind(&id)
+        .bind(pg_text(&profile.title))
+        .bind(&aliases)
+        .bind(profile.first_active)
+        .execute(&mut *tx)
+        .await?;
+        if !artifacts.is_empty() {
+            sqlx::query(
+                "INSERT INTO intel_profile_indicators (profile_id, artifact, artifact_type, \
+                     source, first_seen, last_seen, synced_at) \
+                 SELECT $1, u.artifact, u.artifact_type, u.source, u.first_seen, u.last_seen, \
+                     now() \
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+                     $6::timestamptz[]) AS u(artifact, artifact_type, source, first_seen, last_seen) \
+                 ON CONFLICT (profile_id, artifact) DO UPDATE SET \
+                     artifact_type = excluded.artifact_type, source = excluded.source, \
+                     first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
+                     synced_at = excluded.synced_at",
+            )
+            .bind(&id)
+            .bind(&artifacts)
+            .bind(&types)
+            .bind(&sources)
+            .bind(&firsts)
+            .bind(&lasts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if complete {
+            sqlx::query(
+                "DELETE FROM intel_profile_indicators \
+                 WHERE profile_id = $1 AND NOT (artifact = ANY($2::text[]))",
+            )
+            .bind(&id)
+            .bind(&artifacts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Delete the profiles (and their indicators) whose id is not in `keep`; returns how many.
+    pub async fn prune_intel_profiles(&self, keep: &[String]) -> Result<u64, StoreError> {
+        let keep: Vec<String> = keep.iter().map(|k| pg_text(k)).collect();
+        let done = sqlx::query("DELETE FROM intel_profiles WHERE NOT (id = ANY($1::text[]))")
+            .bind(&keep)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Every stored profile, and every indicator with its profile id.
+    pub async fn intel_profile_rows(
+        &self,
+    ) -> Result<
+        (
+            Vec<IntelProfileRecord>,
+            Vec<(String, ProfileIndicatorRecord)>,
+        ),
+        StoreError,
+    > {
+        let profiles =
+            sqlx::query("SELECT id, title, aliases, first_active FROM intel_profiles ORDER BY id")
+                .fetch_all(self.pool())
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(IntelProfileRecord {
+                        id: row.try_get("id")?,
+                        title: row.try_get("title")?,
+                        aliases: row.try_get("aliases")?,
+                        first_active: row.try_get("first_active")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+        let indicators = sqlx::query(
+            "SELECT profile_id, artifact, artifact_type, source, first_seen, last_seen \
+             FROM intel_profile_indicators ORDER BY profile_id, artifact",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("profile_id")?,
+                ProfileIndicatorRecord {
+                    artifact: row.try_get("artifact")?,
+                    artifact_type: row.try_get("artifact_type")?,
+                    source: row.try_get("source")?,
+                    first_seen: row.try_get("first_seen")?,
+                    last_seen: row.try_get("last_seen")?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((profiles, indicators))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_texts_lose_their_nuls() {
+        assert_eq!(
+            pg_json(&serde_json::json!({"a\u{0}": ["b\u{0}c", 1]})),
+            serde_json::json!({"a": ["bc", 1]})
+        );
+        assert_eq!(text_list(&["x\u{0}".into()]), serde_json::json!(["x"]));
+        assert!(text_array("u.path").contains("jsonb_array_elements_text(u.path)"));
+    }
+}

@@ -1,0 +1,802 @@
+//! Infrastructure chaining and actor attribution against the Graph simulator and a real Postgres:
+//! a hand-built graph with known hits, cycles and budgets, the reputation cache shared between
+//! walks, the idempotent hit store, and the request count of the seed's algorithm for
+//! comparison.
+//!
+//! Each test that needs a database gets its own (`mdti_test_<uuid>`, created, migrated and
+//! dropped at the end). The server is `MDTI_TEST_DATABASE_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mdti_worker::chain::{
+    actor_hit_event, cti_actor_names, event_routing_key, sync_profiles, ActorHit, ChainSettings,
+    Chainer, Evidence, ProfileIndex, CTI_RULE,
+};
+use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
+use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::secret::Secret;
+use mdti_worker::sim::{self, SimConfig, SimHandle};
+use mdti_worker::store::{run_id, Store};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// Set-up
+// ---------------------------------------------------------------------------------------------
+
+fn settings_for(sim: &SimHandle) -> GraphSettings {
+    GraphSettings {
+        graph_base_url: sim.graph_base_url(),
+        login_base_url: sim.login_base_url(),
+        tenant_id: "sim-tenant".into(),
+        client_id: "sim-client".into(),
+        client_secret: Secret::new("sim-secret"),
+        requests_per_second: 2000.0,
+        burst: 200,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..GraphSettings::default()
+    }
+}
+
+async fn sim_and_client() -> (SimHandle, GraphClient) {
+    let sim = sim::spawn(SimConfig::default())
+        .await
+        .expect("simulator starts");
+    let client = GraphClient::new(settings_for(&sim)).expect("client builds");
+    (sim, client)
+}
+
+fn observable(raw: &str) -> Observable {
+    match normalise(raw, None, &Default::default()) {
+        Ok(Normalised::Ready(observable)) => observable,
+        other => panic!("{raw} is not a ready observable: {other:?}"),
+    }
+}
+
+fn time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// A fresh, migrated database; dropped (best effort) when this is dropped.
+struct TestDb {
+    store: Store,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let base = std::env::var("MDTI_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let mut url = url::Url::parse(&base).expect("MDTI_TEST_DATABASE_URL is a URL");
+        let name = format!("mdti_test_{}", Uuid::new_v4().simple());
+        url.set_path(&name);
+        Store::create_database_if_missing(url.as_str())
+            .await
+            .expect("create the test database");
+        let store = Store::connect(url.as_str(), 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        url.set_path("postgres");
+        TestDb {
+            store,
+            name,
+            admin_url: url.to_string(),
+        }
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The known graph
+// ---------------------------------------------------------------------------------------------
+
+const IOC: &str = "ioc.contoso-test.com";
+const ARTICLE_URL: &str = "https://ti.defender.microsoft.com/article/abc123";
+const SINCE: &str = "2023-01-01T00:00:00Z";
+
+fn pdns(parent: &str, artifact: &str, odata: &str, first: &str, last: &str) -> Value {
+    json!({
+        "id": format!("{parent}-{artifact}-{first}"),
+        "collectedDateTime": last,
+        "firstSeenDateTime": first,
+        "lastSeenDateTime": last,
+        "recordType": "A",
+        "parentHost": {"id": parent},
+        "artifact": {"@odata.type": format!("#microsoft.graph.security.{odata}"), "id": artifact},
+    })
+}
+
+/// 25 records (3 pages of 10): 22 over 52.1.0.1 to 52.1.0.8 (duplicates), one private address,
+/// one naming the IOC itself, one last seen before [`SINCE`].
+fn ioc_records() -> Value {
+    let mut records = Vec::new();
+    for i in 0..22u32 {
+        let ip = format!("52.1.0.{}", i % 8 + 1);
+        let first = format!("2023-{:02}-01T00:00:00Z", i % 12 + 1);
+        let last = format!("2024-{:02}-15T00:00:00.000Z", i % 12 + 1);
+        records.push(pdns(IOC, &ip, "ipAddress", &first, &last));
+    }
+    records.push(pdns(
+        IOC,
+        "10.0.0.1",
+        "ipAddress",
+        "2023-01-01T00:00:00Z",
+        "2024-01-01T00:00:00Z",
+    ));
+    records.push(pdns(
+        IOC,
+        "IOC.Contoso-Test.com.",
+        "hostName",
+        "2023-01-01T00:00:00Z",
+        "2024-01-01T00:00:00Z",
+    ));
+    records.push(pdns(
+        IOC,
+        "52.1.0.9",
+        "ipAddress",
+        "2019-01-01T00:00:00Z",
+        "2020-01-01T00:00:00Z",
+    ));
+    assert_eq!(records.len(), 25);
+    Value::Array(records)
+}
+
+fn build_known_graph(sim: &SimHandle) {
+    let control = sim.control();
+    control.set_override(&format!("hosts/{IOC}/passiveDns"), ioc_records());
+    control.set_override(
+        &format!("hosts/{IOC}/reputation"),
+        json!({"id": IOC, "classification": "neutral", "score": 5, "rules": []}),
+    );
+    control.set_override(
+        "hosts/52.1.0.1/reputation",
+        json!({
+            "id": "52.1.0.1", "classification": "malicious", "score": 90,
+            "rules": [
+                {"name": "Cyber Threat Intelligence", "description": " Aqua Blizzard ",
+                 "severity": "high", "relatedDetailsUrl": null},
+                {"name": "Microsoft Defender Threat Intelligence Intel Article",
+                 "description": "Aqua Blizzard targets Contoso", "severity": "high",
+                 "relatedDetailsUrl": ARTICLE_URL},
+            ]
+        }),
+    );
+    control.set_override(
+        "hosts/52.1.0.2/reputation",
+        json!({
+            "id": "52.1.0.2", "classification": "malicious", "score": 80,
+            "rules": [
+                // An alias of Volt Typhoon, in a list, with the rule name in another case.
+                {"name": "cyber threat intelligence", "description": ["Vanguard Panda"],
+                 "severity": "medium", "relatedDetailsUrl": null},
+                {"name": "Registrar", "description": "MarkMonitor Inc.", "severity": "low"},
+            ]
+        }),
+    );
+    control.set_override(
+        "hosts/52.1.0.3/reputation",
+        json!({
+            "id": "52.1.0.3", "classification": "suspicious", "score": 40,
+            "rules": [
+                {"name": "Microsoft Defender Threat Intelligence Intel Article",
+                 "description": "Infrastructure overlaps", "severity": "medium",
+                 "relatedDetailsUrl": "https://ti.defender.microsoft.com/article/def456"},
+            ]
+        }),
+    );
+    control.set_override(
+        "intelProfiles",
+        json!([
+            {"id": "p-aqua", "kind": "actor", "title": "Aqua Blizzard",
+             "aliases": ["ACTINIUM", "Gamaredon"], "firstActiveDateTime": "2013-06-01T00:00:00Z"},
+            {"id": "p-volt", "kind": "actor", "title": "Volt Typhoon",
+             "aliases": ["Vanguard Panda"], "firstActiveDateTime": null},
+            {"id": "p-tool", "kind": "tool", "title": "Cobalt Strike", "aliases": ["Beacon"]},
+        ]),
+    );
+    control.set_override(
+        "intelProfiles/p-aqua/indicators",
+        json!([
+            {"id": "i1", "source": "osint", "firstSeenDateTime": "2022-01-01T00:00:00Z",
+             "lastSeenDateTime": null,
+             "artifact": {"@odata.type": "#microsoft.graph.security.ipAddress", "id": "52.1.0.4"}},
+            {"id": "i2", "source": "microsoft", "firstSeenDateTime": "2022-01-01T00:00:00Z",
+             "lastSeenDateTime": "2023-01-01T00:00:00Z",
+             "artifact": {"@odata.type": "#microsoft.graph.security.hostname", "id": "Update-1.AquaBlizzard-Infra.com"}},
+        ]),
+    );
+    control.set_override("intelProfiles/p-volt/indicators", json!([]));
+    // A tool: never asked for.
+    control.set_override(
+        "intelProfiles/p-tool/indicators",
+        json!([{"id": "i3", "source": "public",
+                "artifact": {"@odata.type": "#microsoft.graph.security.ipAddress", "id": "52.1.0.5"}}]),
+    );
+}
+
+fn known_settings() -> ChainSettings {
+    ChainSettings {
+        page_limits: PageLimits {
+            page_size: Some(10),
+            max_pages: None,
+        },
+        since: Some(time(SINCE)),
+        ..ChainSettings::default()
+    }
+}
+
+fn expected_hits() -> Vec<ActorHit> {
+    let aqua_aliases = vec!["ACTINIUM".to_owned(), "Gamaredon".to_owned()];
+    vec![
+        ActorHit {
+            actor: "Aqua Blizzard".into(),
+            profile_id: Some("p-aqua".into()),
+            aliases: aqua_aliases.clone(),
+            artifact: "52.1.0.1".into(),
+            path: vec![IOC.into(), "52.1.0.1".into()],
+            evidence: vec![
+                Evidence::ReputationRule {
+                    rule: CTI_RULE.into(),
+                    severity: Some("high".into()),
+                    score: Some(90),
+                    classification: Some("malicious".into()),
+                },
+                Evidence::IntelArticle {
+                    title: Some("Aqua Blizzard targets Contoso".into()),
+                    article_id: Some("abc123".into()),
+                    url: Some(ARTICLE_URL.into()),
+                },
+            ],
+            // Records 0, 8 and 16: months 1, 9 and 5.
+            first_seen: Some(time("2023-01-01T00:00:00Z")),
+            last_seen: Some(time("2024-09-15T00:00:00Z")),
+        },
+        ActorHit {
+            actor: "Aqua Blizzard".into(),
+            profile_id: Some("p-aqua".into()),
+            aliases: aqua_aliases,
+            artifact: "52.1.0.4".into(),
+            path: vec![IOC.into(), "52.1.0.4".into()],
+            evidence: vec![Evidence::ProfileIndicator {
+                profile_id: "p-aqua".into(),
+                source: Some("osint".into()),
+            }],
+            // Records 3, 11 and 19: months 4, 12 and 8.
+            first_seen: Some(time("2023-04-01T00:00:00Z")),
+            last_seen: Some(time("2024-12-15T00:00:00Z")),
+        },
+        ActorHit {
+            actor: "Volt Typhoon".into(),
+            profile_id: Some("p-volt".into()),
+            aliases: vec!["Vanguard Panda".into()],
+            artifact: "52.1.0.2".into(),
+            path: vec![IOC.into(), "52.1.0.2".into()],
+            evidence: vec![Evidence::ReputationRule {
+                rule: "cyber threat intelligence".into(),
+                severity: Some("medium".into()),
+                score: Some(80),
+                classification: Some("malicious".into()),
+            }],
+            // Records 1, 9 and 17: months 2, 10 and 6.
+            first_seen: Some(time("2023-02-01T00:00:00Z")),
+            last_seen: Some(time("2024-10-15T00:00:00Z")),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_known_graph_gives_exactly_the_expected_hits() {
+    let (sim, graph) = sim_and_client().await;
+    build_known_graph(&sim);
+    let db = TestDb::new().await;
+
+    let summary = sync_profiles(&graph, &db.store).await.expect("sync");
+    assert_eq!(summary.profiles, 2, "{summary:?}");
+    assert_eq!(summary.skipped_profiles, 1);
+    assert_eq!(summary.indicators, 2);
+    assert_eq!(
+        sim.count("intelProfileIndicators"),
+        2,
+        "the tool is not asked"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM intel_profile_indicators WHERE artifact = 'update-1.aquablizzard-infra.com'")
+            .await,
+        1,
+        "indicators are stored canonical"
+    );
+    // A second sync changes nothing.
+    sync_profiles(&graph, &db.store).await.expect("sync again");
+    assert_eq!(db.count("SELECT count(*) FROM intel_profiles").await, 2);
+    assert_eq!(
+        db.count("SELECT count(*) FROM intel_profile_indicators")
+            .await,
+        2
+    );
+
+    let profiles = Arc::new(ProfileIndex::load(&db.store).await.expect("load"));
+    assert_eq!(profiles.profiles().len(), 2);
+    let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), known_settings())
+        .with_profiles(profiles);
+    sim.control().reset_counters();
+
+    let report = chainer.walk(&observable(IOC)).await.expect("walk");
+    println!("{report}");
+    assert_eq!(report.hits, expected_hits(), "{report:#?}");
+    assert_eq!(
+        report.actors(),
+        BTreeMap::from([
+            (
+                "Aqua Blizzard".to_owned(),
+                vec!["52.1.0.1".to_owned(), "52.1.0.4".to_owned()]
+            ),
+            ("Volt Typhoon".to_owned(), vec!["52.1.0.2".to_owned()]),
+        ])
+    );
+    let articles: Vec<(&str, Option<&str>)> = report
+        .articles
+        .iter()
+        .map(|a| (a.artifact.as_str(), a.article_id.as_deref()))
+        .collect();
+    assert_eq!(
+        articles,
+        [("52.1.0.1", Some("abc123")), ("52.1.0.3", Some("def456"))]
+    );
+    // 8 public counterparts in the window: not the IOC, not 10.0.0.1, not the old 52.1.0.9.
+    assert_eq!(report.counterparts, 8);
+    assert_eq!(report.pages, 3);
+    assert!(report.truncated.is_empty(), "{:?}", report.truncated);
+    assert_eq!(sim.count("passiveDns"), 3);
+    assert_eq!(
+        sim.count("reputation"),
+        9,
+        "the IOC and 8 counterparts, once each"
+    );
+    assert_eq!(report.graph_requests, 12);
+    assert_eq!(report.reputation_cache_hits, 0);
+    assert_eq!(
+        sim.count("intelProfiles") + sim.count("intelProfileIndicators"),
+        0
+    );
+    let text = report.to_string();
+    assert!(text.contains("Aqua Blizzard [profile p-aqua]"), "{text}");
+    assert!(text.contains("Infrastructure overlaps"), "{text}");
+
+    // Again, through the cache: the same hits, no reputation request.
+    let again = chainer.walk(&observable(IOC)).await.expect("walk again");
+    assert_eq!(again.hits, report.hits);
+    assert_eq!(again.reputation_cache_hits, 9);
+    assert_eq!(sim.count("reputation"), 9);
+    assert_eq!(again.graph_requests, 3);
+
+    // Without a store or profiles (enrich --chain): the rule hits, without profile matches.
+    let bare = Chainer::new(graph, None, known_settings());
+    let report = bare.walk(&observable(IOC)).await.expect("bare walk");
+    let actors: Vec<(&str, &str, Option<&str>)> = report
+        .hits
+        .iter()
+        .map(|h| {
+            (
+                h.actor.as_str(),
+                h.artifact.as_str(),
+                h.profile_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("Aqua Blizzard", "52.1.0.1", None),
+            ("Vanguard Panda", "52.1.0.2", None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn hits_are_recorded_once_and_new_ones_reported() {
+    let db = TestDb::new().await;
+    let ioc = observable(IOC);
+    let hits = expected_hits();
+    let run = run_id("message-1", 0);
+    let context = json!({"incident": 7});
+
+    let new = db
+        .store
+        .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
+        .await
+        .expect("record");
+    assert_eq!(new.len(), 3);
+    assert_eq!(db.count("SELECT count(*) FROM observables").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM actor_hits").await, 3);
+
+    let again = db
+        .store
+        .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
+        .await
+        .expect("record again");
+    assert!(again.is_empty(), "{again:#?}");
+    assert_eq!(db.count("SELECT count(*) FROM actor_hits").await, 3);
+
+    // One more hit among the known ones: only it is new.
+    let mut more = hits.clone();
+    more.push(ActorHit {
+        actor: "Storm-0558".into(),
+        profile_id: None,
+        aliases: vec![],
+        artifact: IOC.into(),
+        path: vec![IOC.into()],
+        evidence: vec![],
+        first_seen: None,
+        last_seen: None,
+    });
+    let new = db
+        .store
+        .record_actor_hits(&ioc, None, None, &more)
+        .await
+        .expect("record more");
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].actor, "Storm-0558");
+
+    let stored = db.store.actor_hits_for(&ioc).await.expect("read back");
+    assert_eq!(stored.len(), 4);
+    let mut expected = more.clone();
+    expected.sort_by(|a, b| (&a.actor, &a.artifact).cmp(&(&b.actor, &b.artifact)));
+    assert_eq!(stored, expected, "round trip");
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM actor_hits WHERE run_id IS NOT NULL AND context IS NOT NULL"
+        )
+        .await,
+        3,
+        "the run and context are kept when a later record has none"
+    );
+
+    let event = actor_hit_event(&ioc, &hits[0], Some(&context));
+    assert_eq!(event["actor"], "Aqua Blizzard");
+    assert_eq!(event["observable"]["value"], IOC);
+    assert_eq!(event["evidence"][0]["source"], "reputation_rule");
+    assert_eq!(event["evidence"][1]["article_id"], "abc123");
+    assert_eq!(event["context"]["incident"], 7);
+    assert_eq!(event["first_seen"], "2023-01-01T00:00:00Z");
+    assert_eq!(event_routing_key(&hits[0].actor), "aqua-blizzard");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cycles and budgets
+// ---------------------------------------------------------------------------------------------
+
+fn host_record(parent: &str, artifact: &str) -> Value {
+    pdns(
+        parent,
+        artifact,
+        "hostname",
+        "2023-01-01T00:00:00Z",
+        "2024-01-01T00:00:00Z",
+    )
+}
+
+#[tokio::test]
+async fn a_passive_dns_cycle_ends_and_a_budget_cut_is_recorded() {
+    let (sim, graph) = sim_and_client().await;
+    let control = sim.control();
+    control.set_override(
+        "hosts/a.cycle-test.com/passiveDns",
+        json!([host_record("a.cycle-test.com", "b.cycle-test.com")]),
+    );
+    control.set_override(
+        "hosts/b.cycle-test.com/passiveDns",
+        json!([
+            host_record("b.cycle-test.com", "a.cycle-test.com"),
+            host_record("b.cycle-test.com", "c.cycle-test.com")
+        ]),
+    );
+    control.set_override(
+        "hosts/c.cycle-test.com/passiveDns",
+        json!([host_record("c.cycle-test.com", "b.cycle-test.com")]),
+    );
+    control.set_override(
+        "hosts/c.cycle-test.com/reputation",
+        json!({"id": "c.cycle-test.com", "classification": "malicious", "score": 99,
+               "rules": [{"name": "Cyber Threat Intelligence", "description": "Lace Tempest", "severity": "high"}]}),
+    );
+    let settings = ChainSettings {
+        depth: 3,
+        ..ChainSettings::default()
+    };
+    let chainer = Chainer::new(graph.clone(), None, settings.clone());
+    let ioc = observable("a.cycle-test.com");
+    // The walk is Send: it can run on a spawned task.
+    let report = tokio::spawn({
+        let (chainer, ioc) = (chainer.clone(), ioc.clone());
+        async move { chainer.walk(&ioc).await }
+    })
+    .await
+    .unwrap()
+    .expect("walk");
+    println!("{report}");
+    assert!(report.truncated.is_empty(), "{:?}", report.truncated);
+    assert_eq!(report.counterparts, 2);
+    assert_eq!(sim.count("passiveDns"), 3, "each host walked once");
+    assert_eq!(sim.count("reputation"), 3, "each host asked once");
+    assert_eq!(report.hits.len(), 1);
+    let hit = &report.hits[0];
+    assert_eq!(hit.actor, "Lace Tempest");
+    assert_eq!(
+        hit.path,
+        ["a.cycle-test.com", "b.cycle-test.com", "c.cycle-test.com"]
+    );
+
+    // A budget of 3: the IOC's passive DNS (1) and two reputations; b's passive DNS is cut.
+    sim.control().reset_counters();
+    let tight = Chainer::new(
+        graph.clone(),
+        None,
+        ChainSettings {
+            request_budget: 3,
+            ..settings.clone()
+        },
+    );
+    let report = tight.walk(&ioc).await.expect("budget walk");
+    println!("{report}");
+    assert_eq!(report.graph_requests, 3);
+    assert_eq!(sim.count("graph"), 3);
+    assert!(report.hits.is_empty());
+    assert_eq!(report.truncated.len(), 1, "{:?}", report.truncated);
+    assert!(
+        report.truncated[0].contains("request budget (3)"),
+        "{:?}",
+        report.truncated
+    );
+
+    // A budget of 2 on three pages: the paging is cut, and the reputations left out.
+    sim.control().reset_counters();
+    control.set_override(
+        "hosts/paged.cycle-test.com/passiveDns",
+        json!((1..=25)
+            .map(|i| host_record("paged.cycle-test.com", &format!("h{i}.cycle-test.com")))
+            .collect::<Vec<_>>()),
+    );
+    let paged = Chainer::new(
+        graph.clone(),
+        None,
+        ChainSettings {
+            request_budget: 2,
+            page_limits: PageLimits {
+                page_size: Some(10),
+                max_pages: None,
+            },
+            ..ChainSettings::default()
+        },
+    );
+    let report = paged
+        .walk(&observable("paged.cycle-test.com"))
+        .await
+        .expect("paged walk");
+    assert_eq!(report.pages, 2);
+    assert_eq!(report.counterparts, 20);
+    assert_eq!(sim.count("reputation"), 0);
+    assert_eq!(report.truncated.len(), 2, "{:?}", report.truncated);
+    assert!(report.truncated[0].contains("after 2 page(s)"));
+    assert!(report.truncated[1].contains("21 host(s) left without a reputation"));
+
+    // max_artifacts and a page cap.
+    let capped = Chainer::new(
+        graph,
+        None,
+        ChainSettings {
+            max_artifacts: 5,
+            page_limits: PageLimits {
+                page_size: Some(10),
+                max_pages: Some(1),
+            },
+            ..ChainSettings::default()
+        },
+    );
+    let report = capped
+        .walk(&observable("paged.cycle-test.com"))
+        .await
+        .expect("capped walk");
+    assert_eq!(report.counterparts, 5);
+    assert!(
+        report.truncated[0].starts_with("page cap"),
+        "{:?}",
+        report.truncated
+    );
+    assert!(
+        report.truncated[1].starts_with("max_artifacts (5)"),
+        "{:?}",
+        report.truncated
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sharing the cache
+// ---------------------------------------------------------------------------------------------
+
+/// 100 IOCs, each resolving to 20 of 30 shared addresses.
+fn shared_graph(sim: &SimHandle) -> Vec<Observable> {
+    (0..100u32)
+        .map(|n| {
+            let ioc = format!("ioc-{n}.shared-test.com");
+            let records: Vec<Value> = (0..20u32)
+                .map(|j| {
+                    let ip = format!("52.2.0.{}", (n * 7 + j) % 30 + 1);
+                    pdns(
+                        &ioc,
+                        &ip,
+                        "ipAddress",
+                        "2023-01-01T00:00:00Z",
+                        "2024-01-01T00:00:00Z",
+                    )
+                })
+                .collect();
+            sim.control()
+                .set_override(&format!("hosts/{ioc}/passiveDns"), Value::Array(records));
+            observable(&ioc)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn walks_sharing_a_store_ask_far_fewer_reputations() {
+    let (sim, graph) = sim_and_client().await;
+    let iocs = shared_graph(&sim);
+    let db = TestDb::new().await;
+
+    let independent_start = sim.count("reputation");
+    for ioc in &iocs {
+        let chainer = Chainer::new(graph.clone(), None, ChainSettings::default());
+        chainer.walk(ioc).await.expect("independent walk");
+    }
+    let independent = sim.count("reputation") - independent_start;
+
+    let shared_start = sim.count("reputation");
+    let chainer = Chainer::new(
+        graph.clone(),
+        Some(db.store.clone()),
+        ChainSettings::default(),
+    );
+    let mut cache_hits = 0;
+    for ioc in &iocs {
+        cache_hits += chainer
+            .walk(ioc)
+            .await
+            .expect("shared walk")
+            .reputation_cache_hits;
+    }
+    let shared = sim.count("reputation") - shared_start;
+    println!(
+        "reputation requests for 100 IOCs: {independent} independent, {shared} through one store ({cache_hits} cache hits)"
+    );
+    assert_eq!(independent, 100 * 21);
+    assert!(shared < independent / 3, "{shared} vs {independent}");
+    assert_eq!(shared, 100 + 30);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's algorithm, for comparison
+// ---------------------------------------------------------------------------------------------
+
+/// What the seed does for one IOC: every passive DNS page at Graph's own page size, then one
+/// reputation request per record's artifact, duplicates included, nothing cached. Returns the
+/// (actor, artifact) pairs it attributes.
+async fn seed_walk(graph: &GraphClient, ioc: &str) -> BTreeSet<(String, String)> {
+    let all = PageLimits {
+        page_size: None,
+        max_pages: None,
+    };
+    let records = graph.passive_dns(ioc, all).await.expect("seed pdns");
+    let mut pairs = BTreeSet::new();
+    for record in &records.items {
+        let Some(artifact) = record.artifact.as_ref().and_then(|a| a.id.clone()) else {
+            continue;
+        };
+        let Some(reputation) = graph.reputation(&artifact).await.expect("seed reputation") else {
+            continue;
+        };
+        for rule in &reputation.rules {
+            let name = rule.name.as_deref().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case(CTI_RULE) {
+                for actor in rule
+                    .description
+                    .as_ref()
+                    .map(cti_actor_names)
+                    .unwrap_or_default()
+                {
+                    pairs.insert((actor, artifact.to_lowercase()));
+                }
+            }
+        }
+    }
+    pairs
+}
+
+#[tokio::test]
+async fn the_walk_costs_no_more_than_the_seed_algorithm() {
+    let (sim, graph) = sim_and_client().await;
+    build_known_graph(&sim);
+    let mut iocs: Vec<String> = vec![IOC.to_owned()];
+    iocs.extend((0..10).map(|n| format!("evil.cmp-{n}.com")));
+    iocs.extend((0..5).map(|n| format!("popular.cmp-{n}.com")));
+    iocs.extend((0..5).map(|n| format!("52.3.0.{}", n + 1)));
+    let iocs: Vec<Observable> = iocs.iter().map(|i| observable(i)).collect();
+
+    let seed_client = graph.tracked();
+    let mut seed_pairs = BTreeSet::new();
+    for ioc in &iocs {
+        seed_pairs.extend(seed_walk(&seed_client, ioc.value()).await);
+    }
+    let seed_requests = seed_client.requests();
+    assert_eq!(seed_requests, sim.count("graph"));
+
+    let db = TestDb::new().await;
+    sim.control().reset_counters();
+    // No `since` window here: the seed has none.
+    let chainer = Chainer::new(graph, Some(db.store.clone()), ChainSettings::default());
+    let mut ours = 0;
+    let mut our_pairs = BTreeSet::new();
+    for ioc in &iocs {
+        let report = chainer.walk(ioc).await.expect("walk");
+        assert!(report.truncated.is_empty(), "{:?}", report.truncated);
+        ours += report.graph_requests;
+        for hit in &report.hits {
+            if hit
+                .evidence
+                .iter()
+                .any(|e| matches!(e, Evidence::ReputationRule { .. }))
+                && hit.artifact != ioc.value()
+            {
+                our_pairs.insert((hit.actor.clone(), hit.artifact.clone()));
+            }
+        }
+    }
+    assert_eq!(ours, sim.count("graph"));
+    let n = iocs.len() as f64;
+    println!(
+        "Graph requests for {} IOCs: seed algorithm {seed_requests} ({:.1} per IOC), chain walk {ours} ({:.1} per IOC)",
+        iocs.len(),
+        seed_requests as f64 / n,
+        ours as f64 / n
+    );
+    assert!(ours <= seed_requests, "{ours} > {seed_requests}");
+    assert!(!seed_pairs.is_empty());
+    assert_eq!(our_pairs, seed_pairs, "the same attribution as the seed");
+}
