@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
+use crate::chain::{sync_profiles, ChainSettings, Chainer, ProfileIndex};
 use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
 };
@@ -63,6 +64,8 @@ pub enum Command {
     Migrate(MigrateCmd),
     /// Serve the Graph simulator
     Sim(SimCmd),
+    /// Sync intel profiles (actors) and their indicators from Graph into Postgres now
+    SyncProfiles(SyncProfilesCmd),
     /// Run the whole path on local defaults against the in-process simulator
     Demo(DemoCmd),
 }
@@ -101,8 +104,26 @@ pub struct EnrichCmd {
     /// Use an in-process Graph simulator instead of Microsoft Graph
     #[arg(long)]
     pub simulator: bool,
+    /// Chain instead of enriching: walk passive DNS, take the reputations, print the actors
+    /// with the domains and IPs that link them
+    #[arg(long)]
+    pub chain: bool,
+    /// Passive DNS hops of the walk
+    #[arg(long, default_value_t = 1)]
+    pub chain_depth: u32,
     #[command(flatten)]
     pub graph: GraphArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncProfilesCmd {
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Use an in-process Graph simulator instead of Microsoft Graph
+    #[arg(long)]
+    pub simulator: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -177,6 +198,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Worker(cmd) => worker_command(cmd).await,
+        Command::SyncProfiles(mut cmd) => {
+            let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
+            let store = migrate(&cmd.database).await?;
+            let summary = sync_profiles(&graph, &store).await?;
+            println!("{summary:#?}");
+            Ok(0)
+        }
         Command::Publish(cmd) => {
             crate::publish::command(cmd.broker.topology(), cmd.broker.amqp_url, cmd.options).await
         }
@@ -294,8 +322,24 @@ pub async fn run_worker(
                 ..DecodeLimits::default()
             },
             item_concurrency: worker.item_concurrency,
+            chain_by_default: worker.chain,
+            chain: worker.chain_settings(),
         },
     );
+    // Profiles already synced are matched from the first message on; the sync job refreshes
+    // them in the background and never holds up consumption.
+    match ProfileIndex::load(pipeline.store()).await {
+        Ok(index) => pipeline.set_profiles(index),
+        Err(error) => {
+            tracing::warn!(%error, "intel profiles not loaded; chaining matches reputation rules only until the next sync")
+        }
+    }
+    let sync = (!worker.profile_sync_interval.is_zero()).then(|| {
+        tokio::spawn(profile_sync_loop(
+            pipeline.clone(),
+            worker.profile_sync_interval,
+        ))
+    });
     let settings = ConsumerSettings {
         amqp_url: broker.amqp_url.clone(),
         topology: broker.topology(),
@@ -304,7 +348,32 @@ pub async fn run_worker(
         shutdown_timeout: worker.shutdown_timeout,
         exit_when_idle: worker.exit_when_idle,
     };
-    consumer::run(pipeline, settings, shutdown, stats).await
+    let result = consumer::run(pipeline, settings, shutdown, stats).await;
+    if let Some(sync) = sync {
+        sync.abort();
+    }
+    result
+}
+
+/// Sync intel profiles now and then every `interval`; a failed sync is logged and tried again
+/// at the next tick (the previous index stays in use).
+async fn profile_sync_loop(pipeline: Pipeline, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        match sync_profiles(pipeline.graph(), pipeline.store()).await {
+            Ok(summary) => match ProfileIndex::load(pipeline.store()).await {
+                Ok(index) => {
+                    tracing::info!(?summary, "intel profiles synced");
+                    pipeline.set_profiles(index);
+                }
+                Err(error) => tracing::warn!(%error, "intel profiles synced but not reloaded"),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "intel profile sync failed; keeping the previous index")
+            }
+        }
+    }
 }
 
 async fn enrich_command(mut cmd: EnrichCmd) -> anyhow::Result<i32> {
@@ -342,6 +411,9 @@ async fn enrich_command(mut cmd: EnrichCmd) -> anyhow::Result<i32> {
         );
     }
     let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
+    if cmd.chain {
+        return chain_command(&cmd, graph, &observables).await;
+    }
     let limits = cmd.graph.page_limits();
     let mut results = Vec::new();
     for observable in &observables {
@@ -350,6 +422,34 @@ async fn enrich_command(mut cmd: EnrichCmd) -> anyhow::Result<i32> {
     match cmd.format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&results)?),
         OutputFormat::Table => print!("{}", table(&results, std::io::stdout().is_terminal())),
+    }
+    Ok(0)
+}
+
+/// `enrich --chain`: the seed's answer, actors with their linking domains and IPs. It needs no
+/// database, so it has no reputation cache and no synced profile index: attribution comes from
+/// the reputation rules (the worker also matches intel profile indicators).
+async fn chain_command(
+    cmd: &EnrichCmd,
+    graph: GraphClient,
+    observables: &[crate::observable::Observable],
+) -> anyhow::Result<i32> {
+    let settings = ChainSettings {
+        depth: cmd.chain_depth,
+        ..ChainSettings::default()
+    };
+    let chainer = Chainer::new(graph, None, settings);
+    let mut reports = Vec::new();
+    for observable in observables {
+        reports.push(chainer.walk(observable).await?);
+    }
+    match cmd.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        OutputFormat::Table => {
+            for report in &reports {
+                println!("{report}");
+            }
+        }
     }
     Ok(0)
 }

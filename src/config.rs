@@ -243,6 +243,21 @@ pub struct BrokerArgs {
     pub retry_delay: Duration,
 }
 
+impl WorkerArgs {
+    /// The chaining settings these flags describe.
+    /// The chaining settings these flags describe; a walk reads every passive DNS page, in
+    /// pages of 1,000, so that "as long as it has been active" holds.
+    pub fn chain_settings(&self) -> crate::chain::ChainSettings {
+        crate::chain::ChainSettings {
+            depth: self.chain_depth,
+            max_artifacts: self.chain_max_artifacts,
+            request_budget: self.chain_request_budget,
+            reputation_ttl: self.reputation_ttl,
+            ..crate::chain::ChainSettings::default()
+        }
+    }
+}
+
 impl BrokerArgs {
     pub fn topology(&self) -> crate::queue::topology::Topology {
         crate::queue::topology::Topology {
@@ -298,6 +313,24 @@ pub struct WorkerArgs {
     /// Apply database migrations at start
     #[arg(long, env = "MDTI_MIGRATE", default_value_t = false)]
     pub migrate: bool,
+    /// Chain every observable's infrastructure unless its message says otherwise
+    #[arg(long, env = "MDTI_CHAIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub chain: bool,
+    /// Passive DNS hops of a chaining walk (1 as the MDTI Actor Lookup; a message may ask up to 3)
+    #[arg(long, env = "MDTI_CHAIN_DEPTH", default_value_t = 1)]
+    pub chain_depth: u32,
+    /// Distinct counterparts one walk looks at, at most
+    #[arg(long, env = "MDTI_CHAIN_MAX_ARTIFACTS", default_value_t = 500)]
+    pub chain_max_artifacts: usize,
+    /// Graph requests one walk may spend, at most
+    #[arg(long, env = "MDTI_CHAIN_REQUEST_BUDGET", default_value_t = 2000)]
+    pub chain_request_budget: u64,
+    /// A counterpart's reputation cached this recently is not asked again
+    #[arg(long, env = "MDTI_REPUTATION_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub reputation_ttl: Duration,
+    /// Resync intel profiles and their indicators this often (0 = never)
+    #[arg(long, env = "MDTI_PROFILE_SYNC_INTERVAL", default_value = "6h", value_parser = parse_duration)]
+    pub profile_sync_interval: Duration,
     /// Exit once the work and retry queues have been empty with nothing in flight this long
     #[arg(long, env = "MDTI_EXIT_WHEN_IDLE", value_parser = parse_duration)]
     pub exit_when_idle: Option<Duration>,

@@ -91,6 +91,12 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
         shutdown_timeout: Duration::from_secs(10),
         migrate: false,
         exit_when_idle: Some(Duration::from_secs(2)),
+        chain: true,
+        chain_depth: 1,
+        chain_max_artifacts: 500,
+        chain_request_budget: 2000,
+        reputation_ttl: Duration::from_secs(24 * 3600),
+        profile_sync_interval: Duration::from_secs(6 * 3600),
     };
     let stats = Arc::new(WorkerStats::default());
     let (_stop, stopped) = watch::channel(false);

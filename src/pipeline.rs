@@ -5,15 +5,19 @@
 //! decided here and nowhere else; the consumer only maps it to ack, delayed retry or dead letter.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
+use crate::chain::{
+    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, ProfileIndex,
+};
 use crate::enrich::{self, EnricherKind, Enrichment};
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
-use crate::store::{RejectedInput, RunRecord, RunStatus, Store, StoreError};
+use crate::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
 
 /// What should happen to a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +29,9 @@ pub enum Outcome {
         cached: usize,
         skipped: usize,
         rejected: Vec<RejectedInput>,
+        /// Actor hits this message found for the first time, as (routing key, event body), to
+        /// publish on the events exchange before the ack.
+        events: Vec<(String, serde_json::Value)>,
     },
     /// Something outside the message failed (Graph after its retries, Postgres): try later.
     Retry { reason: String },
@@ -49,6 +56,9 @@ pub struct PipelineSettings {
     pub page_limits: PageLimits,
     pub decode: DecodeLimits,
     pub item_concurrency: usize,
+    /// Infrastructure chaining: whether items chain unless they say otherwise, and how.
+    pub chain_by_default: bool,
+    pub chain: ChainSettings,
 }
 
 #[derive(Clone)]
@@ -56,6 +66,9 @@ pub struct Pipeline {
     graph: GraphClient,
     store: Store,
     settings: PipelineSettings,
+    /// The intel profile index, replaced whole by the sync job; readers take the current `Arc`
+    /// (a std lock: held only to clone or swap the pointer, never across an await).
+    profiles: Arc<RwLock<Arc<ProfileIndex>>>,
 }
 
 /// An item that passed validation, with what to run for it.
@@ -63,6 +76,8 @@ struct Work {
     request: ObservableRequest,
     observable: Observable,
     enrichers: Vec<EnricherKind>,
+    /// Passive DNS hops to chain, `None` when this item does not chain.
+    chain_depth: Option<u32>,
 }
 
 enum ItemResult {
@@ -76,7 +91,17 @@ impl Pipeline {
             graph,
             store,
             settings,
+            profiles: Arc::default(),
         }
+    }
+
+    /// Replace the intel profile index every later walk matches against.
+    pub fn set_profiles(&self, profiles: ProfileIndex) {
+        *self.profiles.write().expect("profile lock poisoned") = Arc::new(profiles);
+    }
+
+    fn current_profiles(&self) -> Arc<ProfileIndex> {
+        Arc::clone(&self.profiles.read().expect("profile lock poisoned"))
     }
 
     pub fn graph(&self) -> &GraphClient {
@@ -116,18 +141,24 @@ impl Pipeline {
         let mut work = Vec::new();
         for item in items {
             match self.validate(message, item) {
-                Validated::Work(w) => work.push(w),
+                Validated::Work(w) => work.push(*w),
                 Validated::Skipped(run) => results.push(ItemResult::Run(*run)),
                 Validated::Rejected(rejected) => results.push(ItemResult::Rejected(*rejected)),
             }
         }
 
         // The same observable twice in one message is enriched once.
-        let mut first_of: HashMap<(Observable, Vec<EnricherKind>, bool), usize> = HashMap::new();
+        let mut first_of: HashMap<(Observable, Vec<EnricherKind>, bool, Option<u32>), usize> =
+            HashMap::new();
         let mut unique = Vec::new();
         let mut repeats = Vec::new();
         for w in work {
-            let key = (w.observable.clone(), w.enrichers.clone(), w.request.force);
+            let key = (
+                w.observable.clone(),
+                w.enrichers.clone(),
+                w.request.force,
+                w.chain_depth,
+            );
             match first_of.get(&key) {
                 Some(&at) => repeats.push((at, w)),
                 None => {
@@ -167,12 +198,43 @@ impl Pipeline {
         if let Err(error) = self.store.record_message(&runs, &rejected).await {
             return store_failure(error);
         }
+        // Actor hits after the runs they belong to; a failure here retries the message, and the
+        // redelivery finds the runs already written and the hits still to do.
+        let mut events = Vec::new();
+        for (w, answer) in unique.iter().zip(&answers) {
+            let Ok(Answer {
+                chain: Some(report),
+                ..
+            }) = answer
+            else {
+                continue;
+            };
+            if report.hits.is_empty() {
+                continue;
+            }
+            let context = w.request.context.as_ref();
+            let run = run_id(message.message_id, w.request.index as i32);
+            match self
+                .store
+                .record_actor_hits(&w.observable, Some(run), context, &report.hits)
+                .await
+            {
+                Ok(new_hits) => events.extend(new_hits.iter().map(|hit| {
+                    (
+                        event_routing_key(&hit.actor),
+                        actor_hit_event(&w.observable, hit, context),
+                    )
+                })),
+                Err(error) => return store_failure(error),
+            }
+        }
         let count = |status| runs.iter().filter(|r| r.status == status).count();
         Outcome::Done {
             enriched: count(RunStatus::Enriched),
             cached: count(RunStatus::Cached),
             skipped: count(RunStatus::Skipped),
             rejected,
+            events,
         }
     }
 
@@ -233,11 +295,19 @@ impl Pipeline {
             }
         };
         match observable::normalise(&request.value, declared, &self.settings.normalise) {
-            Ok(Normalised::Ready(observable)) => Validated::Work(Work {
-                request,
-                observable,
-                enrichers,
-            }),
+            Ok(Normalised::Ready(observable)) => {
+                let chain = request.chain;
+                let chain_depth = chain
+                    .enabled
+                    .unwrap_or(self.settings.chain_by_default || chain.depth.is_some())
+                    .then(|| chain.depth.unwrap_or(self.settings.chain.depth));
+                Validated::Work(Box::new(Work {
+                    request,
+                    observable,
+                    enrichers,
+                    chain_depth,
+                }))
+            }
             Ok(Normalised::Skipped { observable, reason }) => {
                 Validated::Skipped(Box::new(RunRecord {
                     message_id: message.message_id.to_owned(),
@@ -257,7 +327,8 @@ impl Pipeline {
         }
     }
 
-    /// The cache or Graph. An answer without an enrichment is a cache hit.
+    /// The cache or Graph, then the chaining. An answer without an enrichment is a cache hit;
+    /// a cached observable is not chained again (its hits are already stored) unless forced.
     async fn answer(&self, work: &Work) -> Result<Answer, Failure> {
         let started = Instant::now();
         if !work.request.force {
@@ -267,29 +338,54 @@ impl Pipeline {
                 .await
                 .map_err(Failure::store)?;
             if fresh {
-                return Ok((None, 0, started.elapsed()));
+                return Ok(Answer {
+                    enrichment: None,
+                    chain: None,
+                    requests: 0,
+                    duration: started.elapsed(),
+                });
             }
         }
-        match enrich::enrich(
+        let enrichment = enrich::enrich(
             &self.graph,
             &work.observable,
             &work.enrichers,
             self.settings.page_limits,
         )
         .await
-        {
-            Ok(enrichment) => {
-                let requests = enrichment.graph_requests;
-                Ok((Some(enrichment), requests, started.elapsed()))
+        .map_err(|error| Failure::graph(&work.observable, &error))?;
+        let mut requests = enrichment.graph_requests;
+        let chain = match work.chain_depth {
+            None => None,
+            Some(depth) => {
+                let settings = ChainSettings {
+                    depth,
+                    ..self.settings.chain.clone()
+                };
+                let chainer = Chainer::new(self.graph.clone(), Some(self.store.clone()), settings)
+                    .with_profiles(self.current_profiles());
+                let report = chainer
+                    .walk(&work.observable)
+                    .await
+                    .map_err(|error| Failure {
+                        transient: error.is_transient(),
+                        reason: format!("chaining {}: {error}", work.observable),
+                    })?;
+                requests += report.graph_requests;
+                Some(report)
             }
-            Err(error) => Err(Failure::graph(&work.observable, &error)),
-        }
+        };
+        Ok(Answer {
+            enrichment: Some(enrichment),
+            chain,
+            requests,
+            duration: started.elapsed(),
+        })
     }
 }
 
-/// An item after validation: work to do, a skip to record, or bad input to reject.
 enum Validated {
-    Work(Work),
+    Work(Box<Work>),
     Skipped(Box<RunRecord>),
     Rejected(Box<RejectedInput>),
 }
@@ -300,11 +396,13 @@ impl Validated {
     }
 }
 
-fn run_record(
-    message: &Incoming<'_>,
-    work: &Work,
-    (enrichment, requests, duration): &Answer,
-) -> RunRecord {
+fn run_record(message: &Incoming<'_>, work: &Work, answer: &Answer) -> RunRecord {
+    let Answer {
+        enrichment,
+        requests,
+        duration,
+        ..
+    } = answer;
     RunRecord {
         message_id: message.message_id.to_owned(),
         item_index: work.request.index as i32,
@@ -345,8 +443,13 @@ fn rejection(
     }
 }
 
-/// The cache's answer (no enrichment) or Graph's, with its request count and duration.
-type Answer = (Option<Enrichment>, u64, Duration);
+/// The cache's answer (no enrichment) or Graph's, the chaining's report, and what it cost.
+struct Answer {
+    enrichment: Option<Enrichment>,
+    chain: Option<ChainReport>,
+    requests: u64,
+    duration: Duration,
+}
 
 /// Why an item could not be answered; it decides the whole message.
 #[derive(Debug, Clone)]

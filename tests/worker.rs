@@ -9,6 +9,7 @@ use futures::Future;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
+use mdti_worker::chain::ChainSettings;
 use mdti_worker::enrich::EnricherKind;
 use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
 use mdti_worker::observable::NormaliseOptions;
@@ -183,6 +184,8 @@ impl App {
                 page_limits: PageLimits::default(),
                 decode: DecodeLimits::default(),
                 item_concurrency: 4,
+                chain_by_default: true,
+                chain: ChainSettings::default(),
             },
         );
         let amqp_url = match &self.broker_relay {
@@ -642,5 +645,94 @@ async fn a_lost_broker_connection_is_rebuilt_and_the_work_goes_on() {
         "the connection was never lost"
     );
     assert_eq!(app.count("SELECT count(*) FROM observables").await, 20);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn actor_hits_are_stored_and_announced_once_per_new_hit() {
+    let app = spawn_app(Options::default()).await;
+    // A queue of our own on the events exchange, as a SOAR playbook would bind one.
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let events_queue = format!("{}.test-events", app.topology.prefix);
+    channel
+        .queue_declare(
+            events_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            events_queue.as_str().into(),
+            app.topology.events_exchange().as_str().into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let body =
+        json!({"value": "evil.phish-kit[.]net", "force": true, "context": {"incident": "INC-9"}});
+
+    app.publish("hits-1", body.clone()).await;
+    eventually(Duration::from_secs(30), "first run done", || async {
+        WorkerStats::get(&app.stats.done) == 1
+    })
+    .await;
+    let hits = app.count("SELECT count(*) FROM actor_hits").await;
+    assert!(
+        hits >= 2,
+        "the simulator's evil host links at least two actors, got {hits}"
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM actor_hits WHERE context = '{\"incident\": \"INC-9\"}'::jsonb"
+        )
+        .await,
+        hits,
+        "every hit carries the message's context"
+    );
+
+    app.publish("hits-2", body).await;
+    eventually(Duration::from_secs(30), "second run done", || async {
+        WorkerStats::get(&app.stats.done) == 2
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM actor_hits").await, hits);
+
+    let mut events = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            events_queue.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let event: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
+        assert_eq!(event["context"], json!({"incident": "INC-9"}));
+        assert_eq!(
+            message.delivery.routing_key.as_str(),
+            event["actor"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .replace(' ', "-")
+        );
+        events.push(event);
+    }
+    assert_eq!(
+        events.len() as i64,
+        hits,
+        "one event per new hit, none for the repeated run"
+    );
+    let _ = channel
+        .queue_delete(events_queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
     app.teardown().await;
 }

@@ -58,6 +58,8 @@ pub struct WorkerStats {
     pub cached: AtomicU64,
     pub skipped: AtomicU64,
     pub rejected_items: AtomicU64,
+    /// New actor hits announced on the events exchange.
+    pub actor_hits: AtomicU64,
     pub reconnects: AtomicU64,
 }
 
@@ -280,6 +282,7 @@ async fn settle(
             cached,
             skipped,
             rejected,
+            events,
         } => {
             stats.done.fetch_add(1, Ordering::Relaxed);
             stats
@@ -287,22 +290,24 @@ async fn settle(
                 .fetch_add(*enriched as u64, Ordering::Relaxed);
             stats.cached.fetch_add(*cached as u64, Ordering::Relaxed);
             stats.skipped.fetch_add(*skipped as u64, Ordering::Relaxed);
-            if rejected.is_empty() {
-                Ok(())
-            } else {
-                stats
-                    .rejected_items
-                    .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                let (body, code, reason) = rejected_items_message(rejected);
-                tracing::info!(message_id = %id, rejected = rejected.len(), %reason, "bad items dead-lettered");
-                let props = delivery
-                    .properties
-                    .clone()
-                    .with_content_type("application/json".into());
-                publisher
-                    .send_to_dead_letter(&body, &props, attempt, &code, &reason)
-                    .await
+            match publish_events(publisher, events, stats).await {
+                Err(error) => Err(error),
+                Ok(()) if rejected.is_empty() => Ok(()),
+                Ok(()) => {
+                    stats
+                        .rejected_items
+                        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let (body, code, reason) = rejected_items_message(rejected);
+                    tracing::info!(message_id = %id, rejected = rejected.len(), %reason, "bad items dead-lettered");
+                    let props = delivery
+                        .properties
+                        .clone()
+                        .with_content_type("application/json".into());
+                    publisher
+                        .send_to_dead_letter(&body, &props, attempt, &code, &reason)
+                        .await
+                }
             }
         }
         Outcome::Retry { reason } if attempt < max_deliveries => {
@@ -376,6 +381,19 @@ async fn settle(
             }
         }
     }
+}
+
+/// Actor-hit events of a processed message, each confirmed by the broker before the ack.
+async fn publish_events(
+    publisher: &Publisher,
+    events: &[(String, serde_json::Value)],
+    stats: &WorkerStats,
+) -> Result<(), super::PublishError> {
+    for (routing_key, body) in events {
+        publisher.publish_event(routing_key, body).await?;
+        stats.actor_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// The dead-letter body for the bad items of a message that was otherwise processed.
