@@ -135,7 +135,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
     let summary = store.summary().await?;
     print!("{summary}");
     println!(
-        "\nResults live in Postgres ({}): tables observables, enrichment_runs, indicators, extracts, reputations, rejected_inputs.\nDead-lettered messages wait in the queue {}.",
+        "\nResults live in Postgres ({}): tables observables, enrichment_runs, indicators, extracts, reputations, actor_hits, rejected_inputs.\nDead-lettered messages wait in the queue {}.",
         redact_url(cmd.database.database_url.expose()),
         topology.dead_letter_queue()
     );

@@ -16,10 +16,12 @@ pub struct Summary {
     pub indicators: i64,
     /// (host, classification, score) of hosts whose reputation is suspicious or malicious.
     pub flagged: Vec<(String, String, Option<i32>)>,
-    /// (input, code, reason), newest first.
+    /// (input, code, reason), each distinct input and code once, newest first.
     pub rejected: Vec<(String, String, String)>,
     /// (value, reason) of observables that were skipped.
     pub skipped: Vec<(String, String)>,
+    /// (actor, observable, linking artifact), by actor.
+    pub actor_hits: Vec<(String, String, String)>,
 }
 
 impl Store {
@@ -54,12 +56,21 @@ impl Store {
         .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<Option<i32>, _>(2)))
         .collect();
         let rejected = sqlx::query(
-            "SELECT input, code, reason FROM rejected_inputs ORDER BY rejected_at DESC, id DESC LIMIT 20",
+            "SELECT input, code, reason FROM (
+                 SELECT DISTINCT ON (input, code) input, code, reason, rejected_at, id
+                 FROM rejected_inputs ORDER BY input, code, rejected_at DESC
+             ) latest ORDER BY rejected_at DESC, id DESC LIMIT 20",
         )
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<String, _>(2)))
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<String, _>(2),
+            )
+        })
         .collect();
         let skipped = sqlx::query(
             "SELECT DISTINCT o.value, coalesce(r.detail, '') FROM enrichment_runs r
@@ -70,7 +81,17 @@ impl Store {
         .iter()
         .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
         .collect();
+        let actor_hits = sqlx::query(
+            "SELECT h.actor, o.value, h.artifact FROM actor_hits h JOIN observables o ON o.id = h.observable_id
+             ORDER BY lower(h.actor), o.value, h.artifact LIMIT 50",
+        )
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<String, _>(2)))
+        .collect();
         Ok(Summary {
+            actor_hits,
             runs_by_status,
             extracts_by_kind,
             indicators,
@@ -102,6 +123,12 @@ impl fmt::Display for Summary {
             for (host, classification, score) in &self.flagged {
                 let score = score.map_or("-".into(), |s| s.to_string());
                 writeln!(f, "    {host:<40} {classification} (score {score})")?;
+            }
+        }
+        if !self.actor_hits.is_empty() {
+            writeln!(f, "  actor hits (actor: observable via linking artifact):")?;
+            for (actor, observable, artifact) in &self.actor_hits {
+                writeln!(f, "    {actor:<18} {observable} via {artifact}")?;
             }
         }
         if !self.skipped.is_empty() {
