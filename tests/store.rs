@@ -11,98 +11,15 @@ use mdti_worker::enrich::{
     EnricherKind, EnricherResult, Enrichment, Extract, ExtractKind, Indicator, Reputation,
     ReputationRule,
 };
-use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::observable::Observable;
 use mdti_worker::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
 use serde_json::json;
 use uuid::Uuid;
 
+mod support;
+use support::{observable, TestDb, TABLES};
+
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A fresh, migrated database; dropped (best effort) when this is dropped.
-struct TestDb {
-    store: Store,
-    name: String,
-    admin_url: String,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let base = std::env::var("MDTI_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let mut url = url::Url::parse(&base).expect("MDTI_TEST_DATABASE_URL is a URL");
-        let name = format!("mdti_test_{}", Uuid::new_v4().simple());
-        url.set_path(&name);
-        Store::create_database_if_missing(url.as_str())
-            .await
-            .expect("create the test database");
-        let store = Store::connect(url.as_str(), 4).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        url.set_path("postgres");
-        TestDb {
-            store,
-            name,
-            admin_url: url.to_string(),
-        }
-    }
-
-    async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(self.store.pool())
-            .await
-            .unwrap()
-    }
-
-    async fn counts(&self) -> Vec<(&'static str, i64)> {
-        let mut counts = Vec::new();
-        for table in TABLES {
-            counts.push((table, self.count(table).await));
-        }
-        counts
-    }
-}
-
-const TABLES: [&str; 7] = [
-    "observables",
-    "enrichment_runs",
-    "enricher_results",
-    "indicators",
-    "extracts",
-    "reputations",
-    "rejected_inputs",
-];
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Drop cannot await, and the test's runtime may be gone: use a runtime of our own on a
-        // thread of our own. FORCE ends the pool's connections.
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
-}
-
-fn observable(raw: &str) -> Observable {
-    match normalise(raw, None, &Default::default()) {
-        Ok(Normalised::Ready(observable)) => observable,
-        other => panic!("{raw} is not a ready observable: {other:?}"),
-    }
-}
 
 fn extract(kind: ExtractKind, value: &str, field: &str) -> Extract {
     Extract {

@@ -26,10 +26,8 @@ use tokio::task::JoinHandle;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-fn server_url() -> String {
-    std::env::var("MDTI_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
+mod support;
+use support::TestDb;
 
 /// A TCP relay in front of Postgres that a test can cut and restore, to make the database
 /// unreachable for the worker without stopping the shared server.
@@ -78,9 +76,8 @@ struct App {
     sim: SimHandle,
     /// The store the worker writes through (possibly via the relay).
     store: Store,
-    /// A direct store for the test's own reads.
-    reader: Store,
-    database: String,
+    /// The test's database, with a direct store for the test's own reads.
+    db: TestDb,
     topology: Topology,
     publisher: Publisher,
     stats: Arc<WorkerStats>,
@@ -113,21 +110,15 @@ impl Default for Options {
 
 async fn spawn_app(options: Options) -> App {
     let sim = sim::spawn(SimConfig::default()).await.unwrap();
-    let database = format!("mdti_test_{}", uuid::Uuid::new_v4().simple());
-    let direct_url = format!("{}/{database}", server_url());
-    Store::create_database_if_missing(&direct_url)
-        .await
-        .unwrap();
-    let reader = Store::connect(&direct_url, 4).await.unwrap();
-    reader.migrate().await.unwrap();
+    let db = TestDb::new().await;
     let relay = if options.through_relay {
         Some(Relay::start("127.0.0.1:5432").await)
     } else {
         None
     };
     let worker_url = match &relay {
-        Some(relay) => format!("postgres://postgres@127.0.0.1:{}/{database}", relay.port),
-        None => direct_url.clone(),
+        Some(relay) => db.url_via_port(relay.port),
+        None => db.url.clone(),
     };
     let store = Store::connect(&worker_url, 4).await.unwrap();
     let graph = GraphClient::new(GraphSettings {
@@ -157,8 +148,7 @@ async fn spawn_app(options: Options) -> App {
     let mut app = App {
         sim,
         store,
-        reader,
-        database,
+        db,
         topology,
         publisher,
         stats: Arc::default(),
@@ -235,29 +225,14 @@ impl App {
 
     async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
-            .fetch_one(self.reader.pool())
+            .fetch_one(self.db.store.pool())
             .await
             .unwrap()
     }
 
     /// Row counts of every result table, to compare before and after a redelivery.
-    async fn table_counts(&self) -> Vec<(String, i64)> {
-        let mut out = Vec::new();
-        for table in [
-            "observables",
-            "enrichment_runs",
-            "enricher_results",
-            "indicators",
-            "extracts",
-            "reputations",
-            "rejected_inputs",
-        ] {
-            out.push((
-                table.to_owned(),
-                self.count(&format!("SELECT count(*) FROM {table}")).await,
-            ));
-        }
-        out
+    async fn table_counts(&self) -> Vec<(&'static str, i64)> {
+        self.db.counts().await
     }
 
     /// Every message in the dead-letter queue: (body, reason, code).
@@ -323,16 +298,7 @@ impl App {
         }
         let _ = connection.close(200, "done".into()).await;
         self.store.close().await;
-        self.reader.close().await;
-        let admin = Store::connect(&format!("{}/postgres", server_url()), 1)
-            .await
-            .unwrap();
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.database
-        ))
-        .execute(admin.pool())
-        .await;
+        // Dropping `db` drops the test database.
         drop(self.sim);
     }
 }
@@ -374,7 +340,7 @@ async fn a_mixed_batch_lands_in_postgres_in_canonical_form() {
     .await;
     let values: Vec<String> =
         sqlx::query_scalar("SELECT kind || ':' || value FROM observables ORDER BY value")
-            .fetch_all(app.reader.pool())
+            .fetch_all(app.db.store.pool())
             .await
             .unwrap();
     assert_eq!(
@@ -402,7 +368,7 @@ async fn a_mixed_batch_lands_in_postgres_in_canonical_form() {
     let context: serde_json::Value = sqlx::query_scalar(
         "SELECT r.context FROM enrichment_runs r JOIN observables o ON o.id = r.observable_id WHERE o.value = 'login.contoso-payroll.com'",
     )
-    .fetch_one(app.reader.pool())
+    .fetch_one(app.db.store.pool())
     .await
     .unwrap();
     assert_eq!(context, json!({"incident": "INC-7"}));
@@ -493,7 +459,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_recorded() {
         "only the bad items are dead-lettered"
     );
     let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM rejected_inputs ORDER BY code")
-        .fetch_all(app.reader.pool())
+        .fetch_all(app.db.store.pool())
         .await
         .unwrap();
     assert_eq!(codes, vec!["file_hash", "invalid_json", "wrong_type"]);

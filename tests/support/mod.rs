@@ -1,0 +1,110 @@
+//! What the integration tests share: a fresh database per test, and observables from text.
+//!
+//! The server is `MDTI_TEST_DATABASE_URL` (its path, if any, is replaced by the test database's
+//! name), by default `postgres://postgres@127.0.0.1:5432`.
+
+#![allow(dead_code)] // each test crate uses its own subset
+
+use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::store::Store;
+use uuid::Uuid;
+
+/// The result tables, for before/after comparisons.
+pub const TABLES: [&str; 7] = [
+    "observables",
+    "enrichment_runs",
+    "enricher_results",
+    "indicators",
+    "extracts",
+    "reputations",
+    "rejected_inputs",
+];
+
+/// A fresh, migrated database (`mdti_test_<uuid>`); dropped, best effort, when this is dropped,
+/// passed or not.
+pub struct TestDb {
+    pub store: Store,
+    pub name: String,
+    /// URL of this database.
+    pub url: String,
+    pub admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let base = std::env::var("MDTI_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let mut url = url::Url::parse(&base).expect("MDTI_TEST_DATABASE_URL is a URL");
+        let name = format!("mdti_test_{}", Uuid::new_v4().simple());
+        url.set_path(&name);
+        let database_url = url.to_string();
+        Store::create_database_if_missing(&database_url)
+            .await
+            .expect("create the test database");
+        let store = Store::connect(&database_url, 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        url.set_path("postgres");
+        TestDb {
+            store,
+            name,
+            url: database_url,
+            admin_url: url.to_string(),
+        }
+    }
+
+    /// The same database on another port of this host (a relay in front of the server).
+    pub fn url_via_port(&self, port: u16) -> String {
+        let mut url = url::Url::parse(&self.url).expect("a URL");
+        url.set_port(Some(port)).expect("a port can be set");
+        url.to_string()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    pub async fn counts(&self) -> Vec<(&'static str, i64)> {
+        let mut counts = Vec::new();
+        for table in TABLES {
+            counts.push((table, self.count(table).await));
+        }
+        counts
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be gone: use a runtime of our own on a
+        // thread of our own. FORCE ends the pool's connections.
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// A ready observable from text; panics (in a test) if the text is not one.
+pub fn observable(raw: &str) -> Observable {
+    match normalise(raw, None, &Default::default()) {
+        Ok(Normalised::Ready(observable)) => observable,
+        other => panic!("{raw} is not a ready observable: {other:?}"),
+    }
+}
