@@ -358,6 +358,22 @@ impl Pipeline {
         let chain = match work.chain_depth {
             None => None,
             Some(depth) => {
+                // The reputation enricher just asked Graph about the IOC: put the answer where
+                // the walk looks first, so the walk does not ask again. A failed write only
+                // costs that one request.
+                if let Some(reputation) = enrichment
+                    .results
+                    .iter()
+                    .find_map(|r| r.reputation.as_ref())
+                {
+                    if let Err(error) = self
+                        .store
+                        .save_reputation(work.observable.value(), reputation)
+                        .await
+                    {
+                        tracing::debug!(%error, "reputation not cached before the walk");
+                    }
+                }
                 let settings = ChainSettings {
                     depth,
                     ..self.settings.chain.clone()

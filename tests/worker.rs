@@ -702,3 +702,21 @@ async fn actor_hits_are_stored_and_announced_once_per_new_hit() {
     let _ = connection.close(200, "done".into()).await;
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn chaining_does_not_ask_again_what_the_enrichers_just_fetched() {
+    let app = spawn_app(Options::default()).await;
+    // No counterparts: the walk needs only the IOC's own reputation, which the reputation
+    // enricher has just fetched.
+    app.sim
+        .control()
+        .set_override("hosts/lonely.contoso.com/passiveDns", json!([]));
+    app.publish("lonely", json!({"value": "lonely.contoso.com"}))
+        .await;
+    eventually(Duration::from_secs(30), "done", || async {
+        WorkerStats::get(&app.stats.done) == 1
+    })
+    .await;
+    assert_eq!(app.sim.count("reputation"), 1);
+    app.teardown().await;
+}
