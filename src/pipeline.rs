@@ -380,8 +380,12 @@ impl Pipeline {
                 };
                 let chainer = Chainer::new(self.graph.clone(), Some(self.store.clone()), settings)
                     .with_profiles(self.current_profiles());
+                let passive_dns = enrichment
+                    .results
+                    .iter()
+                    .find_map(|r| r.passive_dns.as_ref());
                 let report = chainer
-                    .walk(&work.observable)
+                    .walk_from(&work.observable, passive_dns)
                     .await
                     .map_err(|error| Failure {
                         transient: error.is_transient(),

@@ -38,6 +38,7 @@ fn result(enricher: EnricherKind) -> EnricherResult {
         indicator: None,
         extracts: Vec::new(),
         reputation: None,
+        passive_dns: None,
     }
 }
 

@@ -718,5 +718,10 @@ async fn chaining_does_not_ask_again_what_the_enrichers_just_fetched() {
     })
     .await;
     assert_eq!(app.sim.count("reputation"), 1);
+    assert_eq!(
+        app.sim.count("passiveDns"),
+        1,
+        "the walk reused the enricher's passive DNS"
+    );
     app.teardown().await;
 }

@@ -60,7 +60,7 @@ pub use report::{actor_hit_event, event_routing_key};
 
 use crate::enrich::{mapping, Reputation};
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
-use crate::graph::{GraphClient, GraphError, PageLimits};
+use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
 use crate::store::{Store, StoreError};
 
@@ -293,7 +293,18 @@ impl Chainer {
 
     /// Walk from `ioc` and attribute what was found; see the module documentation.
     pub async fn walk(&self, ioc: &Observable) -> Result<ChainReport, ChainError> {
+        self.walk_from(ioc, None).await
+    }
+
+    /// [`walk`](Self::walk), reusing passive DNS of the IOC that was already read (by the
+    /// passive DNS enricher) when that read was complete; a cut one is read again in full.
+    pub async fn walk_from(
+        &self,
+        ioc: &Observable,
+        ioc_passive_dns: Option<&Collection<PassiveDnsRecord>>,
+    ) -> Result<ChainReport, ChainError> {
         let root = ioc.value().to_owned();
+        let prefetched = ioc_passive_dns.filter(|c| !c.truncated);
         let mut walk = Walk {
             graph: self.graph.tracked(),
             nodes: HashMap::from([(
@@ -322,7 +333,8 @@ impl Chainer {
                 if walk.budget_spent {
                     break;
                 }
-                next.extend(self.expand(&mut walk, parent).await?);
+                let known = prefetched.filter(|_| *parent == root);
+                next.extend(self.expand(&mut walk, parent, known).await?);
             }
             ask.extend(next.iter().cloned());
             self.reputations(&mut walk, std::mem::take(&mut ask))
@@ -358,10 +370,19 @@ impl Chainer {
         })
     }
 
-    /// Page the passive DNS of `parent` and add its new counterparts; returns them.
-    async fn expand(&self, walk: &mut Walk, parent: &str) -> Result<Vec<String>, ChainError> {
+    /// Page the passive DNS of `parent` (unless `known` already holds all of it) and add its
+    /// new counterparts; returns them.
+    async fn expand(
+        &self,
+        walk: &mut Walk,
+        parent: &str,
+        known: Option<&Collection<PassiveDnsRecord>>,
+    ) -> Result<Vec<String>, ChainError> {
         if !walk.visited.insert(parent.to_owned()) {
             return Ok(Vec::new());
+        }
+        if let Some(known) = known {
+            return Ok(self.add_counterparts(walk, parent, &known.items));
         }
         let budget = self.settings.request_budget;
         let left = budget.saturating_sub(walk.graph.requests());
@@ -395,9 +416,19 @@ impl Chainer {
             }
         }
 
+        Ok(self.add_counterparts(walk, parent, &collection.items))
+    }
+
+    /// Add the counterparts `records` name under `parent`; returns the new ones.
+    fn add_counterparts(
+        &self,
+        walk: &mut Walk,
+        parent: &str,
+        records: &[PassiveDnsRecord],
+    ) -> Vec<String> {
         let path = walk.nodes[parent].path.clone();
         let mut added = Vec::new();
-        for record in &collection.items {
+        for record in records {
             if let (Some(since), Some(last)) = (self.settings.since, record.last_seen_date_time) {
                 if last < since {
                     continue;
@@ -426,7 +457,7 @@ impl Chainer {
             walk.order.push(artifact.clone());
             added.push(artifact);
         }
-        Ok(added)
+        added
     }
 
     /// The reputation of each host of `keys` not known to this walk yet: cache, else Graph.

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub use extract::{Extract, ExtractKind};
 
-use crate::graph::{GraphClient, GraphError, PageLimits};
+use crate::graph::model::PassiveDnsRecord;
+use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
 use crate::observable::Observable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,6 +131,10 @@ pub struct EnricherResult {
     pub extracts: Vec<Extract>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<Reputation>,
+    /// The passive DNS records read, kept for the chaining walk of the same observable so it
+    /// does not page them again; not part of the output.
+    #[serde(skip)]
+    pub passive_dns: Option<Collection<PassiveDnsRecord>>,
 }
 
 impl EnricherResult {
@@ -141,6 +146,7 @@ impl EnricherResult {
             indicator: None,
             extracts: Vec::new(),
             reputation: None,
+            passive_dns: None,
         }
     }
 }
@@ -197,6 +203,7 @@ async fn run_one(
             let page = graph.passive_dns(key, limits).await?;
             (result.found, result.truncated) = (page.found, page.truncated);
             result.extracts = mapping::passive_dns(&page.items);
+            result.passive_dns = Some(page);
         }
         EnricherKind::HostPair => {
             let page = graph.host_pairs(key, limits).await?;
