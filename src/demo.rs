@@ -113,7 +113,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
 
     let get = WorkerStats::get;
     println!(
-        "Messages: {} processed, {} dead-lettered, {} retried",
+        "Messages: {} processed, {} sent to the dead-letter queue (whole, or just their bad items), {} retried",
         get(&stats.messages),
         get(&stats.dead_lettered),
         get(&stats.retried)
