@@ -29,14 +29,23 @@ pub enum Outcome {
         cached: usize,
         skipped: usize,
         rejected: Vec<RejectedInput>,
-        /// Actor hits this message found for the first time, as (routing key, event body), to
-        /// publish on the events exchange before the ack.
-        events: Vec<(String, serde_json::Value)>,
+        /// Actor-hit events still to announce (new hits, or ones an earlier delivery stored but
+        /// could not announce), to publish on the events exchange before the ack.
+        events: Vec<HitEvent>,
     },
     /// Something outside the message failed (Graph after its retries, Postgres): try later.
     Retry { reason: String },
     /// The message as a whole is unusable: dead-letter it at once.
     Reject { code: String, reason: String },
+}
+
+/// The event of one stored actor hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HitEvent {
+    /// The `actor_hits` row, marked notified once the broker confirmed the event.
+    pub hit_id: i64,
+    pub routing_key: String,
+    pub body: serde_json::Value,
 }
 
 /// One delivery, as the pipeline needs it.
@@ -219,11 +228,10 @@ impl Pipeline {
                 .record_actor_hits(&w.observable, Some(run), context, &report.hits)
                 .await
             {
-                Ok(new_hits) => events.extend(new_hits.iter().map(|hit| {
-                    (
-                        event_routing_key(&hit.actor),
-                        actor_hit_event(&w.observable, hit, context),
-                    )
+                Ok(pending) => events.extend(pending.into_iter().map(|p| HitEvent {
+                    hit_id: p.id,
+                    routing_key: event_routing_key(&p.hit.actor),
+                    body: actor_hit_event(&w.observable, &p.hit, context),
                 })),
                 Err(error) => return store_failure(error),
             }

@@ -447,6 +447,19 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
     assert_eq!(db.count("SELECT count(*) FROM observables").await, 1);
     assert_eq!(db.count("SELECT count(*) FROM actor_hits").await, 3);
 
+    // Not announced yet (the event publish failed, say): recording again still reports them.
+    let unannounced = db
+        .store
+        .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
+        .await
+        .expect("record while pending");
+    assert_eq!(
+        unannounced, new,
+        "pending hits are reported until announced"
+    );
+    let ids: Vec<i64> = new.iter().map(|p| p.id).collect();
+    db.store.mark_hits_notified(&ids).await.expect("mark");
+
     let again = db
         .store
         .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
@@ -473,7 +486,7 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
         .await
         .expect("record more");
     assert_eq!(new.len(), 1);
-    assert_eq!(new[0].actor, "Storm-0558");
+    assert_eq!(new[0].hit.actor, "Storm-0558");
 
     let stored = db.store.actor_hits_for(&ioc).await.expect("read back");
     assert_eq!(stored.len(), 4);

@@ -32,7 +32,7 @@ use super::publisher::Publisher;
 use super::topology::{attempt_of, Topology};
 use crate::config::redact_url;
 use crate::graph::retry::backoff_delay;
-use crate::pipeline::{Incoming, Outcome, Pipeline};
+use crate::pipeline::{HitEvent, Incoming, Outcome, Pipeline};
 use crate::secret::Secret;
 use crate::store::RejectedInput;
 
@@ -290,7 +290,7 @@ async fn settle(
                 .fetch_add(*enriched as u64, Ordering::Relaxed);
             stats.cached.fetch_add(*cached as u64, Ordering::Relaxed);
             stats.skipped.fetch_add(*skipped as u64, Ordering::Relaxed);
-            match publish_events(publisher, events, stats).await {
+            match publish_events(pipeline, publisher, events, stats).await {
                 Err(error) => Err(error),
                 Ok(()) if rejected.is_empty() => Ok(()),
                 Ok(()) => {
@@ -383,15 +383,27 @@ async fn settle(
     }
 }
 
-/// Actor-hit events of a processed message, each confirmed by the broker before the ack.
+/// Actor-hit events of a processed message, each confirmed by the broker before the ack, then
+/// marked announced. Should the marking fail, the hits stay pending and a later walk finding
+/// them announces them again: events are at least once, never lost.
 async fn publish_events(
+    pipeline: &Pipeline,
     publisher: &Publisher,
-    events: &[(String, serde_json::Value)],
+    events: &[HitEvent],
     stats: &WorkerStats,
 ) -> Result<(), super::PublishError> {
-    for (routing_key, body) in events {
-        publisher.publish_event(routing_key, body).await?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    for event in events {
+        publisher
+            .publish_event(&event.routing_key, &event.body)
+            .await?;
         stats.actor_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    let ids: Vec<i64> = events.iter().map(|e| e.hit_id).collect();
+    if let Err(error) = pipeline.store().mark_hits_notified(&ids).await {
+        tracing::warn!(%error, hits = ids.len(), "events sent but not marked; they may be announced again");
     }
     Ok(())
 }

@@ -40,19 +40,28 @@ fn text_array(column: &str) -> String {
     JSON_TO_TEXT_ARRAY.replace("{}", column)
 }
 
+/// A stored actor hit whose event still has to be published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingHit {
+    /// The `actor_hits` row, for [`Store::mark_hits_notified`].
+    pub id: i64,
+    pub hit: ActorHit,
+}
+
 impl Store {
     /// Upsert the hits of one walk of `observable` (and the observable row if missing), in one
-    /// transaction. Returns the hits that were not stored before (inserted, not updated): the
-    /// caller publishes one event for each. Idempotent: recording the same hits again returns
-    /// none. An existing hit gets the new evidence, path, profile and aliases, its seen times
-    /// widened, and the run and context when given.
+    /// transaction. Returns the hits whose event has not been confirmed yet (new ones, and any
+    /// an earlier delivery stored but could not announce), with their row ids: the caller
+    /// publishes one event for each and then calls [`Store::mark_hits_notified`]. Recording the
+    /// same, already announced hits again returns none. An existing hit gets the new evidence,
+    /// path, profile and aliases, its seen times widened, and the run and context when given.
     pub async fn record_actor_hits(
         &self,
         observable: &Observable,
         run_id: Option<Uuid>,
         context: Option<&Value>,
         hits: &[ActorHit],
-    ) -> Result<Vec<ActorHit>, StoreError> {
+    ) -> Result<Vec<PendingHit>, StoreError> {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
@@ -116,7 +125,7 @@ impl Store {
                  run_id = COALESCE(excluded.run_id, h.run_id), \
                  context = COALESCE(excluded.context, h.context), \
                  updated_at = now() \
-             RETURNING h.actor, h.artifact, (h.xmax = 0) AS inserted",
+             RETURNING h.id, h.actor, h.artifact, (h.notified_at IS NULL) AS pending",
             aliases = text_array("u.aliases"),
             path = text_array("u.path"),
         );
@@ -136,18 +145,36 @@ impl Store {
             .await?;
         tx.commit().await?;
 
-        let mut new = Vec::new();
+        let mut pending = Vec::new();
         for row in returned {
-            if !row.try_get::<bool, _>("inserted")? {
+            if !row.try_get::<bool, _>("pending")? {
                 continue;
             }
             let key: (String, String) = (row.try_get("actor")?, row.try_get("artifact")?);
             if let Some(hit) = rows.get(&key) {
-                new.push((*hit).clone());
+                pending.push(PendingHit {
+                    id: row.try_get("id")?,
+                    hit: (*hit).clone(),
+                });
             }
         }
-        new.sort_by(|a, b| (&a.actor, &a.artifact).cmp(&(&b.actor, &b.artifact)));
-        Ok(new)
+        pending
+            .sort_by(|a, b| (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact)));
+        Ok(pending)
+    }
+
+    /// The events of these hits were confirmed by the broker: they are no longer pending.
+    pub async fn mark_hits_notified(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE actor_hits SET notified_at = now() WHERE id = ANY($1) AND notified_at IS NULL",
+        )
+        .bind(ids)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// The stored hits of `observable`, by actor and artifact.

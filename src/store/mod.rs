@@ -21,6 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+pub use actors::PendingHit;
 pub use error::StoreError;
 pub use report::Summary;
 pub use write::EXTRACT_MAX_BYTES;
