@@ -3,125 +3,41 @@
 //! walks, the idempotent hit store, and the request count of the seed's algorithm for
 //! comparison.
 //!
-//! Each test that needs a database gets its own (`mdti_test_<uuid>`, created, migrated and
-//! dropped at the end). The server is `MDTI_TEST_DATABASE_URL`, by default
-//! `postgres://postgres@127.0.0.1:5432`.
+//! Each test that needs a database gets its own (see `support::TestDb`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mdti_worker::chain::{
     actor_hit_event, cti_actor_names, event_routing_key, sync_profiles, ActorHit, ChainSettings,
     Chainer, Evidence, ProfileIndex, CTI_RULE,
 };
-use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
-use mdti_worker::observable::{normalise, Normalised, Observable};
-use mdti_worker::secret::Secret;
+use mdti_worker::graph::{GraphClient, PageLimits};
+use mdti_worker::observable::Observable;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
-use mdti_worker::store::{run_id, Store};
+use mdti_worker::store::run_id;
 use serde_json::{json, Value};
-use uuid::Uuid;
+
+mod support;
+use support::{graph_settings, observable, TestDb};
 
 // ---------------------------------------------------------------------------------------------
 // Set-up
 // ---------------------------------------------------------------------------------------------
 
-fn settings_for(sim: &SimHandle) -> GraphSettings {
-    GraphSettings {
-        graph_base_url: sim.graph_base_url(),
-        login_base_url: sim.login_base_url(),
-        tenant_id: "sim-tenant".into(),
-        client_id: "sim-client".into(),
-        client_secret: Secret::new("sim-secret"),
-        requests_per_second: 2000.0,
-        burst: 200,
-        backoff_base: Duration::from_millis(20),
-        backoff_cap: Duration::from_millis(200),
-        request_timeout: Duration::from_secs(5),
-        ..GraphSettings::default()
-    }
-}
-
 async fn sim_and_client() -> (SimHandle, GraphClient) {
     let sim = sim::spawn(SimConfig::default())
         .await
         .expect("simulator starts");
-    let client = GraphClient::new(settings_for(&sim)).expect("client builds");
+    let client = GraphClient::new(graph_settings(&sim)).expect("client builds");
     (sim, client)
-}
-
-fn observable(raw: &str) -> Observable {
-    match normalise(raw, None, &Default::default()) {
-        Ok(Normalised::Ready(observable)) => observable,
-        other => panic!("{raw} is not a ready observable: {other:?}"),
-    }
 }
 
 fn time(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .unwrap()
         .with_timezone(&Utc)
-}
-
-/// A fresh, migrated database; dropped (best effort) when this is dropped.
-struct TestDb {
-    store: Store,
-    name: String,
-    admin_url: String,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let base = std::env::var("MDTI_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let mut url = url::Url::parse(&base).expect("MDTI_TEST_DATABASE_URL is a URL");
-        let name = format!("mdti_test_{}", Uuid::new_v4().simple());
-        url.set_path(&name);
-        Store::create_database_if_missing(url.as_str())
-            .await
-            .expect("create the test database");
-        let store = Store::connect(url.as_str(), 4).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        url.set_path("postgres");
-        TestDb {
-            store,
-            name,
-            admin_url: url.to_string(),
-        }
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(self.store.pool())
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,16 +254,19 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
         "the tool is not asked"
     );
     assert_eq!(
-        db.count("SELECT count(*) FROM intel_profile_indicators WHERE artifact = 'update-1.aquablizzard-infra.com'")
+        db.query_count("SELECT count(*) FROM intel_profile_indicators WHERE artifact = 'update-1.aquablizzard-infra.com'")
             .await,
         1,
         "indicators are stored canonical"
     );
     // A second sync changes nothing.
     sync_profiles(&graph, &db.store).await.expect("sync again");
-    assert_eq!(db.count("SELECT count(*) FROM intel_profiles").await, 2);
     assert_eq!(
-        db.count("SELECT count(*) FROM intel_profile_indicators")
+        db.query_count("SELECT count(*) FROM intel_profiles").await,
+        2
+    );
+    assert_eq!(
+        db.query_count("SELECT count(*) FROM intel_profile_indicators")
             .await,
         2
     );
@@ -444,8 +363,8 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
         .await
         .expect("record");
     assert_eq!(new.len(), 3);
-    assert_eq!(db.count("SELECT count(*) FROM observables").await, 1);
-    assert_eq!(db.count("SELECT count(*) FROM actor_hits").await, 3);
+    assert_eq!(db.query_count("SELECT count(*) FROM observables").await, 1);
+    assert_eq!(db.query_count("SELECT count(*) FROM actor_hits").await, 3);
 
     // Not announced yet (the event publish failed, say): recording again still reports them.
     let unannounced = db
@@ -466,7 +385,7 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
         .await
         .expect("record again");
     assert!(again.is_empty(), "{again:#?}");
-    assert_eq!(db.count("SELECT count(*) FROM actor_hits").await, 3);
+    assert_eq!(db.query_count("SELECT count(*) FROM actor_hits").await, 3);
 
     // One more hit among the known ones: only it is new.
     let mut more = hits.clone();
@@ -494,7 +413,7 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
     expected.sort_by(|a, b| (&a.actor, &a.artifact).cmp(&(&b.actor, &b.artifact)));
     assert_eq!(stored, expected, "round trip");
     assert_eq!(
-        db.count(
+        db.query_count(
             "SELECT count(*) FROM actor_hits WHERE run_id IS NOT NULL AND context IS NOT NULL"
         )
         .await,

@@ -5,38 +5,17 @@ use std::time::{Duration, Instant};
 
 use mdti_worker::enrich::{self, EnricherKind};
 use mdti_worker::graph::{GraphClient, GraphError, GraphSettings, PageLimits};
-use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
 use mdti_worker::secret::Secret;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
 use serde_json::json;
 
-fn settings_for(sim: &SimHandle) -> GraphSettings {
-    GraphSettings {
-        graph_base_url: sim.graph_base_url(),
-        login_base_url: sim.login_base_url(),
-        tenant_id: "sim-tenant".into(),
-        client_id: "sim-client".into(),
-        client_secret: Secret::new("sim-secret"),
-        requests_per_second: 1000.0,
-        burst: 100,
-        backoff_base: Duration::from_millis(20),
-        backoff_cap: Duration::from_millis(200),
-        request_timeout: Duration::from_secs(5),
-        ..GraphSettings::default()
-    }
-}
+mod support;
+use support::{graph_settings, observable};
 
 async fn sim_and_client(config: SimConfig) -> (SimHandle, GraphClient) {
     let sim = sim::spawn(config).await.expect("simulator starts");
-    let client = GraphClient::new(settings_for(&sim)).expect("client builds");
+    let client = GraphClient::new(graph_settings(&sim)).expect("client builds");
     (sim, client)
-}
-
-fn observable(raw: &str) -> Observable {
-    match normalise(raw, None, &NormaliseOptions::default()) {
-        Ok(Normalised::Ready(observable)) => observable,
-        other => panic!("{raw} is not a ready observable: {other:?}"),
-    }
 }
 
 fn records(n: usize) -> serde_json::Value {
@@ -118,7 +97,7 @@ async fn server_errors_are_retried_until_graph_recovers() {
     sim.control().set_fail_all(Some(502));
     let settings = GraphSettings {
         max_attempts: 30,
-        ..settings_for(&sim)
+        ..graph_settings(&sim)
     };
     let client_patient = GraphClient::new(settings).unwrap();
     let request = tokio::spawn(async move { client_patient.host("contoso.com").await });
@@ -136,7 +115,7 @@ async fn server_errors_give_up_after_the_attempt_limit_as_transient() {
     sim.control().set_fail_all(Some(500));
     let client = GraphClient::new(GraphSettings {
         max_attempts: 3,
-        ..settings_for(&sim)
+        ..graph_settings(&sim)
     })
     .unwrap();
     let error = client.host("contoso.com").await.unwrap_err();
@@ -215,7 +194,7 @@ async fn wrong_credentials_fail_permanently_without_leaking_the_secret() {
     let sim = sim::spawn(SimConfig::default()).await.unwrap();
     let client = GraphClient::new(GraphSettings {
         client_secret: Secret::new("hunter2-very-secret"),
-        ..settings_for(&sim)
+        ..graph_settings(&sim)
     })
     .unwrap();
     let error = client.host("contoso.com").await.unwrap_err();
@@ -282,7 +261,7 @@ async fn the_shared_limiter_keeps_concurrent_tasks_under_the_simulators_limit() 
     let client = GraphClient::new(GraphSettings {
         requests_per_second: 20.0,
         burst: 1,
-        ..settings_for(&sim)
+        ..graph_settings(&sim)
     })
     .unwrap();
     let tasks: Vec<_> = (0..50)

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 mod support;
-use support::TestDb;
+use support::{graph_settings, TestDb};
 
 /// A TCP relay in front of Postgres that a test can cut and restore, to make the database
 /// unreachable for the worker without stopping the shared server.
@@ -122,17 +122,8 @@ async fn spawn_app(options: Options) -> App {
     };
     let store = Store::connect(&worker_url, 4).await.unwrap();
     let graph = GraphClient::new(GraphSettings {
-        graph_base_url: sim.graph_base_url(),
-        login_base_url: sim.login_base_url(),
-        tenant_id: "sim-tenant".into(),
-        client_id: "sim-client".into(),
-        client_secret: Secret::new("sim-secret"),
-        requests_per_second: 2000.0,
-        burst: 200,
         max_attempts: options.graph_attempts,
-        backoff_base: Duration::from_millis(10),
-        backoff_cap: Duration::from_millis(50),
-        ..GraphSettings::default()
+        ..graph_settings(&sim)
     })
     .unwrap();
     let topology = Topology {

@@ -8,24 +8,10 @@ use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::write::pg_text;
+use super::write::{pg_json, pg_text};
 use super::{kind_name, Store, StoreError};
 use crate::chain::{ActorHit, Evidence, IntelProfileRecord, ProfileIndicatorRecord};
 use crate::observable::Observable;
-
-/// `value` without NUL characters, which jsonb cannot hold.
-fn pg_json(value: &Value) -> Value {
-    match value {
-        Value::String(text) => Value::String(pg_text(text)),
-        Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(key, value)| (pg_text(key), pg_json(value)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
 
 /// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
 fn text_list(items: &[String]) -> Value {

@@ -548,7 +548,7 @@ pub(super) fn pg_text(text: &str) -> String {
 }
 
 /// `value` without NUL characters in its strings and keys, which jsonb cannot hold.
-fn pg_json(value: &Value) -> Value {
+pub(super) fn pg_json(value: &Value) -> Value {
     match value {
         Value::String(text) => Value::String(pg_text(text)),
         Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),

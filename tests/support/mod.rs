@@ -1,11 +1,17 @@
-//! What the integration tests share: a fresh database per test, and observables from text.
+//! What the integration tests share: a fresh database per test, a Graph client pointed at a
+//! simulator, and observables from text.
 //!
 //! The server is `MDTI_TEST_DATABASE_URL` (its path, if any, is replaced by the test database's
 //! name), by default `postgres://postgres@127.0.0.1:5432`.
 
 #![allow(dead_code)] // each test crate uses its own subset
 
+use std::time::Duration;
+
+use mdti_worker::graph::GraphSettings;
 use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::secret::Secret;
+use mdti_worker::sim::SimHandle;
 use mdti_worker::store::Store;
 use uuid::Uuid;
 
@@ -66,6 +72,14 @@ impl TestDb {
             .unwrap()
     }
 
+    /// The single number a `SELECT count(*) ...` returns.
+    pub async fn query_count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+
     pub async fn counts(&self) -> Vec<(&'static str, i64)> {
         let mut counts = Vec::new();
         for table in TABLES {
@@ -106,5 +120,23 @@ pub fn observable(raw: &str) -> Observable {
     match normalise(raw, None, &Default::default()) {
         Ok(Normalised::Ready(observable)) => observable,
         other => panic!("{raw} is not a ready observable: {other:?}"),
+    }
+}
+
+/// Client settings for a simulator: its credentials, a rate well above what tests send, and
+/// short backoffs so retries do not slow the suite.
+pub fn graph_settings(sim: &SimHandle) -> GraphSettings {
+    GraphSettings {
+        graph_base_url: sim.graph_base_url(),
+        login_base_url: sim.login_base_url(),
+        tenant_id: "sim-tenant".into(),
+        client_id: "sim-client".into(),
+        client_secret: Secret::new("sim-secret"),
+        requests_per_second: 2000.0,
+        burst: 200,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..GraphSettings::default()
     }
 }
