@@ -68,6 +68,8 @@ pub enum Command {
     SyncProfiles(SyncProfilesCmd),
     /// Run the whole path on local defaults against the in-process simulator
     Demo(DemoCmd),
+    /// Benchmark the whole path (broker, worker, simulator, Postgres) and report the figures
+    Bench(crate::bench::BenchCmd),
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +211,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::publish::command(cmd.broker.topology(), cmd.broker.amqp_url, cmd.options).await
         }
         Command::Demo(cmd) => crate::demo::run(cmd).await,
+        Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }
 

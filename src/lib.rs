@@ -12,6 +12,7 @@
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
 //! nothing of the crate: the pipeline is where they meet.
 
+pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod config;

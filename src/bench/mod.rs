@@ -1,0 +1,1160 @@
+//! `bench`: the real path, measured. RabbitMQ in, the worker (in-process, through
+//! [`cli::run_worker`]), Graph (the simulator), Postgres out.
+//!
+//! A run has its own database (`mdti_bench_<uuid>`, dropped at the end unless `--keep`) and its
+//! own queue prefix (`bench-<uuid>`, queues and exchanges deleted at the end). In order:
+//!
+//! 1. Start the simulator on a tokio runtime of its own (threads `mdti-sim`, so their CPU can be
+//!    told apart), or use `--sim-external URL`; create and migrate the database; sync intel
+//!    profiles (as a worker does at start) so chaining matches them.
+//! 2. Start the worker (prefetch = `--concurrency`) and wait until it consumes.
+//! 3. Snapshot counters (client, simulator, CPU per thread, Postgres, RabbitMQ), reset the peak
+//!    RSS, then publish the [`mix`] from a runtime of its own (threads `mdti-bench-pub`): the first
+//!    message alone (its confirm starts the clock), the rest pipelined in chunks, at
+//!    `--publish-rate` messages/s or as fast as the broker confirms (a backlog, like a feed dump).
+//!    Each item carries `{"bench_published_us": ...}` in its `context`.
+//! 4. Poll the worker's counters until every message is settled (or `--max-duration`), snapshot
+//!    again, stop the worker.
+//! 5. Latency per observable from SQL: `enrichment_runs.created_at` (Postgres `now()`, i.e. the
+//!    start of the result transaction) minus `context.bench_published_us`.
+
+mod measure;
+mod mix;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use sqlx::{Connection as _, PgConnection, Row};
+use tokio::sync::watch;
+
+pub use measure::{percentile, Spread};
+pub use mix::{distinct_count, observable_mix};
+
+use crate::chain::sync_profiles;
+use crate::cli;
+use crate::config::{
+    parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
+};
+use crate::graph::GraphClient;
+use crate::queue::consumer::WorkerStats;
+use crate::queue::publisher::Publisher;
+use crate::queue::topology::Topology;
+use crate::secret::Secret;
+use crate::sim::{self, SimConfig, SimHandle};
+use crate::store::Store;
+
+use report::{
+    Breakdown, Config, Graph, Latency, Machine, Postgres, Report, Resources, Runs, Throughput,
+};
+
+/// Messages per pipelined publish (one wait for all their confirms).
+const PUBLISH_CHUNK: usize = 250;
+
+#[derive(Args, Debug)]
+pub struct BenchCmd {
+    /// Observables to publish
+    #[arg(long, default_value_t = 10_000)]
+    pub observables: usize,
+    /// Observables per message (a JSON array); 1 = one observable per message, like a feed
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Messages processed at once (the broker prefetch)
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Observables of one message enriched at once
+    #[arg(long, default_value_t = 8)]
+    pub item_concurrency: usize,
+    /// Enrichers to run (comma-separated, or `all`)
+    #[arg(long, default_value = "all")]
+    pub enrichers: EnricherList,
+    /// Chain every observable's infrastructure, as the worker does by default
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub chain: bool,
+    /// Passive DNS hops of a chaining walk
+    #[arg(long, default_value_t = 1)]
+    pub chain_depth: u32,
+    /// The client's rate limit, requests/s (the default is effectively no limit)
+    #[arg(long, default_value_t = 1_000_000.0)]
+    pub graph_rate: f64,
+    /// The client limiter's burst
+    #[arg(long, default_value_t = 10)]
+    pub graph_burst: u32,
+    /// Graph requests open at once
+    #[arg(long, default_value_t = 32)]
+    pub graph_max_in_flight: usize,
+    /// Requests/s the simulator allows; beyond it, 429 with Retry-After
+    #[arg(long)]
+    pub sim_rate: Option<f64>,
+    /// Latency the simulator adds to every answer
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub sim_latency: Duration,
+    /// Worker threads of the in-process simulator's runtime
+    #[arg(long, default_value_t = 1)]
+    pub sim_threads: usize,
+    /// Graph base URL of a separate `mdti-worker sim` (e.g. http://127.0.0.1:8080/v1.0), so
+    /// that RSS and CPU are the worker's alone; --sim-rate and --sim-latency then do not apply
+    #[arg(long)]
+    pub sim_external: Option<String>,
+    /// Messages published per second; 0 = as fast as the broker confirms (a backlog)
+    #[arg(long, default_value_t = 0.0)]
+    pub publish_rate: f64,
+    /// Share of distinct values among the observables
+    #[arg(long, default_value_t = 0.8)]
+    pub distinct: f64,
+    /// Seed of the observable mix
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Stop waiting for the drain after this long (the report then says incomplete)
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+    /// Sync intel profiles before the run, as a worker does at start
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub profile_sync: bool,
+    /// Postgres server; the bench database's name replaces the path
+    #[arg(
+        long,
+        env = "MDTI_BENCH_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub database_url: Secret,
+    /// Postgres connections of the worker's pool
+    #[arg(long, default_value_t = 10)]
+    pub db_max_connections: u32,
+    /// AMQP URL of RabbitMQ
+    #[arg(
+        long,
+        env = "MDTI_BENCH_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: Secret,
+    /// Keep the bench database (its name is printed)
+    #[arg(long)]
+    pub keep: bool,
+    /// Where to write the JSON results (default bench-results/bench-<timestamp>.json)
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Run the benchmark, print the table, write the JSON. Exit code 0 when every message was
+/// settled, 1 otherwise.
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
+    if cmd.observables == 0 || cmd.batch_size == 0 {
+        bail!("--observables and --batch-size must be at least 1");
+    }
+    if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
+        bail!("--publish-rate must be 0 or a positive number");
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let db_name = format!("mdti_bench_{id}");
+    let db_url = url_with_database(cmd.database_url.expose(), &db_name)?;
+    let admin_url = url_with_database(cmd.database_url.expose(), "postgres")?;
+    let topology = Topology {
+        prefix: format!("bench-{id}"),
+        retry_delay: Duration::from_secs(2),
+    };
+    let started_at = chrono::Utc::now();
+
+    let sim = SimSide::start(&cmd).await?;
+    eprintln!(
+        "bench {id}: database {db_name}, queues {}.*, Graph simulator {} ({})",
+        topology.prefix,
+        sim.graph_url(),
+        sim.mode()
+    );
+    let ctx = Ctx {
+        cmd: &cmd,
+        sim: &sim,
+        db_url: &db_url,
+        admin_url: &admin_url,
+        db_name: &db_name,
+        topology: &topology,
+        started_at,
+    };
+    let outcome = measure_run(&ctx).await;
+
+    // Clean up whatever happened.
+    sim.stop();
+    if let Err(error) = delete_broker_objects(cmd.amqp_url.expose(), &topology).await {
+        eprintln!(
+            "could not delete the bench queues {}.*: {error:#}",
+            topology.prefix
+        );
+    }
+    if cmd.keep {
+        eprintln!("kept database {db_name}");
+    } else if let Err(error) = drop_database(&admin_url, &db_name).await {
+        eprintln!("could not drop database {db_name}: {error:#}");
+    }
+
+    let report = outcome?;
+    print!("{}", report.table());
+    let path = cmd.json.clone().unwrap_or_else(|| {
+        PathBuf::from("bench-results").join(format!(
+            "bench-{}.json",
+            started_at.format("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nJSON: {}", path.display());
+    Ok(if report.complete { 0 } else { 1 })
+}
+
+struct Ctx<'a> {
+    cmd: &'a BenchCmd,
+    sim: &'a SimSide,
+    db_url: &'a str,
+    admin_url: &'a str,
+    db_name: &'a str,
+    topology: &'a Topology,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn url_with_database(base: &str, database: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(base)
+        .map_err(|e| anyhow::anyhow!("--database-url {}: {e}", redact_url(base)))?;
+    url.set_path(database);
+    Ok(url.to_string())
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The Graph simulator: in this process on a runtime of its own, or another process.
+enum SimSide {
+    InProcess {
+        handle: SimHandle,
+        runtime: tokio::runtime::Runtime,
+        latency: Duration,
+    },
+    External {
+        graph_url: String,
+        root: String,
+        http: reqwest::Client,
+    },
+}
+
+impl SimSide {
+    async fn start(cmd: &BenchCmd) -> anyhow::Result<SimSide> {
+        if let Some(url) = &cmd.sim_external {
+            let graph_url = url.trim_end_matches('/').to_owned();
+            let root = graph_url
+                .strip_suffix("/v1.0")
+                .unwrap_or(&graph_url)
+                .to_owned();
+            if cmd.sim_rate.is_some() || !cmd.sim_latency.is_zero() {
+                eprintln!("--sim-rate and --sim-latency do not apply to an external simulator: start it with `mdti-worker sim --rate-limit Q --latency D`");
+            }
+            let side = SimSide::External {
+                graph_url,
+                root,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()?,
+            };
+            side.counters()
+                .await
+                .context("reading the external simulator's counters (is it running?)")?;
+            return Ok(side);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cmd.sim_threads.max(1))
+            .thread_name("mdti-sim")
+            .enable_all()
+            .build()?;
+        let config = SimConfig {
+            rate_limit: cmd.sim_rate,
+            latency: cmd.sim_latency,
+            ..SimConfig::default()
+        };
+        let handle = runtime.spawn(sim::spawn(config)).await??;
+        Ok(SimSide::InProcess {
+            handle,
+            runtime,
+            latency: cmd.sim_latency,
+        })
+    }
+
+    fn mode(&self) -> &'static str {
+        match self {
+            SimSide::InProcess { .. } => "in-process",
+            SimSide::External { .. } => "external",
+        }
+    }
+
+    fn graph_url(&self) -> String {
+        match self {
+            SimSide::InProcess { handle, .. } => handle.graph_base_url(),
+            SimSide::External { graph_url, .. } => graph_url.clone(),
+        }
+    }
+
+    fn login_url(&self) -> String {
+        match self {
+            SimSide::InProcess { handle, .. } => handle.login_base_url(),
+            SimSide::External { root, .. } => root.clone(),
+        }
+    }
+
+    async fn counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        match self {
+            SimSide::InProcess { handle, .. } => Ok(handle.counters()),
+            SimSide::External { root, http, .. } => Ok(http
+                .get(format!("{root}/_sim/counters"))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?),
+        }
+    }
+
+    fn stop(self) {
+        if let SimSide::InProcess {
+            handle, runtime, ..
+        } = self
+        {
+            drop(handle);
+            // Dropping a runtime inside another one's context would panic.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The client's counters at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+struct GraphCounts {
+    requests: u64,
+    throttled: u64,
+    retries: u64,
+    gave_up: u64,
+    retry_after_micros: u64,
+    limiter_micros: u64,
+    hold_micros: u64,
+}
+
+impl GraphCounts {
+    fn of(graph: &GraphClient) -> GraphCounts {
+        let s = graph.stats();
+        let (limiter_micros, hold_micros) = graph.wait_micros();
+        GraphCounts {
+            requests: s.requests.load(Ordering::Relaxed),
+            throttled: s.throttled.load(Ordering::Relaxed),
+            retries: s.retries.load(Ordering::Relaxed),
+            gave_up: s.gave_up.load(Ordering::Relaxed),
+            retry_after_micros: s.retry_after_micros.load(Ordering::Relaxed),
+            limiter_micros,
+            hold_micros,
+        }
+    }
+
+    fn since(&self, e: &GraphCounts) -> GraphCounts {
+        GraphCounts {
+            requests: self.requests - e.requests,
+            throttled: self.throttled - e.throttled,
+            retries: self.retries - e.retries,
+            gave_up: self.gave_up - e.gave_up,
+            retry_after_micros: self.retry_after_micros - e.retry_after_micros,
+            limiter_micros: self.limiter_micros - e.limiter_micros,
+            hold_micros: self.hold_micros - e.hold_micros,
+        }
+    }
+}
+
+/// Everything read at the start and at the end of the measured window.
+struct Snapshot {
+    at: Instant,
+    graph: GraphCounts,
+    sim: BTreeMap<String, u64>,
+    cpu: Option<measure::Cpu>,
+    threads: measure::Threads,
+    machine: Option<measure::MachineCpu>,
+    load: Option<[f64; 3]>,
+    rabbitmq: BTreeMap<u32, f64>,
+    postgres_all: BTreeMap<u32, f64>,
+    postgres_backends: BTreeMap<u32, f64>,
+}
+
+impl Snapshot {
+    async fn take(ctx: &Ctx<'_>, graph: &GraphClient) -> Snapshot {
+        let sim = match ctx.sim.counters().await {
+            Ok(counters) => counters,
+            Err(error) => {
+                eprintln!("simulator counters unreadable: {error:#}");
+                BTreeMap::new()
+            }
+        };
+        let postgres_backends = match backend_pids(ctx.admin_url, ctx.db_name).await {
+            Ok(pids) => pids
+                .into_iter()
+                .filter_map(|pid| measure::pid_cpu(pid).map(|cpu| (pid, cpu)))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        Snapshot {
+            at: Instant::now(),
+            graph: GraphCounts::of(graph),
+            sim,
+            cpu: measure::process_cpu(),
+            threads: measure::threads(),
+            machine: measure::machine_cpu(),
+            load: measure::loadavg(),
+            rabbitmq: measure::processes_named("beam.smp"),
+            postgres_all: measure::processes_named("postgres"),
+            postgres_backends,
+        }
+    }
+}
+
+async fn admin_connection(admin_url: &str) -> anyhow::Result<PgConnection> {
+    PgConnection::connect(admin_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(admin_url)))
+}
+
+async fn backend_pids(admin_url: &str, db_name: &str) -> anyhow::Result<Vec<u32>> {
+    let mut conn = admin_connection(admin_url).await?;
+    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(db_name)
+        .fetch_all(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    Ok(pids
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .collect())
+}
+
+async fn pg_stats(admin_url: &str, db_name: &str) -> anyhow::Result<Postgres> {
+    let mut conn = admin_connection(admin_url).await?;
+    let row = sqlx::query(
+        "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_fetched, blks_hit, \
+         blks_read, active_time FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(db_name)
+    .fetch_optional(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    let Some(row) = row else {
+        return Ok(Postgres::default());
+    };
+    Ok(Postgres {
+        commits: row.try_get("xact_commit")?,
+        rollbacks: row.try_get("xact_rollback")?,
+        rows_inserted: row.try_get("tup_inserted")?,
+        rows_updated: row.try_get("tup_updated")?,
+        rows_fetched: row.try_get("tup_fetched")?,
+        blocks_hit: row.try_get("blks_hit")?,
+        blocks_read: row.try_get("blks_read")?,
+        active_s: row.try_get::<Option<f64>, _>("active_time")?.unwrap_or(0.0) / 1000.0,
+    })
+}
+
+fn pg_delta(after: &Postgres, before: &Postgres) -> Postgres {
+    Postgres {
+        commits: after.commits - before.commits,
+        rollbacks: after.rollbacks - before.rollbacks,
+        rows_inserted: after.rows_inserted - before.rows_inserted,
+        rows_updated: after.rows_updated - before.rows_updated,
+        rows_fetched: after.rows_fetched - before.rows_fetched,
+        blocks_hit: after.blocks_hit - before.blocks_hit,
+        blocks_read: after.blocks_read - before.blocks_read,
+        active_s: after.active_s - before.active_s,
+    }
+}
+
+async fn drop_database(admin_url: &str, db_name: &str) -> anyhow::Result<()> {
+    let mut conn = admin_connection(admin_url).await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+    ))
+    .execute(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn delete_broker_objects(amqp_url: &str, topology: &Topology) -> anyhow::Result<()> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for queue in [
+        topology.work_queue(),
+        topology.retry_queue(),
+        topology.dead_letter_queue(),
+    ] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [topology.input_exchange(), topology.events_exchange()] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = channel.close(200, "bench done".into()).await;
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+/// One message body: a single object, or an array when `batch_size` > 1.
+fn message_body(mix: &[String], message: usize, batch_size: usize, published_us: i64) -> Vec<u8> {
+    let from = message * batch_size;
+    let to = (from + batch_size).min(mix.len());
+    let items: Vec<serde_json::Value> = (from..to)
+        .map(|seq| {
+            serde_json::json!({
+                "value": mix[seq],
+                "source": "bench",
+                "context": {"bench_published_us": published_us, "bench_seq": seq},
+            })
+        })
+        .collect();
+    let body = if batch_size == 1 {
+        items.into_iter().next().unwrap_or_default()
+    } else {
+        serde_json::Value::Array(items)
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Connect the publisher and wait until the worker consumes from the work queue.
+async fn ready_publisher(amqp_url: String, topology: Topology) -> anyhow::Result<Publisher> {
+    let publisher = Publisher::connect(&amqp_url, topology.clone()).await?;
+    let started = Instant::now();
+    loop {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = publisher
+            .channel()
+            .queue_declare(
+                topology.work_queue().as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
+        if queue.consumer_count() > 0 {
+            return Ok(publisher);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the worker did not start consuming within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct PublishTimes {
+    first_confirmed: Instant,
+    last_confirmed: Instant,
+}
+
+async fn publish_all(
+    publisher: Publisher,
+    mix: Arc<Vec<String>>,
+    batch_size: usize,
+    rate: f64,
+    run: String,
+    published: Arc<AtomicU64>,
+) -> anyhow::Result<PublishTimes> {
+    let total = mix.len().div_ceil(batch_size);
+    let message_id = |m: usize| format!("bench-{run}-{m}");
+    // The first message alone: its confirm starts the clock.
+    publisher
+        .publish_observables(
+            "bench",
+            &message_body(&mix, 0, batch_size, now_micros()),
+            "application/json",
+            &message_id(0),
+        )
+        .await?;
+    let first_confirmed = Instant::now();
+    published.store(1, Ordering::Relaxed);
+    let mut next = 1;
+    while next < total {
+        let mut n = PUBLISH_CHUNK.min(total - next);
+        if rate > 0.0 {
+            let elapsed = first_confirmed.elapsed().as_secs_f64();
+            let due = (elapsed * rate) as usize + 1;
+            if due <= next {
+                let at = next as f64 / rate;
+                tokio::time::sleep(Duration::from_secs_f64((at - elapsed).max(0.0005))).await;
+                continue;
+            }
+            n = n.min(due - next);
+        }
+        let stamp = now_micros();
+        let items = (next..next + n)
+            .map(|m| {
+                (
+                    "bench".to_owned(),
+                    message_body(&mix, m, batch_size, stamp),
+                    "application/json".to_owned(),
+                    message_id(m),
+                )
+            })
+            .collect();
+        publisher.publish_batch(items).await?;
+        next += n;
+        published.store(next as u64, Ordering::Relaxed);
+    }
+    let last_confirmed = Instant::now();
+    let _ = publisher.close().await;
+    Ok(PublishTimes {
+        first_confirmed,
+        last_confirmed,
+    })
+}
+
+/// Per-observable figures from the bench database.
+struct RunRows {
+    latency_all: Vec<i64>,
+    latency_enriched: Vec<i64>,
+    latency_cached: Vec<i64>,
+    service_all: Vec<i64>,
+    service_enriched: Vec<i64>,
+    enriched: u64,
+    cached: u64,
+    skipped: u64,
+    graph_requests: u64,
+    actor_hits: u64,
+}
+
+async fn read_runs(db_url: &str) -> anyhow::Result<RunRows> {
+    let mut conn = PgConnection::connect(db_url).await?;
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT status, \
+                (extract(epoch FROM created_at) * 1000000)::bigint \
+                  - (context ->> 'bench_published_us')::bigint, \
+                duration_ms::bigint * 1000, \
+                graph_requests::bigint \
+         FROM enrichment_runs \
+         WHERE context ->> 'bench_published_us' IS NOT NULL",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let actor_hits: i64 = sqlx::query_scalar("SELECT count(*) FROM actor_hits")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0);
+    let _ = conn.close().await;
+    let mut out = RunRows {
+        latency_all: Vec::with_capacity(rows.len()),
+        latency_enriched: Vec::new(),
+        latency_cached: Vec::new(),
+        service_all: Vec::with_capacity(rows.len()),
+        service_enriched: Vec::new(),
+        enriched: 0,
+        cached: 0,
+        skipped: 0,
+        graph_requests: 0,
+        actor_hits: actor_hits.max(0) as u64,
+    };
+    for (status, latency, service, requests) in rows {
+        out.latency_all.push(latency);
+        out.service_all.push(service);
+        out.graph_requests += requests.max(0) as u64;
+        match status.as_str() {
+            "enriched" => {
+                out.enriched += 1;
+                out.latency_enriched.push(latency);
+                out.service_enriched.push(service);
+            }
+            "cached" => {
+                out.cached += 1;
+                out.latency_cached.push(latency);
+            }
+            _ => out.skipped += 1,
+        }
+    }
+    Ok(out)
+}
+
+fn git_rev() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
+    let cmd = ctx.cmd;
+    let database = DatabaseArgs {
+        database_url: Secret::new(ctx.db_url),
+        db_max_connections: cmd.db_max_connections,
+    };
+    let setup_store = cli::migrate(&database).await?;
+    let mut graph_args = GraphArgs {
+        graph_url: String::new(),
+        login_url: String::new(),
+        tenant_id: String::new(),
+        client_id: String::new(),
+        client_secret: Secret::default(),
+        client_secret_file: None,
+        graph_rate: cmd.graph_rate,
+        graph_burst: cmd.graph_burst,
+        graph_max_in_flight: cmd.graph_max_in_flight,
+        graph_max_attempts: 6,
+        graph_timeout: Duration::from_secs(30),
+        page_size: 100,
+        max_pages: 50,
+        ca_cert: None,
+        insecure_skip_tls_verify: false,
+    };
+    graph_args.use_simulator(ctx.sim.graph_url(), ctx.sim.login_url());
+    let graph = GraphClient::new(graph_args.to_settings().map_err(anyhow::Error::msg)?)?;
+    if cmd.profile_sync {
+        let summary = sync_profiles(&graph, &setup_store)
+            .await
+            .context("syncing intel profiles")?;
+        eprintln!(
+            "intel profiles synced: {} profiles, {} indicators",
+            summary.profiles, summary.indicators
+        );
+    }
+    setup_store.close().await;
+
+    let mix = Arc::new(observable_mix(cmd.observables, cmd.distinct, cmd.seed));
+    let messages = cmd.observables.div_ceil(cmd.batch_size);
+
+    let store = Store::connect(ctx.db_url, cmd.db_max_connections).await?;
+    let worker_args = WorkerArgs {
+        concurrency: cmd.concurrency,
+        enrichers: cmd.enrichers.clone(),
+        cache_ttl: Duration::from_secs(24 * 3600),
+        allow_non_public: false,
+        max_deliveries: 5,
+        max_body_bytes: 1 << 20,
+        item_concurrency: cmd.item_concurrency,
+        shutdown_timeout: Duration::from_secs(30),
+        migrate: false,
+        chain: cmd.chain,
+        chain_depth: cmd.chain_depth,
+        chain_max_artifacts: 500,
+        chain_request_budget: 2000,
+        reputation_ttl: Duration::from_secs(24 * 3600),
+        // Synced above; a sync inside the window would be counted as the observables' cost.
+        profile_sync_interval: Duration::ZERO,
+        // The bench stops the worker itself, the moment the last message is settled.
+        exit_when_idle: None,
+    };
+    let broker = BrokerArgs {
+        amqp_url: cmd.amqp_url.clone(),
+        queue_prefix: ctx.topology.prefix.clone(),
+        retry_delay: ctx.topology.retry_delay,
+    };
+    let stats = Arc::new(WorkerStats::default());
+    let (stop, stopped) = watch::channel(false);
+    let mut worker = tokio::spawn({
+        let (graph, store, stats) = (graph.clone(), store.clone(), Arc::clone(&stats));
+        let graph_args = graph_args.clone();
+        async move {
+            cli::run_worker(
+                &graph_args,
+                &broker,
+                &worker_args,
+                graph,
+                store,
+                stopped,
+                stats,
+            )
+            .await
+        }
+    });
+
+    let publish_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("mdti-bench-pub")
+        .enable_all()
+        .build()?;
+    let result = async {
+        let publisher = publish_runtime
+            .spawn(ready_publisher(
+                cmd.amqp_url.expose().to_owned(),
+                ctx.topology.clone(),
+            ))
+            .await??;
+        // Let the setup's Postgres statistics reach pg_stat_database (flushed at most once a
+        // second) before reading the baseline.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let pg_before = pg_stats(ctx.admin_url, ctx.db_name).await?;
+        let before = Snapshot::take(ctx, &graph).await;
+        let peak_reset = measure::reset_peak_rss();
+
+        let published = Arc::new(AtomicU64::new(0));
+        let mut publishing = Some(publish_runtime.spawn(publish_all(
+            publisher,
+            Arc::clone(&mix),
+            cmd.batch_size,
+            cmd.publish_rate,
+            ctx.topology.prefix.clone(),
+            Arc::clone(&published),
+        )));
+        let mut times: Option<PublishTimes> = None;
+        let mut error: Option<String> = None;
+        let deadline = before.at + cmd.max_duration;
+        let settled = || {
+            WorkerStats::get(&stats.done) + WorkerStats::get(&stats.dead_lettered)
+                >= messages as u64
+        };
+        loop {
+            if publishing.as_ref().is_some_and(|p| p.is_finished()) {
+                match publishing.take().expect("checked").await {
+                    Ok(Ok(t)) => times = Some(t),
+                    Ok(Err(e)) => error = Some(format!("publishing failed: {e:#}")),
+                    Err(e) => error = Some(format!("publisher task failed: {e}")),
+                }
+            }
+            if error.is_some() || (times.is_some() && settled()) {
+                break;
+            }
+            if worker.is_finished() {
+                error = Some("the worker stopped before the queues were drained".into());
+                break;
+            }
+            if Instant::now() >= deadline {
+                error = Some(format!(
+                    "not drained within --max-duration {:?}",
+                    cmd.max_duration
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let drained_at = Instant::now();
+        let after = Snapshot::take(ctx, &graph).await;
+        let (peak_kib, end_kib) = measure::rss_kib();
+        if let Some(p) = publishing.take() {
+            p.abort();
+        }
+
+        let _ = stop.send(true);
+        match tokio::time::timeout(Duration::from_secs(60), &mut worker).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                error.get_or_insert(format!("the worker failed: {e:#}"));
+            }
+            Ok(Err(e)) => {
+                error.get_or_insert(format!("the worker task failed: {e}"));
+            }
+            Err(_) => {
+                worker.abort();
+                error.get_or_insert("the worker did not stop within 60 s".into());
+            }
+        }
+        // Closing the pool ends its backends, which flushes their statistics.
+        store.close().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pg = pg_delta(&pg_stats(ctx.admin_url, ctx.db_name).await?, &pg_before);
+        let rows = read_runs(ctx.db_url).await?;
+
+        Ok::<_, anyhow::Error>(assemble(Assembly {
+            ctx,
+            before,
+            after,
+            times,
+            drained_at,
+            error,
+            peak_reset,
+            peak_kib,
+            end_kib,
+            pg,
+            rows,
+            stats: &stats,
+            published: published.load(Ordering::Relaxed),
+            distinct: mix::distinct_count(cmd.observables, cmd.distinct),
+            messages,
+        }))
+    }
+    .await;
+    if !worker.is_finished() {
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut worker).await;
+        worker.abort();
+    }
+    publish_runtime.shutdown_background();
+    result
+}
+
+struct Assembly<'a> {
+    ctx: &'a Ctx<'a>,
+    before: Snapshot,
+    after: Snapshot,
+    times: Option<PublishTimes>,
+    drained_at: Instant,
+    error: Option<String>,
+    peak_reset: bool,
+    peak_kib: Option<u64>,
+    end_kib: Option<u64>,
+    pg: Postgres,
+    rows: RunRows,
+    stats: &'a WorkerStats,
+    published: u64,
+    distinct: usize,
+    messages: usize,
+}
+
+fn per(value: f64, over: f64) -> f64 {
+    if over > 0.0 {
+        value / over
+    } else {
+        0.0
+    }
+}
+
+fn assemble(a: Assembly<'_>) -> Report {
+    let cmd = a.ctx.cmd;
+    let (before, after) = (&a.before, &a.after);
+    let in_process = matches!(a.ctx.sim, SimSide::InProcess { .. });
+    let window = after.at.duration_since(before.at).as_secs_f64();
+    let first = a.times.as_ref().map_or(before.at, |t| t.first_confirmed);
+    let end_to_end = a.drained_at.saturating_duration_since(first).as_secs_f64();
+    let publish_s = a.times.as_ref().map_or(0.0, |t| {
+        t.last_confirmed
+            .duration_since(t.first_confirmed)
+            .as_secs_f64()
+    });
+    let observables_done = a.rows.latency_all.len() as u64;
+
+    let g = after.graph.since(&before.graph);
+    let sim_delta: BTreeMap<String, u64> = after
+        .sim
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.sim.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+
+    let cpu = match (after.cpu, before.cpu) {
+        (Some(a), Some(b)) => a.since(&b),
+        _ => measure::Cpu::default(),
+    };
+    let groups = measure::thread_groups(&before.threads, &after.threads);
+    let group = |name: &str| groups.get(name).copied().unwrap_or(0.0);
+    let simulator_cpu = group("mdti-sim");
+    let publisher_cpu = group("mdti-bench-pub");
+    // The bench's own main thread only polls counters (the worker runs on the runtime's
+    // worker threads); its name is the executable's.
+    let main_thread = std::process::id();
+    let bench_main = after.threads.get(&main_thread).map_or(0.0, |(_, ns)| {
+        let was = before.threads.get(&main_thread).map_or(0, |(_, ns)| *ns);
+        ns.saturating_sub(was) as f64 / 1e9
+    });
+    let worker_cpu = (cpu.total() - simulator_cpu - publisher_cpu - bench_main).max(0.0);
+    let machine_busy = match (after.machine, before.machine) {
+        (Some(a), Some(b)) => measure::machine_busy_s(&b, &a),
+        _ => 0.0,
+    };
+
+    let latency = Latency {
+        all: Spread::of_micros(a.rows.latency_all.clone()),
+        enriched: Spread::of_micros(a.rows.latency_enriched.clone()),
+        cached: Spread::of_micros(a.rows.latency_cached.clone()),
+        service: Spread::of_micros(a.rows.service_all.clone()),
+        service_enriched: Spread::of_micros(a.rows.service_enriched.clone()),
+    };
+    let service_s = a.rows.service_all.iter().sum::<i64>() as f64 / 1e6;
+    let sim_latency_s = match a.ctx.sim {
+        SimSide::InProcess { latency, .. } => Some(latency.as_secs_f64() * g.requests as f64),
+        SimSide::External { .. } => None,
+    };
+
+    let worker_counters: BTreeMap<String, u64> = [
+        ("messages", &a.stats.messages),
+        ("done", &a.stats.done),
+        ("retried", &a.stats.retried),
+        ("dead_lettered", &a.stats.dead_lettered),
+        ("requeued", &a.stats.requeued),
+        ("enriched", &a.stats.enriched),
+        ("cached", &a.stats.cached),
+        ("skipped", &a.stats.skipped),
+        ("rejected_items", &a.stats.rejected_items),
+        ("actor_hits", &a.stats.actor_hits),
+        ("reconnects", &a.stats.reconnects),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))
+    .collect();
+
+    let mut notes = vec![
+        "publish→commit latency ends at enrichment_runs.created_at, Postgres now() = the start of the result transaction: the write itself, the commit, the ack and actor-hit events are after it".to_owned(),
+        "service time is enrichment_runs.duration_ms (whole milliseconds): cache check, Graph requests (limiter and 429 waits included), chaining with its reputation cache; it excludes the queue wait and the result write".to_owned(),
+        "not measured: time inside Graph HTTP requests client-side (the client has no timer; see simulator latency and CPU), Postgres pool acquire waits and client-side statement time (Postgres active time is server-side), broker publish/ack round trips".to_owned(),
+    ];
+    if cmd.publish_rate == 0.0 {
+        notes.push("backlog mode (--publish-rate 0): everything is queued at once, so publish→commit latency is mostly queue wait; use --publish-rate below the worker's throughput for service latency under load".into());
+    }
+    if in_process {
+        notes.push("the simulator runs in this process (own runtime, threads mdti-sim): RSS includes it, its CPU is subtracted from the worker's; use --sim-external for a worker-only RSS".into());
+    }
+    notes.push(format!(
+        "worker CPU = process CPU − simulator threads − publisher threads − the bench's main thread; Postgres and RabbitMQ CPU are other processes; the machine has {} CPUs shared with everything else",
+        measure::cpus()
+    ));
+    if WorkerStats::get(&a.stats.rejected_items) > 0 {
+        notes.push(
+            "some items were rejected: the settled-message count may be reached early".into(),
+        );
+    }
+
+    Report {
+        format: 1,
+        started_at: a.ctx.started_at.to_rfc3339(),
+        git_rev: git_rev(),
+        config: Config {
+            observables: cmd.observables,
+            distinct_values: a.distinct,
+            batch_size: cmd.batch_size,
+            messages: a.messages,
+            concurrency: cmd.concurrency,
+            item_concurrency: cmd.item_concurrency,
+            enrichers: cmd.enrichers.0.iter().map(|e| e.to_string()).collect(),
+            chain: cmd.chain,
+            chain_depth: cmd.chain_depth,
+            graph_rate: cmd.graph_rate,
+            graph_burst: cmd.graph_burst,
+            graph_max_in_flight: cmd.graph_max_in_flight,
+            sim: a.ctx.sim.mode().to_owned(),
+            sim_url: a.ctx.sim.graph_url(),
+            sim_rate: if in_process { cmd.sim_rate } else { None },
+            sim_latency_ms: if in_process {
+                cmd.sim_latency.as_secs_f64() * 1000.0
+            } else {
+                0.0
+            },
+            sim_threads: cmd.sim_threads,
+            publish_rate: cmd.publish_rate,
+            seed: cmd.seed,
+            db_max_connections: cmd.db_max_connections,
+            database: a.ctx.db_name.to_owned(),
+            queue_prefix: a.ctx.topology.prefix.clone(),
+            profile_sync: cmd.profile_sync,
+        },
+        machine: Machine {
+            cpus: measure::cpus(),
+            loadavg_start: before.load,
+            loadavg_end: after.load,
+            machine_busy_cores: per(machine_busy, window),
+            process_cores: per(cpu.total(), window),
+        },
+        complete: a.error.is_none(),
+        error: a.error,
+        throughput: Throughput {
+            published_messages: a.published,
+            publish_s,
+            publish_messages_per_s: per(a.published.saturating_sub(1) as f64, publish_s),
+            end_to_end_s: end_to_end,
+            observables_done,
+            observables_per_s: per(observables_done as f64, end_to_end),
+        },
+        graph: Graph {
+            requests: g.requests,
+            requests_per_observable: per(g.requests as f64, observables_done as f64),
+            achieved_rate: per(g.requests as f64, end_to_end),
+            sim_429: sim_delta.get("throttled").copied(),
+            sim_requests: sim_delta.get("graph").copied(),
+            client_throttled: g.throttled,
+            retries: g.retries,
+            gave_up: g.gave_up,
+            retry_after_asked_s: g.retry_after_micros as f64 / 1e6,
+            limiter_wait_s: g.limiter_micros as f64 / 1e6,
+            hold_wait_s: g.hold_micros as f64 / 1e6,
+            sim_endpoints: sim_delta,
+        },
+        breakdown: Breakdown {
+            slot_capacity_s: f64::from(cmd.concurrency) * end_to_end,
+            service_s,
+            limiter_wait_s: g.limiter_micros as f64 / 1e6,
+            hold_wait_s: g.hold_micros as f64 / 1e6,
+            sim_latency_s,
+            postgres_active_s: a.pg.active_s,
+            mean_queue_and_write_ms: latency.all.mean_ms - latency.service.mean_ms,
+        },
+        latency,
+        runs: Runs {
+            enriched: a.rows.enriched,
+            cached: a.rows.cached,
+            skipped: a.rows.skipped,
+            graph_requests: a.rows.graph_requests,
+            actor_hits: a.rows.actor_hits,
+        },
+        worker: worker_counters,
+        resources: Resources {
+            peak_rss_mib: a.peak_kib.map(|k| k as f64 / 1024.0),
+            end_rss_mib: a.end_kib.map(|k| k as f64 / 1024.0),
+            peak_rss_window_only: a.peak_reset,
+            rss_includes_simulator: in_process,
+            process_cpu: cpu,
+            cpu_by_thread: groups,
+            simulator_cpu_s: simulator_cpu,
+            publisher_cpu_s: publisher_cpu,
+            worker_cpu_s: worker_cpu,
+            worker_cpu_s_per_1000: per(worker_cpu * 1000.0, observables_done as f64),
+            postgres_backends_cpu_s: measure::processes_delta(
+                &before.postgres_backends,
+                &after.postgres_backends,
+            ),
+            postgres_all_cpu_s: measure::processes_delta(&before.postgres_all, &after.postgres_all),
+            rabbitmq_cpu_s: measure::processes_delta(&before.rabbitmq, &after.rabbitmq),
+        },
+        postgres: a.pg,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_bodies_carry_the_publish_time() {
+        let mix: Vec<String> = ["a.com", "1.2.3.4", "b.net"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let one: serde_json::Value = serde_json::from_slice(&message_body(&mix, 1, 1, 42)).unwrap();
+        assert_eq!(one["value"], "1.2.3.4");
+        assert_eq!(one["context"]["bench_published_us"], 42);
+        let batch: serde_json::Value =
+            serde_json::from_slice(&message_body(&mix, 1, 2, 7)).unwrap();
+        assert_eq!(batch.as_array().unwrap().len(), 1);
+        assert_eq!(batch[0]["value"], "b.net");
+        assert_eq!(batch[0]["context"]["bench_seq"], 2);
+    }
+
+    #[test]
+    fn database_urls_get_the_bench_name() {
+        assert_eq!(
+            url_with_database("postgres://postgres@127.0.0.1:5432", "mdti_bench_x").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/mdti_bench_x"
+        );
+        assert_eq!(
+            url_with_database("postgres://u:p@h/other?sslmode=disable", "postgres").unwrap(),
+            "postgres://u:p@h/postgres?sslmode=disable"
+        );
+    }
+}

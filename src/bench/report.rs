@@ -1,0 +1,455 @@
+//! The benchmark's results: one serialisable [`Report`] and its table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::measure::{Cpu, Spread};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub format: u32,
+    pub started_at: String,
+    pub git_rev: Option<String>,
+    pub config: Config,
+    pub machine: Machine,
+    /// Every published message was settled before `--max-duration`.
+    pub complete: bool,
+    pub error: Option<String>,
+    pub throughput: Throughput,
+    pub graph: Graph,
+    pub latency: Latency,
+    pub runs: Runs,
+    pub worker: BTreeMap<String, u64>,
+    pub resources: Resources,
+    pub postgres: Postgres,
+    pub breakdown: Breakdown,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub observables: usize,
+    pub distinct_values: usize,
+    pub batch_size: usize,
+    pub messages: usize,
+    pub concurrency: u16,
+    pub item_concurrency: usize,
+    pub enrichers: Vec<String>,
+    pub chain: bool,
+    pub chain_depth: u32,
+    pub graph_rate: f64,
+    pub graph_burst: u32,
+    pub graph_max_in_flight: usize,
+    pub sim: String,
+    pub sim_url: String,
+    pub sim_rate: Option<f64>,
+    pub sim_latency_ms: f64,
+    pub sim_threads: usize,
+    pub publish_rate: f64,
+    pub seed: u64,
+    pub db_max_connections: u32,
+    pub database: String,
+    pub queue_prefix: String,
+    pub profile_sync: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub loadavg_start: Option<[f64; 3]>,
+    pub loadavg_end: Option<[f64; 3]>,
+    /// Cores the whole machine kept busy on average during the run (every process).
+    pub machine_busy_cores: f64,
+    /// Cores this process kept busy on average during the run.
+    pub process_cores: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub published_messages: u64,
+    /// First message confirmed → last message confirmed.
+    pub publish_s: f64,
+    pub publish_messages_per_s: f64,
+    /// First message confirmed → every message settled.
+    pub end_to_end_s: f64,
+    pub observables_done: u64,
+    pub observables_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Graph {
+    /// Client-side count (`GraphStats::requests`), retries and pages included.
+    pub requests: u64,
+    pub requests_per_observable: f64,
+    /// Requests / end-to-end time.
+    pub achieved_rate: f64,
+    /// 429s the simulator sent (its `throttled` counter).
+    pub sim_429: Option<u64>,
+    /// Every request the simulator saw under `/v1.0` (its `graph` counter).
+    pub sim_requests: Option<u64>,
+    pub client_throttled: u64,
+    pub retries: u64,
+    pub gave_up: u64,
+    pub retry_after_asked_s: f64,
+    /// Summed over requests: time waiting on the client's rate limiter.
+    pub limiter_wait_s: f64,
+    /// Summed over requests: time held back by a 429's Retry-After.
+    pub hold_wait_s: f64,
+    /// The simulator's per-endpoint counters during the run.
+    pub sim_endpoints: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Publish → result transaction, every observable.
+    pub all: Spread,
+    pub enriched: Spread,
+    pub cached: Spread,
+    /// The pipeline's own time per observable (`enrichment_runs.duration_ms`): cache check,
+    /// Graph, chaining; not the queue wait, not the result write.
+    pub service: Spread,
+    pub service_enriched: Spread,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Runs {
+    pub enriched: u64,
+    pub cached: u64,
+    pub skipped: u64,
+    /// Sum of `enrichment_runs.graph_requests`.
+    pub graph_requests: u64,
+    pub actor_hits: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    pub peak_rss_mib: Option<f64>,
+    pub end_rss_mib: Option<f64>,
+    /// Whether the peak was reset at the start of the measured window.
+    pub peak_rss_window_only: bool,
+    /// The peak includes the simulator's memory (it ran in this process).
+    pub rss_includes_simulator: bool,
+    pub process_cpu: Cpu,
+    /// CPU seconds per thread name during the run.
+    pub cpu_by_thread: BTreeMap<String, f64>,
+    pub simulator_cpu_s: f64,
+    pub publisher_cpu_s: f64,
+    /// Process CPU minus the simulator's, the publisher's and the bench's own main thread.
+    pub worker_cpu_s: f64,
+    pub worker_cpu_s_per_1000: f64,
+    /// Backends serving the bench database.
+    pub postgres_backends_cpu_s: f64,
+    /// Every `postgres` process on the host (WAL writer, checkpointer, other databases...).
+    pub postgres_all_cpu_s: f64,
+    pub rabbitmq_cpu_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Postgres {
+    pub commits: i64,
+    pub rollbacks: i64,
+    pub rows_inserted: i64,
+    pub rows_updated: i64,
+    pub rows_fetched: i64,
+    pub blocks_hit: i64,
+    pub blocks_read: i64,
+    /// Server-side time executing statements for the bench database (`active_time`).
+    pub active_s: f64,
+}
+
+/// Where the time went, in task-seconds (summed over whatever ran at once).
+#[derive(Debug, Clone, Serialize)]
+pub struct Breakdown {
+    /// Message slots available: concurrency × end-to-end time.
+    pub slot_capacity_s: f64,
+    /// Sum of the pipeline's service times (`duration_ms`).
+    pub service_s: f64,
+    pub limiter_wait_s: f64,
+    pub hold_wait_s: f64,
+    /// Requests × the simulator's configured latency (in-process simulator only).
+    pub sim_latency_s: Option<f64>,
+    pub postgres_active_s: f64,
+    /// Mean publish→commit latency minus mean service time: queue wait and result write.
+    pub mean_queue_and_write_ms: f64,
+}
+
+fn line(out: &mut String, label: &str, text: impl AsRef<str>) {
+    let _ = writeln!(out, "  {label:<22}{}", text.as_ref());
+}
+
+fn spread_row(out: &mut String, label: &str, s: &Spread) {
+    let _ = writeln!(
+        out,
+        "  {label:<22}{:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        s.count, s.mean_ms, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
+    );
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.1} MiB"))
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let c = &self.config;
+        let t = &self.throughput;
+        let g = &self.graph;
+        let r = &self.resources;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}",
+            c.observables, c.distinct_values, c.messages, c.batch_size, c.concurrency, c.item_concurrency
+        );
+        let _ = writeln!(
+            out,
+            "  enrichers {}; chain {}; client limit {} req/s (burst {}, {} in flight)",
+            c.enrichers.join(","),
+            if c.chain {
+                format!("depth {}", c.chain_depth)
+            } else {
+                "off".into()
+            },
+            c.graph_rate,
+            c.graph_burst,
+            c.graph_max_in_flight
+        );
+        let _ = writeln!(
+            out,
+            "  Graph: {} simulator {} (rate limit {}, latency {} ms{})",
+            c.sim,
+            c.sim_url,
+            c.sim_rate.map_or("none".into(), |q| format!("{q} req/s")),
+            c.sim_latency_ms,
+            if c.sim == "in-process" {
+                format!(", {} thread(s)", c.sim_threads)
+            } else {
+                String::new()
+            }
+        );
+        let m = &self.machine;
+        let load = |l: Option<[f64; 3]>| {
+            l.map_or("n/a".into(), |l| {
+                format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+            })
+        };
+        let _ = writeln!(
+            out,
+            "  machine: {} CPUs, load {} at start, {} at end; busy {:.2} cores on average (this process {:.2})",
+            m.cpus,
+            load(m.loadavg_start),
+            load(m.loadavg_end),
+            m.machine_busy_cores,
+            m.process_cores
+        );
+        if !self.complete {
+            let _ = writeln!(
+                out,
+                "  INCOMPLETE: {}",
+                self.error
+                    .as_deref()
+                    .unwrap_or("the queues were not drained in time")
+            );
+        }
+        out.push_str("\nThroughput\n");
+        line(
+            &mut out,
+            "publish",
+            format!(
+                "{} messages in {:.2} s ({:.0} msg/s)",
+                t.published_messages, t.publish_s, t.publish_messages_per_s
+            ),
+        );
+        line(
+            &mut out,
+            "end to end",
+            format!(
+                "{} observables in {:.2} s: {:.1} observables/s",
+                t.observables_done, t.end_to_end_s, t.observables_per_s
+            ),
+        );
+        out.push_str("\nGraph\n");
+        line(
+            &mut out,
+            "requests",
+            format!(
+                "{} ({:.2} per observable), {:.1} req/s achieved{}",
+                g.requests,
+                g.requests_per_observable,
+                g.achieved_rate,
+                c.sim_rate
+                    .map(|q| format!(" (simulator allows {q})"))
+                    .unwrap_or_default()
+            ),
+        );
+        line(
+            &mut out,
+            "429s",
+            format!(
+                "{} sent by the simulator; client saw {} throttled, {} retries, {} gave up; Retry-After asked {:.1} s",
+                g.sim_429.map_or("n/a".into(), |v| v.to_string()),
+                g.client_throttled,
+                g.retries,
+                g.gave_up,
+                g.retry_after_asked_s
+            ),
+        );
+        line(
+            &mut out,
+            "waits (summed)",
+            format!(
+                "limiter {:.1} s, 429 hold {:.1} s",
+                g.limiter_wait_s, g.hold_wait_s
+            ),
+        );
+        let endpoints: Vec<String> = g
+            .sim_endpoints
+            .iter()
+            .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "graph" | "throttled"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        line(&mut out, "by endpoint", endpoints.join(", "));
+        let runs = &self.runs;
+        line(
+            &mut out,
+            "runs",
+            format!(
+                "{} enriched, {} cached, {} skipped; {} actor hits",
+                runs.enriched, runs.cached, runs.skipped, runs.actor_hits
+            ),
+        );
+        let _ = writeln!(
+            out,
+            "\nLatency (ms)            count      mean       p50       p95       p99       max"
+        );
+        let l = &self.latency;
+        spread_row(&mut out, "publish→commit, all", &l.all);
+        spread_row(&mut out, "  enriched", &l.enriched);
+        spread_row(&mut out, "  cached", &l.cached);
+        spread_row(&mut out, "service, all", &l.service);
+        spread_row(&mut out, "  enriched", &l.service_enriched);
+        out.push_str("\nResources\n");
+        line(
+            &mut out,
+            "peak RSS",
+            format!(
+                "{} (end {}){}{}",
+                mib(r.peak_rss_mib),
+                mib(r.end_rss_mib),
+                if r.peak_rss_window_only {
+                    ", peak of the measured window"
+                } else {
+                    ", peak since start"
+                },
+                if r.rss_includes_simulator {
+                    "; includes the in-process simulator and publisher"
+                } else {
+                    "; includes the publisher, not the simulator"
+                }
+            ),
+        );
+        line(
+            &mut out,
+            "worker CPU",
+            format!(
+                "{:.2} s = {:.3} s per 1,000 observables",
+                r.worker_cpu_s, r.worker_cpu_s_per_1000
+            ),
+        );
+        line(
+            &mut out,
+            "process CPU",
+            format!(
+                "{:.2} s (user {:.2}, system {:.2}); simulator {:.2} s, publisher {:.2} s",
+                r.process_cpu.total(),
+                r.process_cpu.user_s,
+                r.process_cpu.system_s,
+                r.simulator_cpu_s,
+                r.publisher_cpu_s
+            ),
+        );
+        let threads: Vec<String> = r
+            .cpu_by_thread
+            .iter()
+            .filter(|(_, s)| **s >= 0.005)
+            .map(|(k, s)| format!("{k} {s:.2}"))
+            .collect();
+        line(&mut out, "CPU by thread (s)", threads.join(", "));
+        line(
+            &mut out,
+            "Postgres CPU",
+            format!(
+                "{:.2} s in the bench database's backends ({:.2} s all postgres processes)",
+                r.postgres_backends_cpu_s, r.postgres_all_cpu_s
+            ),
+        );
+        line(
+            &mut out,
+            "RabbitMQ CPU",
+            format!("{:.2} s", r.rabbitmq_cpu_s),
+        );
+        let p = &self.postgres;
+        line(
+            &mut out,
+            "Postgres",
+            format!(
+                "{} commits, {} rollbacks, {} rows inserted, {} updated, {} fetched; active {:.2} s",
+                p.commits, p.rollbacks, p.rows_inserted, p.rows_updated, p.rows_fetched, p.active_s
+            ),
+        );
+        let b = &self.breakdown;
+        out.push_str("\nWhere the time went (task-seconds, summed over concurrent work)\n");
+        line(
+            &mut out,
+            "message slots",
+            format!("{:.1} s (concurrency × end to end)", b.slot_capacity_s),
+        );
+        line(
+            &mut out,
+            "pipeline service",
+            format!(
+                "{:.1} s (cache check, Graph, chaining per observable)",
+                b.service_s
+            ),
+        );
+        line(
+            &mut out,
+            "  limiter wait",
+            format!("{:.1} s (inside service, per request)", b.limiter_wait_s),
+        );
+        line(
+            &mut out,
+            "  429 hold wait",
+            format!("{:.1} s (inside service, per request)", b.hold_wait_s),
+        );
+        if let Some(s) = b.sim_latency_s {
+            line(
+                &mut out,
+                "  simulator latency",
+                format!("{s:.1} s (requests × configured latency)"),
+            );
+        }
+        line(
+            &mut out,
+            "Postgres active",
+            format!("{:.1} s (server side, all statements)", b.postgres_active_s),
+        );
+        line(
+            &mut out,
+            "queue wait + write",
+            format!(
+                "{:.1} ms per observable (mean latency − mean service)",
+                b.mean_queue_and_write_ms
+            ),
+        );
+        if !self.notes.is_empty() {
+            out.push_str("\nNotes\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "  - {note}");
+            }
+        }
+        out
+    }
+}
