@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::chain::{
-    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, ProfileIndex,
+    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, Known, ProfileIndex,
 };
-use crate::enrich::{self, EnricherKind, Enrichment};
+use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
@@ -366,34 +366,30 @@ impl Pipeline {
         let chain = match work.chain_depth {
             None => None,
             Some(depth) => {
-                // The reputation enricher just asked Graph about the IOC: put the answer where
-                // the walk looks first, so the walk does not ask again. A failed write only
-                // costs that one request.
-                if let Some(reputation) = enrichment
-                    .results
-                    .iter()
-                    .find_map(|r| r.reputation.as_ref())
-                {
-                    if let Err(error) = self
-                        .store
-                        .save_reputation(work.observable.value(), reputation)
-                        .await
-                    {
-                        tracing::debug!(%error, "reputation not cached before the walk");
-                    }
-                }
                 let settings = ChainSettings {
                     depth,
                     ..self.settings.chain.clone()
                 };
                 let chainer = Chainer::new(self.graph.clone(), Some(self.store.clone()), settings)
                     .with_profiles(self.current_profiles());
-                let passive_dns = enrichment
-                    .results
-                    .iter()
-                    .find_map(|r| r.passive_dns.as_ref());
+                // The enrichers just asked Graph about the IOC: the walk starts from their
+                // answers instead of asking again. A reputation Graph did not find is known too.
+                let unknown = Reputation::default();
+                let known = Known {
+                    passive_dns: enrichment
+                        .results
+                        .iter()
+                        .find_map(|r| r.passive_dns.as_ref()),
+                    reputation: enrichment.results.iter().find_map(|r| {
+                        match (r.enricher, &r.reputation) {
+                            (_, Some(reputation)) => Some(reputation),
+                            (EnricherKind::Reputation, None) if !r.found => Some(&unknown),
+                            _ => None,
+                        }
+                    }),
+                };
                 let report = chainer
-                    .walk_from(&work.observable, passive_dns)
+                    .walk_from(&work.observable, known)
                     .await
                     .map_err(|error| Failure {
                         transient: error.is_transient(),

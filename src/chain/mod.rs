@@ -8,7 +8,7 @@
 //!
 //! - counterparts are canonicalised and deduplicated before any reputation request (the seed asks
 //!   once per record, duplicates included), the IOC itself and non-public addresses are skipped;
-//! - reputations come from the Postgres cache ([`Store::cached_reputation`], TTL
+//! - reputations come from the Postgres cache ([`Store::cached_reputations`], TTL
 //!   [`ChainSettings::reputation_ttl`]) before Graph, and what Graph answers is saved there, so
 //!   IOCs sharing infrastructure pay for a shared counterpart once per TTL; a host Graph does not
 //!   know (404) is cached as an empty reputation so it is not asked again either;
@@ -241,9 +241,15 @@ pub struct Chainer {
     profiles: Arc<ProfileIndex>,
 }
 
-/// How one reputation was obtained.
+/// What the enrichers already read of the IOC, so the walk does not ask Graph again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    pub passive_dns: Option<&'a Collection<PassiveDnsRecord>>,
+    pub reputation: Option<&'a Reputation>,
+}
+
+/// How one reputation was obtained from Graph.
 enum Lookup {
-    Cached(Reputation),
     Fetched(Reputation),
     OverBudget,
 }
@@ -293,18 +299,18 @@ impl Chainer {
 
     /// Walk from `ioc` and attribute what was found; see the module documentation.
     pub async fn walk(&self, ioc: &Observable) -> Result<ChainReport, ChainError> {
-        self.walk_from(ioc, None).await
+        self.walk_from(ioc, Known::default()).await
     }
 
-    /// [`walk`](Self::walk), reusing passive DNS of the IOC that was already read (by the
-    /// passive DNS enricher) when that read was complete; a cut one is read again in full.
+    /// [`walk`](Self::walk), reusing what the enrichers already read of the IOC: its passive DNS
+    /// when that read was complete (a cut one is read again in full), and its reputation.
     pub async fn walk_from(
         &self,
         ioc: &Observable,
-        ioc_passive_dns: Option<&Collection<PassiveDnsRecord>>,
+        known: Known<'_>,
     ) -> Result<ChainReport, ChainError> {
         let root = ioc.value().to_owned();
-        let prefetched = ioc_passive_dns.filter(|c| !c.truncated);
+        let prefetched = known.passive_dns.filter(|c| !c.truncated);
         let mut walk = Walk {
             graph: self.graph.tracked(),
             nodes: HashMap::from([(
@@ -324,6 +330,10 @@ impl Chainer {
             dropped: HashSet::new(),
             budget_spent: false,
         };
+        if let Some(reputation) = known.reputation {
+            walk.reputations
+                .insert(root.clone(), Some(reputation.clone()));
+        }
 
         let mut ask = vec![root.clone()];
         let mut frontier = vec![root.clone()];
@@ -460,14 +470,36 @@ impl Chainer {
         added
     }
 
-    /// The reputation of each host of `keys` not known to this walk yet: cache, else Graph.
+    /// The reputation of each host of `keys` not known to this walk yet: the cache (one query for
+    /// all of them), else Graph; what Graph answered is saved to the cache in one statement.
     async fn reputations(&self, walk: &mut Walk, keys: Vec<String>) -> Result<(), ChainError> {
-        let keys: Vec<String> = {
+        let mut keys: Vec<String> = {
             let mut seen = HashSet::new();
             keys.into_iter()
                 .filter(|k| !walk.reputations.contains_key(k) && seen.insert(k.clone()))
                 .collect()
         };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let Some(store) = &self.store {
+            match store
+                .cached_reputations(&keys, self.settings.reputation_ttl)
+                .await
+            {
+                Ok(mut cached) => keys.retain(|key| match cached.remove(key) {
+                    Some(reputation) => {
+                        walk.cache_hits += 1;
+                        walk.reputations.insert(key.clone(), Some(reputation));
+                        false
+                    }
+                    None => true,
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, "reputation cache unreadable; asking Graph")
+                }
+            }
+        }
         if keys.is_empty() {
             return Ok(());
         }
@@ -482,7 +514,7 @@ impl Chainer {
             .map(|key| {
                 let started = &started;
                 async move {
-                    let lookup = self.reputation(graph, &key, budget, base, started).await?;
+                    let lookup = reputation(graph, &key, budget, base, started).await?;
                     Ok::<_, ChainError>((key, lookup))
                 }
             })
@@ -490,19 +522,24 @@ impl Chainer {
             .try_collect()
             .await?;
         let mut over_budget = 0usize;
+        let mut fetched = Vec::with_capacity(results.len());
         for (key, lookup) in results {
-            let reputation = match lookup {
-                Lookup::Cached(reputation) => {
-                    walk.cache_hits += 1;
-                    Some(reputation)
-                }
-                Lookup::Fetched(reputation) => Some(reputation),
+            match lookup {
+                Lookup::Fetched(reputation) => fetched.push((key, reputation)),
                 Lookup::OverBudget => {
                     over_budget += 1;
-                    None
+                    walk.reputations.insert(key, None);
                 }
-            };
-            walk.reputations.insert(key, reputation);
+            }
+        }
+        if let Some(store) = &self.store {
+            let rows = fetched.iter().map(|(key, r)| (key.as_str(), r));
+            if let Err(error) = store.save_reputations(rows).await {
+                tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
+            }
+        }
+        for (key, reputation) in fetched {
+            walk.reputations.insert(key, Some(reputation));
         }
         if over_budget > 0 {
             walk.budget_spent = true;
@@ -512,46 +549,30 @@ impl Chainer {
         }
         Ok(())
     }
+}
 
-    async fn reputation(
-        &self,
-        graph: &GraphClient,
-        key: &str,
-        budget: u64,
-        base: u64,
-        started: &AtomicU64,
-    ) -> Result<Lookup, ChainError> {
-        let ttl = self.settings.reputation_ttl;
-        if let Some(store) = &self.store {
-            match store.cached_reputation(key, ttl).await {
-                Ok(Some(reputation)) => return Ok(Lookup::Cached(reputation)),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(host = key, %error, "reputation cache unreadable; asking Graph")
-                }
-            }
-        }
-        let spent = graph.requests().max(base + started.load(Ordering::Relaxed));
-        if spent >= budget {
-            return Ok(Lookup::OverBudget);
-        }
-        started.fetch_add(1, Ordering::Relaxed);
-        let reputation = match graph.reputation(key).await? {
-            Some(record) => mapping::reputation(&record),
-            // Unknown to MDTI: cached as an empty reputation so it is not asked again.
-            None => Reputation {
-                classification: None,
-                score: None,
-                rules: Vec::new(),
-            },
-        };
-        if let Some(store) = &self.store {
-            if let Err(error) = store.save_reputation(key, &reputation).await {
-                tracing::warn!(host = key, %error, "could not cache a reputation");
-            }
-        }
-        Ok(Lookup::Fetched(reputation))
+/// The reputation of `key` from Graph, unless the walk's budget is spent.
+async fn reputation(
+    graph: &GraphClient,
+    key: &str,
+    budget: u64,
+    base: u64,
+    started: &AtomicU64,
+) -> Result<Lookup, ChainError> {
+    let spent = graph.requests().max(base + started.load(Ordering::Relaxed));
+    if spent >= budget {
+        return Ok(Lookup::OverBudget);
     }
+    started.fetch_add(1, Ordering::Relaxed);
+    Ok(Lookup::Fetched(match graph.reputation(key).await? {
+        Some(record) => mapping::reputation(&record),
+        // Unknown to MDTI: cached as an empty reputation so it is not asked again.
+        None => Reputation {
+            classification: None,
+            score: None,
+            rules: Vec::new(),
+        },
+    }))
 }
 
 /// The canonical counterpart a passive DNS record names, if it is a public host worth asking

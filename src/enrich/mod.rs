@@ -110,7 +110,7 @@ pub struct ReputationRule {
     pub related_details_url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reputation {
     pub classification: Option<String>,
     pub score: Option<i32>,

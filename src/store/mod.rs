@@ -13,6 +13,7 @@ mod error;
 mod report;
 mod write;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -249,37 +250,55 @@ impl Store {
             .await
     }
 
-    /// The reputation of `host` if it was fetched within `ttl`. A stored value this build cannot
-    /// read is treated as a miss.
+    /// The reputation of `host` if it was fetched within `ttl`; see [`Store::cached_reputations`].
     pub async fn cached_reputation(
         &self,
         host: &str,
         ttl: Duration,
     ) -> Result<Option<Reputation>, StoreError> {
-        if ttl.is_zero() {
-            return Ok(None);
+        let mut found = self.cached_reputations(&[host.to_owned()], ttl).await?;
+        Ok(found.remove(&write::pg_text(host)))
+    }
+
+    /// The reputations of `hosts` fetched within `ttl`, keyed by host, in one query: a walk asks
+    /// for a whole level of counterparts at once rather than one round trip each. A stored value
+    /// this build cannot read is treated as a miss.
+    pub async fn cached_reputations(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<HashMap<String, Reputation>, StoreError> {
+        if ttl.is_zero() || hosts.is_empty() {
+            return Ok(HashMap::new());
         }
-        let row = sqlx::query(
-            "SELECT classification, score, rules FROM reputations \
-             WHERE host = $1 AND fetched_at > now() - make_interval(secs => $2::float8)",
+        let keys: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        let rows = sqlx::query(
+            "SELECT host, classification, score, rules FROM reputations \
+             WHERE host = ANY($1::text[]) AND fetched_at > now() - make_interval(secs => $2::float8)",
         )
-        .bind(write::pg_text(host))
+        .bind(&keys)
         .bind(ttl_seconds(ttl))
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let rules: serde_json::Value = row.try_get("rules")?;
-        match serde_json::from_value::<Vec<ReputationRule>>(rules) {
-            Ok(rules) => Ok(Some(Reputation {
-                classification: row.try_get("classification")?,
-                score: row.try_get("score")?,
-                rules,
-            })),
-            Err(error) => {
-                tracing::warn!(host, %error, "stored reputation rules unreadable; treating as a miss");
-                Ok(None)
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let host: String = row.try_get("host")?;
+            let rules: serde_json::Value = row.try_get("rules")?;
+            match serde_json::from_value::<Vec<ReputationRule>>(rules) {
+                Ok(rules) => {
+                    let reputation = Reputation {
+                        classification: row.try_get("classification")?,
+                        score: row.try_get("score")?,
+                        rules,
+                    };
+                    found.insert(host, reputation);
+                }
+                Err(error) => {
+                    tracing::warn!(host, %error, "stored reputation rules unreadable; treating as a miss");
+                }
             }
         }
+        Ok(found)
     }
 
     /// Store the reputation of `host` (an observable or a counterpart), fetched now.
@@ -288,8 +307,19 @@ impl Store {
         host: &str,
         reputation: &Reputation,
     ) -> Result<(), StoreError> {
+        self.save_reputations([(host, reputation)]).await
+    }
+
+    /// Store reputations fetched now, in one statement (rows locked in host order, so concurrent
+    /// walks saving overlapping hosts do not deadlock).
+    pub async fn save_reputations<'r>(
+        &self,
+        reputations: impl IntoIterator<Item = (&'r str, &'r Reputation)>,
+    ) -> Result<(), StoreError> {
         let mut rows = write::ReputationRows::default();
-        rows.push(host, reputation);
+        for (host, reputation) in reputations {
+            rows.push(host, reputation);
+        }
         rows.execute(&self.pool).await?;
         Ok(())
     }
