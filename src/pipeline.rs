@@ -17,7 +17,7 @@ use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
-use crate::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
+use crate::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError, WalkHits};
 
 /// What should happen to a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,38 +204,42 @@ impl Pipeline {
                 ItemResult::Rejected(r) => rejected.push(r),
             }
         }
-        if let Err(error) = self.store.record_message(&runs, &rejected).await {
-            return store_failure(error);
-        }
-        // Actor hits after the runs they belong to; a failure here retries the message, and the
-        // redelivery finds the runs already written and the hits still to do.
-        let mut events = Vec::new();
-        for (w, answer) in unique.iter().zip(&answers) {
-            let Ok(Answer {
-                chain: Some(report),
-                ..
-            }) = answer
-            else {
-                continue;
-            };
-            if report.hits.is_empty() {
-                continue;
-            }
-            let context = w.request.context.as_ref();
-            let run = run_id(message.message_id, w.request.index as i32);
-            match self
-                .store
-                .record_actor_hits(&w.observable, Some(run), context, &report.hits)
-                .await
-            {
-                Ok(pending) => events.extend(pending.into_iter().map(|p| HitEvent {
+        // The walks' actor hits go in the same transaction as the runs they belong to.
+        let walked: Vec<(&Work, &ChainReport)> = unique
+            .iter()
+            .zip(&answers)
+            .filter_map(|(w, answer)| match answer {
+                Ok(Answer {
+                    chain: Some(report),
+                    ..
+                }) if !report.hits.is_empty() => Some((w, report)),
+                _ => None,
+            })
+            .collect();
+        let walks: Vec<WalkHits<'_>> = walked
+            .iter()
+            .map(|(w, report)| WalkHits {
+                observable: &w.observable,
+                run_id: Some(run_id(message.message_id, w.request.index as i32)),
+                context: w.request.context.as_ref(),
+                hits: &report.hits,
+            })
+            .collect();
+        let pending = match self.store.record_results(&runs, &rejected, &walks).await {
+            Ok(pending) => pending,
+            Err(error) => return store_failure(error),
+        };
+        let events = walks
+            .iter()
+            .zip(pending)
+            .flat_map(|(walk, pending)| {
+                pending.into_iter().map(move |p| HitEvent {
                     hit_id: p.id,
                     routing_key: event_routing_key(&p.hit.actor),
-                    body: actor_hit_event(&w.observable, &p.hit, context),
-                })),
-                Err(error) => return store_failure(error),
-            }
-        }
+                    body: actor_hit_event(walk.observable, &p.hit, walk.context),
+                })
+            })
+            .collect();
         let count = |status| runs.iter().filter(|r| r.status == status).count();
         Outcome::Done {
             enriched: count(RunStatus::Enriched),

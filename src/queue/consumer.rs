@@ -395,12 +395,14 @@ async fn publish_events(
     if events.is_empty() {
         return Ok(());
     }
-    for event in events {
-        publisher
-            .publish_event(&event.routing_key, &event.body)
-            .await?;
-        stats.actor_hits.fetch_add(1, Ordering::Relaxed);
-    }
+    let batch: Vec<(&str, &serde_json::Value)> = events
+        .iter()
+        .map(|e| (e.routing_key.as_str(), &e.body))
+        .collect();
+    publisher.publish_events(&batch).await?;
+    stats
+        .actor_hits
+        .fetch_add(events.len() as u64, Ordering::Relaxed);
     let ids: Vec<i64> = events.iter().map(|e| e.hit_id).collect();
     if let Err(error) = pipeline.store().mark_hits_notified(&ids).await {
         tracing::warn!(%error, hits = ids.len(), "events sent but not marked; they may be announced again");

@@ -290,21 +290,45 @@ impl Publisher {
         routing_key: &str,
         body: &serde_json::Value,
     ) -> Result<(), PublishError> {
-        let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
-            field: "event body",
-            reason: e.to_string(),
-        })?;
-        let message_id = uuid::Uuid::new_v4().to_string();
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(message_id.as_str().into())
-            .with_timestamp(now_secs());
+        self.publish_events(&[(routing_key, body)]).await
+    }
+
+    /// [`Publisher::publish_event`] for each `(routing_key, body)`, pipelined: every event is
+    /// sent, then all the confirms are awaited (one wait, not one round trip per event). Fails
+    /// with the first event that could not be sent or was not confirmed.
+    pub async fn publish_events(
+        &self,
+        events: &[(&str, &serde_json::Value)],
+    ) -> Result<(), PublishError> {
         let exchange = self.topology.events_exchange();
-        let confirm = self
-            .publish_raw(&exchange, routing_key, false, &payload, props)
-            .await?;
-        check(confirm.await, &message_id, &exchange)
+        let mut confirms = Vec::new();
+        for &(routing_key, body) in events {
+            let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
+                field: "event body",
+                reason: e.to_string(),
+            })?;
+            let message_id = uuid::Uuid::new_v4().to_string();
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(PERSISTENT)
+                .with_message_id(message_id.as_str().into())
+                .with_timestamp(now_secs());
+            let confirm = self
+                .publish_raw(&exchange, routing_key, false, &payload, props)
+                .await?;
+            confirms.push((message_id, confirm));
+        }
+        let exchange = exchange.as_str();
+        join_all(
+            confirms
+                .into_iter()
+                .map(|(message_id, confirm)| async move {
+                    check(confirm.await, &message_id, exchange)
+                }),
+        )
+        .await
+        .into_iter()
+        .collect()
     }
 
     async fn publish_to_queue(

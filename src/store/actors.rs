@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::write::{pg_json, pg_text};
@@ -34,13 +34,21 @@ pub struct PendingHit {
     pub hit: ActorHit,
 }
 
+/// The hits one walk found for one observable, to be written with the message's results.
+#[derive(Debug, Clone, Copy)]
+pub struct WalkHits<'a> {
+    pub observable: &'a Observable,
+    /// The run of the message item that walked, if any.
+    pub run_id: Option<Uuid>,
+    /// The producer's context, echoed into the rows and the events.
+    pub context: Option<&'a Value>,
+    pub hits: &'a [ActorHit],
+}
+
 impl Store {
     /// Upsert the hits of one walk of `observable` (and the observable row if missing), in one
-    /// transaction. Returns the hits whose event has not been confirmed yet (new ones, and any
-    /// an earlier delivery stored but could not announce), with their row ids: the caller
-    /// publishes one event for each and then calls [`Store::mark_hits_notified`]. Recording the
-    /// same, already announced hits again returns none. An existing hit gets the new evidence,
-    /// path, profile and aliases, its seen times widened, and the run and context when given.
+    /// transaction; see [`upsert_hits`] for what is returned. A message's hits are normally
+    /// written with its results by [`Store::record_results`].
     pub async fn record_actor_hits(
         &self,
         observable: &Observable,
@@ -51,115 +59,34 @@ impl Store {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
-        // One row per key (Postgres refuses to update a row twice in one statement), in key
-        // order so concurrent writers lock rows in the same order. The last hit of a key wins.
-        let rows: BTreeMap<(String, String), &ActorHit> = hits
-            .iter()
-            .map(|hit| ((pg_text(&hit.actor), pg_text(&hit.artifact)), hit))
-            .collect();
-        let n = rows.len();
-        let (mut actors, mut profile_ids, mut aliases, mut artifacts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut paths, mut evidence, mut first_seen, mut last_seen) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for ((actor, artifact), hit) in &rows {
-            actors.push(actor.clone());
-            artifacts.push(artifact.clone());
-            profile_ids.push(hit.profile_id.as_deref().map(pg_text));
-            aliases.push(text_list(&hit.aliases));
-            paths.push(text_list(&hit.path));
-            evidence.push(pg_json(
-                &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
-            ));
-            first_seen.push(hit.first_seen);
-            last_seen.push(hit.last_seen);
-        }
-
         let mut tx = self.pool().begin().await?;
-        // DO UPDATE (a no-op) so that RETURNING yields the id of an existing row too.
-        let observable_id: i64 = sqlx::query_scalar(
-            "INSERT INTO observables AS o (kind, value) VALUES ($1, $2) \
-             ON CONFLICT (kind, value) DO UPDATE SET value = o.value \
-             RETURNING o.id",
-        )
-        .bind(kind_name(observable.kind()))
-        .bind(pg_text(observable.value()))
-        .fetch_one(&mut *tx)
-        .await?;
-        let statement = format!(
-            "INSERT INTO actor_hits AS h (observable_id, actor, profile_id, aliases, artifact, \
-                 path, evidence, first_seen, last_seen, run_id, context) \
-             SELECT $1, u.actor, u.profile_id, {aliases}, u.artifact, {path}, u.evidence, \
-                 u.first_seen, u.last_seen, $2, $3 \
-             FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::jsonb[], \
-                 $9::jsonb[], $10::timestamptz[], $11::timestamptz[]) \
-                 AS u(actor, profile_id, aliases, artifact, path, evidence, first_seen, last_seen) \
-             ON CONFLICT (observable_id, actor, artifact) DO UPDATE SET \
-                 profile_id = COALESCE(excluded.profile_id, h.profile_id), \
-                 aliases = excluded.aliases, path = excluded.path, \
-                 evidence = excluded.evidence, \
-                 first_seen = LEAST(h.first_seen, excluded.first_seen), \
-                 last_seen = GREATEST(h.last_seen, excluded.last_seen), \
-                 run_id = COALESCE(excluded.run_id, h.run_id), \
-                 context = COALESCE(excluded.context, h.context), \
-                 updated_at = now() \
-             RETURNING h.id, h.actor, h.artifact, (h.notified_at IS NULL) AS pending",
-            aliases = text_array("u.aliases"),
-            path = text_array("u.path"),
-        );
-        let returned = sqlx::query(&statement)
-            .bind(observable_id)
-            .bind(run_id)
-            .bind(context.map(pg_json))
-            .bind(&actors)
-            .bind(&profile_ids)
-            .bind(&aliases)
-            .bind(&artifacts)
-            .bind(&paths)
-            .bind(&evidence)
-            .bind(&first_seen)
-            .bind(&last_seen)
-            .fetch_all(&mut *tx)
-            .await?;
+        let observable_id = observable_id(&mut tx, observable).await?;
+        let walk = WalkHits {
+            observable,
+            run_id,
+            context,
+            hits,
+        };
+        let pending = upsert_hits(&mut tx, observable_id, &walk).await?;
         tx.commit().await?;
-
-        let mut pending = Vec::new();
-        for row in returned {
-            if !row.try_get::<bool, _>("pending")? {
-                continue;
-            }
-            let key: (String, String) = (row.try_get("actor")?, row.try_get("artifact")?);
-            if let Some(hit) = rows.get(&key) {
-                pending.push(PendingHit {
-                    id: row.try_get("id")?,
-                    hit: (*hit).clone(),
-                });
-            }
-        }
-        pending
-            .sort_by(|a, b| (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact)));
         Ok(pending)
     }
 
     /// The events of these hits were confirmed by the broker: they are no longer pending.
+    /// Committed without waiting for the WAL flush: a mark lost in a crash only means the hit
+    /// is announced again.
     pub async fn mark_hits_notified(&self, ids: &[i64]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
+        let mut tx = self.begin_relaxed().await?;
         sqlx::query(
             "UPDATE actor_hits SET notified_at = now() WHERE id = ANY($1) AND notified_at IS NULL",
         )
         .bind(ids)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -334,6 +261,122 @@ impl Store {
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((profiles, indicators))
     }
+}
+
+/// The id of `observable`'s row, inserted if missing.
+pub(super) async fn observable_id(
+    tx: &mut Transaction<'_, Postgres>,
+    observable: &Observable,
+) -> Result<i64, StoreError> {
+    // DO UPDATE (a no-op) so that RETURNING yields the id of an existing row too.
+    Ok(sqlx::query_scalar(
+        "INSERT INTO observables AS o (kind, value) VALUES ($1, $2) \
+         ON CONFLICT (kind, value) DO UPDATE SET value = o.value \
+         RETURNING o.id",
+    )
+    .bind(kind_name(observable.kind()))
+    .bind(pg_text(observable.value()))
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Upsert one walk's hits of the observable `observable_id` in one statement. Returns the hits
+/// whose event has not been confirmed yet (new ones, and any an earlier delivery stored but
+/// could not announce), with their row ids: the caller publishes one event for each and then
+/// calls [`Store::mark_hits_notified`]. Recording the same, already announced hits again returns
+/// none. An existing hit gets the new evidence, path, profile and aliases, its seen times
+/// widened, and the run and context when given.
+pub(super) async fn upsert_hits(
+    tx: &mut Transaction<'_, Postgres>,
+    observable_id: i64,
+    walk: &WalkHits<'_>,
+) -> Result<Vec<PendingHit>, StoreError> {
+    if walk.hits.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per key (Postgres refuses to update a row twice in one statement), in key
+    // order so concurrent writers lock rows in the same order. The last hit of a key wins.
+    let rows: BTreeMap<(String, String), &ActorHit> = walk
+        .hits
+        .iter()
+        .map(|hit| ((pg_text(&hit.actor), pg_text(&hit.artifact)), hit))
+        .collect();
+    let n = rows.len();
+    let (mut actors, mut profile_ids, mut aliases, mut artifacts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut paths, mut evidence, mut first_seen, mut last_seen) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((actor, artifact), hit) in &rows {
+        actors.push(actor.clone());
+        artifacts.push(artifact.clone());
+        profile_ids.push(hit.profile_id.as_deref().map(pg_text));
+        aliases.push(text_list(&hit.aliases));
+        paths.push(text_list(&hit.path));
+        evidence.push(pg_json(
+            &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
+        ));
+        first_seen.push(hit.first_seen);
+        last_seen.push(hit.last_seen);
+    }
+    let statement = format!(
+        "INSERT INTO actor_hits AS h (observable_id, actor, profile_id, aliases, artifact, \
+             path, evidence, first_seen, last_seen, run_id, context) \
+         SELECT $1, u.actor, u.profile_id, {aliases}, u.artifact, {path}, u.evidence, \
+             u.first_seen, u.last_seen, $2, $3 \
+         FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::jsonb[], \
+             $9::jsonb[], $10::timestamptz[], $11::timestamptz[]) \
+             AS u(actor, profile_id, aliases, artifact, path, evidence, first_seen, last_seen) \
+         ON CONFLICT (observable_id, actor, artifact) DO UPDATE SET \
+             profile_id = COALESCE(excluded.profile_id, h.profile_id), \
+             aliases = excluded.aliases, path = excluded.path, \
+             evidence = excluded.evidence, \
+             first_seen = LEAST(h.first_seen, excluded.first_seen), \
+             last_seen = GREATEST(h.last_seen, excluded.last_seen), \
+             run_id = COALESCE(excluded.run_id, h.run_id), \
+             context = COALESCE(excluded.context, h.context), \
+             updated_at = now() \
+         RETURNING h.id, h.actor, h.artifact, (h.notified_at IS NULL) AS pending",
+        aliases = text_array("u.aliases"),
+        path = text_array("u.path"),
+    );
+    let returned = sqlx::query(&statement)
+        .bind(observable_id)
+        .bind(walk.run_id)
+        .bind(walk.context.map(pg_json))
+        .bind(&actors)
+        .bind(&profile_ids)
+        .bind(&aliases)
+        .bind(&artifacts)
+        .bind(&paths)
+        .bind(&evidence)
+        .bind(&first_seen)
+        .bind(&last_seen)
+        .fetch_all(&mut **tx)
+        .await?;
+
+    let mut pending = Vec::new();
+    for row in returned {
+        if !row.try_get::<bool, _>("pending")? {
+            continue;
+        }
+        let key: (String, String) = (row.try_get("actor")?, row.try_get("artifact")?);
+        if let Some(hit) = rows.get(&key) {
+            pending.push(PendingHit {
+                id: row.try_get("id")?,
+                hit: (*hit).clone(),
+            });
+        }
+    }
+    pending.sort_by(|a, b| (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact)));
+    Ok(pending)
 }
 
 #[cfg(test)]

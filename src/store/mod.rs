@@ -22,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-pub use actors::PendingHit;
+pub use actors::{PendingHit, WalkHits};
 pub use error::StoreError;
 pub use report::Summary;
 pub use write::EXTRACT_MAX_BYTES;
@@ -241,7 +241,21 @@ impl Store {
         runs: &[RunRecord],
         rejected: &[RejectedInput],
     ) -> Result<(), StoreError> {
-        write::record_message(&self.pool, runs, rejected).await
+        write::record_message(&self.pool, runs, rejected, &[]).await?;
+        Ok(())
+    }
+
+    /// [`Store::record_message`] and the actor hits of the message's walks, in the same
+    /// transaction: one commit for everything the message produced, and no state where the runs
+    /// are stored but their hits are not. Returns each walk's pending hits (see
+    /// [`Store::record_actor_hits`]), in the order of `walks`.
+    pub async fn record_results(
+        &self,
+        runs: &[RunRecord],
+        rejected: &[RejectedInput],
+        walks: &[WalkHits<'_>],
+    ) -> Result<Vec<Vec<PendingHit>>, StoreError> {
+        write::record_message(&self.pool, runs, rejected, walks).await
     }
 
     /// Record one rejected input (same as `record_message(&[], &[rejected])`).
@@ -320,8 +334,28 @@ impl Store {
         for (host, reputation) in reputations {
             rows.push(host, reputation);
         }
-        rows.execute(&self.pool).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_relaxed().await?;
+        rows.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// A transaction whose commit does not wait for the WAL flush (`synchronous_commit = off`),
+    /// for writes a crash may lose without losing anything: the reputation cache (a lost row is
+    /// asked of Graph again) and event marks (a lost mark announces a hit again, which
+    /// at-least-once events allow). Results never go through here: their commit is what an ack
+    /// waits for. Waiting for the flush is most of what a small commit costs.
+    pub(crate) async fn begin_relaxed(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// The distinct extracts stored for `observable`, whatever enricher found them, in the

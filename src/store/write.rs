@@ -17,9 +17,11 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use super::actors::{self, PendingHit, WalkHits};
 use super::REJECTED_INPUT_MAX_CHARS;
 use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, StoreError};
 use crate::enrich::{EnricherKind, Indicator, Reputation};
+use crate::observable::Observable;
 
 /// Extract values and fields are cut to this many bytes (at a character boundary): the unique
 /// and pivot indexes hold them, and a btree entry is limited to about 2,700 bytes.
@@ -29,9 +31,10 @@ pub(super) async fn record_message(
     pool: &PgPool,
     runs: &[RunRecord],
     rejected: &[RejectedInput],
-) -> Result<(), StoreError> {
-    if runs.is_empty() && rejected.is_empty() {
-        return Ok(());
+    walks: &[WalkHits<'_>],
+) -> Result<Vec<Vec<PendingHit>>, StoreError> {
+    if runs.is_empty() && rejected.is_empty() && walks.iter().all(|w| w.hits.is_empty()) {
+        return Ok(vec![Vec::new(); walks.len()]);
     }
     // Last one wins when a message names the same item twice.
     let runs: BTreeMap<(&str, i32), &RunRecord> = runs
@@ -40,23 +43,40 @@ pub(super) async fn record_message(
         .collect();
 
     let mut tx = pool.begin().await?;
+    let mut ids = HashMap::new();
     if !runs.is_empty() {
-        let ids = upsert_observables(&mut tx, runs.values().copied()).await?;
+        ids = upsert_observables(&mut tx, runs.values().copied()).await?;
         write_runs(&mut tx, &runs, &ids).await?;
     }
     if !rejected.is_empty() {
         upsert_rejected(&mut tx, rejected).await?;
     }
+    let mut pending = Vec::with_capacity(walks.len());
+    for walk in walks {
+        if walk.hits.is_empty() {
+            pending.push(Vec::new());
+            continue;
+        }
+        let observable_id = match ids.get(&key_of(walk.observable)) {
+            Some(&id) => id,
+            None => actors::observable_id(&mut tx, walk.observable).await?,
+        };
+        pending.push(actors::upsert_hits(&mut tx, observable_id, walk).await?);
+    }
     tx.commit().await?;
-    Ok(())
+    Ok(pending)
 }
 
 type ObservableKey = (String, String);
 
 fn observable_key(run: &RunRecord) -> ObservableKey {
+    key_of(&run.observable)
+}
+
+fn key_of(observable: &Observable) -> ObservableKey {
     (
-        kind_name(run.observable.kind()).to_owned(),
-        pg_text(run.observable.value()),
+        kind_name(observable.kind()).to_owned(),
+        pg_text(observable.value()),
     )
 }
 
@@ -393,6 +413,10 @@ impl ReputationRows {
                 pg_json(&rules),
             ),
         );
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub(super) async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
