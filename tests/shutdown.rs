@@ -77,6 +77,11 @@ async fn sigterm_under_load_exits_in_bound_and_loses_nothing() {
         assert!(Instant::now() < deadline, "the worker made no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        db.count("worker_leases").await,
+        0,
+        "a worker without --tenant-quota takes no lease"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
