@@ -48,13 +48,31 @@ fn rates(shares: &[Share]) -> Vec<f64> {
     shares.iter().map(|s| s.requests_per_second).collect()
 }
 
-#[tokio::test]
-async fn shares_follow_the_live_workers_through_a_join_a_clean_leave_and_a_kill() {
+/// Heartbeat every coordinator, round after round, until each took `rate`, at most `rounds`
+/// rounds; returns the last round's shares.
+async fn beat_until(coordinators: &[&Coordinator], rate: f64, rounds: usize) -> Vec<Share> {
+    let mut shares = Vec::new();
+    for _ in 0..rounds {
+        shares = beat(coordinators).await;
+        if rates(&shares).iter().all(|r| *r == rate) {
+            break;
+        }
+    }
+    shares
+}
+
+/// A test database and a simulator for coordinators that stay in this process. Leases expire
+/// after a minute: never between two heartbeats of these tests (a kill is simulated by ageing
+/// a lease in the database instead of waiting).
+async fn in_process_fleet() -> (TestDb, SimHandle, Duration) {
     let db = TestDb::new().await;
     let sim = sim::spawn(SimConfig::default()).await.unwrap();
-    // Long enough that a lease is never counted out between two heartbeats of this test; the
-    // kill below is simulated by ageing the lease in the database instead of waiting.
-    let expiry = Duration::from_secs(60);
+    (db, sim, Duration::from_secs(60))
+}
+
+#[tokio::test]
+async fn shares_follow_the_live_workers_through_a_join_a_clean_leave_and_a_kill() {
+    let (db, sim, expiry) = in_process_fleet().await;
 
     let a = join(&db, &sim, expiry).await;
     let b = join(&db, &sim, expiry).await;
@@ -74,13 +92,7 @@ async fn shares_follow_the_live_workers_through_a_join_a_clean_leave_and_a_kill(
     // A clean leave deletes the lease; the others reach half within two heartbeats.
     c.leave().await.unwrap();
     assert_eq!(db.count("worker_leases").await, 2);
-    let mut shares = Vec::new();
-    for _ in 0..2 {
-        shares = beat(&[&a, &b]).await;
-        if rates(&shares) == vec![QUOTA / 2.0; 2] {
-            break;
-        }
-    }
+    let shares = beat_until(&[&a, &b], QUOTA / 2.0, 2).await;
     assert_eq!(rates(&shares), vec![QUOTA / 2.0; 2]);
 
     // A third joins again, then is killed: it stops heartbeating but its lease stays.
@@ -103,13 +115,7 @@ async fn shares_follow_the_live_workers_through_a_join_a_clean_leave_and_a_kill(
     .execute(db.store.pool())
     .await
     .unwrap();
-    let mut shares = Vec::new();
-    for _ in 0..2 {
-        shares = beat(&[&a, &b]).await;
-        if rates(&shares) == vec![QUOTA / 2.0; 2] {
-            break;
-        }
-    }
+    let shares = beat_until(&[&a, &b], QUOTA / 2.0, 2).await;
     assert_eq!(rates(&shares), vec![QUOTA / 2.0; 2]);
     assert_eq!(
         db.count("worker_leases").await,
@@ -124,9 +130,7 @@ async fn shares_follow_the_live_workers_through_a_join_a_clean_leave_and_a_kill(
 
 #[tokio::test]
 async fn a_429_seen_by_one_worker_holds_back_the_others() {
-    let db = TestDb::new().await;
-    let sim = sim::spawn(SimConfig::default()).await.unwrap();
-    let expiry = Duration::from_secs(60);
+    let (db, sim, expiry) = in_process_fleet().await;
     let throttled = join(&db, &sim, expiry).await;
     let other = join(&db, &sim, expiry).await;
     assert_eq!(other.graph().throttle().held_until(), None);
@@ -166,9 +170,7 @@ async fn a_429_seen_by_one_worker_holds_back_the_others() {
 
 #[tokio::test]
 async fn a_real_429_is_shared_through_the_running_coordinators() {
-    let db = TestDb::new().await;
-    let sim = sim::spawn(SimConfig::default()).await.unwrap();
-    let expiry = Duration::from_secs(60);
+    let (db, sim, expiry) = in_process_fleet().await;
     let throttled_graph = GraphClient::new(graph_settings(&sim)).unwrap();
     let throttled = Coordinator::join(db.store.clone(), throttled_graph.clone(), settings(expiry))
         .await
@@ -288,6 +290,17 @@ async fn batch(messages: i64) -> Batch {
 }
 
 impl Batch {
+    /// `count` worker binaries sharing the tenant quota on this batch's queue.
+    fn start_workers(&self, count: usize) -> WorkerProcesses {
+        WorkerProcesses::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_mdti-worker")),
+            count,
+            fleet_args(&self.db, &self.sim, &self.topology.prefix),
+            false,
+        )
+        .expect("the worker binary starts")
+    }
+
     async fn runs(&self) -> i64 {
         self.db.count("enrichment_runs").await
     }
@@ -318,13 +331,7 @@ impl Batch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_worker_processes_share_the_quota_without_a_429_and_write_each_result_once() {
     let batch = batch(30).await;
-    let workers = WorkerProcesses::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_mdti-worker")),
-        3,
-        fleet_args(&batch.db, &batch.sim, &batch.topology.prefix),
-        false,
-    )
-    .unwrap();
+    let workers = batch.start_workers(3);
 
     eventually(
         Duration::from_secs(30),
@@ -361,13 +368,7 @@ async fn three_worker_processes_share_the_quota_without_a_429_and_write_each_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_one_of_three_is_killed_the_other_two_finish_everything_once() {
     let batch = batch(30).await;
-    let mut workers = WorkerProcesses::spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_mdti-worker")),
-        3,
-        fleet_args(&batch.db, &batch.sim, &batch.topology.prefix),
-        false,
-    )
-    .unwrap();
+    let mut workers = batch.start_workers(3);
     eventually(
         Duration::from_secs(60),
         "the fleet made progress",
