@@ -9,7 +9,8 @@
 //! - sets its limiter to its share: `min(Q / live, Q - the others' recorded shares)`, so a worker
 //!   that just joined does not spend what the others have not yet given up (it waits, at a tenth
 //!   of its fair share at least, until they lower theirs at their next heartbeat); the burst is
-//!   split in the same proportion;
+//!   split in the same proportion. Heartbeats of one tenant run one at a time (an advisory
+//!   lock), so each sees the shares the others last took;
 //! - reads the tenant's shared hold (`tenant_quotas.throttled_until`) and holds back until then.
 //!
 //! A 429 one worker sees is written at once as `throttled_until = greatest(existing, now() +
