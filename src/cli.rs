@@ -12,9 +12,11 @@ use tokio::sync::watch;
 
 use crate::chain::{sync_profiles, ChainSettings, Chainer, ProfileIndex};
 use crate::config::{
-    parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
+    parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, FleetArgs, GraphArgs,
+    WorkerArgs,
 };
 use crate::enrich::{self, Enrichment};
+use crate::fleet::Coordinator;
 use crate::graph::GraphClient;
 use crate::observable::{self, NormaliseOptions, Normalised, ObservableKind};
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -55,7 +57,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Consume observables from RabbitMQ, enrich them, write the results to Postgres
-    Worker(WorkerCmd),
+    Worker(Box<WorkerCmd>),
     /// Publish observables from files or stdin to the input exchange
     Publish(PublishCmd),
     /// Enrich observables now and print the mapped result (no broker, no database)
@@ -82,6 +84,8 @@ pub struct WorkerCmd {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// Use an in-process Graph simulator instead of Microsoft Graph
     #[arg(long, env = "MDTI_SIMULATOR")]
     pub simulator: bool,
@@ -199,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             sim::serve(config, cmd.listen, shutdown_signal()).await?;
             Ok(0)
         }
-        Command::Worker(cmd) => worker_command(cmd).await,
+        Command::Worker(cmd) => worker_command(*cmd).await,
         Command::SyncProfiles(mut cmd) => {
             let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
             let store = migrate(&cmd.database).await?;
@@ -271,6 +275,10 @@ pub async fn graph_client(
 
 async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
     let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
+    let fleet = cmd
+        .fleet
+        .settings(&cmd.graph.tenant_id, cmd.graph.graph_burst)
+        .map_err(anyhow::Error::msg)?;
     let store = if cmd.worker.migrate {
         migrate(&cmd.database).await?
     } else {
@@ -287,7 +295,21 @@ async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         tracing::info!("shutdown requested; finishing in-flight messages");
         let _ = stop.send(true);
     });
-    run_worker(
+    // In a fleet the lease is taken, and the limiter set to this worker's share, before the
+    // first message is consumed; it is given back after the last one is settled.
+    let coordinator = match fleet {
+        Some(settings) => {
+            let coordinator = Coordinator::join(store.clone(), graph.clone(), settings)
+                .await
+                .context(
+                    "joining the fleet sharing the tenant quota (worker_leases in Postgres)",
+                )?;
+            let (leave, leaving) = watch::channel(false);
+            Some((leave, tokio::spawn(coordinator.run(leaving))))
+        }
+        None => None,
+    };
+    let result = run_worker(
         &cmd.graph,
         &cmd.broker,
         &cmd.worker,
@@ -296,7 +318,14 @@ async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         stopped,
         Arc::clone(&stats),
     )
-    .await?;
+    .await;
+    if let Some((leave, coordinator)) = coordinator {
+        let _ = leave.send(true);
+        if let Err(error) = coordinator.await {
+            tracing::warn!(%error, "the fleet coordinator ended abnormally");
+        }
+    }
+    result?;
     Ok(0)
 }
 

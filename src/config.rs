@@ -336,6 +336,56 @@ pub struct WorkerArgs {
     pub exit_when_idle: Option<Duration>,
 }
 
+/// Several workers sharing one tenant's Graph quota (see `crate::fleet`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// Graph requests per second for the whole tenant, shared by every worker with the same
+    /// setting through leases in Postgres (unset: `--graph-rate` per process, no lease)
+    #[arg(long, env = "MDTI_TENANT_QUOTA")]
+    pub tenant_quota: Option<f64>,
+    /// How often a worker renews its lease and recomputes its share of the tenant quota
+    #[arg(long, env = "MDTI_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A worker whose lease was not renewed this long no longer counts (killed or cut off)
+    #[arg(long, env = "MDTI_LEASE_EXPIRY", default_value = "10s", value_parser = parse_duration)]
+    pub lease_expiry: Duration,
+}
+
+impl FleetArgs {
+    /// The fleet settings for `tenant_id`, or `None` without `--tenant-quota`. `graph_burst`
+    /// becomes the tenant's burst, split among the workers like the quota.
+    pub fn settings(
+        &self,
+        tenant_id: &str,
+        graph_burst: u32,
+    ) -> Result<Option<crate::fleet::FleetSettings>, String> {
+        let Some(quota) = self.tenant_quota else {
+            return Ok(None);
+        };
+        if !(quota.is_finite() && quota > 0.0) {
+            return Err(format!(
+                "--tenant-quota must be a positive number of requests per second, not {quota}"
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("--heartbeat-interval must be longer than zero".into());
+        }
+        if self.lease_expiry <= self.heartbeat_interval {
+            return Err(format!(
+                "--lease-expiry ({:?}) must be longer than --heartbeat-interval ({:?}), or live workers would be counted out between heartbeats",
+                self.lease_expiry, self.heartbeat_interval
+            ));
+        }
+        Ok(Some(crate::fleet::FleetSettings {
+            tenant_id: tenant_id.to_owned(),
+            tenant_quota: quota,
+            tenant_burst: graph_burst.max(1),
+            heartbeat_interval: self.heartbeat_interval,
+            lease_expiry: self.lease_expiry,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +410,30 @@ mod tests {
         assert!(parse_enrichers("whois,bogus")
             .unwrap_err()
             .contains("bogus"));
+    }
+
+    #[test]
+    fn fleet_settings_name_the_setting_that_is_wrong() {
+        let fleet = |quota: f64, heartbeat: &str, expiry: &str| FleetArgs {
+            tenant_quota: Some(quota),
+            heartbeat_interval: parse_duration(heartbeat).unwrap(),
+            lease_expiry: parse_duration(expiry).unwrap(),
+        };
+        assert_eq!(FleetArgs::default().settings("t", 10), Ok(None));
+        let settings = fleet(30.0, "2s", "10s").settings("t", 10).unwrap().unwrap();
+        assert_eq!((settings.tenant_quota, settings.tenant_burst), (30.0, 10));
+        assert!(fleet(0.0, "2s", "10s")
+            .settings("t", 10)
+            .unwrap_err()
+            .contains("--tenant-quota"));
+        assert!(fleet(30.0, "0s", "10s")
+            .settings("t", 10)
+            .unwrap_err()
+            .contains("--heartbeat-interval"));
+        assert!(fleet(30.0, "10s", "10s")
+            .settings("t", 10)
+            .unwrap_err()
+            .contains("--lease-expiry"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   limiter, the single retry classifier, paging.
 //! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
 //!   mapping of Graph records to indicators and extracts.
+//! - [`fleet`]: several workers sharing one tenant's Graph quota through leases in Postgres.
 //! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
 //!
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod fleet;
 pub mod graph;
 pub mod logging;
 pub mod observable;

@@ -4,13 +4,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use mdti_worker::queue::{Publisher, Topology};
 
 mod support;
-use support::TestDb;
+use support::{delete_broker_objects, TestDb};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -77,6 +77,11 @@ async fn sigterm_under_load_exits_in_bound_and_loses_nothing() {
         assert!(Instant::now() < deadline, "the worker made no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        db.count("worker_leases").await,
+        0,
+        "a worker without --tenant-quota takes no lease"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -138,19 +143,6 @@ async fn sigterm_under_load_exits_in_bound_and_loses_nothing() {
     assert!(exit.success());
     assert_eq!(runs(&db).await, total, "every message done exactly once");
 
-    for queue in [
-        topology.work_queue(),
-        topology.retry_queue(),
-        topology.dead_letter_queue(),
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [topology.input_exchange(), topology.events_exchange()] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
     let _ = connection.close(200, "done".into()).await;
+    delete_broker_objects(AMQP, &topology).await;
 }

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Future;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
@@ -27,7 +26,7 @@ use tokio::task::JoinHandle;
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 mod support;
-use support::{graph_settings, TestDb};
+use support::{delete_broker_objects, eventually, graph_settings, TestDb};
 
 /// A TCP relay in front of Postgres that a test can cut and restore, to make the database
 /// unreachable for the worker without stopping the shared server.
@@ -266,47 +265,10 @@ impl App {
 
     async fn teardown(mut self) {
         self.stop_worker().await;
-        let connection = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        for queue in [
-            self.topology.work_queue(),
-            self.topology.retry_queue(),
-            self.topology.dead_letter_queue(),
-        ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            self.topology.input_exchange(),
-            self.topology.events_exchange(),
-        ] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), Default::default())
-                .await;
-        }
-        let _ = connection.close(200, "done".into()).await;
+        delete_broker_objects(AMQP, &self.topology).await;
         self.store.close().await;
         // Dropping `db` drops the test database.
         drop(self.sim);
-    }
-}
-
-/// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

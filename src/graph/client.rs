@@ -232,6 +232,12 @@ impl GraphClient {
         &self.inner.stats
     }
 
+    /// The process-wide budget every clone shares: its rate can be changed and its 429 holds
+    /// watched and shared (what a fleet of workers on one tenant needs).
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
+    }
+
     /// Microseconds spent waiting on the rate limiter and on 429 holds, process-wide.
     pub fn wait_micros(&self) -> (u64, u64) {
         let throttle = &self.inner.throttle;

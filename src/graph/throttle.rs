@@ -1,43 +1,83 @@
 //! The client's budget: one `governor` limiter, one in-flight cap and one "hold until" instant,
 //! all shared by every request of the process (first pages, next pages and retries alike).
+//!
+//! A fleet of workers sharing one tenant changes two of them from outside: the limiter's rate
+//! ([`Throttle::set_rate`], each worker's share of the tenant quota) and the hold (a 429 one
+//! worker saw is every worker's 429: [`Throttle::hold_shared`]). The throttle itself knows
+//! nothing of the fleet: it reports its own 429 holds on a watch channel
+//! ([`Throttle::subscribe_holds`]) and takes the others' back.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+
+/// One limiter and the rate it was built for (a governor quota cannot be changed in place).
+struct Limiter {
+    limiter: DefaultDirectRateLimiter,
+    requests_per_second: f64,
+    burst: u32,
+}
+
+impl Limiter {
+    fn new(requests_per_second: f64, burst: u32) -> Limiter {
+        let rate = sane_rate(requests_per_second);
+        let burst = burst.max(1);
+        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .expect("period is at least one nanosecond")
+            .allow_burst(NonZeroU32::new(burst).expect("burst is at least one"));
+        Limiter {
+            limiter: RateLimiter::direct(quota),
+            requests_per_second: rate,
+            burst,
+        }
+    }
+}
+
+fn sane_rate(requests_per_second: f64) -> f64 {
+    if requests_per_second.is_finite() && requests_per_second > 0.0 {
+        requests_per_second
+    } else {
+        1.0
+    }
+}
 
 pub struct Throttle {
     /// One limiter for the process: Graph throttles the tenant, so per-task limiters would add
-    /// up to more than the tenant may spend.
-    limiter: DefaultDirectRateLimiter,
+    /// up to more than the tenant may spend. It sits behind `RwLock<Arc<..>>` so that a fleet
+    /// coordinator can swap in a limiter with a new rate every few seconds: the request path
+    /// takes the read lock only to clone the `Arc` (uncontended, nanoseconds, never held across
+    /// an await), which is nothing next to an HTTPS round trip, and needs no extra dependency.
+    limiter: RwLock<Arc<Limiter>>,
+    /// Bumped on every swap, so that requests queued on the old limiter move to the new one
+    /// (otherwise a backlog queued at a small share would drain at that share long after the
+    /// share grew).
+    swaps: watch::Sender<u64>,
     /// Bounds open requests, so a burst of deliveries cannot open hundreds of sockets at once.
     in_flight: Semaphore,
     /// Set by a 429: every request waits until then. A std Mutex is enough because it is held
     /// only to read or raise one value, never across an await.
     hold_until: Mutex<Option<Instant>>,
+    /// The latest hold this process's own 429s asked for, for whoever shares them (a fleet
+    /// coordinator); holds learnt from others are not echoed here.
+    own_holds: watch::Sender<Option<Instant>>,
     pub(crate) limiter_wait_micros: AtomicU64,
     pub(crate) hold_wait_micros: AtomicU64,
 }
 
 impl Throttle {
     pub fn new(requests_per_second: f64, burst: u32, max_in_flight: usize) -> Self {
-        let rate = if requests_per_second.is_finite() && requests_per_second > 0.0 {
-            requests_per_second
-        } else {
-            1.0
-        };
-        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)
-            .expect("period is at least one nanosecond")
-            .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst is at least one"));
         Throttle {
-            limiter: RateLimiter::direct(quota),
+            limiter: RwLock::new(Arc::new(Limiter::new(requests_per_second, burst))),
+            swaps: watch::Sender::new(0),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             hold_until: Mutex::new(None),
+            own_holds: watch::Sender::new(None),
             limiter_wait_micros: AtomicU64::new(0),
             hold_wait_micros: AtomicU64::new(0),
         }
@@ -46,38 +86,151 @@ impl Throttle {
     /// Wait until this request may go: past any 429 hold, within the rate, under the in-flight cap.
     pub async fn admit(&self) -> SemaphorePermit<'_> {
         loop {
-            let hold = *self.hold_until.lock().expect("hold lock poisoned");
-            match hold {
-                Some(until) if until > Instant::now() => {
-                    let started = Instant::now();
-                    tokio::time::sleep_until(until).await;
-                    add_micros(&self.hold_wait_micros, started.elapsed());
-                }
-                _ => break,
+            self.wait_out_hold().await;
+            // Subscribed before the limiter is read, so a swap in between is not missed.
+            let mut swapped = self.swaps.subscribe();
+            let limiter = Arc::clone(&self.limiter.read().expect("limiter lock poisoned"));
+            let started = Instant::now();
+            // Jitter keeps tasks that wake on the same tick from arriving at Graph in lockstep.
+            // Waiting is cancel-safe: governor takes a cell only when it lets the request go.
+            let ready = tokio::select! {
+                _ = limiter
+                    .limiter
+                    .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5))) => true,
+                _ = swapped.changed() => false,
+            };
+            add_micros(&self.limiter_wait_micros, started.elapsed());
+            // A hold raised while this request waited for the rate (another task's 429, or
+            // another worker's) applies to it too.
+            if ready && self.held_until().is_none() {
+                break;
             }
         }
-        let started = Instant::now();
-        // Jitter keeps tasks that wake on the same tick from arriving at Graph in lockstep.
-        self.limiter
-            .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)))
-            .await;
-        add_micros(&self.limiter_wait_micros, started.elapsed());
         self.in_flight
             .acquire()
             .await
             .expect("the in-flight semaphore is never closed")
     }
 
-    /// Graph throttled us: hold every request back for `wait`, never shortening an earlier hold.
+    async fn wait_out_hold(&self) {
+        while let Some(until) = self.held_until() {
+            let started = Instant::now();
+            tokio::time::sleep_until(until).await;
+            add_micros(&self.hold_wait_micros, started.elapsed());
+        }
+    }
+
+    /// The rate and burst requests are admitted at now.
+    pub fn rate(&self) -> (f64, u32) {
+        let limiter = self.limiter.read().expect("limiter lock poisoned");
+        (limiter.requests_per_second, limiter.burst)
+    }
+
+    /// Admit requests at a new rate from now on. Returns whether anything changed: an unchanged
+    /// rate keeps the current limiter (a new one would start with a full burst).
+    pub fn set_rate(&self, requests_per_second: f64, burst: u32) -> bool {
+        let wanted = (sane_rate(requests_per_second), burst.max(1));
+        let mut limiter = self.limiter.write().expect("limiter lock poisoned");
+        if (limiter.requests_per_second, limiter.burst) == wanted {
+            return false;
+        }
+        *limiter = Arc::new(Limiter::new(wanted.0, wanted.1));
+        self.swaps.send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// Graph throttled us: hold every request back for `wait`, never shortening an earlier hold,
+    /// and tell the subscribers of [`Throttle::subscribe_holds`].
     pub fn hold_for(&self, wait: Duration) {
         let until = Instant::now() + wait;
+        if self.raise_hold(until) {
+            self.own_holds.send_replace(Some(until));
+        }
+    }
+
+    /// Another process sharing the tenant was throttled: hold back for `wait` too, never
+    /// shortening an earlier hold. Not reported to subscribers, so it is not shared back.
+    pub fn hold_shared(&self, wait: Duration) {
+        self.raise_hold(Instant::now() + wait);
+    }
+
+    /// When requests may go again, if a hold is in force.
+    pub fn held_until(&self) -> Option<Instant> {
+        let hold = *self.hold_until.lock().expect("hold lock poisoned");
+        hold.filter(|until| *until > Instant::now())
+    }
+
+    /// The holds this process's own 429s set, latest first: the value changes on every raise.
+    pub fn subscribe_holds(&self) -> watch::Receiver<Option<Instant>> {
+        self.own_holds.subscribe()
+    }
+
+    fn raise_hold(&self, until: Instant) -> bool {
         let mut hold = self.hold_until.lock().expect("hold lock poisoned");
         if hold.is_none_or(|current| current < until) {
             *hold = Some(until);
+            true
+        } else {
+            false
         }
     }
 }
 
 fn add_micros(counter: &AtomicU64, elapsed: Duration) {
     counter.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_rate_swaps_the_limiter_only_when_it_differs() {
+        let throttle = Throttle::new(30.0, 9, 4);
+        assert_eq!(throttle.rate(), (30.0, 9));
+        assert!(!throttle.set_rate(30.0, 9));
+        assert!(throttle.set_rate(10.0, 3));
+        assert_eq!(throttle.rate(), (10.0, 3));
+        // Nonsense rates fall back to one a second rather than panicking.
+        assert!(throttle.set_rate(f64::NAN, 0));
+        assert_eq!(throttle.rate(), (1.0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn own_holds_are_reported_and_shared_holds_are_not() {
+        let throttle = Throttle::new(10.0, 1, 4);
+        let mut holds = throttle.subscribe_holds();
+        throttle.hold_shared(Duration::from_secs(5));
+        assert!(!holds.has_changed().unwrap());
+        assert!(throttle.held_until().is_some());
+
+        // Shorter than the hold in force: nothing changes, nothing is reported.
+        throttle.hold_for(Duration::from_secs(1));
+        assert!(!holds.has_changed().unwrap());
+
+        throttle.hold_for(Duration::from_secs(8));
+        assert!(holds.has_changed().unwrap());
+        let reported = holds.borrow_and_update().expect("a hold");
+        assert_eq!(throttle.held_until(), Some(reported));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_queued_at_a_small_rate_move_to_a_new_larger_one() {
+        // One request a minute, the first one spent: the next would wait a minute.
+        let throttle = Arc::new(Throttle::new(1.0 / 60.0, 1, 4));
+        drop(throttle.admit().await);
+        let waiting = tokio::spawn({
+            let throttle = Arc::clone(&throttle);
+            async move {
+                drop(throttle.admit().await);
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        throttle.set_rate(1000.0, 10);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the queued request went at the new rate")
+            .unwrap();
+    }
 }

@@ -10,6 +10,7 @@
 
 mod actors;
 mod error;
+mod leases;
 mod report;
 mod write;
 
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 pub use actors::{PendingHit, WalkHits};
 pub use error::StoreError;
+pub use leases::{LeaseHolder, LeaseView};
 pub use report::Summary;
 pub use write::EXTRACT_MAX_BYTES;
 

@@ -6,10 +6,14 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
+use std::future::Future;
 use std::time::Duration;
 
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
 use mdti_worker::graph::GraphSettings;
 use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::sim::SimHandle;
 use mdti_worker::store::Store;
@@ -139,4 +143,45 @@ pub fn graph_settings(sim: &SimHandle) -> GraphSettings {
         request_timeout: Duration::from_secs(5),
         ..GraphSettings::default()
     }
+}
+
+/// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Delete a test's queues and exchanges, best effort.
+pub async fn delete_broker_objects(amqp_url: &str, topology: &Topology) {
+    let Ok(connection) = Connection::connect(amqp_url, ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for queue in [
+            topology.work_queue(),
+            topology.retry_queue(),
+            topology.dead_letter_queue(),
+        ] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [topology.input_exchange(), topology.events_exchange()] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
 }

@@ -1,0 +1,350 @@
+//! Several worker processes, on several machines, sharing one Graph tenant's quota.
+//!
+//! Graph throttles a tenant, not a process: N workers each at `--graph-rate` spend N times what
+//! one may. With `--tenant-quota Q`, each worker holds a lease in Postgres (which every worker
+//! already has) and the [`Coordinator`], at every heartbeat:
+//!
+//! - renews its lease and counts the live ones (renewed within `--lease-expiry`), by the
+//!   database's clock;
+//! - sets its limiter to its share: `min(Q / live, Q - the others' recorded shares)`, so a worker
+//!   that just joined does not spend what the others have not yet given up (it waits, at a tenth
+//!   of its fair share at least, until they lower theirs at their next heartbeat); the burst is
+//!   split in the same proportion. Heartbeats of one tenant run one at a time (an advisory
+//!   lock), so each sees the shares the others last took;
+//! - reads the tenant's shared hold (`tenant_quotas.throttled_until`) and holds back until then.
+//!
+//! A 429 one worker sees is written at once as `throttled_until = greatest(existing, now() +
+//! Retry-After)`, so the others stop at their next heartbeat instead of each earning its own
+//! 429. A clean shutdown deletes the lease (the others grow at their next heartbeat); a killed
+//! worker's lease stops counting once it expires. A worker that cannot reach Postgres for longer
+//! than the lease expiry has been counted out by the others, who may have grown into its share:
+//! it drops to a tenth of its share until a heartbeat succeeds again.
+//!
+//! This is where the Graph client and the store meet: `graph` knows no database and `store`
+//! never calls Graph.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use uuid::Uuid;
+
+use crate::graph::GraphClient;
+use crate::store::{LeaseHolder, Store, StoreError};
+
+/// How a fleet shares its tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    /// The tenant whose quota is shared (the Graph tenant id): workers of other tenants in the
+    /// same database do not count.
+    pub tenant_id: String,
+    /// Graph requests per second for the whole tenant.
+    pub tenant_quota: f64,
+    /// Requests the whole tenant may let through at once; split like the quota.
+    pub tenant_burst: u32,
+    pub heartbeat_interval: Duration,
+    /// A lease not renewed this long no longer counts.
+    pub lease_expiry: Duration,
+}
+
+/// One worker's part of the tenant's quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    /// Live workers counted, this one included.
+    pub live_workers: u32,
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+/// A worker's share, given the live workers and what the others recorded: its fair part,
+/// `quota / live`, but never more than the others left, and never less than a tenth of the fair
+/// part (a joiner still makes progress while the others lower theirs).
+pub fn share_of(quota: f64, burst: u32, live_workers: u32, others_share: f64) -> Share {
+    let live = live_workers.max(1);
+    let fair = quota / f64::from(live);
+    let headroom = quota - others_share.max(0.0);
+    let requests_per_second = fair.min(headroom).max(fair / 10.0);
+    let burst = ((f64::from(burst) * requests_per_second / quota).floor() as u32).max(1);
+    Share {
+        live_workers: live,
+        requests_per_second,
+        burst,
+    }
+}
+
+/// Keeps one worker's lease and its limiter in step with the rest of the fleet.
+pub struct Coordinator {
+    store: Store,
+    graph: GraphClient,
+    settings: FleetSettings,
+    holder: LeaseHolder,
+}
+
+impl Coordinator {
+    /// Take a lease and set the limiter to this worker's share before any request goes out.
+    pub async fn join(
+        store: Store,
+        graph: GraphClient,
+        settings: FleetSettings,
+    ) -> Result<Coordinator, StoreError> {
+        let holder = LeaseHolder {
+            id: Uuid::new_v4(),
+            tenant_id: settings.tenant_id.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+        };
+        let coordinator = Coordinator {
+            store,
+            graph,
+            settings,
+            holder,
+        };
+        let share = coordinator.heartbeat().await?;
+        tracing::info!(
+            lease = %coordinator.holder.id,
+            live_workers = share.live_workers,
+            requests_per_second = share.requests_per_second,
+            "joined the fleet sharing the tenant's Graph quota"
+        );
+        Ok(coordinator)
+    }
+
+    pub fn lease_id(&self) -> Uuid {
+        self.holder.id
+    }
+
+    /// The client whose limiter this coordinator sets.
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    /// Renew the lease, take this worker's share of the quota, and honour the tenant's hold.
+    pub async fn heartbeat(&self) -> Result<Share, StoreError> {
+        let (quota, burst) = (self.settings.tenant_quota, self.settings.tenant_burst);
+        let (view, _) = self
+            .store
+            .heartbeat_lease(&self.holder, self.settings.lease_expiry, |view| {
+                share_of(quota, burst, view.live_workers, view.others_share).requests_per_second
+            })
+            .await?;
+        // Applied only once recorded: a share the others cannot see yet is not spent.
+        let share = share_of(quota, burst, view.live_workers, view.others_share);
+        let throttle = self.graph.throttle();
+        if throttle.set_rate(share.requests_per_second, share.burst) {
+            tracing::info!(
+                live_workers = share.live_workers,
+                requests_per_second = share.requests_per_second,
+                burst = share.burst,
+                "Graph share of the tenant quota changed"
+            );
+        }
+        if let Some(wait) = view.throttled_for {
+            throttle.hold_shared(wait);
+        }
+        Ok(share)
+    }
+
+    /// This worker was throttled for `wait`: make it the tenant's hold, and hold back for
+    /// whatever the tenant's hold now is (another worker's may be longer).
+    pub async fn share_throttle(&self, wait: Duration) -> Result<(), StoreError> {
+        let hold = self
+            .store
+            .raise_tenant_hold(&self.settings.tenant_id, wait)
+            .await?;
+        if let Some(hold) = hold {
+            self.graph.throttle().hold_shared(hold);
+        }
+        Ok(())
+    }
+
+    /// Give the lease back: the others' shares grow at their next heartbeat.
+    pub async fn leave(self) -> Result<(), StoreError> {
+        self.store.release_lease(self.holder.id).await
+    }
+
+    /// Heartbeat every interval and share this worker's 429s as they happen, until `stop` turns
+    /// true (or its sender is dropped); then give the lease back.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut holds = self.graph.throttle().subscribe_holds();
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // join() made the first heartbeat.
+        tick.tick().await;
+        let mut last_ok = Instant::now();
+        let mut cut_off = false;
+        let mut holds_open = true;
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tick.tick() => match self.heartbeat().await {
+                    Ok(_) => {
+                        last_ok = Instant::now();
+                        cut_off = false;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "fleet heartbeat failed");
+                        if !cut_off && last_ok.elapsed() > self.settings.lease_expiry {
+                            cut_off = true;
+                            self.fall_back();
+                        }
+                    }
+                },
+                changed = holds.changed(), if holds_open => match changed {
+                    Ok(()) => {
+                        let until = *holds.borrow_and_update();
+                        if let Some(until) = until {
+                            let wait = until.saturating_duration_since(Instant::now());
+                            if let Err(error) = self.share_throttle(wait).await {
+                                tracing::warn!(%error, "could not share a Graph throttle with the fleet");
+                            }
+                        }
+                    }
+                    // The client is gone: nothing more to share, keep heartbeating.
+                    Err(_) => holds_open = false,
+                },
+                changed = stop.changed() => if changed.is_err() {
+                    break;
+                },
+            }
+        }
+        let lease = self.holder.id;
+        match self.leave().await {
+            Ok(()) => tracing::info!(%lease, "left the fleet"),
+            Err(error) => {
+                tracing::warn!(%error, %lease, "could not give the lease back; it expires by itself")
+            }
+        }
+    }
+
+    /// Postgres has been unreachable past the lease expiry: the others no longer count this
+    /// worker and may have grown into its share, so it spends a tenth of its share until it can
+    /// heartbeat again.
+    fn fall_back(&self) {
+        let throttle = self.graph.throttle();
+        let (rate, _) = throttle.rate();
+        throttle.set_rate(rate / 10.0, 1);
+        tracing::warn!(
+            requests_per_second = rate / 10.0,
+            "no fleet heartbeat within the lease expiry: slowing down until Postgres answers"
+        );
+    }
+}
+
+/// This machine's name for the lease row (who holds it), or `unknown`.
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Several `worker` processes of one executable with the same arguments, for batch runs and
+/// benchmarks on one machine (`--tenant-quota` among the arguments makes them share the tenant).
+/// Children still running when this is dropped are killed.
+pub struct WorkerProcesses {
+    children: Vec<Child>,
+}
+
+impl WorkerProcesses {
+    /// Start `count` processes of `executable worker <args>`, their output discarded unless
+    /// `inherit_output`.
+    pub fn spawn<I, S>(
+        executable: &Path,
+        count: usize,
+        args: I,
+        inherit_output: bool,
+    ) -> std::io::Result<WorkerProcesses>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut children = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut command = Command::new(executable);
+            command.arg("worker").args(&args).kill_on_drop(true);
+            if !inherit_output {
+                command
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+            children.push(command.spawn()?);
+        }
+        Ok(WorkerProcesses { children })
+    }
+
+    /// Process ids, in start order (`None` once a process was waited for).
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// SIGKILL worker `index` (no clean shutdown: its lease expires, its unacked messages go
+    /// back to the queue) and reap it.
+    pub async fn kill(&mut self, index: usize) -> std::io::Result<()> {
+        match self.children.get_mut(index) {
+            Some(child) => child.kill().await,
+            None => Err(std::io::Error::other(format!(
+                "no worker {index} among {}",
+                self.children.len()
+            ))),
+        }
+    }
+
+    /// Wait for every worker to exit, at most `timeout` in all; the ones still running then are
+    /// killed and reported as an error naming them.
+    pub async fn wait(mut self, timeout: Duration) -> std::io::Result<Vec<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        let mut statuses = Vec::with_capacity(self.children.len());
+        for (index, child) in self.children.iter_mut().enumerate() {
+            match tokio::time::timeout_at(deadline, child.wait()).await {
+                Ok(status) => statuses.push(status?),
+                Err(_) => {
+                    let running = self.children.len() - index;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{running} worker(s) still running after {timeout:?}; killed"),
+                    ));
+                }
+            }
+        }
+        Ok(statuses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_splits_the_quota_and_the_burst_evenly() {
+        let share = share_of(30.0, 10, 3, 20.0);
+        assert_eq!(share.requests_per_second, 10.0);
+        assert_eq!(share.burst, 3);
+        assert_eq!(share_of(30.0, 10, 1, 0.0).requests_per_second, 30.0);
+    }
+
+    #[test]
+    fn a_joiner_waits_for_the_others_to_give_up_their_share() {
+        // Two workers at half each: the third gets a tenth of its fair third, not a third.
+        let joining = share_of(30.0, 10, 3, 30.0);
+        assert_eq!(joining.requests_per_second, 1.0);
+        assert_eq!(joining.burst, 1);
+        // Once the others lowered theirs to a third, it gets its third.
+        assert_eq!(share_of(30.0, 10, 3, 20.0).requests_per_second, 10.0);
+    }
+
+    #[test]
+    fn after_a_leave_the_rest_grow_to_their_new_fair_part() {
+        assert_eq!(share_of(30.0, 10, 2, 10.0).requests_per_second, 15.0);
+    }
+}
