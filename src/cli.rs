@@ -17,6 +17,7 @@ use crate::config::{
 use crate::enrich::{self, Enrichment};
 use crate::graph::GraphClient;
 use crate::observable::{self, NormaliseOptions, Normalised, ObservableKind};
+use crate::ops::{self, ListenAddr};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::queue::consumer::{self, ConsumerSettings, WorkerStats};
 use crate::queue::message::DecodeLimits;
@@ -85,6 +86,9 @@ pub struct WorkerCmd {
     /// Use an in-process Graph simulator instead of Microsoft Graph
     #[arg(long, env = "MDTI_SIMULATOR")]
     pub simulator: bool,
+    /// Address of /metrics, /healthz and /readyz (empty or `off`: no listener)
+    #[arg(long, env = "MDTI_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: ListenAddr,
 }
 
 #[derive(Args, Debug)]
@@ -270,6 +274,15 @@ pub async fn graph_client(
 }
 
 async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
+    // Bound first: a taken port is a configuration error, reported before any work starts.
+    let ops_listener = match cmd.metrics_listen.0 {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
     let store = if cmd.worker.migrate {
         migrate(&cmd.database).await?
@@ -295,12 +308,15 @@ async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         store,
         stopped,
         Arc::clone(&stats),
+        ops_listener,
     )
     .await?;
     Ok(0)
 }
 
-/// The worker's main job, shared by `worker` and `demo`.
+/// The worker's main job, shared by `worker`, `demo` and `bench`. With `ops_listener`, it also
+/// serves `/metrics`, `/healthz` and `/readyz` there for as long as it runs.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     graph_args: &GraphArgs,
     broker: &BrokerArgs,
@@ -309,6 +325,7 @@ pub async fn run_worker(
     store: Store,
     shutdown: watch::Receiver<bool>,
     stats: Arc<WorkerStats>,
+    ops_listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         graph,
@@ -343,6 +360,16 @@ pub async fn run_worker(
             worker.profile_sync_interval,
         ))
     });
+    let ops_server = ops_listener.map(|listener| {
+        ops::spawn(
+            listener,
+            ops::Ops {
+                graph: pipeline.graph().clone(),
+                store: pipeline.store().clone(),
+                stats: Arc::clone(&stats),
+            },
+        )
+    });
     let settings = ConsumerSettings {
         amqp_url: broker.amqp_url.clone(),
         topology: broker.topology(),
@@ -352,8 +379,8 @@ pub async fn run_worker(
         exit_when_idle: worker.exit_when_idle,
     };
     let result = consumer::run(pipeline, settings, shutdown, stats).await;
-    if let Some(sync) = sync {
-        sync.abort();
+    for task in [sync, ops_server].into_iter().flatten() {
+        task.abort();
     }
     result
 }

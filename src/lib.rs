@@ -7,6 +7,8 @@
 //!   limiter, the single retry classifier, paging.
 //! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
 //!   mapping of Graph records to indicators and extracts.
+//! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
+//!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
 //! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
 //!
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
@@ -20,7 +22,9 @@ pub mod demo;
 pub mod enrich;
 pub mod graph;
 pub mod logging;
+pub mod metrics;
 pub mod observable;
+pub mod ops;
 pub mod pipeline;
 pub mod publish;
 pub mod queue;

@@ -1,9 +1,10 @@
 //! The request loop: token, budget, send, classify, wait, repeat; and paging on top of it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
@@ -16,6 +17,7 @@ use super::retry::{
 };
 use super::throttle::Throttle;
 use super::GraphError;
+use crate::metrics::Histogram;
 use crate::secret::Secret;
 
 /// Characters that must be escaped in one URL path segment: everything but RFC 3986 unreserved.
@@ -120,10 +122,58 @@ impl<T> Default for Collection<T> {
 #[derive(Debug, Default)]
 pub struct GraphStats {
     pub requests: AtomicU64,
+    /// Answers that asked the client to wait (429, or 503/504 with `Retry-After`).
     pub throttled: AtomicU64,
     pub retries: AtomicU64,
+    /// What those answers asked for, summed.
     pub retry_after_micros: AtomicU64,
     pub gave_up: AtomicU64,
+    /// Requests sent and not yet answered (or failed).
+    pub in_flight: AtomicU64,
+    /// Send to last byte of the body (or failure), one observation per request.
+    pub latency: Histogram,
+    /// Requests by endpoint and answer; see [`GraphStats::responses`].
+    responses: Mutex<BTreeMap<(&'static str, Option<u16>), u64>>,
+}
+
+impl GraphStats {
+    /// Requests per `(endpoint, HTTP status)`, the status `None` when no answer came (timeout,
+    /// connection failure). Retries count once per attempt.
+    pub fn responses(&self) -> Vec<(&'static str, Option<u16>, u64)> {
+        self.responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((endpoint, status), count)| (*endpoint, *status, *count))
+            .collect()
+    }
+
+    /// The one place every request's result is recorded, answered or not.
+    fn record(&self, endpoint: &'static str, status: Option<u16>, took: Duration) {
+        self.latency.observe(took);
+        *self
+            .responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((endpoint, status))
+            .or_insert(0) += 1;
+    }
+}
+
+/// Counts a request in flight until dropped, so a cancelled request is not counted forever.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicU64) -> InFlight<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -432,7 +482,7 @@ impl GraphClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let verdict = match self.attempt(url).await {
+            let verdict = match self.attempt(endpoint, url).await {
                 Attempt::Done(body) => return Ok(Some(body)),
                 Attempt::NotFound => return Ok(None),
                 Attempt::Unauthorized(generation) if !refreshed => {
@@ -494,14 +544,29 @@ impl GraphClient {
         }
     }
 
-    async fn attempt(&self, url: &str) -> Attempt {
+    /// One request: token, budget, then the exchange, whose result is recorded whatever it was.
+    async fn attempt(&self, endpoint: &'static str, url: &str) -> Attempt {
         let bearer = match self.inner.tokens.bearer().await {
             Ok(bearer) => bearer,
             Err(error) => return Attempt::Token(error),
         };
         let _permit = self.inner.throttle.admit().await;
-        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.inner.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
         self.tally.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&stats.in_flight);
+        let started = Instant::now();
+        let (attempt, status) = self.exchange(url, &bearer).await;
+        stats.record(endpoint, status, started.elapsed());
+        attempt
+    }
+
+    /// Send, classify, read the body; with the HTTP status when an answer came.
+    async fn exchange(
+        &self,
+        url: &str,
+        bearer: &super::auth::BearerToken,
+    ) -> (Attempt, Option<u16>) {
         let response = match self
             .inner
             .http
@@ -512,9 +577,10 @@ impl GraphClient {
             .await
         {
             Ok(response) => response,
-            Err(error) => return Attempt::Verdict(classify_transport(&error)),
+            Err(error) => return (Attempt::Verdict(classify_transport(&error)), None),
         };
         let status = response.status();
+        let answered = Some(status.as_u16());
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -522,21 +588,22 @@ impl GraphClient {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         match classify_status(status, retry_after) {
             Verdict::Success => {}
-            Verdict::NotFound => return Attempt::NotFound,
-            Verdict::RefreshToken => return Attempt::Unauthorized(bearer.generation),
+            Verdict::NotFound => return (Attempt::NotFound, answered),
+            Verdict::RefreshToken => return (Attempt::Unauthorized(bearer.generation), answered),
             other => {
                 let code = graph_error_code(response).await;
-                return Attempt::Verdict(match (other, code) {
+                let verdict = match (other, code) {
                     (Verdict::GiveUp(reason), Some(code)) => {
                         Verdict::GiveUp(format!("{reason} ({code})"))
                     }
                     (other, _) => other,
-                });
+                };
+                return (Attempt::Verdict(verdict), answered);
             }
         }
         // Reading and parsing belong to the attempt: a body cut off mid-way is a transient
         // failure like any other, and is retried.
-        match response.bytes().await {
+        let attempt = match response.bytes().await {
             Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(body) => Attempt::Done(body),
                 Err(error) => Attempt::Verdict(Verdict::Backoff(format!(
@@ -545,7 +612,8 @@ impl GraphClient {
                 ))),
             },
             Err(error) => Attempt::Verdict(classify_transport(&error)),
-        }
+        };
+        (attempt, answered)
     }
 }
 
