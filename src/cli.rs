@@ -161,6 +161,12 @@ pub struct SimCmd {
     /// Latency added to every answer
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub latency: Duration,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, env = "MDTI_SIM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "MDTI_SIM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -196,11 +202,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 latency: cmd.latency,
                 ..sim::SimConfig::default()
             };
+            let tls = match (&cmd.tls_cert, &cmd.tls_key) {
+                (Some(cert), Some(key)) => Some(sim::TlsIdentity::from_files(cert, key)?),
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
             eprintln!(
-                "Graph simulator on http://{0}/v1.0 (token: http://{0}/<tenant>/oauth2/v2.0/token, client sim-client / sim-secret)",
+                "Graph simulator on {scheme}://{0}/v1.0 (token: {scheme}://{0}/<tenant>/oauth2/v2.0/token, client sim-client / sim-secret)",
                 cmd.listen
             );
-            sim::serve(config, cmd.listen, shutdown_signal()).await?;
+            sim::serve(config, cmd.listen, tls.as_ref(), shutdown_signal()).await?;
             Ok(0)
         }
         Command::Worker(cmd) => worker_command(cmd).await,

@@ -225,10 +225,20 @@ impl GraphClient {
             let pem = std::fs::read(path).map_err(|e| {
                 GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
             })?;
-            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
-            })?;
-            builder = builder.add_root_certificate(certificate);
+            // reqwest takes text without any certificate in it without complaint: a file that
+            // is not PEM would leave the CA untrusted and fail later, far from the cause.
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certificates| !certificates.is_empty())
+                .ok_or_else(|| {
+                    GraphError::Config(format!(
+                        "CA certificate file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                        path.display()
+                    ))
+                })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
         }
         if !settings.tls_verify {
             tracing::warn!(
@@ -496,7 +506,11 @@ impl GraphClient {
                 Attempt::Unauthorized(_) => Verdict::GiveUp(
                     "HTTP 401 after a token refresh: check the app's ThreatIntelligence.Read.All permission".into(),
                 ),
-                Attempt::Token(error) if !error.is_transient() => return Err(error),
+                Attempt::Token(error) if !error.is_transient() => {
+                    stats.gave_up.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(endpoint, attempt, %error, "giving up on a Graph request");
+                    return Err(error);
+                }
                 Attempt::Token(error) => Verdict::Backoff(error.to_string()),
                 Attempt::Verdict(verdict) => verdict,
             };
