@@ -18,7 +18,7 @@ use super::retry::{
 use super::throttle::Throttle;
 use super::GraphError;
 use crate::metrics::Histogram;
-use crate::secret::Secret;
+use crate::secret::{redact_url, Secret};
 
 /// Characters that must be escaped in one URL path segment: everything but RFC 3986 unreserved.
 /// A host key can therefore never add a path segment, a query or a fragment.
@@ -30,7 +30,8 @@ pub const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 const TI: &str = "security/threatIntelligence";
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the URLs through [`redact_url`] and the secret as `[redacted]`.
+#[derive(Clone)]
 pub struct GraphSettings {
     pub graph_base_url: String,
     pub login_base_url: String,
@@ -50,6 +51,48 @@ pub struct GraphSettings {
     /// Extra CA certificate (PEM) trusted beside the system roots.
     pub ca_cert_file: Option<PathBuf>,
     pub tls_verify: bool,
+}
+
+impl std::fmt::Debug for GraphSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured whole, so a new field cannot be left out (or printed raw) unnoticed.
+        let GraphSettings {
+            graph_base_url,
+            login_base_url,
+            tenant_id,
+            client_id,
+            client_secret,
+            requests_per_second,
+            burst,
+            max_in_flight,
+            max_attempts,
+            backoff_base,
+            backoff_cap,
+            request_timeout,
+            token_refresh_margin,
+            page_limits,
+            ca_cert_file,
+            tls_verify,
+        } = self;
+        f.debug_struct("GraphSettings")
+            .field("graph_base_url", &redact_url(graph_base_url))
+            .field("login_base_url", &redact_url(login_base_url))
+            .field("tenant_id", tenant_id)
+            .field("client_id", client_id)
+            .field("client_secret", client_secret)
+            .field("requests_per_second", requests_per_second)
+            .field("burst", burst)
+            .field("max_in_flight", max_in_flight)
+            .field("max_attempts", max_attempts)
+            .field("backoff_base", backoff_base)
+            .field("backoff_cap", backoff_cap)
+            .field("request_timeout", request_timeout)
+            .field("token_refresh_margin", token_refresh_margin)
+            .field("page_limits", page_limits)
+            .field("ca_cert_file", ca_cert_file)
+            .field("tls_verify", tls_verify)
+            .finish()
+    }
 }
 
 impl Default for GraphSettings {
@@ -211,10 +254,8 @@ impl GraphClient {
                 missing.join(", ")
             )));
         }
-        url::Url::parse(&settings.graph_base_url)
-            .map_err(|e| GraphError::Config(format!("Graph base URL: {e}")))?;
-        url::Url::parse(&settings.login_base_url)
-            .map_err(|e| GraphError::Config(format!("login base URL: {e}")))?;
+        check_base_url("Graph base URL", &settings.graph_base_url)?;
+        check_base_url("login base URL", &settings.login_base_url)?;
 
         let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -645,6 +686,19 @@ async fn graph_error_code(response: reqwest::Response) -> Option<String> {
     body.pointer("/error/code")?
         .as_str()
         .map(|code| code.chars().take(80).collect())
+}
+
+/// A base URL must parse and carry no user or password: the client authenticates with its
+/// token, and a password in a URL would travel into logs and next links.
+fn check_base_url(what: &str, raw: &str) -> Result<(), GraphError> {
+    let url = url::Url::parse(raw).map_err(|e| GraphError::Config(format!("{what}: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(GraphError::Config(format!(
+            "{what} {} carries a user or password; Graph takes none",
+            redact_url(raw)
+        )));
+    }
+    Ok(())
 }
 
 fn same_origin(link: &str, base: &str) -> bool {
