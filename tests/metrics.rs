@@ -239,23 +239,18 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
     assert_eq!(at(r#"mdti_observables_total{status="cached"}"#), 1.0);
     assert_eq!(at("mdti_reputation_cache_hits_total"), 1.0);
 
-    // Requests by endpoint and status, each matching what the simulator saw.
-    assert_eq!(
-        at(r#"mdti_graph_requests_total{endpoint="whois",status="429"}"#),
-        1.0
-    );
-    assert_eq!(
-        at(r#"mdti_graph_requests_total{endpoint="whois",status="200"}"#),
-        4.0
-    );
-    assert_eq!(
-        at(r#"mdti_graph_requests_total{endpoint="reputation",status="200"}"#),
-        1.0
-    );
-    assert_eq!(
-        at(r#"mdti_graph_requests_total{endpoint="passiveDns",status="200"}"#),
-        1.0
-    );
+    // Requests by endpoint and status: the throttled whois and its retry, three more whois
+    // answers, and the chained message's reputation and passive DNS.
+    for (endpoint, status, expected) in [
+        ("whois", "429", 1.0),
+        ("whois", "200", 4.0),
+        ("reputation", "200", 1.0),
+        ("passiveDns", "200", 1.0),
+    ] {
+        let series =
+            format!(r#"mdti_graph_requests_total{{endpoint="{endpoint}",status="{status}"}}"#);
+        assert_eq!(at(&series), expected, "{series}");
+    }
     let requests = family_sum(&scrape, "mdti_graph_requests_total");
     assert_eq!(requests, worker.sim.count("graph") as f64);
     assert_eq!(at("mdti_graph_throttled_total"), 1.0);

@@ -4,15 +4,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use mdti_worker::queue::{Publisher, Topology};
 
 mod support;
-use support::TestDb;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use support::{delete_topology, TestDb, AMQP};
 
 fn worker(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
@@ -34,6 +32,8 @@ fn worker(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
             "4",
         ])
         .args(["--chain", "false", "--shutdown-timeout", "15s"])
+        // Any free port: a fixed one could be taken on a shared machine.
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -138,19 +138,6 @@ async fn sigterm_under_load_exits_in_bound_and_loses_nothing() {
     assert!(exit.success());
     assert_eq!(runs(&db).await, total, "every message done exactly once");
 
-    for queue in [
-        topology.work_queue(),
-        topology.retry_queue(),
-        topology.dead_letter_queue(),
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [topology.input_exchange(), topology.events_exchange()] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
     let _ = connection.close(200, "done".into()).await;
+    delete_topology(&topology).await;
 }
