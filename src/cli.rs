@@ -19,6 +19,7 @@ use crate::enrich::{self, Enrichment};
 use crate::fleet::Coordinator;
 use crate::graph::GraphClient;
 use crate::observable::{self, NormaliseOptions, Normalised, ObservableKind};
+use crate::ops::{self, ListenAddr};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::queue::consumer::{self, ConsumerSettings, WorkerStats};
 use crate::queue::message::DecodeLimits;
@@ -89,6 +90,9 @@ pub struct WorkerCmd {
     /// Use an in-process Graph simulator instead of Microsoft Graph
     #[arg(long, env = "MDTI_SIMULATOR")]
     pub simulator: bool,
+    /// Address of /metrics, /healthz and /readyz (empty or `off`: no listener)
+    #[arg(long, env = "MDTI_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: ListenAddr,
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +165,12 @@ pub struct SimCmd {
     /// Latency added to every answer
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub latency: Duration,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, env = "MDTI_SIM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "MDTI_SIM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -196,11 +206,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 latency: cmd.latency,
                 ..sim::SimConfig::default()
             };
+            let tls = match (&cmd.tls_cert, &cmd.tls_key) {
+                (Some(cert), Some(key)) => Some(sim::TlsIdentity::from_files(cert, key)?),
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
             eprintln!(
-                "Graph simulator on http://{0}/v1.0 (token: http://{0}/<tenant>/oauth2/v2.0/token, client sim-client / sim-secret)",
+                "Graph simulator on {scheme}://{0}/v1.0 (token: {scheme}://{0}/<tenant>/oauth2/v2.0/token, client sim-client / sim-secret)",
                 cmd.listen
             );
-            sim::serve(config, cmd.listen, shutdown_signal()).await?;
+            sim::serve(config, cmd.listen, tls.as_ref(), shutdown_signal()).await?;
             Ok(0)
         }
         Command::Worker(cmd) => worker_command(*cmd).await,
@@ -274,6 +289,15 @@ pub async fn graph_client(
 }
 
 async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
+    // Bound first: a taken port is a configuration error, reported before any work starts.
+    let ops_listener = match cmd.metrics_listen.0 {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
     let fleet = cmd
         .fleet
@@ -317,6 +341,7 @@ async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         store,
         stopped,
         Arc::clone(&stats),
+        ops_listener,
     )
     .await;
     if let Some((leave, coordinator)) = coordinator {
@@ -329,7 +354,9 @@ async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The worker's main job, shared by `worker` and `demo`.
+/// The worker's main job, shared by `worker`, `demo` and `bench`. With `ops_listener`, it also
+/// serves `/metrics`, `/healthz` and `/readyz` there for as long as it runs.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     graph_args: &GraphArgs,
     broker: &BrokerArgs,
@@ -338,6 +365,7 @@ pub async fn run_worker(
     store: Store,
     shutdown: watch::Receiver<bool>,
     stats: Arc<WorkerStats>,
+    ops_listener: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         graph,
@@ -372,6 +400,16 @@ pub async fn run_worker(
             worker.profile_sync_interval,
         ))
     });
+    let ops_server = ops_listener.map(|listener| {
+        ops::spawn(
+            listener,
+            ops::Ops {
+                graph: pipeline.graph().clone(),
+                store: pipeline.store().clone(),
+                stats: Arc::clone(&stats),
+            },
+        )
+    });
     let settings = ConsumerSettings {
         amqp_url: broker.amqp_url.clone(),
         topology: broker.topology(),
@@ -381,8 +419,8 @@ pub async fn run_worker(
         exit_when_idle: worker.exit_when_idle,
     };
     let result = consumer::run(pipeline, settings, shutdown, stats).await;
-    if let Some(sync) = sync {
-        sync.abort();
+    for task in [sync, ops_server].into_iter().flatten() {
+        task.abort();
     }
     result
 }

@@ -95,21 +95,10 @@ pub fn parse_enrichers(text: &str) -> Result<Vec<EnricherKind>, String> {
     Ok(out)
 }
 
-/// A URL with any password replaced, for logs and errors.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparsable URL]".into(),
-    }
-}
+pub use crate::secret::redact_url;
 
-/// Microsoft Graph and the login endpoint.
-#[derive(Args, Debug, Clone)]
+/// Microsoft Graph and the login endpoint. `Debug` shows the URLs through [`redact_url`].
+#[derive(Args, Clone)]
 pub struct GraphArgs {
     /// Graph base URL (sovereign clouds and the simulator differ)
     #[arg(
@@ -169,6 +158,46 @@ pub struct GraphArgs {
     /// Turn TLS certificate verification off (dangerous; logs a warning)
     #[arg(long, env = "MDTI_INSECURE_SKIP_TLS_VERIFY", default_value_t = false)]
     pub insecure_skip_tls_verify: bool,
+}
+
+impl std::fmt::Debug for GraphArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured whole, so a new field cannot be left out (or printed raw) unnoticed.
+        let GraphArgs {
+            graph_url,
+            login_url,
+            tenant_id,
+            client_id,
+            client_secret,
+            client_secret_file,
+            graph_rate,
+            graph_burst,
+            graph_max_in_flight,
+            graph_max_attempts,
+            graph_timeout,
+            page_size,
+            max_pages,
+            ca_cert,
+            insecure_skip_tls_verify,
+        } = self;
+        f.debug_struct("GraphArgs")
+            .field("graph_url", &redact_url(graph_url))
+            .field("login_url", &redact_url(login_url))
+            .field("tenant_id", tenant_id)
+            .field("client_id", client_id)
+            .field("client_secret", client_secret)
+            .field("client_secret_file", client_secret_file)
+            .field("graph_rate", graph_rate)
+            .field("graph_burst", graph_burst)
+            .field("graph_max_in_flight", graph_max_in_flight)
+            .field("graph_max_attempts", graph_max_attempts)
+            .field("graph_timeout", graph_timeout)
+            .field("page_size", page_size)
+            .field("max_pages", max_pages)
+            .field("ca_cert", ca_cert)
+            .field("insecure_skip_tls_verify", insecure_skip_tls_verify)
+            .finish()
+    }
 }
 
 impl GraphArgs {
@@ -434,17 +463,5 @@ mod tests {
             .settings("t", 10)
             .unwrap_err()
             .contains("--lease-expiry"));
-    }
-
-    #[test]
-    fn passwords_in_urls_are_redacted() {
-        assert_eq!(
-            redact_url("amqp://guest:hunter2@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1/mdti"),
-            "postgres://postgres@127.0.0.1/mdti"
-        );
     }
 }

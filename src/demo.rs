@@ -108,6 +108,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
         store.clone(),
         stopped,
         Arc::clone(&stats),
+        None,
     )
     .await?;
 

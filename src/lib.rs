@@ -8,6 +8,8 @@
 //! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
 //!   mapping of Graph records to indicators and extracts.
 //! - [`fleet`]: several workers sharing one tenant's Graph quota through leases in Postgres.
+//! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
+//!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
 //! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
 //!
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
@@ -22,7 +24,9 @@ pub mod enrich;
 pub mod fleet;
 pub mod graph;
 pub mod logging;
+pub mod metrics;
 pub mod observable;
+pub mod ops;
 pub mod pipeline;
 pub mod publish;
 pub mod queue;

@@ -32,6 +32,8 @@ pub enum Outcome {
         /// Actor-hit events still to announce (new hits, or ones an earlier delivery stored but
         /// could not announce), to publish on the events exchange before the ack.
         events: Vec<HitEvent>,
+        /// Reputations the chaining read from the Postgres cache instead of Graph.
+        reputation_cache_hits: u64,
     },
     /// Something outside the message failed (Graph after its retries, Postgres): try later.
     Retry { reason: String },
@@ -247,6 +249,11 @@ impl Pipeline {
             skipped: count(RunStatus::Skipped),
             rejected,
             events,
+            reputation_cache_hits: answers
+                .iter()
+                .filter_map(|a| a.as_ref().ok()?.chain.as_ref())
+                .map(|report| report.reputation_cache_hits)
+                .sum(),
         }
     }
 

@@ -13,9 +13,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod support;
-use support::{delete_broker_objects, eventually, graph_settings, TestDb};
+use support::{delete_topology, eventually, graph_settings, TestDb, AMQP};
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const QUOTA: f64 = 30.0;
 
 fn settings(lease_expiry: Duration) -> FleetSettings {
@@ -324,7 +323,7 @@ impl Batch {
     }
 
     async fn teardown(self) {
-        delete_broker_objects(AMQP, &self.topology).await;
+        delete_topology(&self.topology).await;
     }
 }
 

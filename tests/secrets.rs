@@ -118,3 +118,57 @@ async fn no_secret_or_token_reaches_a_log_line_an_error_or_debug_output() {
         );
     }
 }
+
+/// The worker's settings as the command line and the environment give them, with a password in
+/// every URL: `Debug` of the parsed command and of everything derived from it hides them all.
+#[test]
+fn debug_of_the_worker_settings_shows_no_secret_and_no_url_password() {
+    use clap::Parser;
+    use mdti_worker::cli::{Cli, Command};
+
+    const PASSWORD: &str = "Url-Passw0rd-that-must-stay-hidden";
+    let amqp = format!("amqp://guest:{PASSWORD}@127.0.0.1:5672/%2f");
+    let database = format!("postgres://postgres:{PASSWORD}@127.0.0.1:5432/mdti");
+    let graph = format!("https://user:{PASSWORD}@graph.example/v1.0");
+    let login = format!("https://user:{PASSWORD}@login.example");
+    let cli = Cli::parse_from([
+        "mdti-worker",
+        "worker",
+        "--tenant-id",
+        "t",
+        "--client-id",
+        "c",
+        "--client-secret",
+        SECRET,
+        "--amqp-url",
+        &amqp,
+        "--database-url",
+        &database,
+        "--graph-url",
+        &graph,
+        "--login-url",
+        &login,
+    ]);
+    let mut seen = vec![format!("{cli:?}")];
+    let Command::Worker(cmd) = &cli.command else {
+        panic!("parsed as a worker command");
+    };
+    seen.push(format!("{:?}", cmd.graph));
+    seen.push(format!("{:?}", cmd.broker));
+    seen.push(format!("{:?}", cmd.database));
+    seen.push(format!("{:?}", cmd.broker.topology()));
+    let settings = cmd.graph.to_settings().unwrap();
+    seen.push(format!("{settings:?}"));
+    // A Graph URL carrying credentials is refused, and the refusal does not repeat them.
+    let refused = GraphClient::new(settings).err().expect("refused");
+    seen.push(format!("{refused} {refused:?}"));
+    for text in &seen {
+        assert!(!text.contains(SECRET), "the client secret leaked:\n{text}");
+        assert!(!text.contains(PASSWORD), "a URL password leaked:\n{text}");
+    }
+    assert!(
+        seen[0].contains("graph.example"),
+        "the URLs are still there to debug with: {}",
+        seen[0]
+    );
+}

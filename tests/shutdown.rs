@@ -10,9 +10,7 @@ use lapin::{Connection, ConnectionProperties};
 use mdti_worker::queue::{Publisher, Topology};
 
 mod support;
-use support::{delete_broker_objects, TestDb};
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use support::{delete_topology, TestDb, AMQP};
 
 fn worker(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
@@ -34,6 +32,8 @@ fn worker(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
             "4",
         ])
         .args(["--chain", "false", "--shutdown-timeout", "15s"])
+        // Any free port: a fixed one could be taken on a shared machine.
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -144,5 +144,5 @@ async fn sigterm_under_load_exits_in_bound_and_loses_nothing() {
     assert_eq!(runs(&db).await, total, "every message done exactly once");
 
     let _ = connection.close(200, "done".into()).await;
-    delete_broker_objects(AMQP, &topology).await;
+    delete_topology(&topology).await;
 }

@@ -1,8 +1,7 @@
 //! The worker end to end: RabbitMQ in, Postgres out, against the real services and the Graph
 //! simulator. Each test has its own database and its own queue names.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
@@ -19,57 +18,11 @@ use mdti_worker::secret::Secret;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
 use mdti_worker::store::Store;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 mod support;
-use support::{delete_broker_objects, eventually, graph_settings, TestDb};
-
-/// A TCP relay in front of Postgres that a test can cut and restore, to make the database
-/// unreachable for the worker without stopping the shared server.
-struct Relay {
-    port: u16,
-    open: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Relay {
-    async fn start(target: &'static str) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (open2, links2) = (Arc::clone(&open), Arc::clone(&links));
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !open2.load(Ordering::SeqCst) {
-                    continue; // dropped: connection refused in effect
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                links2.lock().unwrap().push(link);
-            }
-        });
-        Relay { port, open, links }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
+use support::{delete_topology, eventually, graph_settings, Relay, TestDb, AMQP};
 
 struct App {
     sim: SimHandle,
@@ -265,7 +218,7 @@ impl App {
 
     async fn teardown(mut self) {
         self.stop_worker().await;
-        delete_broker_objects(AMQP, &self.topology).await;
+        delete_topology(&self.topology).await;
         self.store.close().await;
         // Dropping `db` drops the test database.
         drop(self.sim);

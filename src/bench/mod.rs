@@ -778,6 +778,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
                 store,
                 stopped,
                 stats,
+                None,
             )
             .await
         }

@@ -128,10 +128,12 @@ impl TokenSource {
         let response = match self.http.post(&self.token_url).form(&form).send().await {
             Ok(response) => response,
             Err(error) => {
-                return Err(GraphError::Token {
-                    transient: true,
-                    reason: format!("{:?}", classify_transport(&error)),
-                })
+                let (transient, reason) = match classify_transport(&error) {
+                    Verdict::GiveUp(reason) => (false, reason),
+                    Verdict::Backoff(reason) => (true, reason),
+                    other => (true, format!("{other:?}")),
+                };
+                return Err(GraphError::Token { transient, reason });
             }
         };
         let status = response.status();

@@ -1,9 +1,10 @@
 //! The request loop: token, budget, send, classify, wait, repeat; and paging on top of it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
@@ -16,7 +17,8 @@ use super::retry::{
 };
 use super::throttle::Throttle;
 use super::GraphError;
-use crate::secret::Secret;
+use crate::metrics::Histogram;
+use crate::secret::{redact_url, Secret};
 
 /// Characters that must be escaped in one URL path segment: everything but RFC 3986 unreserved.
 /// A host key can therefore never add a path segment, a query or a fragment.
@@ -28,7 +30,8 @@ pub const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 const TI: &str = "security/threatIntelligence";
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the URLs through [`redact_url`] and the secret as `[redacted]`.
+#[derive(Clone)]
 pub struct GraphSettings {
     pub graph_base_url: String,
     pub login_base_url: String,
@@ -48,6 +51,48 @@ pub struct GraphSettings {
     /// Extra CA certificate (PEM) trusted beside the system roots.
     pub ca_cert_file: Option<PathBuf>,
     pub tls_verify: bool,
+}
+
+impl std::fmt::Debug for GraphSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured whole, so a new field cannot be left out (or printed raw) unnoticed.
+        let GraphSettings {
+            graph_base_url,
+            login_base_url,
+            tenant_id,
+            client_id,
+            client_secret,
+            requests_per_second,
+            burst,
+            max_in_flight,
+            max_attempts,
+            backoff_base,
+            backoff_cap,
+            request_timeout,
+            token_refresh_margin,
+            page_limits,
+            ca_cert_file,
+            tls_verify,
+        } = self;
+        f.debug_struct("GraphSettings")
+            .field("graph_base_url", &redact_url(graph_base_url))
+            .field("login_base_url", &redact_url(login_base_url))
+            .field("tenant_id", tenant_id)
+            .field("client_id", client_id)
+            .field("client_secret", client_secret)
+            .field("requests_per_second", requests_per_second)
+            .field("burst", burst)
+            .field("max_in_flight", max_in_flight)
+            .field("max_attempts", max_attempts)
+            .field("backoff_base", backoff_base)
+            .field("backoff_cap", backoff_cap)
+            .field("request_timeout", request_timeout)
+            .field("token_refresh_margin", token_refresh_margin)
+            .field("page_limits", page_limits)
+            .field("ca_cert_file", ca_cert_file)
+            .field("tls_verify", tls_verify)
+            .finish()
+    }
 }
 
 impl Default for GraphSettings {
@@ -120,10 +165,58 @@ impl<T> Default for Collection<T> {
 #[derive(Debug, Default)]
 pub struct GraphStats {
     pub requests: AtomicU64,
+    /// Answers that asked the client to wait (429, or 503/504 with `Retry-After`).
     pub throttled: AtomicU64,
     pub retries: AtomicU64,
+    /// What those answers asked for, summed.
     pub retry_after_micros: AtomicU64,
     pub gave_up: AtomicU64,
+    /// Requests sent and not yet answered (or failed).
+    pub in_flight: AtomicU64,
+    /// Send to last byte of the body (or failure), one observation per request.
+    pub latency: Histogram,
+    /// Requests by endpoint and answer; see [`GraphStats::responses`].
+    responses: Mutex<BTreeMap<(&'static str, Option<u16>), u64>>,
+}
+
+impl GraphStats {
+    /// Requests per `(endpoint, HTTP status)`, the status `None` when no answer came (timeout,
+    /// connection failure). Retries count once per attempt.
+    pub fn responses(&self) -> Vec<(&'static str, Option<u16>, u64)> {
+        self.responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((endpoint, status), count)| (*endpoint, *status, *count))
+            .collect()
+    }
+
+    /// The one place every request's result is recorded, answered or not.
+    fn record(&self, endpoint: &'static str, status: Option<u16>, took: Duration) {
+        self.latency.observe(took);
+        *self
+            .responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((endpoint, status))
+            .or_insert(0) += 1;
+    }
+}
+
+/// Counts a request in flight until dropped, so a cancelled request is not counted forever.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicU64) -> InFlight<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -161,10 +254,8 @@ impl GraphClient {
                 missing.join(", ")
             )));
         }
-        url::Url::parse(&settings.graph_base_url)
-            .map_err(|e| GraphError::Config(format!("Graph base URL: {e}")))?;
-        url::Url::parse(&settings.login_base_url)
-            .map_err(|e| GraphError::Config(format!("login base URL: {e}")))?;
+        check_base_url("Graph base URL", &settings.graph_base_url)?;
+        check_base_url("login base URL", &settings.login_base_url)?;
 
         let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -175,10 +266,20 @@ impl GraphClient {
             let pem = std::fs::read(path).map_err(|e| {
                 GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
             })?;
-            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
-            })?;
-            builder = builder.add_root_certificate(certificate);
+            // reqwest takes text without any certificate in it without complaint: a file that
+            // is not PEM would leave the CA untrusted and fail later, far from the cause.
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certificates| !certificates.is_empty())
+                .ok_or_else(|| {
+                    GraphError::Config(format!(
+                        "CA certificate file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                        path.display()
+                    ))
+                })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
         }
         if !settings.tls_verify {
             tracing::warn!(
@@ -438,7 +539,7 @@ impl GraphClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let verdict = match self.attempt(url).await {
+            let verdict = match self.attempt(endpoint, url).await {
                 Attempt::Done(body) => return Ok(Some(body)),
                 Attempt::NotFound => return Ok(None),
                 Attempt::Unauthorized(generation) if !refreshed => {
@@ -452,7 +553,11 @@ impl GraphClient {
                 Attempt::Unauthorized(_) => Verdict::GiveUp(
                     "HTTP 401 after a token refresh: check the app's ThreatIntelligence.Read.All permission".into(),
                 ),
-                Attempt::Token(error) if !error.is_transient() => return Err(error),
+                Attempt::Token(error) if !error.is_transient() => {
+                    stats.gave_up.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(endpoint, attempt, %error, "giving up on a Graph request");
+                    return Err(error);
+                }
                 Attempt::Token(error) => Verdict::Backoff(error.to_string()),
                 Attempt::Verdict(verdict) => verdict,
             };
@@ -500,14 +605,29 @@ impl GraphClient {
         }
     }
 
-    async fn attempt(&self, url: &str) -> Attempt {
+    /// One request: token, budget, then the exchange, whose result is recorded whatever it was.
+    async fn attempt(&self, endpoint: &'static str, url: &str) -> Attempt {
         let bearer = match self.inner.tokens.bearer().await {
             Ok(bearer) => bearer,
             Err(error) => return Attempt::Token(error),
         };
         let _permit = self.inner.throttle.admit().await;
-        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.inner.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
         self.tally.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&stats.in_flight);
+        let started = Instant::now();
+        let (attempt, status) = self.exchange(url, &bearer).await;
+        stats.record(endpoint, status, started.elapsed());
+        attempt
+    }
+
+    /// Send, classify, read the body; with the HTTP status when an answer came.
+    async fn exchange(
+        &self,
+        url: &str,
+        bearer: &super::auth::BearerToken,
+    ) -> (Attempt, Option<u16>) {
         let response = match self
             .inner
             .http
@@ -518,9 +638,10 @@ impl GraphClient {
             .await
         {
             Ok(response) => response,
-            Err(error) => return Attempt::Verdict(classify_transport(&error)),
+            Err(error) => return (Attempt::Verdict(classify_transport(&error)), None),
         };
         let status = response.status();
+        let answered = Some(status.as_u16());
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -528,21 +649,22 @@ impl GraphClient {
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
         match classify_status(status, retry_after) {
             Verdict::Success => {}
-            Verdict::NotFound => return Attempt::NotFound,
-            Verdict::RefreshToken => return Attempt::Unauthorized(bearer.generation),
+            Verdict::NotFound => return (Attempt::NotFound, answered),
+            Verdict::RefreshToken => return (Attempt::Unauthorized(bearer.generation), answered),
             other => {
                 let code = graph_error_code(response).await;
-                return Attempt::Verdict(match (other, code) {
+                let verdict = match (other, code) {
                     (Verdict::GiveUp(reason), Some(code)) => {
                         Verdict::GiveUp(format!("{reason} ({code})"))
                     }
                     (other, _) => other,
-                });
+                };
+                return (Attempt::Verdict(verdict), answered);
             }
         }
         // Reading and parsing belong to the attempt: a body cut off mid-way is a transient
         // failure like any other, and is retried.
-        match response.bytes().await {
+        let attempt = match response.bytes().await {
             Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(body) => Attempt::Done(body),
                 Err(error) => Attempt::Verdict(Verdict::Backoff(format!(
@@ -551,7 +673,8 @@ impl GraphClient {
                 ))),
             },
             Err(error) => Attempt::Verdict(classify_transport(&error)),
-        }
+        };
+        (attempt, answered)
     }
 }
 
@@ -569,6 +692,19 @@ async fn graph_error_code(response: reqwest::Response) -> Option<String> {
     body.pointer("/error/code")?
         .as_str()
         .map(|code| code.chars().take(80).collect())
+}
+
+/// A base URL must parse and carry no user or password: the client authenticates with its
+/// token, and a password in a URL would travel into logs and next links.
+fn check_base_url(what: &str, raw: &str) -> Result<(), GraphError> {
+    let url = url::Url::parse(raw).map_err(|e| GraphError::Config(format!("{what}: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(GraphError::Config(format!(
+            "{what} {} carries a user or password; Graph takes none",
+            redact_url(raw)
+        )));
+    }
+    Ok(())
 }
 
 fn same_origin(link: &str, base: &str) -> bool {

@@ -9,11 +9,14 @@
 //! - 408, other 5xx, 429 without a header, timeouts, connection errors and truncated bodies:
 //!   back off exponentially with full jitter, capped.
 //! - Every other 4xx is the request's fault: retrying would only spend quota.
+//! - A server certificate the client does not trust (unknown issuer, wrong name, expired) is a
+//!   configuration problem: not retried, and the reason names the certificate problem.
 
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use reqwest::StatusCode;
+use tokio_rustls::rustls;
 
 /// What to do with one attempt's result.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,8 +49,14 @@ pub fn classify_status(status: StatusCode, retry_after: Option<Duration>) -> Ver
     }
 }
 
-/// Transport failures: all of them are worth another try, but say which kind it was.
+/// Transport failures are worth another try, and the reason says which kind it was; except a
+/// certificate the client does not trust, which no retry will change.
 pub fn classify_transport(error: &reqwest::Error) -> Verdict {
+    if let Some(problem) = certificate_problem(error) {
+        return Verdict::GiveUp(format!(
+            "TLS certificate not trusted: {problem} (if a proxy or private CA signs it, point --ca-cert at that CA's PEM)"
+        ));
+    }
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
@@ -57,8 +66,46 @@ pub fn classify_transport(error: &reqwest::Error) -> Verdict {
     } else {
         "request failed"
     };
-    // reqwest's Display carries the URL (host keys, never secrets) and the cause.
-    Verdict::Backoff(format!("{kind}: {}", without_url(error)))
+    // reqwest's Display carries the URL (host keys, never secrets); the causes say what
+    // actually happened (refused, reset, DNS).
+    Verdict::Backoff(format!("{kind}: {}{}", without_url(error), causes(error)))
+}
+
+/// The rustls verdict on the server's certificate, found anywhere in the error's causes.
+fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(tls @ rustls::Error::InvalidCertificate(_)) =
+            error.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        // An io::Error's source() skips the error it wraps, and that is where the TLS layer
+        // puts the rustls error (inside another io::Error): open it instead.
+        current = match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+/// `: cause: deeper cause` for every cause not already in the text before it.
+fn causes(error: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut current = std::error::Error::source(error);
+    while let Some(cause) = current {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        current = cause.source();
+    }
+    out
 }
 
 /// reqwest errors print their URL; keep the message short and free of query strings.

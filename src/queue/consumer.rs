@@ -12,7 +12,7 @@
 //! - On shutdown it cancels the consumer, gives in-flight messages `shutdown_timeout` to finish,
 //!   then closes the channel, which returns anything unfinished to the queue.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,12 +60,32 @@ pub struct WorkerStats {
     pub rejected_items: AtomicU64,
     /// New actor hits announced on the events exchange.
     pub actor_hits: AtomicU64,
+    /// Counterpart reputations the chaining read from Postgres instead of asking Graph.
+    pub reputation_cache_hits: AtomicU64,
     pub reconnects: AtomicU64,
+    /// The broker connection of the current session is open.
+    pub broker_connected: AtomicBool,
+    /// The consumer is registered and taking deliveries (false once shutdown began).
+    pub consuming: AtomicBool,
 }
 
 impl WorkerStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub fn is(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+}
+
+/// Clears a session's readiness flags however the session ends (error, `?`, shutdown).
+struct SessionFlags<'a>(&'a WorkerStats);
+
+impl Drop for SessionFlags<'_> {
+    fn drop(&mut self) {
+        self.0.consuming.store(false, Ordering::Relaxed);
+        self.0.broker_connected.store(false, Ordering::Relaxed);
     }
 }
 
@@ -134,6 +154,8 @@ async fn session(
         Connection::connect(settings.amqp_url.expose(), ConnectionProperties::default())
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
+    let _flags = SessionFlags(stats);
+    stats.broker_connected.store(true, Ordering::Relaxed);
     let channel = connection.create_channel().await?;
     settings.topology.declare(&channel).await?;
     channel
@@ -155,6 +177,7 @@ async fn session(
         prefetch = settings.concurrency,
         "consuming"
     );
+    stats.consuming.store(true, Ordering::Relaxed);
 
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut idle_since: Option<Instant> = None;
@@ -199,6 +222,8 @@ async fn session(
         }
     };
 
+    // Not ready from here on: in-flight messages finish, new ones wait for another worker.
+    stats.consuming.store(false, Ordering::Relaxed);
     if !matches!(end, SessionEnd::Lost(_)) {
         // Stop new deliveries first, then let the ones in hand finish.
         let _ = channel
@@ -283,8 +308,12 @@ async fn settle(
             skipped,
             rejected,
             events,
+            reputation_cache_hits,
         } => {
             stats.done.fetch_add(1, Ordering::Relaxed);
+            stats
+                .reputation_cache_hits
+                .fetch_add(*reputation_cache_hits, Ordering::Relaxed);
             stats
                 .enriched
                 .fetch_add(*enriched as u64, Ordering::Relaxed);

@@ -81,6 +81,7 @@ mod data;
 mod server;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -90,6 +91,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
+
+pub use tls::TlsIdentity;
 
 /// How a 429's `Retry-After` is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -421,6 +424,18 @@ pub(crate) struct Shared {
     pub(crate) control: SimControl,
     /// Used for links when a request has no `Host` header.
     pub(crate) local: SocketAddr,
+    /// Served over HTTPS: links and base URLs say `https`.
+    pub(crate) tls: bool,
+}
+
+impl Shared {
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// A running simulator. Dropping it (or calling [`SimHandle::shutdown`]) stops the server.
@@ -434,14 +449,15 @@ impl SimHandle {
         self.shared.local
     }
 
-    /// `http://127.0.0.1:PORT/v1.0`
+    /// `http://127.0.0.1:PORT/v1.0` (`https` when served over TLS)
     pub fn graph_base_url(&self) -> String {
-        format!("http://{}/v1.0", self.shared.local)
+        format!("{}://{}/v1.0", self.shared.scheme(), self.shared.local)
     }
 
-    /// `http://127.0.0.1:PORT`; the token path is `/{tenant}/oauth2/v2.0/token` under it.
+    /// `http://127.0.0.1:PORT` (`https` when served over TLS); the token path is
+    /// `/{tenant}/oauth2/v2.0/token` under it.
     pub fn login_base_url(&self) -> String {
-        format!("http://{}", self.shared.local)
+        format!("{}://{}", self.shared.scheme(), self.shared.local)
     }
 
     pub fn counters(&self) -> BTreeMap<String, u64> {
@@ -476,48 +492,84 @@ impl Drop for SimHandle {
 
 /// Starts a simulator on `127.0.0.1` with an ephemeral port, serving in a tokio task.
 pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
+    spawn_with(config, None).await
+}
+
+/// [`spawn`], over HTTPS with `identity`: the handle's URLs say `https`, and so do the links
+/// the simulator writes.
+pub async fn spawn_tls(config: SimConfig, identity: &TlsIdentity) -> std::io::Result<SimHandle> {
+    spawn_with(config, Some(identity)).await
+}
+
+async fn spawn_with(config: SimConfig, tls: Option<&TlsIdentity>) -> std::io::Result<SimHandle> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let local = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        control: SimControl::new(&config),
-        config,
-        local,
-    });
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = server::router(shared.clone());
-    tokio::spawn(async move {
-        let shutdown = async {
-            // A dropped sender also means stop.
-            let _ = stopped.await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::warn!(error = %e, "graph simulator stopped with an error");
-        }
-    });
+    let shared = start(config, listener, tls, async {
+        // A dropped sender also means stop.
+        let _ = stopped.await;
+    })?;
     Ok(SimHandle {
         shared,
         stop: Some(stop),
     })
 }
 
-/// Serves a simulator on `addr` until `shutdown` completes (for a `sim` CLI subcommand).
+/// Serves a simulator on `addr` (over HTTPS with `tls`) until `shutdown` completes (for the
+/// `sim` CLI subcommand).
 pub async fn serve(
     config: SimConfig,
     addr: SocketAddr,
+    tls: Option<&TlsIdentity>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let (done, finished) = oneshot::channel::<()>();
+    let shared = start(config, listener, tls, async move {
+        shutdown.await;
+        let _ = done.send(());
+    })?;
+    tracing::info!(local = %shared.local, tls = shared.tls, "graph simulator listening");
+    let _ = finished.await;
+    Ok(())
+}
+
+/// Serve on `listener` in a task until `shutdown` completes (graceful: requests in flight
+/// finish).
+fn start(
+    config: SimConfig,
+    listener: tokio::net::TcpListener,
+    tls: Option<&TlsIdentity>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Arc<Shared>> {
     let local = listener.local_addr()?;
     let shared = Arc::new(Shared {
         control: SimControl::new(&config),
         config,
         local,
+        tls: tls.is_some(),
     });
-    tracing::info!(%local, "graph simulator listening");
-    axum::serve(listener, server::router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = server::router(shared.clone());
+    // Either the TLS listener (Ok) or the plain one (Err): two listener types, one task.
+    let tls_or_plain = match tls {
+        Some(identity) => Ok(tls::TlsListener::new(listener, identity)?),
+        None => Err(listener),
+    };
+    tokio::spawn(async move {
+        let served = match tls_or_plain {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Err(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "graph simulator stopped with an error");
+        }
+    });
+    Ok(shared)
 }

@@ -599,7 +599,7 @@ fn apply_select(v: Value, select: &Option<Vec<String>>) -> Value {
 
 /// What an answer needs to know about its request.
 struct Ctx<'a> {
-    /// `http://host:port`, from the Host header.
+    /// `http://host:port` (or `https`), from the Host header.
     origin: String,
     path: &'a str,
     raw_query: Option<&'a str>,
@@ -785,7 +785,7 @@ fn origin(headers: &HeaderMap, sh: &Shared) -> String {
         })
         .map(str::to_string)
         .unwrap_or_else(|| sh.local.to_string());
-    format!("http://{host}")
+    format!("{}://{host}", sh.scheme())
 }
 
 async fn graph(

@@ -654,7 +654,7 @@ async fn serve_runs_until_its_shutdown_future() {
         .local_addr()
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(SimConfig::default(), addr, async {
+    let task = tokio::spawn(serve(SimConfig::default(), addr, None, async {
         let _ = stopped.await;
     }));
     let url = format!("http://{addr}/_sim/counters");

@@ -434,6 +434,12 @@ impl Store {
             .collect()
     }
 
+    /// `SELECT 1`: whether Postgres answers now (readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Close the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;

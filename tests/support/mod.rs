@@ -7,10 +7,15 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
 use mdti_worker::graph::GraphSettings;
 use mdti_worker::observable::{normalise, Normalised, Observable};
 use mdti_worker::queue::Topology;
@@ -18,6 +23,8 @@ use mdti_worker::secret::Secret;
 use mdti_worker::sim::SimHandle;
 use mdti_worker::store::Store;
 use uuid::Uuid;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The result tables, for before/after comparisons.
 pub const TABLES: [&str; 7] = [
@@ -145,6 +152,49 @@ pub fn graph_settings(sim: &SimHandle) -> GraphSettings {
     }
 }
 
+/// A TCP relay in front of Postgres that a test can cut and restore, to make the database
+/// unreachable for the worker without stopping the shared server.
+pub struct Relay {
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    pub async fn start(target: &'static str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (open2, links2) = (Arc::clone(&open), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links2.lock().unwrap().push(link);
+            }
+        });
+        Relay { port, open, links }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -162,26 +212,26 @@ where
 }
 
 /// Delete a test's queues and exchanges, best effort.
-pub async fn delete_broker_objects(amqp_url: &str, topology: &Topology) {
-    let Ok(connection) = Connection::connect(amqp_url, ConnectionProperties::default()).await
-    else {
+pub async fn delete_topology(topology: &Topology) {
+    let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await else {
         return;
     };
-    if let Ok(channel) = connection.create_channel().await {
-        for queue in [
-            topology.work_queue(),
-            topology.retry_queue(),
-            topology.dead_letter_queue(),
-        ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [topology.input_exchange(), topology.events_exchange()] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), Default::default())
-                .await;
-        }
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for queue in [
+        topology.work_queue(),
+        topology.retry_queue(),
+        topology.dead_letter_queue(),
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [topology.input_exchange(), topology.events_exchange()] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
     }
     let _ = connection.close(200, "done".into()).await;
 }

@@ -1,0 +1,291 @@
+//! The worker's operations listener: `/metrics` (Prometheus text format), `/healthz` and
+//! `/readyz`, on one address (`--metrics-listen`).
+//!
+//! Nothing here counts anything: the metrics are read, at scrape time, from the counters the
+//! work already keeps ([`GraphStats`] in the Graph client, [`WorkerStats`] in the consumer), so
+//! a scrape costs nothing on the request path and the listener can be left out entirely.
+//!
+//! [`GraphStats`]: crate::graph::GraphStats
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::graph::GraphClient;
+use crate::metrics::Exposition;
+use crate::queue::consumer::WorkerStats;
+use crate::store::Store;
+
+/// How long `/readyz` waits for Postgres to answer `SELECT 1` before calling it not ready.
+const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The content type of the text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A listen address that may be switched off: empty (or `off`) means no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.is_empty() || text.eq_ignore_ascii_case("off") {
+            return Ok(ListenAddr(None));
+        }
+        text.parse()
+            .map(|addr| ListenAddr(Some(addr)))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is not a listen address (like 127.0.0.1:9464), nor empty or `off`"
+                )
+            })
+    }
+}
+
+/// What the listener reads from.
+#[derive(Clone)]
+pub struct Ops {
+    pub graph: GraphClient,
+    pub store: Store,
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is aborted.
+pub fn spawn(listener: TcpListener, ops: Ops) -> JoinHandle<()> {
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(%local, "metrics and health endpoints listening");
+    }
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router(ops)).await {
+            tracing::warn!(%error, "the metrics listener stopped");
+        }
+    })
+}
+
+pub fn router(ops: Ops) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(ops))
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        render(&ops.graph, &ops.stats),
+    )
+        .into_response()
+}
+
+/// The process answers: that is all liveness means.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the broker connection is up, the consumer takes deliveries and Postgres answers;
+/// otherwise 503 naming what is not.
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    let broker = WorkerStats::is(&ops.stats.broker_connected);
+    let consumer = WorkerStats::is(&ops.stats.consuming);
+    let postgres = match tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, ops.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "no answer to SELECT 1 within {POSTGRES_PROBE_TIMEOUT:?}"
+        )),
+    };
+    let mut not_ready = Vec::new();
+    let mut checks = serde_json::Map::new();
+    let mut check = |name: &str, result: Result<(), String>| {
+        let value = match result {
+            Ok(()) => json!("ok"),
+            Err(problem) => {
+                not_ready.push(name.to_owned());
+                json!(problem)
+            }
+        };
+        checks.insert(name.to_owned(), value);
+    };
+    check(
+        "broker",
+        broker
+            .then_some(())
+            .ok_or_else(|| "no broker connection".to_owned()),
+    );
+    check("postgres", postgres);
+    check(
+        "consumer",
+        consumer
+            .then_some(())
+            .ok_or_else(|| "not consuming".to_owned()),
+    );
+    let status = if not_ready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": not_ready.is_empty(),
+        "not_ready": not_ready,
+        "checks": checks,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Every metric of the worker, as one scrape.
+pub fn render(graph: &GraphClient, stats: &WorkerStats) -> String {
+    let get = |counter| WorkerStats::get(counter) as f64;
+    let mut out = Exposition::new();
+
+    out.counter_value(
+        "mdti_messages_received_total",
+        "Deliveries taken from the work queue.",
+        get(&stats.messages),
+    );
+    out.counter(
+        "mdti_messages_total",
+        "Deliveries by outcome: done (acked after the Postgres commit; its bad items, if any, also went to the dead-letter queue), retried (sent to the retry queue), dead_lettered (a whole message, or the bad items of a done one), requeued (handed back to the broker because its retry or dead-letter copy could not be published).",
+        &[
+            (&[("outcome", "done")], get(&stats.done)),
+            (&[("outcome", "retried")], get(&stats.retried)),
+            (&[("outcome", "dead_lettered")], get(&stats.dead_lettered)),
+            (&[("outcome", "requeued")], get(&stats.requeued)),
+        ],
+    );
+    out.counter(
+        "mdti_observables_total",
+        "Observables of done messages by status: enriched from Graph, cached (answered from Postgres within --cache-ttl), skipped (non-public), rejected (bad input).",
+        &[
+            (&[("status", "enriched")], get(&stats.enriched)),
+            (&[("status", "cached")], get(&stats.cached)),
+            (&[("status", "skipped")], get(&stats.skipped)),
+            (&[("status", "rejected")], get(&stats.rejected_items)),
+        ],
+    );
+    out.counter_value(
+        "mdti_actor_hits_total",
+        "New actor hits announced on the events exchange.",
+        get(&stats.actor_hits),
+    );
+    out.counter_value(
+        "mdti_reputation_cache_hits_total",
+        "Reputations chaining read from the Postgres cache instead of asking Graph.",
+        get(&stats.reputation_cache_hits),
+    );
+    out.counter_value(
+        "mdti_broker_reconnects_total",
+        "Broker sessions lost and rebuilt.",
+        get(&stats.reconnects),
+    );
+    let flag = |f| if WorkerStats::is(f) { 1.0 } else { 0.0 };
+    out.gauge(
+        "mdti_broker_connected",
+        "1 while the worker's broker connection is open.",
+        &[(&[], flag(&stats.broker_connected))],
+    );
+    out.gauge(
+        "mdti_consumer_running",
+        "1 while the consumer takes deliveries.",
+        &[(&[], flag(&stats.consuming))],
+    );
+
+    let graph_stats = graph.stats();
+    let responses = graph_stats.responses();
+    let statuses: Vec<String> = responses
+        .iter()
+        .map(|(_, status, _)| status.map_or_else(|| "none".to_owned(), |s| s.to_string()))
+        .collect();
+    let samples: Vec<([(&str, &str); 2], f64)> = responses
+        .iter()
+        .zip(&statuses)
+        .map(|((endpoint, _, count), status)| {
+            (
+                [("endpoint", *endpoint), ("status", status.as_str())],
+                *count as f64,
+            )
+        })
+        .collect();
+    let samples: Vec<(&[(&str, &str)], f64)> = samples
+        .iter()
+        .map(|(labels, count)| (&labels[..], *count))
+        .collect();
+    out.counter(
+        "mdti_graph_requests_total",
+        "Graph requests by endpoint and HTTP status (status \"none\": no answer, e.g. a timeout, a refused connection or a TLS failure). Every attempt counts.",
+        &samples,
+    );
+    let seconds = |micros: u64| micros as f64 / 1e6;
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    out.counter_value(
+        "mdti_graph_throttled_total",
+        "Graph answers asking the client to wait: 429, or 503/504 with Retry-After.",
+        load(&graph_stats.throttled) as f64,
+    );
+    out.counter_value(
+        "mdti_graph_retry_after_seconds_total",
+        "Seconds of Retry-After those answers asked for, summed.",
+        seconds(load(&graph_stats.retry_after_micros)),
+    );
+    let (limiter_micros, hold_micros) = graph.wait_micros();
+    out.counter_value(
+        "mdti_graph_throttle_hold_seconds_total",
+        "Seconds requests spent waiting out Retry-After holds, summed over requests.",
+        seconds(hold_micros),
+    );
+    out.counter_value(
+        "mdti_graph_rate_limiter_wait_seconds_total",
+        "Seconds requests spent waiting for the client's own rate limiter (--graph-rate), summed over requests.",
+        seconds(limiter_micros),
+    );
+    out.counter_value(
+        "mdti_graph_retries_total",
+        "Graph requests tried again by the client.",
+        load(&graph_stats.retries) as f64,
+    );
+    out.counter_value(
+        "mdti_graph_gave_up_total",
+        "Graph requests the client gave up on (not retryable, or out of attempts).",
+        load(&graph_stats.gave_up) as f64,
+    );
+    out.gauge(
+        "mdti_graph_in_flight_requests",
+        "Graph requests sent and not yet answered.",
+        &[(&[], load(&graph_stats.in_flight) as f64)],
+    );
+    out.histogram(
+        "mdti_graph_request_duration_seconds",
+        "Graph request latency, from sending to the last byte of the answer (or the failure).",
+        &graph_stats.latency.snapshot(),
+    );
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_address_can_be_switched_off() {
+        assert_eq!("".parse::<ListenAddr>().unwrap(), ListenAddr(None));
+        assert_eq!("off".parse::<ListenAddr>().unwrap(), ListenAddr(None));
+        assert_eq!(
+            "127.0.0.1:9464".parse::<ListenAddr>().unwrap(),
+            ListenAddr(Some("127.0.0.1:9464".parse().unwrap()))
+        );
+        let error = "localhost".parse::<ListenAddr>().unwrap_err();
+        assert!(error.contains("localhost"), "{error}");
+    }
+}
