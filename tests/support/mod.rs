@@ -15,6 +15,8 @@ use mdti_worker::sim::SimHandle;
 use mdti_worker::store::Store;
 use uuid::Uuid;
 
+pub mod harness;
+
 /// The result tables, for before/after comparisons.
 pub const TABLES: [&str; 7] = [
     "observables",
@@ -113,6 +115,54 @@ impl Drop for TestDb {
             eprintln!("could not drop test database {}", self.name);
         }
     }
+}
+
+/// Decode the escapes of the test corpora (`tests/data/*.tsv`): `\t \n \r \\ \0 \xNN` (raw
+/// bytes) and `@big:N` (N 'a' characters).
+pub fn decode_escapes(cell: &str) -> Result<Vec<u8>, String> {
+    let mut out: Vec<u8> = Vec::with_capacity(cell.len());
+    let bytes = cell.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"@big:") {
+            let after = &bytes[i + "@big:".len()..];
+            let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+            let n: usize = std::str::from_utf8(&after[..digits])
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| format!("@big: without a count in {cell:?}"))?;
+            out.resize(out.len() + n, b'a');
+            i += "@big:".len() + digits;
+            continue;
+        }
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escape = bytes
+            .get(i + 1)
+            .ok_or_else(|| format!("trailing backslash in {cell:?}"))?;
+        match escape {
+            b't' => out.push(b'\t'),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b'\\' => out.push(b'\\'),
+            b'0' => out.push(0),
+            b'x' => {
+                let hex = cell
+                    .get(i + 2..i + 4)
+                    .ok_or_else(|| format!("short \\x escape in {cell:?}"))?;
+                let byte = u8::from_str_radix(hex, 16)
+                    .map_err(|_| format!("bad \\x escape {hex:?} in {cell:?}"))?;
+                out.push(byte);
+                i += 2;
+            }
+            other => return Err(format!("unknown escape \\{} in {cell:?}", *other as char)),
+        }
+        i += 2;
+    }
+    Ok(out)
 }
 
 /// A ready observable from text; panics (in a test) if the text is not one.
