@@ -197,7 +197,7 @@ pub(crate) enum TokenProblem {
 }
 
 /// Every counter name, so that `/_sim/counters` always lists all of them (zeros included).
-pub(crate) const COUNTER_NAMES: [&str; 16] = [
+pub(crate) const COUNTER_NAMES: [&str; 18] = [
     "token",
     "graph",
     "host",
@@ -214,6 +214,10 @@ pub(crate) const COUNTER_NAMES: [&str; 16] = [
     "throttled",
     "errors",
     "unauthorized",
+    // Answers the misbehaviour knobs slowed down or cut short, so a chaos test can tell that
+    // the chaos happened.
+    "slow",
+    "truncated",
 ];
 
 /// Locks, ignoring poisoning: the guarded data stays consistent (every critical section is a
@@ -406,6 +410,7 @@ impl SimControl {
             return Verdict::Error(status);
         }
         let delay = if st.slow_ratio > 0.0 && st.rng.chance(st.slow_ratio) {
+            self.bump("slow");
             st.slow_latency
         } else {
             st.latency
