@@ -30,6 +30,9 @@ use super::{graph_settings, TestDb};
 
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// `application_name` of the in-process worker's Postgres sessions.
+pub const WORKER_APPLICATION_NAME: &str = "mdti-worker-under-test";
+
 /// A topology of its own for one test: a unique prefix, a short retry delay.
 pub fn fresh_topology() -> Topology {
     Topology {
@@ -312,7 +315,12 @@ pub async fn spawn_app(options: Options) -> App {
         Some(relay) => db.url_via_port(relay.port),
         None => db.url.clone(),
     };
-    let store = Store::connect(&worker_url, 4).await.unwrap();
+    // Named, so a test can find (and end) exactly the worker's database sessions.
+    let mut worker_url = url::Url::parse(&worker_url).unwrap();
+    worker_url
+        .query_pairs_mut()
+        .append_pair("application_name", WORKER_APPLICATION_NAME);
+    let store = Store::connect(worker_url.as_str(), 4).await.unwrap();
     let graph = GraphClient::new((options.graph)(GraphSettings {
         max_attempts: options.graph_attempts,
         ..graph_settings(&sim)

@@ -82,6 +82,33 @@ impl TestDb {
             .unwrap()
     }
 
+    /// Every message item has exactly one run, `items` in all, and no extract is stored twice:
+    /// what a redelivery after a fault must leave behind.
+    pub async fn assert_each_item_once(&self, items: i64) {
+        assert_eq!(
+            self.count("enrichment_runs").await,
+            items,
+            "one run per message item"
+        );
+        assert_eq!(
+            self.query_count(
+                "SELECT count(*) FROM (SELECT DISTINCT message_id, item_index FROM enrichment_runs) d"
+            )
+            .await,
+            items,
+            "no item has two runs"
+        );
+        assert_eq!(
+            self.query_count(
+                "SELECT count(*) FROM (SELECT observable_id, enricher, kind, value, field FROM extracts \
+                 GROUP BY 1, 2, 3, 4, 5 HAVING count(*) > 1) d"
+            )
+            .await,
+            0,
+            "no extract stored twice"
+        );
+    }
+
     pub async fn counts(&self) -> Vec<(&'static str, i64)> {
         let mut counts = Vec::new();
         for table in TABLES {
