@@ -1210,7 +1210,10 @@ mod tests {
         let msg = err("../../etc/passwd").to_string();
         assert!(msg.contains("(the host of \"../../etc/passwd\")"), "{msg}");
         let msg = err("http://a..com/x").to_string();
-        assert!(msg.ends_with("\"a..com\" (the host of \"http://a..com/x\")"), "{msg}");
+        assert!(
+            msg.ends_with("\"a..com\" (the host of \"http://a..com/x\")"),
+            "{msg}"
+        );
         let msg = err("a..com").to_string();
         assert!(!msg.contains("the host of"), "{msg}");
     }
