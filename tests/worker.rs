@@ -220,6 +220,33 @@ async fn graph_failing_for_good_ends_in_the_dead_letter_queue_after_the_delivery
 }
 
 #[tokio::test]
+async fn graph_refusing_for_good_dead_letters_the_message_at_once_and_records_it() {
+    let app = spawn_app(Options::default()).await;
+    app.sim.control().set_fail_all(Some(403));
+    app.publish("refused", json!({"value": "contoso.com"}))
+        .await;
+    eventually(Duration::from_secs(30), "dead-lettered", || async {
+        WorkerStats::get(&app.stats.dead_lettered) == 1
+    })
+    .await;
+    assert_eq!(WorkerStats::get(&app.stats.retried), 0, "no point waiting");
+    let dead = app.drain_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].code, "graph_refused");
+    assert!(dead[0].reason.contains("403"), "{}", dead[0].reason);
+    let (index, reason): (i32, String) = sqlx::query_as(
+        "SELECT item_index, reason FROM rejected_inputs WHERE message_id = 'refused' AND code = 'graph_refused'",
+    )
+    .fetch_one(app.db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(index, -1, "the whole message");
+    assert_eq!(reason, dead[0].reason);
+    assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 0);
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn postgres_unreachable_keeps_the_message_until_it_is_back() {
     let app = spawn_app(Options {
         max_deliveries: 50,
