@@ -14,8 +14,8 @@ use mdti_worker::sim::SimConfig;
 
 mod support;
 use support::harness::{
-    delete_topology, eventually, fresh_topology, queue_depths, spawn_app, wait_for_exit,
-    worker_binary, App, Options, QueueDepths, AMQP, WORKER_APPLICATION_NAME,
+    delete_topology, eventually, fresh_topology, queue_depths, run_binary_until_idle, spawn_app,
+    wait_for_exit, worker_binary, App, Options, QueueDepths, AMQP, WORKER_APPLICATION_NAME,
 };
 use support::TestDb;
 
@@ -70,14 +70,7 @@ async fn a_worker_killed_mid_run_and_restarted_finishes_everything_once() {
         "the kill came too late to test anything"
     );
 
-    let mut restarted = worker_binary(&db, &topology.prefix, &["--exit-when-idle", "2s"]);
-    let exit = wait_for_exit(
-        &mut restarted,
-        Duration::from_secs(120),
-        "the restarted worker goes idle",
-    )
-    .await;
-    assert!(exit.success(), "{exit}");
+    run_binary_until_idle(&db, &topology.prefix).await;
     db.assert_each_item_once(total as i64).await;
     assert_eq!(db.count("observables").await, total as i64);
     assert_eq!(db.count("rejected_inputs").await, 0);

@@ -8,15 +8,13 @@ use mdti_worker::queue::Publisher;
 
 mod support;
 use support::harness::{
-    delete_topology, fresh_topology, queue_depths, wait_for_exit, worker_binary, AMQP,
+    delete_topology, fresh_topology, queue_depths, run_binary_until_idle, wait_for_exit,
+    worker_binary, AMQP,
 };
 use support::TestDb;
 
 async fn runs(db: &TestDb) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM enrichment_runs")
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap_or(0)
+    db.count("enrichment_runs").await
 }
 
 #[tokio::test]
@@ -71,14 +69,7 @@ async fn sigterm_under_load_exits_in_bound_and_loses_nothing() {
         "{done_at_stop} done + {waiting} waiting"
     );
 
-    let mut restarted = worker_binary(&db, &prefix, &["--exit-when-idle", "2s"]);
-    let exit = wait_for_exit(
-        &mut restarted,
-        Duration::from_secs(120),
-        "the restarted worker goes idle",
-    )
-    .await;
-    assert!(exit.success());
+    run_binary_until_idle(&db, &prefix).await;
     assert_eq!(runs(&db).await, total, "every message done exactly once");
     delete_topology(&topology).await;
 }

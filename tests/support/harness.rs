@@ -256,6 +256,19 @@ pub async fn wait_for_exit(
     }
 }
 
+/// The worker binary run as a batch job (`--exit-when-idle 2s`) until the queues stay empty;
+/// panics unless it exits cleanly within two minutes.
+pub async fn run_binary_until_idle(db: &TestDb, prefix: &str) {
+    let mut child = worker_binary(db, prefix, &["--exit-when-idle", "2s"]);
+    let exit = wait_for_exit(
+        &mut child,
+        Duration::from_secs(120),
+        "the worker going idle",
+    )
+    .await;
+    assert!(exit.success(), "exit status {exit}");
+}
+
 /// The in-process worker and everything around it.
 pub struct App {
     pub sim: SimHandle,
