@@ -358,6 +358,34 @@ impl InvalidObservable {
         }
     }
 
+    /// The quoted input the message names, for the errors that name one.
+    fn input_mut(&mut self) -> Option<&mut String> {
+        match self {
+            InvalidObservable::Empty
+            | InvalidObservable::TooLong { .. }
+            | InvalidObservable::LabelTooLong { .. } => None,
+            InvalidObservable::ControlCharacter { input, .. }
+            | InvalidObservable::Email { input }
+            | InvalidObservable::FileHash { input, .. }
+            | InvalidObservable::NotAnObservable { input, .. }
+            | InvalidObservable::InvalidCharacter { input, .. }
+            | InvalidObservable::InvalidPort { input, .. }
+            | InvalidObservable::Wildcard { input }
+            | InvalidObservable::CidrRange { input }
+            | InvalidObservable::AmbiguousIpv4 { input }
+            | InvalidObservable::NonStandardIpv4 { input }
+            | InvalidObservable::InvalidIpv4 { input, .. }
+            | InvalidObservable::InvalidIpv6 { input }
+            | InvalidObservable::Ipv6ZoneId { input }
+            | InvalidObservable::InvalidIdna { input }
+            | InvalidObservable::EmptyLabel { input }
+            | InvalidObservable::NameTooLong { input, .. }
+            | InvalidObservable::InvalidLabel { input, .. }
+            | InvalidObservable::SingleLabel { input }
+            | InvalidObservable::KindMismatch { input, .. } => Some(input),
+        }
+    }
+
     /// Every code [`InvalidObservable::code`] can return.
     pub const CODES: [&'static str; 22] = [
         "empty",
@@ -440,7 +468,17 @@ pub fn normalise(
     }
 
     let extracted = extract_host(text)?;
-    let observable = match parse_host(extracted.host, extracted.bracketed)? {
+    let parsed = parse_host(extracted.host, extracted.bracketed).map_err(|mut error| {
+        // The host alone can be unrecognisable (`..` of `../../etc/passwd`): name what it was
+        // taken from too.
+        if extracted.host != text {
+            if let Some(input) = error.input_mut() {
+                *input = format!("{input} (the host of {})", shown(text));
+            }
+        }
+        error
+    })?;
+    let observable = match parsed {
         ParsedHost::Ip { addr, mapped } => {
             if extracted.cidr_suffix {
                 return Err(InvalidObservable::CidrRange { input: shown(text) });
@@ -1165,6 +1203,19 @@ mod tests {
         let msg = err(&long_label).to_string();
         assert!(msg.len() < 400, "{msg}");
         assert!(msg.contains("1500 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn an_error_about_the_host_of_a_longer_value_names_both() {
+        let msg = err("../../etc/passwd").to_string();
+        assert!(msg.contains("(the host of \"../../etc/passwd\")"), "{msg}");
+        let msg = err("http://a..com/x").to_string();
+        assert!(
+            msg.ends_with("\"a..com\" (the host of \"http://a..com/x\")"),
+            "{msg}"
+        );
+        let msg = err("a..com").to_string();
+        assert!(!msg.contains("the host of"), "{msg}");
     }
 
     // --- rule 2: refanging ----------------------------------------------------------------

@@ -127,25 +127,7 @@ impl Pipeline {
         let items = match message::decode(message.body, message.content_type, &self.settings.decode)
         {
             Ok(items) => items,
-            Err(error) => {
-                let rejected = RejectedInput {
-                    message_id: message.message_id.to_owned(),
-                    item_index: -1,
-                    input: excerpt(message.body),
-                    code: error.code().to_owned(),
-                    reason: error.to_string(),
-                    source: None,
-                    context: None,
-                    attempts: message.attempt as i32,
-                };
-                return match self.store.record_rejection(&rejected).await {
-                    Ok(()) => Outcome::Reject {
-                        code: rejected.code,
-                        reason: rejected.reason,
-                    },
-                    Err(error) => store_failure(error),
-                };
-            }
+            Err(error) => return self.reject(message, error.code(), error.to_string()).await,
         };
 
         let mut results = Vec::with_capacity(items.len());
@@ -189,7 +171,16 @@ impl Pipeline {
         for (w, answer) in unique.iter().zip(&answers) {
             match answer {
                 Ok(answer) => results.push(ItemResult::Run(run_record(message, w, answer))),
-                Err(failure) => return failure.clone().into_outcome(),
+                Err(failure) if failure.transient => {
+                    return Outcome::Retry {
+                        reason: failure.reason.clone(),
+                    }
+                }
+                Err(failure) => {
+                    return self
+                        .reject(message, GRAPH_REFUSED, failure.reason.clone())
+                        .await
+                }
             }
         }
         for (at, w) in &repeats {
@@ -254,6 +245,29 @@ impl Pipeline {
                 .filter_map(|a| a.as_ref().ok()?.chain.as_ref())
                 .map(|report| report.reputation_cache_hits)
                 .sum(),
+        }
+    }
+
+    /// The whole message is unusable: recorded in `rejected_inputs` (item -1), then
+    /// dead-lettered. Should the record fail, the message is retried instead, so that no
+    /// rejection is missing from Postgres.
+    async fn reject(&self, message: &Incoming<'_>, code: &str, reason: String) -> Outcome {
+        let rejected = RejectedInput {
+            message_id: message.message_id.to_owned(),
+            item_index: -1,
+            input: excerpt(message.body),
+            code: code.to_owned(),
+            reason,
+            source: None,
+            context: None,
+            attempts: message.attempt as i32,
+        };
+        match self.store.record_rejection(&rejected).await {
+            Ok(()) => Outcome::Reject {
+                code: rejected.code,
+                reason: rejected.reason,
+            },
+            Err(error) => store_failure(error),
         }
     }
 
@@ -513,23 +527,16 @@ impl Failure {
             reason: format!("Postgres: {error}"),
         }
     }
-
-    fn into_outcome(self) -> Outcome {
-        if self.transient {
-            Outcome::Retry {
-                reason: self.reason,
-            }
-        } else {
-            Outcome::Reject {
-                code: "graph_refused".into(),
-                reason: self.reason,
-            }
-        }
-    }
 }
 
+/// The code of a message Graph refused for good (400, 403, wrong credentials).
+const GRAPH_REFUSED: &str = "graph_refused";
+
+/// Nothing was committed: the message must survive, so it is retried.
 fn store_failure(error: StoreError) -> Outcome {
-    Failure::store(error).into_outcome()
+    Outcome::Retry {
+        reason: Failure::store(error).reason,
+    }
 }
 
 fn excerpt(body: &[u8]) -> String {

@@ -233,6 +233,9 @@ fn fleet_args(db: &TestDb, sim: &SimHandle, prefix: &str) -> Vec<String> {
         "false",
         "--profile-sync-interval",
         "0",
+        // Three workers on one host: each its own free port.
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--tenant-quota",
         &QUOTA.to_string(),
         "--heartbeat-interval",

@@ -4,54 +4,15 @@
 
 use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, ObservableKind};
 
+mod support;
+use support::decode_escapes;
+
 const CORPUS: &str = include_str!("data/observables.tsv");
 
-/// Decode the corpus escapes: `\t \n \r \\ \0 \xNN` and `@big:N` (N 'a' characters). Bytes that
-/// are not UTF-8 become U+FFFD, as a lossy decode of a queue message would make them.
+/// The corpus cell as text: bytes that are not UTF-8 become U+FFFD, as a lossy decode of a
+/// queue message would make them.
 fn decode(cell: &str) -> Result<String, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(cell.len());
-    let bytes = cell.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i..].starts_with(b"@big:") {
-            let after = &bytes[i + "@big:".len()..];
-            let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
-            let n: usize = std::str::from_utf8(&after[..digits])
-                .ok()
-                .and_then(|d| d.parse().ok())
-                .ok_or_else(|| format!("@big: without a count in {cell:?}"))?;
-            out.resize(out.len() + n, b'a');
-            i += "@big:".len() + digits;
-            continue;
-        }
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        let escape = bytes
-            .get(i + 1)
-            .ok_or_else(|| format!("trailing backslash in {cell:?}"))?;
-        match escape {
-            b't' => out.push(b'\t'),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b'\\' => out.push(b'\\'),
-            b'0' => out.push(0),
-            b'x' => {
-                let hex = cell
-                    .get(i + 2..i + 4)
-                    .ok_or_else(|| format!("short \\x escape in {cell:?}"))?;
-                let byte = u8::from_str_radix(hex, 16)
-                    .map_err(|_| format!("bad \\x escape {hex:?} in {cell:?}"))?;
-                out.push(byte);
-                i += 2;
-            }
-            other => return Err(format!("unknown escape \\{} in {cell:?}", *other as char)),
-        }
-        i += 2;
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    decode_escapes(cell).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The outcome in the corpus notation.

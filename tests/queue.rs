@@ -535,12 +535,12 @@ fn decode_array_with_bad_elements_keeps_the_good_ones() {
     };
     let (index, code, reason, input) = invalid(&items[1]);
     assert_eq!((index, code, input.as_str()), (1, "not_an_object", "42"));
-    assert_eq!(reason, "item 1: must be an object, got a number");
+    assert_eq!(reason, "must be an object, got a number");
     let (_, code, reason, _) = invalid(&items[2]);
     assert_eq!(code, "wrong_type");
-    assert_eq!(reason, "item 2: `value` must be a string, got a number");
+    assert_eq!(reason, "`value` must be a string, got a number");
     let (_, _, reason, _) = invalid(&items[3]);
-    assert_eq!(reason, "item 3: `force` must be a boolean, got a string");
+    assert_eq!(reason, "`force` must be a boolean, got a string");
     let (_, code, _, _) = invalid(&items[4]);
     assert_eq!(code, "missing_value");
     let Item::Request(last) = &items[5] else {

@@ -1,229 +1,15 @@
 //! The worker end to end: RabbitMQ in, Postgres out, against the real services and the Graph
 //! simulator. Each test has its own database and its own queue names.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
-use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
-use mdti_worker::chain::ChainSettings;
-use mdti_worker::enrich::EnricherKind;
-use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
-use mdti_worker::observable::NormaliseOptions;
-use mdti_worker::pipeline::{Pipeline, PipelineSettings};
-use mdti_worker::queue::consumer::{self, ConsumerSettings, WorkerStats};
-use mdti_worker::queue::{DecodeLimits, Publisher, Topology, REASON_CODE_HEADER, REASON_HEADER};
-use mdti_worker::secret::Secret;
-use mdti_worker::sim::{self, SimConfig, SimHandle};
-use mdti_worker::store::Store;
+use mdti_worker::queue::consumer::WorkerStats;
 use serde_json::json;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 mod support;
-use support::{delete_topology, eventually, graph_settings, Relay, TestDb, AMQP};
-
-struct App {
-    sim: SimHandle,
-    /// The store the worker writes through (possibly via the relay).
-    store: Store,
-    /// The test's database, with a direct store for the test's own reads.
-    db: TestDb,
-    topology: Topology,
-    publisher: Publisher,
-    stats: Arc<WorkerStats>,
-    stop: Option<watch::Sender<bool>>,
-    worker: Option<JoinHandle<anyhow::Result<()>>>,
-    graph: GraphClient,
-    relay: Option<Relay>,
-    broker_relay: Option<Relay>,
-}
-
-struct Options {
-    graph_attempts: u32,
-    max_deliveries: u32,
-    /// Postgres through a relay the test can cut.
-    through_relay: bool,
-    /// RabbitMQ through a relay the test can cut.
-    broker_relay: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            graph_attempts: 4,
-            max_deliveries: 5,
-            through_relay: false,
-            broker_relay: false,
-        }
-    }
-}
-
-async fn spawn_app(options: Options) -> App {
-    let sim = sim::spawn(SimConfig::default()).await.unwrap();
-    let db = TestDb::new().await;
-    let relay = if options.through_relay {
-        Some(Relay::start("127.0.0.1:5432").await)
-    } else {
-        None
-    };
-    let worker_url = match &relay {
-        Some(relay) => db.url_via_port(relay.port),
-        None => db.url.clone(),
-    };
-    let store = Store::connect(&worker_url, 4).await.unwrap();
-    let graph = GraphClient::new(GraphSettings {
-        max_attempts: options.graph_attempts,
-        ..graph_settings(&sim)
-    })
-    .unwrap();
-    let topology = Topology {
-        prefix: format!("t-{}", uuid::Uuid::new_v4().simple()),
-        retry_delay: Duration::from_secs(1),
-    };
-    let publisher = Publisher::connect(AMQP, topology.clone()).await.unwrap();
-    let broker_relay = if options.broker_relay {
-        Some(Relay::start("127.0.0.1:5672").await)
-    } else {
-        None
-    };
-    let mut app = App {
-        sim,
-        store,
-        db,
-        topology,
-        publisher,
-        stats: Arc::default(),
-        stop: None,
-        worker: None,
-        graph,
-        relay,
-        broker_relay,
-    };
-    app.start_worker(options.max_deliveries);
-    app
-}
-
-impl App {
-    fn start_worker(&mut self, max_deliveries: u32) {
-        let pipeline = Pipeline::new(
-            self.graph.clone(),
-            self.store.clone(),
-            PipelineSettings {
-                default_enrichers: EnricherKind::ALL.to_vec(),
-                cache_ttl: Duration::from_secs(3600),
-                normalise: NormaliseOptions::default(),
-                page_limits: PageLimits::default(),
-                decode: DecodeLimits::default(),
-                item_concurrency: 4,
-                chain_by_default: true,
-                chain: ChainSettings::default(),
-            },
-        );
-        let amqp_url = match &self.broker_relay {
-            Some(relay) => format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port),
-            None => AMQP.to_owned(),
-        };
-        let settings = ConsumerSettings {
-            amqp_url: Secret::new(amqp_url),
-            topology: self.topology.clone(),
-            concurrency: 8,
-            max_deliveries,
-            shutdown_timeout: Duration::from_secs(10),
-            exit_when_idle: None,
-        };
-        let (stop, stopped) = watch::channel(false);
-        let stats = Arc::clone(&self.stats);
-        self.worker = Some(tokio::spawn(consumer::run(
-            pipeline, settings, stopped, stats,
-        )));
-        self.stop = Some(stop);
-    }
-
-    async fn stop_worker(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(worker) = self.worker.take() {
-            tokio::time::timeout(Duration::from_secs(30), worker)
-                .await
-                .expect("the worker stops within its bound")
-                .unwrap()
-                .unwrap();
-        }
-    }
-
-    async fn publish(&self, message_id: &str, body: serde_json::Value) {
-        self.publisher
-            .publish_observables(
-                "test",
-                &serde_json::to_vec(&body).unwrap(),
-                "application/json",
-                message_id,
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(self.db.store.pool())
-            .await
-            .unwrap()
-    }
-
-    /// Row counts of every result table, to compare before and after a redelivery.
-    async fn table_counts(&self) -> Vec<(&'static str, i64)> {
-        self.db.counts().await
-    }
-
-    /// Every message in the dead-letter queue: (body, reason, code).
-    async fn drain_dead_letters(&self) -> Vec<(String, String, String)> {
-        let connection = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let mut out = Vec::new();
-        while let Some(message) = channel
-            .basic_get(
-                self.topology.dead_letter_queue().as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            let header = |name: &str| {
-                message
-                    .delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get(name).cloned())
-                    .map(|v| match v {
-                        AMQPValue::LongString(s) => s.to_string(),
-                        other => format!("{other:?}"),
-                    })
-                    .unwrap_or_default()
-            };
-            out.push((
-                String::from_utf8_lossy(&message.delivery.data).into_owned(),
-                header(REASON_HEADER),
-                header(REASON_CODE_HEADER),
-            ));
-        }
-        let _ = connection.close(200, "done".into()).await;
-        out
-    }
-
-    async fn teardown(mut self) {
-        self.stop_worker().await;
-        delete_topology(&self.topology).await;
-        self.store.close().await;
-        // Dropping `db` drops the test database.
-        drop(self.sim);
-    }
-}
+use support::harness::{eventually, spawn_app, Options, AMQP};
 
 #[tokio::test]
 async fn a_mixed_batch_lands_in_postgres_in_canonical_form() {
@@ -349,16 +135,22 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_recorded() {
     })
     .await;
     let mut dead = app.drain_dead_letters().await;
-    dead.sort_by(|a, b| a.2.cmp(&b.2));
+    dead.sort_by(|a, b| a.code.cmp(&b.code));
     assert_eq!(dead.len(), 2, "{dead:?}");
-    let (body, reason, code) = &dead[0];
-    assert_eq!(code, "invalid_json");
-    assert!(reason.contains("not valid JSON"), "{reason}");
-    assert_eq!(body, "{\"value\": ");
-    let (body, reason, code) = &dead[1];
-    assert_eq!(code, "mixed");
-    assert!(reason.contains("2 items rejected"), "{reason}");
-    let items: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(dead[0].code, "invalid_json");
+    assert!(
+        dead[0].reason.contains("not valid JSON"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].text(), "{\"value\": ");
+    assert_eq!(dead[1].code, "mixed");
+    assert!(
+        dead[1].reason.contains("2 items rejected"),
+        "{}",
+        dead[1].reason
+    );
+    let items: serde_json::Value = serde_json::from_slice(&dead[1].body).unwrap();
     assert_eq!(
         items.as_array().unwrap().len(),
         2,
@@ -413,13 +205,44 @@ async fn graph_failing_for_good_ends_in_the_dead_letter_queue_after_the_delivery
     .await;
     let dead = app.drain_dead_letters().await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].2, "gave_up");
-    assert!(dead[0].1.contains("after 2 deliveries"), "{}", dead[0].1);
+    assert_eq!(dead[0].code, "gave_up");
+    assert!(
+        dead[0].reason.contains("after 2 deliveries"),
+        "{}",
+        dead[0].reason
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM rejected_inputs WHERE code = 'gave_up'")
             .await,
         1
     );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn graph_refusing_for_good_dead_letters_the_message_at_once_and_records_it() {
+    let app = spawn_app(Options::default()).await;
+    app.sim.control().set_fail_all(Some(403));
+    app.publish("refused", json!({"value": "contoso.com"}))
+        .await;
+    eventually(Duration::from_secs(30), "dead-lettered", || async {
+        WorkerStats::get(&app.stats.dead_lettered) == 1
+    })
+    .await;
+    assert_eq!(WorkerStats::get(&app.stats.retried), 0, "no point waiting");
+    let dead = app.drain_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].code, "graph_refused");
+    assert!(dead[0].reason.contains("403"), "{}", dead[0].reason);
+    let (index, reason): (i32, String) = sqlx::query_as(
+        "SELECT item_index, reason FROM rejected_inputs WHERE message_id = 'refused' AND code = 'graph_refused'",
+    )
+    .fetch_one(app.db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(index, -1, "the whole message");
+    assert_eq!(reason, dead[0].reason);
+    assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 0);
     app.teardown().await;
 }
 

@@ -76,8 +76,10 @@ pub const MAX_CHAIN_DEPTH: u32 = 3;
 pub enum Item {
     Request(ObservableRequest),
     /// An element that cannot be a request. `input` is the element, truncated; `code` is one of
-    /// `not_an_object`, `missing_value`, `empty_value`, `wrong_type`; `reason` says what was
-    /// wrong and names the item.
+    /// `not_an_object`, `missing_value`, `empty_value`, `wrong_type`, `out_of_range`; `reason`
+    /// says what was wrong. It does not name the item: `index` does, and whoever reports it
+    /// (the `rejected_inputs` row, the dead-letter reason) names it once, as it does for items
+    /// the normaliser refuses.
     Invalid {
         index: usize,
         input: String,
@@ -253,7 +255,7 @@ fn item_of(index: usize, element: &Value) -> Item {
             index,
             input: echo(element),
             code,
-            reason: format!("item {index}: {problem}"),
+            reason: problem,
         },
     }
 }

@@ -200,7 +200,7 @@ pub(crate) enum TokenProblem {
 }
 
 /// Every counter name, so that `/_sim/counters` always lists all of them (zeros included).
-pub(crate) const COUNTER_NAMES: [&str; 16] = [
+pub(crate) const COUNTER_NAMES: [&str; 18] = [
     "token",
     "graph",
     "host",
@@ -217,6 +217,10 @@ pub(crate) const COUNTER_NAMES: [&str; 16] = [
     "throttled",
     "errors",
     "unauthorized",
+    // Answers the misbehaviour knobs slowed down or cut short, so a chaos test can tell that
+    // the chaos happened.
+    "slow",
+    "truncated",
 ];
 
 /// Locks, ignoring poisoning: the guarded data stays consistent (every critical section is a
@@ -409,6 +413,7 @@ impl SimControl {
             return Verdict::Error(status);
         }
         let delay = if st.slow_ratio > 0.0 && st.rng.chance(st.slow_ratio) {
+            self.bump("slow");
             st.slow_latency
         } else {
             st.latency

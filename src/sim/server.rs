@@ -895,6 +895,7 @@ async fn graph(
         Ok(body) => {
             let mut bytes = body.to_string().into_bytes();
             if truncate {
+                c.bump("truncated");
                 // Cut in half: the client sees a 200 whose JSON does not parse.
                 bytes.truncate(bytes.len() / 2);
             }

@@ -370,6 +370,30 @@ async fn error_ratio_and_truncation() {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(serde_json::from_str::<Value>(&text).is_err());
+    assert_eq!(e.sim.count("truncated"), 1);
+}
+
+#[tokio::test]
+async fn slow_answers_are_counted() {
+    let e = env_with(SimConfig {
+        slow_ratio: 1.0,
+        slow_latency: Duration::from_millis(1),
+        ..SimConfig::default()
+    })
+    .await;
+    let url = e.host_url("contoso.com", "whois");
+    for _ in 0..3 {
+        assert_eq!(e.get(&url).await.status(), 200);
+    }
+    assert_eq!(e.sim.count("slow"), 3);
+    e.sim.control().set_slow(0.0, Duration::from_secs(30));
+    assert_eq!(e.get(&url).await.status(), 200);
+    assert_eq!(
+        e.sim.count("slow"),
+        3,
+        "a normal answer is not counted as slow"
+    );
+    assert_eq!(e.sim.count("truncated"), 0);
 }
 
 #[tokio::test]

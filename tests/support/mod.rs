@@ -6,25 +6,19 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use lapin::options::QueueDeleteOptions;
-use lapin::{Connection, ConnectionProperties};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use mdti_worker::graph::GraphSettings;
 use mdti_worker::observable::{normalise, Normalised, Observable};
-use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::sim::SimHandle;
 use mdti_worker::store::Store;
 use uuid::Uuid;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub mod harness;
+// The helpers most test crates reach for, at the top of the support module too.
+#[allow(unused_imports)]
+pub use harness::{delete_topology, eventually, Relay, AMQP};
 
 /// The result tables, for before/after comparisons.
 pub const TABLES: [&str; 7] = [
@@ -91,6 +85,33 @@ impl TestDb {
             .unwrap()
     }
 
+    /// Every message item has exactly one run, `items` in all, and no extract is stored twice:
+    /// what a redelivery after a fault must leave behind.
+    pub async fn assert_each_item_once(&self, items: i64) {
+        assert_eq!(
+            self.count("enrichment_runs").await,
+            items,
+            "one run per message item"
+        );
+        assert_eq!(
+            self.query_count(
+                "SELECT count(*) FROM (SELECT DISTINCT message_id, item_index FROM enrichment_runs) d"
+            )
+            .await,
+            items,
+            "no item has two runs"
+        );
+        assert_eq!(
+            self.query_count(
+                "SELECT count(*) FROM (SELECT observable_id, enricher, kind, value, field FROM extracts \
+                 GROUP BY 1, 2, 3, 4, 5 HAVING count(*) > 1) d"
+            )
+            .await,
+            0,
+            "no extract stored twice"
+        );
+    }
+
     pub async fn counts(&self) -> Vec<(&'static str, i64)> {
         let mut counts = Vec::new();
         for table in TABLES {
@@ -126,6 +147,54 @@ impl Drop for TestDb {
     }
 }
 
+/// Decode the escapes of the test corpora (`tests/data/*.tsv`): `\t \n \r \\ \0 \xNN` (raw
+/// bytes) and `@big:N` (N 'a' characters).
+pub fn decode_escapes(cell: &str) -> Result<Vec<u8>, String> {
+    let mut out: Vec<u8> = Vec::with_capacity(cell.len());
+    let bytes = cell.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"@big:") {
+            let after = &bytes[i + "@big:".len()..];
+            let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+            let n: usize = std::str::from_utf8(&after[..digits])
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| format!("@big: without a count in {cell:?}"))?;
+            out.resize(out.len() + n, b'a');
+            i += "@big:".len() + digits;
+            continue;
+        }
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escape = bytes
+            .get(i + 1)
+            .ok_or_else(|| format!("trailing backslash in {cell:?}"))?;
+        match escape {
+            b't' => out.push(b'\t'),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b'\\' => out.push(b'\\'),
+            b'0' => out.push(0),
+            b'x' => {
+                let hex = cell
+                    .get(i + 2..i + 4)
+                    .ok_or_else(|| format!("short \\x escape in {cell:?}"))?;
+                let byte = u8::from_str_radix(hex, 16)
+                    .map_err(|_| format!("bad \\x escape {hex:?} in {cell:?}"))?;
+                out.push(byte);
+                i += 2;
+            }
+            other => return Err(format!("unknown escape \\{} in {cell:?}", *other as char)),
+        }
+        i += 2;
+    }
+    Ok(out)
+}
+
 /// A ready observable from text; panics (in a test) if the text is not one.
 pub fn observable(raw: &str) -> Observable {
     match normalise(raw, None, &Default::default()) {
@@ -150,88 +219,4 @@ pub fn graph_settings(sim: &SimHandle) -> GraphSettings {
         request_timeout: Duration::from_secs(5),
         ..GraphSettings::default()
     }
-}
-
-/// A TCP relay in front of Postgres that a test can cut and restore, to make the database
-/// unreachable for the worker without stopping the shared server.
-pub struct Relay {
-    pub port: u16,
-    open: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Relay {
-    pub async fn start(target: &'static str) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (open2, links2) = (Arc::clone(&open), Arc::clone(&links));
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !open2.load(Ordering::SeqCst) {
-                    continue; // dropped: connection refused in effect
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                links2.lock().unwrap().push(link);
-            }
-        });
-        Relay { port, open, links }
-    }
-
-    pub fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    pub fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Delete a test's queues and exchanges, best effort.
-pub async fn delete_topology(topology: &Topology) {
-    let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await else {
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for queue in [
-        topology.work_queue(),
-        topology.retry_queue(),
-        topology.dead_letter_queue(),
-    ] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [topology.input_exchange(), topology.events_exchange()] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
-    let _ = connection.close(200, "done".into()).await;
 }

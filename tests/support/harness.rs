@@ -1,0 +1,476 @@
+//! The worker under test: the in-process consumer against the simulator (`spawn_app`), or the
+//! real binary (`worker_binary`), each with its own database and queue prefix; relays that cut
+//! Postgres or the broker; and the broker-side views tests assert on (queue depths, the
+//! dead-letter queue).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Future;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use mdti_worker::chain::ChainSettings;
+use mdti_worker::enrich::EnricherKind;
+use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
+use mdti_worker::observable::NormaliseOptions;
+use mdti_worker::pipeline::{Pipeline, PipelineSettings};
+use mdti_worker::queue::consumer::{self, ConsumerSettings, WorkerStats};
+use mdti_worker::queue::{DecodeLimits, Publisher, Topology, REASON_CODE_HEADER, REASON_HEADER};
+use mdti_worker::secret::Secret;
+use mdti_worker::sim::{self, SimConfig, SimHandle};
+use mdti_worker::store::Store;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{graph_settings, TestDb};
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// `application_name` of the in-process worker's Postgres sessions.
+pub const WORKER_APPLICATION_NAME: &str = "mdti-worker-under-test";
+
+/// A topology of its own for one test: a unique prefix, a short retry delay.
+pub fn fresh_topology() -> Topology {
+    Topology {
+        prefix: format!("t-{}", uuid::Uuid::new_v4().simple()),
+        retry_delay: Duration::from_secs(1),
+    }
+}
+
+/// A TCP relay in front of Postgres that a test can cut and restore, to make the database
+/// unreachable for the worker without stopping the shared server.
+pub struct Relay {
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    pub async fn start(target: &'static str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (open2, links2) = (Arc::clone(&open), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links2.lock().unwrap().push(link);
+            }
+        });
+        Relay { port, open, links }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One message found on the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub body: Vec<u8>,
+    /// `x-mdti-reason`
+    pub reason: String,
+    /// `x-mdti-reason-code`
+    pub code: String,
+}
+
+impl DeadLetter {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Messages waiting in the work, retry and dead-letter queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub work: u32,
+    pub retry: u32,
+    pub dead_letter: u32,
+}
+
+/// The depths of a topology's queues (declared passively: the worker declares them).
+pub async fn queue_depths(topology: &Topology) -> QueueDepths {
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut depths = [0; 3];
+    for (depth, queue) in depths.iter_mut().zip([
+        topology.work_queue(),
+        topology.retry_queue(),
+        topology.dead_letter_queue(),
+    ]) {
+        *depth = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count();
+    }
+    let _ = connection.close(200, "done".into()).await;
+    QueueDepths {
+        work: depths[0],
+        retry: depths[1],
+        dead_letter: depths[2],
+    }
+}
+
+/// Every message in a topology's dead-letter queue, taken off it.
+pub async fn drain_dead_letters(topology: &Topology) -> Vec<DeadLetter> {
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            topology.dead_letter_queue().as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        let properties = &message.delivery.properties;
+        let header = |name: &str| {
+            properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(name).cloned())
+                .map(|v| match v {
+                    AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default()
+        };
+        out.push(DeadLetter {
+            message_id: properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            body: message.delivery.data.clone(),
+            reason: header(REASON_HEADER),
+            code: header(REASON_CODE_HEADER),
+        });
+    }
+    let _ = connection.close(200, "done".into()).await;
+    out
+}
+
+/// Delete a test's queues and exchanges, best effort.
+pub async fn delete_topology(topology: &Topology) {
+    let Ok(connection) = Connection::connect(AMQP, ConnectionProperties::default()).await else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for queue in [
+        topology.work_queue(),
+        topology.retry_queue(),
+        topology.dead_letter_queue(),
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [topology.input_exchange(), topology.events_exchange()] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// The worker binary against its in-process simulator, with the test's database and prefix.
+/// Slow enough (40 Graph requests a second, 4 messages at once) that messages are in flight
+/// whenever a test interrupts it.
+pub fn worker_binary(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
+        .args([
+            "worker",
+            "--simulator",
+            "--migrate",
+            "--queue-prefix",
+            prefix,
+        ])
+        .args(["--database-url", &db.url, "--amqp-url", AMQP])
+        .args([
+            "--graph-rate",
+            "40",
+            "--graph-burst",
+            "1",
+            "--concurrency",
+            "4",
+        ])
+        .args(["--chain", "false", "--shutdown-timeout", "15s"])
+        // Any free port: a fixed one could be taken on a shared machine.
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the worker binary starts")
+}
+
+/// Wait for a child process to exit, for at most `limit`.
+pub async fn wait_for_exit(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gave up waiting: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The worker binary run as a batch job (`--exit-when-idle 2s`) until the queues stay empty;
+/// panics unless it exits cleanly within two minutes.
+pub async fn run_binary_until_idle(db: &TestDb, prefix: &str) {
+    let mut child = worker_binary(db, prefix, &["--exit-when-idle", "2s"]);
+    let exit = wait_for_exit(
+        &mut child,
+        Duration::from_secs(120),
+        "the worker going idle",
+    )
+    .await;
+    assert!(exit.success(), "exit status {exit}");
+}
+
+/// The in-process worker and everything around it.
+pub struct App {
+    pub sim: SimHandle,
+    /// The store the worker writes through (possibly via the relay).
+    pub store: Store,
+    /// The test's database, with a direct store for the test's own reads.
+    pub db: TestDb,
+    pub topology: Topology,
+    pub publisher: Publisher,
+    pub stats: Arc<WorkerStats>,
+    stop: Option<watch::Sender<bool>>,
+    worker: Option<JoinHandle<anyhow::Result<()>>>,
+    graph: GraphClient,
+    pub relay: Option<Relay>,
+    pub broker_relay: Option<Relay>,
+    concurrency: u16,
+}
+
+pub struct Options {
+    pub graph_attempts: u32,
+    pub max_deliveries: u32,
+    /// Postgres through a relay the test can cut.
+    pub through_relay: bool,
+    /// RabbitMQ through a relay the test can cut.
+    pub broker_relay: bool,
+    /// The simulator's starting configuration.
+    pub sim: SimConfig,
+    /// Overrides of the Graph client's settings for the simulator.
+    pub graph: fn(GraphSettings) -> GraphSettings,
+    /// Messages processed at once.
+    pub concurrency: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            graph_attempts: 4,
+            max_deliveries: 5,
+            through_relay: false,
+            broker_relay: false,
+            sim: SimConfig::default(),
+            graph: |settings| settings,
+            concurrency: 8,
+        }
+    }
+}
+
+pub async fn spawn_app(options: Options) -> App {
+    let sim = sim::spawn(options.sim.clone()).await.unwrap();
+    let db = TestDb::new().await;
+    let relay = if options.through_relay {
+        Some(Relay::start("127.0.0.1:5432").await)
+    } else {
+        None
+    };
+    let worker_url = match &relay {
+        Some(relay) => db.url_via_port(relay.port),
+        None => db.url.clone(),
+    };
+    // Named, so a test can find (and end) exactly the worker's database sessions.
+    let mut worker_url = url::Url::parse(&worker_url).unwrap();
+    worker_url
+        .query_pairs_mut()
+        .append_pair("application_name", WORKER_APPLICATION_NAME);
+    let store = Store::connect(worker_url.as_str(), 4).await.unwrap();
+    let graph = GraphClient::new((options.graph)(GraphSettings {
+        max_attempts: options.graph_attempts,
+        ..graph_settings(&sim)
+    }))
+    .unwrap();
+    let topology = fresh_topology();
+    let publisher = Publisher::connect(AMQP, topology.clone()).await.unwrap();
+    let broker_relay = if options.broker_relay {
+        Some(Relay::start("127.0.0.1:5672").await)
+    } else {
+        None
+    };
+    let mut app = App {
+        sim,
+        store,
+        db,
+        topology,
+        publisher,
+        stats: Arc::default(),
+        stop: None,
+        worker: None,
+        graph,
+        relay,
+        broker_relay,
+        concurrency: options.concurrency,
+    };
+    app.start_worker(options.max_deliveries);
+    app
+}
+
+impl App {
+    pub fn start_worker(&mut self, max_deliveries: u32) {
+        let pipeline = Pipeline::new(
+            self.graph.clone(),
+            self.store.clone(),
+            PipelineSettings {
+                default_enrichers: EnricherKind::ALL.to_vec(),
+                cache_ttl: Duration::from_secs(3600),
+                normalise: NormaliseOptions::default(),
+                page_limits: PageLimits::default(),
+                decode: DecodeLimits::default(),
+                item_concurrency: 4,
+                chain_by_default: true,
+                chain: ChainSettings::default(),
+            },
+        );
+        let amqp_url = match &self.broker_relay {
+            Some(relay) => format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port),
+            None => AMQP.to_owned(),
+        };
+        let settings = ConsumerSettings {
+            amqp_url: Secret::new(amqp_url),
+            topology: self.topology.clone(),
+            concurrency: self.concurrency,
+            max_deliveries,
+            shutdown_timeout: Duration::from_secs(10),
+            exit_when_idle: None,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let stats = Arc::clone(&self.stats);
+        self.worker = Some(tokio::spawn(consumer::run(
+            pipeline, settings, stopped, stats,
+        )));
+        self.stop = Some(stop);
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(worker) = self.worker.take() {
+            tokio::time::timeout(Duration::from_secs(30), worker)
+                .await
+                .expect("the worker stops within its bound")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub async fn publish(&self, message_id: &str, body: serde_json::Value) {
+        self.publish_raw(
+            message_id,
+            &serde_json::to_vec(&body).unwrap(),
+            "application/json",
+        )
+        .await;
+    }
+
+    /// Publish a body as it is; an empty content type publishes none (the worker sniffs).
+    pub async fn publish_raw(&self, message_id: &str, body: &[u8], content_type: &str) {
+        self.publisher
+            .publish_observables("test", body, content_type, message_id)
+            .await
+            .unwrap();
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db.query_count(sql).await
+    }
+
+    /// Row counts of every result table, to compare before and after a redelivery.
+    pub async fn table_counts(&self) -> Vec<(&'static str, i64)> {
+        self.db.counts().await
+    }
+
+    /// Every message in the dead-letter queue, taken off it.
+    pub async fn drain_dead_letters(&self) -> Vec<DeadLetter> {
+        drain_dead_letters(&self.topology).await
+    }
+
+    pub async fn queue_depths(&self) -> QueueDepths {
+        queue_depths(&self.topology).await
+    }
+
+    pub async fn teardown(mut self) {
+        self.stop_worker().await;
+        delete_topology(&self.topology).await;
+        self.store.close().await;
+        // Dropping `db` drops the test database.
+        drop(self.sim);
+    }
+}
+
+/// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
