@@ -1,4 +1,5 @@
-//! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `demo`.
+//! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `sync-profiles`, `demo`,
+//! `bench`, `dlq list` / `dlq replay`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -70,6 +71,40 @@ pub enum Command {
     Demo(DemoCmd),
     /// Benchmark the whole path (broker, worker, simulator, Postgres) and report the figures
     Bench(crate::bench::BenchCmd),
+    /// Look at the dead-letter queue, or send dead letters back to the work queue
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCmd {
+    /// Show each dead letter (id, reason code, reason, attempt, body preview); consumes nothing
+    List(DlqListCmd),
+    /// Move dead letters back to the work queue with fresh attempts; the others stay
+    Replay(DlqReplayCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct DlqListCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Show at most this many (oldest first)
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct DlqReplayCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Only dead letters with this reason code (`x-mdti-reason-code`), e.g. `gave_up`
+    #[arg(long = "reason")]
+    pub reason_code: Option<String>,
+    /// Replay at most this many
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -212,7 +247,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Demo(cmd) => crate::demo::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Dlq(cmd) => dlq_command(cmd).await,
     }
+}
+
+async fn dlq_command(cmd: DlqCmd) -> anyhow::Result<i32> {
+    use crate::queue::dlq::{DeadLetterQueue, ReplayFilter};
+    let broker = match &cmd {
+        DlqCmd::List(list) => &list.broker,
+        DlqCmd::Replay(replay) => &replay.broker,
+    };
+    let url = broker.amqp_url.expose();
+    let dlq = DeadLetterQueue::connect(url, broker.topology())
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    let queue = dlq.topology().dead_letter_queue();
+    match cmd {
+        DlqCmd::List(list) => {
+            let letters = dlq.list(list.limit).await?;
+            match list.format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&letters)?),
+                OutputFormat::Table => {
+                    println!("{queue}: {} dead letter(s) shown", letters.len());
+                    for letter in &letters {
+                        println!("{letter}");
+                    }
+                }
+            }
+        }
+        DlqCmd::Replay(replay) => {
+            let filter = ReplayFilter {
+                reason_code: replay.reason_code,
+                limit: replay.limit,
+            };
+            let summary = dlq.replay(&filter).await?;
+            println!("{queue}: {summary}");
+        }
+    }
+    dlq.close().await?;
+    Ok(0)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
