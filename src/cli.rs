@@ -1,5 +1,5 @@
 //! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `sync-profiles`, `demo`,
-//! `bench`, `dlq list` / `dlq replay`.
+//! `bench`, `dlq list` / `dlq replay`, `export`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -74,6 +74,25 @@ pub enum Command {
     /// Look at the dead-letter queue, or send dead letters back to the work queue
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// Export flagged observables and actor hits as a STIX 2.1 bundle, JSON lines or CSV
+    Export(ExportCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportCmd {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long, value_enum, default_value = "stix")]
+    pub format: crate::export::ExportFormat,
+    /// Only what was active since: a duration back from now (7d, 24h) or an RFC 3339 time
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only hits of this actor (its name or an alias, case-insensitive)
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Write here instead of standard output (`-`: standard output)
+    #[arg(long, default_value = "-")]
+    pub output: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,7 +267,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(cmd) => crate::demo::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
         Command::Dlq(cmd) => dlq_command(cmd).await,
+        Command::Export(cmd) => export_command(cmd).await,
     }
+}
+
+async fn export_command(cmd: ExportCmd) -> anyhow::Result<i32> {
+    let filter = crate::export::ExportFilter {
+        since: cmd
+            .since
+            .as_deref()
+            .map(|since| crate::export::parse_since(since, chrono::Utc::now()))
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("--since: {error}"))?,
+        actor: cmd.actor,
+    };
+    let store = read_store(&cmd.database).await?;
+    let rows = store.export_rows(&filter).await?;
+    let text = crate::export::render(&rows, cmd.format);
+    if cmd.output.as_os_str() == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(&cmd.output, text)
+            .with_context(|| format!("writing {}", cmd.output.display()))?;
+        eprintln!("{} row(s) exported to {}", rows.len(), cmd.output.display());
+    }
+    Ok(0)
+}
+
+/// A store for reading what the worker wrote: one connection, no migrations.
+async fn read_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    let url = database.database_url.expose();
+    Store::connect(url, 1)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url)))
 }
 
 async fn dlq_command(cmd: DlqCmd) -> anyhow::Result<i32> {

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod export;
 pub mod graph;
 pub mod logging;
 pub mod observable;

@@ -10,6 +10,7 @@
 
 mod actors;
 mod error;
+mod export;
 mod report;
 mod write;
 
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 pub use actors::PendingHit;
 pub use error::StoreError;
+pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use report::Summary;
 pub use write::EXTRACT_MAX_BYTES;
 

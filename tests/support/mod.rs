@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod seed;
+
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
