@@ -1,5 +1,5 @@
 //! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `sync-profiles`, `demo`,
-//! `bench`, `dlq list` / `dlq replay`, `export`.
+//! `bench`, `dlq list` / `dlq replay`, `export`, `report`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -76,6 +76,22 @@ pub enum Command {
     Dlq(DlqCmd),
     /// Export flagged observables and actor hits as a STIX 2.1 bundle, JSON lines or CSV
     Export(ExportCmd),
+    /// Print what the worker did: runs by outcome, Graph use, top actors, rejections
+    Report(ReportCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportCmd {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The window: a duration back from now (7d, 24h) or an RFC 3339 time
+    #[arg(long, default_value = "7d")]
+    pub since: String,
+    /// Actors and recent hits shown, at most
+    #[arg(long, default_value_t = 10)]
+    pub top: u32,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -268,6 +284,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(cmd) => crate::bench::run(cmd).await,
         Command::Dlq(cmd) => dlq_command(cmd).await,
         Command::Export(cmd) => export_command(cmd).await,
+        Command::Report(cmd) => {
+            let since = crate::export::parse_since(&cmd.since, chrono::Utc::now())
+                .map_err(|error| anyhow::anyhow!("--since: {error}"))?;
+            let store = read_store(&cmd.database).await?;
+            let report = store.report(since, i64::from(cmd.top)).await?;
+            match cmd.format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Table => print!("{report}"),
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod actors;
 mod error;
 mod export;
 mod report;
+mod views;
 mod write;
 
 use std::fmt;
@@ -26,6 +27,7 @@ pub use actors::PendingHit;
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use report::Summary;
+pub use views::{DailyLine, RecentHit, RejectionCount, Report, TopActor};
 pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};
