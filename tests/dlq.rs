@@ -40,8 +40,9 @@ const LETTERS: [(&str, &str, &str, &str); 5] = [
     ),
 ];
 
-/// Dead-letter every one of [`LETTERS`] the way the worker does, on its fifth attempt.
-async fn dead_letter_all(topology: &Topology) {
+/// Dead-letter every one of [`LETTERS`] the way the worker does, on its fifth attempt, and
+/// connect the dead-letter tools.
+async fn dead_letter_all(topology: &Topology) -> DeadLetterQueue {
     let publisher = Publisher::connect(&amqp_url(), topology.clone())
         .await
         .unwrap();
@@ -55,6 +56,9 @@ async fn dead_letter_all(topology: &Topology) {
             .unwrap();
     }
     publisher.close().await.unwrap();
+    DeadLetterQueue::connect(&amqp_url(), topology.clone())
+        .await
+        .unwrap()
 }
 
 async fn message_count(channel: &Channel, queue: &str) -> u32 {
@@ -97,10 +101,7 @@ fn ids(letters: &[DeadLetter]) -> Vec<&str> {
 async fn list_shows_every_dead_letter_and_consumes_none() {
     let topology = test_topology();
     with_cleanup(&[&topology], async {
-        dead_letter_all(&topology).await;
-        let dlq = DeadLetterQueue::connect(&amqp_url(), topology.clone())
-            .await
-            .unwrap();
+        let dlq = dead_letter_all(&topology).await;
 
         let first = dlq.list(None).await.unwrap();
         assert_eq!(ids(&first), ["m-1", "m-2", "m-3", "m-4", "m-5"]);
@@ -136,10 +137,7 @@ async fn list_shows_every_dead_letter_and_consumes_none() {
 async fn replay_with_a_reason_moves_exactly_the_matching_ones_back_to_work() {
     let topology = test_topology();
     with_cleanup(&[&topology], async {
-        dead_letter_all(&topology).await;
-        let dlq = DeadLetterQueue::connect(&amqp_url(), topology.clone())
-            .await
-            .unwrap();
+        let dlq = dead_letter_all(&topology).await;
 
         let summary = dlq
             .replay(&ReplayFilter {
@@ -205,10 +203,7 @@ async fn replay_with_a_reason_moves_exactly_the_matching_ones_back_to_work() {
 async fn replay_stops_at_its_limit_and_a_second_replay_takes_the_rest() {
     let topology = test_topology();
     with_cleanup(&[&topology], async {
-        dead_letter_all(&topology).await;
-        let dlq = DeadLetterQueue::connect(&amqp_url(), topology.clone())
-            .await
-            .unwrap();
+        let dlq = dead_letter_all(&topology).await;
 
         let one = dlq
             .replay(&ReplayFilter {

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use mdti_worker::export::{render, stix, ExportFilter, ExportFormat};
+use mdti_worker::export::{render, stix, ExportFilter, ExportFormat, ExportRow};
 use serde_json::Value;
 
 mod support;
@@ -14,6 +14,13 @@ async fn seeded() -> TestDb {
     let db = TestDb::new().await;
     seed(&db.store).await;
     db
+}
+
+async fn all_rows(db: &TestDb) -> Vec<ExportRow> {
+    db.store
+        .export_rows(&ExportFilter::default())
+        .await
+        .unwrap()
 }
 
 fn objects<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
@@ -28,11 +35,7 @@ fn objects<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
 #[tokio::test]
 async fn rows_are_the_actor_hits_and_the_flagged_observables() {
     let db = seeded().await;
-    let rows = db
-        .store
-        .export_rows(&ExportFilter::default())
-        .await
-        .unwrap();
+    let rows = all_rows(&db).await;
     let described: Vec<(String, Option<String>, Option<String>)> = rows
         .iter()
         .map(|r| {
@@ -108,11 +111,7 @@ async fn since_and_actor_narrow_the_rows() {
 #[tokio::test]
 async fn the_bundle_has_indicators_observables_intrusion_sets_and_relationships() {
     let db = seeded().await;
-    let rows = db
-        .store
-        .export_rows(&ExportFilter::default())
-        .await
-        .unwrap();
+    let rows = all_rows(&db).await;
     let bundle = stix::bundle(&rows);
 
     let mut patterns: Vec<&str> = objects(&bundle, "indicator")
@@ -158,10 +157,9 @@ async fn the_bundle_has_indicators_observables_intrusion_sets_and_relationships(
 #[tokio::test]
 async fn exporting_twice_gives_the_same_bytes() {
     let db = seeded().await;
-    let filter = ExportFilter::default();
     for format in [ExportFormat::Stix, ExportFormat::Jsonl, ExportFormat::Csv] {
-        let first = render(&db.store.export_rows(&filter).await.unwrap(), format);
-        let second = render(&db.store.export_rows(&filter).await.unwrap(), format);
+        let first = render(&all_rows(&db).await, format);
+        let second = render(&all_rows(&db).await, format);
         assert_eq!(first, second, "{format:?}");
     }
 }
@@ -169,11 +167,7 @@ async fn exporting_twice_gives_the_same_bytes() {
 #[tokio::test]
 async fn the_oasis_validator_accepts_the_bundle() {
     let db = seeded().await;
-    let rows = db
-        .store
-        .export_rows(&ExportFilter::default())
-        .await
-        .unwrap();
+    let rows = all_rows(&db).await;
     let text = render(&rows, ExportFormat::Stix);
     let dir = std::env::temp_dir().join(format!("mdti-export-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();

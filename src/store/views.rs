@@ -29,7 +29,7 @@ pub struct Report {
     pub rejections: Vec<RejectionCount>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct DailyLine {
     pub day: DateTime<Utc>,
     pub enriched: i64,
@@ -38,7 +38,7 @@ pub struct DailyLine {
     pub graph_requests: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct TopActor {
     pub actor: String,
     pub observables: i64,
@@ -47,7 +47,7 @@ pub struct TopActor {
     pub last_hit_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RecentHit {
     pub updated_at: DateTime<Utc>,
     pub actor: String,
@@ -56,7 +56,7 @@ pub struct RecentHit {
     pub evidence_sources: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RejectionCount {
     pub code: String,
     pub rejections: i64,
@@ -86,7 +86,7 @@ impl Store {
             ("skipped".to_owned(), totals.try_get("skipped")?),
         ];
 
-        let daily = sqlx::query(
+        let daily = sqlx::query_as::<_, DailyLine>(
             "SELECT day, \
                     coalesce(sum(runs) FILTER (WHERE status = 'enriched'), 0)::bigint AS enriched, \
                     coalesce(sum(runs) FILTER (WHERE status = 'cached'), 0)::bigint AS cached, \
@@ -97,60 +97,27 @@ impl Store {
         )
         .bind(since)
         .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(DailyLine {
-                day: r.try_get("day")?,
-                enriched: r.try_get("enriched")?,
-                cached: r.try_get("cached")?,
-                skipped: r.try_get("skipped")?,
-                graph_requests: r.try_get("graph_requests")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+        .await?;
 
-        let top_actors = sqlx::query(
+        let top_actors = sqlx::query_as::<_, TopActor>(
             "SELECT actor, observables, artifacts, hits, last_hit_at FROM dash_top_actors \
              WHERE last_hit_at >= $1 ORDER BY observables DESC, hits DESC, actor LIMIT $2",
         )
         .bind(since)
         .bind(top)
         .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(TopActor {
-                actor: r.try_get("actor")?,
-                observables: r.try_get("observables")?,
-                artifacts: r.try_get("artifacts")?,
-                hits: r.try_get("hits")?,
-                last_hit_at: r.try_get("last_hit_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+        .await?;
 
-        let recent_hits = sqlx::query(
+        let recent_hits = sqlx::query_as::<_, RecentHit>(
             "SELECT updated_at, actor, observable, artifact, evidence_sources FROM dash_actor_hits \
              WHERE updated_at >= $1 ORDER BY updated_at DESC, actor, observable, artifact LIMIT $2",
         )
         .bind(since)
         .bind(top)
         .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RecentHit {
-                updated_at: r.try_get("updated_at")?,
-                actor: r.try_get("actor")?,
-                observable: r.try_get("observable")?,
-                artifact: r.try_get("artifact")?,
-                evidence_sources: r.try_get("evidence_sources")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+        .await?;
 
-        let rejections = sqlx::query(
+        let rejections = sqlx::query_as::<_, RejectionCount>(
             "SELECT code, count(*) AS rejections, \
                     (array_agg(reason ORDER BY rejected_at DESC))[1] AS latest_reason, \
                     (array_agg(input ORDER BY rejected_at DESC))[1] AS latest_input \
@@ -159,17 +126,7 @@ impl Store {
         )
         .bind(since)
         .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RejectionCount {
-                code: r.try_get("code")?,
-                rejections: r.try_get("rejections")?,
-                latest_reason: r.try_get("latest_reason")?,
-                latest_input: r.try_get("latest_input")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+        .await?;
 
         Ok(Report {
             since,

@@ -16,6 +16,7 @@ use futures::FutureExt;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 
+use mdti_worker::enrich::{EnricherKind, EnricherResult};
 use mdti_worker::graph::GraphSettings;
 use mdti_worker::observable::{normalise, Normalised, Observable};
 use mdti_worker::queue::Topology;
@@ -129,6 +130,19 @@ pub fn observable(raw: &str) -> Observable {
     match normalise(raw, None, &Default::default()) {
         Ok(Normalised::Ready(observable)) => observable,
         other => panic!("{raw} is not a ready observable: {other:?}"),
+    }
+}
+
+/// A found, empty result of `enricher`, for tests to fill in.
+pub fn enricher_result(enricher: EnricherKind) -> EnricherResult {
+    EnricherResult {
+        enricher,
+        found: true,
+        truncated: false,
+        indicator: None,
+        extracts: Vec::new(),
+        reputation: None,
+        passive_dns: None,
     }
 }
 

@@ -13,25 +13,17 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use mdti_worker::chain::{ActorHit, Evidence};
-use mdti_worker::enrich::{EnricherKind, EnricherResult, Enrichment, Indicator, Reputation};
+use mdti_worker::enrich::{EnricherKind, Enrichment, Indicator, Reputation};
 use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
 use mdti_worker::store::{RejectedInput, RunRecord, RunStatus, Store};
 
-use super::observable;
+use super::{enricher_result, observable};
 
 /// Graph requests each enriched run of the seed cost.
 pub const REQUESTS_PER_ENRICHED_RUN: u64 = 4;
 
 fn enrichment(observable: &Observable, reputation: Option<(&str, i32)>) -> Enrichment {
-    let mut whois = EnricherResult {
-        enricher: EnricherKind::Whois,
-        found: true,
-        truncated: false,
-        indicator: None,
-        extracts: Vec::new(),
-        reputation: None,
-        passive_dns: None,
-    };
+    let mut whois = enricher_result(EnricherKind::Whois);
     whois.indicator = Some(Indicator {
         id: format!(
             "{{https://graph.microsoft.com}}Indicator-{}",
@@ -47,16 +39,13 @@ fn enrichment(observable: &Observable, reputation: Option<(&str, i32)>) -> Enric
     });
     let mut results = vec![whois];
     if let Some((classification, score)) = reputation {
-        results.push(EnricherResult {
-            enricher: EnricherKind::Reputation,
-            reputation: Some(Reputation {
-                classification: Some(classification.into()),
-                score: Some(score),
-                rules: Vec::new(),
-            }),
-            ..results[0].clone()
+        let mut reputation_result = enricher_result(EnricherKind::Reputation);
+        reputation_result.reputation = Some(Reputation {
+            classification: Some(classification.into()),
+            score: Some(score),
+            rules: Vec::new(),
         });
-        results[1].indicator = None;
+        results.push(reputation_result);
     }
     Enrichment {
         observable: observable.clone(),
