@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make PostgreSQL and RabbitMQ available on 127.0.0.1 on a Debian machine without Docker:
 # start them if they are stopped, install them from Debian's packages if they are missing.
+# Also installs the OASIS STIX validator (`stix2_validator`, from PyPI) the export tests use.
 # Idempotent; safe to run before every test run. Needs root (or sudo) only to install or start.
 set -euo pipefail
 
@@ -62,5 +63,23 @@ rabbitmq() {
   fi
 }
 
+# The OASIS STIX 2.1 validator, which the export tests run on an exported bundle.
+stix_validator() {
+  if command -v stix2_validator >/dev/null 2>&1; then log "stix2_validator is installed"; return 0; fi
+  log "installing the OASIS STIX validator (pip install stix2-validator)"
+  local pip
+  pip=$(command -v pip3 || command -v pip || true)
+  if [ -z "$pip" ]; then
+    log "no pip: installing python3-pip from Debian's packages"
+    apt_install python3-pip
+    pip=pip3
+  fi
+  # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
+  $SUDO "$pip" install -q stix2-validator \
+    || $SUDO "$pip" install -q --break-system-packages stix2-validator
+  command -v stix2_validator >/dev/null 2>&1 || { log "stix2_validator is still not on PATH"; return 1; }
+}
+
 postgres
 rabbitmq
+stix_validator

@@ -1,4 +1,5 @@
-//! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `demo`.
+//! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `sync-profiles`, `demo`,
+//! `bench`, `dlq list` / `dlq replay`, `export`, `report`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -73,6 +74,75 @@ pub enum Command {
     Demo(DemoCmd),
     /// Benchmark the whole path (broker, worker, simulator, Postgres) and report the figures
     Bench(crate::bench::BenchCmd),
+    /// Look at the dead-letter queue, or send dead letters back to the work queue
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Export flagged observables and actor hits as a STIX 2.1 bundle, JSON lines or CSV
+    Export(ExportCmd),
+    /// Print what the worker did: runs by outcome, Graph use, top actors, rejections
+    Report(ReportCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportCmd {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The window: a duration back from now (7d, 24h) or an RFC 3339 time
+    #[arg(long, default_value = "7d")]
+    pub since: String,
+    /// Actors and recent hits shown, at most
+    #[arg(long, default_value_t = 10)]
+    pub top: u32,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportCmd {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long, value_enum, default_value = "stix")]
+    pub format: crate::export::ExportFormat,
+    /// Only what was active since: a duration back from now (7d, 24h) or an RFC 3339 time
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only hits of this actor (its name or an alias, case-insensitive)
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Write here instead of standard output (`-`: standard output)
+    #[arg(long, default_value = "-")]
+    pub output: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCmd {
+    /// Show each dead letter (id, reason code, reason, attempt, body preview); consumes nothing
+    List(DlqListCmd),
+    /// Move dead letters back to the work queue with fresh attempts; the others stay
+    Replay(DlqReplayCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct DlqListCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Show at most this many (oldest first)
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct DlqReplayCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Only dead letters with this reason code (`x-mdti-reason-code`), e.g. `gave_up`
+    #[arg(long = "reason")]
+    pub reason_code: Option<String>,
+    /// Replay at most this many
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -231,7 +301,89 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Demo(cmd) => crate::demo::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+        Command::Dlq(cmd) => dlq_command(cmd).await,
+        Command::Export(cmd) => export_command(cmd).await,
+        Command::Report(cmd) => {
+            let since = crate::export::parse_since(&cmd.since, chrono::Utc::now())
+                .map_err(|error| anyhow::anyhow!("--since: {error}"))?;
+            let store = read_store(&cmd.database).await?;
+            let report = store.report(since, i64::from(cmd.top)).await?;
+            match cmd.format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Table => print!("{report}"),
+            }
+            Ok(0)
+        }
     }
+}
+
+async fn export_command(cmd: ExportCmd) -> anyhow::Result<i32> {
+    let filter = crate::export::ExportFilter {
+        since: cmd
+            .since
+            .as_deref()
+            .map(|since| crate::export::parse_since(since, chrono::Utc::now()))
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("--since: {error}"))?,
+        actor: cmd.actor,
+    };
+    let store = read_store(&cmd.database).await?;
+    let rows = store.export_rows(&filter).await?;
+    let text = crate::export::render(&rows, cmd.format);
+    if cmd.output.as_os_str() == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(&cmd.output, text)
+            .with_context(|| format!("writing {}", cmd.output.display()))?;
+        eprintln!("{} row(s) exported to {}", rows.len(), cmd.output.display());
+    }
+    Ok(0)
+}
+
+/// A store for reading what the worker wrote: one connection, no migrations.
+async fn read_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    let url = database.database_url.expose();
+    Store::connect(url, 1)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url)))
+}
+
+async fn dlq_command(cmd: DlqCmd) -> anyhow::Result<i32> {
+    use crate::queue::dlq::{DeadLetterQueue, ReplayFilter};
+    let broker = match &cmd {
+        DlqCmd::List(list) => &list.broker,
+        DlqCmd::Replay(replay) => &replay.broker,
+    };
+    let url = broker.amqp_url.expose();
+    let dlq = DeadLetterQueue::connect(url, broker.topology())
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    let queue = dlq.topology().dead_letter_queue();
+    match cmd {
+        DlqCmd::List(list) => {
+            let letters = dlq.list(list.limit).await?;
+            match list.format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&letters)?),
+                OutputFormat::Table => {
+                    println!("{queue}: {} dead letter(s) shown", letters.len());
+                    for letter in &letters {
+                        println!("{letter}");
+                    }
+                }
+            }
+        }
+        DlqCmd::Replay(replay) => {
+            let filter = ReplayFilter {
+                reason_code: replay.reason_code,
+                limit: replay.limit,
+            };
+            let summary = dlq.replay(&filter).await?;
+            println!("{queue}: {summary}");
+        }
+    }
+    dlq.close().await?;
+    Ok(0)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

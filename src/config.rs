@@ -63,7 +63,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("{text:?} is not a duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long a duration"))
 }
 
 /// A comma-separated enricher list as one setting (`whois,passive_dns` or `all`).
@@ -427,6 +427,7 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("999999999999999999999d").is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod export;
 pub mod fleet;
 pub mod graph;
 pub mod logging;

@@ -6,18 +6,12 @@
 //! also when it fails.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use mdti_worker::publish::{self, CsvColumn, InputFormat, PublishOptions};
 use mdti_worker::queue::message::{
     decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest,
@@ -28,53 +22,13 @@ use mdti_worker::queue::{
 };
 use serde_json::json;
 
-fn amqp_url() -> String {
-    std::env::var("MDTI_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
-}
+mod support;
+use support::{amqp_url, with_cleanup};
 
 fn topology(retry_delay: Duration) -> Topology {
     Topology {
         prefix: format!("t-{}", uuid::Uuid::new_v4().simple()),
         retry_delay,
-    }
-}
-
-async fn connect() -> Connection {
-    Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must be reachable for these tests")
-}
-
-/// Run `body`, then delete every queue and exchange of `topologies` (best effort), then
-/// re-raise a panic of `body`.
-async fn with_cleanup<F: Future<Output = ()>>(topologies: &[&Topology], body: F) {
-    let outcome = AssertUnwindSafe(body).catch_unwind().await;
-    let connection = connect().await;
-    for topology in topologies {
-        // A failed delete closes the channel: one channel per delete.
-        for queue in [
-            topology.work_queue(),
-            topology.retry_queue(),
-            topology.dead_letter_queue(),
-        ] {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-        }
-        for exchange in [topology.input_exchange(), topology.events_exchange()] {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-    }
-    let _ = connection.close(200, "done".into()).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
     }
 }
 

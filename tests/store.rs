@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use mdti_worker::enrich::{
-    EnricherKind, EnricherResult, Enrichment, Extract, ExtractKind, Indicator, Reputation,
-    ReputationRule,
+    EnricherKind, Enrichment, Extract, ExtractKind, Indicator, Reputation, ReputationRule,
 };
 use mdti_worker::observable::Observable;
 use mdti_worker::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
@@ -17,7 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod support;
-use support::{observable, TestDb, TABLES};
+use support::{enricher_result as result, observable, TestDb, TABLES};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -27,18 +26,6 @@ fn extract(kind: ExtractKind, value: &str, field: &str) -> Extract {
         value: value.to_owned(),
         field: field.to_owned(),
         country_code: None,
-    }
-}
-
-fn result(enricher: EnricherKind) -> EnricherResult {
-    EnricherResult {
-        enricher,
-        found: true,
-        truncated: false,
-        indicator: None,
-        extracts: Vec::new(),
-        reputation: None,
-        passive_dns: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! retry / dead-letter copy, so nothing is lost between the two.
 
 pub mod consumer;
+pub mod dlq;
 pub mod message;
 pub mod publisher;
 pub mod topology;

@@ -282,6 +282,18 @@ impl Publisher {
             .await
     }
 
+    /// Publish a message straight to the work queue (default exchange), persistent, with the
+    /// properties given, and wait for the broker's confirm. Used to replay dead letters.
+    pub async fn send_to_work_queue(
+        &self,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let props = props.with_delivery_mode(PERSISTENT);
+        self.publish_to_queue(&self.topology.work_queue(), body, props)
+            .await
+    }
+
     /// Publish a JSON event to the events exchange: persistent, `application/json`, a fresh
     /// UUID as message id, confirmed. Not mandatory: an event nobody subscribed to yet is not an
     /// error.

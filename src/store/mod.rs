@@ -10,8 +10,10 @@
 
 mod actors;
 mod error;
+mod export;
 mod leases;
 mod report;
+mod views;
 mod write;
 
 use std::collections::HashMap;
@@ -25,8 +27,10 @@ use uuid::Uuid;
 
 pub use actors::{PendingHit, WalkHits};
 pub use error::StoreError;
+pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use leases::{LeaseHolder, LeaseView};
 pub use report::Summary;
+pub use views::{DailyLine, RecentHit, RejectionCount, Report, TopActor};
 pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};

@@ -6,10 +6,20 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod seed;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::FutureExt;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+
+use mdti_worker::enrich::{EnricherKind, EnricherResult};
 use mdti_worker::graph::GraphSettings;
 use mdti_worker::observable::{normalise, Normalised, Observable};
+use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::sim::SimHandle;
 use mdti_worker::store::Store;
@@ -203,6 +213,19 @@ pub fn observable(raw: &str) -> Observable {
     }
 }
 
+/// A found, empty result of `enricher`, for tests to fill in.
+pub fn enricher_result(enricher: EnricherKind) -> EnricherResult {
+    EnricherResult {
+        enricher,
+        found: true,
+        truncated: false,
+        indicator: None,
+        extracts: Vec::new(),
+        reputation: None,
+        passive_dns: None,
+    }
+}
+
 /// Client settings for a simulator: its credentials, a rate well above what tests send, and
 /// short backoffs so retries do not slow the suite.
 pub fn graph_settings(sim: &SimHandle) -> GraphSettings {
@@ -218,5 +241,54 @@ pub fn graph_settings(sim: &SimHandle) -> GraphSettings {
         backoff_cap: Duration::from_millis(200),
         request_timeout: Duration::from_secs(5),
         ..GraphSettings::default()
+    }
+}
+
+/// The test broker: `MDTI_TEST_AMQP_URL`, by default the local RabbitMQ as guest.
+pub fn amqp_url() -> String {
+    std::env::var("MDTI_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// Queue names of their own for one test (`t-<uuid>.*`), with the default retry delay.
+pub fn test_topology() -> Topology {
+    Topology::with_prefix(format!("t-{}", uuid::Uuid::new_v4().simple()))
+}
+
+pub async fn broker_connection() -> Connection {
+    Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must be reachable for these tests")
+}
+
+/// Run `body`, then delete every queue and exchange of `topologies` (best effort), then
+/// re-raise a panic of `body`.
+pub async fn with_cleanup<F: Future<Output = ()>>(topologies: &[&Topology], body: F) {
+    let outcome = AssertUnwindSafe(body).catch_unwind().await;
+    let connection = broker_connection().await;
+    for topology in topologies {
+        // A failed delete closes the channel: one channel per delete.
+        for queue in [
+            topology.work_queue(),
+            topology.retry_queue(),
+            topology.dead_letter_queue(),
+        ] {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+        for exchange in [topology.input_exchange(), topology.events_exchange()] {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }

@@ -1,0 +1,183 @@
+//! JSON lines and CSV: one line per export row (an actor hit, or a flagged observable without
+//! one), the same columns in both, in [`COLUMNS`] order.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::ExportRow;
+
+/// The columns, in order. Lists (`aliases`, `path`, `evidence_sources`) are JSON arrays in JSON
+/// lines and `;`-joined in CSV; absent values are `null` and empty cells.
+pub const COLUMNS: [&str; 16] = [
+    "observable",
+    "kind",
+    "classification",
+    "score",
+    "actor",
+    "profile_id",
+    "aliases",
+    "artifact",
+    "path",
+    "evidence_sources",
+    "hit_first_seen",
+    "hit_last_seen",
+    "observable_first_seen_at",
+    "last_enriched_at",
+    "runs",
+    "last_activity",
+];
+
+fn time(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |at| {
+        Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    })
+}
+
+/// The row's values, in [`COLUMNS`] order.
+fn values(row: &ExportRow) -> [Value; 16] {
+    let hit = row.hit.as_ref();
+    let sources: Vec<&str> = hit
+        .and_then(|h| h.evidence.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("source").and_then(Value::as_str))
+        .collect();
+    [
+        json!(row.value),
+        json!(row.kind.as_str()),
+        json!(row.classification),
+        json!(row.score),
+        json!(hit.map(|h| &h.actor)),
+        json!(hit.and_then(|h| h.profile_id.as_ref())),
+        json!(hit.map(|h| &h.aliases)),
+        json!(hit.map(|h| &h.artifact)),
+        json!(hit.map(|h| &h.path)),
+        if hit.is_some() {
+            json!(sources)
+        } else {
+            Value::Null
+        },
+        time(hit.and_then(|h| h.first_seen)),
+        time(hit.and_then(|h| h.last_seen)),
+        time(Some(row.first_seen_at)),
+        time(row.last_enriched_at),
+        json!(row.runs),
+        time(Some(row.last_activity)),
+    ]
+}
+
+/// One JSON object a line.
+pub fn jsonl(rows: &[ExportRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let object: Map<String, Value> = COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .zip(values(row))
+            .collect();
+        out.push_str(&Value::Object(object).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// A header line, then one line per row (RFC 4180 quoting, CRLF-free: lines end with `\n`).
+pub fn csv(rows: &[ExportRow]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push('\n');
+    for row in rows {
+        let cells: Vec<String> = values(row).iter().map(cell).collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn cell(value: &Value) -> String {
+    let text = match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(";"),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::ExportHit;
+    use crate::observable::ObservableKind;
+    use chrono::TimeZone;
+
+    fn row() -> ExportRow {
+        let at = Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap();
+        ExportRow {
+            kind: ObservableKind::Domain,
+            value: "evil.example".into(),
+            first_seen_at: at,
+            last_enriched_at: None,
+            runs: 1,
+            first_run_at: Some(at),
+            last_run_at: Some(at),
+            classification: Some("malicious".into()),
+            score: Some(90),
+            hit: Some(ExportHit {
+                actor: "Storm, \"0558\"".into(),
+                profile_id: None,
+                aliases: vec!["a".into(), "b".into()],
+                artifact: "198.51.100.7".into(),
+                path: vec!["evil.example".into(), "198.51.100.7".into()],
+                evidence: json!([{"source": "reputation_rule"}, {"source": "intel_article"}]),
+                first_seen: None,
+                last_seen: Some(at),
+                created_at: at,
+            }),
+            last_activity: at,
+        }
+    }
+
+    #[test]
+    fn csv_has_the_documented_header_and_quotes_what_needs_it() {
+        let text = csv(&[row()]);
+        let mut lines = text.lines();
+        assert_eq!(lines.next().unwrap(), COLUMNS.join(","));
+        assert_eq!(
+            lines.next().unwrap(),
+            "evil.example,domain,malicious,90,\"Storm, \"\"0558\"\"\",,a;b,198.51.100.7,\
+             evil.example;198.51.100.7,reputation_rule;intel_article,,2024-05-01T00:00:00.000Z,\
+             2024-05-01T00:00:00.000Z,,1,2024-05-01T00:00:00.000Z"
+        );
+        assert!(lines.next().is_none());
+    }
+
+    #[test]
+    fn jsonl_has_one_object_a_line_with_every_column() {
+        let mut flagged = row();
+        flagged.hit = None;
+        let text = jsonl(&[row(), flagged]);
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        for line in &lines {
+            assert_eq!(line.as_object().unwrap().len(), COLUMNS.len());
+        }
+        assert_eq!(lines[0]["aliases"], json!(["a", "b"]));
+        assert_eq!(
+            lines[0]["evidence_sources"],
+            json!(["reputation_rule", "intel_article"])
+        );
+        assert_eq!(lines[1]["actor"], Value::Null);
+        assert_eq!(lines[1]["evidence_sources"], Value::Null);
+    }
+}
