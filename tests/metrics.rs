@@ -204,12 +204,30 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
         })
         .await;
 
-    // Chained with every enricher, without counterparts: the walk's only reputation is the
-    // IOC's, which the reputation enricher has just cached.
+    // A reputation in the cache, then an observable chained with every enricher whose only
+    // passive DNS counterpart is that host: the walk takes its reputation from the cache. (The
+    // IOC's own reputation comes from its enricher, with no cache round trip.)
     worker
-        .sim
-        .control()
-        .set_override("hosts/lonely.contoso.com/passiveDns", json!([]));
+        .publish(
+            "shared",
+            &serde_json::to_vec(
+                &json!({"value": "shared.contoso.com", "enrichers": ["reputation"], "chain": false}),
+            )
+            .unwrap(),
+        )
+        .await;
+    worker
+        .wait_for("the reputation cached", |s| WorkerStats::get(&s.done) == 5)
+        .await;
+    worker.sim.control().set_override(
+        "hosts/lonely.contoso.com/passiveDns",
+        json!([{
+            "id": "lonely-shared",
+            "recordType": "CNAME",
+            "parentHost": {"id": "lonely.contoso.com"},
+            "artifact": {"@odata.type": "#microsoft.graph.security.hostname", "id": "shared.contoso.com"}
+        }]),
+    );
     worker
         .publish(
             "lonely",
@@ -217,7 +235,7 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
         )
         .await;
     worker
-        .wait_for("the chained one done", |s| WorkerStats::get(&s.done) == 5)
+        .wait_for("the chained one done", |s| WorkerStats::get(&s.done) == 6)
         .await;
 
     let (status, scrape) = worker.get("/metrics").await;
@@ -230,21 +248,21 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
         sample(&scrape, series).unwrap_or_else(|| panic!("{series} missing:\n{scrape}"))
     };
 
-    assert_eq!(at("mdti_messages_received_total"), 6.0);
-    assert_eq!(at(r#"mdti_messages_total{outcome="done"}"#), 5.0);
+    assert_eq!(at("mdti_messages_received_total"), 7.0);
+    assert_eq!(at(r#"mdti_messages_total{outcome="done"}"#), 6.0);
     assert_eq!(at(r#"mdti_messages_total{outcome="dead_lettered"}"#), 1.0);
     assert_eq!(at(r#"mdti_messages_total{outcome="retried"}"#), 0.0);
     assert_eq!(at(r#"mdti_messages_total{outcome="requeued"}"#), 0.0);
-    assert_eq!(at(r#"mdti_observables_total{status="enriched"}"#), 4.0);
+    assert_eq!(at(r#"mdti_observables_total{status="enriched"}"#), 5.0);
     assert_eq!(at(r#"mdti_observables_total{status="cached"}"#), 1.0);
     assert_eq!(at("mdti_reputation_cache_hits_total"), 1.0);
 
     // Requests by endpoint and status: the throttled whois and its retry, three more whois
-    // answers, and the chained message's reputation and passive DNS.
+    // answers, the cached reputation, and the chained message's reputation and passive DNS.
     for (endpoint, status, expected) in [
         ("whois", "429", 1.0),
         ("whois", "200", 4.0),
-        ("reputation", "200", 1.0),
+        ("reputation", "200", 2.0),
         ("passiveDns", "200", 1.0),
     ] {
         let series =
