@@ -76,6 +76,14 @@ pub fn share_of(quota: f64, burst: u32, live_workers: u32, others_share: f64) ->
     }
 }
 
+/// Where the output of spawned workers goes.
+#[derive(Clone, Copy)]
+enum Output<'a> {
+    Inherit,
+    Discard,
+    File(&'a std::fs::File),
+}
+
 /// Keeps one worker's lease and its limiter in step with the rest of the fleet.
 pub struct Coordinator {
     store: Store,
@@ -268,19 +276,92 @@ impl WorkerProcesses {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        let output = if inherit_output {
+            Output::Inherit
+        } else {
+            Output::Discard
+        };
+        Self::spawn_with(executable, count, args, &[], output)
+    }
+
+    /// Like [`WorkerProcesses::spawn`], with environment variables (settings that must not
+    /// show in the process list, such as URLs with passwords) and both output streams of every
+    /// process appended to `log`.
+    pub fn spawn_logged<I, S>(
+        executable: &Path,
+        count: usize,
+        args: I,
+        envs: &[(String, String)],
+        log: &std::fs::File,
+    ) -> std::io::Result<WorkerProcesses>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Self::spawn_with(executable, count, args, envs, Output::File(log))
+    }
+
+    fn spawn_with<I, S>(
+        executable: &Path,
+        count: usize,
+        args: I,
+        envs: &[(String, String)],
+        output: Output<'_>,
+    ) -> std::io::Result<WorkerProcesses>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let mut children = Vec::with_capacity(count);
         for _ in 0..count {
             let mut command = Command::new(executable);
-            command.arg("worker").args(&args).kill_on_drop(true);
-            if !inherit_output {
-                command
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
+            command
+                .arg("worker")
+                .args(&args)
+                .envs(envs.iter().map(|(k, v)| (k, v)))
+                .kill_on_drop(true);
+            match output {
+                Output::Inherit => {}
+                Output::Discard => {
+                    command
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null());
+                }
+                Output::File(log) => {
+                    command.stdout(log.try_clone()?).stderr(log.try_clone()?);
+                }
             }
             children.push(command.spawn()?);
         }
         Ok(WorkerProcesses { children })
+    }
+
+    /// Workers still running (exited ones are reaped).
+    pub fn running(&mut self) -> usize {
+        self.children
+            .iter_mut()
+            .map(|child| matches!(child.try_wait(), Ok(None)))
+            .filter(|running| *running)
+            .count()
+    }
+
+    /// SIGTERM every worker still running: each stops consuming, finishes or hands back what it
+    /// holds and gives its lease back. [`WorkerProcesses::wait`] then collects them.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        for pid in self.children.iter().filter_map(Child::id) {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            // A worker that exited in between has nothing left to stop.
+            if !status.success() && std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+                return Err(std::io::Error::other(format!(
+                    "could not send SIGTERM to worker process {pid}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Process ids, in start order (`None` once a process was waited for).

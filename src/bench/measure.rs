@@ -176,7 +176,16 @@ pub fn processes_delta(before: &BTreeMap<u32, f64>, after: &BTreeMap<u32, f64>) 
 
 /// `VmHWM` (peak) and `VmRSS` (now) of this process, in KiB.
 pub fn rss_kib() -> (Option<u64>, Option<u64>) {
-    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+    status_rss_kib("/proc/self/status")
+}
+
+/// `VmHWM` (peak since it started) of another process, in KiB (`None` if it is gone).
+pub fn pid_peak_rss_kib(pid: u32) -> Option<u64> {
+    status_rss_kib(&format!("/proc/{pid}/status")).0
+}
+
+fn status_rss_kib(path: &str) -> (Option<u64>, Option<u64>) {
+    let Ok(status) = fs::read_to_string(path) else {
         return (None, None);
     };
     let field = |name: &str| {

@@ -18,6 +18,7 @@
 //! 5. Latency per observable from SQL: `enrichment_runs.created_at` (Postgres `now()`, i.e. the
 //!    start of the result transaction) minus `context.bench_published_us`.
 
+mod fleet;
 mod measure;
 mod mix;
 mod report;
@@ -52,12 +53,14 @@ use crate::secret::Secret;
 use crate::sim::{self, SimConfig, SimHandle};
 use crate::store::Store;
 
-use report::{
-    Breakdown, Config, Graph, Latency, Machine, Postgres, Report, Resources, Runs, Throughput,
-};
+use report::{Breakdown, Config, Graph, Latency, Machine, Postgres, Resources, Runs, Throughput};
+pub use report::{Report, WorkerProcess};
 
 /// Messages per pipelined publish (one wait for all their confirms).
 const PUBLISH_CHUNK: usize = 250;
+
+/// How often the drain of worker processes is checked in Postgres and RabbitMQ.
+const FLEET_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Args, Debug)]
 pub struct BenchCmd {
@@ -82,7 +85,8 @@ pub struct BenchCmd {
     /// Passive DNS hops of a chaining walk
     #[arg(long, default_value_t = 1)]
     pub chain_depth: u32,
-    /// The client's rate limit, requests/s (the default is effectively no limit)
+    /// The client's rate limit, requests/s (the default is effectively no limit); with
+    /// --workers above 1, the tenant quota the worker processes share (`--tenant-quota`)
     #[arg(long, default_value_t = 1_000_000.0)]
     pub graph_rate: f64,
     /// The client limiter's burst
@@ -144,13 +148,47 @@ pub struct BenchCmd {
     /// Where to write the JSON results (default bench-results/bench-<timestamp>.json)
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Worker processes: 1 = the worker runs in the bench's own process; above 1, separate
+    /// `mdti-worker worker` processes sharing --graph-rate as their tenant quota, their output
+    /// in <json file>-workers.log
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// The executable whose `worker` command --workers above 1 starts (default: this one)
+    #[arg(long, hide = true)]
+    pub worker_executable: Option<PathBuf>,
+}
+
+/// A finished run: its report, and where the JSON (and the workers' log, if any) went.
+pub struct Recorded {
+    pub report: Report,
+    pub json: PathBuf,
+    pub worker_log: Option<PathBuf>,
 }
 
 /// Run the benchmark, print the table, write the JSON. Exit code 0 when every message was
 /// settled, 1 otherwise.
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
+    let recorded = run_and_record(cmd).await?;
+    print!("{}", recorded.report.table());
+    if let Some(log) = &recorded.worker_log {
+        println!("\nWorker processes' output: {}", log.display());
+    }
+    println!("\nJSON: {}", recorded.json.display());
+    Ok(if recorded.report.complete { 0 } else { 1 })
+}
+
+/// Run the benchmark and write the JSON.
+pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     if cmd.observables == 0 || cmd.batch_size == 0 {
         bail!("--observables and --batch-size must be at least 1");
+    }
+    if cmd.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if cmd.workers > 1 && cmd.sim_external.is_some() {
+        // The worker processes' RSS and CPU are their own already; an external simulator is
+        // not needed for that, and its counters could not be told apart from other clients'.
+        bail!("--workers above 1 uses the in-process simulator: leave out --sim-external");
     }
     if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
         bail!("--publish-rate must be 0 or a positive number");
@@ -164,6 +202,16 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         retry_delay: Duration::from_secs(2),
     };
     let started_at = chrono::Utc::now();
+    let json = cmd.json.clone().unwrap_or_else(|| {
+        PathBuf::from("bench-results").join(format!(
+            "bench-{}.json",
+            started_at.format("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    let worker_log = (cmd.workers > 1).then(|| {
+        let stem = json.file_stem().unwrap_or_default().to_string_lossy();
+        json.with_file_name(format!("{stem}-workers.log"))
+    });
 
     let sim = SimSide::start(&cmd).await?;
     eprintln!(
@@ -180,6 +228,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
         db_name: &db_name,
         topology: &topology,
         started_at,
+        worker_log: worker_log.as_deref(),
     };
     let outcome = measure_run(&ctx).await;
 
@@ -198,21 +247,17 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
     }
 
     let report = outcome?;
-    print!("{}", report.table());
-    let path = cmd.json.clone().unwrap_or_else(|| {
-        PathBuf::from("bench-results").join(format!(
-            "bench-{}.json",
-            started_at.format("%Y%m%dT%H%M%SZ")
-        ))
-    });
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("\nJSON: {}", path.display());
-    Ok(if report.complete { 0 } else { 1 })
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    Ok(Recorded {
+        report,
+        json,
+        worker_log,
+    })
 }
 
 struct Ctx<'a> {
@@ -223,6 +268,8 @@ struct Ctx<'a> {
     db_name: &'a str,
     topology: &'a Topology,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// Where the worker processes' output goes (with --workers above 1).
+    worker_log: Option<&'a std::path::Path>,
 }
 
 fn url_with_database(base: &str, database: &str) -> anyhow::Result<String> {
@@ -535,8 +582,12 @@ fn message_body(mix: &[String], message: usize, batch_size: usize, published_us:
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Connect the publisher and wait until the worker consumes from the work queue.
-async fn ready_publisher(amqp_url: String, topology: Topology) -> anyhow::Result<Publisher> {
+/// Connect the publisher and wait until every worker consumes from the work queue.
+async fn ready_publisher(
+    amqp_url: String,
+    topology: Topology,
+    workers: usize,
+) -> anyhow::Result<Publisher> {
     let publisher = Publisher::connect(&amqp_url, topology.clone()).await?;
     let started = Instant::now();
     loop {
@@ -552,11 +603,14 @@ async fn ready_publisher(amqp_url: String, topology: Topology) -> anyhow::Result
                 FieldTable::default(),
             )
             .await?;
-        if queue.consumer_count() > 0 {
+        if queue.consumer_count() as usize >= workers {
             return Ok(publisher);
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the worker did not start consuming within 60 s");
+            bail!(
+                "{} of {workers} worker(s) consuming after 60 s",
+                queue.consumer_count()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -738,7 +792,6 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let mix = Arc::new(observable_mix(cmd.observables, cmd.distinct, cmd.seed));
     let messages = cmd.observables.div_ceil(cmd.batch_size);
 
-    let store = Store::connect(ctx.db_url, cmd.db_max_connections).await?;
     let worker_args = WorkerArgs {
         concurrency: cmd.concurrency,
         enrichers: cmd.enrichers.clone(),
@@ -766,23 +819,52 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     };
     let stats = Arc::new(WorkerStats::default());
     let (stop, stopped) = watch::channel(false);
-    let mut worker = tokio::spawn({
-        let (graph, store, stats) = (graph.clone(), store.clone(), Arc::clone(&stats));
-        let graph_args = graph_args.clone();
-        async move {
-            cli::run_worker(
+    // One of the two: the worker as a task here, or as processes of their own.
+    let mut worker = None;
+    let mut store = None;
+    let mut fleet = None;
+    if cmd.workers > 1 {
+        let executable = match &cmd.worker_executable {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("finding this executable")?,
+        };
+        let log = ctx
+            .worker_log
+            .context("no log file for the worker processes")?;
+        fleet = Some(
+            fleet::Fleet::start(
+                &executable,
+                cmd.workers,
+                log,
                 &graph_args,
                 &broker,
+                &database,
                 &worker_args,
-                graph,
-                store,
-                stopped,
-                stats,
-                None,
+                cmd.batch_size,
             )
-            .await
-        }
-    });
+            .await?,
+        );
+    } else {
+        let pool = Store::connect(ctx.db_url, cmd.db_max_connections).await?;
+        store = Some(pool.clone());
+        worker = Some(tokio::spawn({
+            let (graph, stats) = (graph.clone(), Arc::clone(&stats));
+            let graph_args = graph_args.clone();
+            async move {
+                cli::run_worker(
+                    &graph_args,
+                    &broker,
+                    &worker_args,
+                    graph,
+                    pool,
+                    stopped,
+                    stats,
+                    None,
+                )
+                .await
+            }
+        }));
+    }
 
     let publish_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -794,6 +876,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             .spawn(ready_publisher(
                 cmd.amqp_url.expose().to_owned(),
                 ctx.topology.clone(),
+                cmd.workers,
             ))
             .await??;
         // Let the setup's Postgres statistics reach pg_stat_database (flushed at most once a
@@ -815,10 +898,8 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         let mut times: Option<PublishTimes> = None;
         let mut error: Option<String> = None;
         let deadline = before.at + cmd.max_duration;
-        let settled = || {
-            WorkerStats::get(&stats.done) + WorkerStats::get(&stats.dead_lettered)
-                >= messages as u64
-        };
+        let mut fleet_settled = None;
+        let mut next_fleet_check = Instant::now();
         loop {
             if publishing.as_ref().is_some_and(|p| p.is_finished()) {
                 match publishing.take().expect("checked").await {
@@ -827,12 +908,46 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
                     Err(e) => error = Some(format!("publisher task failed: {e}")),
                 }
             }
-            if error.is_some() || (times.is_some() && settled()) {
+            let settled = match fleet.as_mut() {
+                None => {
+                    WorkerStats::get(&stats.done) + WorkerStats::get(&stats.dead_lettered)
+                        >= messages as u64
+                }
+                // A query, not an atomic load: asked at most every FLEET_POLL.
+                Some(fleet) if times.is_some() && Instant::now() >= next_fleet_check => {
+                    next_fleet_check = Instant::now() + FLEET_POLL;
+                    match fleet.settled_observables().await {
+                        Ok(settled) => {
+                            fleet_settled = Some(settled);
+                            settled.observables() >= cmd.observables as u64
+                        }
+                        Err(e) => {
+                            error = Some(format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+                Some(_) => false,
+            };
+            if error.is_some() || (times.is_some() && settled) {
                 break;
             }
-            if worker.is_finished() {
+            if worker.as_ref().is_some_and(|w| w.is_finished()) {
                 error = Some("the worker stopped before the queues were drained".into());
                 break;
+            }
+            if let Some(fleet) = fleet.as_mut() {
+                let running = fleet.running();
+                if running < cmd.workers {
+                    error = Some(format!(
+                        "{} of {} worker processes stopped before the queues were drained (see {})",
+                        cmd.workers - running,
+                        cmd.workers,
+                        ctx.worker_log
+                            .map_or("their log".into(), |p| p.display().to_string())
+                    ));
+                    break;
+                }
             }
             if Instant::now() >= deadline {
                 error = Some(format!(
@@ -846,26 +961,41 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         let drained_at = Instant::now();
         let after = Snapshot::take(ctx, &graph).await;
         let (peak_kib, end_kib) = measure::rss_kib();
+        // Just before stopping: a process that exited has no /proc entry left.
+        let processes = fleet
+            .as_ref()
+            .map(fleet::Fleet::read_processes)
+            .unwrap_or_default();
         if let Some(p) = publishing.take() {
             p.abort();
         }
 
         let _ = stop.send(true);
-        match tokio::time::timeout(Duration::from_secs(60), &mut worker).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                error.get_or_insert(format!("the worker failed: {e:#}"));
-            }
-            Ok(Err(e)) => {
-                error.get_or_insert(format!("the worker task failed: {e}"));
-            }
-            Err(_) => {
-                worker.abort();
-                error.get_or_insert("the worker did not stop within 60 s".into());
+        if let Some(worker) = worker.as_mut() {
+            match tokio::time::timeout(Duration::from_secs(60), &mut *worker).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    error.get_or_insert(format!("the worker failed: {e:#}"));
+                }
+                Ok(Err(e)) => {
+                    error.get_or_insert(format!("the worker task failed: {e}"));
+                }
+                Err(_) => {
+                    worker.abort();
+                    error.get_or_insert("the worker did not stop within 60 s".into());
+                }
             }
         }
-        // Closing the pool ends its backends, which flushes their statistics.
-        store.close().await;
+        if let Some(fleet) = fleet.take() {
+            if let Err(e) = fleet.stop().await {
+                error.get_or_insert(e);
+            }
+        }
+        // Closing the pool ends its backends, which flushes their statistics (the worker
+        // processes' backends ended with them).
+        if let Some(store) = &store {
+            store.close().await;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pg = pg_delta(&pg_stats(ctx.admin_url, ctx.db_name).await?, &pg_before);
         let rows = read_runs(ctx.db_url).await?;
@@ -882,18 +1012,22 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             end_kib,
             pg,
             rows,
-            stats: &stats,
+            stats: fleet_settled.is_none().then_some(&*stats),
+            fleet_settled,
+            processes,
             published: published.load(Ordering::Relaxed),
             distinct: mix::distinct_count(cmd.observables, cmd.distinct),
             messages,
         }))
     }
     .await;
-    if !worker.is_finished() {
+    if let Some(mut worker) = worker.filter(|w| !w.is_finished()) {
         let _ = stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut worker).await;
         worker.abort();
     }
+    // Worker processes still there after a failure are killed when dropped.
+    drop(fleet);
     publish_runtime.shutdown_background();
     result
 }
@@ -910,7 +1044,11 @@ struct Assembly<'a> {
     end_kib: Option<u64>,
     pg: Postgres,
     rows: RunRows,
-    stats: &'a WorkerStats,
+    /// The in-process worker's counters (`None` with worker processes).
+    stats: Option<&'a WorkerStats>,
+    /// With worker processes: what Postgres and the dead-letter queue said last.
+    fleet_settled: Option<fleet::Settled>,
+    processes: Vec<WorkerProcess>,
     published: u64,
     distinct: usize,
     messages: usize,
@@ -965,7 +1103,21 @@ fn assemble(a: Assembly<'_>) -> Report {
         let was = before.threads.get(&main_thread).map_or(0, |(_, ns)| *ns);
         ns.saturating_sub(was) as f64 / 1e9
     });
-    let worker_cpu = (cpu.total() - simulator_cpu - publisher_cpu - bench_main).max(0.0);
+    // With worker processes, the bench process holds no worker: theirs is their own CPU.
+    let multi_process = a.stats.is_none();
+    let processes_cpu: f64 = a.processes.iter().filter_map(|p| p.cpu_s).sum();
+    let worker_cpu = if multi_process {
+        processes_cpu
+    } else {
+        (cpu.total() - simulator_cpu - publisher_cpu - bench_main).max(0.0)
+    };
+    // The client-side figures exist only for the in-process worker's client.
+    let client = |value: f64| (!multi_process).then_some(value);
+    let requests = if multi_process {
+        sim_delta.get("graph").copied().unwrap_or(0)
+    } else {
+        g.requests
+    };
     let machine_busy = match (after.machine, before.machine) {
         (Some(a), Some(b)) => measure::machine_busy_s(&b, &a),
         _ => 0.0,
@@ -980,26 +1132,38 @@ fn assemble(a: Assembly<'_>) -> Report {
     };
     let service_s = a.rows.service_all.iter().sum::<i64>() as f64 / 1e6;
     let sim_latency_s = match a.ctx.sim {
-        SimSide::InProcess { latency, .. } => Some(latency.as_secs_f64() * g.requests as f64),
+        SimSide::InProcess { latency, .. } => Some(latency.as_secs_f64() * requests as f64),
         SimSide::External { .. } => None,
     };
 
-    let worker_counters: BTreeMap<String, u64> = [
-        ("messages", &a.stats.messages),
-        ("done", &a.stats.done),
-        ("retried", &a.stats.retried),
-        ("dead_lettered", &a.stats.dead_lettered),
-        ("requeued", &a.stats.requeued),
-        ("enriched", &a.stats.enriched),
-        ("cached", &a.stats.cached),
-        ("skipped", &a.stats.skipped),
-        ("rejected_items", &a.stats.rejected_items),
-        ("actor_hits", &a.stats.actor_hits),
-        ("reconnects", &a.stats.reconnects),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))
-    .collect();
+    let worker_counters: BTreeMap<String, u64> = match a.stats {
+        Some(stats) => [
+            ("messages", &stats.messages),
+            ("done", &stats.done),
+            ("retried", &stats.retried),
+            ("dead_lettered", &stats.dead_lettered),
+            ("requeued", &stats.requeued),
+            ("enriched", &stats.enriched),
+            ("cached", &stats.cached),
+            ("skipped", &stats.skipped),
+            ("rejected_items", &stats.rejected_items),
+            ("actor_hits", &stats.actor_hits),
+            ("reconnects", &stats.reconnects),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))
+        .collect(),
+        // What the bench read in Postgres and RabbitMQ instead.
+        None => a
+            .fleet_settled
+            .map(|s| {
+                BTreeMap::from([
+                    ("enrichment_runs".to_owned(), s.runs),
+                    ("dead_lettered".to_owned(), s.dead_lettered_messages),
+                ])
+            })
+            .unwrap_or_default(),
+    };
 
     let mut notes = vec![
         "publish→commit latency ends at enrichment_runs.created_at, Postgres now() = the start of the result transaction: the write itself, the commit, the ack and actor-hit events are after it".to_owned(),
@@ -1009,21 +1173,37 @@ fn assemble(a: Assembly<'_>) -> Report {
     if cmd.publish_rate == 0.0 {
         notes.push("backlog mode (--publish-rate 0): everything is queued at once, so publish→commit latency is mostly queue wait; use --publish-rate below the worker's throughput for service latency under load".into());
     }
-    if in_process {
-        notes.push("the simulator runs in this process (own runtime, threads mdti-sim): RSS includes it, its CPU is subtracted from the worker's; use --sim-external for a worker-only RSS".into());
+    if multi_process {
+        notes.push(format!(
+            "{} worker processes sharing --graph-rate {} as their tenant quota through Postgres leases; the bench process holds the simulator and the publisher only",
+            cmd.workers, cmd.graph_rate
+        ));
+        notes.push("with worker processes: Graph requests are the simulator's count; the client-side figures (limiter and 429 hold waits, retries, client-seen 429s, gave up) live in the workers and are not measured; `worker` holds what the bench read in Postgres (enrichment_runs) and RabbitMQ (dead-lettered messages), not the workers' counters".into());
+        notes.push(format!(
+            "with worker processes: the drain is read from Postgres and the dead-letter queue every {} ms, so end to end may include up to that; worker peak RSS (VmHWM) and CPU (utime + stime) are per process since it started, start-up included, read just before SIGTERM",
+            FLEET_POLL.as_millis()
+        ));
+    } else {
+        if in_process {
+            notes.push("the simulator runs in this process (own runtime, threads mdti-sim): RSS includes it, its CPU is subtracted from the worker's; use --sim-external for a worker-only RSS".into());
+        }
+        notes.push(format!(
+            "worker CPU = process CPU − simulator threads − publisher threads − the bench's main thread; Postgres and RabbitMQ CPU are other processes; the machine has {} CPUs shared with everything else",
+            measure::cpus()
+        ));
     }
-    notes.push(format!(
-        "worker CPU = process CPU − simulator threads − publisher threads − the bench's main thread; Postgres and RabbitMQ CPU are other processes; the machine has {} CPUs shared with everything else",
-        measure::cpus()
-    ));
-    if WorkerStats::get(&a.stats.rejected_items) > 0 {
+    if a.stats
+        .is_some_and(|s| WorkerStats::get(&s.rejected_items) > 0)
+    {
         notes.push(
             "some items were rejected: the settled-message count may be reached early".into(),
         );
     }
 
     Report {
-        format: 1,
+        // Format 2: the client-side Graph figures may be null, `peak_rss_mib` is the bench
+        // process's and the workers' are in `worker_processes`, as with worker processes.
+        format: if multi_process { 2 } else { 1 },
         started_at: a.ctx.started_at.to_rfc3339(),
         git_rev: git_rev(),
         config: Config {
@@ -1054,6 +1234,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             database: a.ctx.db_name.to_owned(),
             queue_prefix: a.ctx.topology.prefix.clone(),
             profile_sync: cmd.profile_sync,
+            workers: cmd.workers,
         },
         machine: Machine {
             cpus: measure::cpus(),
@@ -1073,24 +1254,25 @@ fn assemble(a: Assembly<'_>) -> Report {
             observables_per_s: per(observables_done as f64, end_to_end),
         },
         graph: Graph {
-            requests: g.requests,
-            requests_per_observable: per(g.requests as f64, observables_done as f64),
-            achieved_rate: per(g.requests as f64, end_to_end),
+            requests,
+            requests_counted_by: if multi_process { "simulator" } else { "client" }.to_owned(),
+            requests_per_observable: per(requests as f64, observables_done as f64),
+            achieved_rate: per(requests as f64, end_to_end),
             sim_429: sim_delta.get("throttled").copied(),
             sim_requests: sim_delta.get("graph").copied(),
-            client_throttled: g.throttled,
-            retries: g.retries,
-            gave_up: g.gave_up,
-            retry_after_asked_s: g.retry_after_micros as f64 / 1e6,
-            limiter_wait_s: g.limiter_micros as f64 / 1e6,
-            hold_wait_s: g.hold_micros as f64 / 1e6,
+            client_throttled: (!multi_process).then_some(g.throttled),
+            retries: (!multi_process).then_some(g.retries),
+            gave_up: (!multi_process).then_some(g.gave_up),
+            retry_after_asked_s: client(g.retry_after_micros as f64 / 1e6),
+            limiter_wait_s: client(g.limiter_micros as f64 / 1e6),
+            hold_wait_s: client(g.hold_micros as f64 / 1e6),
             sim_endpoints: sim_delta,
         },
         breakdown: Breakdown {
             slot_capacity_s: f64::from(cmd.concurrency) * end_to_end,
             service_s,
-            limiter_wait_s: g.limiter_micros as f64 / 1e6,
-            hold_wait_s: g.hold_micros as f64 / 1e6,
+            limiter_wait_s: client(g.limiter_micros as f64 / 1e6),
+            hold_wait_s: client(g.hold_micros as f64 / 1e6),
             sim_latency_s,
             postgres_active_s: a.pg.active_s,
             mean_queue_and_write_ms: latency.all.mean_ms - latency.service.mean_ms,
@@ -1121,6 +1303,9 @@ fn assemble(a: Assembly<'_>) -> Report {
             ),
             postgres_all_cpu_s: measure::processes_delta(&before.postgres_all, &after.postgres_all),
             rabbitmq_cpu_s: measure::processes_delta(&before.rabbitmq, &after.rabbitmq),
+            worker_processes_peak_rss_mib: (!a.processes.is_empty())
+                .then(|| a.processes.iter().filter_map(|p| p.peak_rss_mib).sum()),
+            worker_processes: a.processes,
         },
         postgres: a.pg,
         notes,

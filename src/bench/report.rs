@@ -53,6 +53,8 @@ pub struct Config {
     pub database: String,
     pub queue_prefix: String,
     pub profile_sync: bool,
+    /// Worker processes: 1 = the worker in the bench's own process.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,8 +82,11 @@ pub struct Throughput {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Graph {
-    /// Client-side count (`GraphStats::requests`), retries and pages included.
+    /// Client-side count (`GraphStats::requests`), retries and pages included; with several
+    /// worker processes, the simulator's count instead (see `requests_counted_by`).
     pub requests: u64,
+    /// `client` or `simulator`.
+    pub requests_counted_by: String,
     pub requests_per_observable: f64,
     /// Requests / end-to-end time.
     pub achieved_rate: f64,
@@ -89,14 +94,16 @@ pub struct Graph {
     pub sim_429: Option<u64>,
     /// Every request the simulator saw under `/v1.0` (its `graph` counter).
     pub sim_requests: Option<u64>,
-    pub client_throttled: u64,
-    pub retries: u64,
-    pub gave_up: u64,
-    pub retry_after_asked_s: f64,
+    /// The client-side figures below are `null` (not measured) with several worker processes:
+    /// they live in the workers' memory.
+    pub client_throttled: Option<u64>,
+    pub retries: Option<u64>,
+    pub gave_up: Option<u64>,
+    pub retry_after_asked_s: Option<f64>,
     /// Summed over requests: time waiting on the client's rate limiter.
-    pub limiter_wait_s: f64,
+    pub limiter_wait_s: Option<f64>,
     /// Summed over requests: time held back by a 429's Retry-After.
-    pub hold_wait_s: f64,
+    pub hold_wait_s: Option<f64>,
     /// The simulator's per-endpoint counters during the run.
     pub sim_endpoints: BTreeMap<String, u64>,
 }
@@ -144,6 +151,21 @@ pub struct Resources {
     /// Every `postgres` process on the host (WAL writer, checkpointer, other databases...).
     pub postgres_all_cpu_s: f64,
     pub rabbitmq_cpu_s: f64,
+    /// With several worker processes: each one's peak RSS and CPU, read just before it was
+    /// stopped (empty with the in-process worker).
+    pub worker_processes: Vec<WorkerProcess>,
+    /// Sum of the worker processes' peak RSS.
+    pub worker_processes_peak_rss_mib: Option<f64>,
+}
+
+/// One worker process of a multi-process run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerProcess {
+    pub pid: u32,
+    /// `VmHWM`: the peak since the process started.
+    pub peak_rss_mib: Option<f64>,
+    /// utime + stime since the process started (start-up included).
+    pub cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -166,8 +188,8 @@ pub struct Breakdown {
     pub slot_capacity_s: f64,
     /// Sum of the pipeline's service times (`duration_ms`).
     pub service_s: f64,
-    pub limiter_wait_s: f64,
-    pub hold_wait_s: f64,
+    pub limiter_wait_s: Option<f64>,
+    pub hold_wait_s: Option<f64>,
     /// Requests × the simulator's configured latency (in-process simulator only).
     pub sim_latency_s: Option<f64>,
     pub postgres_active_s: f64,
@@ -191,6 +213,11 @@ fn mib(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.1} MiB"))
 }
 
+/// A figure, or "not measured" where this kind of run cannot know it.
+fn measured<T>(v: Option<T>, show: impl Fn(T) -> String) -> String {
+    v.map_or("not measured".into(), show)
+}
+
 impl Report {
     pub fn table(&self) -> String {
         let c = &self.config;
@@ -200,17 +227,27 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}",
-            c.observables, c.distinct_values, c.messages, c.batch_size, c.concurrency, c.item_concurrency
+            "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}{}",
+            c.observables, c.distinct_values, c.messages, c.batch_size, c.concurrency, c.item_concurrency,
+            if c.workers > 1 {
+                format!(", in each of {} worker processes", c.workers)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,
-            "  enrichers {}; chain {}; client limit {} req/s (burst {}, {} in flight)",
+            "  enrichers {}; chain {}; {} {} req/s (burst {}, {} in flight)",
             c.enrichers.join(","),
             if c.chain {
                 format!("depth {}", c.chain_depth)
             } else {
                 "off".into()
+            },
+            if c.workers > 1 {
+                "tenant quota (shared by the workers)"
+            } else {
+                "client limit"
             },
             c.graph_rate,
             c.graph_burst,
@@ -275,8 +312,9 @@ impl Report {
             &mut out,
             "requests",
             format!(
-                "{} ({:.2} per observable), {:.1} req/s achieved{}",
+                "{} counted by the {} ({:.2} per observable), {:.1} req/s achieved{}",
                 g.requests,
+                g.requests_counted_by,
                 g.requests_per_observable,
                 g.achieved_rate,
                 c.sim_rate
@@ -284,24 +322,32 @@ impl Report {
                     .unwrap_or_default()
             ),
         );
+        let client_side = match (
+            g.client_throttled,
+            g.retries,
+            g.gave_up,
+            g.retry_after_asked_s,
+        ) {
+            (Some(throttled), Some(retries), Some(gave_up), Some(asked)) => format!(
+                "client saw {throttled} throttled, {retries} retries, {gave_up} gave up; Retry-After asked {asked:.1} s"
+            ),
+            _ => "client side not measured (it is in the worker processes)".into(),
+        };
         line(
             &mut out,
             "429s",
             format!(
-                "{} sent by the simulator; client saw {} throttled, {} retries, {} gave up; Retry-After asked {:.1} s",
+                "{} sent by the simulator; {client_side}",
                 g.sim_429.map_or("n/a".into(), |v| v.to_string()),
-                g.client_throttled,
-                g.retries,
-                g.gave_up,
-                g.retry_after_asked_s
             ),
         );
         line(
             &mut out,
             "waits (summed)",
             format!(
-                "limiter {:.1} s, 429 hold {:.1} s",
-                g.limiter_wait_s, g.hold_wait_s
+                "limiter {}, 429 hold {}",
+                measured(g.limiter_wait_s, |v| format!("{v:.1} s")),
+                measured(g.hold_wait_s, |v| format!("{v:.1} s"))
             ),
         );
         let endpoints: Vec<String> = g
@@ -333,7 +379,11 @@ impl Report {
         out.push_str("\nResources\n");
         line(
             &mut out,
-            "peak RSS",
+            if r.worker_processes.is_empty() {
+                "peak RSS"
+            } else {
+                "bench process RSS"
+            },
             format!(
                 "{} (end {}){}{}",
                 mib(r.peak_rss_mib),
@@ -343,13 +393,38 @@ impl Report {
                 } else {
                     ", peak since start"
                 },
-                if r.rss_includes_simulator {
+                if !r.worker_processes.is_empty() {
+                    "; the simulator and publisher, no worker"
+                } else if r.rss_includes_simulator {
                     "; includes the in-process simulator and publisher"
                 } else {
                     "; includes the publisher, not the simulator"
                 }
             ),
         );
+        for (index, w) in r.worker_processes.iter().enumerate() {
+            line(
+                &mut out,
+                &format!("worker process {}", index + 1),
+                format!(
+                    "pid {}: peak RSS {}, CPU {}",
+                    w.pid,
+                    mib(w.peak_rss_mib),
+                    measured(w.cpu_s, |v| format!("{v:.2} s"))
+                ),
+            );
+        }
+        if !r.worker_processes.is_empty() {
+            line(
+                &mut out,
+                "worker processes",
+                format!(
+                    "peak RSS {} summed, CPU {:.2} s summed (since each started)",
+                    mib(r.worker_processes_peak_rss_mib),
+                    r.worker_cpu_s
+                ),
+            );
+        }
         line(
             &mut out,
             "worker CPU",
@@ -417,12 +492,18 @@ impl Report {
         line(
             &mut out,
             "  limiter wait",
-            format!("{:.1} s (inside service, per request)", b.limiter_wait_s),
+            format!(
+                "{} (inside service, per request)",
+                measured(b.limiter_wait_s, |v| format!("{v:.1} s"))
+            ),
         );
         line(
             &mut out,
             "  429 hold wait",
-            format!("{:.1} s (inside service, per request)", b.hold_wait_s),
+            format!(
+                "{} (inside service, per request)",
+                measured(b.hold_wait_s, |v| format!("{v:.1} s"))
+            ),
         );
         if let Some(s) = b.sim_latency_s {
             line(
