@@ -17,6 +17,9 @@
 //!    again, stop the worker.
 //! 5. Latency per observable from SQL: `enrichment_runs.created_at` (Postgres `now()`, i.e. the
 //!    start of the result transaction) minus `context.bench_published_us`.
+//!
+//! With `--workers N` above 1, step 2 starts N worker processes instead and step 4 reads the
+//! drain from Postgres and the dead-letter queue (see [`fleet`]).
 
 mod fleet;
 mod measure;
@@ -184,11 +187,6 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     }
     if cmd.workers == 0 {
         bail!("--workers must be at least 1");
-    }
-    if cmd.workers > 1 && cmd.sim_external.is_some() {
-        // The worker processes' RSS and CPU are their own already; an external simulator is
-        // not needed for that, and its counters could not be told apart from other clients'.
-        bail!("--workers above 1 uses the in-process simulator: leave out --sim-external");
     }
     if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
         bail!("--publish-rate must be 0 or a positive number");
@@ -1175,7 +1173,7 @@ fn assemble(a: Assembly<'_>) -> Report {
     }
     if multi_process {
         notes.push(format!(
-            "{} worker processes sharing --graph-rate {} as their tenant quota through Postgres leases; the bench process holds the simulator and the publisher only",
+            "{} worker processes sharing --graph-rate {} as their tenant quota through Postgres leases; the bench process holds no worker, only the publisher (and the simulator unless external)",
             cmd.workers, cmd.graph_rate
         ));
         notes.push("with worker processes: Graph requests are the simulator's count; the client-side figures (limiter and 429 hold waits, retries, client-seen 429s, gave up) live in the workers and are not measured; `worker` holds what the bench read in Postgres (enrichment_runs) and RabbitMQ (dead-lettered messages), not the workers' counters".into());

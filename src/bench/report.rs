@@ -393,8 +393,10 @@ impl Report {
                 } else {
                     ", peak since start"
                 },
-                if !r.worker_processes.is_empty() {
+                if !r.worker_processes.is_empty() && r.rss_includes_simulator {
                     "; the simulator and publisher, no worker"
+                } else if !r.worker_processes.is_empty() {
+                    "; the publisher, no worker"
                 } else if r.rss_includes_simulator {
                     "; includes the in-process simulator and publisher"
                 } else {
