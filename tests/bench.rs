@@ -52,13 +52,6 @@ fn bench_cmd(workers: usize, json: &Path) -> BenchCmd {
     Cli::try_parse_from(args).expect("bench arguments").bench
 }
 
-fn json_path() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "mdti-bench-test-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ))
-}
-
 /// The bench's kept database, dropped when the test is done with it.
 async fn kept_database(recorded: &Recorded) -> TestDb {
     let name = recorded.report.config.database.clone();
@@ -78,9 +71,17 @@ async fn kept_database(recorded: &Recorded) -> TestDb {
     }
 }
 
-/// What both modes must report: complete, every observable published, settled and written
-/// once, the same count everywhere.
-async fn assert_consistent(recorded: &Recorded, workers: usize) -> TestDb {
+/// Run a tiny bench with `workers` and check what both modes must report: complete, every
+/// observable published, settled and written once, the same count everywhere. Returns the
+/// report and the kept database.
+async fn tiny_bench(workers: usize) -> (Recorded, TestDb) {
+    let json: PathBuf = std::env::temp_dir().join(format!(
+        "mdti-bench-test-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let recorded = run_and_record(bench_cmd(workers, &json))
+        .await
+        .expect("a bench run");
     let report = &recorded.report;
     assert!(report.complete, "incomplete: {:?}", report.error);
     assert_eq!(report.config.workers, workers);
@@ -99,19 +100,16 @@ async fn assert_consistent(recorded: &Recorded, workers: usize) -> TestDb {
             .expect("JSON");
     assert_eq!(written["complete"], true);
     assert_eq!(written["throughput"]["observables_done"], OBSERVABLES);
+    let _ = std::fs::remove_file(&json);
 
-    let db = kept_database(recorded).await;
+    let db = kept_database(&recorded).await;
     db.assert_each_item_once(OBSERVABLES as i64).await;
-    db
+    (recorded, db)
 }
 
 #[tokio::test]
 async fn the_in_process_worker_drains_a_tiny_run() {
-    let json = json_path();
-    let recorded = run_and_record(bench_cmd(1, &json))
-        .await
-        .expect("a bench run");
-    let _db = assert_consistent(&recorded, 1).await;
+    let (recorded, _db) = tiny_bench(1).await;
     let report = &recorded.report;
 
     assert_eq!(report.format, 1);
@@ -120,16 +118,11 @@ async fn the_in_process_worker_drains_a_tiny_run() {
     assert!(report.graph.limiter_wait_s.is_some());
     assert_eq!(report.worker["done"], OBSERVABLES as u64);
     assert!(report.resources.worker_processes.is_empty());
-    let _ = std::fs::remove_file(&json);
 }
 
 #[tokio::test]
 async fn two_worker_processes_drain_a_tiny_run_and_report_each_process() {
-    let json = json_path();
-    let recorded = run_and_record(bench_cmd(2, &json))
-        .await
-        .expect("a bench run");
-    let db = assert_consistent(&recorded, 2).await;
+    let (recorded, db) = tiny_bench(2).await;
     let report = &recorded.report;
 
     assert_eq!(report.format, 2);
@@ -157,6 +150,5 @@ async fn two_worker_processes_drain_a_tiny_run_and_report_each_process() {
     assert_eq!(db.count("worker_leases").await, 0);
     let log = recorded.worker_log.clone().expect("the workers' log");
     assert!(log.exists());
-    let _ = std::fs::remove_file(&json);
     let _ = std::fs::remove_file(&log);
 }
