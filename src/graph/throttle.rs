@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
@@ -58,6 +58,13 @@ pub struct Throttle {
     /// (otherwise a backlog queued at a small share would drain at that share long after the
     /// share grew).
     swaps: watch::Sender<u64>,
+    /// One waiter at a time on the limiter, the rest queued here in arrival order. Left to
+    /// themselves, hundreds of tasks waiting on one governor limiter each wake at the instant
+    /// the next cell frees, one wins, and the others go back to sleep: wake-ups grow with the
+    /// number of waiters for every request admitted, and a throttled worker spent most of its
+    /// CPU there. Behind this FIFO lock a request costs one wake-up, and requests are admitted
+    /// in the order they asked (no jitter needed: nobody wakes in lockstep).
+    turn: tokio::sync::Mutex<()>,
     /// Bounds open requests, so a burst of deliveries cannot open hundreds of sockets at once.
     in_flight: Semaphore,
     /// Set by a 429: every request waits until then. A std Mutex is enough because it is held
@@ -75,6 +82,7 @@ impl Throttle {
         Throttle {
             limiter: RwLock::new(Arc::new(Limiter::new(requests_per_second, burst))),
             swaps: watch::Sender::new(0),
+            turn: tokio::sync::Mutex::new(()),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             hold_until: Mutex::new(None),
             own_holds: watch::Sender::new(None),
@@ -91,13 +99,14 @@ impl Throttle {
             let mut swapped = self.swaps.subscribe();
             let limiter = Arc::clone(&self.limiter.read().expect("limiter lock poisoned"));
             let started = Instant::now();
-            // Jitter keeps tasks that wake on the same tick from arriving at Graph in lockstep.
-            // Waiting is cancel-safe: governor takes a cell only when it lets the request go.
-            let ready = tokio::select! {
-                _ = limiter
-                    .limiter
-                    .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5))) => true,
-                _ = swapped.changed() => false,
+            let ready = {
+                let _turn = self.turn.lock().await;
+                // Waiting is cancel-safe: governor takes a cell only when it lets the request
+                // go. A swap while this request queued for its turn ends the wait at once.
+                tokio::select! {
+                    _ = limiter.limiter.until_ready() => true,
+                    _ = swapped.changed() => false,
+                }
             };
             add_micros(&self.limiter_wait_micros, started.elapsed());
             // A hold raised while this request waited for the rate (another task's 429, or
