@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
@@ -99,12 +100,13 @@ impl Throttle {
             let mut swapped = self.swaps.subscribe();
             let limiter = Arc::clone(&self.limiter.read().expect("limiter lock poisoned"));
             let started = Instant::now();
-            let ready = {
+            // A free cell is taken at once; only a request that must wait queues for its turn.
+            let ready = limiter.limiter.check().is_ok() || {
                 let _turn = self.turn.lock().await;
                 // Waiting is cancel-safe: governor takes a cell only when it lets the request
                 // go. A swap while this request queued for its turn ends the wait at once.
                 tokio::select! {
-                    _ = limiter.limiter.until_ready() => true,
+                    _ = until_ready(&limiter.limiter) => true,
                     _ = swapped.changed() => false,
                 }
             };
@@ -185,6 +187,18 @@ impl Throttle {
     }
 }
 
+/// Wait until `limiter` lets one request go, sleeping on tokio's timer. governor's own
+/// `until_ready` sleeps on the `futures-timer` thread, where a worker was seen to stop for good
+/// with every request queued behind a wait that never woke; tokio's timer is the one the rest of
+/// the worker runs on (and the one paused-time tests control). Its millisecond resolution only
+/// matters past about a thousand waits a second, far above any tenant's Graph quota.
+async fn until_ready(limiter: &DefaultDirectRateLimiter) {
+    while let Err(not_until) = limiter.check() {
+        let wait = not_until.wait_time_from(limiter.clock().now());
+        tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
+    }
+}
+
 fn add_micros(counter: &AtomicU64, elapsed: Duration) {
     counter.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
 }
@@ -203,6 +217,32 @@ mod tests {
         // Nonsense rates fall back to one a second rather than panicking.
         assert!(throttle.set_rate(f64::NAN, 0));
         assert_eq!(throttle.rate(), (1.0, 1));
+    }
+
+    // Real time: governor reads its own clock, which tokio's paused time does not move.
+    #[tokio::test]
+    async fn many_waiters_are_all_admitted_and_none_beats_the_rate() {
+        let throttle = Arc::new(Throttle::new(100.0, 1, 100));
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let mut waiters = Vec::new();
+        for i in 0..30 {
+            let (throttle, admitted) = (Arc::clone(&throttle), Arc::clone(&admitted));
+            waiters.push(tokio::spawn(async move {
+                let _permit = throttle.admit().await;
+                admitted.lock().unwrap().push(i);
+            }));
+        }
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(60), waiter)
+                .await
+                .expect("every waiter is admitted")
+                .unwrap();
+        }
+        // 30 requests at 100 a second with a burst of one cannot all go in under 0.29 s (a
+        // floor the limiter guarantees, not a speed claim).
+        assert!(started.elapsed() >= Duration::from_millis(285));
+        assert_eq!(admitted.lock().unwrap().len(), 30);
     }
 
     #[tokio::test(start_paused = true)]
