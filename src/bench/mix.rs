@@ -13,6 +13,9 @@
 
 use std::collections::HashSet;
 
+// The simulator's shared counterpart names: `{prefix}-{i}.{domain}`.
+use crate::sim::{NAME_DOMAINS, NAME_PREFIXES};
+
 /// SplitMix64: tiny, fast and stable across versions and platforms.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -58,18 +61,6 @@ const TLDS: [&str; 12] = [
 const SUBS: [&str; 10] = [
     "www", "mail", "api", "cdn", "login", "vpn", "static", "m", "ns1", "files",
 ];
-/// The simulator's shared counterpart names (see `sim::data`): `{prefix}-{i}.{domain}`.
-const SIM_PREFIXES: [&str; 10] = [
-    "cdn", "edge", "static", "img", "api", "login", "update", "sync", "mail", "portal",
-];
-const SIM_DOMAINS: [&str; 6] = [
-    "edge-example.net",
-    "fastcache-demo.com",
-    "cloudrelay-sim.io",
-    "contoso-cdn.net",
-    "fabrikam-mail.com",
-    "northwind-apps.org",
-];
 /// First octets of public IPv4 space (no private, shared, loopback, link-local, multicast,
 /// documentation or benchmarking ranges are reachable from these).
 const V4_FIRST: [u8; 20] = [
@@ -97,8 +88,8 @@ fn one_value(rng: &mut SplitMix64) -> String {
             let i = rng.below(300) as usize;
             format!(
                 "{}-{i}.{}",
-                SIM_PREFIXES[i % SIM_PREFIXES.len()],
-                SIM_DOMAINS[(i / SIM_PREFIXES.len()) % SIM_DOMAINS.len()]
+                NAME_PREFIXES[i % NAME_PREFIXES.len()],
+                NAME_DOMAINS[(i / NAME_PREFIXES.len()) % NAME_DOMAINS.len()]
             )
         }
         126..=449 => registrable(rng),

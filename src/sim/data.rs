@@ -340,10 +340,10 @@ pub(crate) struct Pool {
     pub malicious: HashSet<String>,
 }
 
-const NAME_PREFIXES: [&str; 10] = [
+pub(crate) const NAME_PREFIXES: [&str; 10] = [
     "cdn", "edge", "static", "img", "api", "login", "update", "sync", "mail", "portal",
 ];
-const NAME_DOMAINS: [&str; 6] = [
+pub(crate) const NAME_DOMAINS: [&str; 6] = [
     "edge-example.net",
     "fastcache-demo.com",
     "cloudrelay-sim.io",

@@ -78,6 +78,7 @@
 //! Graph and token endpoint).
 
 mod data;
+pub(crate) use data::{NAME_DOMAINS, NAME_PREFIXES};
 mod server;
 #[cfg(test)]
 mod tests;
