@@ -198,24 +198,20 @@ impl Pipeline {
             }
         }
         // The walks' actor hits go in the same transaction as the runs they belong to.
-        let walked: Vec<(&Work, &ChainReport)> = unique
+        let walks: Vec<WalkHits<'_>> = unique
             .iter()
             .zip(&answers)
             .filter_map(|(w, answer)| match answer {
                 Ok(Answer {
                     chain: Some(report),
                     ..
-                }) if !report.hits.is_empty() => Some((w, report)),
+                }) if !report.hits.is_empty() => Some(WalkHits {
+                    observable: &w.observable,
+                    run_id: Some(run_id(message.message_id, w.request.index as i32)),
+                    context: w.request.context.as_ref(),
+                    hits: &report.hits,
+                }),
                 _ => None,
-            })
-            .collect();
-        let walks: Vec<WalkHits<'_>> = walked
-            .iter()
-            .map(|(w, report)| WalkHits {
-                observable: &w.observable,
-                run_id: Some(run_id(message.message_id, w.request.index as i32)),
-                context: w.request.context.as_ref(),
-                hits: &report.hits,
             })
             .collect();
         let pending = match self.store.record_results(&runs, &rejected, &walks).await {
