@@ -336,6 +336,10 @@ pub struct WorkerArgs {
     /// Observables of one message enriched at once
     #[arg(long, env = "MDTI_ITEM_CONCURRENCY", default_value_t = 8)]
     pub item_concurrency: usize,
+    /// Messages whose results may share one Postgres transaction when they finish together
+    /// (1 = a transaction per message); each is still acked only after its commit
+    #[arg(long, env = "MDTI_GROUP_COMMIT", default_value_t = 64)]
+    pub group_commit: usize,
     /// Time given to in-flight messages on SIGTERM before they are handed back to the broker
     #[arg(long, env = "MDTI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -88,6 +88,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
         max_deliveries: 3,
         max_body_bytes: 1 << 20,
         item_concurrency: 8,
+        group_commit: 64,
         shutdown_timeout: Duration::from_secs(10),
         migrate: false,
         exit_when_idle: Some(Duration::from_secs(2)),

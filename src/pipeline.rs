@@ -17,7 +17,9 @@ use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
-use crate::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError, WalkHits};
+use crate::store::{
+    run_id, MessageResults, RejectedInput, RunRecord, RunStatus, Store, StoreError, WalkHits,
+};
 
 /// What should happen to a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +166,7 @@ impl Pipeline {
         // The futures are collected first: a lazy `map` closure inside the stream would make
         // this future's type higher-ranked over the borrow, which `tokio::spawn` cannot accept.
         let pending: Vec<_> = unique.iter().map(|w| self.answer(w)).collect();
-        let answers: Vec<Result<Answer, Failure>> = futures::stream::iter(pending)
+        let mut answers: Vec<Result<Answer, Failure>> = futures::stream::iter(pending)
             .buffered(self.settings.item_concurrency.max(1))
             .collect()
             .await;
@@ -197,50 +199,63 @@ impl Pipeline {
                 ItemResult::Rejected(r) => rejected.push(r),
             }
         }
-        // The walks' actor hits go in the same transaction as the runs they belong to.
-        let walks: Vec<WalkHits<'_>> = unique
+        let count = |status| runs.iter().filter(|r| r.status == status).count();
+        let (enriched, cached, skipped) = (
+            count(RunStatus::Enriched),
+            count(RunStatus::Cached),
+            count(RunStatus::Skipped),
+        );
+        let reputation_cache_hits = answers
             .iter()
-            .zip(&answers)
+            .filter_map(|a| a.as_ref().ok()?.chain.as_ref())
+            .map(|report| report.reputation_cache_hits)
+            .sum();
+        // The walks' actor hits go in the same transaction as the runs they belong to (the
+        // run records are built, so the hits can be moved out of the answers).
+        let walks: Vec<WalkHits> = unique
+            .iter()
+            .zip(&mut answers)
             .filter_map(|(w, answer)| match answer {
                 Ok(Answer {
                     chain: Some(report),
                     ..
                 }) if !report.hits.is_empty() => Some(WalkHits {
-                    observable: &w.observable,
+                    observable: w.observable.clone(),
                     run_id: Some(run_id(message.message_id, w.request.index as i32)),
-                    context: w.request.context.as_ref(),
-                    hits: &report.hits,
+                    context: w.request.context.clone(),
+                    hits: std::mem::take(&mut report.hits),
                 }),
                 _ => None,
             })
             .collect();
-        let pending = match self.store.record_results(&runs, &rejected, &walks).await {
-            Ok(pending) => pending,
-            Err(error) => return store_failure(error),
+        let results = MessageResults {
+            runs,
+            rejected,
+            walks,
         };
-        let events = walks
+        let (results, pending) = match self.store.commit_results(results).await {
+            (results, Ok(pending)) => (results, pending),
+            (_, Err(error)) => return store_failure(error),
+        };
+        let events = results
+            .walks
             .iter()
             .zip(pending)
             .flat_map(|(walk, pending)| {
                 pending.into_iter().map(move |p| HitEvent {
                     hit_id: p.id,
                     routing_key: event_routing_key(&p.hit.actor),
-                    body: actor_hit_event(walk.observable, &p.hit, walk.context),
+                    body: actor_hit_event(&walk.observable, &p.hit, walk.context.as_ref()),
                 })
             })
             .collect();
-        let count = |status| runs.iter().filter(|r| r.status == status).count();
         Outcome::Done {
-            enriched: count(RunStatus::Enriched),
-            cached: count(RunStatus::Cached),
-            skipped: count(RunStatus::Skipped),
-            rejected,
+            enriched,
+            cached,
+            skipped,
+            rejected: results.rejected,
             events,
-            reputation_cache_hits: answers
-                .iter()
-                .filter_map(|a| a.as_ref().ok()?.chain.as_ref())
-                .map(|report| report.reputation_cache_hits)
-                .sum(),
+            reputation_cache_hits,
         }
     }
 

@@ -71,6 +71,7 @@ fn command_line(
         ("--max-deliveries", worker.max_deliveries.to_string()),
         ("--max-body-bytes", worker.max_body_bytes.to_string()),
         ("--item-concurrency", worker.item_concurrency.to_string()),
+        ("--group-commit", worker.group_commit.to_string()),
         ("--shutdown-timeout", duration_arg(worker.shutdown_timeout)),
         ("--chain", worker.chain.to_string()),
         ("--chain-depth", worker.chain_depth.to_string()),

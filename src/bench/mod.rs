@@ -79,6 +79,9 @@ pub struct BenchCmd {
     /// Observables of one message enriched at once
     #[arg(long, default_value_t = 8)]
     pub item_concurrency: usize,
+    /// Messages whose results may share one Postgres transaction (1 = one per message)
+    #[arg(long, default_value_t = 64)]
+    pub group_commit: usize,
     /// Enrichers to run (comma-separated, or `all`)
     #[arg(long, default_value = "all")]
     pub enrichers: EnricherList,
@@ -798,6 +801,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         max_deliveries: 5,
         max_body_bytes: 1 << 20,
         item_concurrency: cmd.item_concurrency,
+        group_commit: cmd.group_commit,
         shutdown_timeout: Duration::from_secs(30),
         migrate: false,
         chain: cmd.chain,
@@ -1211,6 +1215,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             messages: a.messages,
             concurrency: cmd.concurrency,
             item_concurrency: cmd.item_concurrency,
+            group_commit: cmd.group_commit,
             enrichers: cmd.enrichers.0.iter().map(|e| e.to_string()).collect(),
             chain: cmd.chain,
             chain_depth: cmd.chain_depth,

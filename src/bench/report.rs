@@ -36,6 +36,7 @@ pub struct Config {
     pub messages: usize,
     pub concurrency: u16,
     pub item_concurrency: usize,
+    pub group_commit: usize,
     pub enrichers: Vec<String>,
     pub chain: bool,
     pub chain_depth: u32,
@@ -227,8 +228,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}{}",
-            c.observables, c.distinct_values, c.messages, c.batch_size, c.concurrency, c.item_concurrency,
+            "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}, group commit {}{}",
+            c.observables, c.distinct_values, c.messages, c.batch_size, c.concurrency, c.item_concurrency, c.group_commit,
             if c.workers > 1 {
                 format!(", in each of {} worker processes", c.workers)
             } else {

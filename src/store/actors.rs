@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::write::{pg_json, pg_text};
+use super::write::{pg_json, pg_text, record_batch, Part};
 use super::{kind_name, Store, StoreError};
 use crate::chain::{ActorHit, Evidence, IntelProfileRecord, ProfileIndicatorRecord};
 use crate::observable::Observable;
@@ -35,19 +35,19 @@ pub struct PendingHit {
 }
 
 /// The hits one walk found for one observable, to be written with the message's results.
-#[derive(Debug, Clone, Copy)]
-pub struct WalkHits<'a> {
-    pub observable: &'a Observable,
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalkHits {
+    pub observable: Observable,
     /// The run of the message item that walked, if any.
     pub run_id: Option<Uuid>,
     /// The producer's context, echoed into the rows and the events.
-    pub context: Option<&'a Value>,
-    pub hits: &'a [ActorHit],
+    pub context: Option<Value>,
+    pub hits: Vec<ActorHit>,
 }
 
 impl Store {
     /// Upsert the hits of one walk of `observable` (and the observable row if missing), in one
-    /// transaction; see [`upsert_hits`] for what is returned. A message's hits are normally
+    /// transaction; see [`upsert_walks`] for what is returned. A message's hits are normally
     /// written with its results by [`Store::record_results`].
     pub async fn record_actor_hits(
         &self,
@@ -59,17 +59,19 @@ impl Store {
         if hits.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool().begin().await?;
-        let observable_id = observable_id(&mut tx, observable).await?;
         let walk = WalkHits {
-            observable,
+            observable: observable.clone(),
             run_id,
-            context,
-            hits,
+            context: context.cloned(),
+            hits: hits.to_vec(),
         };
-        let pending = upsert_hits(&mut tx, observable_id, &walk).await?;
-        tx.commit().await?;
-        Ok(pending)
+        let part = Part {
+            runs: &[],
+            rejected: &[],
+            walks: std::slice::from_ref(&walk),
+        };
+        let mut pending = record_batch(self.pool(), &[part]).await?;
+        Ok(pending.pop().and_then(|mut walks| walks.pop()).unwrap_or_default())
     }
 
     /// The events of these hits were confirmed by the broker: they are no longer pending.
@@ -280,60 +282,67 @@ pub(super) async fn observable_id(
     .await?)
 }
 
-/// Upsert one walk's hits of the observable `observable_id` in one statement. Returns the hits
-/// whose event has not been confirmed yet (new ones, and any an earlier delivery stored but
-/// could not announce), with their row ids: the caller publishes one event for each and then
-/// calls [`Store::mark_hits_notified`]. Recording the same, already announced hits again returns
-/// none. An existing hit gets the new evidence, path, profile and aliases, its seen times
-/// widened, and the run and context when given.
-pub(super) async fn upsert_hits(
+/// Upsert the hits of these walks, each with the id of its observable, in one statement.
+/// Returns, per walk, the hits whose event has not been confirmed yet (new ones, and any an
+/// earlier delivery stored but could not announce), with their row ids: the caller publishes
+/// one event for each and then calls [`Store::mark_hits_notified`]. Recording the same, already
+/// announced hits again returns none. An existing hit gets the new evidence, path, profile and
+/// aliases, its seen times widened, and the run and context when given.
+///
+/// Two walks of one observable (two messages of one batch) may find the same hit: the row is
+/// written once, from the later walk, and only that walk announces it.
+pub(super) async fn upsert_walks(
     tx: &mut Transaction<'_, Postgres>,
-    observable_id: i64,
-    walk: &WalkHits<'_>,
-) -> Result<Vec<PendingHit>, StoreError> {
-    if walk.hits.is_empty() {
-        return Ok(Vec::new());
-    }
+    walks: &[(i64, &WalkHits)],
+) -> Result<Vec<Vec<PendingHit>>, StoreError> {
+    let mut pending = vec![Vec::new(); walks.len()];
     // One row per key (Postgres refuses to update a row twice in one statement), in key
     // order so concurrent writers lock rows in the same order. The last hit of a key wins.
-    let rows: BTreeMap<(String, String), &ActorHit> = walk
-        .hits
+    let rows: BTreeMap<(i64, String, String), (usize, &ActorHit)> = walks
         .iter()
-        .map(|hit| ((pg_text(&hit.actor), pg_text(&hit.artifact)), hit))
+        .enumerate()
+        .flat_map(|(w, (observable_id, walk))| {
+            walk.hits.iter().map(move |hit| {
+                (
+                    (*observable_id, pg_text(&hit.actor), pg_text(&hit.artifact)),
+                    (w, hit),
+                )
+            })
+        })
         .collect();
+    if rows.is_empty() {
+        return Ok(pending);
+    }
     let n = rows.len();
-    let (mut actors, mut profile_ids, mut aliases, mut artifacts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut paths, mut evidence, mut first_seen, mut last_seen) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for ((actor, artifact), hit) in &rows {
-        actors.push(actor.clone());
-        artifacts.push(artifact.clone());
-        profile_ids.push(hit.profile_id.as_deref().map(pg_text));
-        aliases.push(text_list(&hit.aliases));
-        paths.push(text_list(&hit.path));
-        evidence.push(pg_json(
+    let mut columns = HitColumns::with_capacity(n);
+    for ((observable_id, actor, artifact), (w, hit)) in &rows {
+        let walk = walks[*w].1;
+        columns.observable_ids.push(*observable_id);
+        columns.run_ids.push(walk.run_id);
+        columns.contexts.push(walk.context.as_ref().map(pg_json));
+        columns.actors.push(actor.clone());
+        columns.artifacts.push(artifact.clone());
+        columns
+            .profile_ids
+            .push(hit.profile_id.as_deref().map(pg_text));
+        columns.aliases.push(text_list(&hit.aliases));
+        columns.paths.push(text_list(&hit.path));
+        columns.evidence.push(pg_json(
             &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
         ));
-        first_seen.push(hit.first_seen);
-        last_seen.push(hit.last_seen);
+        columns.first_seen.push(hit.first_seen);
+        columns.last_seen.push(hit.last_seen);
     }
     let statement = format!(
         "INSERT INTO actor_hits AS h (observable_id, actor, profile_id, aliases, artifact, \
              path, evidence, first_seen, last_seen, run_id, context) \
-         SELECT $1, u.actor, u.profile_id, {aliases}, u.artifact, {path}, u.evidence, \
-             u.first_seen, u.last_seen, $2, $3 \
-         FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::jsonb[], \
-             $9::jsonb[], $10::timestamptz[], $11::timestamptz[]) \
-             AS u(actor, profile_id, aliases, artifact, path, evidence, first_seen, last_seen) \
+         SELECT u.observable_id, u.actor, u.profile_id, {aliases}, u.artifact, {path}, \
+             u.evidence, u.first_seen, u.last_seen, u.run_id, u.context \
+         FROM UNNEST($1::bigint[], $2::uuid[], $3::jsonb[], $4::text[], $5::text[], \
+             $6::jsonb[], $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[], \
+             $11::timestamptz[]) \
+             AS u(observable_id, run_id, context, actor, profile_id, aliases, artifact, path, \
+                 evidence, first_seen, last_seen) \
          ON CONFLICT (observable_id, actor, artifact) DO UPDATE SET \
              profile_id = COALESCE(excluded.profile_id, h.profile_id), \
              aliases = excluded.aliases, path = excluded.path, \
@@ -343,40 +352,80 @@ pub(super) async fn upsert_hits(
              run_id = COALESCE(excluded.run_id, h.run_id), \
              context = COALESCE(excluded.context, h.context), \
              updated_at = now() \
-         RETURNING h.id, h.actor, h.artifact, (h.notified_at IS NULL) AS pending",
+         RETURNING h.id, h.observable_id, h.actor, h.artifact, (h.notified_at IS NULL) AS pending",
         aliases = text_array("u.aliases"),
         path = text_array("u.path"),
     );
     let returned = sqlx::query(&statement)
-        .bind(observable_id)
-        .bind(walk.run_id)
-        .bind(walk.context.map(pg_json))
-        .bind(&actors)
-        .bind(&profile_ids)
-        .bind(&aliases)
-        .bind(&artifacts)
-        .bind(&paths)
-        .bind(&evidence)
-        .bind(&first_seen)
-        .bind(&last_seen)
+        .bind(&columns.observable_ids)
+        .bind(&columns.run_ids)
+        .bind(&columns.contexts)
+        .bind(&columns.actors)
+        .bind(&columns.profile_ids)
+        .bind(&columns.aliases)
+        .bind(&columns.artifacts)
+        .bind(&columns.paths)
+        .bind(&columns.evidence)
+        .bind(&columns.first_seen)
+        .bind(&columns.last_seen)
         .fetch_all(&mut **tx)
         .await?;
 
-    let mut pending = Vec::new();
     for row in returned {
         if !row.try_get::<bool, _>("pending")? {
             continue;
         }
-        let key: (String, String) = (row.try_get("actor")?, row.try_get("artifact")?);
-        if let Some(hit) = rows.get(&key) {
-            pending.push(PendingHit {
+        let key: (i64, String, String) = (
+            row.try_get("observable_id")?,
+            row.try_get("actor")?,
+            row.try_get("artifact")?,
+        );
+        if let Some((w, hit)) = rows.get(&key) {
+            pending[*w].push(PendingHit {
                 id: row.try_get("id")?,
                 hit: (*hit).clone(),
             });
         }
     }
-    pending.sort_by(|a, b| (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact)));
+    for hits in &mut pending {
+        hits.sort_by(|a, b| {
+            (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact))
+        });
+    }
     Ok(pending)
+}
+
+/// The columns of [`upsert_walks`]'s statement.
+struct HitColumns {
+    observable_ids: Vec<i64>,
+    run_ids: Vec<Option<Uuid>>,
+    contexts: Vec<Option<Value>>,
+    actors: Vec<String>,
+    profile_ids: Vec<Option<String>>,
+    aliases: Vec<Value>,
+    artifacts: Vec<String>,
+    paths: Vec<Value>,
+    evidence: Vec<Value>,
+    first_seen: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    last_seen: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl HitColumns {
+    fn with_capacity(n: usize) -> Self {
+        HitColumns {
+            observable_ids: Vec::with_capacity(n),
+            run_ids: Vec::with_capacity(n),
+            contexts: Vec::with_capacity(n),
+            actors: Vec::with_capacity(n),
+            profile_ids: Vec::with_capacity(n),
+            aliases: Vec::with_capacity(n),
+            artifacts: Vec::with_capacity(n),
+            paths: Vec::with_capacity(n),
+            evidence: Vec::with_capacity(n),
+            first_seen: Vec::with_capacity(n),
+            last_seen: Vec::with_capacity(n),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ pub enum StoreError {
     /// A stored row that this build cannot read back (a kind or enricher name it does not know).
     #[error("stored {what} could not be read: {detail}")]
     Decode { what: &'static str, detail: String },
+    /// One failure of a transaction that held several messages' rows, given to each of them.
+    #[error("{0}")]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 impl StoreError {
@@ -30,7 +33,17 @@ impl StoreError {
                 _ => false,
             },
             StoreError::Decode { .. } => false,
+            StoreError::Shared(error) => error.is_transient(),
         }
+    }
+
+    /// Whether a transaction holding several messages' rows may have failed because of one of
+    /// them, so that each written alone would fail only that one: anything about the data
+    /// (not transient), and lock-order conflicts (deadlock, serialization), which are
+    /// unlikely to recur in a smaller transaction. A failure of the database or the connection
+    /// is not: every message would fail the same way, each after its own wait.
+    pub fn may_be_one_writes(&self) -> bool {
+        !self.is_transient() || matches!(self.sqlstate().as_deref(), Some("40001" | "40P01"))
     }
 
     /// The SQLSTATE of a database error, if the server sent one.
@@ -40,6 +53,7 @@ impl StoreError {
             StoreError::Migrate(
                 MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _),
             ) => error,
+            StoreError::Shared(error) => return error.sqlstate(),
             _ => return None,
         };
         match error {

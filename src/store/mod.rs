@@ -11,6 +11,7 @@
 mod actors;
 mod error;
 mod export;
+mod group_commit;
 mod leases;
 mod report;
 mod views;
@@ -19,6 +20,7 @@ mod write;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -28,6 +30,7 @@ use uuid::Uuid;
 pub use actors::{PendingHit, WalkHits};
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
+pub use group_commit::{GroupCommitStats, Pending, MAX_RUNS as GROUP_COMMIT_MAX_RUNS};
 pub use leases::{LeaseHolder, LeaseView};
 pub use report::Summary;
 pub use views::{DailyLine, RecentHit, RejectionCount, Report, TopActor};
@@ -132,10 +135,30 @@ pub struct RejectedInput {
     pub attempts: i32,
 }
 
-/// The Postgres store. Cheap to clone (the pool is shared).
+/// Everything one message produced, to be committed together: the runs of its items, the
+/// items it rejected, and the actor hits of its walks.
+#[derive(Debug, Clone, Default)]
+pub struct MessageResults {
+    pub runs: Vec<RunRecord>,
+    pub rejected: Vec<RejectedInput>,
+    pub walks: Vec<WalkHits>,
+}
+
+impl MessageResults {
+    fn part(&self) -> write::Part<'_> {
+        write::Part {
+            runs: &self.runs,
+            rejected: &self.rejected,
+            walks: &self.walks,
+        }
+    }
+}
+
+/// The Postgres store. Cheap to clone (the pool, and the group commit if any, are shared).
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    group: Option<Arc<group_commit::GroupCommit>>,
 }
 
 impl fmt::Debug for Store {
@@ -157,12 +180,26 @@ impl Store {
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(Store { pool })
+        Ok(Store { pool, group: None })
     }
 
     /// A store over an existing pool (tests, or a caller that tunes the pool itself).
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store { pool, group: None }
+    }
+
+    /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
+    /// messages per transaction (see [`group_commit`]); 1 or less leaves every message its own
+    /// transaction. Starts writer tasks on the current runtime.
+    pub fn with_group_commit(self, max_messages: usize) -> Store {
+        let group = (max_messages > 1)
+            .then(|| Arc::new(group_commit::GroupCommit::spawn(self.pool.clone(), max_messages)));
+        Store { group, ..self }
+    }
+
+    /// What group commit has done, if it is on.
+    pub fn group_commit_stats(&self) -> Option<Arc<GroupCommitStats>> {
+        self.group.as_ref().map(|group| Arc::clone(group.stats()))
     }
 
     /// Create the database `database_url` names if it does not exist, connecting to the
@@ -247,21 +284,33 @@ impl Store {
         runs: &[RunRecord],
         rejected: &[RejectedInput],
     ) -> Result<(), StoreError> {
-        write::record_message(&self.pool, runs, rejected, &[]).await?;
+        let part = write::Part {
+            runs,
+            rejected,
+            walks: &[],
+        };
+        write::record_batch(&self.pool, &[part]).await?;
         Ok(())
     }
 
-    /// [`Store::record_message`] and the actor hits of the message's walks, in the same
-    /// transaction: one commit for everything the message produced, and no state where the runs
-    /// are stored but their hits are not. Returns each walk's pending hits (see
-    /// [`Store::record_actor_hits`]), in the order of `walks`.
-    pub async fn record_results(
+    /// [`Store::record_message`] and the actor hits of the message's walks, committed
+    /// together: no state where the runs are stored but their hits are not. With group commit
+    /// the transaction may hold other messages' results too; either way this returns only once
+    /// the transaction holding these committed (or failed). Returns the results, and each
+    /// walk's pending hits (see [`Store::record_actor_hits`]) in the order of `walks`.
+    pub async fn commit_results(
         &self,
-        runs: &[RunRecord],
-        rejected: &[RejectedInput],
-        walks: &[WalkHits<'_>],
-    ) -> Result<Vec<Vec<PendingHit>>, StoreError> {
-        write::record_message(&self.pool, runs, rejected, walks).await
+        results: MessageResults,
+    ) -> (MessageResults, Result<Pending, StoreError>) {
+        match &self.group {
+            Some(group) => group.commit(results).await,
+            None => {
+                let outcome = write::record_batch(&self.pool, &[results.part()])
+                    .await
+                    .map(|mut pending| pending.pop().unwrap_or_default());
+                (results, outcome)
+            }
+        }
     }
 
     /// Record one rejected input (same as `record_message(&[], &[rejected])`).

@@ -1,4 +1,5 @@
-//! [`record_message`]: one message's rows, in one transaction, in a fixed number of statements.
+//! [`record_batch`]: the rows of one message, or of several written together (see
+//! [`super::group_commit`]), in one transaction and a fixed number of statements.
 //!
 //! Rows are gathered into columns (one `Vec` per column) and each table is written by a single
 //! `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO UPDATE`. Before that they are deduplicated
@@ -27,19 +28,54 @@ use crate::observable::Observable;
 /// and pivot indexes hold them, and a btree entry is limited to about 2,700 bytes.
 pub const EXTRACT_MAX_BYTES: usize = 1_000;
 
-pub(super) async fn record_message(
-    pool: &PgPool,
-    runs: &[RunRecord],
-    rejected: &[RejectedInput],
-    walks: &[WalkHits<'_>],
-) -> Result<Vec<Vec<PendingHit>>, StoreError> {
-    if runs.is_empty() && rejected.is_empty() && walks.iter().all(|w| w.hits.is_empty()) {
-        return Ok(vec![Vec::new(); walks.len()]);
+/// What one message produced, as [`record_batch`] reads it.
+#[derive(Clone, Copy)]
+pub(super) struct Part<'a> {
+    pub runs: &'a [RunRecord],
+    pub rejected: &'a [RejectedInput],
+    pub walks: &'a [WalkHits],
+}
+
+impl Part<'_> {
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+            && self.rejected.is_empty()
+            && self.walks.iter().all(|w| w.hits.is_empty())
     }
-    // Last one wins when a message names the same item twice.
-    let runs: BTreeMap<(&str, i32), &RunRecord> = runs
+}
+
+/// Write the rows of every part in one transaction (one statement per table, whatever the
+/// number of parts). Returns, per part and per walk, the actor hits still to announce.
+pub(super) async fn record_batch(
+    pool: &PgPool,
+    parts: &[Part<'_>],
+) -> Result<Vec<Vec<Vec<PendingHit>>>, StoreError> {
+    let mut pending: Vec<Vec<Vec<PendingHit>>> = parts
         .iter()
+        .map(|part| vec![Vec::new(); part.walks.len()])
+        .collect();
+    if parts.iter().all(Part::is_empty) {
+        return Ok(pending);
+    }
+    // Last one wins when the same item is named twice (within a message, or by two deliveries
+    // of one message in the same batch).
+    let runs: BTreeMap<(&str, i32), &RunRecord> = parts
+        .iter()
+        .flat_map(|part| part.runs)
         .map(|run| ((run.message_id.as_str(), run.item_index), run))
+        .collect();
+    let rejected: Vec<&RejectedInput> = parts.iter().flat_map(|part| part.rejected).collect();
+    // (part, walk) of every walk that found something.
+    let walks: Vec<(usize, usize, &WalkHits)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(p, part)| {
+            part.walks
+                .iter()
+                .enumerate()
+                .filter(|(_, walk)| !walk.hits.is_empty())
+                .map(move |(w, walk)| (p, w, walk))
+        })
         .collect();
 
     let mut tx = pool.begin().await?;
@@ -49,19 +85,21 @@ pub(super) async fn record_message(
         write_runs(&mut tx, &runs, &ids).await?;
     }
     if !rejected.is_empty() {
-        upsert_rejected(&mut tx, rejected).await?;
+        upsert_rejected(&mut tx, &rejected).await?;
     }
-    let mut pending = Vec::with_capacity(walks.len());
-    for walk in walks {
-        if walk.hits.is_empty() {
-            pending.push(Vec::new());
-            continue;
+    if !walks.is_empty() {
+        let mut owners = Vec::with_capacity(walks.len());
+        for (_, _, walk) in &walks {
+            let id = match ids.get(&key_of(&walk.observable)) {
+                Some(&id) => id,
+                None => actors::observable_id(&mut tx, &walk.observable).await?,
+            };
+            owners.push((id, *walk));
         }
-        let observable_id = match ids.get(&key_of(walk.observable)) {
-            Some(&id) => id,
-            None => actors::observable_id(&mut tx, walk.observable).await?,
-        };
-        pending.push(actors::upsert_hits(&mut tx, observable_id, walk).await?);
+        let found = actors::upsert_walks(&mut tx, &owners).await?;
+        for ((p, w, _), hits) in walks.iter().zip(found) {
+            pending[*p][*w] = hits;
+        }
     }
     tx.commit().await?;
     Ok(pending)
@@ -509,10 +547,11 @@ impl ExtractRows {
 /// the first `rejected_at`, and the highest attempt count seen.
 async fn upsert_rejected(
     tx: &mut Transaction<'_, Postgres>,
-    rejected: &[RejectedInput],
+    rejected: &[&RejectedInput],
 ) -> Result<(), StoreError> {
     let by_key: BTreeMap<(String, i32), &RejectedInput> = rejected
         .iter()
+        .copied()
         .map(|r| ((pg_text(&r.message_id), r.item_index), r))
         .collect();
     let n = by_key.len();

@@ -1,0 +1,178 @@
+//! Group commit: the results of messages that finish while a transaction is being written share
+//! the next transaction.
+//!
+//! A message's results are a handful of rows in a few tables, but a transaction of their own
+//! costs a commit (a WAL flush the ack has to wait for) and one statement per table, each
+//! planned, executed and answered. Under load most of that is overhead, so [`GroupCommit`] hands
+//! the results to a few writer tasks; each takes whatever is waiting (up to
+//! [`GroupCommit::max_messages`] messages and [`MAX_RUNS`] items) and writes it with
+//! [`record_batch`]: the same statements, one per table, for all of them.
+//!
+//! Nothing waits for a batch to fill: a writer that finds one message waiting writes one
+//! message. Batches form only when messages arrive faster than transactions commit, which is
+//! when they help.
+//!
+//! Every message still gets its own answer, and only after the commit that holds its rows, so
+//! the consumer's "ack after the Postgres commit" holds per message. A batch that fails for a
+//! reason that may be one message's (a constraint, a deadlock) is written again one message per
+//! transaction, so a bad message fails alone; a failure of the database itself (connection,
+//! pool, shutdown) fails every message of the batch with it, to be retried later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::actors::PendingHit;
+use super::write::{record_batch, Part};
+use super::{MessageResults, StoreError};
+
+/// Writer tasks: one can be writing a batch while another waits for its commit.
+const WRITERS: usize = 2;
+
+/// At most this many items (runs) in one transaction, whatever `max_messages` says, so that a
+/// few messages of many observables each do not make one huge transaction.
+pub const MAX_RUNS: usize = 512;
+
+/// Messages waiting for a writer; beyond this, callers wait to hand theirs over.
+const QUEUE: usize = 1_024;
+
+/// Each walk's pending hits, per walk of the message.
+pub type Pending = Vec<Vec<PendingHit>>;
+
+struct Job {
+    results: MessageResults,
+    reply: oneshot::Sender<(MessageResults, Result<Pending, StoreError>)>,
+}
+
+/// What group commit has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct GroupCommitStats {
+    /// Messages handed over.
+    pub submitted: AtomicU64,
+    /// Messages whose rows were committed.
+    pub committed: AtomicU64,
+    /// Transactions that committed messages' rows.
+    pub transactions: AtomicU64,
+    /// Batches that failed together and were written again message by message.
+    pub split: AtomicU64,
+}
+
+pub(super) struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+    stats: Arc<GroupCommitStats>,
+}
+
+impl GroupCommit {
+    /// Start the writers on the current runtime. They stop once every handle is dropped and
+    /// the messages already handed over are written.
+    pub(super) fn spawn(pool: PgPool, max_messages: usize) -> GroupCommit {
+        let (jobs, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(GroupCommitStats::default());
+        for _ in 0..WRITERS {
+            tokio::spawn(write_loop(
+                pool.clone(),
+                Arc::clone(&receiver),
+                max_messages.max(1),
+                Arc::clone(&stats),
+            ));
+        }
+        GroupCommit { jobs, stats }
+    }
+
+    pub(super) fn stats(&self) -> &Arc<GroupCommitStats> {
+        &self.stats
+    }
+
+    /// Write `results` with whatever other messages are waiting; the results come back with
+    /// the outcome, once their transaction committed or failed.
+    pub(super) async fn commit(
+        &self,
+        results: MessageResults,
+    ) -> (MessageResults, Result<Pending, StoreError>) {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { results, reply }).await {
+            return (job.results, Err(writers_gone()));
+        }
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        match answer.await {
+            Ok(answered) => answered,
+            // The writer was dropped with the job (its task panicked or the runtime is going
+            // away): nothing was committed for certain, so the message is retried.
+            Err(_) => (MessageResults::default(), Err(writers_gone())),
+        }
+    }
+}
+
+fn writers_gone() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+async fn write_loop(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max_messages: usize,
+    stats: Arc<GroupCommitStats>,
+) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut runs = first.results.runs.len();
+            let mut batch = vec![first];
+            while batch.len() < max_messages && runs < MAX_RUNS {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        runs += job.results.runs.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        write(&pool, batch, &stats).await;
+    }
+}
+
+async fn write(pool: &PgPool, batch: Vec<Job>, stats: &GroupCommitStats) {
+    let parts: Vec<Part<'_>> = batch.iter().map(|job| job.results.part()).collect();
+    let outcome = record_batch(pool, &parts).await;
+    drop(parts);
+    match outcome {
+        Ok(pending) => {
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats
+                .committed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (job, pending) in batch.into_iter().zip(pending) {
+                let _ = job.reply.send((job.results, Ok(pending)));
+            }
+        }
+        Err(error) if batch.len() > 1 && error.may_be_one_writes() => {
+            stats.split.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, messages = batch.len(), "a group commit failed; writing its messages one by one");
+            for job in batch {
+                let outcome = record_batch(pool, &[job.results.part()]).await;
+                let outcome = outcome.map(|mut pending| pending.pop().unwrap_or_default());
+                if outcome.is_ok() {
+                    stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    stats.committed.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = job.reply.send((job.results, outcome));
+            }
+        }
+        Err(error) => {
+            let error = Arc::new(error);
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send((job.results, Err(StoreError::Shared(Arc::clone(&error)))));
+            }
+        }
+    }
+}
