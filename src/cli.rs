@@ -521,7 +521,7 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         graph,
-        store.with_group_commit(worker.group_commit),
+        store.with_group_commit(worker.group_commit, Arc::clone(&stats.group_commit)),
         PipelineSettings {
             default_enrichers: worker.enrichers.0.clone(),
             cache_ttl: worker.cache_ttl,

@@ -185,6 +185,16 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats) -> String {
         get(&stats.reputation_cache_hits),
     );
     out.counter_value(
+        "mdti_result_messages_committed_total",
+        "Messages whose results were committed to Postgres through group commit.",
+        get(&stats.group_commit.committed),
+    );
+    out.counter_value(
+        "mdti_result_transactions_total",
+        "Postgres transactions that committed messages' results (several messages each under load).",
+        get(&stats.group_commit.transactions),
+    );
+    out.counter_value(
         "mdti_broker_reconnects_total",
         "Broker sessions lost and rebuilt.",
         get(&stats.reconnects),

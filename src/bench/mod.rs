@@ -1151,6 +1151,9 @@ fn assemble(a: Assembly<'_>) -> Report {
             ("rejected_items", &stats.rejected_items),
             ("actor_hits", &stats.actor_hits),
             ("reconnects", &stats.reconnects),
+            ("results_committed", &stats.group_commit.committed),
+            ("result_transactions", &stats.group_commit.transactions),
+            ("result_batches_split", &stats.group_commit.split),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))

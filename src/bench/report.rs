@@ -477,6 +477,19 @@ impl Report {
                 p.commits, p.rollbacks, p.rows_inserted, p.rows_updated, p.rows_fetched, p.active_s
             ),
         );
+        if let (Some(messages), Some(transactions)) = (
+            self.worker.get("results_committed"),
+            self.worker.get("result_transactions"),
+        ) {
+            line(
+                &mut out,
+                "group commit",
+                format!(
+                    "{messages} messages' results in {transactions} transactions ({:.1} per transaction)",
+                    *messages as f64 / (*transactions).max(1) as f64
+                ),
+            );
+        }
         let b = &self.breakdown;
         out.push_str("\nWhere the time went (task-seconds, summed over concurrent work)\n");
         line(

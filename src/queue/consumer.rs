@@ -34,7 +34,7 @@ use crate::config::redact_url;
 use crate::graph::retry::backoff_delay;
 use crate::pipeline::{HitEvent, Incoming, Outcome, Pipeline};
 use crate::secret::Secret;
-use crate::store::RejectedInput;
+use crate::store::{GroupCommitStats, RejectedInput};
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -63,6 +63,8 @@ pub struct WorkerStats {
     /// Counterpart reputations the chaining read from Postgres instead of asking Graph.
     pub reputation_cache_hits: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Transactions and messages of the results' group commit.
+    pub group_commit: Arc<GroupCommitStats>,
     /// The broker connection of the current session is open.
     pub broker_connected: AtomicBool,
     /// The consumer is registered and taking deliveries (false once shutdown began).

@@ -71,7 +71,10 @@ impl Store {
             walks: std::slice::from_ref(&walk),
         };
         let mut pending = record_batch(self.pool(), &[part]).await?;
-        Ok(pending.pop().and_then(|mut walks| walks.pop()).unwrap_or_default())
+        Ok(pending
+            .pop()
+            .and_then(|mut walks| walks.pop())
+            .unwrap_or_default())
     }
 
     /// The events of these hits were confirmed by the broker: they are no longer pending.
@@ -388,9 +391,7 @@ pub(super) async fn upsert_walks(
         }
     }
     for hits in &mut pending {
-        hits.sort_by(|a, b| {
-            (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact))
-        });
+        hits.sort_by(|a, b| (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact)));
     }
     Ok(pending)
 }

@@ -129,6 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_failure_is_classified_as_its_cause() {
+        let shared = |error: sqlx::Error| StoreError::Shared(std::sync::Arc::new(error.into()));
+        assert!(shared(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!shared(sqlx::Error::RowNotFound).is_transient());
+    }
+
+    #[test]
+    fn only_failures_that_may_be_one_messages_split_a_group_commit() {
+        let decode = StoreError::Decode {
+            what: "extract",
+            detail: String::new(),
+        };
+        assert!(decode.may_be_one_writes(), "data: try each alone");
+        assert!(!StoreError::from(sqlx::Error::PoolTimedOut).may_be_one_writes());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!StoreError::from(sqlx::Error::Io(refused)).may_be_one_writes());
+    }
+
+    #[test]
     fn connection_failures_are_transient() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(StoreError::from(sqlx::Error::Io(refused)).is_transient());

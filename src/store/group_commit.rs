@@ -67,10 +67,13 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// Start the writers on the current runtime. They stop once every handle is dropped and
     /// the messages already handed over are written.
-    pub(super) fn spawn(pool: PgPool, max_messages: usize) -> GroupCommit {
+    pub(super) fn spawn(
+        pool: PgPool,
+        max_messages: usize,
+        stats: Arc<GroupCommitStats>,
+    ) -> GroupCommit {
         let (jobs, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
-        let stats = Arc::new(GroupCommitStats::default());
         for _ in 0..WRITERS {
             tokio::spawn(write_loop(
                 pool.clone(),

@@ -191,9 +191,15 @@ impl Store {
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
     /// messages per transaction (see [`group_commit`]); 1 or less leaves every message its own
     /// transaction. Starts writer tasks on the current runtime.
-    pub fn with_group_commit(self, max_messages: usize) -> Store {
-        let group = (max_messages > 1)
-            .then(|| Arc::new(group_commit::GroupCommit::spawn(self.pool.clone(), max_messages)));
+    /// Its counters go to `stats`.
+    pub fn with_group_commit(self, max_messages: usize, stats: Arc<GroupCommitStats>) -> Store {
+        let group = (max_messages > 1).then(|| {
+            Arc::new(group_commit::GroupCommit::spawn(
+                self.pool.clone(),
+                max_messages,
+                stats,
+            ))
+        });
         Store { group, ..self }
     }
 

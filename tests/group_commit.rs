@@ -1,0 +1,259 @@
+//! Group commit against a real Postgres: the results of messages that finish while a
+//! transaction is being written share the next one, each message is still answered only once
+//! the transaction holding its rows committed, and a message the database refuses fails alone.
+//!
+//! Batches are made deterministic by holding a lock on `enrichment_runs` from another session:
+//! both writers block on it with one message each, the rest queue behind them, and when the lock
+//! is released the first free writer takes everything queued.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mdti_worker::chain::{ActorHit, Evidence};
+use mdti_worker::enrich::{EnricherKind, Enrichment, Extract, ExtractKind};
+use mdti_worker::observable::Observable;
+use mdti_worker::store::{
+    run_id, GroupCommitStats, MessageResults, Pending, RunRecord, RunStatus, Store, StoreError,
+    WalkHits,
+};
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
+
+mod support;
+use support::{enricher_result, eventually, observable, TestDb};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One enriched observable with one extract, and a walk that found one actor hit.
+fn message(message_id: &str, value: &str) -> MessageResults {
+    let observable = observable(value);
+    let mut whois = enricher_result(EnricherKind::Whois);
+    whois.extracts = vec![Extract {
+        kind: ExtractKind::Email,
+        value: format!("abuse@{value}"),
+        field: "abuse.email".into(),
+        country_code: None,
+    }];
+    let run = RunRecord {
+        message_id: message_id.to_owned(),
+        item_index: 0,
+        source: Some("feed".into()),
+        context: None,
+        observable: observable.clone(),
+        status: RunStatus::Enriched,
+        detail: None,
+        enrichers: vec![EnricherKind::Whois],
+        graph_requests: 1,
+        duration: Duration::from_millis(5),
+        enrichment: Some(Enrichment {
+            observable: observable.clone(),
+            results: vec![whois],
+            graph_requests: 1,
+        }),
+    };
+    MessageResults {
+        runs: vec![run],
+        rejected: Vec::new(),
+        walks: vec![WalkHits {
+            observable: observable.clone(),
+            run_id: Some(run_id(message_id, 0)),
+            context: Some(json!({"message": message_id})),
+            hits: vec![hit(&observable)],
+        }],
+    }
+}
+
+fn hit(observable: &Observable) -> ActorHit {
+    ActorHit {
+        actor: "Aqua Blizzard".into(),
+        profile_id: None,
+        aliases: Vec::new(),
+        artifact: observable.value().to_owned(),
+        path: vec![observable.value().to_owned()],
+        evidence: vec![Evidence::ProfileIndicator {
+            profile_id: "p-aqua".into(),
+            source: None,
+        }],
+        first_seen: None,
+        last_seen: None,
+    }
+}
+
+type Answer = JoinHandle<(MessageResults, Result<Pending, StoreError>)>;
+
+fn submit(store: &Store, results: MessageResults) -> Answer {
+    let store = store.clone();
+    tokio::spawn(async move { store.commit_results(results).await })
+}
+
+/// A session holding `enrichment_runs` against writers until it is dropped or committed.
+async fn lock_runs(db: &TestDb) -> PgConnection {
+    let mut session = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut session).await.unwrap();
+    sqlx::query("LOCK TABLE enrichment_runs IN EXCLUSIVE MODE")
+        .execute(&mut session)
+        .await
+        .unwrap();
+    session
+}
+
+async fn writers_blocked(db: &TestDb, n: i64) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+        db.name
+    );
+    eventually(WAIT, &format!("{n} writers waiting on the lock"), || {
+        let sql = sql.clone();
+        async move { db.query_count(&sql).await == n }
+    })
+    .await;
+}
+
+async fn submitted(stats: &GroupCommitStats, n: u64) {
+    eventually(WAIT, &format!("{n} messages handed over"), || async {
+        stats.submitted.load(Ordering::Relaxed) == n
+    })
+    .await;
+}
+
+/// A store with group commit whose two writers are each blocked on the lock with one message;
+/// returns their answers.
+async fn writers_held(db: &TestDb, stats: &Arc<GroupCommitStats>) -> (Store, Vec<Answer>) {
+    let store = db.store.clone().with_group_commit(64, Arc::clone(stats));
+    let mut answers = Vec::new();
+    for n in 1..=2 {
+        answers.push(submit(
+            &store,
+            message(&format!("opener-{n}"), &format!("opener-{n}.com")),
+        ));
+        writers_blocked(db, n).await;
+    }
+    (store, answers)
+}
+
+#[tokio::test]
+async fn messages_finishing_together_share_one_transaction_and_each_gets_its_hits() {
+    let db = TestDb::new().await;
+    let stats = Arc::new(GroupCommitStats::default());
+    let lock = lock_runs(&db).await;
+    let (store, openers) = writers_held(&db, &stats).await;
+
+    let queued: Vec<Answer> = (0..38)
+        .map(|i| submit(&store, message(&format!("m-{i}"), &format!("host-{i}.com"))))
+        .collect();
+    submitted(&stats, 40).await;
+    lock.close().await.unwrap();
+
+    for (i, answer) in queued.into_iter().enumerate() {
+        let (results, pending) = answer.await.unwrap();
+        let pending = pending.expect("committed");
+        assert_eq!(
+            results.runs[0].message_id,
+            format!("m-{i}"),
+            "its own results back"
+        );
+        assert_eq!(pending.len(), 1, "one walk");
+        assert_eq!(pending[0].len(), 1, "its one new hit, to announce");
+        assert_eq!(pending[0][0].hit.artifact, format!("host-{i}.com"));
+    }
+    for answer in openers {
+        assert!(answer.await.unwrap().1.is_ok());
+    }
+    assert_eq!(stats.committed.load(Ordering::Relaxed), 40);
+    assert_eq!(
+        stats.transactions.load(Ordering::Relaxed),
+        3,
+        "the two held openers, then the 38 queued behind them in one"
+    );
+    assert_eq!(db.count("enrichment_runs").await, 40);
+    assert_eq!(db.count("extracts").await, 40);
+    assert_eq!(db.count("actor_hits").await, 40);
+}
+
+#[tokio::test]
+async fn a_message_the_database_refuses_fails_alone_and_the_rest_of_its_batch_commits() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             IF NEW.message_id = 'poison' THEN \
+                 RAISE EXCEPTION 'poison refused' USING ERRCODE = 'check_violation'; \
+             END IF; \
+             RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON enrichment_runs \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let stats = Arc::new(GroupCommitStats::default());
+    let lock = lock_runs(&db).await;
+    let (store, openers) = writers_held(&db, &stats).await;
+
+    let good: Vec<Answer> = (0..10)
+        .map(|i| submit(&store, message(&format!("m-{i}"), &format!("host-{i}.com"))))
+        .collect();
+    let poison = submit(&store, message("poison", "poison.com"));
+    submitted(&stats, 13).await;
+    lock.close().await.unwrap();
+
+    let (_, refused) = poison.await.unwrap();
+    let error = refused.expect_err("the poisoned message fails");
+    assert!(!error.is_transient(), "{error}");
+    assert_eq!(error.sqlstate().as_deref(), Some("23514"));
+    for answer in good.into_iter().chain(openers) {
+        let (results, outcome) = answer.await.unwrap();
+        assert!(
+            outcome.is_ok(),
+            "{}: {outcome:?}",
+            results.runs[0].message_id
+        );
+    }
+    assert_eq!(
+        stats.split.load(Ordering::Relaxed),
+        1,
+        "the batch of 11 split once"
+    );
+    assert_eq!(stats.committed.load(Ordering::Relaxed), 12);
+    assert_eq!(db.count("enrichment_runs").await, 12);
+    assert_eq!(
+        db.query_count("SELECT count(*) FROM observables WHERE value = 'poison.com'")
+            .await,
+        0,
+        "nothing of the refused message was kept"
+    );
+}
+
+#[tokio::test]
+async fn two_deliveries_of_one_observable_in_a_batch_write_its_hit_once_and_announce_it_once() {
+    let db = TestDb::new().await;
+    let stats = Arc::new(GroupCommitStats::default());
+    let lock = lock_runs(&db).await;
+    let (store, openers) = writers_held(&db, &stats).await;
+
+    let first = submit(&store, message("a", "shared.com"));
+    let second = submit(&store, message("b", "shared.com"));
+    submitted(&stats, 4).await;
+    lock.close().await.unwrap();
+
+    let first = first.await.unwrap().1.expect("committed");
+    let second = second.await.unwrap().1.expect("committed");
+    for answer in openers {
+        assert!(answer.await.unwrap().1.is_ok());
+    }
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        first[0].len() + second[0].len(),
+        1,
+        "one row, so one event: {first:?} {second:?}"
+    );
+    assert_eq!(
+        db.query_count("SELECT count(*) FROM actor_hits WHERE artifact = 'shared.com'")
+            .await,
+        1
+    );
+    assert_eq!(db.count("enrichment_runs").await, 4, "both runs kept");
+}
