@@ -419,14 +419,15 @@ impl Store {
         Ok(tx)
     }
 
-    /// The distinct extracts stored for `observable`, whatever enricher found them, in the
-    /// order they were first stored.
+    /// The distinct extracts stored for `observable`, whatever enricher found them: the first
+    /// stored first, those stored together by kind, value and field.
     pub async fn extracts_for(&self, observable: &Observable) -> Result<Vec<Extract>, StoreError> {
         let rows = sqlx::query(
             "SELECT x.kind, x.value, x.field, max(x.country_code) AS country_code \
              FROM extracts x JOIN observables o ON o.id = x.observable_id \
              WHERE o.kind = $1 AND o.value = $2 \
-             GROUP BY x.kind, x.value, x.field ORDER BY min(x.id)",
+             GROUP BY x.kind, x.value, x.field \
+             ORDER BY min(x.first_seen_at), x.kind, x.value, x.field",
         )
         .bind(kind_name(observable.kind()))
         .bind(observable.value())
@@ -444,7 +445,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT x.enricher, x.kind, x.value, x.field, x.country_code \
              FROM extracts x JOIN observables o ON o.id = x.observable_id \
-             WHERE o.kind = $1 AND o.value = $2 ORDER BY x.enricher, x.id",
+             WHERE o.kind = $1 AND o.value = $2 ORDER BY x.enricher, x.first_seen_at, x.kind, x.value, x.field",
         )
         .bind(kind_name(observable.kind()))
         .bind(observable.value())
