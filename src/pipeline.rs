@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::chain::{
-    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, Known, ProfileIndex,
+    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, InFlight, Known,
+    ProfileIndex,
 };
 use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::graph::{GraphClient, GraphError, PageLimits};
@@ -82,6 +83,8 @@ pub struct Pipeline {
     /// The intel profile index, replaced whole by the sync job; readers take the current `Arc`
     /// (a std lock: held only to clone or swap the pointer, never across an await).
     profiles: Arc<RwLock<Arc<ProfileIndex>>>,
+    /// Reputation lookups of this worker's walks in flight, joined by the other walks.
+    in_flight: InFlight,
 }
 
 /// An item that passed validation, with what to run for it.
@@ -105,6 +108,7 @@ impl Pipeline {
             store,
             settings,
             profiles: Arc::default(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -407,7 +411,8 @@ impl Pipeline {
                     ..self.settings.chain.clone()
                 };
                 let chainer = Chainer::new(self.graph.clone(), Some(self.store.clone()), settings)
-                    .with_profiles(self.current_profiles());
+                    .with_profiles(self.current_profiles())
+                    .with_in_flight(self.in_flight.clone());
                 // The enrichers just asked Graph about the IOC: the walk starts from their
                 // answers instead of asking again. A reputation Graph did not find is known too.
                 let unknown = Reputation::default();

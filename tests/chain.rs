@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use mdti_worker::chain::{
     actor_hit_event, cti_actor_names, event_routing_key, sync_profiles, ActorHit, ChainSettings,
-    Chainer, Evidence, ProfileIndex, CTI_RULE,
+    Chainer, Evidence, InFlight, ProfileIndex, CTI_RULE,
 };
 use mdti_worker::graph::{GraphClient, PageLimits};
 use mdti_worker::observable::Observable;
@@ -641,6 +641,46 @@ async fn walks_sharing_a_store_ask_far_fewer_reputations() {
     assert_eq!(independent, 100 * 21);
     assert!(shared < independent / 3, "{shared} vs {independent}");
     assert_eq!(shared, 100 + 30);
+}
+
+#[tokio::test]
+async fn walks_running_at_once_ask_each_shared_counterpart_once() {
+    let (sim, graph) = sim_and_client().await;
+    let iocs = shared_graph(&sim);
+    let db = TestDb::new().await;
+    // Slow answers, so that the walks overlap: every one of them meets shared addresses while
+    // another walk's lookup of them is still on its way.
+    sim.control()
+        .set_latency(std::time::Duration::from_millis(30));
+
+    let in_flight = InFlight::default();
+    let chainer = Chainer::new(
+        graph.clone(),
+        Some(db.store.clone()),
+        ChainSettings::default(),
+    )
+    .with_in_flight(in_flight.clone());
+    let start = sim.count("reputation");
+    let reports = futures::future::join_all(iocs.iter().map(|ioc| chainer.walk(ioc))).await;
+    let asked = sim.count("reputation") - start;
+
+    let mut served = 0;
+    for report in reports {
+        let report = report.expect("walk");
+        assert_eq!(report.counterparts, 20);
+        served += report.reputation_cache_hits;
+    }
+    assert_eq!(
+        asked,
+        100 + 30,
+        "each IOC once, and each of the 30 shared addresses once"
+    );
+    assert_eq!(
+        served,
+        100 * 20 - 30,
+        "every other meeting was served without Graph"
+    );
+    assert!(in_flight.is_empty(), "every lookup closed");
 }
 
 // ---------------------------------------------------------------------------------------------

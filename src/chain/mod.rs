@@ -39,6 +39,7 @@
 //!   `APT28` and `Forest Blizzard` on the same artifact are one hit.
 
 mod attribution;
+mod in_flight;
 mod profiles;
 mod report;
 
@@ -48,10 +49,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
+pub use in_flight::InFlight;
+use in_flight::{Follower, Lead, Role};
 pub use profiles::{
     sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
     ProfileInfo, SyncSummary,
@@ -192,7 +195,8 @@ pub struct ChainReport {
     pub pages: u32,
     /// Graph requests this walk sent, retries included.
     pub graph_requests: u64,
-    /// Reputations read from the Postgres cache instead of Graph.
+    /// Reputations read from the Postgres cache, or from a lookup another walk had in flight,
+    /// instead of asked of Graph by this walk.
     pub reputation_cache_hits: u64,
     /// Why the walk is incomplete, if it is: budget, page cap, artifact cap.
     pub truncated: Vec<String>,
@@ -239,6 +243,7 @@ pub struct Chainer {
     store: Option<Store>,
     settings: ChainSettings,
     profiles: Arc<ProfileIndex>,
+    in_flight: Option<InFlight>,
 }
 
 /// What the enrichers already read of the IOC, so the walk does not ask Graph again.
@@ -280,7 +285,15 @@ impl Chainer {
             store,
             settings,
             profiles: Arc::new(ProfileIndex::default()),
+            in_flight: None,
         }
+    }
+
+    /// Join reputation lookups other walks sharing `in_flight` have in flight, and let them
+    /// join this walk's (see [`InFlight`]).
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Chainer {
+        self.in_flight = Some(in_flight);
+        self
     }
 
     /// Match artifacts against these profiles (load them with [`ProfileIndex::load`]).
@@ -470,10 +483,11 @@ impl Chainer {
         added
     }
 
-    /// The reputation of each host of `keys` not known to this walk yet: the cache (one query for
-    /// all of them), else Graph; what Graph answered is saved to the cache in one statement.
+    /// The reputation of each host of `keys` not known to this walk yet: from a lookup another
+    /// walk has in flight (see [`InFlight`]), else the cache (one query for all of them), else
+    /// Graph; what Graph answered is saved to the cache in one statement.
     async fn reputations(&self, walk: &mut Walk, keys: Vec<String>) -> Result<(), ChainError> {
-        let mut keys: Vec<String> = {
+        let keys: Vec<String> = {
             let mut seen = HashSet::new();
             keys.into_iter()
                 .filter(|k| !walk.reputations.contains_key(k) && seen.insert(k.clone()))
@@ -482,13 +496,28 @@ impl Chainer {
         if keys.is_empty() {
             return Ok(());
         }
-        if let Some(store) = &self.store {
+        // Hosts this walk looks up itself (with the lead of their lookup, when shared), and
+        // hosts it waits for.
+        let mut leads: Vec<(String, Option<Lead>)> = Vec::new();
+        let mut follows: Vec<(String, Follower)> = Vec::new();
+        for key in keys {
+            match self.in_flight.as_ref().map(|f| f.join(&key)) {
+                Some(Role::Follow(follower)) => follows.push((key, follower)),
+                Some(Role::Lead(lead)) => leads.push((key, Some(lead))),
+                None => leads.push((key, None)),
+            }
+        }
+        if let (Some(store), false) = (&self.store, leads.is_empty()) {
+            let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
             match store
                 .cached_reputations(&keys, self.settings.reputation_ttl)
                 .await
             {
-                Ok(mut cached) => keys.retain(|key| match cached.remove(key) {
+                Ok(mut cached) => leads.retain(|(key, lead)| match cached.remove(key) {
                     Some(reputation) => {
+                        if let Some(lead) = lead {
+                            lead.answer(&reputation);
+                        }
                         walk.cache_hits += 1;
                         walk.reputations.insert(key.clone(), Some(reputation));
                         false
@@ -500,9 +529,7 @@ impl Chainer {
                 }
             }
         }
-        if keys.is_empty() {
-            return Ok(());
-        }
+
         let graph = &walk.graph;
         let budget = self.settings.request_budget;
         // Requests before this batch plus those this batch started; the tracked count is higher
@@ -510,25 +537,73 @@ impl Chainer {
         // increment below are not interleaved with another future's.
         let base = graph.requests();
         let started = AtomicU64::new(0);
-        let results: Vec<(String, Lookup)> = futures::stream::iter(keys)
-            .map(|key| {
-                let started = &started;
-                async move {
-                    let lookup = reputation(graph, &key, budget, base, started).await?;
-                    Ok::<_, ChainError>((key, lookup))
+        let ask = |key: String| {
+            let started = &started;
+            async move {
+                let lookup = reputation(graph, &key, budget, base, started).await;
+                (key, lookup)
+            }
+        };
+        // This walk's own lookups first, each answering its followers as soon as it is back;
+        // only then does the walk wait for others' (which never wait on a walk's followers, so
+        // walks following each other cannot deadlock). A lookup that fails still runs the
+        // others to their end, so that no lead is dropped early for nothing.
+        let concurrency = self.settings.concurrency.max(1);
+        let answers: Vec<(String, Result<Lookup, ChainError>, Option<Lead>)> =
+            futures::stream::iter(leads)
+                .map(|(key, lead)| async {
+                    let (key, lookup) = ask(key).await;
+                    if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
+                        lead.answer(reputation);
+                    }
+                    (key, lookup, lead)
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+        let mut lookups: Vec<(String, Result<Lookup, ChainError>)> = Vec::new();
+        let mut closing = Vec::new();
+        for (key, lookup, lead) in answers {
+            lookups.push((key, lookup));
+            closing.extend(lead);
+        }
+        let followed: Vec<(String, Option<Reputation>)> = futures::future::join_all(
+            follows
+                .into_iter()
+                .map(|(key, follower)| async move { (key, follower.answer().await) }),
+        )
+        .await;
+        let mut released = Vec::new();
+        for (key, answer) in followed {
+            match answer {
+                Some(reputation) => {
+                    walk.cache_hits += 1;
+                    walk.reputations.insert(key, Some(reputation));
                 }
-            })
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .try_collect()
-            .await?;
+                None => released.push(key),
+            }
+        }
+        // Followers whose lead gave up ask for themselves.
+        lookups.extend(
+            futures::stream::iter(released)
+                .map(ask)
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>()
+                .await,
+        );
+
         let mut over_budget = 0usize;
-        let mut fetched = Vec::with_capacity(results.len());
-        for (key, lookup) in results {
+        let mut failed = None;
+        let mut fetched = Vec::with_capacity(lookups.len());
+        for (key, lookup) in lookups {
             match lookup {
-                Lookup::Fetched(reputation) => fetched.push((key, reputation)),
-                Lookup::OverBudget => {
+                Ok(Lookup::Fetched(reputation)) => fetched.push((key, reputation)),
+                Ok(Lookup::OverBudget) => {
                     over_budget += 1;
                     walk.reputations.insert(key, None);
+                }
+                Err(error) => {
+                    failed.get_or_insert(error);
                 }
             }
         }
@@ -537,6 +612,11 @@ impl Chainer {
             if let Err(error) = store.save_reputations(rows).await {
                 tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
             }
+        }
+        // What this walk fetched is in the cache now: its lookups can close.
+        drop(closing);
+        if let Some(error) = failed {
+            return Err(error);
         }
         for (key, reputation) in fetched {
             walk.reputations.insert(key, Some(reputation));
