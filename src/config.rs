@@ -307,7 +307,7 @@ pub struct DatabaseArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/mdti"
     )]
     pub database_url: Secret,
-    /// Postgres connections in the pool
+    /// Postgres connections in all (a fifth, at least one, for cache writes and event marks)
     #[arg(long, env = "MDTI_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 }

@@ -84,14 +84,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_relaxed().await?;
         sqlx::query(
             "UPDATE actor_hits SET notified_at = now() WHERE id = ANY($1) AND notified_at IS NULL",
         )
         .bind(ids)
-        .execute(&mut *tx)
+        .execute(&self.relaxed)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

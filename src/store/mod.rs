@@ -154,10 +154,17 @@ impl MessageResults {
     }
 }
 
-/// The Postgres store. Cheap to clone (the pool, and the group commit if any, are shared).
+/// The Postgres store. Cheap to clone (the pools, and the group commit if any, are shared).
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Sessions whose commits do not wait for the WAL flush (`synchronous_commit = off`), for
+    /// writes a crash may lose without losing anything: the reputation cache (a lost row is
+    /// asked of Graph again) and event marks (a lost mark announces a hit again, which
+    /// at-least-once events allow). Results never go through here: their commit is what an ack
+    /// waits for. Set per session rather than per transaction, each such write is one
+    /// statement and one round trip, not four (BEGIN, SET LOCAL, the write, COMMIT).
+    relaxed: PgPool,
     group: Option<Arc<group_commit::GroupCommit>>,
 }
 
@@ -171,21 +178,35 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// A pool of at most `max_connections` connections to `database_url`. Lazy: nothing is
-    /// connected until the first query, so the worker can start while Postgres is down (queries
-    /// then fail with a transient error after [`ACQUIRE_TIMEOUT`]). Fails only on a malformed URL.
+    /// Pools of at most `max_connections` connections to `database_url` in all (at least one
+    /// each): a fifth serve the cache writes and event marks, the rest everything else. Lazy:
+    /// nothing is connected until the first query, so the worker can start while Postgres is
+    /// down (queries then fail with a transient error after [`ACQUIRE_TIMEOUT`]). Fails only on
+    /// a malformed URL.
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let options = PgConnectOptions::from_str(database_url)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(Store { pool, group: None })
+        let relaxed = (max_connections / 5).max(1);
+        let pool = |max: u32, options: PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(max.max(1))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options)
+        };
+        Ok(Store {
+            pool: pool(max_connections.saturating_sub(relaxed), options.clone()),
+            relaxed: pool(relaxed, options.options([("synchronous_commit", "off")])),
+            group: None,
+        })
     }
 
-    /// A store over an existing pool (tests, or a caller that tunes the pool itself).
+    /// A store over an existing pool (tests, or a caller that tunes the pool itself); its
+    /// cache writes and event marks then wait for the WAL flush like everything else.
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool, group: None }
+        Store {
+            relaxed: pool.clone(),
+            pool,
+            group: None,
+        }
     }
 
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
@@ -398,25 +419,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_relaxed().await?;
-        rows.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// A transaction whose commit does not wait for the WAL flush (`synchronous_commit = off`),
-    /// for writes a crash may lose without losing anything: the reputation cache (a lost row is
-    /// asked of Graph again) and event marks (a lost mark announces a hit again, which
-    /// at-least-once events allow). Results never go through here: their commit is what an ack
-    /// waits for. Waiting for the flush is most of what a small commit costs.
-    pub(crate) async fn begin_relaxed(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        rows.execute(&self.relaxed).await
     }
 
     /// The distinct extracts stored for `observable`, whatever enricher found them: the first
@@ -503,6 +506,7 @@ impl Store {
     /// Close the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.relaxed.close().await;
     }
 }
 
