@@ -88,6 +88,13 @@ fn submit(store: &Store, results: MessageResults) -> Answer {
     tokio::spawn(async move { store.commit_results(results).await })
 }
 
+/// Messages `m-0`.. of hosts `host-0.com`..
+fn submit_many(store: &Store, n: usize) -> Vec<Answer> {
+    (0..n)
+        .map(|i| submit(store, message(&format!("m-{i}"), &format!("host-{i}.com"))))
+        .collect()
+}
+
 /// A session holding `enrichment_runs` against writers until it is dropped or committed.
 async fn lock_runs(db: &TestDb) -> PgConnection {
     let mut session = PgConnection::connect(&db.url).await.unwrap();
@@ -140,9 +147,7 @@ async fn messages_finishing_together_share_one_transaction_and_each_gets_its_hit
     let lock = lock_runs(&db).await;
     let (store, openers) = writers_held(&db, &stats).await;
 
-    let queued: Vec<Answer> = (0..38)
-        .map(|i| submit(&store, message(&format!("m-{i}"), &format!("host-{i}.com"))))
-        .collect();
+    let queued = submit_many(&store, 38);
     submitted(&stats, 40).await;
     lock.close().await.unwrap();
 
@@ -193,9 +198,7 @@ async fn a_message_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
     let lock = lock_runs(&db).await;
     let (store, openers) = writers_held(&db, &stats).await;
 
-    let good: Vec<Answer> = (0..10)
-        .map(|i| submit(&store, message(&format!("m-{i}"), &format!("host-{i}.com"))))
-        .collect();
+    let good = submit_many(&store, 10);
     let poison = submit(&store, message("poison", "poison.com"));
     submitted(&stats, 13).await;
     lock.close().await.unwrap();
