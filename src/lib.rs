@@ -7,6 +7,8 @@
 //!   limiter, the single retry classifier, paging.
 //! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
 //!   mapping of Graph records to indicators and extracts.
+//! - [`in_flight`]: work in flight in the process, followed by whoever needs the same thing
+//!   meanwhile (a counterpart's reputation, a repeated observable's enrichment).
 //! - [`fleet`]: several workers sharing one tenant's Graph quota through leases in Postgres.
 //! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
 //!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
@@ -24,6 +26,7 @@ pub mod enrich;
 pub mod export;
 pub mod fleet;
 pub mod graph;
+pub mod in_flight;
 pub mod logging;
 pub mod metrics;
 pub mod observable;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::chain::{
-    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, InFlight, Known,
-    ProfileIndex,
+    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, Known, ProfileIndex,
 };
 use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::graph::{GraphClient, GraphError, PageLimits};
+use crate::in_flight::{InFlight, Lead, Role};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
 use crate::store::{
@@ -83,8 +83,10 @@ pub struct Pipeline {
     /// The intel profile index, replaced whole by the sync job; readers take the current `Arc`
     /// (a std lock: held only to clone or swap the pointer, never across an await).
     profiles: Arc<RwLock<Arc<ProfileIndex>>>,
-    /// Reputation lookups of this worker's walks in flight, joined by the other walks.
-    in_flight: InFlight,
+    /// Reputation lookups of this worker's walks in flight, followed by the other walks.
+    lookups: InFlight<Reputation>,
+    /// Observables this worker is enriching, followed by their repeats (see [`Pipeline::answer`]).
+    enriching: InFlight<()>,
 }
 
 /// An item that passed validation, with what to run for it.
@@ -108,7 +110,8 @@ impl Pipeline {
             store,
             settings,
             profiles: Arc::default(),
-            in_flight: InFlight::default(),
+            lookups: InFlight::default(),
+            enriching: InFlight::default(),
         }
     }
 
@@ -169,7 +172,8 @@ impl Pipeline {
 
         // The futures are collected first: a lazy `map` closure inside the stream would make
         // this future's type higher-ranked over the borrow, which `tokio::spawn` cannot accept.
-        let pending: Vec<_> = unique.iter().map(|w| self.answer(w)).collect();
+        let may_wait = unique.len() == 1;
+        let pending: Vec<_> = unique.iter().map(|w| self.answer(w, may_wait)).collect();
         let mut answers: Vec<Result<Answer, Failure>> = futures::stream::iter(pending)
             .buffered(self.settings.item_concurrency.max(1))
             .collect()
@@ -241,6 +245,8 @@ impl Pipeline {
             (results, Ok(pending)) => (results, pending),
             (_, Err(error)) => return store_failure(error),
         };
+        // The rows are committed: repeats waiting on these observables may read them now.
+        drop(answers);
         let events = results
             .walks
             .iter()
@@ -377,8 +383,24 @@ impl Pipeline {
 
     /// The cache or Graph, then the chaining. An answer without an enrichment is a cache hit;
     /// a cached observable is not chained again (its hits are already stored) unless forced.
-    async fn answer(&self, work: &Work) -> Result<Answer, Failure> {
+    /// The answer for one item: the store's if it is fresh, else Graph's.
+    ///
+    /// An observable this worker is already enriching for another message is not enriched
+    /// again: the repeat waits until that message's rows are committed, then finds them fresh
+    /// (or, if that message failed, enriches it itself). Only an item that is its message's
+    /// only work waits (`may_wait`): its message then leads nothing, so no two messages can
+    /// wait for each other. An item with `force` waits for nobody.
+    async fn answer(&self, work: &Work, may_wait: bool) -> Result<Answer, Failure> {
         let started = Instant::now();
+        let enriching = match self.enriching.join(&enriching_key(&work.observable)) {
+            Role::Lead(lead) => Some(lead),
+            Role::Follow(follower) => {
+                if may_wait && !work.request.force {
+                    follower.answer().await;
+                }
+                None
+            }
+        };
         if !work.request.force {
             let fresh = self
                 .store
@@ -386,11 +408,13 @@ impl Pipeline {
                 .await
                 .map_err(Failure::store)?;
             if fresh {
+                // Nothing for repeats to wait for: the rows are already there.
                 return Ok(Answer {
                     enrichment: None,
                     chain: None,
                     requests: 0,
                     duration: started.elapsed(),
+                    _enriching: None,
                 });
             }
         }
@@ -412,7 +436,7 @@ impl Pipeline {
                 };
                 let chainer = Chainer::new(self.graph.clone(), Some(self.store.clone()), settings)
                     .with_profiles(self.current_profiles())
-                    .with_in_flight(self.in_flight.clone());
+                    .with_in_flight(self.lookups.clone());
                 // The enrichers just asked Graph about the IOC: the walk starts from their
                 // answers instead of asking again. A reputation Graph did not find is known too.
                 let unknown = Reputation::default();
@@ -445,8 +469,14 @@ impl Pipeline {
             chain,
             requests,
             duration: started.elapsed(),
+            _enriching: enriching,
         })
     }
+}
+
+/// The key of an observable's enrichment in flight.
+fn enriching_key(observable: &Observable) -> String {
+    format!("{}:{}", observable.kind(), observable.value())
 }
 
 enum Validated {
@@ -514,6 +544,9 @@ struct Answer {
     chain: Option<ChainReport>,
     requests: u64,
     duration: Duration,
+    /// The lead of this observable's enrichment, held until the message's rows are committed:
+    /// repeats waiting on it then find them in the store.
+    _enriching: Option<Lead<()>>,
 }
 
 /// Why an item could not be answered; it decides the whole message.

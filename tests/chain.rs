@@ -11,9 +11,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use mdti_worker::chain::{
     actor_hit_event, cti_actor_names, event_routing_key, sync_profiles, ActorHit, ChainSettings,
-    Chainer, Evidence, InFlight, ProfileIndex, CTI_RULE,
+    Chainer, Evidence, ProfileIndex, CTI_RULE,
 };
 use mdti_worker::graph::{GraphClient, PageLimits};
+use mdti_worker::in_flight::InFlight;
 use mdti_worker::observable::Observable;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
 use mdti_worker::store::run_id;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use mdti_worker::queue::consumer::WorkerStats;
+use mdti_worker::sim::SimConfig;
 use serde_json::json;
 
 mod support;
@@ -114,6 +115,70 @@ async fn an_observable_enriched_recently_is_answered_from_postgres() {
             .await,
         1
     );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn repeats_arriving_while_an_observable_is_enriched_wait_for_it_instead_of_asking_again() {
+    // Slow answers: the first message is still being enriched when the repeats arrive.
+    let app = spawn_app(Options {
+        sim: SimConfig {
+            latency: Duration::from_millis(200),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    for n in 0..6 {
+        app.publish(&format!("repeat-{n}"), json!({"value": "contoso.com"}))
+            .await;
+    }
+    eventually(Duration::from_secs(30), "all six done", || async {
+        WorkerStats::get(&app.stats.done) == 6
+    })
+    .await;
+    assert_eq!(app.sim.count("whois"), 1, "enriched once");
+    assert_eq!(
+        app.count("SELECT count(*) FROM enrichment_runs WHERE status = 'enriched'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM enrichment_runs WHERE status = 'cached'")
+            .await,
+        5,
+        "the repeats read what the first one stored"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn messages_of_several_items_naming_the_same_observables_never_wait_for_each_other() {
+    let app = spawn_app(Options {
+        sim: SimConfig {
+            latency: Duration::from_millis(100),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    // Each leads one observable the other also needs: were either to wait for the other's
+    // commit, both would wait for ever.
+    app.publish(
+        "ab",
+        json!([{"value": "a.contoso.com"}, {"value": "b.contoso.com"}]),
+    )
+    .await;
+    app.publish(
+        "ba",
+        json!([{"value": "b.contoso.com"}, {"value": "a.contoso.com"}]),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "both done", || async {
+        WorkerStats::get(&app.stats.done) == 2
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 4);
     app.teardown().await;
 }
 

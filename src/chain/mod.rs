@@ -39,7 +39,6 @@
 //!   `APT28` and `Forest Blizzard` on the same artifact are one hit.
 
 mod attribution;
-mod in_flight;
 mod profiles;
 mod report;
 
@@ -52,9 +51,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::in_flight::{Follower, InFlight, Lead, Role};
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
-pub use in_flight::InFlight;
-use in_flight::{Follower, Lead, Role};
 pub use profiles::{
     sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
     ProfileInfo, SyncSummary,
@@ -243,7 +241,7 @@ pub struct Chainer {
     store: Option<Store>,
     settings: ChainSettings,
     profiles: Arc<ProfileIndex>,
-    in_flight: Option<InFlight>,
+    in_flight: Option<InFlight<Reputation>>,
 }
 
 /// What the enrichers already read of the IOC, so the walk does not ask Graph again.
@@ -252,6 +250,9 @@ pub struct Known<'a> {
     pub passive_dns: Option<&'a Collection<PassiveDnsRecord>>,
     pub reputation: Option<&'a Reputation>,
 }
+
+/// A host a walk asked Graph about, what came back, and the lead of its lookup when shared.
+type Asked = (String, Result<Lookup, ChainError>, Option<Lead<Reputation>>);
 
 /// How one reputation was obtained from Graph.
 enum Lookup {
@@ -291,7 +292,7 @@ impl Chainer {
 
     /// Join reputation lookups other walks sharing `in_flight` have in flight, and let them
     /// join this walk's (see [`InFlight`]).
-    pub fn with_in_flight(mut self, in_flight: InFlight) -> Chainer {
+    pub fn with_in_flight(mut self, in_flight: InFlight<Reputation>) -> Chainer {
         self.in_flight = Some(in_flight);
         self
     }
@@ -498,8 +499,8 @@ impl Chainer {
         }
         // Hosts this walk looks up itself (with the lead of their lookup, when shared), and
         // hosts it waits for.
-        let mut leads: Vec<(String, Option<Lead>)> = Vec::new();
-        let mut follows: Vec<(String, Follower)> = Vec::new();
+        let mut leads: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
+        let mut follows: Vec<(String, Follower<Reputation>)> = Vec::new();
         for key in keys {
             match self.in_flight.as_ref().map(|f| f.join(&key)) {
                 Some(Role::Follow(follower)) => follows.push((key, follower)),
@@ -516,7 +517,7 @@ impl Chainer {
                 Ok(mut cached) => leads.retain(|(key, lead)| match cached.remove(key) {
                     Some(reputation) => {
                         if let Some(lead) = lead {
-                            lead.answer(&reputation);
+                            lead.answer(reputation.clone());
                         }
                         walk.cache_hits += 1;
                         walk.reputations.insert(key.clone(), Some(reputation));
@@ -549,18 +550,17 @@ impl Chainer {
         // walks following each other cannot deadlock). A lookup that fails still runs the
         // others to their end, so that no lead is dropped early for nothing.
         let concurrency = self.settings.concurrency.max(1);
-        let answers: Vec<(String, Result<Lookup, ChainError>, Option<Lead>)> =
-            futures::stream::iter(leads)
-                .map(|(key, lead)| async {
-                    let (key, lookup) = ask(key).await;
-                    if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
-                        lead.answer(reputation);
-                    }
-                    (key, lookup, lead)
-                })
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
+        let answers: Vec<Asked> = futures::stream::iter(leads)
+            .map(|(key, lead)| async {
+                let (key, lookup) = ask(key).await;
+                if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
+                    lead.answer(reputation.clone());
+                }
+                (key, lookup, lead)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
         let mut lookups: Vec<(String, Result<Lookup, ChainError>)> = Vec::new();
         let mut closing = Vec::new();
         for (key, lookup, lead) in answers {

@@ -370,7 +370,9 @@ impl App {
     pub fn start_worker(&mut self, max_deliveries: u32) {
         let pipeline = Pipeline::new(
             self.graph.clone(),
-            self.store.clone(),
+            self.store
+                .clone()
+                .with_group_commit(64, Arc::clone(&self.stats.group_commit)),
             PipelineSettings {
                 default_enrichers: EnricherKind::ALL.to_vec(),
                 cache_ttl: Duration::from_secs(3600),
