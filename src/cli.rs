@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
@@ -88,8 +89,8 @@ pub struct ReportCmd {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// The window: a duration back from now (7d, 24h) or an RFC 3339 time
-    #[arg(long, default_value = "7d")]
-    pub since: String,
+    #[arg(long, default_value = "7d", value_parser = since_arg)]
+    pub since: DateTime<Utc>,
     /// Actors and recent hits shown, at most
     #[arg(long, default_value_t = 10)]
     pub top: u32,
@@ -104,8 +105,8 @@ pub struct ExportCmd {
     #[arg(long, value_enum, default_value = "stix")]
     pub format: crate::export::ExportFormat,
     /// Only what was active since: a duration back from now (7d, 24h) or an RFC 3339 time
-    #[arg(long)]
-    pub since: Option<String>,
+    #[arg(long, value_parser = since_arg)]
+    pub since: Option<DateTime<Utc>>,
     /// Only hits of this actor (its name or an alias, case-insensitive)
     #[arg(long)]
     pub actor: Option<String>,
@@ -304,10 +305,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Dlq(cmd) => dlq_command(cmd).await,
         Command::Export(cmd) => export_command(cmd).await,
         Command::Report(cmd) => {
-            let since = crate::export::parse_since(&cmd.since, chrono::Utc::now())
-                .map_err(|error| anyhow::anyhow!("--since: {error}"))?;
             let store = read_store(&cmd.database).await?;
-            let report = store.report(since, i64::from(cmd.top)).await?;
+            let report = store.report(cmd.since, i64::from(cmd.top)).await?;
             match cmd.format {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 OutputFormat::Table => print!("{report}"),
@@ -317,14 +316,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// `--since`, read when the command line is: relative to the moment the command started.
+fn since_arg(text: &str) -> Result<DateTime<Utc>, String> {
+    crate::export::parse_since(text, Utc::now())
+}
+
 async fn export_command(cmd: ExportCmd) -> anyhow::Result<i32> {
     let filter = crate::export::ExportFilter {
-        since: cmd
-            .since
-            .as_deref()
-            .map(|since| crate::export::parse_since(since, chrono::Utc::now()))
-            .transpose()
-            .map_err(|error| anyhow::anyhow!("--since: {error}"))?,
+        since: cmd.since,
         actor: cmd.actor,
     };
     let store = read_store(&cmd.database).await?;
