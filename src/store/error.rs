@@ -5,8 +5,10 @@ use sqlx::migrate::MigrateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Not a `source`: sqlx's message already quotes the server's, and an error chain printed
+    /// whole (`{:#}`) would repeat it once per level.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] MigrateError),
     /// A stored row that this build cannot read back (a kind or enricher name it does not know).
@@ -15,6 +17,12 @@ pub enum StoreError {
     /// One failure of a transaction that held several messages' rows, given to each of them.
     #[error("{0}")]
     Shared(std::sync::Arc<StoreError>),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error)
+    }
 }
 
 impl StoreError {
@@ -145,6 +153,14 @@ mod tests {
         assert!(!StoreError::from(sqlx::Error::PoolTimedOut).may_be_one_writes());
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!StoreError::from(sqlx::Error::Io(refused)).may_be_one_writes());
+    }
+
+    #[test]
+    fn a_database_error_printed_with_its_causes_says_what_happened_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let error = anyhow::Error::from(StoreError::from(sqlx::Error::Io(refused)));
+        let printed = format!("{error:#}");
+        assert_eq!(printed.matches("refused here").count(), 1, "{printed}");
     }
 
     #[test]
