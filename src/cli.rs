@@ -454,6 +454,8 @@ async fn worker_command(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         .fleet
         .settings(&cmd.graph.tenant_id, cmd.graph.graph_burst)
         .map_err(anyhow::Error::msg)?;
+    // Workers sharing a quota share their lookups in flight too: a duplicate costs the quota.
+    cmd.worker.share_lookups |= fleet.is_some();
     let store = if cmd.worker.migrate {
         migrate(&cmd.database).await?
     } else {

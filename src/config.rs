@@ -282,6 +282,7 @@ impl WorkerArgs {
             max_artifacts: self.chain_max_artifacts,
             request_budget: self.chain_request_budget,
             reputation_ttl: self.reputation_ttl,
+            share_lookups: self.share_lookups,
             ..crate::chain::ChainSettings::default()
         }
     }
@@ -361,6 +362,10 @@ pub struct WorkerArgs {
     /// A counterpart's reputation cached this recently is not asked again
     #[arg(long, env = "MDTI_REPUTATION_TTL", default_value = "24h", value_parser = parse_duration)]
     pub reputation_ttl: Duration,
+    /// Wait for a reputation another worker on this database is asking Graph about instead of
+    /// asking too (claims in Postgres); always on with --tenant-quota
+    #[arg(long, env = "MDTI_SHARE_LOOKUPS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub share_lookups: bool,
     /// Resync intel profiles and their indicators this often (0 = never)
     #[arg(long, env = "MDTI_PROFILE_SYNC_INTERVAL", default_value = "6h", value_parser = parse_duration)]
     pub profile_sync_interval: Duration,

@@ -684,6 +684,45 @@ async fn walks_running_at_once_ask_each_shared_counterpart_once() {
     assert!(in_flight.is_empty(), "every lookup closed");
 }
 
+#[tokio::test]
+async fn workers_sharing_a_database_ask_each_shared_counterpart_once() {
+    let (sim, graph) = sim_and_client().await;
+    let iocs = shared_graph(&sim);
+    let db = TestDb::new().await;
+    sim.control()
+        .set_latency(std::time::Duration::from_millis(30));
+    // Two workers: each its own lookups in flight, one database between them.
+    let settings = ChainSettings {
+        share_lookups: true,
+        ..ChainSettings::default()
+    };
+    let worker = || {
+        Chainer::new(graph.clone(), Some(db.store.clone()), settings.clone())
+            .with_in_flight(InFlight::default())
+    };
+    let (first, second) = (worker(), worker());
+
+    let start = sim.count("reputation");
+    let walks = iocs.iter().enumerate().map(|(n, ioc)| {
+        let chainer = if n % 2 == 0 { &first } else { &second };
+        chainer.walk(ioc)
+    });
+    for report in futures::future::join_all(walks).await {
+        assert_eq!(report.expect("walk").counterparts, 20);
+    }
+    // Without the claims in Postgres, the two workers asked 160 times here.
+    assert_eq!(
+        sim.count("reputation") - start,
+        100 + 30,
+        "each IOC once, and each of the 30 shared addresses once, whichever worker asked"
+    );
+    assert_eq!(
+        db.count("reputation_claims").await,
+        0,
+        "every claim released"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The seed's algorithm, for comparison
 // ---------------------------------------------------------------------------------------------

@@ -612,3 +612,41 @@ async fn concurrent_messages_sharing_observables_do_not_deadlock() {
     assert_eq!(db.count("enrichment_runs").await, 8 * 20);
     assert_eq!(db.count("extracts").await, 20 * 7);
 }
+
+#[tokio::test]
+async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out() {
+    let db = TestDb::new().await;
+    let hosts = vec!["52.1.0.1".to_owned(), "52.1.0.2".to_owned()];
+    let claim = || db.store.claim_reputation_lookups(&hosts, HOUR);
+
+    assert_eq!(claim().await.unwrap().len(), 2, "nobody held them");
+    assert!(claim().await.unwrap().is_empty(), "held by the first claim");
+    assert_eq!(
+        db.store
+            .held_reputation_lookups(&hosts)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    db.store
+        .release_reputation_lookups(&hosts[..1])
+        .await
+        .unwrap();
+    let again = claim().await.unwrap();
+    assert!(again.contains("52.1.0.1") && again.len() == 1, "{again:?}");
+
+    // A holder that never released (it died): its claim runs out and is taken over.
+    sqlx::query("UPDATE reputation_claims SET claimed_until = now() - interval '1 second'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    assert!(db
+        .store
+        .held_reputation_lookups(&hosts)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(claim().await.unwrap().len(), 2);
+}

@@ -84,6 +84,11 @@ pub struct ChainSettings {
     pub reputation_ttl: Duration,
     /// Reputation lookups in flight per walk.
     pub concurrency: usize,
+    /// Share lookups in flight with the other workers on the same database, through claims
+    /// in Postgres (see [`Store::claim_reputation_lookups`]): a worker waits for the answer of
+    /// a host another worker is asking about instead of asking too. Costs two statements per
+    /// walk level, so it is for workers sharing one tenant's quota.
+    pub share_lookups: bool,
 }
 
 impl Default for ChainSettings {
@@ -99,6 +104,7 @@ impl Default for ChainSettings {
             request_budget: 2000,
             reputation_ttl: Duration::from_secs(24 * 3600),
             concurrency: 8,
+            share_lookups: false,
         }
     }
 }
@@ -250,6 +256,14 @@ pub struct Known<'a> {
     pub passive_dns: Option<&'a Collection<PassiveDnsRecord>>,
     pub reputation: Option<&'a Reputation>,
 }
+
+/// How long a worker's claim on a lookup holds other workers back: long enough for a throttled
+/// lookup with its retries; if the worker died, the others wait at most this long before
+/// asking themselves.
+const CLAIM_HOLD: Duration = Duration::from_secs(30);
+
+/// How often a worker waiting for another worker's lookup looks in the cache.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 /// A host a walk asked Graph about, what came back, and the lead of its lookup when shared.
 type Asked = (String, Result<Lookup, ChainError>, Option<Lead<Reputation>>);
@@ -485,7 +499,8 @@ impl Chainer {
     }
 
     /// The reputation of each host of `keys` not known to this walk yet: from a lookup another
-    /// walk has in flight (see [`InFlight`]), else the cache (one query for all of them), else
+    /// walk of this worker has in flight (see [`InFlight`]), else the cache (one query for all
+    /// of them), else, with `share_lookups`, from another worker that claimed the lookup, else
     /// Graph; what Graph answered is saved to the cache in one statement.
     async fn reputations(&self, walk: &mut Walk, keys: Vec<String>) -> Result<(), ChainError> {
         let keys: Vec<String> = {
@@ -530,6 +545,23 @@ impl Chainer {
                 }
             }
         }
+        // Of the hosts left, those another worker is asking about are waited for, below.
+        let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
+        let mut claimed: Vec<String> = Vec::new();
+        if let (Some(store), true, false) = (&self.store, self.shares_lookups(), leads.is_empty()) {
+            let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
+            match store.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
+                Ok(mine) => {
+                    let (ours, theirs) = leads.into_iter().partition(|(key, _)| mine.contains(key));
+                    leads = ours;
+                    remote = theirs;
+                    claimed = mine.into_iter().collect();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reputation claims unavailable; asking Graph")
+                }
+            }
+        }
 
         let graph = &walk.graph;
         let budget = self.settings.request_budget;
@@ -550,23 +582,24 @@ impl Chainer {
         // walks following each other cannot deadlock). A lookup that fails still runs the
         // others to their end, so that no lead is dropped early for nothing.
         let concurrency = self.settings.concurrency.max(1);
-        let answers: Vec<Asked> = futures::stream::iter(leads)
-            .map(|(key, lead)| async {
-                let (key, lookup) = ask(key).await;
-                if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
-                    lead.answer(reputation.clone());
-                }
-                (key, lookup, lead)
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut lookups: Vec<(String, Result<Lookup, ChainError>)> = Vec::new();
-        let mut closing = Vec::new();
-        for (key, lookup, lead) in answers {
-            lookups.push((key, lookup));
-            closing.extend(lead);
-        }
+        let ask_leading = |leads: Vec<(String, Option<Lead<Reputation>>)>| {
+            futures::stream::iter(leads)
+                .map(|(key, lead)| async {
+                    let (key, lookup) = ask(key).await;
+                    if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
+                        lead.answer(reputation.clone());
+                    }
+                    (key, lookup, lead)
+                })
+                .buffer_unordered(concurrency)
+                .collect::<Vec<Asked>>()
+        };
+        // Own lookups are saved (and their claims released) before this walk waits for anyone:
+        // another worker may be waiting for them while this walk waits for its.
+        let mut settled = Settled::default();
+        let own = ask_leading(leads).await;
+        self.settle(&mut settled, own, claimed).await;
+
         let followed: Vec<(String, Option<Reputation>)> = futures::future::join_all(
             follows
                 .into_iter()
@@ -580,30 +613,63 @@ impl Chainer {
                     walk.cache_hits += 1;
                     walk.reputations.insert(key, Some(reputation));
                 }
-                None => released.push(key),
+                None => released.push((key, None)),
             }
         }
-        // Followers whose lead gave up ask for themselves.
-        lookups.extend(
-            futures::stream::iter(released)
-                .map(ask)
-                .buffer_unordered(concurrency)
-                .collect::<Vec<_>>()
-                .await,
-        );
+        // Other workers' lookups: what they answer arrives in the cache; what they give up on,
+        // this walk asks itself, as it does what a lead of this worker gave up on.
+        let mut unanswered = Vec::new();
+        if let (Some(store), false) = (&self.store, remote.is_empty()) {
+            let keys: Vec<String> = remote.iter().map(|(key, _)| key.clone()).collect();
+            let mut arrived = self.await_other_workers(store, keys).await;
+            for (key, lead) in remote {
+                match arrived.remove(&key) {
+                    Some(reputation) => {
+                        if let Some(lead) = &lead {
+                            lead.answer(reputation.clone());
+                        }
+                        walk.cache_hits += 1;
+                        walk.reputations.insert(key, Some(reputation));
+                    }
+                    None => unanswered.push((key, lead)),
+                }
+            }
+        }
+        unanswered.extend(released);
+        let rest = ask_leading(unanswered).await;
+        self.settle(&mut settled, rest, Vec::new()).await;
 
-        let mut over_budget = 0usize;
-        let mut failed = None;
-        let mut fetched = Vec::with_capacity(lookups.len());
-        for (key, lookup) in lookups {
+        if let Some(error) = settled.failed {
+            return Err(error);
+        }
+        for (key, reputation) in settled.fetched {
+            walk.reputations.insert(key, reputation);
+        }
+        if settled.over_budget > 0 {
+            walk.budget_spent = true;
+            walk.truncated.push(format!(
+                "request budget ({budget}) reached: {} host(s) left without a reputation",
+                settled.over_budget
+            ));
+        }
+        Ok(())
+    }
+
+    /// Take in a round of lookups: save what Graph answered to the cache, then close their
+    /// lookups in this worker (`asked`'s leads) and release `claimed` for the other workers.
+    async fn settle(&self, settled: &mut Settled, asked: Vec<Asked>, claimed: Vec<String>) {
+        let mut fetched = Vec::new();
+        let mut closing = Vec::new();
+        for (key, lookup, lead) in asked {
+            closing.extend(lead);
             match lookup {
                 Ok(Lookup::Fetched(reputation)) => fetched.push((key, reputation)),
                 Ok(Lookup::OverBudget) => {
-                    over_budget += 1;
-                    walk.reputations.insert(key, None);
+                    settled.over_budget += 1;
+                    settled.fetched.push((key, None));
                 }
                 Err(error) => {
-                    failed.get_or_insert(error);
+                    settled.failed.get_or_insert(error);
                 }
             }
         }
@@ -612,22 +678,77 @@ impl Chainer {
             if let Err(error) = store.save_reputations(rows).await {
                 tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
             }
+            if !claimed.is_empty() {
+                if let Err(error) = store.release_reputation_lookups(&claimed).await {
+                    tracing::warn!(%error, "could not release {} reputation claim(s); they run out by themselves", claimed.len());
+                }
+            }
         }
-        // What this walk fetched is in the cache now: its lookups can close.
+        // What was fetched is in the cache now: the lookups can close.
         drop(closing);
-        if let Some(error) = failed {
-            return Err(error);
+        settled
+            .fetched
+            .extend(fetched.into_iter().map(|(key, r)| (key, Some(r))));
+    }
+}
+
+/// What a walk's rounds of lookups came to.
+#[derive(Default)]
+struct Settled {
+    /// Reputations to record in the walk; `None` for hosts left unasked (over budget).
+    fetched: Vec<(String, Option<Reputation>)>,
+    over_budget: usize,
+    failed: Option<ChainError>,
+}
+
+impl Chainer {
+    /// Whether lookups are shared with other workers: asked for, and possible (the cache is
+    /// where another worker's answer arrives, so it must be read).
+    fn shares_lookups(&self) -> bool {
+        self.settings.share_lookups && !self.settings.reputation_ttl.is_zero()
+    }
+
+    /// Wait for the answers of lookups other workers hold to arrive in the cache: until each
+    /// is there, its claim is gone (its holder gave up), or [`CLAIM_HOLD`] passed. Returns the
+    /// answers that arrived.
+    async fn await_other_workers(
+        &self,
+        store: &Store,
+        mut waiting: Vec<String>,
+    ) -> HashMap<String, Reputation> {
+        let deadline = tokio::time::Instant::now() + CLAIM_HOLD;
+        let mut arrived = HashMap::new();
+        while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(CLAIM_POLL).await;
+            // Claims first, then the cache: a holder saves its answer before it releases its
+            // claim, so a host found unclaimed here is either in the cache read next or was
+            // given up on.
+            let held = match store.held_reputation_lookups(&waiting).await {
+                Ok(held) => held,
+                Err(error) => {
+                    tracing::warn!(%error, "reputation claims unreadable; asking Graph");
+                    break;
+                }
+            };
+            let mut cached = match store
+                .cached_reputations(&waiting, self.settings.reputation_ttl)
+                .await
+            {
+                Ok(cached) => cached,
+                Err(error) => {
+                    tracing::warn!(%error, "reputation cache unreadable; asking Graph");
+                    break;
+                }
+            };
+            waiting.retain(|key| match cached.remove(key) {
+                Some(reputation) => {
+                    arrived.insert(key.clone(), reputation);
+                    false
+                }
+                None => held.contains(key),
+            });
         }
-        for (key, reputation) in fetched {
-            walk.reputations.insert(key, Some(reputation));
-        }
-        if over_budget > 0 {
-            walk.budget_spent = true;
-            walk.truncated.push(format!(
-                "request budget ({budget}) reached: {over_budget} host(s) left without a reputation"
-            ));
-        }
-        Ok(())
+        arrived
     }
 }
 

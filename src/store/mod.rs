@@ -17,7 +17,7 @@ mod report;
 mod views;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -420,6 +420,67 @@ impl Store {
             return Ok(());
         }
         rows.execute(&self.relaxed).await
+    }
+
+    /// Claim the Graph lookups of `hosts` for `hold` on behalf of this worker (see
+    /// `migrations/0007_reputation_claims.sql`). Returns the hosts now held by this call: those
+    /// nobody held, and those whose holder's claim ran out. The others are another worker's
+    /// to look up.
+    pub async fn claim_reputation_lookups(
+        &self,
+        hosts: &[String],
+        hold: Duration,
+    ) -> Result<HashSet<String>, StoreError> {
+        if hosts.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut sorted: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        // Sorted and distinct: concurrent claims lock their rows in the same order.
+        sorted.sort();
+        sorted.dedup();
+        let claimed: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO reputation_claims AS c (host, claimed_until) \
+             SELECT h, now() + make_interval(secs => $2) FROM UNNEST($1::text[]) AS h \
+             ON CONFLICT (host) DO UPDATE SET claimed_until = excluded.claimed_until \
+             WHERE c.claimed_until < now() \
+             RETURNING c.host",
+        )
+        .bind(&sorted)
+        .bind(hold.as_secs_f64())
+        .fetch_all(&self.relaxed)
+        .await?;
+        Ok(claimed.into_iter().collect())
+    }
+
+    /// Which of `hosts` some worker still holds a claim on.
+    pub async fn held_reputation_lookups(
+        &self,
+        hosts: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        if hosts.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let hosts: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT host FROM reputation_claims WHERE host = ANY($1) AND claimed_until > now()",
+        )
+        .bind(&hosts)
+        .fetch_all(&self.relaxed)
+        .await?;
+        Ok(held.into_iter().collect())
+    }
+
+    /// The lookups of `hosts` are over (their answers are in the cache, or they failed).
+    pub async fn release_reputation_lookups(&self, hosts: &[String]) -> Result<(), StoreError> {
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let hosts: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        sqlx::query("DELETE FROM reputation_claims WHERE host = ANY($1)")
+            .bind(&hosts)
+            .execute(&self.relaxed)
+            .await?;
+        Ok(())
     }
 
     /// The distinct extracts stored for `observable`, whatever enricher found them: the first
