@@ -617,10 +617,14 @@ async fn concurrent_messages_sharing_observables_do_not_deadlock() {
 async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out() {
     let db = TestDb::new().await;
     let hosts = vec!["52.1.0.1".to_owned(), "52.1.0.2".to_owned()];
-    let claim = || db.store.claim_reputation_lookups(&hosts, HOUR);
+    let claim = |hold| db.store.claim_reputation_lookups(&hosts, hold);
 
-    assert_eq!(claim().await.unwrap().len(), 2, "nobody held them");
-    assert!(claim().await.unwrap().is_empty(), "held by the first claim");
+    let first = claim(HOUR).await.unwrap();
+    assert_eq!(first.hosts.len(), 2, "nobody held them");
+    assert!(
+        claim(HOUR).await.unwrap().hosts.is_empty(),
+        "held by the first claim"
+    );
     assert_eq!(
         db.store
             .held_reputation_lookups(&hosts)
@@ -629,24 +633,32 @@ async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out(
             .len(),
         2
     );
-
-    db.store
-        .release_reputation_lookups(&hosts[..1])
-        .await
-        .unwrap();
-    let again = claim().await.unwrap();
-    assert!(again.contains("52.1.0.1") && again.len() == 1, "{again:?}");
-
-    // A holder that never released (it died): its claim runs out and is taken over.
-    sqlx::query("UPDATE reputation_claims SET claimed_until = now() - interval '1 second'")
-        .execute(db.store.pool())
-        .await
-        .unwrap();
+    db.store.release_reputation_lookups(&first).await.unwrap();
     assert!(db
         .store
         .held_reputation_lookups(&hosts)
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(claim().await.unwrap().len(), 2);
+
+    // A holder that never released (it died): its claim runs out and is taken over; its late
+    // release leaves the new holder's claim alone.
+    let stale = claim(Duration::ZERO).await.unwrap();
+    assert_eq!(stale.hosts.len(), 2);
+    let taken_over = claim(HOUR).await.unwrap();
+    assert_eq!(
+        taken_over.hosts.len(),
+        2,
+        "a claim that ran out is taken over"
+    );
+    db.store.release_reputation_lookups(&stale).await.unwrap();
+    assert_eq!(
+        db.store
+            .held_reputation_lookups(&hosts)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "still the new holder's"
+    );
 }

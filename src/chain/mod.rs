@@ -63,7 +63,7 @@ use crate::enrich::{mapping, Reputation};
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
-use crate::store::{Store, StoreError};
+use crate::store::{LookupClaims, Store, StoreError};
 
 /// How far and how expensively one walk may go.
 #[derive(Debug, Clone, PartialEq)]
@@ -547,15 +547,17 @@ impl Chainer {
         }
         // Of the hosts left, those another worker is asking about are waited for, below.
         let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
-        let mut claimed: Vec<String> = Vec::new();
+        let mut claimed = LookupClaims::default();
         if let (Some(store), true, false) = (&self.store, self.shares_lookups(), leads.is_empty()) {
             let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
             match store.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
                 Ok(mine) => {
-                    let (ours, theirs) = leads.into_iter().partition(|(key, _)| mine.contains(key));
+                    let (ours, theirs) = leads
+                        .into_iter()
+                        .partition(|(key, _)| mine.hosts.contains(key));
                     leads = ours;
                     remote = theirs;
-                    claimed = mine.into_iter().collect();
+                    claimed = mine;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "reputation claims unavailable; asking Graph")
@@ -637,7 +639,8 @@ impl Chainer {
         }
         unanswered.extend(released);
         let rest = ask_leading(unanswered).await;
-        self.settle(&mut settled, rest, Vec::new()).await;
+        self.settle(&mut settled, rest, LookupClaims::default())
+            .await;
 
         if let Some(error) = settled.failed {
             return Err(error);
@@ -657,7 +660,7 @@ impl Chainer {
 
     /// Take in a round of lookups: save what Graph answered to the cache, then close their
     /// lookups in this worker (`asked`'s leads) and release `claimed` for the other workers.
-    async fn settle(&self, settled: &mut Settled, asked: Vec<Asked>, claimed: Vec<String>) {
+    async fn settle(&self, settled: &mut Settled, asked: Vec<Asked>, claimed: LookupClaims) {
         let mut fetched = Vec::new();
         let mut closing = Vec::new();
         for (key, lookup, lead) in asked {
@@ -678,9 +681,9 @@ impl Chainer {
             if let Err(error) = store.save_reputations(rows).await {
                 tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
             }
-            if !claimed.is_empty() {
+            if !claimed.hosts.is_empty() {
                 if let Err(error) = store.release_reputation_lookups(&claimed).await {
-                    tracing::warn!(%error, "could not release {} reputation claim(s); they run out by themselves", claimed.len());
+                    tracing::warn!(%error, "could not release {} reputation claim(s); they run out by themselves", claimed.hosts.len());
                 }
             }
         }

@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -152,6 +153,15 @@ impl MessageResults {
             walks: &self.walks,
         }
     }
+}
+
+/// Reputation lookups one call of [`Store::claim_reputation_lookups`] holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LookupClaims {
+    pub hosts: HashSet<String>,
+    /// When they run out (one instant for all of them: the claiming transaction's); it tells
+    /// these claims from later ones on the same hosts.
+    until: Option<DateTime<Utc>>,
 }
 
 /// The Postgres store. Cheap to clone (the pools, and the group commit if any, are shared).
@@ -430,26 +440,31 @@ impl Store {
         &self,
         hosts: &[String],
         hold: Duration,
-    ) -> Result<HashSet<String>, StoreError> {
+    ) -> Result<LookupClaims, StoreError> {
+        let mut claims = LookupClaims::default();
         if hosts.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(claims);
         }
         let mut sorted: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
         // Sorted and distinct: concurrent claims lock their rows in the same order.
         sorted.sort();
         sorted.dedup();
-        let claimed: Vec<String> = sqlx::query_scalar(
+        let claimed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
             "INSERT INTO reputation_claims AS c (host, claimed_until) \
              SELECT h, now() + make_interval(secs => $2) FROM UNNEST($1::text[]) AS h \
              ON CONFLICT (host) DO UPDATE SET claimed_until = excluded.claimed_until \
              WHERE c.claimed_until < now() \
-             RETURNING c.host",
+             RETURNING c.host, c.claimed_until",
         )
         .bind(&sorted)
         .bind(hold.as_secs_f64())
         .fetch_all(&self.relaxed)
         .await?;
-        Ok(claimed.into_iter().collect())
+        for (host, until) in claimed {
+            claims.hosts.insert(host);
+            claims.until = Some(until);
+        }
+        Ok(claims)
     }
 
     /// Which of `hosts` some worker still holds a claim on.
@@ -470,14 +485,19 @@ impl Store {
         Ok(held.into_iter().collect())
     }
 
-    /// The lookups of `hosts` are over (their answers are in the cache, or they failed).
-    pub async fn release_reputation_lookups(&self, hosts: &[String]) -> Result<(), StoreError> {
-        if hosts.is_empty() {
+    /// The lookups of `claims` are over (their answers are in the cache, or they failed). A
+    /// claim that ran out and was taken over by another worker is left to that worker.
+    pub async fn release_reputation_lookups(
+        &self,
+        claims: &LookupClaims,
+    ) -> Result<(), StoreError> {
+        let Some(until) = claims.until else {
             return Ok(());
-        }
-        let hosts: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
-        sqlx::query("DELETE FROM reputation_claims WHERE host = ANY($1)")
+        };
+        let hosts: Vec<&String> = claims.hosts.iter().collect();
+        sqlx::query("DELETE FROM reputation_claims WHERE host = ANY($1) AND claimed_until = $2")
             .bind(&hosts)
+            .bind(until)
             .execute(&self.relaxed)
             .await?;
         Ok(())
