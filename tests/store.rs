@@ -618,6 +618,13 @@ async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out(
     let db = TestDb::new().await;
     let hosts = vec!["52.1.0.1".to_owned(), "52.1.0.2".to_owned()];
     let claim = |hold| db.store.claim_reputation_lookups(&hosts, hold);
+    let held = || async {
+        db.store
+            .held_reputation_lookups(&hosts)
+            .await
+            .unwrap()
+            .len()
+    };
 
     let first = claim(HOUR).await.unwrap();
     assert_eq!(first.hosts.len(), 2, "nobody held them");
@@ -625,21 +632,9 @@ async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out(
         claim(HOUR).await.unwrap().hosts.is_empty(),
         "held by the first claim"
     );
-    assert_eq!(
-        db.store
-            .held_reputation_lookups(&hosts)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(held().await, 2);
     db.store.release_reputation_lookups(&first).await.unwrap();
-    assert!(db
-        .store
-        .held_reputation_lookups(&hosts)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(held().await, 0);
 
     // A holder that never released (it died): its claim runs out and is taken over; its late
     // release leaves the new holder's claim alone.
@@ -652,13 +647,5 @@ async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out(
         "a claim that ran out is taken over"
     );
     db.store.release_reputation_lookups(&stale).await.unwrap();
-    assert_eq!(
-        db.store
-            .held_reputation_lookups(&hosts)
-            .await
-            .unwrap()
-            .len(),
-        2,
-        "still the new holder's"
-    );
+    assert_eq!(held().await, 2, "still the new holder's");
 }

@@ -10,7 +10,7 @@ use mdti_worker::sim::SimConfig;
 use serde_json::json;
 
 mod support;
-use support::harness::{eventually, spawn_app, Options, AMQP};
+use support::harness::{eventually, spawn_app, App, Options, AMQP};
 
 #[tokio::test]
 async fn a_mixed_batch_lands_in_postgres_in_canonical_form() {
@@ -118,17 +118,22 @@ async fn an_observable_enriched_recently_is_answered_from_postgres() {
     app.teardown().await;
 }
 
-#[tokio::test]
-async fn repeats_arriving_while_an_observable_is_enriched_wait_for_it_instead_of_asking_again() {
-    // Slow answers: the first message is still being enriched when the repeats arrive.
-    let app = spawn_app(Options {
+/// A worker whose simulator takes `latency` over every answer.
+async fn slow_app(latency: Duration) -> App {
+    spawn_app(Options {
         sim: SimConfig {
-            latency: Duration::from_millis(200),
+            latency,
             ..SimConfig::default()
         },
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn repeats_arriving_while_an_observable_is_enriched_wait_for_it_instead_of_asking_again() {
+    // Slow answers: the first message is still being enriched when the repeats arrive.
+    let app = slow_app(Duration::from_millis(200)).await;
     for n in 0..6 {
         app.publish(&format!("repeat-{n}"), json!({"value": "contoso.com"}))
             .await;
@@ -154,14 +159,7 @@ async fn repeats_arriving_while_an_observable_is_enriched_wait_for_it_instead_of
 
 #[tokio::test]
 async fn messages_of_several_items_naming_the_same_observables_never_wait_for_each_other() {
-    let app = spawn_app(Options {
-        sim: SimConfig {
-            latency: Duration::from_millis(100),
-            ..SimConfig::default()
-        },
-        ..Options::default()
-    })
-    .await;
+    let app = slow_app(Duration::from_millis(100)).await;
     // Each leads one observable the other also needs: were either to wait for the other's
     // commit, both would wait for ever.
     app.publish(
