@@ -3,8 +3,9 @@
 //! The schema is in `migrations/` (embedded at compile time, applied by [`Store::migrate`]).
 //! Every write is an idempotent upsert keyed on what the input determines, so a redelivered
 //! message leaves the same rows; everything one message produced is written by
-//! [`Store::record_message`] in one transaction, with a fixed number of statements however many
-//! observables the message held (rows travel as arrays and are expanded with `UNNEST`).
+//! [`Store::commit_results`] in one transaction (shared, under load, with the other messages
+//! that finished meanwhile: see [`group_commit`]), with a fixed number of statements however
+//! many observables it holds (rows travel as arrays and are expanded with `UNNEST`).
 //!
 //! Queries are checked at run time, not compile time: building the crate needs no database.
 
