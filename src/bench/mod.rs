@@ -9,7 +9,7 @@
 //!    profiles (as a worker does at start) so chaining matches them.
 //! 2. Start the worker (prefetch = `--concurrency`) and wait until it consumes.
 //! 3. Snapshot counters (client, simulator, CPU per thread, Postgres, RabbitMQ), reset the peak
-//!    RSS, then publish the [`mix`] from a runtime of its own (threads `mdti-bench-pub`): the first
+//!    RSS, then publish the mix (`mix.rs`) from a runtime of its own (threads `mdti-bench-pub`): the first
 //!    message alone (its confirm starts the clock), the rest pipelined in chunks, at
 //!    `--publish-rate` messages/s or as fast as the broker confirms (a backlog, like a feed dump).
 //!    Each item carries `{"bench_published_us": ...}` in its `context`.
@@ -19,7 +19,7 @@
 //!    start of the result transaction) minus `context.bench_published_us`.
 //!
 //! With `--workers N` above 1, step 2 starts N worker processes instead and step 4 reads the
-//! drain from Postgres and the dead-letter queue (see [`fleet`]).
+//! drain from Postgres and the dead-letter queue (see `fleet.rs`).
 
 mod fleet;
 mod measure;

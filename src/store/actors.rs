@@ -47,8 +47,8 @@ pub struct WalkHits {
 
 impl Store {
     /// Upsert the hits of one walk of `observable` (and the observable row if missing), in one
-    /// transaction; see [`upsert_walks`] for what is returned. A message's hits are normally
-    /// written with its results by [`Store::record_results`].
+    /// transaction; see `upsert_walks` for what is returned. A message's hits are normally
+    /// written with its results by [`Store::commit_results`].
     pub async fn record_actor_hits(
         &self,
         observable: &Observable,

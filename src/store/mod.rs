@@ -4,7 +4,7 @@
 //! Every write is an idempotent upsert keyed on what the input determines, so a redelivered
 //! message leaves the same rows; everything one message produced is written by
 //! [`Store::commit_results`] in one transaction (shared, under load, with the other messages
-//! that finished meanwhile: see [`group_commit`]), with a fixed number of statements however
+//! that finished meanwhile: see `group_commit.rs`), with a fixed number of statements however
 //! many observables it holds (rows travel as arrays and are expanded with `UNNEST`).
 //!
 //! Queries are checked at run time, not compile time: building the crate needs no database.
@@ -221,7 +221,7 @@ impl Store {
     }
 
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
-    /// messages per transaction (see [`group_commit`]); 1 or less leaves every message its own
+    /// messages per transaction (see `group_commit.rs`); 1 or less leaves every message its own
     /// transaction. Starts writer tasks on the current runtime.
     /// Its counters go to `stats`.
     pub fn with_group_commit(self, max_messages: usize, stats: Arc<GroupCommitStats>) -> Store {
