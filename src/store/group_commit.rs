@@ -5,7 +5,7 @@
 //! costs a commit (a WAL flush the ack has to wait for) and one statement per table, each
 //! planned, executed and answered. Under load most of that is overhead, so [`GroupCommit`] hands
 //! the results to a few writer tasks; each takes whatever is waiting (up to
-//! [`GroupCommit::max_messages`] messages and [`MAX_RUNS`] items) and writes it with
+//! `--group-commit` messages and [`MAX_RUNS`] items) and writes it with
 //! [`record_batch`]: the same statements, one per table, for all of them.
 //!
 //! Nothing waits for a batch to fill: a writer that finds one message waiting writes one
@@ -33,7 +33,7 @@ const WRITERS: usize = 2;
 
 /// At most this many items (runs) in one transaction, whatever `max_messages` says, so that a
 /// few messages of many observables each do not make one huge transaction.
-pub const MAX_RUNS: usize = 512;
+const MAX_RUNS: usize = 512;
 
 /// Messages waiting for a writer; beyond this, callers wait to hand theirs over.
 const QUEUE: usize = 1_024;

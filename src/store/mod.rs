@@ -32,7 +32,7 @@ use uuid::Uuid;
 pub use actors::{PendingHit, WalkHits};
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
-pub use group_commit::{GroupCommitStats, Pending, MAX_RUNS as GROUP_COMMIT_MAX_RUNS};
+pub use group_commit::{GroupCommitStats, Pending};
 pub use leases::{LeaseHolder, LeaseView};
 pub use report::Summary;
 pub use views::{DailyLine, RecentHit, RejectionCount, Report, TopActor};
