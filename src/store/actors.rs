@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::write::{pg_json, pg_text, record_batch, Part};
+use super::write::{pg_json, pg_text, pg_texts, record_batch, Part};
 use super::{kind_name, Store, StoreError};
 use crate::chain::{ActorHit, Evidence, IntelProfileRecord, ProfileIndicatorRecord};
 use crate::observable::Observable;
@@ -210,7 +210,7 @@ impl Store {
 
     /// Delete the profiles (and their indicators) whose id is not in `keep`; returns how many.
     pub async fn prune_intel_profiles(&self, keep: &[String]) -> Result<u64, StoreError> {
-        let keep: Vec<String> = keep.iter().map(|k| pg_text(k)).collect();
+        let keep = pg_texts(keep);
         let done = sqlx::query("DELETE FROM intel_profiles WHERE NOT (id = ANY($1::text[]))")
             .bind(&keep)
             .execute(self.pool())

@@ -210,16 +210,6 @@ impl Store {
         })
     }
 
-    /// A store over an existing pool (tests, or a caller that tunes the pool itself); its
-    /// cache writes and event marks then wait for the WAL flush like everything else.
-    pub fn from_pool(pool: PgPool) -> Store {
-        Store {
-            relaxed: pool.clone(),
-            pool,
-            group: None,
-        }
-    }
-
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
     /// messages per transaction (see `group_commit.rs`); 1 or less leaves every message its own
     /// transaction. Starts writer tasks on the current runtime.
@@ -378,7 +368,7 @@ impl Store {
         if ttl.is_zero() || hosts.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        let keys = write::pg_texts(hosts);
         let rows = sqlx::query(
             "SELECT host, classification, score, rules FROM reputations \
              WHERE host = ANY($1::text[]) AND fetched_at > now() - make_interval(secs => $2::float8)",
@@ -446,7 +436,7 @@ impl Store {
         if hosts.is_empty() {
             return Ok(claims);
         }
-        let mut sorted: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        let mut sorted = write::pg_texts(hosts);
         // Sorted and distinct: concurrent claims lock their rows in the same order.
         sorted.sort();
         sorted.dedup();
@@ -476,7 +466,7 @@ impl Store {
         if hosts.is_empty() {
             return Ok(HashSet::new());
         }
-        let hosts: Vec<String> = hosts.iter().map(|h| write::pg_text(h)).collect();
+        let hosts = write::pg_texts(hosts);
         let held: Vec<String> = sqlx::query_scalar(
             "SELECT host FROM reputation_claims WHERE host = ANY($1) AND claimed_until > now()",
         )

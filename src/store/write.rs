@@ -610,6 +610,11 @@ pub(super) fn pg_text(text: &str) -> String {
     }
 }
 
+/// [`pg_text`] of each text: a list bound as one `text[]` parameter.
+pub(super) fn pg_texts(texts: &[String]) -> Vec<String> {
+    texts.iter().map(|text| pg_text(text)).collect()
+}
+
 /// `value` without NUL characters in its strings and keys, which jsonb cannot hold.
 pub(super) fn pg_json(value: &Value) -> Value {
     match value {
