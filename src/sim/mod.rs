@@ -173,6 +173,8 @@ struct ControlState {
     /// Remaining injected 429s and their Retry-After.
     inject: Option<(u32, Duration)>,
     overrides: HashMap<String, Value>,
+    /// Paths (override keys) that answer this status, whatever else is set.
+    failing: HashMap<String, u16>,
     rng: data::Rng,
 }
 
@@ -265,6 +267,7 @@ impl SimControl {
                 fail_all: None,
                 inject: None,
                 overrides: HashMap::new(),
+                failing: HashMap::new(),
                 rng: data::Rng::new(config.seed),
             }),
             counters: Mutex::new(COUNTER_NAMES.iter().map(|n| (n.to_string(), 0)).collect()),
@@ -305,6 +308,17 @@ impl SimControl {
     /// with `None`. A status outside 100..=999 is sent as 500.
     pub fn set_fail_all(&self, status: Option<u16>) {
         lock(&self.state).fail_all = status;
+    }
+
+    /// Requests for `path` (relative like [`Control::set_override`]'s) answer `status` with a
+    /// Graph error body, until cleared with `None`: one host failing while the rest serve.
+    pub fn fail_path(&self, path: &str, status: Option<u16>) {
+        let key = override_key(path);
+        let mut st = lock(&self.state);
+        match status {
+            Some(status) => st.failing.insert(key, status),
+            None => st.failing.remove(&key),
+        };
     }
 
     /// The next `n` Graph requests (past auth and `fail_all`) answer 429 with this
@@ -380,11 +394,14 @@ impl SimControl {
     }
 
     /// Runs the misbehaviour stages, in the documented order, for one Graph request.
-    pub(crate) fn judge(&self) -> Verdict {
+    pub(crate) fn judge(&self, key: Option<&str>) -> Verdict {
         let mut guard = lock(&self.state);
         // Reborrow through a plain reference so that fields can be borrowed separately.
         let st = &mut *guard;
         if let Some(status) = st.fail_all {
+            return Verdict::FailAll(status);
+        }
+        if let Some(&status) = key.and_then(|key| st.failing.get(key)) {
             return Verdict::FailAll(status);
         }
         if let Some((n, after)) = st.inject {

@@ -843,7 +843,8 @@ async fn graph(
 
     // 2-5. fail_all, injected 429s, rate limit, error ratio; then latency.
     let format = sh.config.retry_after_format;
-    let truncate = match c.judge() {
+    let key = parsed.as_ref().ok().map(|p| p.key.as_str());
+    let truncate = match c.judge(key) {
         Verdict::FailAll(status) | Verdict::Error(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             match status.as_u16() {

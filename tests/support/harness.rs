@@ -210,15 +210,7 @@ pub async fn delete_topology(topology: &Topology) {
 /// Slow enough (40 Graph requests a second, 4 messages at once) that messages are in flight
 /// whenever a test interrupts it.
 pub fn worker_binary(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
-        .args([
-            "worker",
-            "--simulator",
-            "--migrate",
-            "--queue-prefix",
-            prefix,
-        ])
-        .args(["--database-url", &db.url, "--amqp-url", AMQP])
+    worker_command(db, prefix)
         .args([
             "--graph-rate",
             "40",
@@ -228,14 +220,30 @@ pub fn worker_binary(db: &TestDb, prefix: &str, extra: &[&str]) -> Child {
             "4",
         ])
         .args(["--chain", "false", "--shutdown-timeout", "15s"])
-        // Any free port: a fixed one could be taken on a shared machine.
-        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the worker binary starts")
+}
+
+/// The worker binary's command with only what every test needs (simulator, database, prefix,
+/// broker, a free metrics port), for tests that set the rest themselves (chaining, failpoints).
+pub fn worker_command(db: &TestDb, prefix: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mdti-worker"));
+    command
+        .args([
+            "worker",
+            "--simulator",
+            "--migrate",
+            "--queue-prefix",
+            prefix,
+        ])
+        .args(["--database-url", &db.url, "--amqp-url", AMQP])
+        // Any free port: a fixed one could be taken on a shared machine.
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
 }
 
 /// Wait for a child process to exit, for at most `limit`.
