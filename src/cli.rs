@@ -539,18 +539,16 @@ pub async fn run_worker(
             chain: worker.chain_settings(),
         },
     );
-    // Profiles already synced are matched from the first message on; the sync job refreshes
-    // them in the background and never holds up consumption.
-    match ProfileIndex::load(pipeline.store()).await {
-        Ok(index) => pipeline.set_profiles(index),
-        Err(error) => {
-            tracing::warn!(%error, "intel profiles not loaded; chaining matches reputation rules only until the next sync")
-        }
-    }
+    // No delivery is taken before the profile index is in place: a message chained without it
+    // would miss every profile-indicator hit, and as a cached observable it is not chained
+    // again for the cache TTL.
+    let synced = load_profiles(&pipeline, &stats, !worker.profile_sync_interval.is_zero()).await;
     let sync = (!worker.profile_sync_interval.is_zero()).then(|| {
         tokio::spawn(profile_sync_loop(
             pipeline.clone(),
             worker.profile_sync_interval,
+            synced,
+            Arc::clone(&stats),
         ))
     });
     let ops_server = ops_listener.map(|listener| {
@@ -578,24 +576,88 @@ pub async fn run_worker(
     result
 }
 
-/// Sync intel profiles now and then every `interval`; a failed sync is logged and tried again
-/// at the next tick (the previous index stays in use).
-async fn profile_sync_loop(pipeline: Pipeline, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
-        match sync_profiles(pipeline.graph(), pipeline.store()).await {
-            Ok(summary) => match ProfileIndex::load(pipeline.store()).await {
-                Ok(index) => {
-                    tracing::info!(?summary, "intel profiles synced");
-                    pipeline.set_profiles(index);
-                }
-                Err(error) => tracing::warn!(%error, "intel profiles synced but not reloaded"),
-            },
-            Err(error) => {
-                tracing::warn!(%error, "intel profile sync failed; keeping the previous index")
+/// The profile index from Postgres when a sync completed there, else from a first sync of its
+/// own (a sync another worker is still running has stored only part of the index); returns
+/// whether that sync ran. Should it fail, the worker goes on matching reputation rules only,
+/// and says so on `/readyz` and in `mdti_intel_profiles_loaded` until a later sync succeeds.
+/// A worker that may not sync (`--profile-sync-interval 0`) takes whatever is stored.
+async fn load_profiles(pipeline: &Pipeline, stats: &WorkerStats, may_sync: bool) -> bool {
+    let store = pipeline.store();
+    let stored = match store.profile_sync_completed().await {
+        Ok(None) if may_sync => Ok(None),
+        Ok(_) => ProfileIndex::load(store).await.map(Some),
+        Err(error) => Err(error),
+    };
+    match stored {
+        Ok(Some(index)) => {
+            pipeline.set_profiles(index);
+            stats.set_profiles_loaded(None);
+            return false;
+        }
+        Ok(None) => {
+            tracing::info!("no completed intel profile sync stored; syncing before consuming")
+        }
+        Err(error) => tracing::warn!(%error, "intel profiles not loaded from Postgres"),
+    }
+    if !may_sync {
+        stats.set_profiles_loaded(Some("--profile-sync-interval 0 and none stored".into()));
+        return false;
+    }
+    sync_and_reload(pipeline, stats).await;
+    true
+}
+
+/// Sync intel profiles into Postgres and swap the reloaded index in; a failure keeps the
+/// previous index (or none) and is reported.
+async fn sync_and_reload(pipeline: &Pipeline, stats: &WorkerStats) {
+    let outcome = match sync_profiles(pipeline.graph(), pipeline.store()).await {
+        Ok(summary) => match ProfileIndex::load(pipeline.store()).await {
+            Ok(index) => {
+                tracing::info!(?summary, "intel profiles synced");
+                pipeline.set_profiles(index);
+                Ok(())
+            }
+            Err(error) => Err(format!("intel profiles synced but not reloaded: {error}")),
+        },
+        Err(error) => Err(format!("intel profile sync failed: {error}")),
+    };
+    match outcome {
+        Ok(()) => stats.set_profiles_loaded(None),
+        Err(problem) => {
+            tracing::warn!(%problem, "keeping the previous intel profile index");
+            if !WorkerStats::is(&stats.profiles_loaded) {
+                stats.set_profiles_loaded(Some(problem));
             }
         }
+    }
+}
+
+/// Resync intel profiles every `interval` (the first right away unless `synced` just now).
+/// While no index could be loaded at all, a failed sync is tried again after
+/// [`PROFILE_RETRY`] rather than a whole interval.
+async fn profile_sync_loop(
+    pipeline: Pipeline,
+    interval: Duration,
+    synced: bool,
+    stats: Arc<WorkerStats>,
+) {
+    if synced {
+        tokio::time::sleep(next_profile_sync(interval, &stats)).await;
+    }
+    loop {
+        sync_and_reload(&pipeline, &stats).await;
+        tokio::time::sleep(next_profile_sync(interval, &stats)).await;
+    }
+}
+
+/// How soon a worker without any profile index tries its sync again.
+const PROFILE_RETRY: Duration = Duration::from_secs(60);
+
+fn next_profile_sync(interval: Duration, stats: &WorkerStats) -> Duration {
+    if WorkerStats::is(&stats.profiles_loaded) {
+        interval
+    } else {
+        interval.min(PROFILE_RETRY)
     }
 }
 

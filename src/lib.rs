@@ -9,6 +9,8 @@
 //!   mapping of Graph records to indicators and extracts.
 //! - [`in_flight`]: work in flight in the process, followed by whoever needs the same thing
 //!   meanwhile (a counterpart's reputation, a repeated observable's enrichment).
+//! - [`outbox`]: announcing actor hits on the events exchange from the rows that hold them, at
+//!   least once whatever fails between a message's commit and the broker's confirm.
 //! - [`fleet`]: several workers sharing one tenant's Graph quota through leases in Postgres.
 //! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
 //!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod export;
+pub mod failpoint;
 pub mod fleet;
 pub mod graph;
 pub mod in_flight;
@@ -31,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observable;
 pub mod ops;
+pub mod outbox;
 pub mod pipeline;
 pub mod publish;
 pub mod queue;

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::graph::GraphClient;
 use crate::metrics::Exposition;
 use crate::queue::consumer::WorkerStats;
-use crate::store::Store;
+use crate::store::{OutboxBacklog, Store};
 
 /// How long `/readyz` waits for Postgres to answer `SELECT 1` before calling it not ready.
 const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -82,9 +82,16 @@ pub fn router(ops: Ops) -> Router {
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    // The outbox backlog is the one figure read from Postgres; a scrape while it does not
+    // answer leaves it out rather than failing the counters.
+    let backlog =
+        match tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, ops.store.outbox_backlog()).await {
+            Ok(Ok(backlog)) => Some(backlog),
+            _ => None,
+        };
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        render(&ops.graph, &ops.stats),
+        render(&ops.graph, &ops.stats, backlog),
     )
         .into_response()
 }
@@ -125,12 +132,25 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
             .ok_or_else(|| "no broker connection".to_owned()),
     );
     check("postgres", postgres);
-    check(
-        "consumer",
-        consumer
-            .then_some(())
-            .ok_or_else(|| "not consuming".to_owned()),
-    );
+    let consumer = match (consumer, ops.stats.pause()) {
+        (_, Some(pause)) => Err(format!(
+            "paused for {:.0}s: {} is down for every message ({})",
+            pause.since.elapsed().as_secs_f64(),
+            pause.dependency,
+            pause.reason
+        )),
+        (true, None) => Ok(()),
+        (false, None) => Err("not consuming".to_owned()),
+    };
+    check("consumer", consumer);
+    // Without a profile index the worker still works (reputation rules only): reported, but
+    // no reason to take it out of service.
+    if let Some(problem) = ops.stats.profiles_problem() {
+        checks.insert(
+            "profiles".into(),
+            json!(format!("degraded: no intel profile index ({problem})")),
+        );
+    }
     let status = if not_ready.is_empty() {
         StatusCode::OK
     } else {
@@ -145,7 +165,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
 }
 
 /// Every metric of the worker, as one scrape.
-pub fn render(graph: &GraphClient, stats: &WorkerStats) -> String {
+pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBacklog>) -> String {
     let get = |counter| WorkerStats::get(counter) as f64;
     let mut out = Exposition::new();
 
@@ -176,8 +196,30 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats) -> String {
     );
     out.counter_value(
         "mdti_actor_hits_total",
-        "New actor hits announced on the events exchange.",
-        get(&stats.actor_hits),
+        "Actor-hit events this worker's outbox relay published (confirmed by the broker) and marked announced.",
+        get(&stats.outbox.announced),
+    );
+    out.counter_value(
+        "mdti_event_relay_failures_total",
+        "Outbox relay passes that stopped on a broker or Postgres failure; their events stay owed for a later pass.",
+        get(&stats.outbox.failed_passes),
+    );
+    if let Some(backlog) = backlog {
+        out.gauge(
+            "mdti_events_pending",
+            "Actor hits stored whose event no relay has announced yet (the whole database, not only this worker's).",
+            &[(&[], backlog.pending as f64)],
+        );
+        out.gauge(
+            "mdti_events_oldest_pending_age_seconds",
+            "Age of the oldest actor hit whose event is still owed (0 when none is).",
+            &[(&[], backlog.oldest_age_seconds)],
+        );
+    }
+    out.counter_value(
+        "mdti_message_panics_total",
+        "Message tasks that panicked (a bug); each delivery went to the retry queue with reason code internal_error.",
+        get(&stats.panics),
     );
     out.counter_value(
         "mdti_reputation_cache_hits_total",
@@ -199,7 +241,31 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats) -> String {
         "Broker sessions lost and rebuilt.",
         get(&stats.reconnects),
     );
+    out.counter_value(
+        "mdti_messages_suspended_total",
+        "Deliveries handed back to the queue without counting an attempt because Postgres or Graph was down for every message.",
+        get(&stats.suspended),
+    );
+    let pause = stats.pause();
+    out.gauge(
+        "mdti_consumer_paused",
+        "1 while consumption is paused because a service (label dependency) is down for every message.",
+        &[
+            (&[("dependency", "postgres")], f64::from(u8::from(pause.as_ref().is_some_and(|p| p.dependency == "postgres")))),
+            (&[("dependency", "graph")], f64::from(u8::from(pause.as_ref().is_some_and(|p| p.dependency == "graph")))),
+        ],
+    );
+    out.counter_value(
+        "mdti_consumer_paused_seconds_total",
+        "Seconds consumption spent paused because a service was down for every message.",
+        stats.paused_seconds(),
+    );
     let flag = |f| if WorkerStats::is(f) { 1.0 } else { 0.0 };
+    out.gauge(
+        "mdti_intel_profiles_loaded",
+        "1 once the intel profile index is loaded (from Postgres or a first sync); 0 while chaining matches reputation rules only.",
+        &[(&[], flag(&stats.profiles_loaded))],
+    );
     out.gauge(
         "mdti_broker_connected",
         "1 while the worker's broker connection is open.",

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::chain::{
-    actor_hit_event, event_routing_key, ChainReport, ChainSettings, Chainer, Known, ProfileIndex,
-};
+use crate::chain::{ChainReport, ChainSettings, Chainer, Known, ProfileIndex};
 use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
+use crate::failpoint::{self, point};
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::in_flight::{InFlight, Lead, Role};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
+use crate::outbox::RelayHandle;
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
 use crate::store::{
     run_id, MessageResults, RejectedInput, RunRecord, RunStatus, Store, StoreError, WalkHits,
@@ -32,26 +32,47 @@ pub enum Outcome {
         cached: usize,
         skipped: usize,
         rejected: Vec<RejectedInput>,
-        /// Actor-hit events still to announce (new hits, or ones an earlier delivery stored but
-        /// could not announce), to publish on the events exchange before the ack.
-        events: Vec<HitEvent>,
+        /// Actor hits this message stored whose events are owed; the outbox relay announces
+        /// them (see [`crate::outbox`]).
+        new_hits: usize,
         /// Reputations the chaining read from the Postgres cache instead of Graph.
         reputation_cache_hits: u64,
     },
-    /// Something outside the message failed (Graph after its retries, Postgres): try later.
-    Retry { reason: String },
+    /// Something outside the message failed (Graph after its retries, Postgres) while the
+    /// service itself answers: try later, and count the attempt.
+    Retry { code: &'static str, reason: String },
+    /// A service every message needs is down for everybody (its probe failed too): hand the
+    /// message back without counting an attempt, and stop taking messages until the service
+    /// answers again ([`Pipeline::probe`]).
+    Suspend {
+        dependency: Dependency,
+        reason: String,
+    },
     /// The message as a whole is unusable: dead-letter it at once.
     Reject { code: String, reason: String },
 }
 
-/// The event of one stored actor hit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HitEvent {
-    /// The `actor_hits` row, marked notified once the broker confirmed the event.
-    pub hit_id: i64,
-    pub routing_key: String,
-    pub body: serde_json::Value,
+/// A service every message needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Postgres,
+    Graph,
 }
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Postgres => "postgres",
+            Dependency::Graph => "graph",
+        }
+    }
+}
+
+/// The code of a retry caused by a bug (a panicking message task), in the retry copy's headers.
+pub const INTERNAL_ERROR: &str = "internal_error";
+
+/// The host whose reputation probes Graph: any answer, found or not, means Graph serves.
+const GRAPH_PROBE_HOST: &str = "microsoft.com";
 
 /// One delivery, as the pipeline needs it.
 #[derive(Debug, Clone)]
@@ -87,6 +108,8 @@ pub struct Pipeline {
     lookups: InFlight<Reputation>,
     /// Observables this worker is enriching, followed by their repeats (see [`Pipeline::answer`]).
     enriching: InFlight<()>,
+    /// Woken when a commit stored hits whose events are owed.
+    relay: RelayHandle,
 }
 
 /// An item that passed validation, with what to run for it.
@@ -112,7 +135,13 @@ impl Pipeline {
             profiles: Arc::default(),
             lookups: InFlight::default(),
             enriching: InFlight::default(),
+            relay: RelayHandle::default(),
         }
+    }
+
+    /// What wakes the outbox relay of this pipeline's worker.
+    pub fn relay(&self) -> &RelayHandle {
+        &self.relay
     }
 
     /// Replace the intel profile index every later walk matches against.
@@ -133,6 +162,7 @@ impl Pipeline {
     }
 
     pub async fn handle(&self, message: &Incoming<'_>) -> Outcome {
+        failpoint::check(point::MESSAGE, message.body);
         let items = match message::decode(message.body, message.content_type, &self.settings.decode)
         {
             Ok(items) => items,
@@ -182,9 +212,7 @@ impl Pipeline {
             match answer {
                 Ok(answer) => results.push(ItemResult::Run(run_record(message, w, answer))),
                 Err(failure) if failure.transient => {
-                    return Outcome::Retry {
-                        reason: failure.reason.clone(),
-                    }
+                    return self.retry_or_suspend(failure.clone()).await;
                 }
                 Err(failure) => {
                     return self
@@ -243,28 +271,21 @@ impl Pipeline {
         };
         let (results, pending) = match self.store.commit_results(results).await {
             (results, Ok(pending)) => (results, pending),
-            (_, Err(error)) => return store_failure(error),
+            (_, Err(error)) => return self.retry_or_suspend(Failure::store(error)).await,
         };
+        failpoint::check(point::AFTER_RESULTS_COMMIT, message.body);
         // The rows are committed: repeats waiting on these observables may read them now.
         drop(answers);
-        let events = results
-            .walks
-            .iter()
-            .zip(pending)
-            .flat_map(|(walk, pending)| {
-                pending.into_iter().map(move |p| HitEvent {
-                    hit_id: p.id,
-                    routing_key: event_routing_key(&p.hit.actor),
-                    body: actor_hit_event(&walk.observable, &p.hit, walk.context.as_ref()),
-                })
-            })
-            .collect();
+        let new_hits = pending.iter().map(Vec::len).sum();
+        if new_hits > 0 {
+            self.relay.wake();
+        }
         Outcome::Done {
             enriched,
             cached,
             skipped,
             rejected: results.rejected,
-            events,
+            new_hits,
             reputation_cache_hits,
         }
     }
@@ -288,7 +309,37 @@ impl Pipeline {
                 code: rejected.code,
                 reason: rejected.reason,
             },
-            Err(error) => store_failure(error),
+            Err(error) => self.retry_or_suspend(Failure::store(error)).await,
+        }
+    }
+
+    /// One decision for every failure that is not the message's fault: when the service it
+    /// came from fails its probe too, the service is down for everybody and the message is
+    /// handed back uncounted; otherwise the failure is this message's, and its attempt counts.
+    async fn retry_or_suspend(&self, failure: Failure) -> Outcome {
+        if let Some(dependency) = failure.dependency {
+            if let Err(down) = self.probe(dependency).await {
+                return Outcome::Suspend {
+                    dependency,
+                    reason: format!("{}; probe: {down}", failure.reason),
+                };
+            }
+        }
+        Outcome::Retry {
+            code: failure.code,
+            reason: failure.reason,
+        }
+    }
+
+    /// Whether `dependency` serves now: Postgres answers `SELECT 1`; Graph answers a reputation
+    /// request with anything but a transient failure (a 404 or a refusal is still an answer).
+    pub async fn probe(&self, dependency: Dependency) -> Result<(), String> {
+        match dependency {
+            Dependency::Postgres => self.store.ping().await.map_err(|error| error.to_string()),
+            Dependency::Graph => match self.graph.reputation(GRAPH_PROBE_HOST).await {
+                Err(error) if error.is_transient() => Err(error.to_string()),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -456,9 +507,14 @@ impl Pipeline {
                 let report = chainer
                     .walk_from(&work.observable, known)
                     .await
-                    .map_err(|error| Failure {
-                        transient: error.is_transient(),
-                        reason: format!("chaining {}: {error}", work.observable),
+                    .map_err(|error| {
+                        let transient = error.is_transient();
+                        Failure {
+                            transient,
+                            code: GRAPH_UNAVAILABLE,
+                            dependency: transient.then_some(Dependency::Graph),
+                            reason: format!("chaining {}: {error}", work.observable),
+                        }
                     })?;
                 requests += report.graph_requests;
                 Some(report)
@@ -553,6 +609,10 @@ struct Answer {
 #[derive(Debug, Clone)]
 struct Failure {
     transient: bool,
+    /// The reason code of the retry, if it comes to one.
+    code: &'static str,
+    /// The service that failed, when the failure may be the service's rather than the item's.
+    dependency: Option<Dependency>,
     reason: String,
 }
 
@@ -562,17 +622,23 @@ impl Failure {
     /// credentials are wrong) will not improve by waiting and is dead-lettered with the reason,
     /// ready for a replay once the cause is fixed.
     fn graph(observable: &Observable, error: &GraphError) -> Self {
+        let transient = error.is_transient();
         Failure {
-            transient: error.is_transient(),
+            transient,
+            code: GRAPH_UNAVAILABLE,
+            dependency: transient.then_some(Dependency::Graph),
             reason: format!("Graph, for {observable}: {error}"),
         }
     }
 
     /// Transient or not, a failed read or write means nothing was committed: the message must
-    /// survive, so it is retried.
+    /// survive, so it is retried. Only a failure of the database or the connection may mean
+    /// Postgres is down for everybody.
     fn store(error: StoreError) -> Self {
         Failure {
             transient: true,
+            code: POSTGRES_UNAVAILABLE,
+            dependency: error.is_transient().then_some(Dependency::Postgres),
             reason: format!("Postgres: {error}"),
         }
     }
@@ -581,12 +647,9 @@ impl Failure {
 /// The code of a message Graph refused for good (400, 403, wrong credentials).
 const GRAPH_REFUSED: &str = "graph_refused";
 
-/// Nothing was committed: the message must survive, so it is retried.
-fn store_failure(error: StoreError) -> Outcome {
-    Outcome::Retry {
-        reason: Failure::store(error).reason,
-    }
-}
+/// The reason codes of retries, by the service that failed.
+const GRAPH_UNAVAILABLE: &str = "graph_unavailable";
+const POSTGRES_UNAVAILABLE: &str = "postgres_unavailable";
 
 fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(1000)]).into_owned()

@@ -200,7 +200,13 @@ async fn send_to_retry_keeps_properties_and_sets_attempt_and_reason() {
         let publisher = Publisher::connect(&amqp_url(), t.clone()).await.unwrap();
         let reason = format!("Graph answered 503 {}", "x".repeat(2000));
         publisher
-            .send_to_retry(b"evil[.]com", &delivery_props(), 2, &reason)
+            .send_to_retry(
+                b"evil[.]com",
+                &delivery_props(),
+                2,
+                "graph_unavailable",
+                &reason,
+            )
             .await
             .unwrap();
 
@@ -223,7 +229,10 @@ async fn send_to_retry_keeps_properties_and_sets_attempt_and_reason() {
             "reason truncated, got {} chars",
             stored_reason.chars().count()
         );
-        assert!(header(props, REASON_CODE_HEADER).is_none());
+        assert_eq!(
+            header_text(props, REASON_CODE_HEADER).as_deref(),
+            Some("graph_unavailable")
+        );
         assert!(get(publisher.channel(), &t.work_queue()).await.is_none());
         publisher.close().await.unwrap();
     })
@@ -236,7 +245,13 @@ async fn retried_message_comes_back_to_the_work_queue_after_the_delay() {
     with_cleanup(&[&t], async {
         let publisher = Publisher::connect(&amqp_url(), t.clone()).await.unwrap();
         publisher
-            .send_to_retry(b"evil[.]com", &delivery_props(), 3, "throttled")
+            .send_to_retry(
+                b"evil[.]com",
+                &delivery_props(),
+                3,
+                "graph_unavailable",
+                "throttled",
+            )
             .await
             .unwrap();
         let message = get_within(

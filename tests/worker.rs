@@ -234,14 +234,15 @@ async fn graph_failing_for_a_while_is_retried_later_and_then_done() {
         ..Options::default()
     })
     .await;
-    app.sim.control().set_fail_all(Some(500));
+    // This host fails while Graph serves the rest: the message's failure, not an outage.
+    app.sim.control().fail_path("hosts/contoso.com", Some(500));
     app.publish("flaky", json!({"value": "contoso.com"})).await;
     eventually(Duration::from_secs(30), "a delayed retry", || async {
         WorkerStats::get(&app.stats.retried) >= 1
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 0);
-    app.sim.control().set_fail_all(None);
+    app.sim.control().fail_path("hosts/contoso.com", None);
     eventually(Duration::from_secs(30), "done after the retry", || async {
         app.count("SELECT count(*) FROM enrichment_runs WHERE status = 'enriched'")
             .await
@@ -260,7 +261,7 @@ async fn graph_failing_for_good_ends_in_the_dead_letter_queue_after_the_delivery
         ..Options::default()
     })
     .await;
-    app.sim.control().set_fail_all(Some(500));
+    app.sim.control().fail_path("hosts/contoso.com", Some(500));
     app.publish("doomed", json!({"value": "contoso.com"})).await;
     eventually(Duration::from_secs(30), "dead-lettered", || async {
         WorkerStats::get(&app.stats.dead_lettered) == 1
@@ -323,11 +324,15 @@ async fn postgres_unreachable_keeps_the_message_until_it_is_back() {
         .await;
     eventually(
         Duration::from_secs(60),
-        "a retry while Postgres is away",
-        || async { WorkerStats::get(&app.stats.retried) >= 1 },
+        "handed back while Postgres is away",
+        || async { WorkerStats::get(&app.stats.suspended) >= 1 },
     )
     .await;
-    assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 0);
+    assert_eq!(
+        WorkerStats::get(&app.stats.retried),
+        0,
+        "an outage spends no attempt"
+    );
     relay.restore();
     eventually(
         Duration::from_secs(60),

@@ -1151,7 +1151,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             ("cached", &stats.cached),
             ("skipped", &stats.skipped),
             ("rejected_items", &stats.rejected_items),
-            ("actor_hits", &stats.actor_hits),
+            ("actor_hits", &stats.outbox.announced),
             ("reconnects", &stats.reconnects),
             ("results_committed", &stats.group_commit.committed),
             ("result_transactions", &stats.group_commit.transactions),

@@ -57,7 +57,7 @@ pub use profiles::{
     sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
     ProfileInfo, SyncSummary,
 };
-pub use report::{actor_hit_event, event_routing_key};
+pub use report::{actor_hit_event, actor_hit_event_of, event_routing_key};
 
 use crate::enrich::{mapping, Reputation};
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};

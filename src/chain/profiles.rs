@@ -236,6 +236,7 @@ pub async fn sync_profiles_with(
     if !listing.truncated && !kept.is_empty() {
         summary.pruned_profiles = store.prune_intel_profiles(&kept).await?;
     }
+    store.mark_profile_sync_completed().await?;
     summary.graph_requests = graph.requests();
     tracing::info!(
         profiles = summary.profiles,

@@ -154,10 +154,20 @@ pub fn event_routing_key(actor: &str) -> String {
 
 /// The body of the event published for one new hit on the outbound exchange.
 pub fn actor_hit_event(observable: &Observable, hit: &ActorHit, context: Option<&Value>) -> Value {
+    actor_hit_event_of(observable.kind().as_str(), observable.value(), hit, context)
+}
+
+/// [`actor_hit_event`] for an observable known by its stored kind name and value.
+pub fn actor_hit_event_of(
+    kind: &str,
+    value: &str,
+    hit: &ActorHit,
+    context: Option<&Value>,
+) -> Value {
     let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
     json!({
         "type": "actor_hit",
-        "observable": {"kind": observable.kind().as_str(), "value": observable.value()},
+        "observable": {"kind": kind, "value": value},
         "actor": hit.actor,
         "profile_id": hit.profile_id,
         "aliases": hit.aliases,

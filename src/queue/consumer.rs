@@ -12,11 +12,12 @@
 //! - On shutdown it cancels the consumer, gives in-flight messages `shutdown_timeout` to finish,
 //!   then closes the channel, which returns anything unfinished to the queue.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -32,7 +33,8 @@ use super::publisher::Publisher;
 use super::topology::{attempt_of, Topology};
 use crate::config::redact_url;
 use crate::graph::retry::backoff_delay;
-use crate::pipeline::{HitEvent, Incoming, Outcome, Pipeline};
+use crate::outbox::{self, OutboxStats};
+use crate::pipeline::{Dependency, Incoming, Outcome, Pipeline, INTERNAL_ERROR};
 use crate::secret::Secret;
 use crate::store::{GroupCommitStats, RejectedInput};
 
@@ -54,12 +56,16 @@ pub struct WorkerStats {
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub requeued: AtomicU64,
+    /// Deliveries handed back uncounted because a service was down for every message.
+    pub suspended: AtomicU64,
     pub enriched: AtomicU64,
     pub cached: AtomicU64,
     pub skipped: AtomicU64,
     pub rejected_items: AtomicU64,
-    /// New actor hits announced on the events exchange.
-    pub actor_hits: AtomicU64,
+    /// What the outbox relay announced (see [`crate::outbox`]).
+    pub outbox: Arc<OutboxStats>,
+    /// Message tasks that panicked; each delivery went to the retry queue (`internal_error`).
+    pub panics: AtomicU64,
     /// Counterpart reputations the chaining read from Postgres instead of asking Graph.
     pub reputation_cache_hits: AtomicU64,
     pub reconnects: AtomicU64,
@@ -67,13 +73,78 @@ pub struct WorkerStats {
     pub group_commit: Arc<GroupCommitStats>,
     /// The broker connection of the current session is open.
     pub broker_connected: AtomicBool,
-    /// The consumer is registered and taking deliveries (false once shutdown began).
+    /// The consumer is registered and taking deliveries (false once shutdown began, and while
+    /// paused).
     pub consuming: AtomicBool,
+    /// The intel profile index is loaded (from Postgres or a sync).
+    pub profiles_loaded: AtomicBool,
+    /// Why the worker runs without a profile index, while it does.
+    pub profiles_problem: Mutex<Option<String>>,
+    /// While consumption is paused: the service that is down, why, and since when.
+    pub paused: Mutex<Option<PauseState>>,
+    /// Microseconds consumption spent paused in finished pauses.
+    pub paused_micros: AtomicU64,
+}
+
+/// Why and since when consumption is paused.
+#[derive(Debug, Clone)]
+pub struct PauseState {
+    pub dependency: &'static str,
+    pub reason: String,
+    pub since: Instant,
 }
 
 impl WorkerStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Record that the profile index is loaded (`None`) or why it is not.
+    pub fn set_profiles_loaded(&self, problem: Option<String>) {
+        self.profiles_loaded
+            .store(problem.is_none(), Ordering::Relaxed);
+        if let Ok(mut slot) = self.profiles_problem.lock() {
+            *slot = problem;
+        }
+    }
+
+    /// Why the worker runs without a profile index, if it does.
+    pub fn profiles_problem(&self) -> Option<String> {
+        self.profiles_problem
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or(None)
+    }
+
+    /// The current pause, if consumption is paused.
+    pub fn pause(&self) -> Option<PauseState> {
+        self.paused.lock().map(|p| p.clone()).unwrap_or(None)
+    }
+
+    /// Seconds spent paused in all, the current pause included.
+    pub fn paused_seconds(&self) -> f64 {
+        let current = self
+            .pause()
+            .map_or(0.0, |p| p.since.elapsed().as_secs_f64());
+        Self::get(&self.paused_micros) as f64 / 1e6 + current
+    }
+
+    fn pause_begin(&self, dependency: &'static str, reason: &str) {
+        if let Ok(mut paused) = self.paused.lock() {
+            *paused = Some(PauseState {
+                dependency,
+                reason: reason.to_owned(),
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn pause_end(&self) {
+        let ended = self.paused.lock().ok().and_then(|mut p| p.take());
+        if let Some(ended) = ended {
+            let micros = u64::try_from(ended.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.paused_micros.fetch_add(micros, Ordering::Relaxed);
+        }
     }
 
     pub fn is(flag: &AtomicBool) -> bool {
@@ -156,6 +227,7 @@ async fn session(
         Connection::connect(settings.amqp_url.expose(), ConnectionProperties::default())
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
+    let connection = Arc::new(connection);
     let _flags = SessionFlags(stats);
     stats.broker_connected.store(true, Ordering::Relaxed);
     let channel = connection.create_channel().await?;
@@ -165,22 +237,23 @@ async fn session(
         .await?;
     let publisher =
         Arc::new(Publisher::on_connection(&connection, settings.topology.clone()).await?);
-    let tag = format!("mdti-worker-{}", uuid::Uuid::new_v4().simple());
-    let mut consumer = channel
-        .basic_consume(
-            settings.topology.work_queue().as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (mut tag, mut consumer) = consume(&channel, &settings.topology).await?;
     tracing::info!(
         queue = %settings.topology.work_queue(),
         prefetch = settings.concurrency,
         "consuming"
     );
     stats.consuming.store(true, Ordering::Relaxed);
+    // Owed events go out on this session's connection, from its start on.
+    let relay = AbortOnDrop(tokio::spawn(relay_on(
+        pipeline,
+        Arc::clone(&connection),
+        settings.topology.clone(),
+        Arc::clone(&stats.outbox),
+    )));
 
+    let (suspend, mut suspended) = watch::channel(None::<(Dependency, String)>);
+    let suspend = Arc::new(suspend);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut idle_since: Option<Instant> = None;
     let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
@@ -197,14 +270,33 @@ async fn session(
                     let pipeline = pipeline.clone();
                     let publisher = Arc::clone(&publisher);
                     let stats = Arc::clone(stats);
+                    let suspend = Arc::clone(&suspend);
                     let max_deliveries = settings.max_deliveries;
                     tasks.spawn(async move {
-                        settle(&pipeline, &publisher, delivery, max_deliveries, &stats).await;
+                        let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend };
+                        settle(task, delivery, max_deliveries).await;
                     });
                 }
                 Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
                 None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
             },
+            _ = suspended.changed() => {
+                let Some((dependency, reason)) = suspended.borrow_and_update().clone() else {
+                    continue;
+                };
+                hand_back_buffered(&channel, &tag, &mut consumer).await;
+                let paused = Paused { dependency, reason: &reason };
+                if !pause(pipeline, paused, stats, shutdown).await {
+                    break SessionEnd::Shutdown;
+                }
+                // Failures reported while paused were the same outage.
+                suspended.borrow_and_update();
+                match consume(&channel, &settings.topology).await {
+                    Ok(resumed) => (tag, consumer) = resumed,
+                    Err(error) => break SessionEnd::Lost(error.to_string()),
+                }
+                stats.consuming.store(true, Ordering::Relaxed);
+            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(error) = joined {
                     tracing::error!(%error, "a message task failed; its delivery returns to the queue");
@@ -243,10 +335,99 @@ async fn session(
         );
         tasks.abort_all();
     }
+    drop(relay);
     // Closing returns every unacked delivery to the queue.
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = connection.close(200, "worker stopping".into()).await;
     Ok(end)
+}
+
+/// Start consuming the work queue under a fresh consumer tag.
+async fn consume(
+    channel: &lapin::Channel,
+    topology: &Topology,
+) -> Result<(String, lapin::Consumer), lapin::Error> {
+    let tag = format!("mdti-worker-{}", uuid::Uuid::new_v4().simple());
+    let consumer = channel
+        .basic_consume(
+            topology.work_queue().as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((tag, consumer))
+}
+
+/// Cancel the consumer and give back, uncounted, the deliveries the broker had already sent
+/// it but the loop had not taken yet: they must not sit unacked while the worker is paused.
+async fn hand_back_buffered(channel: &lapin::Channel, tag: &str, consumer: &mut lapin::Consumer) {
+    let _ = channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await;
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    // The stream ends once the broker confirmed the cancel; bounded in case it never does.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let _ = delivery.nack(requeue).await;
+        }
+    })
+    .await;
+}
+
+/// Why consumption is paused.
+struct Paused<'a> {
+    dependency: Dependency,
+    reason: &'a str,
+}
+
+/// Take no deliveries until `dependency` answers its probe again (probing with capped
+/// backoff); false when shutdown came first. Messages in flight meanwhile finish or are handed
+/// back uncounted, like the one that reported the outage.
+async fn pause(
+    pipeline: &Pipeline,
+    paused: Paused<'_>,
+    stats: &WorkerStats,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let dependency = paused.dependency.as_str();
+    tracing::warn!(
+        dependency,
+        reason = paused.reason,
+        "a service is down for every message; consumption paused until it answers"
+    );
+    stats.consuming.store(false, Ordering::Relaxed);
+    stats.pause_begin(dependency, paused.reason);
+    let mut probes: u32 = 0;
+    let resumed = loop {
+        probes = probes.saturating_add(1);
+        let wait = backoff_delay(
+            probes.min(8),
+            Duration::from_millis(500),
+            Duration::from_secs(15),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break false;
+        }
+        match pipeline.probe(paused.dependency).await {
+            Ok(()) => break true,
+            Err(error) => {
+                tracing::info!(dependency, %error, "still down; consumption stays paused")
+            }
+        }
+    };
+    stats.pause_end();
+    if resumed {
+        tracing::info!(dependency, "answers again; consumption resumed");
+    }
+    resumed
 }
 
 async fn queues_empty(channel: &lapin::Channel, topology: &Topology) -> bool {
@@ -266,6 +447,39 @@ async fn queues_empty(channel: &lapin::Channel, topology: &Topology) -> bool {
     true
 }
 
+/// Aborts the task when dropped, however the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The outbox relay of one broker session, on channels of its own.
+fn relay_on(
+    pipeline: &Pipeline,
+    connection: Arc<Connection>,
+    topology: Topology,
+    stats: Arc<OutboxStats>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let publisher = move || {
+        let connection = Arc::clone(&connection);
+        let topology = topology.clone();
+        async move {
+            Publisher::on_connection_undeclared(&connection, topology)
+                .await
+                .map_err(super::PublishError::from)
+        }
+    };
+    outbox::run(
+        pipeline.store().clone(),
+        pipeline.relay().clone(),
+        stats,
+        publisher,
+    )
+}
+
 /// A message id that survives redelivery: the publisher's, or one derived from the body, so a
 /// redelivered message without an id still maps to the same result rows.
 pub fn message_id(properties: &BasicProperties, body: &[u8]) -> String {
@@ -278,14 +492,47 @@ pub fn message_id(properties: &BasicProperties, body: &[u8]) -> String {
     }
 }
 
+/// What a message task works with.
+struct Task<'a> {
+    pipeline: &'a Pipeline,
+    publisher: &'a Publisher,
+    stats: &'a WorkerStats,
+    /// Tells the session that a service is down for everybody.
+    suspend: &'a watch::Sender<Option<(Dependency, String)>>,
+}
+
+/// The pipeline's outcome, or a retry with [`INTERNAL_ERROR`] if it panicked: a bug in one
+/// message's processing must not take its delivery (and a prefetch slot) with it.
+async fn outcome_of(pipeline: &Pipeline, incoming: &Incoming<'_>, stats: &WorkerStats) -> Outcome {
+    match AssertUnwindSafe(pipeline.handle(incoming))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            stats.panics.fetch_add(1, Ordering::Relaxed);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(message_id = incoming.message_id, panic = %what, "processing the message panicked; it goes to the retry queue");
+            Outcome::Retry {
+                code: INTERNAL_ERROR,
+                reason: format!("internal error: {what}"),
+            }
+        }
+    }
+}
+
 /// Process one delivery and acknowledge it exactly as its outcome says.
-async fn settle(
-    pipeline: &Pipeline,
-    publisher: &Publisher,
-    delivery: Delivery,
-    max_deliveries: u32,
-    stats: &WorkerStats,
-) {
+async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
+    let Task {
+        pipeline,
+        publisher,
+        stats,
+        suspend,
+    } = task;
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let attempt = attempt_of(&delivery.properties);
     let id = message_id(&delivery.properties, &delivery.data);
@@ -300,7 +547,7 @@ async fn settle(
         content_type: content_type.as_deref(),
         attempt,
     };
-    let outcome = pipeline.handle(&incoming).await;
+    let outcome = outcome_of(pipeline, &incoming, stats).await;
 
     // Where the message goes before it may be acked; `Ok(())` means "nowhere else" or "confirmed".
     let handed_over = match &outcome {
@@ -309,7 +556,7 @@ async fn settle(
             cached,
             skipped,
             rejected,
-            events,
+            new_hits: _,
             reputation_cache_hits,
         } => {
             stats.done.fetch_add(1, Ordering::Relaxed);
@@ -321,34 +568,46 @@ async fn settle(
                 .fetch_add(*enriched as u64, Ordering::Relaxed);
             stats.cached.fetch_add(*cached as u64, Ordering::Relaxed);
             stats.skipped.fetch_add(*skipped as u64, Ordering::Relaxed);
-            match publish_events(pipeline, publisher, events, stats).await {
-                Err(error) => Err(error),
-                Ok(()) if rejected.is_empty() => Ok(()),
-                Ok(()) => {
-                    stats
-                        .rejected_items
-                        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-                    stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    let (body, code, reason) = rejected_items_message(rejected);
-                    tracing::info!(message_id = %id, rejected = rejected.len(), %reason, "bad items dead-lettered");
-                    let props = delivery
-                        .properties
-                        .clone()
-                        .with_content_type("application/json".into());
-                    publisher
-                        .send_to_dead_letter(&body, &props, attempt, &code, &reason)
-                        .await
-                }
+            if rejected.is_empty() {
+                Ok(())
+            } else {
+                stats
+                    .rejected_items
+                    .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let (body, code, reason) = rejected_items_message(rejected);
+                tracing::info!(message_id = %id, rejected = rejected.len(), %reason, "bad items dead-lettered");
+                let props = delivery
+                    .properties
+                    .clone()
+                    .with_content_type("application/json".into());
+                publisher
+                    .send_to_dead_letter(&body, &props, attempt, &code, &reason)
+                    .await
             }
         }
-        Outcome::Retry { reason } if attempt < max_deliveries => {
+        Outcome::Suspend { dependency, reason } => {
+            // Not the message's failure: back to the queue as it was, its attempts untouched.
+            stats.suspended.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(message_id = %id, dependency = dependency.as_str(), %reason, "handed back uncounted");
+            let _ = suspend.send(Some((*dependency, reason.clone())));
+            hand_back(&delivery, &id).await;
+            return;
+        }
+        Outcome::Retry { code, reason } if attempt < max_deliveries => {
             stats.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(message_id = %id, attempt, %reason, "retrying later");
+            tracing::warn!(message_id = %id, attempt, code, %reason, "retrying later");
             publisher
-                .send_to_retry(&delivery.data, &delivery.properties, attempt + 1, reason)
+                .send_to_retry(
+                    &delivery.data,
+                    &delivery.properties,
+                    attempt + 1,
+                    code,
+                    reason,
+                )
                 .await
         }
-        Outcome::Retry { reason } => {
+        Outcome::Retry { reason, .. } => {
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             let reason = format!("gave up after {attempt} deliveries: {reason}");
             tracing::error!(message_id = %id, %reason, "dead-lettering");
@@ -400,45 +659,23 @@ async fn settle(
         Err(error) => {
             stats.requeued.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(message_id = %id, %error, "could not hand the message over; returning it to the queue");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            match delivery.nack(requeue).await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => {
-                    tracing::warn!(message_id = %id, "nack not sent: channel closed; the broker will redeliver")
-                }
-            }
+            hand_back(&delivery, &id).await;
         }
     }
 }
 
-/// Actor-hit events of a processed message, each confirmed by the broker before the ack, then
-/// marked announced. Should the marking fail, the hits stay pending and a later walk finding
-/// them announces them again: events are at least once, never lost.
-async fn publish_events(
-    pipeline: &Pipeline,
-    publisher: &Publisher,
-    events: &[HitEvent],
-    stats: &WorkerStats,
-) -> Result<(), super::PublishError> {
-    if events.is_empty() {
-        return Ok(());
+/// Return a delivery to the queue (nack with requeue); its attempt count is unchanged.
+async fn hand_back(delivery: &Delivery, id: &str) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    match delivery.nack(requeue).await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            tracing::warn!(message_id = %id, "nack not sent: channel closed; the broker will redeliver")
+        }
     }
-    let batch: Vec<(&str, &serde_json::Value)> = events
-        .iter()
-        .map(|e| (e.routing_key.as_str(), &e.body))
-        .collect();
-    publisher.publish_events(&batch).await?;
-    stats
-        .actor_hits
-        .fetch_add(events.len() as u64, Ordering::Relaxed);
-    let ids: Vec<i64> = events.iter().map(|e| e.hit_id).collect();
-    if let Err(error) = pipeline.store().mark_hits_notified(&ids).await {
-        tracing::warn!(%error, hits = ids.len(), "events sent but not marked; they may be announced again");
-    }
-    Ok(())
 }
 
 /// The dead-letter body for the bad items of a message that was otherwise processed.

@@ -133,6 +133,24 @@ impl Publisher {
         Publisher::on_channel(channel, topology).await
     }
 
+    /// A new channel on `connection` in confirm mode that declares nothing: a publish to an
+    /// exchange someone deleted then fails instead of going to a fresh exchange nobody is
+    /// bound to yet.
+    pub async fn on_connection_undeclared(
+        connection: &Connection,
+        topology: Topology,
+    ) -> Result<Publisher, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            channel,
+            topology,
+            connection: None,
+        })
+    }
+
     /// Use `channel` (which then must not be used for unconfirmed publishes elsewhere): declare
     /// the topology and enable confirms.
     pub async fn on_channel(
@@ -252,17 +270,18 @@ impl Publisher {
     }
 
     /// Republish a delivery to the retry queue (default exchange, routing key = retry queue),
-    /// keeping its properties and headers, with [`ATTEMPT_HEADER`] = `attempt` and
-    /// [`REASON_HEADER`] = `reason` (truncated). Returns once the broker confirmed: only then
+    /// keeping its properties and headers, with [`ATTEMPT_HEADER`] = `attempt`,
+    /// [`REASON_CODE_HEADER`] = `code` and [`REASON_HEADER`] = `reason` (truncated). Returns once the broker confirmed: only then
     /// may the caller ack the original delivery.
     pub async fn send_to_retry(
         &self,
         delivery_body: &[u8],
         props: &BasicProperties,
         attempt: u32,
+        code: &str,
         reason: &str,
     ) -> Result<(), PublishError> {
-        let props = annotated(props, attempt, None, reason);
+        let props = annotated(props, attempt, Some(code), reason);
         self.publish_to_queue(&self.topology.retry_queue(), delivery_body, props)
             .await
     }
@@ -312,18 +331,35 @@ impl Publisher {
         &self,
         events: &[(&str, &serde_json::Value)],
     ) -> Result<(), PublishError> {
+        let ids: Vec<String> = events
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        let identified: Vec<(&str, &str, &serde_json::Value)> = ids
+            .iter()
+            .zip(events)
+            .map(|(id, &(routing_key, body))| (id.as_str(), routing_key, body))
+            .collect();
+        self.publish_identified_events(&identified).await
+    }
+
+    /// [`Publisher::publish_events`] for `(message_id, routing_key, body)`: each event carries
+    /// the id given, the same every time that event is sent, so a subscriber can drop repeats.
+    pub async fn publish_identified_events(
+        &self,
+        events: &[(&str, &str, &serde_json::Value)],
+    ) -> Result<(), PublishError> {
         let exchange = self.topology.events_exchange();
         let mut confirms = Vec::new();
-        for &(routing_key, body) in events {
+        for &(message_id, routing_key, body) in events {
             let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
                 field: "event body",
                 reason: e.to_string(),
             })?;
-            let message_id = uuid::Uuid::new_v4().to_string();
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(PERSISTENT)
-                .with_message_id(message_id.as_str().into())
+                .with_message_id(message_id.into())
                 .with_timestamp(now_secs());
             let confirm = self
                 .publish_raw(&exchange, routing_key, false, &payload, props)
@@ -335,7 +371,7 @@ impl Publisher {
             confirms
                 .into_iter()
                 .map(|(message_id, confirm)| async move {
-                    check(confirm.await, &message_id, exchange)
+                    check(confirm.await, message_id, exchange)
                 }),
         )
         .await

@@ -108,26 +108,7 @@ impl Store {
         .bind(observable.value())
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let evidence: Value = row.try_get("evidence")?;
-                let evidence: Vec<Evidence> =
-                    serde_json::from_value(evidence).map_err(|error| StoreError::Decode {
-                        what: "actor hit evidence",
-                        detail: error.to_string(),
-                    })?;
-                Ok(ActorHit {
-                    actor: row.try_get("actor")?,
-                    profile_id: row.try_get("profile_id")?,
-                    aliases: row.try_get("aliases")?,
-                    artifact: row.try_get("artifact")?,
-                    path: row.try_get("path")?,
-                    evidence,
-                    first_seen: row.try_get("first_seen")?,
-                    last_seen: row.try_get("last_seen")?,
-                })
-            })
-            .collect()
+        rows.iter().map(hit_from_row).collect()
     }
 
     /// Upsert one actor profile and its indicators in one transaction. When `complete` (the
@@ -208,6 +189,28 @@ impl Store {
         Ok(())
     }
 
+    /// Record that a profile sync ran to its end: the stored profiles are a whole index.
+    pub async fn mark_profile_sync_completed(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO intel_profile_syncs (id, completed_at) VALUES (true, now()) \
+             ON CONFLICT (id) DO UPDATE SET completed_at = excluded.completed_at",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// When a profile sync last ran to its end, if one ever did.
+    pub async fn profile_sync_completed(
+        &self,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT completed_at FROM intel_profile_syncs")
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
     /// Delete the profiles (and their indicators) whose id is not in `keep`; returns how many.
     pub async fn prune_intel_profiles(&self, keep: &[String]) -> Result<u64, StoreError> {
         let keep = pg_texts(keep);
@@ -264,6 +267,26 @@ impl Store {
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((profiles, indicators))
     }
+}
+
+/// An [`ActorHit`] from a row with the `actor_hits` columns of the same names.
+pub(super) fn hit_from_row(row: &sqlx::postgres::PgRow) -> Result<ActorHit, StoreError> {
+    let evidence: Value = row.try_get("evidence")?;
+    let evidence: Vec<Evidence> =
+        serde_json::from_value(evidence).map_err(|error| StoreError::Decode {
+            what: "actor hit evidence",
+            detail: error.to_string(),
+        })?;
+    Ok(ActorHit {
+        actor: row.try_get("actor")?,
+        profile_id: row.try_get("profile_id")?,
+        aliases: row.try_get("aliases")?,
+        artifact: row.try_get("artifact")?,
+        path: row.try_get("path")?,
+        evidence,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+    })
 }
 
 /// The id of `observable`'s row, inserted if missing.
