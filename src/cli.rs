@@ -551,6 +551,7 @@ pub async fn run_worker(
             Arc::clone(&stats),
         ))
     });
+    let watchdog = tokio::spawn(crate::progress::watch(worker.stall_after));
     let ops_server = ops_listener.map(|listener| {
         ops::spawn(
             listener,
@@ -570,6 +571,7 @@ pub async fn run_worker(
         exit_when_idle: worker.exit_when_idle,
     };
     let result = consumer::run(pipeline, settings, shutdown, stats).await;
+    watchdog.abort();
     for task in [sync, ops_server].into_iter().flatten() {
         task.abort();
     }

@@ -344,6 +344,10 @@ pub struct WorkerArgs {
     /// Time given to in-flight messages on SIGTERM before they are handed back to the broker
     #[arg(long, env = "MDTI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// With messages in hand and no Graph answer, commit or ack for this long, the worker
+    /// reports itself unhealthy and logs what each message waits on
+    #[arg(long, env = "MDTI_STALL_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub stall_after: Duration,
     /// Apply database migrations at start
     #[arg(long, env = "MDTI_MIGRATE", default_value_t = false)]
     pub migrate: bool,

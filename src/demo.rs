@@ -90,6 +90,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
         item_concurrency: 8,
         group_commit: 64,
         shutdown_timeout: Duration::from_secs(10),
+        stall_after: Duration::from_secs(600),
         migrate: false,
         exit_when_idle: Some(Duration::from_secs(2)),
         chain: true,

@@ -12,6 +12,7 @@
 //! - [`outbox`]: announcing actor hits on the events exchange from the rows that hold them, at
 //!   least once whatever fails between a message's commit and the broker's confirm.
 //! - [`fleet`]: several workers sharing one tenant's Graph quota through leases in Postgres.
+//! - [`progress`]: whether the worker gets anywhere, and what each message in flight waits on.
 //! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
 //!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
 //! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
@@ -36,6 +37,7 @@ pub mod observable;
 pub mod ops;
 pub mod outbox;
 pub mod pipeline;
+pub mod progress;
 pub mod publish;
 pub mod queue;
 pub mod secret;

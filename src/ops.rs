@@ -96,9 +96,21 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
         .into_response()
 }
 
-/// The process answers: that is all liveness means.
-async fn healthz() -> &'static str {
-    "ok\n"
+/// The process answers and is getting somewhere: a worker that holds messages and has made
+/// no progress for `--stall-after` is not alive in any useful sense, and a restart hands its
+/// messages to another.
+async fn healthz() -> Response {
+    let progress = crate::progress::global();
+    if progress.stalled() {
+        let body = format!(
+            "stalled: no Graph answer, commit or ack for {}s with {} message(s) in hand\n{}",
+            progress.idle_for().as_secs(),
+            progress.in_flight(),
+            progress.dump()
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    "ok\n".into_response()
 }
 
 /// Ready when the broker connection is up, the consumer takes deliveries and Postgres answers;
@@ -143,6 +155,19 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         (false, None) => Err("not consuming".to_owned()),
     };
     check("consumer", consumer);
+    let progress = crate::progress::global();
+    check(
+        "progress",
+        if progress.stalled() {
+            Err(format!(
+                "stalled: nothing moved for {}s with {} message(s) in hand",
+                progress.idle_for().as_secs(),
+                progress.in_flight()
+            ))
+        } else {
+            Ok(())
+        },
+    );
     // Without a profile index the worker still works (reputation rules only): reported, but
     // no reason to take it out of service.
     if let Some(problem) = ops.stats.profiles_problem() {
@@ -259,6 +284,17 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "mdti_consumer_paused_seconds_total",
         "Seconds consumption spent paused because a service was down for every message.",
         stats.paused_seconds(),
+    );
+    let progress = crate::progress::global();
+    out.gauge(
+        "mdti_stalled",
+        "1 while the worker holds messages and nothing moved (Graph answer, commit, ack) for --stall-after.",
+        &[(&[], f64::from(u8::from(progress.stalled())))],
+    );
+    out.gauge(
+        "mdti_seconds_since_progress",
+        "Seconds since the last Graph answer, commit or ack.",
+        &[(&[], progress.idle_for().as_secs_f64())],
     );
     let flag = |f| if WorkerStats::is(f) { 1.0 } else { 0.0 };
     out.gauge(

@@ -12,11 +12,12 @@ use futures::StreamExt;
 
 use crate::chain::{ChainReport, ChainSettings, Chainer, Known, ProfileIndex};
 use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
-use crate::failpoint::{self, point};
+use crate::failpoint;
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::in_flight::{InFlight, Lead, Role};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::outbox::RelayHandle;
+use crate::progress::{self, point};
 use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
 use crate::store::{
     run_id, MessageResults, RejectedInput, RunRecord, RunStatus, Store, StoreError, WalkHits,
@@ -162,7 +163,7 @@ impl Pipeline {
     }
 
     pub async fn handle(&self, message: &Incoming<'_>) -> Outcome {
-        failpoint::check(point::MESSAGE, message.body);
+        failpoint::check(failpoint::point::MESSAGE, message.body);
         let items = match message::decode(message.body, message.content_type, &self.settings.decode)
         {
             Ok(items) => items,
@@ -269,11 +270,13 @@ impl Pipeline {
             rejected,
             walks,
         };
-        let (results, pending) = match self.store.commit_results(results).await {
+        let committed = progress::wait_at(point::COMMIT, self.store.commit_results(results)).await;
+        let (results, pending) = match committed {
             (results, Ok(pending)) => (results, pending),
             (_, Err(error)) => return self.retry_or_suspend(Failure::store(error)).await,
         };
-        failpoint::check(point::AFTER_RESULTS_COMMIT, message.body);
+        progress::global().advanced();
+        failpoint::check(failpoint::point::AFTER_RESULTS_COMMIT, message.body);
         // The rows are committed: repeats waiting on these observables may read them now.
         drop(answers);
         let new_hits = pending.iter().map(Vec::len).sum();
@@ -447,15 +450,16 @@ impl Pipeline {
             Role::Lead(lead) => Some(lead),
             Role::Follow(follower) => {
                 if may_wait && !work.request.force {
-                    follower.answer().await;
+                    progress::wait_at(point::REPEAT, follower.answer()).await;
                 }
                 None
             }
         };
         if !work.request.force {
-            let fresh = self
-                .store
-                .is_fresh(&work.observable, &work.enrichers, self.settings.cache_ttl)
+            let check =
+                self.store
+                    .is_fresh(&work.observable, &work.enrichers, self.settings.cache_ttl);
+            let fresh = progress::wait_at(point::POSTGRES, check)
                 .await
                 .map_err(Failure::store)?;
             if fresh {

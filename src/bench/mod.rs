@@ -803,6 +803,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         item_concurrency: cmd.item_concurrency,
         group_commit: cmd.group_commit,
         shutdown_timeout: Duration::from_secs(30),
+        stall_after: Duration::from_secs(600),
         migrate: false,
         chain: cmd.chain,
         chain_depth: cmd.chain_depth,

@@ -52,6 +52,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::in_flight::{Follower, InFlight, Lead, Role};
+use crate::progress::{self, point};
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
 pub use profiles::{
     sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
@@ -602,12 +603,14 @@ impl Chainer {
         let own = ask_leading(leads).await;
         self.settle(&mut settled, own, claimed).await;
 
-        let followed: Vec<(String, Option<Reputation>)> = futures::future::join_all(
-            follows
-                .into_iter()
-                .map(|(key, follower)| async move { (key, follower.answer().await) }),
-        )
-        .await;
+        let followed: Vec<(String, Option<Reputation>)> =
+            futures::future::join_all(follows.into_iter().map(|(key, follower)| async move {
+                (
+                    key,
+                    progress::wait_at(point::OTHER_WALK, follower.answer()).await,
+                )
+            }))
+            .await;
         let mut released = Vec::new();
         for (key, answer) in followed {
             match answer {
@@ -623,7 +626,8 @@ impl Chainer {
         let mut unanswered = Vec::new();
         if let (Some(store), false) = (&self.store, remote.is_empty()) {
             let keys: Vec<String> = remote.iter().map(|(key, _)| key.clone()).collect();
-            let mut arrived = self.await_other_workers(store, keys).await;
+            let waiting = self.await_other_workers(store, keys);
+            let mut arrived = progress::wait_at(point::OTHER_WORKER, waiting).await;
             for (key, lead) in remote {
                 match arrived.remove(&key) {
                     Some(reputation) => {

@@ -35,6 +35,7 @@ use crate::config::redact_url;
 use crate::graph::retry::backoff_delay;
 use crate::outbox::{self, OutboxStats};
 use crate::pipeline::{Dependency, Incoming, Outcome, Pipeline, INTERNAL_ERROR};
+use crate::progress;
 use crate::secret::Secret;
 use crate::store::{GroupCommitStats, RejectedInput};
 
@@ -272,10 +273,11 @@ async fn session(
                     let stats = Arc::clone(stats);
                     let suspend = Arc::clone(&suspend);
                     let max_deliveries = settings.max_deliveries;
-                    tasks.spawn(async move {
+                    let id = message_id(&delivery.properties, &delivery.data);
+                    tasks.spawn(progress::global().track(&id, async move {
                         let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend };
                         settle(task, delivery, max_deliveries).await;
-                    });
+                    }));
                 }
                 Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
                 None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
@@ -648,7 +650,7 @@ async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
 
     match handed_over {
         Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
-            Ok(true) => {}
+            Ok(true) => progress::global().advanced(),
             Ok(false) => {
                 tracing::warn!(message_id = %id, "ack not sent: channel closed; the broker will redeliver (results are idempotent)")
             }

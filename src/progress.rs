@@ -1,0 +1,277 @@
+//! Whether the worker is getting anywhere, and if not, what each message is waiting on.
+//!
+//! Every message task runs inside a [`Progress::track`] scope; each place where it can wait
+//! (the rate limiter, a Retry-After hold, a Graph answer, another walk's lookup, a claim of
+//! another worker, Postgres, the group commit, the broker's confirm) marks itself with
+//! [`waiting`] under a name from [`point`]. Graph answers, commits and acks call
+//! [`Progress::advanced`]. A watchdog ([`watch`]) calls the worker stalled when it holds
+//! messages and nothing advanced for `--stall-after`: `/healthz` and `/readyz` then fail, so an
+//! orchestrator restarts it, and the log says, per message in flight, where it waits.
+//!
+//! It knows nothing of the rest of the crate: every other module may use it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The names of the wait points, as the dump prints them.
+pub mod point {
+    pub const GRAPH_LIMITER: &str = "graph rate limiter";
+    pub const GRAPH_HOLD: &str = "graph Retry-After hold";
+    pub const GRAPH_PERMIT: &str = "graph in-flight permit";
+    pub const GRAPH_TOKEN: &str = "graph token";
+    pub const GRAPH_ANSWER: &str = "graph answer";
+    pub const REPEAT: &str = "the same observable enriched for another message";
+    pub const OTHER_WALK: &str = "a lookup of another walk";
+    pub const OTHER_WORKER: &str = "a lookup claimed by another worker";
+    pub const POSTGRES: &str = "postgres";
+    pub const COMMIT: &str = "group commit";
+    pub const CONFIRM: &str = "broker confirm";
+}
+
+/// What one message task is waiting on right now: wait point → how many of its futures wait
+/// there (items and lookups of one message run concurrently within its task).
+type Waits = Arc<Mutex<BTreeMap<&'static str, usize>>>;
+
+tokio::task_local! {
+    static CURRENT: Waits;
+}
+
+struct Tracked {
+    message_id: String,
+    since: Instant,
+    waits: Waits,
+}
+
+/// The progress of the messages of this process.
+pub struct Progress {
+    epoch: Instant,
+    /// Microseconds since `epoch` of the last Graph answer, commit or ack.
+    last: AtomicU64,
+    next: AtomicU64,
+    tracked: Mutex<HashMap<u64, Tracked>>,
+    stalled: AtomicBool,
+}
+
+/// The process's one [`Progress`].
+pub fn global() -> &'static Progress {
+    static GLOBAL: OnceLock<Progress> = OnceLock::new();
+    GLOBAL.get_or_init(|| Progress {
+        epoch: Instant::now(),
+        last: AtomicU64::new(0),
+        next: AtomicU64::new(0),
+        tracked: Mutex::new(HashMap::new()),
+        stalled: AtomicBool::new(false),
+    })
+}
+
+/// Mark the current message task as waiting at `point` until the guard is dropped. Outside a
+/// message task it marks nothing.
+pub fn waiting(point: &'static str) -> WaitGuard {
+    let waits = CURRENT.try_with(Arc::clone).ok();
+    if let Some(waits) = &waits {
+        if let Ok(mut map) = waits.lock() {
+            *map.entry(point).or_default() += 1;
+        }
+    }
+    WaitGuard { waits, point }
+}
+
+/// Await `future` marked as waiting at `point`.
+pub async fn wait_at<F: Future>(point: &'static str, future: F) -> F::Output {
+    let _guard = waiting(point);
+    future.await
+}
+
+pub struct WaitGuard {
+    waits: Option<Waits>,
+    point: &'static str,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let Some(waits) = &self.waits else { return };
+        if let Ok(mut map) = waits.lock() {
+            if let Some(n) = map.get_mut(self.point) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(self.point);
+                }
+            }
+        }
+    }
+}
+
+/// Forgets a tracked message when its task ends, however it ends.
+struct Untrack(u64);
+
+impl Drop for Untrack {
+    fn drop(&mut self) {
+        if let Ok(mut tracked) = global().tracked.lock() {
+            tracked.remove(&self.0);
+        }
+    }
+}
+
+impl Progress {
+    /// Run a message's processing as a tracked message: its waits are recorded for the dump.
+    pub fn track<F: Future>(
+        &'static self,
+        message_id: &str,
+        future: F,
+    ) -> impl Future<Output = F::Output> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let waits = Waits::default();
+        if let Ok(mut tracked) = self.tracked.lock() {
+            tracked.insert(
+                id,
+                Tracked {
+                    message_id: message_id.chars().take(200).collect(),
+                    since: Instant::now(),
+                    waits: Arc::clone(&waits),
+                },
+            );
+        }
+        let untrack = Untrack(id);
+        async move {
+            let _untrack = untrack;
+            CURRENT.scope(waits, future).await
+        }
+    }
+
+    /// Something moved: a Graph answer, a commit, an ack.
+    pub fn advanced(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Time since anything moved.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_micros(self.last.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Messages being processed now.
+    pub fn in_flight(&self) -> usize {
+        self.tracked.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Whether the watchdog found the worker stalled (and nothing moved since).
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Each message in flight, oldest first, with what it waits on.
+    pub fn dump(&self) -> Dump {
+        let Ok(tracked) = self.tracked.lock() else {
+            return Dump(Vec::new());
+        };
+        let mut lines: Vec<DumpLine> = tracked
+            .values()
+            .map(|t| DumpLine {
+                message_id: t.message_id.clone(),
+                age: t.since.elapsed(),
+                waits: t
+                    .waits
+                    .lock()
+                    .map(|w| w.iter().map(|(p, n)| (*p, *n)).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        lines.sort_by_key(|line| std::cmp::Reverse(line.age));
+        Dump(lines)
+    }
+
+    /// One watchdog look: stalled when messages are held and nothing moved for `after`.
+    /// Returns true when the worker just became stalled.
+    pub fn check(&self, after: Duration) -> bool {
+        let stalled = self.in_flight() > 0 && self.idle_for() >= after;
+        let was = self.stalled.swap(stalled, Ordering::Relaxed);
+        stalled && !was
+    }
+}
+
+/// Watch for a stall every second until the task is aborted; on one, log the dump.
+pub async fn watch(after: Duration) {
+    let progress = global();
+    progress.advanced();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if progress.check(after) {
+            tracing::error!(
+                idle_seconds = progress.idle_for().as_secs(),
+                in_flight = progress.in_flight(),
+                "no progress (no Graph answer, commit or ack) with messages in hand; the worker reports itself unhealthy\n{}",
+                progress.dump()
+            );
+        }
+    }
+}
+
+/// What the messages in flight wait on.
+#[derive(Debug, Clone)]
+pub struct Dump(pub Vec<DumpLine>);
+
+#[derive(Debug, Clone)]
+pub struct DumpLine {
+    pub message_id: String,
+    pub age: Duration,
+    pub waits: Vec<(&'static str, usize)>,
+}
+
+impl fmt::Display for Dump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.0 {
+            write!(f, "message {} ({}s): ", line.message_id, line.age.as_secs())?;
+            if line.waits.is_empty() {
+                write!(f, "working (no wait point)")?;
+            }
+            for (n, (point, count)) in line.waits.iter().enumerate() {
+                let sep = if n == 0 { "" } else { ", " };
+                write!(f, "{sep}waiting on {point}")?;
+                if *count > 1 {
+                    write!(f, " (x{count})")?;
+                }
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tracked_message_shows_where_it_waits_until_it_ends() {
+        let progress = global();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(progress.track("dump-test", async move {
+            wait_at(point::CONFIRM, released).await.ok();
+        }));
+        let shows = |dump: &Dump| {
+            dump.0.iter().any(|l| {
+                l.message_id == "dump-test" && l.waits.iter().any(|(p, _)| *p == point::CONFIRM)
+            })
+        };
+        while !shows(&progress.dump()) {
+            tokio::task::yield_now().await;
+        }
+        assert!(progress
+            .dump()
+            .to_string()
+            .contains("waiting on broker confirm"));
+        release.send(()).unwrap();
+        task.await.unwrap();
+        assert!(progress
+            .dump()
+            .0
+            .iter()
+            .all(|l| l.message_id != "dump-test"));
+    }
+}
