@@ -14,7 +14,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use message::{decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest};
-pub use publisher::{BatchFailure, PublishError, Publisher};
+pub use publisher::{BatchFailure, PublishError, Publisher, PublisherConnection};
 pub use topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 
 /// Cut `text` to at most `max` characters (not bytes), marking the cut with `…`. Used for
