@@ -153,3 +153,31 @@ async fn a_publisher_on_a_borrowed_connection_asks_for_a_new_one_once_its_channe
     })
     .await;
 }
+#[tokio::test]
+async fn retry_and_dead_letter_copies_drop_the_producers_expiration() {
+    // The default retry delay (30 s) keeps the retry copy in its queue while we look.
+    let topology = test_topology();
+    with_cleanup(&[&topology], async {
+        let publisher = connected_publisher(&topology).await;
+        let expiring = delivery_props().with_expiration("60000".into());
+        publisher
+            .send_to_dead_letter(b"dead", &expiring, 5, "gave_up", "gave up")
+            .await
+            .unwrap();
+        publisher
+            .send_to_retry(b"retried", &expiring, 2, "throttled")
+            .await
+            .unwrap();
+
+        for queue in [topology.dead_letter_queue(), topology.retry_queue()] {
+            let message = get(&publisher.channel(), &queue)
+                .await
+                .unwrap_or_else(|| panic!("nothing in {queue}"));
+            let props = &message.delivery.properties;
+            assert_eq!(props.expiration(), &None, "{queue} got a TTL");
+            assert_eq!(props.message_id().as_ref().unwrap().as_str(), "msg-1");
+        }
+        publisher.close().await.unwrap();
+    })
+    .await;
+}

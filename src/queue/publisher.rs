@@ -673,7 +673,8 @@ fn attempt_headers(mut headers: FieldTable, attempt: u32) -> FieldTable {
 }
 
 /// The properties of a delivery, made persistent, with our attempt and reason headers set
-/// (everything else kept, including `x-death` added by the broker).
+/// (everything else kept, including `x-death` added by the broker, but `expiration`: see
+/// [`without_expiration`]).
 fn annotated(
     props: &BasicProperties,
     attempt: u32,
@@ -691,10 +692,40 @@ fn annotated(
             AMQPValue::LongString(truncate_chars(code, MAX_CODE_CHARS).into()),
         );
     }
-    props
-        .clone()
+    without_expiration(props)
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers)
+}
+
+/// `props` without `expiration`. A producer's per-message TTL is about the message it sent;
+/// on our copy it would let the broker drop a confirmed dead letter, or end a retry delay early
+/// (the retry queue's own TTL sets the delay). AMQP properties cannot be unset, so every other
+/// one is copied over.
+pub(crate) fn without_expiration(props: &BasicProperties) -> BasicProperties {
+    macro_rules! copy {
+        ($out:ident; $($get:ident => $set:ident),*) => {
+            $(if let Some(value) = props.$get() {
+                $out = $out.$set(value.clone());
+            })*
+        };
+    }
+    let mut out = BasicProperties::default();
+    copy!(out;
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
 }
 
 fn now_secs() -> u64 {
@@ -735,6 +766,30 @@ mod tests {
             headers.get(REASON_CODE_HEADER),
             Some(&AMQPValue::LongString("bad_value".into()))
         );
+    }
+
+    #[test]
+    fn without_expiration_drops_that_property_alone() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
+        let all_but_expiration = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_content_encoding("gzip".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("c-1".into())
+            .with_reply_to("replies".into())
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("observables".into())
+            .with_user_id("guest".into())
+            .with_app_id("feed".into())
+            .with_cluster_id("cluster".into());
+        let expiring = all_but_expiration.clone().with_expiration("60000".into());
+        assert_eq!(without_expiration(&expiring), all_but_expiration);
+        let copy = annotated(&expiring, 2, Some("code"), "reason");
+        assert_eq!(copy.expiration(), &None);
     }
 
     #[test]
