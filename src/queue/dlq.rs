@@ -15,7 +15,7 @@ use std::fmt;
 use lapin::options::BasicGetOptions;
 use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
 use super::publisher::{without_expiration, PublishError, Publisher};
 use super::topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
@@ -156,7 +156,7 @@ impl DeadLetterQueue {
     /// Connect and declare the topology (idempotent, as the worker and `publish` do), so the
     /// queues exist even on a broker no worker has used yet.
     pub async fn connect(amqp_url: &str, topology: Topology) -> Result<DeadLetterQueue, DlqError> {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let connection = super::connect(amqp_url).await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         channel.close(200, "declared".into()).await?;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
 
 use super::topology::{Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
@@ -186,8 +186,7 @@ impl fmt::Debug for Publisher {
 impl Publisher {
     /// Connect to `amqp_url`, open a channel, declare the topology and enable confirms.
     pub async fn connect(amqp_url: &str, topology: Topology) -> Result<Publisher, lapin::Error> {
-        let connection =
-            Arc::new(Connection::connect(amqp_url, ConnectionProperties::default()).await?);
+        let connection = Arc::new(super::connect(amqp_url).await?);
         let channel = open_channel(&connection, &topology).await?;
         Ok(Publisher::new(channel, topology, Some(connection), true))
     }
