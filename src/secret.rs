@@ -43,18 +43,76 @@ impl From<String> for Secret {
     }
 }
 
-/// A URL with any password replaced by `***`, for logs, errors and `Debug`; text that is not a
-/// URL is not shown at all.
+const UNPARSABLE: &str = "[unparsable URL]";
+
+/// A URL for logs, errors and `Debug`: any password, and the value of a query parameter named
+/// like a secret (Postgres URLs take `?password=`), replaced by `***`.
+///
+/// The password is cut out of the text before the URL is parsed: one holding an unescaped `#`,
+/// `/` or `?` would otherwise be parsed as the start of a fragment, path or query, and printed
+/// as one. Everything up to the last `@` counts as user and password, which on a mistyped URL
+/// may hide more than the password; that is the safe side. A URL that does not parse even then
+/// shows its scheme and host only, text without a scheme nothing at all.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
+    let Some((scheme, rest)) = raw.split_once("://").filter(|(s, _)| is_scheme(s)) else {
+        return UNPARSABLE.into();
+    };
+    let (userinfo, host_on) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let without_password = match userinfo {
+        Some(userinfo) => format!("{scheme}://{}@{host_on}", hide_password(userinfo)),
+        None => raw.to_owned(),
+    };
+    match url::Url::parse(&without_password) {
+        Ok(url) => hide_secret_query_values(url).to_string(),
+        Err(_) => {
+            let userinfo = if userinfo.is_some() { "***@" } else { "" };
+            format!("{scheme}://{userinfo}{} {UNPARSABLE}", host_of(host_on))
         }
-        Err(_) => "[unparsable URL]".into(),
     }
+}
+
+fn is_scheme(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+fn hide_password(userinfo: &str) -> String {
+    match userinfo.split_once(':') {
+        Some((user, password)) if !password.is_empty() => format!("{user}:***"),
+        _ => userinfo.to_owned(),
+    }
+}
+
+/// The host (and port) at the start of `text`, printable characters only, at most 100.
+fn host_of(text: &str) -> String {
+    text.chars()
+        .take_while(|c| !matches!(c, '/' | '?' | '#'))
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect()
+}
+
+fn hide_secret_query_values(mut url: url::Url) -> url::Url {
+    let is_secret = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "token"]
+            .iter()
+            .any(|word| key.contains(word))
+    };
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    if pairs.iter().any(|(key, _)| is_secret(key)) {
+        let shown = pairs.iter().map(|(key, value)| {
+            let value = if is_secret(key) { "***" } else { value };
+            (key.as_str(), value)
+        });
+        url.query_pairs_mut().clear().extend_pairs(shown);
+    }
+    url
 }
 
 #[cfg(test)]
@@ -78,6 +136,53 @@ mod tests {
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1/mdti"),
             "postgres://postgres@127.0.0.1/mdti"
+        );
+    }
+
+    /// URLs as a person might mistype them: a password with a character a URL cannot carry
+    /// unescaped, a broken host, a missing `//`, a password passed as a query parameter.
+    const MISTYPED: [&str; 10] = [
+        "amqp://user:p@ss hunter2@broker.example:5672/%2f",
+        "amqp://guest:hunter2@[::1:5672/",
+        "amqp://guest:5672#hunter2@broker.example/%2f",
+        "amqp://guest:5672/hunter2@broker.example/%2f",
+        "amqp://guest:5672?hunter2@broker.example/%2f",
+        "amqp://guest:se#hunter2@broker.example/",
+        "amqp://guest:hunter2@broker.example:notaport/",
+        "amqp://guest:hunter2\n@broker.example/",
+        "amqp:guest:hunter2@broker.example",
+        "postgres://postgres@127.0.0.1/mdti?sslmode=disable&password=hunter2",
+    ];
+
+    #[test]
+    fn a_mistyped_url_never_shows_its_password() {
+        for raw in MISTYPED {
+            let shown = redact_url(raw);
+            assert!(!shown.contains("hunter2"), "{raw:?} shown as {shown:?}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_url_still_shows_where_it_points() {
+        assert_eq!(
+            redact_url("amqp://guest:5672#hunter2@broker.example/%2f"),
+            "amqp://guest:***@broker.example/%2f"
+        );
+        assert_eq!(
+            redact_url("amqp://user:p@ss hunter2@broker.example:5672/%2f"),
+            "amqp://user:***@broker.example:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:hunter2@[::1:5672/"),
+            "amqp://***@[::1:5672 [unparsable URL]"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/mdti?sslmode=disable&password=hunter2"),
+            "postgres://postgres@127.0.0.1/mdti?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact_url("amqp:guest:hunter2@broker.example"),
+            "[unparsable URL]"
         );
     }
 }

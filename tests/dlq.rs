@@ -2,7 +2,9 @@
 //! its own queue prefix, deleted at the end.
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use mdti_worker::queue::dlq::{DeadLetter, DeadLetterQueue, ReplayFilter, REPLAYED_HEADER};
@@ -243,6 +245,51 @@ async fn replay_stops_at_its_limit_and_a_second_replay_takes_the_rest() {
             ["m-1", "m-2", "m-3", "m-4", "m-5"],
             "each exactly once"
         );
+        connection.close(200, "done".into()).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replayed_message_leaves_its_expiration_behind() {
+    let topology = test_topology();
+    with_cleanup(&[&topology], async {
+        let dlq = DeadLetterQueue::connect(&amqp_url(), topology.clone())
+            .await
+            .unwrap();
+        // A dead letter that kept its producer's per-message TTL (copied by an older worker,
+        // or by another tool), long enough not to expire during the test.
+        let connection = broker_connection().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let props = BasicProperties::default()
+            .with_message_id("m-ttl".into())
+            .with_expiration("600000".into());
+        channel
+            .basic_publish(
+                "".into(),
+                topology.dead_letter_queue().as_str().into(),
+                BasicPublishOptions::default(),
+                b"contoso.com",
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+
+        let summary = dlq.replay(&ReplayFilter::default()).await.unwrap();
+        assert_eq!(summary.replayed, 1);
+        dlq.close().await.unwrap();
+
+        let work = drain(&channel, &topology.work_queue()).await;
+        assert_eq!(work.len(), 1, "replayed to the work queue");
+        let replayed = &work[0].delivery.properties;
+        assert_eq!(replayed.message_id().as_ref().unwrap().as_str(), "m-ttl");
+        assert_eq!(replayed.expiration(), &None, "the replay kept a TTL");
         connection.close(200, "done".into()).await.unwrap();
     })
     .await;

@@ -92,7 +92,7 @@ async fn declare_is_idempotent() {
     };
     with_cleanup(&[&t, &other_delay], async {
         let publisher = Publisher::connect(&amqp_url(), t.clone()).await.unwrap();
-        let channel = publisher.channel();
+        let channel = &publisher.channel();
         t.declare(channel).await.expect("second declare");
         t.declare(channel).await.expect("third declare");
         // Another process declaring the same topology.
@@ -100,7 +100,7 @@ async fn declare_is_idempotent() {
         // A changed retry delay is a new retry queue, not PRECONDITION_FAILED.
         assert_ne!(other_delay.retry_queue(), t.retry_queue());
         other_delay
-            .declare(again.channel())
+            .declare(&again.channel())
             .await
             .expect("other delay");
         // Everything exists (passive declares fail on a missing queue).
@@ -140,7 +140,7 @@ async fn publish_batch_is_confirmed_and_lands_in_the_work_queue() {
             .collect();
         assert_eq!(publisher.publish_batch(items).await.unwrap(), 3);
 
-        let channel = publisher.channel();
+        let channel = &publisher.channel();
         let mut seen = Vec::new();
         for _ in 0..3 {
             let message = get(channel, &t.work_queue()).await.expect("3 messages");
@@ -210,7 +210,7 @@ async fn send_to_retry_keeps_properties_and_sets_attempt_and_reason() {
             .await
             .unwrap();
 
-        let message = get(publisher.channel(), &t.retry_queue())
+        let message = get(&publisher.channel(), &t.retry_queue())
             .await
             .expect("in the retry queue");
         let props = &message.delivery.properties;
@@ -233,7 +233,7 @@ async fn send_to_retry_keeps_properties_and_sets_attempt_and_reason() {
             header_text(props, REASON_CODE_HEADER).as_deref(),
             Some("graph_unavailable")
         );
-        assert!(get(publisher.channel(), &t.work_queue()).await.is_none());
+        assert!(get(&publisher.channel(), &t.work_queue()).await.is_none());
         publisher.close().await.unwrap();
     })
     .await;
@@ -255,7 +255,7 @@ async fn retried_message_comes_back_to_the_work_queue_after_the_delay() {
             .await
             .unwrap();
         let message = get_within(
-            publisher.channel(),
+            &publisher.channel(),
             &t.work_queue(),
             Duration::from_secs(10),
         )
@@ -273,7 +273,7 @@ async fn retried_message_comes_back_to_the_work_queue_after_the_delay() {
             header(props, "x-death").is_some(),
             "dead-lettered by the broker"
         );
-        assert!(get(publisher.channel(), &t.retry_queue()).await.is_none());
+        assert!(get(&publisher.channel(), &t.retry_queue()).await.is_none());
         publisher.close().await.unwrap();
     })
     .await;
@@ -294,7 +294,7 @@ async fn send_to_dead_letter_sets_reason_and_code() {
             )
             .await
             .unwrap();
-        let message = get(publisher.channel(), &t.dead_letter_queue())
+        let message = get(&publisher.channel(), &t.dead_letter_queue())
             .await
             .expect("in the DLQ");
         let props = &message.delivery.properties;
@@ -353,7 +353,7 @@ async fn events_go_to_the_events_exchange() {
             .await
             .unwrap();
 
-        let channel = publisher.channel();
+        let channel = &publisher.channel();
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -764,7 +764,7 @@ async fn publish_run_sends_confirmed_batches_the_worker_can_decode() {
 
         let mut values = Vec::new();
         let mut ids = HashSet::new();
-        while let Some(message) = get(publisher.channel(), &t.work_queue()).await {
+        while let Some(message) = get(&publisher.channel(), &t.work_queue()).await {
             assert_eq!(message.delivery.routing_key.as_str(), "unit-test");
             let id = message_id(&message.delivery.properties).unwrap();
             assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");

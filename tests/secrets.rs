@@ -172,3 +172,32 @@ fn debug_of_the_worker_settings_shows_no_secret_and_no_url_password() {
         seen[0]
     );
 }
+
+/// A mistyped broker URL: what the broker tools say when they cannot use it names where it
+/// points, never its password. (lapin's own error for a URL without `//` quotes it whole.)
+#[tokio::test]
+async fn a_mistyped_broker_url_shows_no_password_in_an_error() {
+    use mdti_worker::config::redact_url;
+    use mdti_worker::queue::dlq::DeadLetterQueue;
+    use mdti_worker::queue::{Publisher, Topology};
+
+    const PASSWORD: &str = "Amqp-Passw0rd-that-must-stay-hidden";
+    // Nothing listens on port 1: the ones that parse are refused at once.
+    let mistyped = [
+        format!("amqp:guest:{PASSWORD}@127.0.0.1:1/%2f"),
+        format!("amqp://guest:{PASSWORD}@[::1:1/%2f"),
+        format!("amqp://127.0.0.1:1#{PASSWORD}@127.0.0.1/%2f"),
+    ];
+    let mut seen = Vec::new();
+    for url in &mistyped {
+        let publisher = Publisher::connect(url, Topology::default()).await;
+        let error = publisher.expect_err("no broker there");
+        let dlq = DeadLetterQueue::connect(url, Topology::default()).await;
+        let dlq_error = dlq.err().expect("no broker there");
+        seen.push(format!("{error} {error:?} {dlq_error} {dlq_error:?}"));
+        seen.push(redact_url(url));
+    }
+    for text in &seen {
+        assert!(!text.contains(PASSWORD), "a URL password leaked:\n{text}");
+    }
+}

@@ -24,7 +24,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -224,10 +224,10 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     stats: &Arc<WorkerStats>,
 ) -> anyhow::Result<SessionEnd> {
-    let connection =
-        Connection::connect(settings.amqp_url.expose(), ConnectionProperties::default())
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
+    let connection = super::connect(settings.amqp_url.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
+    // Shared, so that the publisher can open a new channel when the broker closes its own.
     let connection = Arc::new(connection);
     let _flags = SessionFlags(stats);
     stats.broker_connected.store(true, Ordering::Relaxed);
@@ -255,6 +255,8 @@ async fn session(
 
     let (suspend, mut suspended) = watch::channel(None::<(Dependency, String)>);
     let suspend = Arc::new(suspend);
+    let (lose, mut lost) = watch::channel(None::<String>);
+    let lose = Arc::new(lose);
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut idle_since: Option<Instant> = None;
     let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
@@ -272,16 +274,22 @@ async fn session(
                     let publisher = Arc::clone(&publisher);
                     let stats = Arc::clone(stats);
                     let suspend = Arc::clone(&suspend);
+                    let lose = Arc::clone(&lose);
                     let max_deliveries = settings.max_deliveries;
                     let id = message_id(&delivery.properties, &delivery.data);
                     tasks.spawn(progress::global().track(&id, async move {
-                        let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend };
+                        let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend, lose: &lose };
                         settle(task, delivery, max_deliveries).await;
                     }));
                 }
                 Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
                 None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
             },
+            _ = lost.changed() => {
+                if let Some(reason) = lost.borrow_and_update().clone() {
+                    break SessionEnd::Lost(reason);
+                }
+            }
             _ = suspended.changed() => {
                 let Some((dependency, reason)) = suspended.borrow_and_update().clone() else {
                     continue;
@@ -501,6 +509,8 @@ struct Task<'a> {
     stats: &'a WorkerStats,
     /// Tells the session that a service is down for everybody.
     suspend: &'a watch::Sender<Option<(Dependency, String)>>,
+    /// Tells the session that its broker connection is gone: nothing can be handed over on it.
+    lose: &'a watch::Sender<Option<String>>,
 }
 
 /// The pipeline's outcome, or a retry with [`INTERNAL_ERROR`] if it panicked: a bug in one
@@ -534,6 +544,7 @@ async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
         publisher,
         stats,
         suspend,
+        lose,
     } = task;
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let attempt = attempt_of(&delivery.properties);
@@ -662,6 +673,11 @@ async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
             stats.requeued.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(message_id = %id, %error, "could not hand the message over; returning it to the queue");
             hand_back(&delivery, &id).await;
+            // Every later hand-over would fail the same way, each after spending its message's
+            // Graph requests: the session is rebuilt instead.
+            if error.is_connection_lost() {
+                let _ = lose.send(Some(format!("handing a message over: {error}")));
+            }
         }
     }
 }

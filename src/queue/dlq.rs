@@ -15,9 +15,9 @@ use std::fmt;
 use lapin::options::BasicGetOptions;
 use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
-use super::publisher::{PublishError, Publisher};
+use super::publisher::{without_expiration, PublishError, Publisher};
 use super::topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
 
@@ -156,7 +156,7 @@ impl DeadLetterQueue {
     /// Connect and declare the topology (idempotent, as the worker and `publish` do), so the
     /// queues exist even on a broker no worker has used yet.
     pub async fn connect(amqp_url: &str, topology: Topology) -> Result<DeadLetterQueue, DlqError> {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let connection = super::connect(amqp_url).await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         channel.close(200, "declared".into()).await?;
@@ -284,7 +284,8 @@ impl DeadLetterQueue {
 }
 
 /// The properties of a dead letter as sent back: attempt 1 (it gets every delivery again),
-/// reason and code removed (the worker sets them anew if it fails again), the replay counted;
+/// reason and code removed (the worker sets them anew if it fails again), the replay counted,
+/// no `expiration` (a producer's TTL would let the replayed copy vanish unprocessed);
 /// everything else (message id, content type, the publisher's headers) kept, so the worker
 /// records its results under the same message id.
 fn replayed(properties: &BasicProperties) -> BasicProperties {
@@ -300,7 +301,7 @@ fn replayed(properties: &BasicProperties) -> BasicProperties {
         REPLAYED_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(replays_of(properties)) + 1),
     );
-    properties.clone().with_headers(FieldTable::from(headers))
+    without_expiration(properties).with_headers(FieldTable::from(headers))
 }
 
 fn replays_of(properties: &BasicProperties) -> u32 {
@@ -373,6 +374,8 @@ mod tests {
         assert_eq!(header_text(&once, "x-feed").as_deref(), Some("feed-a"));
         assert_eq!(once.message_id().as_ref().unwrap().as_str(), "m-1");
         assert_eq!(replays_of(&replayed(&once)), 2);
+        let expiring = dead_letter_properties().with_expiration("60000".into());
+        assert_eq!(replayed(&expiring).expiration(), &None);
     }
 
     #[test]

@@ -14,8 +14,25 @@ pub mod publisher;
 pub mod topology;
 
 pub use message::{decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest};
-pub use publisher::{BatchFailure, PublishError, Publisher};
+pub use publisher::{BatchFailure, PublishError, Publisher, PublisherConnection};
 pub use topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
+
+/// Connect to the broker at `amqp_url`, with lapin's default connection properties.
+///
+/// Unlike [`lapin::Connection::connect`], the error never quotes the URL: lapin's error for a
+/// URL it cannot use (`amqp:user:password@host`, without `//`) repeats it whole, password
+/// included, into whatever logs it.
+pub async fn connect(amqp_url: &str) -> Result<lapin::Connection, lapin::Error> {
+    match amqp_url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => lapin::Connection::connect_uri(uri, Default::default()).await,
+        Err(reason) => {
+            let shown = crate::secret::redact_url(amqp_url);
+            let reason = reason.replace(amqp_url, &shown);
+            let message = format!("unusable AMQP URL {shown}: {reason}");
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, message).into())
+        }
+    }
+}
 
 /// Cut `text` to at most `max` characters (not bytes), marking the cut with `…`. Used for
 /// everything that echoes untrusted input or ends up in a header.

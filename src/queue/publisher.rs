@@ -2,17 +2,24 @@
 //!
 //! One [`Publisher`] owns one channel in confirm mode. It is `Clone` (the channel is shared and
 //! lapin's channel is safe to use from several tasks), so the worker's tasks can share one.
+//!
+//! The broker closes a channel over one bad publish (a `NOT_FOUND` for a deleted exchange, say);
+//! everything sent on it afterwards fails. So a publisher that holds its connection opens a new
+//! channel, set up as the first one was, before the next publish; only a lost connection ends it
+//! ([`PublishError::is_connection_lost`]).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
 
 use super::topology::{Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
+use crate::progress::{self, point};
 
 /// Longest reason (in characters) written into [`REASON_HEADER`].
 pub const MAX_REASON_CHARS: usize = 500;
@@ -24,9 +31,15 @@ const PERSISTENT: u8 = 2;
 /// Why a publish did not end with a broker confirmation.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The channel or connection failed (closed, reset, protocol error).
+    /// The channel failed (the broker closed it, a protocol error) while the connection stayed
+    /// up: this publish failed; a publisher that holds its connection sends the next one on a
+    /// new channel.
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// Nothing can be published before the session is rebuilt: the connection is gone, or the
+    /// channel is closed and this publisher has no connection to open another on.
+    #[error("the broker connection is lost: {reason}")]
+    ConnectionLost { reason: String },
     /// The broker refused responsibility for the message (basic.nack).
     #[error("the broker nacked message {message_id:?}")]
     Nacked { message_id: String },
@@ -54,6 +67,21 @@ pub enum PublishError {
         /// The messages that were not confirmed, in batch order.
         failed: Vec<BatchFailure>,
     },
+}
+
+impl PublishError {
+    /// True when no publish can succeed until the caller connects again (a new connection and a
+    /// new publisher); false when this one publish failed and the next may well succeed (the
+    /// broker refused it, nacked it, could not route it).
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            PublishError::ConnectionLost { .. } => true,
+            PublishError::Batch { failed, .. } => {
+                failed.iter().any(|f| f.error.is_connection_lost())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One message of a batch that was not confirmed.
@@ -95,20 +123,62 @@ impl fmt::Display for BatchFailures<'_> {
     }
 }
 
+/// What [`Publisher::on_connection`] publishes over: an `Arc<Connection>`, which the publisher
+/// keeps to open a new channel when the broker closed its own, or a borrowed [`Connection`],
+/// which it cannot keep: once that channel is closed, every publish fails with
+/// [`PublishError::ConnectionLost`].
+pub trait PublisherConnection {
+    fn connection(&self) -> &Connection;
+    /// A handle the publisher may keep, if there is one.
+    fn shared(&self) -> Option<Arc<Connection>>;
+}
+
+impl PublisherConnection for Connection {
+    fn connection(&self) -> &Connection {
+        self
+    }
+
+    fn shared(&self) -> Option<Arc<Connection>> {
+        None
+    }
+}
+
+impl PublisherConnection for Arc<Connection> {
+    fn connection(&self) -> &Connection {
+        self
+    }
+
+    fn shared(&self) -> Option<Arc<Connection>> {
+        Some(Arc::clone(self))
+    }
+}
+
 /// A channel in confirm mode plus the topology it publishes into.
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
+    shared: Arc<Shared>,
     topology: Topology,
-    /// Kept when the publisher opened its own connection, so that [`Publisher::close`] can
-    /// close it.
+}
+
+/// What the clones of one publisher share.
+struct Shared {
+    /// The channel publishes go out on; replaced once the broker closed it.
+    channel: Mutex<Channel>,
+    /// Held while a replacement is opened, so that the publishes waiting for it open one
+    /// channel between them, not one each.
+    reopening: tokio::sync::Mutex<()>,
+    /// Where a replacement channel comes from; `None` when none can be opened.
     connection: Option<Arc<Connection>>,
+    /// [`Publisher::connect`] opened the connection, so [`Publisher::close`] closes it.
+    owns_connection: bool,
+    /// Messages handed to this publisher that the broker did not confirm.
+    failed_publishes: AtomicU64,
 }
 
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
-            .field("channel", &self.channel.id())
+            .field("channel", &self.channel().id())
             .field("topology", &self.topology)
             .finish()
     }
@@ -117,20 +187,26 @@ impl fmt::Debug for Publisher {
 impl Publisher {
     /// Connect to `amqp_url`, open a channel, declare the topology and enable confirms.
     pub async fn connect(amqp_url: &str, topology: Topology) -> Result<Publisher, lapin::Error> {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-        let mut publisher = Publisher::on_connection(&connection, topology).await?;
-        publisher.connection = Some(Arc::new(connection));
-        Ok(publisher)
+        let connection = Arc::new(super::connect(amqp_url).await?);
+        let channel = open_channel(&connection, &topology).await?;
+        Ok(Publisher::new(channel, topology, Some(connection), true))
     }
 
     /// Open a new channel on an existing connection (e.g. the worker's), declare the topology
-    /// and enable confirms. The connection stays the caller's.
-    pub async fn on_connection(
-        connection: &Connection,
+    /// and enable confirms. The connection stays the caller's. Given an `Arc<Connection>`, the
+    /// publisher replaces a channel the broker closed; given a `&Connection`, it cannot (see
+    /// [`PublisherConnection`]).
+    pub async fn on_connection<C: PublisherConnection>(
+        connection: &C,
         topology: Topology,
     ) -> Result<Publisher, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        Publisher::on_channel(channel, topology).await
+        let channel = open_channel(connection.connection(), &topology).await?;
+        Ok(Publisher::new(
+            channel,
+            topology,
+            connection.shared(),
+            false,
+        ))
     }
 
     /// A new channel on `connection` in confirm mode that declares nothing: a publish to an
@@ -144,47 +220,75 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher {
-            channel,
-            topology,
-            connection: None,
-        })
+        // Not replaced once closed either: the caller makes a new one, declaring nothing.
+        Ok(Publisher::new(channel, topology, None, false))
     }
 
     /// Use `channel` (which then must not be used for unconfirmed publishes elsewhere): declare
-    /// the topology and enable confirms.
+    /// the topology and enable confirms. Once the broker closes that channel, every publish
+    /// fails with [`PublishError::ConnectionLost`]: there is no connection to open another on.
     pub async fn on_channel(
         channel: Channel,
         topology: Topology,
     ) -> Result<Publisher, lapin::Error> {
-        topology.declare(&channel).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            channel,
+        set_up(&channel, &topology).await?;
+        Ok(Publisher::new(channel, topology, None, false))
+    }
+
+    fn new(
+        channel: Channel,
+        topology: Topology,
+        connection: Option<Arc<Connection>>,
+        owns_connection: bool,
+    ) -> Publisher {
+        let shared = Shared {
+            channel: Mutex::new(channel),
+            reopening: tokio::sync::Mutex::new(()),
+            connection,
+            owns_connection,
+            failed_publishes: AtomicU64::new(0),
+        };
+        Publisher {
+            shared: Arc::new(shared),
             topology,
-            connection: None,
-        })
+        }
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
 
-    /// The confirm-mode channel (for declarations, `basic_get` in tests, and so on).
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// The confirm-mode channel in use now (for declarations, `basic_get` in tests, and so
+    /// on). A handle, not a borrow: the publisher replaces its channel when the broker closes
+    /// it, and the handle then still names the closed one.
+    pub fn channel(&self) -> Channel {
+        self.shared
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many messages handed to this publisher (and its clones) the broker did not confirm:
+    /// refused, nacked, returned unroutable, or lost with the channel or the connection.
+    pub fn failed_publishes(&self) -> u64 {
+        self.shared.failed_publishes.load(Ordering::Relaxed)
     }
 
     /// Close the channel, and the connection when [`Publisher::connect`] opened it (closing a
     /// clone closes them for all clones). Pending confirms should have been awaited before.
     pub async fn close(self) -> Result<(), lapin::Error> {
-        self.channel.close(200, "bye".into()).await?;
-        if let Some(connection) = self.connection {
+        let channel = self.channel();
+        // A channel the broker closed is closed already; closing it again is an error.
+        let closed = if channel.status().connected() {
+            channel.close(200, "bye".into()).await
+        } else {
+            Ok(())
+        };
+        if let (true, Some(connection)) = (self.shared.owns_connection, &self.shared.connection) {
             connection.close(200, "bye".into()).await?;
         }
-        Ok(())
+        closed
     }
 
     /// Publish one message of observables to the input exchange: persistent, with `message_id`,
@@ -196,17 +300,15 @@ impl Publisher {
         content_type: &str,
         message_id: &str,
     ) -> Result<(), PublishError> {
-        let props = observable_properties(content_type, message_id)?;
-        let confirm = self
-            .publish_raw(
-                &self.topology.input_exchange(),
-                routing_key,
-                true,
-                body,
-                props,
-            )
-            .await?;
-        check(confirm.await, message_id, &self.topology.input_exchange())
+        let props = observable_properties(content_type, message_id).map_err(|e| self.failed(e))?;
+        self.publish_confirmed(
+            &self.topology.input_exchange(),
+            routing_key,
+            true,
+            body,
+            props,
+        )
+        .await
     }
 
     /// Publish every `(routing_key, body, content_type, message_id)` to the input exchange, then
@@ -237,7 +339,7 @@ impl Publisher {
                 Err(error) => failed.push(BatchFailure {
                     index,
                     message_id,
-                    error: Box::new(error),
+                    error: Box::new(self.failed(error)),
                 }),
             }
         }
@@ -246,7 +348,11 @@ impl Publisher {
         let exchange = exchange.as_str();
         let results = join_all(pending.into_iter().map(
             |(index, message_id, confirm)| async move {
-                let result = check(confirm.await, &message_id, exchange);
+                let result = check(
+                    progress::wait_at(point::CONFIRM, confirm).await,
+                    &message_id,
+                    exchange,
+                );
                 (index, message_id, result)
             },
         ))
@@ -257,7 +363,7 @@ impl Publisher {
                 Err(error) => failed.push(BatchFailure {
                     index,
                     message_id,
-                    error: Box::new(error),
+                    error: Box::new(self.failed(error)),
                 }),
             }
         }
@@ -271,8 +377,8 @@ impl Publisher {
 
     /// Republish a delivery to the retry queue (default exchange, routing key = retry queue),
     /// keeping its properties and headers, with [`ATTEMPT_HEADER`] = `attempt`,
-    /// [`REASON_CODE_HEADER`] = `code` and [`REASON_HEADER`] = `reason` (truncated). Returns once the broker confirmed: only then
-    /// may the caller ack the original delivery.
+    /// [`REASON_CODE_HEADER`] = `code` and [`REASON_HEADER`] = `reason` (truncated). Returns
+    /// once the broker confirmed: only then may the caller ack the original delivery.
     pub async fn send_to_retry(
         &self,
         delivery_body: &[u8],
@@ -282,7 +388,7 @@ impl Publisher {
         reason: &str,
     ) -> Result<(), PublishError> {
         let props = annotated(props, attempt, Some(code), reason);
-        self.publish_to_queue(&self.topology.retry_queue(), delivery_body, props)
+        self.publish_confirmed("", &self.topology.retry_queue(), true, delivery_body, props)
             .await
     }
 
@@ -297,7 +403,8 @@ impl Publisher {
         reason: &str,
     ) -> Result<(), PublishError> {
         let props = annotated(props, attempt, Some(code), reason);
-        self.publish_to_queue(&self.topology.dead_letter_queue(), delivery_body, props)
+        let queue = self.topology.dead_letter_queue();
+        self.publish_confirmed("", &queue, true, delivery_body, props)
             .await
     }
 
@@ -309,7 +416,7 @@ impl Publisher {
         props: BasicProperties,
     ) -> Result<(), PublishError> {
         let props = props.with_delivery_mode(PERSISTENT);
-        self.publish_to_queue(&self.topology.work_queue(), body, props)
+        self.publish_confirmed("", &self.topology.work_queue(), true, body, props)
             .await
     }
 
@@ -326,7 +433,8 @@ impl Publisher {
 
     /// [`Publisher::publish_event`] for each `(routing_key, body)`, pipelined: every event is
     /// sent, then all the confirms are awaited (one wait, not one round trip per event). Fails
-    /// with the first event that could not be sent or was not confirmed.
+    /// with the first event that was not confirmed; once one could not be sent, the rest are
+    /// not tried.
     pub async fn publish_events(
         &self,
         events: &[(&str, &serde_json::Value)],
@@ -350,38 +458,66 @@ impl Publisher {
         events: &[(&str, &str, &serde_json::Value)],
     ) -> Result<(), PublishError> {
         let exchange = self.topology.events_exchange();
-        let mut confirms = Vec::new();
+        let mut pending = Vec::with_capacity(events.len());
+        let mut unsent = None;
         for &(message_id, routing_key, body) in events {
-            let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
-                field: "event body",
-                reason: e.to_string(),
-            })?;
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(PERSISTENT)
-                .with_message_id(message_id.into())
-                .with_timestamp(now_secs());
-            let confirm = self
-                .publish_raw(&exchange, routing_key, false, &payload, props)
-                .await?;
-            confirms.push((message_id, confirm));
+            match self
+                .send_event(&exchange, message_id, routing_key, body)
+                .await
+            {
+                Ok(sent) => pending.push(sent),
+                Err(error) => {
+                    unsent = Some(error);
+                    break;
+                }
+            }
         }
         let exchange = exchange.as_str();
-        join_all(
-            confirms
-                .into_iter()
-                .map(|(message_id, confirm)| async move {
-                    check(confirm.await, message_id, exchange)
-                }),
-        )
-        .await
-        .into_iter()
-        .collect()
+        let results = join_all(pending.into_iter().map(|(message_id, confirm)| async move {
+            check(
+                progress::wait_at(point::CONFIRM, confirm).await,
+                &message_id,
+                exchange,
+            )
+        }))
+        .await;
+        let confirmed = results.iter().filter(|result| result.is_ok()).count();
+        self.count_failed(events.len() - confirmed);
+        match results.into_iter().find_map(Result::err).or(unsent) {
+            Some(error) => Err(self.named(error)),
+            None => Ok(()),
+        }
     }
 
-    async fn publish_to_queue(
+    /// Send one event without waiting for its confirm; returns its message id and the confirm.
+    async fn send_event(
         &self,
-        queue: &str,
+        exchange: &str,
+        message_id: &str,
+        routing_key: &str,
+        body: &serde_json::Value,
+    ) -> Result<(String, lapin::PublisherConfirm), PublishError> {
+        let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
+            field: "event body",
+            reason: e.to_string(),
+        })?;
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(message_id.into())
+            .with_timestamp(now_secs());
+        let confirm = self
+            .publish_raw(exchange, routing_key, false, &payload, props)
+            .await?;
+        Ok((message_id.to_owned(), confirm))
+    }
+
+    /// Publish one message and wait for the broker's confirm.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
@@ -390,8 +526,21 @@ impl Publisher {
             .as_ref()
             .map(|id| id.to_string())
             .unwrap_or_default();
-        let confirm = self.publish_raw("", queue, true, body, props).await?;
-        check(confirm.await, &message_id, queue)
+        let destination = if exchange.is_empty() {
+            routing_key
+        } else {
+            exchange
+        };
+        let confirm = self
+            .publish_raw(exchange, routing_key, mandatory, body, props)
+            .await
+            .map_err(|e| self.failed(e))?;
+        check(
+            progress::wait_at(point::CONFIRM, confirm).await,
+            &message_id,
+            destination,
+        )
+        .map_err(|e| self.failed(e))
     }
 
     async fn publish_raw(
@@ -407,11 +556,114 @@ impl Publisher {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        Ok(self
-            .channel
+        let channel = self.live_channel().await?;
+        Ok(channel
             .basic_publish(exchange.into(), routing_key, options, body, props)
             .await?)
     }
+
+    /// The channel to publish on: the current one while it is open, else a new one on the
+    /// same connection.
+    async fn live_channel(&self) -> Result<Channel, PublishError> {
+        let current = self.channel();
+        if current.status().connected() {
+            return Ok(current);
+        }
+        let _one_at_a_time = self.shared.reopening.lock().await;
+        let current = self.channel();
+        if current.status().connected() {
+            // Another publish replaced it while this one waited.
+            return Ok(current);
+        }
+        let fresh = self.reopen(&current).await?;
+        *self
+            .shared
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// A new channel set up as the first one was: the topology declared again (which also
+    /// puts back an exchange or queue deleted meanwhile) and confirms on.
+    async fn reopen(&self, closed: &Channel) -> Result<Channel, PublishError> {
+        let Some(connection) = &self.shared.connection else {
+            return Err(PublishError::ConnectionLost {
+                reason: format!(
+                    "channel {} was closed and this publisher has no connection to open another on",
+                    closed.id()
+                ),
+            });
+        };
+        if !connection.status().connected() {
+            return Err(PublishError::ConnectionLost {
+                reason: "the connection is closed".into(),
+            });
+        }
+        tracing::warn!(
+            channel = closed.id(),
+            "the publisher's channel was closed; opening another"
+        );
+        open_channel(connection, &self.topology)
+            .await
+            .map_err(|e| self.named(e.into()))
+    }
+
+    /// Count one message the broker did not confirm; the error as the caller should see it.
+    fn failed(&self, error: PublishError) -> PublishError {
+        self.count_failed(1);
+        self.named(error)
+    }
+
+    fn count_failed(&self, messages: usize) {
+        let messages = u64::try_from(messages).unwrap_or(u64::MAX);
+        self.shared
+            .failed_publishes
+            .fetch_add(messages, Ordering::Relaxed);
+    }
+
+    /// An AMQP error that came with the loss of the connection is named as such: the caller
+    /// must connect again rather than try the next message.
+    fn named(&self, error: PublishError) -> PublishError {
+        match error {
+            PublishError::Amqp(error) if self.connection_gone(&error) => {
+                PublishError::ConnectionLost {
+                    reason: error.to_string(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn connection_gone(&self, error: &lapin::Error) -> bool {
+        let closed = (self.shared.connection.as_ref())
+            .is_some_and(|connection| !connection.status().connected());
+        closed
+            || error.is_io_error()
+            || error.is_amqp_hard_error()
+            || matches!(
+                error.kind(),
+                ErrorKind::InvalidConnectionState(_) | ErrorKind::MissingHeartbeatError
+            )
+    }
+}
+
+/// Open a channel on `connection` and set it up for publishing.
+async fn open_channel(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    set_up(&channel, topology).await?;
+    Ok(channel)
+}
+
+/// Declare the topology and enable confirms.
+async fn set_up(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    topology.declare(channel).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
 }
 
 /// Turn the outcome of a publisher confirm into ours.
@@ -471,7 +723,8 @@ fn attempt_headers(mut headers: FieldTable, attempt: u32) -> FieldTable {
 }
 
 /// The properties of a delivery, made persistent, with our attempt and reason headers set
-/// (everything else kept, including `x-death` added by the broker).
+/// (everything else kept, including `x-death` added by the broker, but `expiration`: see
+/// [`without_expiration`]).
 fn annotated(
     props: &BasicProperties,
     attempt: u32,
@@ -489,10 +742,40 @@ fn annotated(
             AMQPValue::LongString(truncate_chars(code, MAX_CODE_CHARS).into()),
         );
     }
-    props
-        .clone()
+    without_expiration(props)
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers)
+}
+
+/// `props` without `expiration`. A producer's per-message TTL is about the message it sent;
+/// on our copy it would let the broker drop a confirmed dead letter, or end a retry delay early
+/// (the retry queue's own TTL sets the delay). AMQP properties cannot be unset, so every other
+/// one is copied over.
+pub(crate) fn without_expiration(props: &BasicProperties) -> BasicProperties {
+    macro_rules! copy {
+        ($out:ident; $($get:ident => $set:ident),*) => {
+            $(if let Some(value) = props.$get() {
+                $out = $out.$set(value.clone());
+            })*
+        };
+    }
+    let mut out = BasicProperties::default();
+    copy!(out;
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    out
 }
 
 fn now_secs() -> u64 {
@@ -533,6 +816,30 @@ mod tests {
             headers.get(REASON_CODE_HEADER),
             Some(&AMQPValue::LongString("bad_value".into()))
         );
+    }
+
+    #[test]
+    fn without_expiration_drops_that_property_alone() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
+        let all_but_expiration = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_content_encoding("gzip".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("c-1".into())
+            .with_reply_to("replies".into())
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("observables".into())
+            .with_user_id("guest".into())
+            .with_app_id("feed".into())
+            .with_cluster_id("cluster".into());
+        let expiring = all_but_expiration.clone().with_expiration("60000".into());
+        assert_eq!(without_expiration(&expiring), all_but_expiration);
+        let copy = annotated(&expiring, 2, Some("code"), "reason");
+        assert_eq!(copy.expiration(), &None);
     }
 
     #[test]
