@@ -1,7 +1,14 @@
 //! The Graph client against the simulator: throttling, retries, tokens, paging and the shared
 //! rate limit, observed from both sides (the client's results and the simulator's counters).
+//! Misbehaviour the simulator does not offer comes from small stand-in servers defined here.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
 
 use mdti_worker::enrich::{self, EnricherKind};
 use mdti_worker::graph::{GraphClient, GraphError, GraphSettings, PageLimits};
@@ -315,4 +322,94 @@ async fn all_six_enrichers_run_for_an_ip_and_a_domain() {
         );
         assert!(enrichment.graph_requests >= 6);
     }
+}
+
+/// A stand-in for Graph and its login endpoint on one loopback port: the token endpoint answers
+/// like Entra, and every other request goes to `graph` (a router with a fallback).
+async fn stand_in(graph: Router) -> GraphSettings {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = || async {
+        axum::Json(
+            json!({"access_token": "stand-in-token", "token_type": "Bearer", "expires_in": 3599}),
+        )
+    };
+    let app = Router::new()
+        .route("/stand-in/oauth2/v2.0/token", axum::routing::post(token))
+        .merge(graph);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    GraphSettings {
+        graph_base_url: format!("http://{addr}/v1.0"),
+        login_base_url: format!("http://{addr}"),
+        tenant_id: "stand-in".into(),
+        client_id: "stand-in-client".into(),
+        client_secret: Secret::new("stand-in-secret"),
+        requests_per_second: 2000.0,
+        burst: 200,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..GraphSettings::default()
+    }
+}
+
+/// Only a guard against a hang: the assertions are about what came back, never how fast.
+async fn within_guard<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .expect("the client answered instead of hanging")
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_cap_fails_at_once_as_transient_and_holds_nothing() {
+    const HOSTILE: [&str; 3] = ["1e20", "86400", "Wed, 21 Oct 2099 07:28:00 GMT"];
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move || async move {
+            match HOSTILE.get(asked.fetch_add(1, Ordering::SeqCst)) {
+                Some(value) => {
+                    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", *value)]).into_response()
+                }
+                None => axum::Json(json!({"id": "contoso.com"})).into_response(),
+            }
+        }
+    });
+    let client = GraphClient::new(stand_in(graph).await).unwrap();
+
+    for value in HOSTILE {
+        let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+        let text = error.to_string();
+        assert!(error.is_transient(), "the message is retried later: {text}");
+        assert!(text.contains(&format!("Retry-After: {value}")), "{text}");
+        assert!(text.contains("--graph-max-retry-after 5m"), "{text}");
+        assert!(
+            client.throttle().held_until().is_none(),
+            "held after {value}"
+        );
+    }
+    // One request per hostile answer, none retried; and nothing holds the next one back.
+    assert_eq!(asked.load(Ordering::SeqCst), HOSTILE.len());
+    let host = within_guard(client.host("contoso.com")).await.unwrap();
+    assert!(host.is_some());
+}
+
+#[tokio::test]
+async fn a_token_that_claims_to_live_forever_does_not_break_the_client() {
+    let login = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login_addr = login.local_addr().unwrap();
+    let token = Router::new().fallback(|| async {
+        axum::Json(
+            json!({"access_token": "forever", "token_type": "Bearer", "expires_in": u64::MAX}),
+        )
+    });
+    tokio::spawn(async move { axum::serve(login, token).await });
+    let graph = Router::new().fallback(|| async { axum::Json(json!({"id": "contoso.com"})) });
+    let client = GraphClient::new(GraphSettings {
+        login_base_url: format!("http://{login_addr}"),
+        ..stand_in(graph).await
+    })
+    .unwrap();
+    let host = within_guard(client.host("contoso.com")).await.unwrap();
+    assert!(host.is_some());
 }

@@ -17,6 +17,10 @@ use crate::secret::Secret;
 
 const SCOPE: &str = "https://graph.microsoft.com/.default";
 
+/// Entra's tokens live about an hour; a longer `expires_in` is believed up to a day, so a broken
+/// or hostile answer can neither keep a token forever nor overflow the refresh instant.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Clone)]
 pub struct BearerToken {
     pub token: Secret,
@@ -97,9 +101,11 @@ impl TokenSource {
             + 1;
         // A very short lifetime still gets used once rather than refreshed in a loop.
         let usable = lifetime.saturating_sub(self.margin).max(lifetime / 2);
+        let now = Instant::now();
         *cache = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + usable,
+            // Past the clock's range (not with LONGEST_LIFETIME): refresh at the next request.
+            refresh_at: now.checked_add(usable).unwrap_or(now),
             generation,
         });
         tracing::debug!(
@@ -138,7 +144,8 @@ impl TokenSource {
         };
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
-        match classify_status(status, None) {
+        // No Retry-After is read here, so the cap on holding one does not matter.
+        match classify_status(status, None, Duration::ZERO) {
             Verdict::Success => {
                 let answer: TokenAnswer =
                     serde_json::from_slice(&body).map_err(|e| GraphError::Token {
@@ -150,16 +157,17 @@ impl TokenSource {
                     .as_ref()
                     .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
                     .unwrap_or(3599);
-                Ok((
-                    Secret::new(answer.access_token),
-                    Duration::from_secs(seconds),
-                ))
+                let lifetime = Duration::from_secs(seconds).min(LONGEST_LIFETIME);
+                Ok((Secret::new(answer.access_token), lifetime))
             }
             verdict => {
                 // The AADSTS error text names the problem (bad secret, unknown tenant) and never
                 // echoes the secret, so it is safe and useful to pass on.
                 let detail: TokenErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-                let transient = matches!(verdict, Verdict::Backoff(_) | Verdict::RetryAfter(_));
+                let transient = matches!(
+                    verdict,
+                    Verdict::Backoff(_) | Verdict::RetryAfter(_) | Verdict::WaitTooLong(_)
+                );
                 Err(GraphError::Token {
                     transient,
                     reason: format!(

@@ -12,9 +12,7 @@ use serde_json::Value;
 
 use super::auth::TokenSource;
 use super::model;
-use super::retry::{
-    backoff_delay, classify_status, classify_transport, parse_retry_after, Verdict,
-};
+use super::retry::{backoff_delay, classify_status, classify_transport, RetryAfter, Verdict};
 use super::throttle::Throttle;
 use super::GraphError;
 use crate::metrics::Histogram;
@@ -45,6 +43,9 @@ pub struct GraphSettings {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The longest `Retry-After` held; Graph asking for more fails the request at once, as
+    /// transient, instead of freezing every request (and with a fleet, every worker) that long.
+    pub max_retry_after: Duration,
     pub request_timeout: Duration,
     pub token_refresh_margin: Duration,
     pub page_limits: PageLimits,
@@ -68,6 +69,7 @@ impl std::fmt::Debug for GraphSettings {
             max_attempts,
             backoff_base,
             backoff_cap,
+            max_retry_after,
             request_timeout,
             token_refresh_margin,
             page_limits,
@@ -86,6 +88,7 @@ impl std::fmt::Debug for GraphSettings {
             .field("max_attempts", max_attempts)
             .field("backoff_base", backoff_base)
             .field("backoff_cap", backoff_cap)
+            .field("max_retry_after", max_retry_after)
             .field("request_timeout", request_timeout)
             .field("token_refresh_margin", token_refresh_margin)
             .field("page_limits", page_limits)
@@ -109,6 +112,7 @@ impl Default for GraphSettings {
             max_attempts: 6,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             token_refresh_margin: Duration::from_secs(300),
             page_limits: PageLimits::default(),
@@ -302,6 +306,7 @@ impl GraphClient {
             settings.requests_per_second,
             settings.burst,
             settings.max_in_flight,
+            settings.max_retry_after,
         );
         Ok(GraphClient {
             inner: Arc::new(Inner {
@@ -533,7 +538,6 @@ impl GraphClient {
 
     /// One GET with the whole retry discipline; `Ok(None)` for 404.
     async fn get(&self, endpoint: &'static str, url: &str) -> Result<Option<Value>, GraphError> {
-        let settings = &self.inner.settings;
         let stats = &self.inner.stats;
         let mut refreshed = false;
         let mut attempt: u32 = 0;
@@ -561,47 +565,70 @@ impl GraphClient {
                 Attempt::Token(error) => Verdict::Backoff(error.to_string()),
                 Attempt::Verdict(verdict) => verdict,
             };
-            let (wait, reason, transient) = match verdict {
-                Verdict::RetryAfter(wait) => {
-                    stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .retry_after_micros
-                        .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                    // The tenant is throttled, not this task: everyone holds back.
-                    self.inner.throttle.hold_for(wait);
-                    (
-                        Duration::ZERO,
-                        format!("throttled, Graph asked for {wait:?}"),
-                        true,
-                    )
+            let (wait, reason) = match self.settle(verdict, attempt) {
+                Ok(retry) => retry,
+                Err((reason, transient)) => {
+                    return Err(self.give_up(endpoint, attempt, reason, transient))
                 }
-                Verdict::Backoff(reason) => (
-                    backoff_delay(attempt - 1, settings.backoff_base, settings.backoff_cap),
-                    reason,
-                    true,
-                ),
-                Verdict::GiveUp(reason) => (Duration::ZERO, reason, false),
-                // attempt() answers these itself; should one slip through, fail loudly but
-                // without a panic on the request path.
-                other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => (
-                    Duration::ZERO,
-                    format!("unexpected verdict {other:?}"),
-                    false,
-                ),
             };
-            if !transient || attempt >= settings.max_attempts {
-                stats.gave_up.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint, attempt, %reason, transient, "giving up on a Graph request");
-                return Err(GraphError::GaveUp {
-                    endpoint,
-                    attempts: attempt,
-                    reason,
-                    transient,
-                });
+            if attempt >= self.inner.settings.max_attempts {
+                return Err(self.give_up(endpoint, attempt, reason, true));
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(endpoint, attempt, %reason, ?wait, "retrying a Graph request");
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How long to wait before the next attempt and why, or why to stop now (and whether the
+    /// failure may pass).
+    fn settle(&self, verdict: Verdict, attempt: u32) -> Result<(Duration, String), (String, bool)> {
+        let settings = &self.inner.settings;
+        let stats = &self.inner.stats;
+        match verdict {
+            Verdict::RetryAfter(wait) => {
+                stats.throttled.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .retry_after_micros
+                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                // The tenant is throttled, not this task: everyone holds back.
+                self.inner.throttle.hold_for(wait);
+                Ok((
+                    Duration::ZERO,
+                    format!("throttled, Graph asked for {wait:?}"),
+                ))
+            }
+            Verdict::WaitTooLong(reason) => {
+                stats.throttled.fetch_add(1, Ordering::Relaxed);
+                Err((reason, true))
+            }
+            Verdict::Backoff(reason) => Ok((
+                backoff_delay(attempt - 1, settings.backoff_base, settings.backoff_cap),
+                reason,
+            )),
+            Verdict::GiveUp(reason) => Err((reason, false)),
+            // attempt() answers these itself; should one slip through, fail loudly but
+            // without a panic on the request path.
+            other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => {
+                Err((format!("unexpected verdict {other:?}"), false))
+            }
+        }
+    }
+
+    fn give_up(
+        &self,
+        endpoint: &'static str,
+        attempts: u32,
+        reason: String,
+        transient: bool,
+    ) -> GraphError {
+        self.inner.stats.gave_up.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(endpoint, attempt = attempts, %reason, transient, "giving up on a Graph request");
+        GraphError::GaveUp {
+            endpoint,
+            attempts,
+            reason,
+            transient,
         }
     }
 
@@ -646,8 +673,9 @@ impl GraphClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        match classify_status(status, retry_after) {
+            .and_then(|v| RetryAfter::read(v, SystemTime::now()));
+        let max_wait = self.inner.settings.max_retry_after;
+        match classify_status(status, retry_after.as_ref(), max_wait) {
             Verdict::Success => {}
             Verdict::NotFound => return (Attempt::NotFound, answered),
             Verdict::RefreshToken => return (Attempt::Unauthorized(bearer.generation), answered),

@@ -74,12 +74,20 @@ pub struct Throttle {
     /// The latest hold this process's own 429s asked for, for whoever shares them (a fleet
     /// coordinator); holds learnt from others are not echoed here.
     own_holds: watch::Sender<Option<Instant>>,
+    /// No hold lasts longer, whoever asked: the client refuses longer `Retry-After`s itself,
+    /// and this keeps a shared hold from elsewhere (another worker's) within the same bound.
+    max_hold: Duration,
     pub(crate) limiter_wait_micros: AtomicU64,
     pub(crate) hold_wait_micros: AtomicU64,
 }
 
 impl Throttle {
-    pub fn new(requests_per_second: f64, burst: u32, max_in_flight: usize) -> Self {
+    pub fn new(
+        requests_per_second: f64,
+        burst: u32,
+        max_in_flight: usize,
+        max_hold: Duration,
+    ) -> Self {
         Throttle {
             limiter: RwLock::new(Arc::new(Limiter::new(requests_per_second, burst))),
             swaps: watch::Sender::new(0),
@@ -87,6 +95,7 @@ impl Throttle {
             in_flight: Semaphore::new(max_in_flight.max(1)),
             hold_until: Mutex::new(None),
             own_holds: watch::Sender::new(None),
+            max_hold,
             limiter_wait_micros: AtomicU64::new(0),
             hold_wait_micros: AtomicU64::new(0),
         }
@@ -153,16 +162,25 @@ impl Throttle {
     /// Graph throttled us: hold every request back for `wait`, never shortening an earlier hold,
     /// and tell the subscribers of [`Throttle::subscribe_holds`].
     pub fn hold_for(&self, wait: Duration) {
-        let until = Instant::now() + wait;
-        if self.raise_hold(until) {
-            self.own_holds.send_replace(Some(until));
+        if let Some(until) = self.hold_end(wait) {
+            if self.raise_hold(until) {
+                self.own_holds.send_replace(Some(until));
+            }
         }
     }
 
     /// Another process sharing the tenant was throttled: hold back for `wait` too, never
     /// shortening an earlier hold. Not reported to subscribers, so it is not shared back.
     pub fn hold_shared(&self, wait: Duration) {
-        self.raise_hold(Instant::now() + wait);
+        if let Some(until) = self.hold_end(wait) {
+            self.raise_hold(until);
+        }
+    }
+
+    /// When a hold of `wait` from now ends, at most `max_hold` away; `None` only if even that
+    /// is past the clock's range.
+    fn hold_end(&self, wait: Duration) -> Option<Instant> {
+        Instant::now().checked_add(wait.min(self.max_hold))
     }
 
     /// When requests may go again, if a hold is in force.
@@ -207,9 +225,11 @@ fn add_micros(counter: &AtomicU64, elapsed: Duration) {
 mod tests {
     use super::*;
 
+    const HOLD: Duration = Duration::from_secs(300);
+
     #[test]
     fn a_new_rate_swaps_the_limiter_only_when_it_differs() {
-        let throttle = Throttle::new(30.0, 9, 4);
+        let throttle = Throttle::new(30.0, 9, 4, HOLD);
         assert_eq!(throttle.rate(), (30.0, 9));
         assert!(!throttle.set_rate(30.0, 9));
         assert!(throttle.set_rate(10.0, 3));
@@ -222,7 +242,7 @@ mod tests {
     // Real time: governor reads its own clock, which tokio's paused time does not move.
     #[tokio::test]
     async fn many_waiters_are_all_admitted_and_none_beats_the_rate() {
-        let throttle = Arc::new(Throttle::new(100.0, 1, 100));
+        let throttle = Arc::new(Throttle::new(100.0, 1, 100, HOLD));
         let admitted = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
         let mut waiters = Vec::new();
@@ -247,7 +267,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn own_holds_are_reported_and_shared_holds_are_not() {
-        let throttle = Throttle::new(10.0, 1, 4);
+        let throttle = Throttle::new(10.0, 1, 4, HOLD);
         let mut holds = throttle.subscribe_holds();
         throttle.hold_shared(Duration::from_secs(5));
         assert!(!holds.has_changed().unwrap());
@@ -264,9 +284,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn no_hold_outlasts_the_cap_whoever_asks() {
+        let throttle = Throttle::new(10.0, 1, 4, HOLD);
+        throttle.hold_shared(Duration::MAX);
+        throttle.hold_for(Duration::MAX);
+        let until = throttle.held_until().expect("held");
+        assert!(until <= Instant::now() + HOLD, "held past the cap");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn requests_queued_at_a_small_rate_move_to_a_new_larger_one() {
         // One request a minute, the first one spent: the next would wait a minute.
-        let throttle = Arc::new(Throttle::new(1.0 / 60.0, 1, 4));
+        let throttle = Arc::new(Throttle::new(1.0 / 60.0, 1, 4, HOLD));
         drop(throttle.admit().await);
         let waiting = tokio::spawn({
             let throttle = Arc::clone(&throttle);
