@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use mdti_worker::enrich::{self, EnricherKind};
@@ -392,6 +392,56 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_as_transient_and_holds_nothi
     assert_eq!(asked.load(Ordering::SeqCst), HOSTILE.len());
     let host = within_guard(client.host("contoso.com")).await.unwrap();
     assert!(host.is_some());
+}
+
+#[tokio::test]
+async fn a_redirected_token_request_is_not_followed_and_the_secret_stays_home() {
+    // Whoever the login endpoint points at must never see the token request (and its secret).
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let reached_elsewhere = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let reached = Arc::clone(&reached_elsewhere);
+        async move {
+            while let Ok((connection, _)) = elsewhere.accept().await {
+                reached.fetch_add(1, Ordering::SeqCst);
+                drop(connection);
+            }
+        }
+    });
+    let login = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login_addr = login.local_addr().unwrap();
+    let redirect = Router::new().fallback(move || async move {
+        let location = format!("http://{elsewhere_addr}/stolen/oauth2/v2.0/token");
+        Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header("location", location)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    });
+    tokio::spawn(async move { axum::serve(login, redirect).await });
+    let client = GraphClient::new(GraphSettings {
+        login_base_url: format!("http://{login_addr}"),
+        client_secret: Secret::new("hunter2-very-secret"),
+        max_attempts: 1,
+        ..stand_in(Router::new()).await
+    })
+    .unwrap();
+
+    let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert_eq!(
+        reached_elsewhere.load(Ordering::SeqCst),
+        0,
+        "followed: {text}"
+    );
+    assert!(text.contains("307"), "{text}");
+    assert!(text.contains(&elsewhere_addr.to_string()), "{text}");
+    assert!(!text.contains("hunter2"), "the secret leaked: {text}");
+    assert!(
+        !error.is_transient(),
+        "a wrong login URL stays wrong: {text}"
+    );
 }
 
 #[tokio::test]

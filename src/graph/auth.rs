@@ -143,6 +143,12 @@ impl TokenSource {
             }
         };
         let status = response.status();
+        if status.is_redirection() {
+            return Err(GraphError::Token {
+                transient: false,
+                reason: self.refused_redirect(status, response.headers()),
+            });
+        }
         let body = response.bytes().await.unwrap_or_default();
         // No Retry-After is read here, so the cap on holding one does not matter.
         match classify_status(status, None, Duration::ZERO) {
@@ -181,6 +187,31 @@ impl TokenSource {
                 })
             }
         }
+    }
+
+    /// Why a redirect is not followed, naming where it pointed by host alone: the rest of a
+    /// Location is the other side's to fill, and this text goes into logs.
+    fn refused_redirect(
+        &self,
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+    ) -> String {
+        let target = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|location| location.to_str().ok())
+            .and_then(|location| url::Url::parse(&self.token_url).ok()?.join(location).ok())
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| "an unreadable location".to_owned());
+        format!(
+            "HTTP {} redirect to {target} not followed: the token request carries the client secret; point --login-url at the login endpoint itself",
+            status.as_u16()
+        )
     }
 }
 

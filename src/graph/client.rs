@@ -261,41 +261,18 @@ impl GraphClient {
         check_base_url("Graph base URL", &settings.graph_base_url)?;
         check_base_url("login base URL", &settings.login_base_url)?;
 
-        let mut builder = reqwest::Client::builder()
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(settings.max_in_flight)
-            .user_agent(concat!("mdti-worker/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &settings.ca_cert_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
-            })?;
-            // reqwest takes text without any certificate in it without complaint: a file that
-            // is not PEM would leave the CA untrusted and fail later, far from the cause.
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|certificates| !certificates.is_empty())
-                .ok_or_else(|| {
-                    GraphError::Config(format!(
-                        "CA certificate file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                        path.display()
-                    ))
-                })?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
         if !settings.tls_verify {
             tracing::warn!(
                 "TLS certificate verification is OFF for Graph and login: anyone on the path can read the client secret and tokens; use a CA certificate file instead"
             );
-            builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
+        let http = build_http(http_builder(&settings)?)?;
+        // The token request carries the client secret in its body, and a 307 or 308 would send
+        // that body again to wherever the answer points: the token client follows no redirect.
+        let token_http =
+            build_http(http_builder(&settings)?.redirect(reqwest::redirect::Policy::none()))?;
         let tokens = TokenSource::new(
-            http.clone(),
+            token_http,
             &settings.login_base_url,
             &settings.tenant_id,
             &settings.client_id,
@@ -720,6 +697,44 @@ async fn graph_error_code(response: reqwest::Response) -> Option<String> {
     body.pointer("/error/code")?
         .as_str()
         .map(|code| code.chars().take(80).collect())
+}
+
+/// The HTTP settings Graph and the token client share: timeouts, pool, TLS trust.
+fn http_builder(settings: &GraphSettings) -> Result<reqwest::ClientBuilder, GraphError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.request_timeout)
+        .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(settings.max_in_flight)
+        .user_agent(concat!("mdti-worker/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &settings.ca_cert_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
+        })?;
+        // reqwest takes text without any certificate in it without complaint: a file that
+        // is not PEM would leave the CA untrusted and fail later, far from the cause.
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|certificates| !certificates.is_empty())
+            .ok_or_else(|| {
+                GraphError::Config(format!(
+                    "CA certificate file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                    path.display()
+                ))
+            })?;
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if !settings.tls_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
+}
+
+fn build_http(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, GraphError> {
+    builder
+        .build()
+        .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))
 }
 
 /// A base URL must parse and carry no user or password: the client authenticates with its
