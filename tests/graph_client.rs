@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
@@ -392,6 +392,61 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_as_transient_and_holds_nothi
     assert_eq!(asked.load(Ordering::SeqCst), HOSTILE.len());
     let host = within_guard(client.host("contoso.com")).await.unwrap();
     assert!(host.is_some());
+}
+
+#[tokio::test]
+async fn a_body_past_the_size_cap_is_refused_with_the_cap_named() {
+    // Valid JSON, just too much of it: 17 MiB against the 16 MiB default.
+    let padding = "a".repeat(17 << 20);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move || async move {
+            asked.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"id": "contoso.com", "registrar": padding}))
+        }
+    });
+    let client = GraphClient::new(stand_in(graph).await).unwrap();
+    let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("16 MiB"), "{text}");
+    assert!(
+        !error.is_transient(),
+        "the same answer would come again: {text}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "an oversized answer was asked again"
+    );
+}
+
+#[tokio::test]
+async fn a_next_link_that_points_back_ends_the_walk_after_one_page() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move |headers: HeaderMap, uri: Uri| async move {
+            asked.fetch_add(1, Ordering::SeqCst);
+            let host = headers["host"].to_str().unwrap().to_owned();
+            axum::Json(json!({
+                "value": records(1),
+                "@odata.nextLink": format!("http://{host}{uri}"),
+            }))
+        }
+    });
+    let client = GraphClient::new(stand_in(graph).await).unwrap();
+    let limits = PageLimits {
+        page_size: Some(10),
+        max_pages: Some(50),
+    };
+    let walk = within_guard(client.passive_dns("paged.contoso.com", limits))
+        .await
+        .unwrap();
+    assert_eq!(walk.pages, 1);
+    assert_eq!(walk.items.len(), 1);
+    assert!(walk.truncated, "the walk says it did not reach the end");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

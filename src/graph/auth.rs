@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::body::{read_capped, size, BodyError, MAX_TOKEN_BODY};
 use super::retry::{classify_status, classify_transport, Verdict};
 use super::GraphError;
 use crate::secret::Secret;
@@ -149,7 +150,21 @@ impl TokenSource {
                 reason: self.refused_redirect(status, response.headers()),
             });
         }
-        let body = response.bytes().await.unwrap_or_default();
+        let body = match read_capped(response, MAX_TOKEN_BODY).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(GraphError::Token {
+                    transient: false,
+                    reason: format!(
+                        "HTTP {}: answer larger than {}",
+                        status.as_u16(),
+                        size(MAX_TOKEN_BODY)
+                    ),
+                })
+            }
+            // As an empty body: the status alone then says what happened.
+            Err(BodyError::Read(_)) => Vec::new(),
+        };
         // No Retry-After is read here, so the cap on holding one does not matter.
         match classify_status(status, None, Duration::ZERO) {
             Verdict::Success => {

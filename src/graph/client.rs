@@ -1,6 +1,6 @@
 //! The request loop: token, budget, send, classify, wait, repeat; and paging on top of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::auth::TokenSource;
+use super::body::{read_capped, size, BodyError, MAX_ERROR_BODY, MAX_GRAPH_BODY};
 use super::model;
 use super::retry::{backoff_delay, classify_status, classify_transport, RetryAfter, Verdict};
 use super::throttle::Throttle;
@@ -49,6 +50,8 @@ pub struct GraphSettings {
     pub request_timeout: Duration,
     pub token_refresh_margin: Duration,
     pub page_limits: PageLimits,
+    /// Bytes of one answer read at most; a longer one fails its request.
+    pub max_body_bytes: usize,
     /// Extra CA certificate (PEM) trusted beside the system roots.
     pub ca_cert_file: Option<PathBuf>,
     pub tls_verify: bool,
@@ -73,6 +76,7 @@ impl std::fmt::Debug for GraphSettings {
             request_timeout,
             token_refresh_margin,
             page_limits,
+            max_body_bytes,
             ca_cert_file,
             tls_verify,
         } = self;
@@ -92,6 +96,7 @@ impl std::fmt::Debug for GraphSettings {
             .field("request_timeout", request_timeout)
             .field("token_refresh_margin", token_refresh_margin)
             .field("page_limits", page_limits)
+            .field("max_body_bytes", max_body_bytes)
             .field("ca_cert_file", ca_cert_file)
             .field("tls_verify", tls_verify)
             .finish()
@@ -116,6 +121,7 @@ impl Default for GraphSettings {
             request_timeout: Duration::from_secs(30),
             token_refresh_margin: Duration::from_secs(300),
             page_limits: PageLimits::default(),
+            max_body_bytes: MAX_GRAPH_BODY,
             ca_cert_file: None,
             tls_verify: true,
         }
@@ -145,7 +151,8 @@ impl Default for PageLimits {
 pub struct Collection<T> {
     pub items: Vec<T>,
     pub pages: u32,
-    /// A page cap stopped the walk while Graph still offered a next page.
+    /// A page cap stopped the walk while Graph still offered a next page, or Graph offered a
+    /// page already read (a loop).
     pub truncated: bool,
     /// False when Graph answered 404: MDTI knows nothing about the host.
     pub found: bool,
@@ -469,6 +476,8 @@ impl GraphClient {
             url.push_str(&format!("?$top={top}"));
         }
         let mut out = Collection::default();
+        // Every link asked for in this walk: one offered again would loop until the page cap.
+        let mut followed = HashSet::from([url.clone()]);
         loop {
             let Some(mut page) = self.get(endpoint, &url).await? else {
                 // A 404 on a later page would be odd; treat the walk as ended either way.
@@ -506,6 +515,16 @@ impl GraphClient {
                     // The bearer token goes wherever the link points: only ever to Graph itself.
                     if !same_origin(&next, &self.inner.settings.graph_base_url) {
                         return Err(GraphError::ForeignNextLink);
+                    }
+                    if !followed.insert(next.clone()) {
+                        // What was read stands; the walk says it did not reach the end.
+                        out.truncated = true;
+                        tracing::warn!(
+                            endpoint,
+                            pages = out.pages,
+                            "Graph offered a next link already followed; walk cut short"
+                        );
+                        return Ok(out);
                     }
                     url = next;
                 }
@@ -669,7 +688,8 @@ impl GraphClient {
         }
         // Reading and parsing belong to the attempt: a body cut off mid-way is a transient
         // failure like any other, and is retried.
-        let attempt = match response.bytes().await {
+        let cap = self.inner.settings.max_body_bytes;
+        let attempt = match read_capped(response, cap).await {
             Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(body) => Attempt::Done(body),
                 Err(error) => Attempt::Verdict(Verdict::Backoff(format!(
@@ -677,7 +697,13 @@ impl GraphClient {
                     status.as_u16()
                 ))),
             },
-            Err(error) => Attempt::Verdict(classify_transport(&error)),
+            // Permanent: the same request would bring the same answer, so a retry would only
+            // spend quota and memory again; a smaller --page-size is what helps a long page.
+            Err(BodyError::TooLarge) => Attempt::Verdict(Verdict::GiveUp(format!(
+                "answer larger than {}, the most read of one Graph answer",
+                size(cap)
+            ))),
+            Err(BodyError::Read(error)) => Attempt::Verdict(classify_transport(&error)),
         };
         (attempt, answered)
     }
@@ -693,7 +719,8 @@ enum Attempt {
 
 /// The `error.code` of a Graph error body, for the log; never the message, which may change.
 async fn graph_error_code(response: reqwest::Response) -> Option<String> {
-    let body: Value = response.json().await.ok()?;
+    let body = read_capped(response, MAX_ERROR_BODY).await.ok()?;
+    let body: Value = serde_json::from_slice(&body).ok()?;
     body.pointer("/error/code")?
         .as_str()
         .map(|code| code.chars().take(80).collect())

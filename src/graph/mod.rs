@@ -5,6 +5,7 @@
 //! serde types. This module knows no broker and no database.
 
 pub mod auth;
+pub mod body;
 pub mod client;
 pub mod model;
 pub mod retry;
