@@ -3,7 +3,7 @@
 //! Misbehaviour the simulator does not offer comes from small stand-in servers defined here.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -392,6 +392,67 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_as_transient_and_holds_nothi
     assert_eq!(asked.load(Ordering::SeqCst), HOSTILE.len());
     let host = within_guard(client.host("contoso.com")).await.unwrap();
     assert!(host.is_some());
+}
+
+/// Arrival instants, and the most that any one-second window (starting at an arrival) holds.
+fn busiest_second(arrivals: &[Instant]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| t.duration_since(sorted[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_slow_graph_never_sees_more_than_rate_plus_burst_in_any_second() {
+    // The first answers are slow, so requests pile up behind the in-flight cap; when Graph
+    // speeds up, the pile must still go out at the configured rate.
+    const RATE: usize = 10;
+    const BURST: usize = 2;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let graph = Router::new().fallback({
+        let arrivals = Arc::clone(&arrivals);
+        move || async move {
+            let seen = {
+                let mut arrivals = arrivals.lock().unwrap();
+                arrivals.push(Instant::now());
+                arrivals.len()
+            };
+            if seen <= 2 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            axum::Json(json!({"id": "contoso.com"}))
+        }
+    });
+    let client = GraphClient::new(GraphSettings {
+        requests_per_second: RATE as f64,
+        burst: BURST as u32,
+        max_in_flight: 2,
+        ..stand_in(graph).await
+    })
+    .unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.host(&format!("h{i}.contoso.com")).await })
+        })
+        .collect();
+    for task in tasks {
+        within_guard(task).await.unwrap().unwrap();
+    }
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 40);
+    let busiest = busiest_second(&arrivals);
+    assert!(
+        busiest <= RATE + BURST,
+        "{busiest} requests reached Graph within one second at {RATE}/s with a burst of {BURST}"
+    );
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ struct Limiter {
 }
 
 impl Limiter {
+    /// A limiter with its whole burst to give, for a process that has sent nothing yet.
     fn new(requests_per_second: f64, burst: u32) -> Limiter {
         let rate = sane_rate(requests_per_second);
         let burst = burst.max(1);
@@ -37,6 +38,18 @@ impl Limiter {
             requests_per_second: rate,
             burst,
         }
+    }
+
+    /// A limiter whose burst is already spent, to replace one in use: the old one may have
+    /// just let its own burst through, and a fresh burst on top would exceed both rates.
+    fn spent(requests_per_second: f64, burst: u32) -> Limiter {
+        let limiter = Limiter::new(requests_per_second, burst);
+        if let Some(cells) = NonZeroU32::new(limiter.burst) {
+            // A full limiter always has `burst` cells; should it not, starting full is the
+            // lesser harm than failing a rate change.
+            let _ = limiter.limiter.check_n(cells);
+        }
+        limiter
     }
 }
 
@@ -101,8 +114,16 @@ impl Throttle {
         }
     }
 
-    /// Wait until this request may go: past any 429 hold, within the rate, under the in-flight cap.
+    /// Wait until this request may go: under the in-flight cap, past any 429 hold, within the
+    /// rate. The permit comes first so that the rate and the hold are the last word before the
+    /// request is sent: a cell taken before a long wait for a permit (Graph slow) would let a
+    /// pile of requests out together once Graph sped up, past the rate or into a new hold.
     pub async fn admit(&self) -> SemaphorePermit<'_> {
+        let permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the in-flight semaphore is never closed");
         loop {
             self.wait_out_hold().await;
             // Subscribed before the limiter is read, so a swap in between is not missed.
@@ -123,13 +144,9 @@ impl Throttle {
             // A hold raised while this request waited for the rate (another task's 429, or
             // another worker's) applies to it too.
             if ready && self.held_until().is_none() {
-                break;
+                return permit;
             }
         }
-        self.in_flight
-            .acquire()
-            .await
-            .expect("the in-flight semaphore is never closed")
     }
 
     async fn wait_out_hold(&self) {
@@ -146,15 +163,15 @@ impl Throttle {
         (limiter.requests_per_second, limiter.burst)
     }
 
-    /// Admit requests at a new rate from now on. Returns whether anything changed: an unchanged
-    /// rate keeps the current limiter (a new one would start with a full burst).
+    /// Admit requests at a new rate from now on, starting with no burst to spend. Returns
+    /// whether anything changed: an unchanged rate keeps the current limiter.
     pub fn set_rate(&self, requests_per_second: f64, burst: u32) -> bool {
         let wanted = (sane_rate(requests_per_second), burst.max(1));
         let mut limiter = self.limiter.write().expect("limiter lock poisoned");
         if (limiter.requests_per_second, limiter.burst) == wanted {
             return false;
         }
-        *limiter = Arc::new(Limiter::new(wanted.0, wanted.1));
+        *limiter = Arc::new(Limiter::spent(wanted.0, wanted.1));
         self.swaps.send_modify(|generation| *generation += 1);
         true
     }
@@ -290,6 +307,26 @@ mod tests {
         throttle.hold_for(Duration::MAX);
         let until = throttle.held_until().expect("held");
         assert!(until <= Instant::now() + HOLD, "held past the cap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_grants_no_fresh_burst() {
+        // One request an hour, its burst of three spent: a new rate must not let one go now.
+        let throttle = Arc::new(Throttle::new(1.0 / 3600.0, 3, 8, HOLD));
+        for _ in 0..3 {
+            drop(throttle.admit().await);
+        }
+        assert!(throttle.set_rate(2.0 / 3600.0, 5));
+        let waiting = tokio::spawn({
+            let throttle = Arc::clone(&throttle);
+            async move { drop(throttle.admit().await) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the new rate came with a fresh burst"
+        );
+        waiting.abort();
     }
 
     #[tokio::test(start_paused = true)]
