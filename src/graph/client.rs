@@ -734,22 +734,11 @@ fn http_builder(settings: &GraphSettings) -> Result<reqwest::ClientBuilder, Grap
         .pool_max_idle_per_host(settings.max_in_flight)
         .user_agent(concat!("mdti-worker/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &settings.ca_cert_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
-        })?;
-        // reqwest takes text without any certificate in it without complaint: a file that
-        // is not PEM would leave the CA untrusted and fail later, far from the cause.
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .ok()
-            .filter(|certificates| !certificates.is_empty())
-            .ok_or_else(|| {
-                GraphError::Config(format!(
-                    "CA certificate file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                    path.display()
-                ))
-            })?;
-        for certificate in certificates {
-            builder = builder.add_root_certificate(certificate);
+        let given = super::tls::read_certificates(path)?;
+        // With verification off nothing is checked anyway; the file was still read, so a
+        // wrong path is reported either way.
+        if settings.tls_verify {
+            builder = builder.use_preconfigured_tls(super::tls::client_config(given)?);
         }
     }
     if !settings.tls_verify {

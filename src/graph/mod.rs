@@ -10,6 +10,7 @@ pub mod client;
 pub mod model;
 pub mod retry;
 pub mod throttle;
+mod tls;
 
 pub use client::{Collection, GraphClient, GraphSettings, GraphStats, PageLimits};
 
