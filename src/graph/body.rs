@@ -39,7 +39,7 @@ pub(crate) async fn read_capped(
 }
 
 /// `16 MiB`, `64 KiB` or `1000 bytes`: a cap as an error message names it.
-pub fn size(bytes: usize) -> String {
+pub(crate) fn size(bytes: usize) -> String {
     match bytes {
         0 => "0 bytes".to_owned(),
         n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),

@@ -738,7 +738,7 @@ fn http_builder(settings: &GraphSettings) -> Result<reqwest::ClientBuilder, Grap
         // With verification off nothing is checked anyway; the file was still read, so a
         // wrong path is reported either way.
         if settings.tls_verify {
-            builder = builder.use_preconfigured_tls(super::tls::client_config(given)?);
+            builder = builder.use_preconfigured_tls(super::tls::client_config(path, given)?);
         }
     }
     if !settings.tls_verify {

@@ -1,8 +1,9 @@
 //! Microsoft Graph threat intelligence (`/security/threatIntelligence`) client.
 //!
 //! [`GraphClient`] owns the token cache ([`auth`]), the process-wide budget ([`throttle`]) and the
-//! request loop; [`retry`] is the single place that classifies answers; [`model`] holds tolerant
-//! serde types. This module knows no broker and no database.
+//! request loop; [`retry`] is the single place that classifies answers; [`body`] reads answers
+//! up to a cap; `tls` decides whom `--ca-cert` trusts; [`model`] holds tolerant serde types.
+//! This module knows no broker and no database.
 
 pub mod auth;
 pub mod body;

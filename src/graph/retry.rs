@@ -90,8 +90,10 @@ fn hold_or_refuse(asked: &RetryAfter, max_wait: Duration) -> Verdict {
     }
     let wait = if asked.wait == Duration::MAX {
         "longer than any clock holds".to_owned()
-    } else {
+    } else if asked.wait.subsec_nanos() == 0 {
         format!("{}s", asked.wait.as_secs())
+    } else {
+        format!("{:.3}s", asked.wait.as_secs_f64())
     };
     Verdict::WaitTooLong(format!(
         "Graph asked to wait {wait} (Retry-After: {}), more than --graph-max-retry-after {}",
@@ -101,7 +103,7 @@ fn hold_or_refuse(asked: &RetryAfter, max_wait: Duration) -> Verdict {
 }
 
 /// `5m`, `90s`, `1500ms`: a duration the way the settings are written.
-pub fn short_duration(duration: Duration) -> String {
+fn short_duration(duration: Duration) -> String {
     let (secs, millis) = (duration.as_secs(), duration.subsec_millis());
     match (secs, millis) {
         (0, 0) => "0s".to_owned(),
@@ -240,6 +242,11 @@ mod tests {
                 "Graph asked to wait 86400s (Retry-After: 86400), more than --graph-max-retry-after 5m"
                     .into()
             )
+        );
+        let verdict = classify_status(StatusCode::TOO_MANY_REQUESTS, Some(&asked("300.5")), CAP);
+        assert!(
+            matches!(&verdict, Verdict::WaitTooLong(reason) if reason.contains("wait 300.500s")),
+            "{verdict:?}"
         );
         // Exactly the cap is still held.
         assert_eq!(

@@ -41,12 +41,15 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
     Ok(certificates)
 }
 
-/// A TLS client configuration trusting the public roots, `given` as CAs, and `given` as the
+/// A TLS client configuration (for `path`'s certificates, `given`) trusting the public roots, `given` as CAs, and `given` as the
 /// server's own certificate.
 pub(crate) fn client_config(
+    path: &Path,
     given: Vec<CertificateDer<'static>>,
 ) -> Result<ClientConfig, GraphError> {
-    let problem = |what: String| GraphError::Config(format!("CA certificate file: {what}"));
+    let problem = |what: String| {
+        GraphError::Config(format!("CA certificate file {}: {what}", path.display()))
+    };
     // An explicit provider: the dependency graph enables more than one, so rustls cannot pick
     // a process default on its own.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
