@@ -42,7 +42,7 @@ pub enum Verdict {
 pub struct RetryAfter {
     /// `Duration::MAX` for a number of seconds past what a `Duration` holds.
     pub wait: Duration,
-    /// Trimmed and cut to [`HEADER_SHOWN`] characters: it ends up in an error message.
+    /// Trimmed and cut to `HEADER_SHOWN` (40) characters: it ends up in an error message.
     pub header: String,
 }
 
