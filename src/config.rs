@@ -146,6 +146,9 @@ pub struct GraphArgs {
     /// Timeout of one Graph request
     #[arg(long, env = "MDTI_GRAPH_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub graph_timeout: Duration,
+    /// Longest Retry-After waited out; Graph asking for more fails the request as transient
+    #[arg(long, env = "MDTI_GRAPH_MAX_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub graph_max_retry_after: Duration,
     /// Items per page asked of Graph ($top)
     #[arg(long, env = "MDTI_PAGE_SIZE", default_value_t = 100)]
     pub page_size: u32,
@@ -175,6 +178,7 @@ impl std::fmt::Debug for GraphArgs {
             graph_max_in_flight,
             graph_max_attempts,
             graph_timeout,
+            graph_max_retry_after,
             page_size,
             max_pages,
             ca_cert,
@@ -192,6 +196,7 @@ impl std::fmt::Debug for GraphArgs {
             .field("graph_max_in_flight", graph_max_in_flight)
             .field("graph_max_attempts", graph_max_attempts)
             .field("graph_timeout", graph_timeout)
+            .field("graph_max_retry_after", graph_max_retry_after)
             .field("page_size", page_size)
             .field("max_pages", max_pages)
             .field("ca_cert", ca_cert)
@@ -235,6 +240,7 @@ impl GraphArgs {
             max_in_flight: self.graph_max_in_flight,
             max_attempts: self.graph_max_attempts.max(1),
             request_timeout: self.graph_timeout,
+            max_retry_after: self.graph_max_retry_after,
             page_limits: self.page_limits(),
             ca_cert_file: self.ca_cert.clone(),
             tls_verify: !self.insecure_skip_tls_verify,

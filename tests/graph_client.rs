@@ -1,7 +1,14 @@
 //! The Graph client against the simulator: throttling, retries, tokens, paging and the shared
 //! rate limit, observed from both sides (the client's results and the simulator's counters).
+//! Misbehaviour the simulator does not offer comes from small stand-in servers defined here.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 
 use mdti_worker::enrich::{self, EnricherKind};
 use mdti_worker::graph::{GraphClient, GraphError, GraphSettings, PageLimits};
@@ -315,4 +322,260 @@ async fn all_six_enrichers_run_for_an_ip_and_a_domain() {
         );
         assert!(enrichment.graph_requests >= 6);
     }
+}
+
+/// A stand-in for Graph and its login endpoint on one loopback port: the token endpoint answers
+/// like Entra, and every other request goes to `graph` (a router with a fallback).
+async fn stand_in(graph: Router) -> GraphSettings {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = || async {
+        axum::Json(
+            json!({"access_token": "stand-in-token", "token_type": "Bearer", "expires_in": 3599}),
+        )
+    };
+    let app = Router::new()
+        .route("/stand-in/oauth2/v2.0/token", axum::routing::post(token))
+        .merge(graph);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    GraphSettings {
+        graph_base_url: format!("http://{addr}/v1.0"),
+        login_base_url: format!("http://{addr}"),
+        tenant_id: "stand-in".into(),
+        client_id: "stand-in-client".into(),
+        client_secret: Secret::new("stand-in-secret"),
+        requests_per_second: 2000.0,
+        burst: 200,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..GraphSettings::default()
+    }
+}
+
+/// Only a guard against a hang: the assertions are about what came back, never how fast.
+async fn within_guard<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .expect("the client answered instead of hanging")
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_cap_fails_at_once_as_transient_and_holds_nothing() {
+    const HOSTILE: [&str; 3] = ["1e20", "86400", "Wed, 21 Oct 2099 07:28:00 GMT"];
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move || async move {
+            match HOSTILE.get(asked.fetch_add(1, Ordering::SeqCst)) {
+                Some(value) => {
+                    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", *value)]).into_response()
+                }
+                None => axum::Json(json!({"id": "contoso.com"})).into_response(),
+            }
+        }
+    });
+    let client = GraphClient::new(stand_in(graph).await).unwrap();
+
+    for value in HOSTILE {
+        let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+        let text = error.to_string();
+        assert!(error.is_transient(), "the message is retried later: {text}");
+        assert!(text.contains(&format!("Retry-After: {value}")), "{text}");
+        assert!(text.contains("--graph-max-retry-after 5m"), "{text}");
+        assert!(
+            client.throttle().held_until().is_none(),
+            "held after {value}"
+        );
+    }
+    // One request per hostile answer, none retried; and nothing holds the next one back.
+    assert_eq!(asked.load(Ordering::SeqCst), HOSTILE.len());
+    let host = within_guard(client.host("contoso.com")).await.unwrap();
+    assert!(host.is_some());
+}
+
+/// Arrival instants, and the most that any one-second window (starting at an arrival) holds.
+fn busiest_second(arrivals: &[Instant]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| t.duration_since(sorted[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_slow_graph_never_sees_more_than_rate_plus_burst_in_any_second() {
+    // The first answers are slow, so requests pile up behind the in-flight cap; when Graph
+    // speeds up, the pile must still go out at the configured rate.
+    const RATE: usize = 10;
+    const BURST: usize = 2;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let graph = Router::new().fallback({
+        let arrivals = Arc::clone(&arrivals);
+        move || async move {
+            let seen = {
+                let mut arrivals = arrivals.lock().unwrap();
+                arrivals.push(Instant::now());
+                arrivals.len()
+            };
+            if seen <= 2 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            axum::Json(json!({"id": "contoso.com"}))
+        }
+    });
+    let client = GraphClient::new(GraphSettings {
+        requests_per_second: RATE as f64,
+        burst: BURST as u32,
+        max_in_flight: 2,
+        ..stand_in(graph).await
+    })
+    .unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.host(&format!("h{i}.contoso.com")).await })
+        })
+        .collect();
+    for task in tasks {
+        within_guard(task).await.unwrap().unwrap();
+    }
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), 40);
+    let busiest = busiest_second(&arrivals);
+    assert!(
+        busiest <= RATE + BURST,
+        "{busiest} requests reached Graph within one second at {RATE}/s with a burst of {BURST}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_past_the_size_cap_is_refused_with_the_cap_named() {
+    // Valid JSON, just too much of it: 17 MiB against the 16 MiB default.
+    let padding = "a".repeat(17 << 20);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move || async move {
+            asked.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"id": "contoso.com", "registrar": padding}))
+        }
+    });
+    let client = GraphClient::new(stand_in(graph).await).unwrap();
+    let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("16 MiB"), "{text}");
+    assert!(
+        !error.is_transient(),
+        "the same answer would come again: {text}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "an oversized answer was asked again"
+    );
+}
+
+#[tokio::test]
+async fn a_next_link_that_points_back_ends_the_walk_after_one_page() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move |headers: HeaderMap, uri: Uri| async move {
+            asked.fetch_add(1, Ordering::SeqCst);
+            let host = headers["host"].to_str().unwrap().to_owned();
+            axum::Json(json!({
+                "value": records(1),
+                "@odata.nextLink": format!("http://{host}{uri}"),
+            }))
+        }
+    });
+    let client = GraphClient::new(stand_in(graph).await).unwrap();
+    let limits = PageLimits {
+        page_size: Some(10),
+        max_pages: Some(50),
+    };
+    let walk = within_guard(client.passive_dns("paged.contoso.com", limits))
+        .await
+        .unwrap();
+    assert_eq!(walk.pages, 1);
+    assert_eq!(walk.items.len(), 1);
+    assert!(walk.truncated, "the walk says it did not reach the end");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_redirected_token_request_is_not_followed_and_the_secret_stays_home() {
+    // Whoever the login endpoint points at must never see the token request (and its secret).
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let reached_elsewhere = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let reached = Arc::clone(&reached_elsewhere);
+        async move {
+            while let Ok((connection, _)) = elsewhere.accept().await {
+                reached.fetch_add(1, Ordering::SeqCst);
+                drop(connection);
+            }
+        }
+    });
+    let login = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login_addr = login.local_addr().unwrap();
+    let redirect = Router::new().fallback(move || async move {
+        let location = format!("http://{elsewhere_addr}/stolen/oauth2/v2.0/token");
+        Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header("location", location)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    });
+    tokio::spawn(async move { axum::serve(login, redirect).await });
+    let client = GraphClient::new(GraphSettings {
+        login_base_url: format!("http://{login_addr}"),
+        client_secret: Secret::new("hunter2-very-secret"),
+        max_attempts: 1,
+        ..stand_in(Router::new()).await
+    })
+    .unwrap();
+
+    let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert_eq!(
+        reached_elsewhere.load(Ordering::SeqCst),
+        0,
+        "followed: {text}"
+    );
+    assert!(text.contains("307"), "{text}");
+    assert!(text.contains(&elsewhere_addr.to_string()), "{text}");
+    assert!(!text.contains("hunter2"), "the secret leaked: {text}");
+    assert!(
+        !error.is_transient(),
+        "a wrong login URL stays wrong: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_that_claims_to_live_forever_does_not_break_the_client() {
+    let login = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login_addr = login.local_addr().unwrap();
+    let token = Router::new().fallback(|| async {
+        axum::Json(
+            json!({"access_token": "forever", "token_type": "Bearer", "expires_in": u64::MAX}),
+        )
+    });
+    tokio::spawn(async move { axum::serve(login, token).await });
+    let graph = Router::new().fallback(|| async { axum::Json(json!({"id": "contoso.com"})) });
+    let client = GraphClient::new(GraphSettings {
+        login_base_url: format!("http://{login_addr}"),
+        ..stand_in(graph).await
+    })
+    .unwrap();
+    let host = within_guard(client.host("contoso.com")).await.unwrap();
+    assert!(host.is_some());
 }

@@ -26,10 +26,35 @@ async fn tls_sim() -> TlsSim {
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .unwrap();
-    let identity = TlsIdentity {
+    tls_sim_with(TlsIdentity {
         cert_chain_pem: certified.cert.pem().into_bytes(),
         private_key_pem: certified.key_pair.serialize_pem().into_bytes(),
-    };
+    })
+    .await
+}
+
+/// A self-signed certificate for `names` marked `CA:TRUE`, as `openssl req -x509` makes it.
+fn ca_marked_identity(names: &[&str]) -> TlsIdentity {
+    ca_marked_identity_with(names, |_| {})
+}
+
+fn ca_marked_identity_with(
+    names: &[&str],
+    adjust: impl FnOnce(&mut rcgen::CertificateParams),
+) -> TlsIdentity {
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    adjust(&mut params);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    TlsIdentity {
+        cert_chain_pem: cert.pem().into_bytes(),
+        private_key_pem: key.serialize_pem().into_bytes(),
+    }
+}
+
+async fn tls_sim_with(identity: TlsIdentity) -> TlsSim {
     let ca_file = std::env::temp_dir().join(format!(
         "mdti-test-ca-{}.pem",
         uuid::Uuid::new_v4().simple()
@@ -135,4 +160,43 @@ async fn turning_verification_off_accepts_any_certificate() {
     })
     .unwrap();
     assert!(graph.whois("contoso.com").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_self_signed_certificate_marked_ca_is_trusted_as_itself_for_its_own_names_only() {
+    let tls = tls_sim_with(ca_marked_identity(&["127.0.0.1", "localhost"])).await;
+    let graph = GraphClient::new(GraphSettings {
+        ca_cert_file: Some(tls.ca_file.clone()),
+        ..graph_settings(&tls.sim)
+    })
+    .unwrap();
+    let whois = graph.whois("contoso.com").await.unwrap();
+    assert!(whois.is_some());
+
+    // The same kind of certificate for another name: given in the CA file, yet the name the
+    // client connects to (127.0.0.1) is still checked.
+    let elsewhere = tls_sim_with(ca_marked_identity(&["other.example"])).await;
+    let graph = GraphClient::new(GraphSettings {
+        ca_cert_file: Some(elsewhere.ca_file.clone()),
+        ..graph_settings(&elsewhere.sim)
+    })
+    .unwrap();
+    let error = graph.whois("contoso.com").await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("not valid for name \"127.0.0.1\""), "{text}");
+    assert!(!error.is_transient(), "{text}");
+
+    // Nor is an expired one trusted for being given.
+    let expired = tls_sim_with(ca_marked_identity_with(&["127.0.0.1"], |params| {
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    }))
+    .await;
+    let graph = GraphClient::new(GraphSettings {
+        ca_cert_file: Some(expired.ca_file.clone()),
+        ..graph_settings(&expired.sim)
+    })
+    .unwrap();
+    let text = graph.whois("contoso.com").await.unwrap_err().to_string();
+    assert!(text.contains("expired"), "{text}");
 }

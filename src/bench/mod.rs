@@ -772,6 +772,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         graph_max_in_flight: cmd.graph_max_in_flight,
         graph_max_attempts: 6,
         graph_timeout: Duration::from_secs(30),
+        graph_max_retry_after: Duration::from_secs(300),
         page_size: 100,
         max_pages: 50,
         ca_cert: None,

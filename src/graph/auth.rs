@@ -11,11 +11,16 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::body::{read_capped, size, BodyError, MAX_TOKEN_BODY};
 use super::retry::{classify_status, classify_transport, Verdict};
 use super::GraphError;
 use crate::secret::Secret;
 
 const SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// Entra's tokens live about an hour; a longer `expires_in` is believed up to a day, so a broken
+/// or hostile answer can neither keep a token forever nor overflow the refresh instant.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone)]
 pub struct BearerToken {
@@ -97,9 +102,11 @@ impl TokenSource {
             + 1;
         // A very short lifetime still gets used once rather than refreshed in a loop.
         let usable = lifetime.saturating_sub(self.margin).max(lifetime / 2);
+        let now = Instant::now();
         *cache = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + usable,
+            // Past the clock's range (not with LONGEST_LIFETIME): refresh at the next request.
+            refresh_at: now.checked_add(usable).unwrap_or(now),
             generation,
         });
         tracing::debug!(
@@ -137,8 +144,29 @@ impl TokenSource {
             }
         };
         let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
-        match classify_status(status, None) {
+        if status.is_redirection() {
+            return Err(GraphError::Token {
+                transient: false,
+                reason: self.refused_redirect(status, response.headers()),
+            });
+        }
+        let body = match read_capped(response, MAX_TOKEN_BODY).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(GraphError::Token {
+                    transient: false,
+                    reason: format!(
+                        "HTTP {}: answer larger than {}",
+                        status.as_u16(),
+                        size(MAX_TOKEN_BODY)
+                    ),
+                })
+            }
+            // As an empty body: the status alone then says what happened.
+            Err(BodyError::Read(_)) => Vec::new(),
+        };
+        // No Retry-After is read here, so the cap on holding one does not matter.
+        match classify_status(status, None, Duration::ZERO) {
             Verdict::Success => {
                 let answer: TokenAnswer =
                     serde_json::from_slice(&body).map_err(|e| GraphError::Token {
@@ -150,16 +178,17 @@ impl TokenSource {
                     .as_ref()
                     .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
                     .unwrap_or(3599);
-                Ok((
-                    Secret::new(answer.access_token),
-                    Duration::from_secs(seconds),
-                ))
+                let lifetime = Duration::from_secs(seconds).min(LONGEST_LIFETIME);
+                Ok((Secret::new(answer.access_token), lifetime))
             }
             verdict => {
                 // The AADSTS error text names the problem (bad secret, unknown tenant) and never
                 // echoes the secret, so it is safe and useful to pass on.
                 let detail: TokenErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-                let transient = matches!(verdict, Verdict::Backoff(_) | Verdict::RetryAfter(_));
+                let transient = matches!(
+                    verdict,
+                    Verdict::Backoff(_) | Verdict::RetryAfter(_) | Verdict::WaitTooLong(_)
+                );
                 Err(GraphError::Token {
                     transient,
                     reason: format!(
@@ -173,6 +202,31 @@ impl TokenSource {
                 })
             }
         }
+    }
+
+    /// Why a redirect is not followed, naming where it pointed by host alone: the rest of a
+    /// Location is the other side's to fill, and this text goes into logs.
+    fn refused_redirect(
+        &self,
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+    ) -> String {
+        let target = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|location| location.to_str().ok())
+            .and_then(|location| url::Url::parse(&self.token_url).ok()?.join(location).ok())
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| "an unreadable location".to_owned());
+        format!(
+            "HTTP {} redirect to {target} not followed: the token request carries the client secret; point --login-url at the login endpoint itself",
+            status.as_u16()
+        )
     }
 }
 

@@ -1,6 +1,6 @@
 //! The request loop: token, budget, send, classify, wait, repeat; and paging on top of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,10 +11,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::auth::TokenSource;
+use super::body::{read_capped, size, BodyError, MAX_ERROR_BODY, MAX_GRAPH_BODY};
 use super::model;
-use super::retry::{
-    backoff_delay, classify_status, classify_transport, parse_retry_after, Verdict,
-};
+use super::retry::{backoff_delay, classify_status, classify_transport, RetryAfter, Verdict};
 use super::throttle::Throttle;
 use super::GraphError;
 use crate::metrics::Histogram;
@@ -45,9 +44,14 @@ pub struct GraphSettings {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The longest `Retry-After` held; Graph asking for more fails the request at once, as
+    /// transient, instead of freezing every request (and with a fleet, every worker) that long.
+    pub max_retry_after: Duration,
     pub request_timeout: Duration,
     pub token_refresh_margin: Duration,
     pub page_limits: PageLimits,
+    /// Bytes of one answer read at most; a longer one fails its request.
+    pub max_body_bytes: usize,
     /// Extra CA certificate (PEM) trusted beside the system roots.
     pub ca_cert_file: Option<PathBuf>,
     pub tls_verify: bool,
@@ -68,9 +72,11 @@ impl std::fmt::Debug for GraphSettings {
             max_attempts,
             backoff_base,
             backoff_cap,
+            max_retry_after,
             request_timeout,
             token_refresh_margin,
             page_limits,
+            max_body_bytes,
             ca_cert_file,
             tls_verify,
         } = self;
@@ -86,9 +92,11 @@ impl std::fmt::Debug for GraphSettings {
             .field("max_attempts", max_attempts)
             .field("backoff_base", backoff_base)
             .field("backoff_cap", backoff_cap)
+            .field("max_retry_after", max_retry_after)
             .field("request_timeout", request_timeout)
             .field("token_refresh_margin", token_refresh_margin)
             .field("page_limits", page_limits)
+            .field("max_body_bytes", max_body_bytes)
             .field("ca_cert_file", ca_cert_file)
             .field("tls_verify", tls_verify)
             .finish()
@@ -109,9 +117,11 @@ impl Default for GraphSettings {
             max_attempts: 6,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             token_refresh_margin: Duration::from_secs(300),
             page_limits: PageLimits::default(),
+            max_body_bytes: MAX_GRAPH_BODY,
             ca_cert_file: None,
             tls_verify: true,
         }
@@ -141,7 +151,8 @@ impl Default for PageLimits {
 pub struct Collection<T> {
     pub items: Vec<T>,
     pub pages: u32,
-    /// A page cap stopped the walk while Graph still offered a next page.
+    /// A page cap stopped the walk while Graph still offered a next page, or Graph offered a
+    /// page already read (a loop).
     pub truncated: bool,
     /// False when Graph answered 404: MDTI knows nothing about the host.
     pub found: bool,
@@ -257,41 +268,18 @@ impl GraphClient {
         check_base_url("Graph base URL", &settings.graph_base_url)?;
         check_base_url("login base URL", &settings.login_base_url)?;
 
-        let mut builder = reqwest::Client::builder()
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(settings.max_in_flight)
-            .user_agent(concat!("mdti-worker/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &settings.ca_cert_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                GraphError::Config(format!("CA certificate file {}: {e}", path.display()))
-            })?;
-            // reqwest takes text without any certificate in it without complaint: a file that
-            // is not PEM would leave the CA untrusted and fail later, far from the cause.
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|certificates| !certificates.is_empty())
-                .ok_or_else(|| {
-                    GraphError::Config(format!(
-                        "CA certificate file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-                        path.display()
-                    ))
-                })?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
         if !settings.tls_verify {
             tracing::warn!(
                 "TLS certificate verification is OFF for Graph and login: anyone on the path can read the client secret and tokens; use a CA certificate file instead"
             );
-            builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
+        let http = build_http(http_builder(&settings)?)?;
+        // The token request carries the client secret in its body, and a 307 or 308 would send
+        // that body again to wherever the answer points: the token client follows no redirect.
+        let token_http =
+            build_http(http_builder(&settings)?.redirect(reqwest::redirect::Policy::none()))?;
         let tokens = TokenSource::new(
-            http.clone(),
+            token_http,
             &settings.login_base_url,
             &settings.tenant_id,
             &settings.client_id,
@@ -302,6 +290,7 @@ impl GraphClient {
             settings.requests_per_second,
             settings.burst,
             settings.max_in_flight,
+            settings.max_retry_after,
         );
         Ok(GraphClient {
             inner: Arc::new(Inner {
@@ -487,6 +476,8 @@ impl GraphClient {
             url.push_str(&format!("?$top={top}"));
         }
         let mut out = Collection::default();
+        // Every link asked for in this walk: one offered again would loop until the page cap.
+        let mut followed = HashSet::from([url.clone()]);
         loop {
             let Some(mut page) = self.get(endpoint, &url).await? else {
                 // A 404 on a later page would be odd; treat the walk as ended either way.
@@ -525,6 +516,16 @@ impl GraphClient {
                     if !same_origin(&next, &self.inner.settings.graph_base_url) {
                         return Err(GraphError::ForeignNextLink);
                     }
+                    if !followed.insert(next.clone()) {
+                        // What was read stands; the walk says it did not reach the end.
+                        out.truncated = true;
+                        tracing::warn!(
+                            endpoint,
+                            pages = out.pages,
+                            "Graph offered a next link already followed; walk cut short"
+                        );
+                        return Ok(out);
+                    }
                     url = next;
                 }
             }
@@ -533,7 +534,6 @@ impl GraphClient {
 
     /// One GET with the whole retry discipline; `Ok(None)` for 404.
     async fn get(&self, endpoint: &'static str, url: &str) -> Result<Option<Value>, GraphError> {
-        let settings = &self.inner.settings;
         let stats = &self.inner.stats;
         let mut refreshed = false;
         let mut attempt: u32 = 0;
@@ -561,47 +561,70 @@ impl GraphClient {
                 Attempt::Token(error) => Verdict::Backoff(error.to_string()),
                 Attempt::Verdict(verdict) => verdict,
             };
-            let (wait, reason, transient) = match verdict {
-                Verdict::RetryAfter(wait) => {
-                    stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .retry_after_micros
-                        .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                    // The tenant is throttled, not this task: everyone holds back.
-                    self.inner.throttle.hold_for(wait);
-                    (
-                        Duration::ZERO,
-                        format!("throttled, Graph asked for {wait:?}"),
-                        true,
-                    )
+            let (wait, reason) = match self.settle(verdict, attempt) {
+                Ok(retry) => retry,
+                Err((reason, transient)) => {
+                    return Err(self.give_up(endpoint, attempt, reason, transient))
                 }
-                Verdict::Backoff(reason) => (
-                    backoff_delay(attempt - 1, settings.backoff_base, settings.backoff_cap),
-                    reason,
-                    true,
-                ),
-                Verdict::GiveUp(reason) => (Duration::ZERO, reason, false),
-                // attempt() answers these itself; should one slip through, fail loudly but
-                // without a panic on the request path.
-                other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => (
-                    Duration::ZERO,
-                    format!("unexpected verdict {other:?}"),
-                    false,
-                ),
             };
-            if !transient || attempt >= settings.max_attempts {
-                stats.gave_up.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint, attempt, %reason, transient, "giving up on a Graph request");
-                return Err(GraphError::GaveUp {
-                    endpoint,
-                    attempts: attempt,
-                    reason,
-                    transient,
-                });
+            if attempt >= self.inner.settings.max_attempts {
+                return Err(self.give_up(endpoint, attempt, reason, true));
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(endpoint, attempt, %reason, ?wait, "retrying a Graph request");
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How long to wait before the next attempt and why, or why to stop now (and whether the
+    /// failure may pass).
+    fn settle(&self, verdict: Verdict, attempt: u32) -> Result<(Duration, String), (String, bool)> {
+        let settings = &self.inner.settings;
+        let stats = &self.inner.stats;
+        match verdict {
+            Verdict::RetryAfter(wait) => {
+                stats.throttled.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .retry_after_micros
+                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                // The tenant is throttled, not this task: everyone holds back.
+                self.inner.throttle.hold_for(wait);
+                Ok((
+                    Duration::ZERO,
+                    format!("throttled, Graph asked for {wait:?}"),
+                ))
+            }
+            Verdict::WaitTooLong(reason) => {
+                stats.throttled.fetch_add(1, Ordering::Relaxed);
+                Err((reason, true))
+            }
+            Verdict::Backoff(reason) => Ok((
+                backoff_delay(attempt - 1, settings.backoff_base, settings.backoff_cap),
+                reason,
+            )),
+            Verdict::GiveUp(reason) => Err((reason, false)),
+            // attempt() answers these itself; should one slip through, fail loudly but
+            // without a panic on the request path.
+            other @ (Verdict::Success | Verdict::NotFound | Verdict::RefreshToken) => {
+                Err((format!("unexpected verdict {other:?}"), false))
+            }
+        }
+    }
+
+    fn give_up(
+        &self,
+        endpoint: &'static str,
+        attempts: u32,
+        reason: String,
+        transient: bool,
+    ) -> GraphError {
+        self.inner.stats.gave_up.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(endpoint, attempt = attempts, %reason, transient, "giving up on a Graph request");
+        GraphError::GaveUp {
+            endpoint,
+            attempts,
+            reason,
+            transient,
         }
     }
 
@@ -646,8 +669,9 @@ impl GraphClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        match classify_status(status, retry_after) {
+            .and_then(|v| RetryAfter::read(v, SystemTime::now()));
+        let max_wait = self.inner.settings.max_retry_after;
+        match classify_status(status, retry_after.as_ref(), max_wait) {
             Verdict::Success => {}
             Verdict::NotFound => return (Attempt::NotFound, answered),
             Verdict::RefreshToken => return (Attempt::Unauthorized(bearer.generation), answered),
@@ -664,7 +688,8 @@ impl GraphClient {
         }
         // Reading and parsing belong to the attempt: a body cut off mid-way is a transient
         // failure like any other, and is retried.
-        let attempt = match response.bytes().await {
+        let cap = self.inner.settings.max_body_bytes;
+        let attempt = match read_capped(response, cap).await {
             Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(body) => Attempt::Done(body),
                 Err(error) => Attempt::Verdict(Verdict::Backoff(format!(
@@ -672,7 +697,13 @@ impl GraphClient {
                     status.as_u16()
                 ))),
             },
-            Err(error) => Attempt::Verdict(classify_transport(&error)),
+            // Permanent: the same request would bring the same answer, so a retry would only
+            // spend quota and memory again; a smaller --page-size is what helps a long page.
+            Err(BodyError::TooLarge) => Attempt::Verdict(Verdict::GiveUp(format!(
+                "answer larger than {}, the most read of one Graph answer",
+                size(cap)
+            ))),
+            Err(BodyError::Read(error)) => Attempt::Verdict(classify_transport(&error)),
         };
         (attempt, answered)
     }
@@ -688,10 +719,38 @@ enum Attempt {
 
 /// The `error.code` of a Graph error body, for the log; never the message, which may change.
 async fn graph_error_code(response: reqwest::Response) -> Option<String> {
-    let body: Value = response.json().await.ok()?;
+    let body = read_capped(response, MAX_ERROR_BODY).await.ok()?;
+    let body: Value = serde_json::from_slice(&body).ok()?;
     body.pointer("/error/code")?
         .as_str()
         .map(|code| code.chars().take(80).collect())
+}
+
+/// The HTTP settings Graph and the token client share: timeouts, pool, TLS trust.
+fn http_builder(settings: &GraphSettings) -> Result<reqwest::ClientBuilder, GraphError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.request_timeout)
+        .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(settings.max_in_flight)
+        .user_agent(concat!("mdti-worker/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &settings.ca_cert_file {
+        let given = super::tls::read_certificates(path)?;
+        // With verification off nothing is checked anyway; the file was still read, so a
+        // wrong path is reported either way.
+        if settings.tls_verify {
+            builder = builder.use_preconfigured_tls(super::tls::client_config(path, given)?);
+        }
+    }
+    if !settings.tls_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
+}
+
+fn build_http(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, GraphError> {
+    builder
+        .build()
+        .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))
 }
 
 /// A base URL must parse and carry no user or password: the client authenticates with its

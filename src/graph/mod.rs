@@ -1,14 +1,17 @@
 //! Microsoft Graph threat intelligence (`/security/threatIntelligence`) client.
 //!
 //! [`GraphClient`] owns the token cache ([`auth`]), the process-wide budget ([`throttle`]) and the
-//! request loop; [`retry`] is the single place that classifies answers; [`model`] holds tolerant
-//! serde types. This module knows no broker and no database.
+//! request loop; [`retry`] is the single place that classifies answers; [`body`] reads answers
+//! up to a cap; `tls` decides whom `--ca-cert` trusts; [`model`] holds tolerant serde types.
+//! This module knows no broker and no database.
 
 pub mod auth;
+pub mod body;
 pub mod client;
 pub mod model;
 pub mod retry;
 pub mod throttle;
+mod tls;
 
 pub use client::{Collection, GraphClient, GraphSettings, GraphStats, PageLimits};
 

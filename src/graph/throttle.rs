@@ -25,6 +25,7 @@ struct Limiter {
 }
 
 impl Limiter {
+    /// A limiter with its whole burst to give, for a process that has sent nothing yet.
     fn new(requests_per_second: f64, burst: u32) -> Limiter {
         let rate = sane_rate(requests_per_second);
         let burst = burst.max(1);
@@ -37,6 +38,18 @@ impl Limiter {
             requests_per_second: rate,
             burst,
         }
+    }
+
+    /// A limiter whose burst is already spent, to replace one in use: the old one may have
+    /// just let its own burst through, and a fresh burst on top would exceed both rates.
+    fn spent(requests_per_second: f64, burst: u32) -> Limiter {
+        let limiter = Limiter::new(requests_per_second, burst);
+        if let Some(cells) = NonZeroU32::new(limiter.burst) {
+            // A full limiter always has `burst` cells; should it not, starting full is the
+            // lesser harm than failing a rate change.
+            let _ = limiter.limiter.check_n(cells);
+        }
+        limiter
     }
 }
 
@@ -74,12 +87,20 @@ pub struct Throttle {
     /// The latest hold this process's own 429s asked for, for whoever shares them (a fleet
     /// coordinator); holds learnt from others are not echoed here.
     own_holds: watch::Sender<Option<Instant>>,
+    /// No hold lasts longer, whoever asked: the client refuses longer `Retry-After`s itself,
+    /// and this keeps a shared hold from elsewhere (another worker's) within the same bound.
+    max_hold: Duration,
     pub(crate) limiter_wait_micros: AtomicU64,
     pub(crate) hold_wait_micros: AtomicU64,
 }
 
 impl Throttle {
-    pub fn new(requests_per_second: f64, burst: u32, max_in_flight: usize) -> Self {
+    pub fn new(
+        requests_per_second: f64,
+        burst: u32,
+        max_in_flight: usize,
+        max_hold: Duration,
+    ) -> Self {
         Throttle {
             limiter: RwLock::new(Arc::new(Limiter::new(requests_per_second, burst))),
             swaps: watch::Sender::new(0),
@@ -87,13 +108,22 @@ impl Throttle {
             in_flight: Semaphore::new(max_in_flight.max(1)),
             hold_until: Mutex::new(None),
             own_holds: watch::Sender::new(None),
+            max_hold,
             limiter_wait_micros: AtomicU64::new(0),
             hold_wait_micros: AtomicU64::new(0),
         }
     }
 
-    /// Wait until this request may go: past any 429 hold, within the rate, under the in-flight cap.
+    /// Wait until this request may go: under the in-flight cap, past any 429 hold, within the
+    /// rate. The permit comes first so that the rate and the hold are the last word before the
+    /// request is sent: a cell taken before a long wait for a permit (Graph slow) would let a
+    /// pile of requests out together once Graph sped up, past the rate or into a new hold.
     pub async fn admit(&self) -> SemaphorePermit<'_> {
+        let permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the in-flight semaphore is never closed");
         loop {
             self.wait_out_hold().await;
             // Subscribed before the limiter is read, so a swap in between is not missed.
@@ -114,13 +144,9 @@ impl Throttle {
             // A hold raised while this request waited for the rate (another task's 429, or
             // another worker's) applies to it too.
             if ready && self.held_until().is_none() {
-                break;
+                return permit;
             }
         }
-        self.in_flight
-            .acquire()
-            .await
-            .expect("the in-flight semaphore is never closed")
     }
 
     async fn wait_out_hold(&self) {
@@ -137,15 +163,15 @@ impl Throttle {
         (limiter.requests_per_second, limiter.burst)
     }
 
-    /// Admit requests at a new rate from now on. Returns whether anything changed: an unchanged
-    /// rate keeps the current limiter (a new one would start with a full burst).
+    /// Admit requests at a new rate from now on, starting with no burst to spend. Returns
+    /// whether anything changed: an unchanged rate keeps the current limiter.
     pub fn set_rate(&self, requests_per_second: f64, burst: u32) -> bool {
         let wanted = (sane_rate(requests_per_second), burst.max(1));
         let mut limiter = self.limiter.write().expect("limiter lock poisoned");
         if (limiter.requests_per_second, limiter.burst) == wanted {
             return false;
         }
-        *limiter = Arc::new(Limiter::new(wanted.0, wanted.1));
+        *limiter = Arc::new(Limiter::spent(wanted.0, wanted.1));
         self.swaps.send_modify(|generation| *generation += 1);
         true
     }
@@ -153,16 +179,25 @@ impl Throttle {
     /// Graph throttled us: hold every request back for `wait`, never shortening an earlier hold,
     /// and tell the subscribers of [`Throttle::subscribe_holds`].
     pub fn hold_for(&self, wait: Duration) {
-        let until = Instant::now() + wait;
-        if self.raise_hold(until) {
-            self.own_holds.send_replace(Some(until));
+        if let Some(until) = self.hold_end(wait) {
+            if self.raise_hold(until) {
+                self.own_holds.send_replace(Some(until));
+            }
         }
     }
 
     /// Another process sharing the tenant was throttled: hold back for `wait` too, never
     /// shortening an earlier hold. Not reported to subscribers, so it is not shared back.
     pub fn hold_shared(&self, wait: Duration) {
-        self.raise_hold(Instant::now() + wait);
+        if let Some(until) = self.hold_end(wait) {
+            self.raise_hold(until);
+        }
+    }
+
+    /// When a hold of `wait` from now ends, at most `max_hold` away; `None` only if even that
+    /// is past the clock's range.
+    fn hold_end(&self, wait: Duration) -> Option<Instant> {
+        Instant::now().checked_add(wait.min(self.max_hold))
     }
 
     /// When requests may go again, if a hold is in force.
@@ -207,9 +242,11 @@ fn add_micros(counter: &AtomicU64, elapsed: Duration) {
 mod tests {
     use super::*;
 
+    const HOLD: Duration = Duration::from_secs(300);
+
     #[test]
     fn a_new_rate_swaps_the_limiter_only_when_it_differs() {
-        let throttle = Throttle::new(30.0, 9, 4);
+        let throttle = Throttle::new(30.0, 9, 4, HOLD);
         assert_eq!(throttle.rate(), (30.0, 9));
         assert!(!throttle.set_rate(30.0, 9));
         assert!(throttle.set_rate(10.0, 3));
@@ -222,7 +259,7 @@ mod tests {
     // Real time: governor reads its own clock, which tokio's paused time does not move.
     #[tokio::test]
     async fn many_waiters_are_all_admitted_and_none_beats_the_rate() {
-        let throttle = Arc::new(Throttle::new(100.0, 1, 100));
+        let throttle = Arc::new(Throttle::new(100.0, 1, 100, HOLD));
         let admitted = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
         let mut waiters = Vec::new();
@@ -247,7 +284,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn own_holds_are_reported_and_shared_holds_are_not() {
-        let throttle = Throttle::new(10.0, 1, 4);
+        let throttle = Throttle::new(10.0, 1, 4, HOLD);
         let mut holds = throttle.subscribe_holds();
         throttle.hold_shared(Duration::from_secs(5));
         assert!(!holds.has_changed().unwrap());
@@ -264,9 +301,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn no_hold_outlasts_the_cap_whoever_asks() {
+        let throttle = Throttle::new(10.0, 1, 4, HOLD);
+        throttle.hold_shared(Duration::MAX);
+        throttle.hold_for(Duration::MAX);
+        let until = throttle.held_until().expect("held");
+        assert!(until <= Instant::now() + HOLD, "held past the cap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_grants_no_fresh_burst() {
+        // One request an hour, its burst of three spent: a new rate must not let one go now.
+        let throttle = Arc::new(Throttle::new(1.0 / 3600.0, 3, 8, HOLD));
+        for _ in 0..3 {
+            drop(throttle.admit().await);
+        }
+        assert!(throttle.set_rate(2.0 / 3600.0, 5));
+        let waiting = tokio::spawn({
+            let throttle = Arc::clone(&throttle);
+            async move { drop(throttle.admit().await) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the new rate came with a fresh burst"
+        );
+        waiting.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn requests_queued_at_a_small_rate_move_to_a_new_larger_one() {
         // One request a minute, the first one spent: the next would wait a minute.
-        let throttle = Arc::new(Throttle::new(1.0 / 60.0, 1, 4));
+        let throttle = Arc::new(Throttle::new(1.0 / 60.0, 1, 4, HOLD));
         drop(throttle.admit().await);
         let waiting = tokio::spawn({
             let throttle = Arc::clone(&throttle);

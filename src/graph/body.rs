@@ -1,0 +1,61 @@
+//! Answer bodies read in chunks up to a cap, so that no server, broken or hostile, can make the
+//! client hold more than the cap in memory for one answer.
+
+/// The default cap on one Graph answer: a page of 1,000 passive DNS records is well under 1 MiB.
+pub const MAX_GRAPH_BODY: usize = 16 << 20;
+
+/// Error bodies only give a code for the log.
+pub(crate) const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Token answers are a few kilobytes.
+pub(crate) const MAX_TOKEN_BODY: usize = 1 << 20;
+
+/// Why a body was not read whole.
+pub(crate) enum BodyError {
+    /// Longer than the cap (declared so, or found so while reading).
+    TooLarge,
+    Read(reqwest::Error),
+}
+
+/// The whole body, or `TooLarge` as soon as it is known to pass `cap` bytes.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if body.len().saturating_add(chunk.len()) > cap {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `16 MiB`, `64 KiB` or `1000 bytes`: a cap as an error message names it.
+pub(crate) fn size(bytes: usize) -> String {
+    match bytes {
+        0 => "0 bytes".to_owned(),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_are_named_in_the_unit_they_were_set_in() {
+        assert_eq!(size(MAX_GRAPH_BODY), "16 MiB");
+        assert_eq!(size(MAX_ERROR_BODY), "64 KiB");
+        assert_eq!(size(1000), "1000 bytes");
+    }
+}
