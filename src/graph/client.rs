@@ -1,5 +1,6 @@
 //! The request loop: token, budget, send, classify, wait, repeat; and paging on top of it.
 
+use crate::progress::{self, point};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -630,7 +631,7 @@ impl GraphClient {
 
     /// One request: token, budget, then the exchange, whose result is recorded whatever it was.
     async fn attempt(&self, endpoint: &'static str, url: &str) -> Attempt {
-        let bearer = match self.inner.tokens.bearer().await {
+        let bearer = match progress::wait_at(point::GRAPH_TOKEN, self.inner.tokens.bearer()).await {
             Ok(bearer) => bearer,
             Err(error) => return Attempt::Token(error),
         };
@@ -640,7 +641,11 @@ impl GraphClient {
         self.tally.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight::enter(&stats.in_flight);
         let started = Instant::now();
-        let (attempt, status) = self.exchange(url, &bearer).await;
+        let (attempt, status) =
+            progress::wait_at(point::GRAPH_ANSWER, self.exchange(url, &bearer)).await;
+        if status.is_some() {
+            progress::global().advanced();
+        }
         stats.record(endpoint, status, started.elapsed());
         attempt
     }

@@ -7,6 +7,7 @@
 //! nothing of the fleet: it reports its own 429 holds on a watch channel
 //! ([`Throttle::subscribe_holds`]) and takes the others' back.
 
+use crate::progress::{self, point};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -119,9 +120,7 @@ impl Throttle {
     /// request is sent: a cell taken before a long wait for a permit (Graph slow) would let a
     /// pile of requests out together once Graph sped up, past the rate or into a new hold.
     pub async fn admit(&self) -> SemaphorePermit<'_> {
-        let permit = self
-            .in_flight
-            .acquire()
+        let permit = progress::wait_at(point::GRAPH_PERMIT, self.in_flight.acquire())
             .await
             .expect("the in-flight semaphore is never closed");
         loop {
@@ -135,6 +134,7 @@ impl Throttle {
                 let _turn = self.turn.lock().await;
                 // Waiting is cancel-safe: governor takes a cell only when it lets the request
                 // go. A swap while this request queued for its turn ends the wait at once.
+                let _waiting = progress::waiting(point::GRAPH_LIMITER);
                 tokio::select! {
                     _ = until_ready(&limiter.limiter) => true,
                     _ = swapped.changed() => false,
@@ -152,7 +152,7 @@ impl Throttle {
     async fn wait_out_hold(&self) {
         while let Some(until) = self.held_until() {
             let started = Instant::now();
-            tokio::time::sleep_until(until).await;
+            progress::wait_at(point::GRAPH_HOLD, tokio::time::sleep_until(until)).await;
             add_micros(&self.hold_wait_micros, started.elapsed());
         }
     }
