@@ -308,7 +308,7 @@ async fn readiness_follows_postgres_while_liveness_stays_ok() {
     assert_eq!(body["ready"], json!(true));
     assert_eq!(
         body["checks"],
-        json!({"broker": "ok", "postgres": "ok", "consumer": "ok"})
+        json!({"broker": "ok", "postgres": "ok", "consumer": "ok", "progress": "ok"})
     );
     assert_eq!(worker.get("/healthz").await.0, 200);
 

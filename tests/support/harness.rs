@@ -290,7 +290,11 @@ pub struct App {
     pub publisher: Publisher,
     pub stats: Arc<WorkerStats>,
     stop: Option<watch::Sender<bool>>,
-    worker: Option<JoinHandle<anyhow::Result<()>>>,
+    workers: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Consumers started by [`App::start_worker`], each with its own pipeline (its own lookups
+    /// in flight), as separate worker processes would be.
+    worker_count: usize,
+    chain: ChainSettings,
     graph: GraphClient,
     pub relay: Option<Relay>,
     pub broker_relay: Option<Relay>,
@@ -310,6 +314,10 @@ pub struct Options {
     pub graph: fn(GraphSettings) -> GraphSettings,
     /// Messages processed at once.
     pub concurrency: u16,
+    /// Chaining settings of the pipelines.
+    pub chain: ChainSettings,
+    /// Consumers on the same queue and database.
+    pub workers: usize,
 }
 
 impl Default for Options {
@@ -322,6 +330,8 @@ impl Default for Options {
             sim: SimConfig::default(),
             graph: |settings| settings,
             concurrency: 8,
+            chain: ChainSettings::default(),
+            workers: 1,
         }
     }
 }
@@ -364,7 +374,9 @@ pub async fn spawn_app(options: Options) -> App {
         publisher,
         stats: Arc::default(),
         stop: None,
-        worker: None,
+        workers: Vec::new(),
+        worker_count: options.workers.max(1),
+        chain: options.chain.clone(),
         graph,
         relay,
         broker_relay,
@@ -376,6 +388,20 @@ pub async fn spawn_app(options: Options) -> App {
 
 impl App {
     pub fn start_worker(&mut self, max_deliveries: u32) {
+        let (stop, stopped) = watch::channel(false);
+        for _ in 0..self.worker_count {
+            let consumer = self.consumer(max_deliveries, stopped.clone());
+            self.workers.push(tokio::spawn(consumer));
+        }
+        self.stop = Some(stop);
+    }
+
+    /// One consumer with a pipeline of its own, sharing the app's store, Graph client and stats.
+    fn consumer(
+        &self,
+        max_deliveries: u32,
+        stopped: watch::Receiver<bool>,
+    ) -> impl Future<Output = anyhow::Result<()>> {
         let pipeline = Pipeline::new(
             self.graph.clone(),
             self.store
@@ -389,7 +415,7 @@ impl App {
                 decode: DecodeLimits::default(),
                 item_concurrency: 4,
                 chain_by_default: true,
-                chain: ChainSettings::default(),
+                chain: self.chain.clone(),
             },
         );
         let amqp_url = match &self.broker_relay {
@@ -404,19 +430,14 @@ impl App {
             shutdown_timeout: Duration::from_secs(10),
             exit_when_idle: None,
         };
-        let (stop, stopped) = watch::channel(false);
-        let stats = Arc::clone(&self.stats);
-        self.worker = Some(tokio::spawn(consumer::run(
-            pipeline, settings, stopped, stats,
-        )));
-        self.stop = Some(stop);
+        consumer::run(pipeline, settings, stopped, Arc::clone(&self.stats))
     }
 
     pub async fn stop_worker(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
         }
-        if let Some(worker) = self.worker.take() {
+        for worker in self.workers.drain(..) {
             tokio::time::timeout(Duration::from_secs(30), worker)
                 .await
                 .expect("the worker stops within its bound")
