@@ -15,7 +15,8 @@ use mdti_worker::sim::SimConfig;
 mod support;
 use support::harness::{
     delete_topology, eventually, fresh_topology, queue_depths, run_binary_until_idle, spawn_app,
-    wait_for_exit, worker_binary, App, Options, QueueDepths, AMQP, WORKER_APPLICATION_NAME,
+    wait_for_exit, worker_binary, App, EventsTap, Options, QueueDepths, AMQP,
+    WORKER_APPLICATION_NAME,
 };
 use support::TestDb;
 
@@ -99,6 +100,7 @@ async fn postgres_sessions_ended_again_and_again_lose_nothing_and_write_once() {
     })
     .await;
     app.sim.control().set_latency(Duration::from_millis(20));
+    let events = EventsTap::bind(&app.topology).await;
     let total = 40;
     publish_load(&app.publisher, "pgterm", total).await;
 
@@ -123,6 +125,12 @@ async fn postgres_sessions_ended_again_and_again_lose_nothing_and_write_once() {
     app.db.assert_each_item_once(total as i64).await;
     assert_eq!(app.db.count("observables").await, total as i64);
     assert_eq!(app.db.count("rejected_inputs").await, 0);
+    let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
+    let hits = events
+        .assert_every_hit_announced(&app.db, failed_passes)
+        .await;
+    assert!(hits > 0, "the load finds actor hits");
+    events.close().await;
     app.teardown().await;
 }
 
@@ -178,6 +186,7 @@ async fn broker_connections_closed_under_load_are_rebuilt_and_nothing_is_lost() 
         ..Options::default()
     })
     .await;
+    let events = EventsTap::bind(&app.topology).await;
     let total = 40;
     publish_load(&app.publisher, "amqpclose", total).await;
 
@@ -215,6 +224,12 @@ async fn broker_connections_closed_under_load_are_rebuilt_and_nothing_is_lost() 
     assert_eq!(WorkerStats::get(&app.stats.dead_lettered), 0);
     app.db.assert_each_item_once(total as i64).await;
     assert_eq!(app.db.count("observables").await, total as i64);
+    let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
+    let hits = events
+        .assert_every_hit_announced(&app.db, failed_passes)
+        .await;
+    assert!(hits > 0, "the load finds actor hits");
+    events.close().await;
     app.teardown().await;
 }
 
@@ -240,6 +255,7 @@ async fn a_chaotic_graph_leaves_every_message_done_or_dead_lettered_with_a_reaso
         ..Options::default()
     })
     .await;
+    let events = EventsTap::bind(&app.topology).await;
     let total = 40;
     publish_load(&app.publisher, "chaos", total).await;
 
@@ -293,5 +309,10 @@ async fn a_chaotic_graph_leaves_every_message_done_or_dead_lettered_with_a_reaso
         );
     }
     assert_eq!(app.queue_depths().await, EMPTY);
+    let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
+    events
+        .assert_every_hit_announced(&app.db, failed_passes)
+        .await;
+    events.close().await;
     app.teardown().await;
 }

@@ -490,6 +490,108 @@ impl App {
     }
 }
 
+/// A queue of a test's own bound to a topology's events exchange, as a SOAR would bind one.
+pub struct EventsTap {
+    connection: Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl EventsTap {
+    pub async fn bind(topology: &Topology) -> EventsTap {
+        let connection = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        topology.declare(&channel).await.unwrap();
+        let queue = format!("{}.test-events", topology.prefix);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                topology.events_exchange().as_str().into(),
+                "#".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        EventsTap {
+            connection,
+            channel,
+            queue,
+        }
+    }
+
+    /// The message ids of the events received so far, taken off the queue, in order.
+    pub async fn take_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let properties = &message.delivery.properties;
+            ids.push(
+                properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        ids
+    }
+
+    /// Every stored hit was announced (none is owed any more) and this subscriber got its event;
+    /// an event twice only where a relay pass failed after the broker's confirm (at least
+    /// once). Returns how many hits there are.
+    pub async fn assert_every_hit_announced(&self, db: &TestDb, failed_passes: u64) -> usize {
+        eventually(Duration::from_secs(60), "no event owed", || async {
+            db.query_count("SELECT count(*) FROM actor_hits WHERE notified_at IS NULL")
+                .await
+                == 0
+        })
+        .await;
+        let hits: Vec<i64> = sqlx::query_scalar("SELECT id FROM actor_hits")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+        let expected: std::collections::BTreeSet<String> =
+            hits.iter().map(|id| format!("actor-hit-{id}")).collect();
+        let received = self.take_ids().await;
+        let distinct: std::collections::BTreeSet<String> = received.iter().cloned().collect();
+        assert_eq!(
+            distinct, expected,
+            "one event at least for every stored hit, and no other"
+        );
+        if failed_passes == 0 {
+            assert_eq!(
+                received.len(),
+                distinct.len(),
+                "no event twice without a failed pass"
+            );
+        }
+        hits.len()
+    }
+
+    pub async fn close(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
 /// Poll `check` until it holds, for at most `limit`; a bound on waiting, not a timing claim.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
