@@ -173,6 +173,16 @@ impl<T> Default for Collection<T> {
     }
 }
 
+/// How a collection walk ended, without its items: what [`GraphClient::for_each_page`] returns.
+/// The fields mean what [`Collection`]'s do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paged {
+    pub pages: u32,
+    pub truncated: bool,
+    pub found: bool,
+    pub skipped: u32,
+}
+
 /// Counters for benchmarks and metrics; cheap atomics bumped on the request path.
 #[derive(Debug, Default)]
 pub struct GraphStats {
@@ -385,6 +395,26 @@ impl GraphClient {
         .await
     }
 
+    /// [`passive_dns`](Self::passive_dns) a page at a time; see
+    /// [`for_each_page`](Self::for_each_page).
+    pub async fn passive_dns_pages<F>(
+        &self,
+        key: &str,
+        limits: PageLimits,
+        on_page: F,
+    ) -> Result<Paged, GraphError>
+    where
+        F: FnMut(Vec<model::PassiveDnsRecord>),
+    {
+        self.for_each_page(
+            "passiveDns",
+            &Self::host_path(key, Some("passiveDns")),
+            limits,
+            on_page,
+        )
+        .await
+    }
+
     pub async fn passive_dns_reverse(
         &self,
         key: &str,
@@ -465,19 +495,56 @@ impl GraphClient {
         }
     }
 
-    /// Every page of a collection, following `@odata.nextLink` exactly as given, within `limits`.
+    /// Every page of a collection, following `@odata.nextLink` exactly as given, within `limits`;
+    /// all items held at once (see [`for_each_page`](Self::for_each_page) for a walk that holds
+    /// one page at a time).
     pub async fn collection<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         path: &str,
         limits: PageLimits,
     ) -> Result<Collection<T>, GraphError> {
+        let mut items = Vec::new();
+        let paged = self
+            .for_each_page(endpoint, path, limits, |page: Vec<T>| items.extend(page))
+            .await?;
+        Ok(Collection {
+            items,
+            pages: paged.pages,
+            truncated: paged.truncated,
+            found: paged.found,
+            skipped: paged.skipped,
+        })
+    }
+
+    /// The pages of a collection one at a time: each page's items are handed to `on_page` (once
+    /// per page read, in order, an empty page included) before the next page is asked for, and
+    /// are not kept here, so the walk holds one page however long the collection is. Follows
+    /// `@odata.nextLink` exactly as given, within `limits`; returns how the walk ended, as
+    /// [`collection`](Self::collection) reports it.
+    pub async fn for_each_page<T, F>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        limits: PageLimits,
+        mut on_page: F,
+    ) -> Result<Paged, GraphError>
+    where
+        T: DeserializeOwned,
+        F: FnMut(Vec<T>),
+    {
         let mut url = self.url(path);
         if let Some(top) = limits.page_size {
             url.push_str(&format!("?$top={top}"));
         }
-        let mut out = Collection::default();
+        let mut out = Paged {
+            pages: 0,
+            truncated: false,
+            found: true,
+            skipped: 0,
+        };
         // Every link asked for in this walk: one offered again would loop until the page cap.
+        // Links only (one per page read), never items.
         let mut followed = HashSet::from([url.clone()]);
         loop {
             let Some(mut page) = self.get(endpoint, &url).await? else {
@@ -486,10 +553,12 @@ impl GraphClient {
                 return Ok(out);
             };
             out.pages += 1;
-            if let Some(Value::Array(items)) = page.get_mut("value").map(Value::take) {
-                for item in items {
+            let mut items = Vec::new();
+            if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
+                items.reserve(values.len());
+                for item in values {
                     match serde_json::from_value(item) {
-                        Ok(parsed) => out.items.push(parsed),
+                        Ok(parsed) => items.push(parsed),
                         Err(error) => {
                             out.skipped += 1;
                             tracing::warn!(endpoint, %error, "skipping an unreadable collection item");
@@ -501,6 +570,9 @@ impl GraphClient {
                 .get("@odata.nextLink")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
+            // The answer is read; only the parsed items are handed on.
+            drop(page);
+            on_page(items);
             match next {
                 None => return Ok(out),
                 Some(_) if limits.max_pages.is_some_and(|cap| out.pages >= cap) => {
