@@ -288,8 +288,49 @@ struct Walk {
     pages: u32,
     cache_hits: u64,
     truncated: Vec<String>,
-    dropped: HashSet<String>,
+    /// Counterparts left out by [`ChainSettings::max_artifacts`].
+    dropped: Dropped,
     budget_spent: bool,
+}
+
+/// The most distinct left-out counterparts a walk counts exactly; see [`Dropped`].
+const DROPPED_COUNTED: usize = 4096;
+
+/// The distinct counterparts a walk left out past [`ChainSettings::max_artifacts`], for the
+/// report's truncation note, which is all they are used for. Counting distinct names exactly
+/// takes memory in proportion to how many there are (a host with 100,000 records can name
+/// 100,000), so at most [`DROPPED_COUNTED`] names are kept: up to there the note gives the
+/// exact number, as it always did; past it the note says "at least" that many, which stays
+/// true whatever the real number is. A record count or an estimate would be cheaper, but the
+/// first counts repeats and the second could claim more than there were.
+#[derive(Debug, Default)]
+struct Dropped {
+    names: HashSet<String>,
+    /// A name not counted because `names` was full: the real number is higher.
+    more: bool,
+}
+
+impl Dropped {
+    fn insert(&mut self, name: String) {
+        if self.names.len() < DROPPED_COUNTED {
+            self.names.insert(name);
+        } else if !self.names.contains(&name) {
+            self.more = true;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// "12" or "at least 4096".
+    fn count(&self) -> String {
+        if self.more {
+            format!("at least {}", self.names.len())
+        } else {
+            self.names.len().to_string()
+        }
+    }
 }
 
 impl Chainer {
@@ -356,7 +397,7 @@ impl Chainer {
             pages: 0,
             cache_hits: 0,
             truncated: Vec::new(),
-            dropped: HashSet::new(),
+            dropped: Dropped::default(),
             budget_spent: false,
         };
         if let Some(reputation) = known.reputation {
@@ -391,7 +432,7 @@ impl Chainer {
             walk.truncated.push(format!(
                 "max_artifacts ({}) reached: {} further counterpart(s) left out",
                 self.settings.max_artifacts,
-                walk.dropped.len()
+                walk.dropped.count()
             ));
         }
 
@@ -421,6 +462,7 @@ impl Chainer {
             return Ok(Vec::new());
         }
         if let Some(known) = known {
+            // Already in memory: the enricher read it whole and keeps it for its own mapping.
             return Ok(self.add_counterparts(walk, parent, &known.items));
         }
         let budget = self.settings.request_budget;
@@ -438,27 +480,39 @@ impl Chainer {
         if budget_caps {
             limits.max_pages = Some(budget_pages);
         }
-        let collection = walk.graph.passive_dns(parent, limits).await?;
-        walk.pages += collection.pages;
-        if collection.truncated {
+        // A page at a time: each page's records are taken in and dropped before the next page
+        // is asked for, so a host with 100,000 records costs one page of memory, not 100,000
+        // records. What the walk keeps of them is bounded by max_artifacts (nodes) and
+        // DROPPED_COUNTED (the left-out names). A page that fails fails the walk, as before;
+        // what earlier pages added dies with the walk.
+        let graph = walk.graph.clone();
+        let mut added = Vec::new();
+        let paged = graph
+            .passive_dns_pages(parent, limits, |page| {
+                added.extend(self.add_counterparts(walk, parent, &page));
+            })
+            .await?;
+        walk.pages += paged.pages;
+        if paged.truncated {
             if budget_caps {
                 walk.budget_spent = true;
                 walk.truncated.push(format!(
                     "request budget ({budget}) cut the passive DNS of {parent} after {} page(s)",
-                    collection.pages
+                    paged.pages
                 ));
             } else {
                 walk.truncated.push(format!(
                     "page cap cut the passive DNS of {parent} after {} page(s)",
-                    collection.pages
+                    paged.pages
                 ));
             }
         }
-
-        Ok(self.add_counterparts(walk, parent, &collection.items))
+        Ok(added)
     }
 
-    /// Add the counterparts `records` name under `parent`; returns the new ones.
+    /// Add the counterparts `records` name under `parent`; returns the new ones. Called once per
+    /// page (or once with a whole collection the enricher already read): what it keeps does not
+    /// depend on how the records are split, since each record is taken in on its own, in order.
     fn add_counterparts(
         &self,
         walk: &mut Walk,
