@@ -824,3 +824,79 @@ async fn the_walk_costs_no_more_than_the_seed_algorithm() {
     assert!(!seed_pairs.is_empty());
     assert_eq!(our_pairs, seed_pairs, "the same attribution as the seed");
 }
+
+#[tokio::test]
+async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_them() {
+    let (sim, graph) = sim_and_client().await;
+    let db = TestDb::new().await;
+    let (x, y) = ("52.3.0.1", "52.3.0.2");
+    // Two walks meeting the same two hosts in opposite orders.
+    let iocs: Vec<Observable> = [
+        ("crossing-a.shared-test.com", [x, y]),
+        ("crossing-b.shared-test.com", [y, x]),
+    ]
+    .into_iter()
+    .map(|(ioc, hosts)| {
+        let records: Vec<Value> = hosts
+            .iter()
+            .map(|ip| {
+                pdns(
+                    ioc,
+                    ip,
+                    "ipAddress",
+                    "2023-01-01T00:00:00Z",
+                    "2024-01-01T00:00:00Z",
+                )
+            })
+            .collect();
+        sim.control()
+            .set_override(&format!("hosts/{ioc}/passiveDns"), Value::Array(records));
+        observable(ioc)
+    })
+    .collect();
+    // Another worker is asking Graph about both hosts; it answers a second later.
+    let hosts = vec![x.to_owned(), y.to_owned()];
+    let held = db
+        .store
+        .claim_reputation_lookups(&hosts, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(held.hosts.len(), 2);
+    let other_worker = {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let reputation = mdti_worker::enrich::Reputation {
+                classification: Some("neutral".into()),
+                score: Some(1),
+                rules: Vec::new(),
+            };
+            store
+                .save_reputations([(x, &reputation), (y, &reputation)])
+                .await
+                .unwrap();
+            store.release_reputation_lookups(&held).await.unwrap();
+        })
+    };
+
+    let settings = ChainSettings {
+        share_lookups: true,
+        ..ChainSettings::default()
+    };
+    let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), settings)
+        .with_in_flight(InFlight::default());
+    let start = sim.count("reputation");
+    let walks = futures::future::join_all(iocs.iter().map(|ioc| chainer.walk(ioc)));
+    let reports = tokio::time::timeout(std::time::Duration::from_secs(90), walks)
+        .await
+        .expect("the crossing walks finish");
+    other_worker.await.unwrap();
+    for report in reports {
+        assert_eq!(report.expect("walk").counterparts, 2);
+    }
+    assert_eq!(
+        sim.count("reputation") - start,
+        2,
+        "the two IOCs only: both hosts came from the other worker's answers"
+    );
+}
