@@ -125,10 +125,7 @@ async fn postgres_sessions_ended_again_and_again_lose_nothing_and_write_once() {
     app.db.assert_each_item_once(total as i64).await;
     assert_eq!(app.db.count("observables").await, total as i64);
     assert_eq!(app.db.count("rejected_inputs").await, 0);
-    let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
-    let hits = events
-        .assert_every_hit_announced(&app.db, failed_passes)
-        .await;
+    let hits = events.assert_app_announced(&app).await;
     assert!(hits > 0, "the load finds actor hits");
     events.close().await;
     app.teardown().await;
@@ -224,10 +221,7 @@ async fn broker_connections_closed_under_load_are_rebuilt_and_nothing_is_lost() 
     assert_eq!(WorkerStats::get(&app.stats.dead_lettered), 0);
     app.db.assert_each_item_once(total as i64).await;
     assert_eq!(app.db.count("observables").await, total as i64);
-    let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
-    let hits = events
-        .assert_every_hit_announced(&app.db, failed_passes)
-        .await;
+    let hits = events.assert_app_announced(&app).await;
     assert!(hits > 0, "the load finds actor hits");
     events.close().await;
     app.teardown().await;
@@ -309,10 +303,7 @@ async fn a_chaotic_graph_leaves_every_message_done_or_dead_lettered_with_a_reaso
         );
     }
     assert_eq!(app.queue_depths().await, EMPTY);
-    let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
-    events
-        .assert_every_hit_announced(&app.db, failed_passes)
-        .await;
+    events.assert_app_announced(&app).await;
     events.close().await;
     app.teardown().await;
 }

@@ -583,6 +583,13 @@ impl EventsTap {
         hits.len()
     }
 
+    /// [`EventsTap::assert_every_hit_announced`] for the in-process worker's database and relays.
+    pub async fn assert_app_announced(&self, app: &App) -> usize {
+        let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
+        self.assert_every_hit_announced(&app.db, failed_passes)
+            .await
+    }
+
     pub async fn close(self) {
         let _ = self
             .channel
