@@ -346,6 +346,9 @@ async fn session(
         tasks.abort_all();
     }
     drop(relay);
+    if !matches!(end, SessionEnd::Lost(_)) {
+        last_relay_pass(pipeline, &connection, &settings.topology, &stats.outbox).await;
+    }
     // Closing returns every unacked delivery to the queue.
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = connection.close(200, "worker stopping".into()).await;
@@ -488,6 +491,30 @@ fn relay_on(
         stats,
         publisher,
     )
+}
+
+/// Announce what the last messages committed before the connection closes, so that a batch
+/// run leaves no event owed; bounded, since whatever it cannot send stays owed for the next
+/// worker's relay anyway.
+async fn last_relay_pass(
+    pipeline: &Pipeline,
+    connection: &Connection,
+    topology: &Topology,
+    stats: &OutboxStats,
+) {
+    let pass = async {
+        let publisher = Publisher::on_connection_undeclared(connection, topology.clone()).await?;
+        outbox::drain(pipeline.store(), &publisher, stats)
+            .await
+            .map_err(|error| anyhow::anyhow!(error))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), pass).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "last event relay pass failed; the events stay owed")
+        }
+        Err(_) => tracing::warn!("last event relay pass timed out; the rest stays owed"),
+    }
 }
 
 /// A message id that survives redelivery: the publisher's, or one derived from the body, so a
