@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::graph::GraphClient;
 use crate::metrics::Exposition;
+use crate::pipeline::Dependency;
 use crate::queue::consumer::WorkerStats;
 use crate::store::{OutboxBacklog, Store};
 
@@ -148,7 +149,7 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         (_, Some(pause)) => Err(format!(
             "paused for {:.0}s: {} is down for every message ({})",
             pause.since.elapsed().as_secs_f64(),
-            pause.dependency,
+            pause.dependency.as_str(),
             pause.reason
         )),
         (true, None) => Ok(()),
@@ -271,14 +272,20 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "Deliveries handed back to the queue without counting an attempt because Postgres or Graph was down for every message.",
         get(&stats.suspended),
     );
-    let pause = stats.pause();
+    let paused_on = stats.pause().map(|pause| pause.dependency);
+    let labels: Vec<[(&str, &str); 1]> = Dependency::ALL
+        .iter()
+        .map(|d| [("dependency", d.as_str())])
+        .collect();
+    let paused: Vec<(&[(&str, &str)], f64)> = Dependency::ALL
+        .iter()
+        .zip(&labels)
+        .map(|(d, label)| (&label[..], f64::from(u8::from(paused_on == Some(*d)))))
+        .collect();
     out.gauge(
         "mdti_consumer_paused",
         "1 while consumption is paused because a service (label dependency) is down for every message.",
-        &[
-            (&[("dependency", "postgres")], f64::from(u8::from(pause.as_ref().is_some_and(|p| p.dependency == "postgres")))),
-            (&[("dependency", "graph")], f64::from(u8::from(pause.as_ref().is_some_and(|p| p.dependency == "graph")))),
-        ],
+        &paused,
     );
     out.counter_value(
         "mdti_consumer_paused_seconds_total",

@@ -7,7 +7,7 @@
 //! broker, a missing exchange, the process itself), the rows stay owed and a later pass sends
 //! them, independently of what happens to the message:
 //! - passes run when a message committed new hits ([`RelayHandle::wake`]), when a broker
-//!   session starts, and every [`RELAY_INTERVAL`];
+//!   session starts, every [`RELAY_INTERVAL`], and once more when a worker stops;
 //! - relays of several workers never hold the same row at once. An event is sent twice only
 //!   when a relay dies between the broker's confirm and its commit: at least once, and the
 //!   event's message id (`actor-hit-<row id>`) lets a subscriber drop the repeat.
@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapin::Connection;
 use tokio::sync::Notify;
 
 use crate::chain::{actor_hit_event_of, event_routing_key};
-use crate::queue::{PublishError, Publisher};
+use crate::queue::{PublishError, Publisher, Topology};
 use crate::store::{Store, StoreError};
 
 /// How often the relay looks for owed events when nothing woke it.
@@ -58,15 +59,30 @@ pub enum RelayError {
     Publish(#[from] PublishError),
 }
 
+/// Where a relay publishes: channels of its own on the worker's connection, opened as needed.
+/// They declare nothing, so that while the events exchange is missing a publish fails and the
+/// events stay owed, instead of going to a fresh exchange nobody is bound to yet.
+#[derive(Clone)]
+pub struct RelayChannels {
+    pub connection: Arc<Connection>,
+    pub topology: Topology,
+}
+
+impl RelayChannels {
+    async fn open(&self) -> Result<Publisher, PublishError> {
+        Ok(Publisher::on_connection_undeclared(&self.connection, self.topology.clone()).await?)
+    }
+}
+
 /// Relay owed events until the task is dropped or aborted: one pass at once, then one whenever
-/// woken or every [`RELAY_INTERVAL`]. `publisher` makes a fresh publisher (a channel with
-/// confirms) whenever the last one failed, since the broker closes a channel on a refused
-/// publish.
-pub async fn run<P, F>(store: Store, handle: RelayHandle, stats: Arc<OutboxStats>, publisher: P)
-where
-    P: Fn() -> F,
-    F: std::future::Future<Output = Result<Publisher, PublishError>>,
-{
+/// woken or every [`RELAY_INTERVAL`]. A channel that failed is replaced at the next pass, since
+/// the broker closes a channel on a refused publish.
+pub async fn run(
+    store: Store,
+    handle: RelayHandle,
+    stats: Arc<OutboxStats>,
+    channels: RelayChannels,
+) {
     let mut current: Option<Publisher> = None;
     let mut tick = tokio::time::interval(RELAY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -75,28 +91,48 @@ where
             _ = tick.tick() => {}
             _ = handle.wake.notified() => {}
         }
-        if current.is_none() {
-            current = match publisher().await {
-                Ok(made) => Some(made),
+        let publisher = match current.take() {
+            Some(publisher) => publisher,
+            None => match channels.open().await {
+                Ok(publisher) => publisher,
                 Err(error) => {
                     stats.failed_passes.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, "event relay: no channel to publish on; events stay owed");
                     continue;
                 }
-            };
-        }
-        let Some(publisher) = current.as_ref() else {
-            continue;
+            },
         };
-        if let Err(error) = drain(&store, publisher, &stats).await {
-            stats.failed_passes.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%error, "event relay pass failed; its events stay owed and are sent on a later pass");
-            if matches!(error, RelayError::Publish(_)) {
-                current = None;
+        match drain(&store, &publisher, &stats).await {
+            Ok(_) => current = Some(publisher),
+            Err(error) => {
+                stats.failed_passes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "event relay pass failed; its events stay owed and are sent on a later pass");
+                if !matches!(error, RelayError::Publish(_)) {
+                    current = Some(publisher);
+                }
             }
         }
     }
 }
+
+/// One last pass before a worker closes its connection, so that a batch run leaves no event
+/// owed; bounded, since whatever it cannot send stays owed for the next worker's relay.
+pub async fn last_pass(store: &Store, stats: &OutboxStats, channels: &RelayChannels) {
+    let pass = async {
+        let publisher = channels.open().await?;
+        drain(store, &publisher, stats).await
+    };
+    match tokio::time::timeout(LAST_PASS_LIMIT, pass).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "last event relay pass failed; the events stay owed")
+        }
+        Err(_) => tracing::warn!("last event relay pass timed out; the rest stays owed"),
+    }
+}
+
+/// How long a stopping worker gives its last relay pass.
+const LAST_PASS_LIMIT: Duration = Duration::from_secs(10);
 
 /// Send owed events until none is left (or another relay holds the rest); returns how many
 /// this pass announced.

@@ -33,9 +33,6 @@ pub enum Outcome {
         cached: usize,
         skipped: usize,
         rejected: Vec<RejectedInput>,
-        /// Actor hits this message stored whose events are owed; the outbox relay announces
-        /// them (see [`crate::outbox`]).
-        new_hits: usize,
         /// Reputations the chaining read from the Postgres cache instead of Graph.
         reputation_cache_hits: u64,
     },
@@ -61,10 +58,20 @@ pub enum Dependency {
 }
 
 impl Dependency {
+    pub const ALL: [Dependency; 2] = [Dependency::Postgres, Dependency::Graph];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Dependency::Postgres => "postgres",
             Dependency::Graph => "graph",
+        }
+    }
+
+    /// The reason code of a retry this service's failure caused.
+    fn retry_code(self) -> &'static str {
+        match self {
+            Dependency::Postgres => "postgres_unavailable",
+            Dependency::Graph => "graph_unavailable",
         }
     }
 }
@@ -212,7 +219,7 @@ impl Pipeline {
         for (w, answer) in unique.iter().zip(&answers) {
             match answer {
                 Ok(answer) => results.push(ItemResult::Run(run_record(message, w, answer))),
-                Err(failure) if failure.transient => {
+                Err(failure) if failure.retryable => {
                     return self.retry_or_suspend(failure.clone()).await;
                 }
                 Err(failure) => {
@@ -279,8 +286,8 @@ impl Pipeline {
         failpoint::check(failpoint::point::AFTER_RESULTS_COMMIT, message.body);
         // The rows are committed: repeats waiting on these observables may read them now.
         drop(answers);
-        let new_hits = pending.iter().map(Vec::len).sum();
-        if new_hits > 0 {
+        // Hits stored here are owed events: the relay announces them (see `crate::outbox`).
+        if pending.iter().any(|hits| !hits.is_empty()) {
             self.relay.wake();
         }
         Outcome::Done {
@@ -288,7 +295,6 @@ impl Pipeline {
             cached,
             skipped,
             rejected: results.rejected,
-            new_hits,
             reputation_cache_hits,
         }
     }
@@ -320,7 +326,8 @@ impl Pipeline {
     /// came from fails its probe too, the service is down for everybody and the message is
     /// handed back uncounted; otherwise the failure is this message's, and its attempt counts.
     async fn retry_or_suspend(&self, failure: Failure) -> Outcome {
-        if let Some(dependency) = failure.dependency {
+        let dependency = failure.service;
+        if failure.service_may_be_down {
             if let Err(down) = self.probe(dependency).await {
                 return Outcome::Suspend {
                     dependency,
@@ -329,7 +336,7 @@ impl Pipeline {
             }
         }
         Outcome::Retry {
-            code: failure.code,
+            code: dependency.retry_code(),
             reason: failure.reason,
         }
     }
@@ -512,13 +519,8 @@ impl Pipeline {
                     .walk_from(&work.observable, known)
                     .await
                     .map_err(|error| {
-                        let transient = error.is_transient();
-                        Failure {
-                            transient,
-                            code: GRAPH_UNAVAILABLE,
-                            dependency: transient.then_some(Dependency::Graph),
-                            reason: format!("chaining {}: {error}", work.observable),
-                        }
+                        let reason = format!("chaining {}: {error}", work.observable);
+                        Failure::graph_side(error.is_transient(), reason)
                     })?;
                 requests += report.graph_requests;
                 Some(report)
@@ -612,11 +614,12 @@ struct Answer {
 /// Why an item could not be answered; it decides the whole message.
 #[derive(Debug, Clone)]
 struct Failure {
-    transient: bool,
-    /// The reason code of the retry, if it comes to one.
-    code: &'static str,
-    /// The service that failed, when the failure may be the service's rather than the item's.
-    dependency: Option<Dependency>,
+    /// Trying later may succeed; otherwise the message is refused for good.
+    retryable: bool,
+    /// The service the failure came from.
+    service: Dependency,
+    /// The failure may be the service's rather than the item's: worth a probe.
+    service_may_be_down: bool,
     reason: String,
 }
 
@@ -626,12 +629,20 @@ impl Failure {
     /// credentials are wrong) will not improve by waiting and is dead-lettered with the reason,
     /// ready for a replay once the cause is fixed.
     fn graph(observable: &Observable, error: &GraphError) -> Self {
-        let transient = error.is_transient();
+        Failure::graph_side(
+            error.is_transient(),
+            format!("Graph, for {observable}: {error}"),
+        )
+    }
+
+    /// A failure on Graph's side (a request, or a chaining walk), as Graph's client classified
+    /// it.
+    fn graph_side(transient: bool, reason: String) -> Self {
         Failure {
-            transient,
-            code: GRAPH_UNAVAILABLE,
-            dependency: transient.then_some(Dependency::Graph),
-            reason: format!("Graph, for {observable}: {error}"),
+            retryable: transient,
+            service: Dependency::Graph,
+            service_may_be_down: transient,
+            reason,
         }
     }
 
@@ -640,9 +651,9 @@ impl Failure {
     /// Postgres is down for everybody.
     fn store(error: StoreError) -> Self {
         Failure {
-            transient: true,
-            code: POSTGRES_UNAVAILABLE,
-            dependency: error.is_transient().then_some(Dependency::Postgres),
+            retryable: true,
+            service: Dependency::Postgres,
+            service_may_be_down: error.is_transient(),
             reason: format!("Postgres: {error}"),
         }
     }
@@ -650,10 +661,6 @@ impl Failure {
 
 /// The code of a message Graph refused for good (400, 403, wrong credentials).
 const GRAPH_REFUSED: &str = "graph_refused";
-
-/// The reason codes of retries, by the service that failed.
-const GRAPH_UNAVAILABLE: &str = "graph_unavailable";
-const POSTGRES_UNAVAILABLE: &str = "postgres_unavailable";
 
 fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(1000)]).into_owned()

@@ -67,7 +67,7 @@ async fn postgres_down_longer_than_the_attempts_last_dead_letters_nothing() {
         .stats
         .pause()
         .expect("still paused while Postgres is down");
-    assert_eq!(pause.dependency, "postgres");
+    assert_eq!(pause.dependency.as_str(), "postgres");
     assert!(
         !WorkerStats::is(&app.stats.consuming),
         "no deliveries taken while paused"
@@ -102,7 +102,7 @@ async fn graph_failing_every_request_dead_letters_nothing() {
     .await;
     tokio::time::sleep(OUTAGE).await;
     let pause = app.stats.pause().expect("still paused while Graph fails");
-    assert_eq!(pause.dependency, "graph");
+    assert_eq!(pause.dependency.as_str(), "graph");
     assert_eq!(
         WorkerStats::get(&app.stats.retried) + WorkerStats::get(&app.stats.dead_lettered),
         0,

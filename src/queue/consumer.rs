@@ -24,7 +24,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::BasicProperties;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -33,7 +33,7 @@ use super::publisher::Publisher;
 use super::topology::{attempt_of, Topology};
 use crate::config::redact_url;
 use crate::graph::retry::backoff_delay;
-use crate::outbox::{self, OutboxStats};
+use crate::outbox::{self, OutboxStats, RelayChannels};
 use crate::pipeline::{Dependency, Incoming, Outcome, Pipeline, INTERNAL_ERROR};
 use crate::progress;
 use crate::secret::Secret;
@@ -90,7 +90,7 @@ pub struct WorkerStats {
 /// Why and since when consumption is paused.
 #[derive(Debug, Clone)]
 pub struct PauseState {
-    pub dependency: &'static str,
+    pub dependency: Dependency,
     pub reason: String,
     pub since: Instant,
 }
@@ -130,7 +130,7 @@ impl WorkerStats {
         Self::get(&self.paused_micros) as f64 / 1e6 + current
     }
 
-    fn pause_begin(&self, dependency: &'static str, reason: &str) {
+    fn pause_begin(&self, dependency: Dependency, reason: &str) {
         if let Ok(mut paused) = self.paused.lock() {
             *paused = Some(PauseState {
                 dependency,
@@ -246,11 +246,15 @@ async fn session(
     );
     stats.consuming.store(true, Ordering::Relaxed);
     // Owed events go out on this session's connection, from its start on.
-    let relay = AbortOnDrop(tokio::spawn(relay_on(
-        pipeline,
-        Arc::clone(&connection),
-        settings.topology.clone(),
+    let relay_channels = RelayChannels {
+        connection: Arc::clone(&connection),
+        topology: settings.topology.clone(),
+    };
+    let relay = AbortOnDrop(tokio::spawn(outbox::run(
+        pipeline.store().clone(),
+        pipeline.relay().clone(),
         Arc::clone(&stats.outbox),
+        relay_channels.clone(),
     )));
 
     let (suspend, mut suspended) = watch::channel(None::<(Dependency, String)>);
@@ -277,9 +281,9 @@ async fn session(
                     let lose = Arc::clone(&lose);
                     let max_deliveries = settings.max_deliveries;
                     let id = message_id(&delivery.properties, &delivery.data);
-                    tasks.spawn(progress::global().track(&id, async move {
+                    tasks.spawn(progress::global().track(&id.clone(), async move {
                         let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend, lose: &lose };
-                        settle(task, delivery, max_deliveries).await;
+                        settle(task, delivery, id, max_deliveries).await;
                     }));
                 }
                 Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
@@ -347,7 +351,7 @@ async fn session(
     }
     drop(relay);
     if !matches!(end, SessionEnd::Lost(_)) {
-        last_relay_pass(pipeline, &connection, &settings.topology, &stats.outbox).await;
+        outbox::last_pass(pipeline.store(), &stats.outbox, &relay_channels).await;
     }
     // Closing returns every unacked delivery to the queue.
     let _ = channel.close(200, "worker stopping".into()).await;
@@ -378,14 +382,10 @@ async fn hand_back_buffered(channel: &lapin::Channel, tag: &str, consumer: &mut 
     let _ = channel
         .basic_cancel(tag.into(), BasicCancelOptions::default())
         .await;
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
     // The stream ends once the broker confirmed the cancel; bounded in case it never does.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(delivery)) = consumer.next().await {
-            let _ = delivery.nack(requeue).await;
+            let _ = delivery.nack(REQUEUE).await;
         }
     })
     .await;
@@ -407,13 +407,13 @@ async fn pause(
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let dependency = paused.dependency.as_str();
+    stats.pause_begin(paused.dependency, paused.reason);
     tracing::warn!(
         dependency,
         reason = paused.reason,
         "a service is down for every message; consumption paused until it answers"
     );
     stats.consuming.store(false, Ordering::Relaxed);
-    stats.pause_begin(dependency, paused.reason);
     let mut probes: u32 = 0;
     let resumed = loop {
         probes = probes.saturating_add(1);
@@ -469,54 +469,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The outbox relay of one broker session, on channels of its own.
-fn relay_on(
-    pipeline: &Pipeline,
-    connection: Arc<Connection>,
-    topology: Topology,
-    stats: Arc<OutboxStats>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let publisher = move || {
-        let connection = Arc::clone(&connection);
-        let topology = topology.clone();
-        async move {
-            Publisher::on_connection_undeclared(&connection, topology)
-                .await
-                .map_err(super::PublishError::from)
-        }
-    };
-    outbox::run(
-        pipeline.store().clone(),
-        pipeline.relay().clone(),
-        stats,
-        publisher,
-    )
-}
-
-/// Announce what the last messages committed before the connection closes, so that a batch
-/// run leaves no event owed; bounded, since whatever it cannot send stays owed for the next
-/// worker's relay anyway.
-async fn last_relay_pass(
-    pipeline: &Pipeline,
-    connection: &Connection,
-    topology: &Topology,
-    stats: &OutboxStats,
-) {
-    let pass = async {
-        let publisher = Publisher::on_connection_undeclared(connection, topology.clone()).await?;
-        outbox::drain(pipeline.store(), &publisher, stats)
-            .await
-            .map_err(|error| anyhow::anyhow!(error))
-    };
-    match tokio::time::timeout(Duration::from_secs(10), pass).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "last event relay pass failed; the events stay owed")
-        }
-        Err(_) => tracing::warn!("last event relay pass timed out; the rest stays owed"),
-    }
-}
-
 /// A message id that survives redelivery: the publisher's, or one derived from the body, so a
 /// redelivered message without an id still maps to the same result rows.
 pub fn message_id(properties: &BasicProperties, body: &[u8]) -> String {
@@ -565,7 +517,7 @@ async fn outcome_of(pipeline: &Pipeline, incoming: &Incoming<'_>, stats: &Worker
 }
 
 /// Process one delivery and acknowledge it exactly as its outcome says.
-async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
+async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: u32) {
     let Task {
         pipeline,
         publisher,
@@ -575,7 +527,6 @@ async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
     } = task;
     stats.messages.fetch_add(1, Ordering::Relaxed);
     let attempt = attempt_of(&delivery.properties);
-    let id = message_id(&delivery.properties, &delivery.data);
     let content_type = delivery
         .properties
         .content_type()
@@ -596,7 +547,6 @@ async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
             cached,
             skipped,
             rejected,
-            new_hits: _,
             reputation_cache_hits,
         } => {
             stats.done.fetch_add(1, Ordering::Relaxed);
@@ -709,13 +659,15 @@ async fn settle(task: Task<'_>, delivery: Delivery, max_deliveries: u32) {
     }
 }
 
+/// A nack that returns the delivery to its queue.
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
+
 /// Return a delivery to the queue (nack with requeue); its attempt count is unchanged.
 async fn hand_back(delivery: &Delivery, id: &str) {
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    match delivery.nack(requeue).await {
+    match delivery.nack(REQUEUE).await {
         Ok(true) => {}
         Ok(false) | Err(_) => {
             tracing::warn!(message_id = %id, "nack not sent: channel closed; the broker will redeliver")
