@@ -279,7 +279,6 @@ pub struct BrokerArgs {
 }
 
 impl WorkerArgs {
-    /// The chaining settings these flags describe.
     /// The chaining settings these flags describe; a walk reads every passive DNS page, in
     /// pages of 1,000, so that "as long as it has been active" holds.
     pub fn chain_settings(&self) -> crate::chain::ChainSettings {
@@ -289,6 +288,8 @@ impl WorkerArgs {
             request_budget: self.chain_request_budget,
             reputation_ttl: self.reputation_ttl,
             share_lookups: self.share_lookups,
+            measure_sharing: self.measure_sharing,
+            min_event_confidence: self.min_event_confidence,
             ..crate::chain::ChainSettings::default()
         }
     }
@@ -376,6 +377,15 @@ pub struct WorkerArgs {
     /// asking too (claims in Postgres); always on with --tenant-quota
     #[arg(long, env = "MDTI_SHARE_LOOKUPS", default_value_t = false, action = clap::ArgAction::Set)]
     pub share_lookups: bool,
+    /// Read one page of the passive DNS of each counterpart that links an actor, to discount
+    /// links through shared infrastructure (one request per such host per --reputation-ttl)
+    #[arg(long, env = "MDTI_MEASURE_SHARING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub measure_sharing: bool,
+    /// Attributions below this confidence (0-100) are stored but not announced as events
+    /// (40: medium and high are announced, low is not)
+    #[arg(long, env = "MDTI_MIN_EVENT_CONFIDENCE", default_value_t = 40,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub min_event_confidence: u8,
     /// Resync intel profiles and their indicators this often (0 = never)
     #[arg(long, env = "MDTI_PROFILE_SYNC_INTERVAL", default_value = "6h", value_parser = parse_duration)]
     pub profile_sync_interval: Duration,

@@ -99,6 +99,8 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
         chain_request_budget: 2000,
         reputation_ttl: Duration::from_secs(24 * 3600),
         share_lookups: false,
+        measure_sharing: true,
+        min_event_confidence: crate::chain::Band::MEDIUM,
         profile_sync_interval: Duration::from_secs(6 * 3600),
     };
     let stats = Arc::new(WorkerStats::default());

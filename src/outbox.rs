@@ -1,16 +1,20 @@
-//! Announcing actor hits: the relay from the `actor_hits` outbox to the events exchange.
+//! Announcing attributions: the relay from the `actor_attributions` outbox to the events
+//! exchange.
 //!
-//! A hit is stored in the transaction of the message that found it, not yet marked notified:
-//! that row is the promise of an event. The relay claims owed rows (`FOR UPDATE SKIP LOCKED`),
-//! publishes their events with publisher confirms, and marks them in the transaction that
+//! A message that stores hits brings their (observable, actor) pairs up to date in the same
+//! transaction, and marks a pair owed an event when it first reaches the worker's
+//! `--min-event-confidence`, or when its band changes or a new kind of evidence arrives: that
+//! mark is the promise of an event. The relay claims owed rows (`FOR UPDATE SKIP LOCKED`),
+//! publishes their events with publisher confirms, and clears them in the transaction that
 //! claimed them. So, whatever fails between a message's commit and the broker's confirm (the
 //! broker, a missing exchange, the process itself), the rows stay owed and a later pass sends
 //! them, independently of what happens to the message:
-//! - passes run when a message committed new hits ([`RelayHandle::wake`]), when a broker
-//!   session starts, every [`RELAY_INTERVAL`], and once more when a worker stops;
+//! - passes run when a message left pairs owed ([`RelayHandle::wake`]), when a broker session
+//!   starts, every [`RELAY_INTERVAL`], and once more when a worker stops;
 //! - relays of several workers never hold the same row at once. An event is sent twice only
 //!   when a relay dies between the broker's confirm and its commit: at least once, and the
-//!   event's message id (`actor-hit-<row id>`) lets a subscriber drop the repeat.
+//!   event's message id (`actor-attribution-<row id>-<announcement>`) lets a subscriber drop
+//!   the repeat.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use std::time::Duration;
 use lapin::Connection;
 use tokio::sync::Notify;
 
-use crate::chain::{actor_hit_event_of, event_routing_key};
+use crate::chain::{attribution_event, event_routing_key};
 use crate::queue::{PublishError, Publisher, Topology};
 use crate::store::{Store, StoreError};
 
@@ -152,11 +156,10 @@ pub async fn drain(
             .events
             .iter()
             .map(|e| {
-                let body = actor_hit_event_of(&e.kind, &e.value, &e.hit, e.context.as_ref());
                 (
-                    format!("actor-hit-{}", e.hit_id),
-                    event_routing_key(&e.hit.actor),
-                    body,
+                    e.message_id(),
+                    event_routing_key(&e.attribution.actor),
+                    attribution_event(&e.attribution),
                 )
             })
             .collect();

@@ -268,6 +268,7 @@ impl Pipeline {
                     run_id: Some(run_id(message.message_id, w.request.index as i32)),
                     context: w.request.context.clone(),
                     hits: std::mem::take(&mut report.hits),
+                    min_event_confidence: self.settings.chain.min_event_confidence,
                 }),
                 _ => None,
             })
@@ -286,8 +287,8 @@ impl Pipeline {
         failpoint::check(failpoint::point::AFTER_RESULTS_COMMIT, message.body);
         // The rows are committed: repeats waiting on these observables may read them now.
         drop(answers);
-        // Hits stored here are owed events: the relay announces them (see `crate::outbox`).
-        if pending.iter().any(|hits| !hits.is_empty()) {
+        // Attributions left owed an event: the relay announces them (see `crate::outbox`).
+        if pending.iter().any(|owed| !owed.is_empty()) {
             self.relay.wake();
         }
         Outcome::Done {

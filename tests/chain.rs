@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use mdti_worker::chain::{
-    actor_hit_event, cti_actor_names, event_routing_key, sync_profiles, ActorHit, ChainSettings,
-    Chainer, Evidence, ProfileIndex, CTI_RULE,
+    cti_actor_names, event_routing_key, sync_profiles, ActorHit, Band, ChainSettings, Chainer,
+    Evidence, Factor, ProfileIndex, CTI_RULE,
 };
 use mdti_worker::graph::{GraphClient, PageLimits};
 use mdti_worker::in_flight::InFlight;
 use mdti_worker::observable::Observable;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
-use mdti_worker::store::run_id;
+use mdti_worker::store::{run_id, WalkHits};
 use serde_json::{json, Value};
 
 mod support;
@@ -180,6 +180,26 @@ fn known_settings() -> ChainSettings {
     }
 }
 
+/// The hits without their confidence, to compare what was found apart from how it scored.
+fn unscored(hits: &[ActorHit]) -> Vec<ActorHit> {
+    hits.iter()
+        .cloned()
+        .map(|hit| ActorHit {
+            confidence: 0,
+            factors: Vec::new(),
+            ..hit
+        })
+        .collect()
+}
+
+/// (artifact, confidence) of each hit.
+fn scores(hits: &[ActorHit]) -> Vec<(&str, u8)> {
+    hits.iter()
+        .map(|h| (h.artifact.as_str(), h.confidence))
+        .collect()
+}
+
+/// What the walk finds in the known graph; scored by [`expected_scores`].
 fn expected_hits() -> Vec<ActorHit> {
     let aqua_aliases = vec!["ACTINIUM".to_owned(), "Gamaredon".to_owned()];
     vec![
@@ -205,6 +225,8 @@ fn expected_hits() -> Vec<ActorHit> {
             // Records 0, 8 and 16: months 1, 9 and 5.
             first_seen: Some(time("2023-01-01T00:00:00Z")),
             last_seen: Some(time("2024-09-15T00:00:00Z")),
+            confidence: 0,
+            factors: Vec::new(),
         },
         ActorHit {
             actor: "Aqua Blizzard".into(),
@@ -215,10 +237,14 @@ fn expected_hits() -> Vec<ActorHit> {
             evidence: vec![Evidence::ProfileIndicator {
                 profile_id: "p-aqua".into(),
                 source: Some("osint".into()),
+                first_seen: Some(time("2022-01-01T00:00:00Z")),
+                last_seen: None,
             }],
             // Records 3, 11 and 19: months 4, 12 and 8.
             first_seen: Some(time("2023-04-01T00:00:00Z")),
             last_seen: Some(time("2024-12-15T00:00:00Z")),
+            confidence: 0,
+            factors: Vec::new(),
         },
         ActorHit {
             actor: "Volt Typhoon".into(),
@@ -235,6 +261,8 @@ fn expected_hits() -> Vec<ActorHit> {
             // Records 1, 9 and 17: months 2, 10 and 6.
             first_seen: Some(time("2023-02-01T00:00:00Z")),
             last_seen: Some(time("2024-10-15T00:00:00Z")),
+            confidence: 0,
+            factors: Vec::new(),
         },
     ]
 }
@@ -280,7 +308,25 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
 
     let report = chainer.walk(&observable(IOC)).await.expect("walk");
     println!("{report}");
-    assert_eq!(report.hits, expected_hits(), "{report:#?}");
+    assert_eq!(unscored(&report.hits), expected_hits(), "{report:#?}");
+    // 52.1.0.1: one hop 40, a rule and an article agree +15, a second Aqua artifact +5,
+    // malicious at 90 +15. 52.1.0.4: one hop 40, +5, resolved while the indicator was active
+    // +10, and the simulator's own verdict on it. 52.1.0.2: one hop 40, malicious at 80 +10.
+    let aqua_indicator = 55
+        + report.hits[1]
+            .factors
+            .iter()
+            .filter(|f| f.factor == "reputation")
+            .map(|f| f.points)
+            .sum::<i32>();
+    assert_eq!(
+        scores(&report.hits),
+        [
+            ("52.1.0.1", 75),
+            ("52.1.0.4", aqua_indicator as u8),
+            ("52.1.0.2", 50)
+        ]
+    );
     assert_eq!(
         report.actors(),
         BTreeMap::from([
@@ -302,15 +348,17 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
     );
     // 8 public counterparts in the window: not the IOC, not 10.0.0.1, not the old 52.1.0.9.
     assert_eq!(report.counterparts, 8);
-    assert_eq!(report.pages, 3);
+    // Three pages of the IOC, and one of each attributed counterpart to see how shared it is.
+    assert_eq!(report.pages, 6);
+    assert_eq!(report.sharing_pages, 3);
     assert!(report.truncated.is_empty(), "{:?}", report.truncated);
-    assert_eq!(sim.count("passiveDns"), 3);
+    assert_eq!(sim.count("passiveDns"), 6);
     assert_eq!(
         sim.count("reputation"),
         9,
         "the IOC and 8 counterparts, once each"
     );
-    assert_eq!(report.graph_requests, 12);
+    assert_eq!(report.graph_requests, 15);
     assert_eq!(report.reputation_cache_hits, 0);
     assert_eq!(
         sim.count("intelProfiles") + sim.count("intelProfileIndicators"),
@@ -320,12 +368,13 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
     assert!(text.contains("Aqua Blizzard [profile p-aqua]"), "{text}");
     assert!(text.contains("Infrastructure overlaps"), "{text}");
 
-    // Again, through the cache: the same hits, no reputation request.
+    // Again, through the cache: the same hits and scores, no reputation or sharing request.
     let again = chainer.walk(&observable(IOC)).await.expect("walk again");
     assert_eq!(again.hits, report.hits);
     assert_eq!(again.reputation_cache_hits, 9);
     assert_eq!(sim.count("reputation"), 9);
     assert_eq!(again.graph_requests, 3);
+    assert_eq!(again.sharing_pages, 0);
 
     // Without a store or profiles (enrich --chain): the rule hits, without profile matches.
     let bare = Chainer::new(graph, None, known_settings());
@@ -350,45 +399,92 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
     );
 }
 
+fn walk_of(
+    ioc: &Observable,
+    run: Option<uuid::Uuid>,
+    context: Option<&Value>,
+    hits: &[ActorHit],
+) -> WalkHits {
+    WalkHits {
+        observable: ioc.clone(),
+        run_id: run,
+        context: context.cloned(),
+        hits: hits.to_vec(),
+        min_event_confidence: 40,
+    }
+}
+
 #[tokio::test]
-async fn hits_are_recorded_once_and_new_ones_reported() {
+async fn hits_are_recorded_once_and_their_attributions_owed_until_announced() {
     let db = TestDb::new().await;
     let ioc = observable(IOC);
-    let hits = expected_hits();
+    let mut hits = expected_hits();
+    for (hit, confidence) in hits.iter_mut().zip([75, 60, 50]) {
+        hit.confidence = confidence;
+    }
     let run = run_id("message-1", 0);
     let context = json!({"incident": 7});
 
-    let new = db
+    let owed = db
         .store
-        .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
+        .record_actor_hits(walk_of(&ioc, Some(run), Some(&context), &hits))
         .await
         .expect("record");
-    assert_eq!(new.len(), 3);
+    let actors: Vec<&str> = owed.iter().map(|o| o.actor.as_str()).collect();
+    assert_eq!(actors, ["Aqua Blizzard", "Volt Typhoon"], "one per actor");
     assert_eq!(db.query_count("SELECT count(*) FROM observables").await, 1);
     assert_eq!(db.query_count("SELECT count(*) FROM actor_hits").await, 3);
+    let pairs: Vec<(String, i16, String, i32, Vec<String>)> = sqlx::query_as(
+        "SELECT actor, confidence, band, artifacts, evidence_kinds FROM actor_attributions ORDER BY actor",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        pairs,
+        [
+            (
+                "Aqua Blizzard".to_owned(),
+                75,
+                "high".to_owned(),
+                2,
+                vec![
+                    "intel_article".to_owned(),
+                    "profile_indicator".to_owned(),
+                    "reputation_rule".to_owned()
+                ]
+            ),
+            (
+                "Volt Typhoon".to_owned(),
+                50,
+                "medium".to_owned(),
+                1,
+                vec!["reputation_rule".to_owned()]
+            ),
+        ],
+        "the best hit's confidence, its band, the artifacts and evidence kinds of the pair"
+    );
 
-    // Not announced yet (the event publish failed, say): recording again still reports them.
+    // Not announced yet (the broker is down, say): recording again leaves them owed.
     let unannounced = db
         .store
-        .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
+        .record_actor_hits(walk_of(&ioc, Some(run), Some(&context), &hits))
         .await
-        .expect("record while pending");
-    assert_eq!(
-        unannounced, new,
-        "pending hits are reported until announced"
-    );
-    let ids: Vec<i64> = new.iter().map(|p| p.id).collect();
-    db.store.mark_hits_notified(&ids).await.expect("mark");
+        .expect("record while owed");
+    assert_eq!(unannounced, owed, "owed until announced");
+    let claimed = db.store.claim_owed_events(10).await.expect("claim");
+    assert_eq!(claimed.events.len(), 2);
+    claimed.mark_announced().await.expect("mark");
 
     let again = db
         .store
-        .record_actor_hits(&ioc, Some(run), Some(&context), &hits)
+        .record_actor_hits(walk_of(&ioc, Some(run), Some(&context), &hits))
         .await
         .expect("record again");
     assert!(again.is_empty(), "{again:#?}");
     assert_eq!(db.query_count("SELECT count(*) FROM actor_hits").await, 3);
 
-    // One more hit among the known ones: only it is new.
+    // One more actor among the known ones: only its pair is owed.
     let mut more = hits.clone();
     more.push(ActorHit {
         actor: "Storm-0558".into(),
@@ -399,20 +495,29 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
         evidence: vec![],
         first_seen: None,
         last_seen: None,
+        confidence: 60,
+        factors: vec![Factor {
+            factor: "link".into(),
+            detail: "the IOC itself".into(),
+            points: 60,
+        }],
     });
-    let new = db
+    let owed = db
         .store
-        .record_actor_hits(&ioc, None, None, &more)
+        .record_actor_hits(walk_of(&ioc, None, None, &more))
         .await
         .expect("record more");
-    assert_eq!(new.len(), 1);
-    assert_eq!(new[0].hit.actor, "Storm-0558");
+    assert_eq!(owed.len(), 1);
+    assert_eq!(owed[0].actor, "Storm-0558");
 
     let stored = db.store.actor_hits_for(&ioc).await.expect("read back");
     assert_eq!(stored.len(), 4);
     let mut expected = more.clone();
     expected.sort_by(|a, b| (&a.actor, &a.artifact).cmp(&(&b.actor, &b.artifact)));
-    assert_eq!(stored, expected, "round trip");
+    assert_eq!(
+        stored, expected,
+        "round trip, confidence and factors included"
+    );
     assert_eq!(
         db.query_count(
             "SELECT count(*) FROM actor_hits WHERE run_id IS NOT NULL AND context IS NOT NULL"
@@ -421,15 +526,20 @@ async fn hits_are_recorded_once_and_new_ones_reported() {
         3,
         "the run and context are kept when a later record has none"
     );
-
-    let event = actor_hit_event(&ioc, &hits[0], Some(&context));
-    assert_eq!(event["actor"], "Aqua Blizzard");
-    assert_eq!(event["observable"]["value"], IOC);
-    assert_eq!(event["evidence"][0]["source"], "reputation_rule");
-    assert_eq!(event["evidence"][1]["article_id"], "abc123");
-    assert_eq!(event["context"]["incident"], 7);
-    assert_eq!(event["first_seen"], "2023-01-01T00:00:00Z");
     assert_eq!(event_routing_key(&hits[0].actor), "aqua-blizzard");
+}
+
+#[tokio::test]
+async fn the_sql_bands_are_the_rust_bands() {
+    let db = TestDb::new().await;
+    let sql: Vec<String> = sqlx::query_scalar(
+        "SELECT confidence_band(c) FROM generate_series(0, 100) AS c ORDER BY c",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let rust: Vec<String> = (0..=100u8).map(|c| Band::of(c).to_string()).collect();
+    assert_eq!(sql, rust);
 }
 
 // ---------------------------------------------------------------------------------------------

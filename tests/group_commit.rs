@@ -61,6 +61,7 @@ fn message(message_id: &str, value: &str) -> MessageResults {
             run_id: Some(run_id(message_id, 0)),
             context: Some(json!({"message": message_id})),
             hits: vec![hit(&observable)],
+            min_event_confidence: 40,
         }],
     }
 }
@@ -75,9 +76,13 @@ fn hit(observable: &Observable) -> ActorHit {
         evidence: vec![Evidence::ProfileIndicator {
             profile_id: "p-aqua".into(),
             source: None,
+            first_seen: None,
+            last_seen: None,
         }],
         first_seen: None,
         last_seen: None,
+        confidence: 60,
+        factors: Vec::new(),
     }
 }
 
@@ -160,8 +165,8 @@ async fn messages_finishing_together_share_one_transaction_and_each_gets_its_hit
             "its own results back"
         );
         assert_eq!(pending.len(), 1, "one walk");
-        assert_eq!(pending[0].len(), 1, "its one new hit, to announce");
-        assert_eq!(pending[0][0].hit.artifact, format!("host-{i}.com"));
+        assert_eq!(pending[0].len(), 1, "its one new attribution, to announce");
+        assert_eq!(pending[0][0].actor, "Aqua Blizzard");
     }
     for answer in openers {
         assert!(answer.await.unwrap().1.is_ok());
@@ -231,7 +236,7 @@ async fn a_message_the_database_refuses_fails_alone_and_the_rest_of_its_batch_co
 }
 
 #[tokio::test]
-async fn two_deliveries_of_one_observable_in_a_batch_write_its_hit_once_and_announce_it_once() {
+async fn two_deliveries_of_one_observable_in_a_batch_write_its_hit_and_attribution_once() {
     let db = TestDb::new().await;
     let stats = Arc::new(GroupCommitStats::default());
     let lock = lock_runs(&db).await;
@@ -248,10 +253,16 @@ async fn two_deliveries_of_one_observable_in_a_batch_write_its_hit_once_and_anno
         assert!(answer.await.unwrap().1.is_ok());
     }
     assert_eq!(stats.transactions.load(Ordering::Relaxed), 3);
+    assert_eq!(first[0], second[0], "both name the same attribution");
+    assert_eq!(first[0].len(), 1);
     assert_eq!(
-        first[0].len() + second[0].len(),
+        db.query_count(
+            "SELECT count(*) FROM actor_attributions a JOIN observables o \
+             ON o.id = a.observable_id WHERE a.owed AND o.value = 'shared.com'"
+        )
+        .await,
         1,
-        "one row, so one event: {first:?} {second:?}"
+        "one row, so one event"
     );
     assert_eq!(
         db.query_count("SELECT count(*) FROM actor_hits WHERE artifact = 'shared.com'")

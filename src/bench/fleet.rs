@@ -84,6 +84,11 @@ fn command_line(
             worker.chain_request_budget.to_string(),
         ),
         ("--reputation-ttl", duration_arg(worker.reputation_ttl)),
+        ("--measure-sharing", worker.measure_sharing.to_string()),
+        (
+            "--min-event-confidence",
+            worker.min_event_confidence.to_string(),
+        ),
         (
             "--profile-sync-interval",
             duration_arg(worker.profile_sync_interval),

@@ -813,6 +813,8 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         reputation_ttl: Duration::from_secs(24 * 3600),
         // Worker processes share a tenant quota, which turns it on.
         share_lookups: false,
+        measure_sharing: true,
+        min_event_confidence: crate::chain::Band::MEDIUM,
         // Synced above; a sync inside the window would be counted as the observables' cost.
         profile_sync_interval: Duration::ZERO,
         // The bench stops the worker itself, the moment the last message is settled.

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::{ActorHit, ArticleRef, Evidence, Node, ProfileIndex};
+use super::confidence::{self, HitContext};
+use super::{ActorHit, ArticleRef, Evidence, Fanout, Node, ProfileIndex};
 use crate::enrich::{Reputation, ReputationRule};
 
 /// The rule whose description names the threat actor group(s).
@@ -142,13 +143,15 @@ pub(super) fn attribute(
                 }
             }
         }
-        for (profile, source) in profiles.lookup(artifact) {
+        for (profile, indicator) in profiles.lookup(artifact) {
             found.push((
                 profile.title.clone(),
                 Some(profile),
                 Evidence::ProfileIndicator {
                     profile_id: profile.id.clone(),
-                    source: source.map(str::to_owned),
+                    source: indicator.source.clone(),
+                    first_seen: indicator.first_seen,
+                    last_seen: indicator.last_seen,
                 },
             ));
         }
@@ -165,6 +168,8 @@ pub(super) fn attribute(
                     evidence: Vec::new(),
                     first_seen: node.first_seen,
                     last_seen: node.last_seen,
+                    confidence: 0,
+                    factors: Vec::new(),
                 });
             if hit.profile_id.is_none() {
                 if let Some(p) = profile {
@@ -193,6 +198,31 @@ pub(super) fn attribute(
         ))
     });
     (hits, articles)
+}
+
+/// Give every hit of a walk its confidence (see [`confidence`]): `reputations` are the walk's,
+/// `sharing` says how shared the last hop to a hit's artifact is.
+pub(super) fn score(
+    hits: &mut [ActorHit],
+    reputations: &HashMap<String, Option<Reputation>>,
+    sharing: impl Fn(&ActorHit) -> Option<Fanout>,
+) {
+    let mut per_actor: HashMap<String, usize> = HashMap::new();
+    for hit in hits.iter() {
+        *per_actor.entry(hit.actor.to_lowercase()).or_default() += 1;
+    }
+    for hit in hits.iter_mut() {
+        let (confidence, factors) = confidence::score(&HitContext {
+            hops: hit.path.len().saturating_sub(1),
+            evidence: &hit.evidence,
+            artifacts_for_actor: per_actor[&hit.actor.to_lowercase()],
+            sharing: sharing(hit),
+            window: (hit.first_seen, hit.last_seen),
+            reputation: reputations.get(&hit.artifact).and_then(Option::as_ref),
+        });
+        hit.confidence = confidence;
+        hit.factors = factors;
+    }
 }
 
 #[cfg(test)]

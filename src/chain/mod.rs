@@ -39,8 +39,11 @@
 //!   `APT28` and `Forest Blizzard` on the same artifact are one hit.
 
 mod attribution;
+pub mod confidence;
+mod event;
 mod profiles;
 mod report;
+mod sharing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,11 +57,13 @@ use serde::{Deserialize, Serialize};
 use crate::in_flight::{Follower, InFlight, Lead, Role};
 use crate::progress::{self, point};
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
+pub use confidence::{Band, Factor, Fanout};
+pub use event::{attribution_event, Attribution, AttributionLink, EVENT_ARTIFACTS};
 pub use profiles::{
     sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
     ProfileInfo, SyncSummary,
 };
-pub use report::{actor_hit_event, actor_hit_event_of, event_routing_key};
+pub use report::event_routing_key;
 
 use crate::enrich::{mapping, Reputation};
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
@@ -90,6 +95,12 @@ pub struct ChainSettings {
     /// a host another worker is asking about instead of asking too. Costs two statements per
     /// walk level, so it is for workers sharing one tenant's quota.
     pub share_lookups: bool,
+    /// Read one page of the passive DNS of each counterpart that links an actor (unless the
+    /// walk read it already, or the cache has it) to measure how shared it is; see
+    /// [`confidence`]. Off, such links are scored as unmeasured.
+    pub measure_sharing: bool,
+    /// Attributions below this confidence are stored but not announced.
+    pub min_event_confidence: u8,
 }
 
 impl Default for ChainSettings {
@@ -106,6 +117,8 @@ impl Default for ChainSettings {
             reputation_ttl: Duration::from_secs(24 * 3600),
             concurrency: 8,
             share_lookups: false,
+            measure_sharing: true,
+            min_event_confidence: Band::MEDIUM,
         }
     }
 }
@@ -154,7 +167,24 @@ pub enum Evidence {
         profile_id: String,
         #[serde(rename = "indicator_source")]
         source: Option<String>,
+        /// When the profile says the actor used the artifact (an indicator without a last-seen
+        /// time is still in use).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_seen: Option<DateTime<Utc>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<DateTime<Utc>>,
     },
+}
+
+impl Evidence {
+    /// The `source` tag: `reputation_rule`, `intel_article` or `profile_indicator`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Evidence::ReputationRule { .. } => "reputation_rule",
+            Evidence::IntelArticle { .. } => "intel_article",
+            Evidence::ProfileIndicator { .. } => "profile_indicator",
+        }
+    }
 }
 
 /// One actor linked to one artifact (the IOC itself or a counterpart), evidence merged.
@@ -174,6 +204,10 @@ pub struct ActorHit {
     /// linking the artifact to the previous host of the path (none for the IOC itself).
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
+    /// 0-100: how much the hit is worth (see [`confidence`]).
+    pub confidence: u8,
+    /// What made the confidence, in order.
+    pub factors: Vec<Factor>,
 }
 
 /// An intel article rule found on an artifact, whether or not an actor was named there.
@@ -198,6 +232,9 @@ pub struct ChainReport {
     pub counterparts: usize,
     /// Passive DNS pages read.
     pub pages: u32,
+    /// Of [`ChainReport::pages`], first pages read only to measure how shared an attributed
+    /// counterpart is (see [`confidence`]).
+    pub sharing_pages: u32,
     /// Graph requests this walk sent, retries included.
     pub graph_requests: u64,
     /// Reputations read from the Postgres cache, or from a lookup another walk had in flight,
@@ -286,11 +323,16 @@ struct Walk {
     /// Reputations of this walk, `None` when the budget left it unasked.
     reputations: HashMap<String, Option<Reputation>>,
     pages: u32,
+    sharing_pages: u32,
     cache_hits: u64,
     truncated: Vec<String>,
     /// Counterparts left out by [`ChainSettings::max_artifacts`].
     dropped: Dropped,
     budget_spent: bool,
+    /// How many hosts each walked or measured host's passive DNS names.
+    fanout: HashMap<String, Fanout>,
+    /// The distinct hosts the passive DNS being read names, up to [`sharing::COUNTED`].
+    counting: sharing::Counter,
 }
 
 /// The most distinct left-out counterparts a walk counts exactly; see [`Dropped`].
@@ -308,6 +350,25 @@ struct Dropped {
     names: HashSet<String>,
     /// A name not counted because `names` was full: the real number is higher.
     more: bool,
+}
+
+impl Walk {
+    /// The passive DNS of `parent` was read: what [`Walk::counting`] counted is its fanout.
+    fn counted(&mut self, parent: &str, cut: bool) {
+        let fanout = self.counting.fanout(cut);
+        self.fanout.insert(parent.to_owned(), fanout);
+    }
+
+    /// How shared the last hop to `hit`'s artifact is: the wider of its two ends, as far as
+    /// measured. Nothing for the IOC itself.
+    fn link_sharing(&self, hit: &ActorHit) -> Option<Fanout> {
+        let n = hit.path.len();
+        if n < 2 {
+            return None;
+        }
+        let parent = self.fanout.get(&hit.path[n - 2]).copied();
+        Fanout::wider(parent, self.fanout.get(&hit.artifact).copied())
+    }
 }
 
 impl Dropped {
@@ -395,10 +456,13 @@ impl Chainer {
             visited: HashSet::new(),
             reputations: HashMap::new(),
             pages: 0,
+            sharing_pages: 0,
             cache_hits: 0,
             truncated: Vec::new(),
             dropped: Dropped::default(),
             budget_spent: false,
+            fanout: HashMap::new(),
+            counting: sharing::Counter::default(),
         };
         if let Some(reputation) = known.reputation {
             walk.reputations
@@ -436,14 +500,17 @@ impl Chainer {
             ));
         }
 
-        let (hits, articles) =
+        let (mut hits, articles) =
             attribution::attribute(&walk.order, &walk.nodes, &walk.reputations, &self.profiles);
+        self.measure_sharing(&mut walk, &hits).await?;
+        attribution::score(&mut hits, &walk.reputations, |hit| walk.link_sharing(hit));
         Ok(ChainReport {
             ioc: ioc.clone(),
             hits,
             articles,
             counterparts: walk.nodes.len() - 1,
             pages: walk.pages,
+            sharing_pages: walk.sharing_pages,
             graph_requests: walk.graph.requests(),
             reputation_cache_hits: walk.cache_hits,
             truncated: walk.truncated,
@@ -461,9 +528,12 @@ impl Chainer {
         if !walk.visited.insert(parent.to_owned()) {
             return Ok(Vec::new());
         }
+        walk.counting = sharing::Counter::default();
         if let Some(known) = known {
             // Already in memory: the enricher read it whole and keeps it for its own mapping.
-            return Ok(self.add_counterparts(walk, parent, &known.items));
+            let added = self.add_counterparts(walk, parent, &known.items);
+            walk.counted(parent, false);
+            return Ok(added);
         }
         let budget = self.settings.request_budget;
         let left = budget.saturating_sub(walk.graph.requests());
@@ -493,6 +563,7 @@ impl Chainer {
             })
             .await?;
         walk.pages += paged.pages;
+        walk.counted(parent, paged.truncated);
         if paged.truncated {
             if budget_caps {
                 walk.budget_spent = true;
@@ -522,14 +593,16 @@ impl Chainer {
         let path = walk.nodes[parent].path.clone();
         let mut added = Vec::new();
         for record in records {
+            let Some(artifact) = counterpart(record) else {
+                continue;
+            };
+            // Every name counts towards how shared the parent is, however old its record.
+            walk.counting.insert(&artifact);
             if let (Some(since), Some(last)) = (self.settings.since, record.last_seen_date_time) {
                 if last < since {
                     continue;
                 }
             }
-            let Some(artifact) = counterpart(record) else {
-                continue;
-            };
             if let Some(node) = walk.nodes.get_mut(&artifact) {
                 if node.parent() == Some(parent) {
                     node.widen(record);

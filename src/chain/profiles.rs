@@ -40,13 +40,22 @@ pub struct ProfileInfo {
     pub aliases: Vec<String>,
 }
 
+/// What a profile says of one of its indicators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndicatorInfo {
+    /// `microsoft`, `osint`, `public`.
+    pub source: Option<String>,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 /// Canonical indicator artifact → the profiles listing it; and group name (title or alias,
 /// case-insensitive) → profile. Immutable once built: share it in an `Arc`, rebuild to refresh.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileIndex {
     profiles: Vec<ProfileInfo>,
-    /// (profile index, indicator source), profiles in id order.
-    by_artifact: HashMap<String, Vec<(usize, Option<String>)>>,
+    /// (profile index, what it says of the indicator), profiles in id order.
+    by_artifact: HashMap<String, Vec<(usize, IndicatorInfo)>>,
     by_name: HashMap<String, usize>,
 }
 
@@ -89,7 +98,7 @@ impl ProfileIndex {
             }
         }
         by_name.remove("");
-        let mut by_artifact: HashMap<String, Vec<(usize, Option<String>)>> = HashMap::new();
+        let mut by_artifact: HashMap<String, Vec<(usize, IndicatorInfo)>> = HashMap::new();
         for (profile_id, indicator) in indicators {
             let Some(&i) = position.get(profile_id.as_str()) else {
                 continue;
@@ -99,7 +108,14 @@ impl ProfileIndex {
             };
             let entry = by_artifact.entry(artifact).or_default();
             if !entry.iter().any(|(j, _)| *j == i) {
-                entry.push((i, indicator.source));
+                entry.push((
+                    i,
+                    IndicatorInfo {
+                        source: indicator.source,
+                        first_seen: indicator.first_seen,
+                        last_seen: indicator.last_seen,
+                    },
+                ));
                 entry.sort_by_key(|(j, _)| *j);
             }
         }
@@ -116,15 +132,15 @@ impl ProfileIndex {
         Ok(ProfileIndex::from_records(profiles, indicators))
     }
 
-    /// The profiles listing `artifact` (canonical form) as an indicator, with the indicator's
-    /// source.
-    pub fn lookup(&self, artifact: &str) -> Vec<(&ProfileInfo, Option<&str>)> {
+    /// The profiles listing `artifact` (canonical form) as an indicator, with what each says
+    /// of it.
+    pub fn lookup(&self, artifact: &str) -> Vec<(&ProfileInfo, &IndicatorInfo)> {
         self.by_artifact
             .get(artifact)
             .map(|entries| {
                 entries
                     .iter()
-                    .map(|(i, source)| (&self.profiles[*i], source.as_deref()))
+                    .map(|(i, info)| (&self.profiles[*i], info))
                     .collect()
             })
             .unwrap_or_default()

@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
 
 use super::{ActorHit, ChainReport, Evidence};
-use crate::observable::Observable;
 
 impl ChainReport {
     /// Actor → the domains and IPs linking the IOC to it (sorted, each once): what the seed
@@ -64,7 +62,9 @@ impl fmt::Display for Evidence {
                 opt(article_id),
                 opt(url)
             ),
-            Evidence::ProfileIndicator { profile_id, source } => write!(
+            Evidence::ProfileIndicator {
+                profile_id, source, ..
+            } => write!(
                 f,
                 "indicator of intel profile {profile_id} (source {})",
                 opt(source)
@@ -150,34 +150,6 @@ pub fn event_routing_key(actor: &str) -> String {
         .map(str::to_lowercase)
         .collect::<Vec<_>>()
         .join("-")
-}
-
-/// The body of the event published for one new hit on the outbound exchange.
-pub fn actor_hit_event(observable: &Observable, hit: &ActorHit, context: Option<&Value>) -> Value {
-    actor_hit_event_of(observable.kind().as_str(), observable.value(), hit, context)
-}
-
-/// [`actor_hit_event`] for an observable known by its stored kind name and value.
-pub fn actor_hit_event_of(
-    kind: &str,
-    value: &str,
-    hit: &ActorHit,
-    context: Option<&Value>,
-) -> Value {
-    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
-    json!({
-        "type": "actor_hit",
-        "observable": {"kind": kind, "value": value},
-        "actor": hit.actor,
-        "profile_id": hit.profile_id,
-        "aliases": hit.aliases,
-        "artifact": hit.artifact,
-        "path": hit.path,
-        "evidence": hit.evidence,
-        "first_seen": time(hit.first_seen),
-        "last_seen": time(hit.last_seen),
-        "context": context,
-    })
 }
 
 #[cfg(test)]

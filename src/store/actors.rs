@@ -2,15 +2,16 @@
 //! actor intelligence profiles (`intel_profiles`, `intel_profile_indicators`). See
 //! `migrations/0002_actor_hits.sql` and [`crate::chain`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use super::attributions::{upsert_pairs, OwedAttribution};
 use super::write::{pg_json, pg_text, pg_texts, record_batch, Part};
 use super::{kind_name, Store, StoreError};
-use crate::chain::{ActorHit, Evidence, IntelProfileRecord, ProfileIndicatorRecord};
+use crate::chain::{ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord};
 use crate::observable::Observable;
 
 /// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
@@ -26,14 +27,6 @@ fn text_array(column: &str) -> String {
     JSON_TO_TEXT_ARRAY.replace("{}", column)
 }
 
-/// A stored actor hit whose event still has to be published.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingHit {
-    /// The `actor_hits` row, for [`Store::mark_hits_notified`].
-    pub id: i64,
-    pub hit: ActorHit,
-}
-
 /// The hits one walk found for one observable, to be written with the message's results.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WalkHits {
@@ -43,28 +36,21 @@ pub struct WalkHits {
     /// The producer's context, echoed into the rows and the events.
     pub context: Option<Value>,
     pub hits: Vec<ActorHit>,
+    /// Attributions of this walk below this confidence are stored but not announced.
+    pub min_event_confidence: u8,
 }
 
 impl Store {
-    /// Upsert the hits of one walk of `observable` (and the observable row if missing), in one
-    /// transaction; see `upsert_walks` for what is returned. A message's hits are normally
-    /// written with its results by [`Store::commit_results`].
+    /// Upsert the hits of one walk (and the observable row if missing) and their attributions,
+    /// in one transaction; returns the attributions left owed an event (see `upsert_walks`). A
+    /// message's hits are normally written with its results by [`Store::commit_results`].
     pub async fn record_actor_hits(
         &self,
-        observable: &Observable,
-        run_id: Option<Uuid>,
-        context: Option<&Value>,
-        hits: &[ActorHit],
-    ) -> Result<Vec<PendingHit>, StoreError> {
-        if hits.is_empty() {
+        walk: WalkHits,
+    ) -> Result<Vec<OwedAttribution>, StoreError> {
+        if walk.hits.is_empty() {
             return Ok(Vec::new());
         }
-        let walk = WalkHits {
-            observable: observable.clone(),
-            run_id,
-            context: context.cloned(),
-            hits: hits.to_vec(),
-        };
         let part = Part {
             runs: &[],
             rejected: &[],
@@ -77,22 +63,6 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// The events of these hits were confirmed by the broker: they are no longer pending.
-    /// Committed without waiting for the WAL flush: a mark lost in a crash only means the hit
-    /// is announced again.
-    pub async fn mark_hits_notified(&self, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE actor_hits SET notified_at = now() WHERE id = ANY($1) AND notified_at IS NULL",
-        )
-        .bind(ids)
-        .execute(&self.relaxed)
-        .await?;
-        Ok(())
-    }
-
     /// The stored hits of `observable`, by actor and artifact.
     pub async fn actor_hits_for(
         &self,
@@ -100,7 +70,7 @@ impl Store {
     ) -> Result<Vec<ActorHit>, StoreError> {
         let rows = sqlx::query(
             "SELECT h.actor, h.profile_id, h.aliases, h.artifact, h.path, h.evidence, \
-                 h.first_seen, h.last_seen \
+                 h.first_seen, h.last_seen, h.confidence, h.confidence_factors \
              FROM actor_hits h JOIN observables o ON o.id = h.observable_id \
              WHERE o.kind = $1 AND o.value = $2 ORDER BY h.actor, h.artifact",
         )
@@ -277,6 +247,13 @@ pub(super) fn hit_from_row(row: &sqlx::postgres::PgRow) -> Result<ActorHit, Stor
             what: "actor hit evidence",
             detail: error.to_string(),
         })?;
+    let factors: Value = row.try_get("confidence_factors")?;
+    let factors: Vec<Factor> =
+        serde_json::from_value(factors).map_err(|error| StoreError::Decode {
+            what: "actor hit confidence factors",
+            detail: error.to_string(),
+        })?;
+    let confidence: i16 = row.try_get("confidence")?;
     Ok(ActorHit {
         actor: row.try_get("actor")?,
         profile_id: row.try_get("profile_id")?,
@@ -286,6 +263,8 @@ pub(super) fn hit_from_row(row: &sqlx::postgres::PgRow) -> Result<ActorHit, Stor
         evidence,
         first_seen: row.try_get("first_seen")?,
         last_seen: row.try_get("last_seen")?,
+        confidence: confidence.clamp(0, 100) as u8,
+        factors,
     })
 }
 
@@ -306,20 +285,19 @@ pub(super) async fn observable_id(
     .await?)
 }
 
-/// Upsert the hits of these walks, each with the id of its observable, in one statement.
-/// Returns, per walk, the hits whose event has not been confirmed yet (new ones, and any an
-/// earlier delivery stored but could not announce), with their row ids: the caller publishes
-/// one event for each and then calls [`Store::mark_hits_notified`]. Recording the same, already
-/// announced hits again returns none. An existing hit gets the new evidence, path, profile and
-/// aliases, its seen times widened, and the run and context when given.
+/// Upsert the hits of these walks, each with the id of its observable, in one statement, then
+/// their attributions (see [`upsert_pairs`]). Returns, per walk, the attributions of its
+/// observable and actors left owed an event: the caller wakes the relay when there are any.
+/// An existing hit gets the new evidence, confidence, path, profile and aliases, its seen times
+/// widened, and the run and context when given.
 ///
 /// Two walks of one observable (two messages of one batch) may find the same hit: the row is
-/// written once, from the later walk, and only that walk announces it.
+/// written once, from the later walk.
 pub(super) async fn upsert_walks(
     tx: &mut Transaction<'_, Postgres>,
     walks: &[(i64, &WalkHits)],
-) -> Result<Vec<Vec<PendingHit>>, StoreError> {
-    let mut pending = vec![Vec::new(); walks.len()];
+) -> Result<Vec<Vec<OwedAttribution>>, StoreError> {
+    let mut owed_by_walk = vec![Vec::new(); walks.len()];
     // One row per key (Postgres refuses to update a row twice in one statement), in key
     // order so concurrent writers lock rows in the same order. The last hit of a key wins.
     let rows: BTreeMap<(i64, String, String), (usize, &ActorHit)> = walks
@@ -335,7 +313,7 @@ pub(super) async fn upsert_walks(
         })
         .collect();
     if rows.is_empty() {
-        return Ok(pending);
+        return Ok(owed_by_walk);
     }
     let n = rows.len();
     let mut columns = HitColumns::with_capacity(n);
@@ -356,31 +334,38 @@ pub(super) async fn upsert_walks(
         ));
         columns.first_seen.push(hit.first_seen);
         columns.last_seen.push(hit.last_seen);
+        columns.confidences.push(i16::from(hit.confidence));
+        columns.factors.push(pg_json(
+            &serde_json::to_value(&hit.factors).unwrap_or(Value::Array(Vec::new())),
+        ));
     }
     let statement = format!(
         "INSERT INTO actor_hits AS h (observable_id, actor, profile_id, aliases, artifact, \
-             path, evidence, first_seen, last_seen, run_id, context) \
+             path, evidence, first_seen, last_seen, run_id, context, confidence, \
+             confidence_factors) \
          SELECT u.observable_id, u.actor, u.profile_id, {aliases}, u.artifact, {path}, \
-             u.evidence, u.first_seen, u.last_seen, u.run_id, u.context \
+             u.evidence, u.first_seen, u.last_seen, u.run_id, u.context, u.confidence, \
+             u.factors \
          FROM UNNEST($1::bigint[], $2::uuid[], $3::jsonb[], $4::text[], $5::text[], \
              $6::jsonb[], $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[], \
-             $11::timestamptz[]) \
+             $11::timestamptz[], $12::smallint[], $13::jsonb[]) \
              AS u(observable_id, run_id, context, actor, profile_id, aliases, artifact, path, \
-                 evidence, first_seen, last_seen) \
+                 evidence, first_seen, last_seen, confidence, factors) \
          ON CONFLICT (observable_id, actor, artifact) DO UPDATE SET \
              profile_id = COALESCE(excluded.profile_id, h.profile_id), \
              aliases = excluded.aliases, path = excluded.path, \
-             evidence = excluded.evidence, \
+             evidence = excluded.evidence, confidence = excluded.confidence, \
+             confidence_factors = excluded.confidence_factors, \
              first_seen = LEAST(h.first_seen, excluded.first_seen), \
              last_seen = GREATEST(h.last_seen, excluded.last_seen), \
              run_id = COALESCE(excluded.run_id, h.run_id), \
              context = COALESCE(excluded.context, h.context), \
              updated_at = now() \
-         RETURNING h.id, h.observable_id, h.actor, h.artifact, (h.notified_at IS NULL) AS pending",
+",
         aliases = text_array("u.aliases"),
         path = text_array("u.path"),
     );
-    let returned = sqlx::query(&statement)
+    sqlx::query(&statement)
         .bind(&columns.observable_ids)
         .bind(&columns.run_ids)
         .bind(&columns.contexts)
@@ -392,29 +377,39 @@ pub(super) async fn upsert_walks(
         .bind(&columns.evidence)
         .bind(&columns.first_seen)
         .bind(&columns.last_seen)
-        .fetch_all(&mut **tx)
+        .bind(&columns.confidences)
+        .bind(&columns.factors)
+        .execute(&mut **tx)
         .await?;
 
-    for row in returned {
-        if !row.try_get::<bool, _>("pending")? {
-            continue;
-        }
-        let key: (i64, String, String) = (
-            row.try_get("observable_id")?,
-            row.try_get("actor")?,
-            row.try_get("artifact")?,
-        );
-        if let Some((w, hit)) = rows.get(&key) {
-            pending[*w].push(PendingHit {
-                id: row.try_get("id")?,
-                hit: (*hit).clone(),
-            });
+    // The pairs these hits belong to, each with the threshold of the walk that wrote it last.
+    let pairs: BTreeMap<(i64, String), u8> = rows
+        .iter()
+        .map(|((observable_id, actor, _), (w, _))| {
+            (
+                (*observable_id, actor.clone()),
+                walks[*w].1.min_event_confidence,
+            )
+        })
+        .collect();
+    let mut walks_of: HashMap<(i64, String), Vec<usize>> = HashMap::new();
+    for (w, (observable_id, walk)) in walks.iter().enumerate() {
+        for hit in &walk.hits {
+            let of = walks_of
+                .entry((*observable_id, pg_text(&hit.actor)))
+                .or_default();
+            if of.last() != Some(&w) {
+                of.push(w);
+            }
         }
     }
-    for hits in &mut pending {
-        hits.sort_by(|a, b| (&a.hit.actor, &a.hit.artifact).cmp(&(&b.hit.actor, &b.hit.artifact)));
+    for owed in upsert_pairs(tx, &pairs).await? {
+        let key = (owed.observable_id, owed.actor.clone());
+        for &w in walks_of.get(&key).into_iter().flatten() {
+            owed_by_walk[w].push(owed.clone());
+        }
     }
-    Ok(pending)
+    Ok(owed_by_walk)
 }
 
 /// The columns of [`upsert_walks`]'s statement.
@@ -430,6 +425,8 @@ struct HitColumns {
     evidence: Vec<Value>,
     first_seen: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     last_seen: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    confidences: Vec<i16>,
+    factors: Vec<Value>,
 }
 
 impl HitColumns {
@@ -446,6 +443,8 @@ impl HitColumns {
             evidence: Vec::with_capacity(n),
             first_seen: Vec::with_capacity(n),
             last_seen: Vec::with_capacity(n),
+            confidences: Vec::with_capacity(n),
+            factors: Vec::with_capacity(n),
         }
     }
 }

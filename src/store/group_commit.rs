@@ -24,7 +24,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::actors::PendingHit;
+use super::attributions::OwedAttribution;
 use super::write::{record_batch, Part};
 use super::{MessageResults, StoreError};
 
@@ -38,8 +38,8 @@ const MAX_RUNS: usize = 512;
 /// Messages waiting for a writer; beyond this, callers wait to hand theirs over.
 const QUEUE: usize = 1_024;
 
-/// Each walk's pending hits, per walk of the message.
-pub type Pending = Vec<Vec<PendingHit>>;
+/// Each walk's attributions left owed an event, per walk of the message.
+pub type Pending = Vec<Vec<OwedAttribution>>;
 
 struct Job {
     results: MessageResults,

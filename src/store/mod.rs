@@ -10,6 +10,7 @@
 //! Queries are checked at run time, not compile time: building the crate needs no database.
 
 mod actors;
+mod attributions;
 mod error;
 mod export;
 mod group_commit;
@@ -30,7 +31,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-pub use actors::{PendingHit, WalkHits};
+pub use actors::WalkHits;
+pub use attributions::OwedAttribution;
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use group_commit::{GroupCommitStats, Pending};
@@ -327,7 +329,7 @@ impl Store {
     /// together: no state where the runs are stored but their hits are not. With group commit
     /// the transaction may hold other messages' results too; either way this returns only once
     /// the transaction holding these committed (or failed). Returns the results, and each
-    /// walk's pending hits (see [`Store::record_actor_hits`]) in the order of `walks`.
+    /// walk's attributions left owed an event (see [`Store::record_actor_hits`]) in the order of `walks`.
     pub async fn commit_results(
         &self,
         results: MessageResults,

@@ -18,7 +18,8 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::actors::{self, PendingHit, WalkHits};
+use super::actors::{self, WalkHits};
+use super::attributions::OwedAttribution;
 use super::REJECTED_INPUT_MAX_CHARS;
 use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, StoreError};
 use crate::enrich::{EnricherKind, Indicator, Reputation};
@@ -45,12 +46,12 @@ impl Part<'_> {
 }
 
 /// Write the rows of every part in one transaction (one statement per table, whatever the
-/// number of parts). Returns, per part and per walk, the actor hits still to announce.
+/// number of parts). Returns, per part and per walk, the attributions left owed an event.
 pub(super) async fn record_batch(
     pool: &PgPool,
     parts: &[Part<'_>],
-) -> Result<Vec<Vec<Vec<PendingHit>>>, StoreError> {
-    let mut pending: Vec<Vec<Vec<PendingHit>>> = parts
+) -> Result<Vec<Vec<Vec<OwedAttribution>>>, StoreError> {
+    let mut pending: Vec<Vec<Vec<OwedAttribution>>> = parts
         .iter()
         .map(|part| vec![Vec::new(); part.walks.len()])
         .collect();

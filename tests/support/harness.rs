@@ -530,9 +530,9 @@ impl EventsTap {
         }
     }
 
-    /// The message ids of the events received so far, taken off the queue, in order.
-    pub async fn take_ids(&self) -> Vec<String> {
-        let mut ids = Vec::new();
+    /// The events received so far (message id, body), taken off the queue, in order.
+    pub async fn take(&self) -> Vec<(String, Vec<u8>)> {
+        let mut events = Vec::new();
         while let Some(message) = self
             .channel
             .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
@@ -540,38 +540,68 @@ impl EventsTap {
             .unwrap()
         {
             let properties = &message.delivery.properties;
-            ids.push(
-                properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-            );
+            let id = properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            events.push((id, message.delivery.data));
         }
-        ids
+        events
     }
 
-    /// Every stored hit was announced (none is owed any more) and this subscriber got its event;
-    /// an event twice only where a relay pass failed after the broker's confirm (at least
-    /// once). Returns how many hits there are.
-    pub async fn assert_every_hit_announced(&self, db: &TestDb, failed_passes: u64) -> usize {
+    /// The message ids of the events received so far, taken off the queue, in order.
+    pub async fn take_ids(&self) -> Vec<String> {
+        self.take().await.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// The bodies of the events received so far, taken off the queue, in order.
+    pub async fn take_bodies(&self) -> Vec<Vec<u8>> {
+        self.take()
+            .await
+            .into_iter()
+            .map(|(_, body)| body)
+            .collect()
+    }
+
+    /// Every attribution at or above the default `--min-event-confidence` was announced
+    /// (none is owed any more), each announcement reached this subscriber, and nothing else
+    /// did; an event twice only where a relay pass failed after the broker's confirm (at
+    /// least once). Returns how many attributions were announced.
+    pub async fn assert_every_attribution_announced(
+        &self,
+        db: &TestDb,
+        failed_passes: u64,
+    ) -> usize {
         eventually(Duration::from_secs(60), "no event owed", || async {
-            db.query_count("SELECT count(*) FROM actor_hits WHERE notified_at IS NULL")
+            db.query_count("SELECT count(*) FROM actor_attributions WHERE owed")
                 .await
                 == 0
         })
         .await;
-        let hits: Vec<i64> = sqlx::query_scalar("SELECT id FROM actor_hits")
-            .fetch_all(db.store.pool())
-            .await
-            .unwrap();
-        let expected: std::collections::BTreeSet<String> =
-            hits.iter().map(|id| format!("actor-hit-{id}")).collect();
+        let silent = db
+            .query_count(&format!(
+                "SELECT count(*) FROM actor_attributions WHERE announcements = 0 \
+                 AND confidence >= {}",
+                mdti_worker::chain::Band::MEDIUM
+            ))
+            .await;
+        assert_eq!(silent, 0, "every attribution worth an event was announced");
+        let announced: Vec<(i64, i32)> = sqlx::query_as(
+            "SELECT id, announcements FROM actor_attributions WHERE announcements > 0",
+        )
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+        let expected: std::collections::BTreeSet<String> = announced
+            .iter()
+            .flat_map(|(id, n)| (1..=*n).map(move |k| format!("actor-attribution-{id}-{k}")))
+            .collect();
         let received = self.take_ids().await;
         let distinct: std::collections::BTreeSet<String> = received.iter().cloned().collect();
         assert_eq!(
             distinct, expected,
-            "one event at least for every stored hit, and no other"
+            "one event at least for every announcement, and no other"
         );
         if failed_passes == 0 {
             assert_eq!(
@@ -580,13 +610,14 @@ impl EventsTap {
                 "no event twice without a failed pass"
             );
         }
-        hits.len()
+        announced.len()
     }
 
-    /// [`EventsTap::assert_every_hit_announced`] for the in-process worker's database and relays.
+    /// [`EventsTap::assert_every_attribution_announced`] for the in-process worker's database
+    /// and relays.
     pub async fn assert_app_announced(&self, app: &App) -> usize {
         let failed_passes = WorkerStats::get(&app.stats.outbox.failed_passes);
-        self.assert_every_hit_announced(&app.db, failed_passes)
+        self.assert_every_attribution_announced(&app.db, failed_passes)
             .await
     }
 

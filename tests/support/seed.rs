@@ -4,18 +4,19 @@
 //! - message `m-1` (now): `evil-kit.net` enriched (malicious, score 90, a whois indicator),
 //!   `contoso.com` enriched (no reputation), `8.8.8.8` cached, `10.0.0.1` skipped;
 //! - message `m-0` (moved ten days back): `login-update.info` enriched (suspicious, 55);
-//! - actor hits: Forest Blizzard (profile `pid-forest`, alias APT28) on `evil-kit.net` itself and
-//!   via the counterpart `20.30.40.50`; Storm-0558 (no profile) on `2a01:111:f400::1` itself
-//!   (its hit moved ten days back; the observable has no run);
+//! - actor hits: Forest Blizzard (profile `pid-forest`, alias APT28) on `evil-kit.net` itself
+//!   (confidence 85, high) and via the counterpart `20.30.40.50` (55, medium); Storm-0558 (no
+//!   profile) on `2a01:111:f400::1` itself (35, low; its hit moved ten days back; the
+//!   observable has no run);
 //! - rejections: two `invalid_observable` (m-1 items 4 and 5) and one `invalid_json` (m-2).
 
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use mdti_worker::chain::{ActorHit, Evidence};
+use mdti_worker::chain::{ActorHit, Evidence, Factor};
 use mdti_worker::enrich::{EnricherKind, Enrichment, Indicator, Reputation};
 use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
-use mdti_worker::store::{RejectedInput, RunRecord, RunStatus, Store};
+use mdti_worker::store::{RejectedInput, RunRecord, RunStatus, Store, WalkHits};
 
 use super::{enricher_result, observable};
 
@@ -95,7 +96,7 @@ fn rejected(message: &str, index: i32, input: &str, code: &str, reason: &str) ->
     }
 }
 
-fn hit(actor: &str, profile: Option<&str>, ioc: &str, artifact: &str) -> ActorHit {
+fn hit(actor: &str, profile: Option<&str>, ioc: &str, artifact: &str, confidence: u8) -> ActorHit {
     let mut evidence = vec![Evidence::ReputationRule {
         rule: "Cyber Threat Intelligence".into(),
         severity: Some("high".into()),
@@ -126,6 +127,23 @@ fn hit(actor: &str, profile: Option<&str>, ioc: &str, artifact: &str) -> ActorHi
         evidence,
         first_seen: Some(Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()),
         last_seen: Some(Utc.with_ymd_and_hms(2024, 4, 1, 0, 0, 0).unwrap()),
+        confidence,
+        factors: vec![Factor {
+            factor: "link".into(),
+            detail: "as seeded".into(),
+            points: i32::from(confidence),
+        }],
+    }
+}
+
+/// The hits of one walk of `value`, announced from the default threshold.
+fn walk(value: &str, hits: Vec<ActorHit>) -> WalkHits {
+    WalkHits {
+        observable: observable(value),
+        run_id: None,
+        context: None,
+        hits,
+        min_event_confidence: 40,
     }
 }
 
@@ -185,42 +203,25 @@ pub async fn seed(store: &Store) {
         .await
         .unwrap();
 
-    let evil = observable("evil-kit.net");
-    store
-        .record_actor_hits(
-            &evil,
-            None,
-            None,
-            &[
-                hit(
-                    "Forest Blizzard",
-                    Some("pid-forest"),
-                    "evil-kit.net",
-                    "evil-kit.net",
-                ),
-                hit(
-                    "Forest Blizzard",
-                    Some("pid-forest"),
-                    "evil-kit.net",
-                    "20.30.40.50",
-                ),
-            ],
+    let forest = |artifact: &str, confidence: u8| {
+        hit(
+            "Forest Blizzard",
+            Some("pid-forest"),
+            "evil-kit.net",
+            artifact,
+            confidence,
         )
+    };
+    store
+        .record_actor_hits(walk(
+            "evil-kit.net",
+            vec![forest("evil-kit.net", 85), forest("20.30.40.50", 55)],
+        ))
         .await
         .unwrap();
-    let v6 = observable("2a01:111:f400::1");
+    let v6 = "2a01:111:f400::1";
     store
-        .record_actor_hits(
-            &v6,
-            None,
-            None,
-            &[hit(
-                "Storm-0558",
-                None,
-                "2a01:111:f400::1",
-                "2a01:111:f400::1",
-            )],
-        )
+        .record_actor_hits(walk(v6, vec![hit("Storm-0558", None, v6, v6, 35)]))
         .await
         .unwrap();
 

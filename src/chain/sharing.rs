@@ -1,0 +1,162 @@
+//! How shared a linking artifact is: the number of distinct hosts its passive DNS names (see
+//! [`super::confidence`]). The walk counts it for every host whose passive DNS it reads anyway;
+//! for an attributed counterpart it did not read, one page is asked (at most once per
+//! [`super::ChainSettings::reputation_ttl`], through the `host_fanout` cache), within the walk's
+//! request budget.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+
+use super::{ActorHit, ChainError, Chainer, Fanout, Walk};
+use crate::graph::PageLimits;
+
+/// At most this many distinct names are counted per host: enough to tell dedicated, shared and
+/// widely shared apart (see [`super::confidence::SHARED_MAX`]), and one page's worth.
+pub(super) const COUNTED: usize = 1000;
+
+/// The distinct hosts one passive DNS listing names, counted up to [`COUNTED`].
+#[derive(Debug, Default)]
+pub(super) struct Counter {
+    names: HashSet<String>,
+    more: bool,
+}
+
+impl Counter {
+    pub(super) fn insert(&mut self, name: &str) {
+        if self.names.len() < COUNTED {
+            self.names.insert(name.to_owned());
+        } else if !self.names.contains(name) {
+            self.more = true;
+        }
+    }
+
+    /// What was counted; `cut` when the listing was not read to its end.
+    pub(super) fn fanout(&self, cut: bool) -> Fanout {
+        Fanout {
+            names: self.names.len() as u32,
+            more: self.more || cut,
+        }
+    }
+}
+
+impl Chainer {
+    /// Measure the fanout of every counterpart that links an actor and whose fanout the walk
+    /// does not know: from the cache, else one page of its passive DNS each.
+    pub(super) async fn measure_sharing(
+        &self,
+        walk: &mut Walk,
+        hits: &[ActorHit],
+    ) -> Result<(), ChainError> {
+        if !self.settings.measure_sharing {
+            return Ok(());
+        }
+        let mut wanted: Vec<String> = hits
+            .iter()
+            .filter(|hit| hit.path.len() > 1 && !walk.fanout.contains_key(&hit.artifact))
+            .map(|hit| hit.artifact.clone())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if let Some(store) = &self.store {
+            match store
+                .cached_fanouts(&wanted, self.settings.reputation_ttl)
+                .await
+            {
+                Ok(cached) => {
+                    wanted.retain(|host| !cached.contains_key(host));
+                    walk.fanout.extend(cached);
+                }
+                Err(error) => tracing::warn!(%error, "fanout cache unreadable; asking Graph"),
+            }
+        }
+        let measured = self.first_pages(walk, wanted).await?;
+        if let Some(store) = &self.store {
+            if let Err(error) = store.save_fanouts(&measured).await {
+                tracing::warn!(%error, "could not cache {} fanout(s)", measured.len());
+            }
+        }
+        walk.fanout.extend(measured);
+        Ok(())
+    }
+
+    /// One page of the passive DNS of each host, as far as the budget goes: hosts it leaves
+    /// out stay unmeasured (noted in the report's truncation).
+    async fn first_pages(
+        &self,
+        walk: &mut Walk,
+        hosts: Vec<String>,
+    ) -> Result<HashMap<String, Fanout>, ChainError> {
+        let budget = self.settings.request_budget;
+        let left = budget.saturating_sub(walk.graph.requests()) as usize;
+        let skipped = hosts.len().saturating_sub(left);
+        let graph = walk.graph.clone();
+        let limits = PageLimits {
+            page_size: Some(COUNTED as u32),
+            max_pages: Some(1),
+        };
+        let pages = futures::stream::iter(hosts.into_iter().take(left))
+            .map(|host| {
+                let graph = graph.clone();
+                async move {
+                    let mut counter = Counter::default();
+                    let paged = graph
+                        .passive_dns_pages(&host, limits, |page| {
+                            for record in &page {
+                                if let Some(name) = super::counterpart(record) {
+                                    counter.insert(&name);
+                                }
+                            }
+                        })
+                        .await?;
+                    Ok::<_, ChainError>((host, counter.fanout(paged.truncated)))
+                }
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        walk.pages += pages.len() as u32;
+        walk.sharing_pages += pages.len() as u32;
+        if skipped > 0 {
+            walk.truncated.push(format!(
+                "request budget ({budget}) left {skipped} attributed counterpart(s) unmeasured for sharing"
+            ));
+        }
+        pages.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_counts_distinct_names_up_to_a_page() {
+        let mut counter = Counter::default();
+        for i in 0..COUNTED + 10 {
+            counter.insert(&format!("n{}", i % (COUNTED + 5)));
+        }
+        counter.insert("n1");
+        assert_eq!(
+            counter.fanout(false),
+            Fanout {
+                names: COUNTED as u32,
+                more: true
+            }
+        );
+        let mut few = Counter::default();
+        few.insert("a");
+        few.insert("a");
+        assert_eq!(
+            few.fanout(false),
+            Fanout {
+                names: 1,
+                more: false
+            }
+        );
+        assert!(few.fanout(true).more, "a cut listing may hold more");
+    }
+}

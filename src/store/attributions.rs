@@ -1,0 +1,163 @@
+//! Attributions: one `actor_attributions` row per (observable, actor), summing up the pair's
+//! hits. The table is the outbox of actor events (see [`crate::outbox`]): the writer that
+//! changes a pair decides whether it is owed an event, in the transaction that stored the hits.
+//! Also the `host_fanout` cache of how shared hosts are. See
+//! `migrations/0009_attribution_confidence.sql`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use sqlx::{Postgres, Row, Transaction};
+
+use super::write::{pg_text, pg_texts};
+use super::{ttl_seconds, Store, StoreError};
+use crate::chain::Fanout;
+
+/// A pair left owed an event by a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedAttribution {
+    /// The `actor_attributions` row.
+    pub id: i64,
+    pub observable_id: i64,
+    pub actor: String,
+}
+
+/// Bring the pairs named in `pairs` (observable id, actor → the writer's
+/// `--min-event-confidence`) up to date with their stored hits, in key order. A pair is owed an
+/// event when it is at or above its threshold and its band or evidence kinds are not what was
+/// last announced. Returns the owed ones.
+pub(super) async fn upsert_pairs(
+    tx: &mut Transaction<'_, Postgres>,
+    pairs: &BTreeMap<(i64, String), u8>,
+) -> Result<Vec<OwedAttribution>, StoreError> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut observable_ids = Vec::with_capacity(pairs.len());
+    let mut actors = Vec::with_capacity(pairs.len());
+    let mut thresholds = Vec::with_capacity(pairs.len());
+    for ((observable_id, actor), threshold) in pairs {
+        observable_ids.push(*observable_id);
+        actors.push(actor.clone());
+        thresholds.push(i16::from(*threshold));
+    }
+    let rows = sqlx::query(
+        "WITH keys AS ( \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::smallint[]) \
+                 AS k(observable_id, actor, threshold) \
+         ), pairs AS ( \
+             SELECT k.observable_id, k.actor, k.threshold, max(h.confidence) AS confidence, \
+                 count(*) AS artifacts, min(h.first_seen) AS first_seen, \
+                 max(h.last_seen) AS last_seen \
+             FROM keys k \
+             JOIN actor_hits h ON h.observable_id = k.observable_id AND h.actor = k.actor \
+             GROUP BY k.observable_id, k.actor, k.threshold \
+         ) \
+         INSERT INTO actor_attributions AS a (observable_id, actor, profile_id, aliases, \
+             confidence, band, evidence_kinds, artifacts, first_seen, last_seen, context, owed) \
+         SELECT p.observable_id, p.actor, latest.profile_id, latest.aliases, p.confidence, \
+             confidence_band(p.confidence), kinds.kinds, p.artifacts, p.first_seen, \
+             p.last_seen, latest.context, p.confidence >= p.threshold \
+         FROM pairs p \
+         CROSS JOIN LATERAL ( \
+             SELECT x.profile_id, x.aliases, x.context FROM actor_hits x \
+             WHERE x.observable_id = p.observable_id AND x.actor = p.actor \
+             ORDER BY (x.profile_id IS NULL), x.updated_at DESC, x.id DESC LIMIT 1 \
+         ) latest \
+         CROSS JOIN LATERAL ( \
+             SELECT ARRAY(SELECT DISTINCT e ->> 'source' \
+                 FROM actor_hits x, jsonb_array_elements(x.evidence) AS e \
+                 WHERE x.observable_id = p.observable_id AND x.actor = p.actor \
+                   AND e ->> 'source' IS NOT NULL ORDER BY 1) AS kinds \
+         ) kinds \
+         ORDER BY p.observable_id, p.actor \
+         ON CONFLICT (observable_id, actor) DO UPDATE SET \
+             profile_id = excluded.profile_id, aliases = excluded.aliases, \
+             confidence = excluded.confidence, band = excluded.band, \
+             evidence_kinds = excluded.evidence_kinds, artifacts = excluded.artifacts, \
+             first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
+             context = COALESCE(excluded.context, a.context), \
+             owed = excluded.owed AND (a.announced_band IS DISTINCT FROM excluded.band \
+                 OR NOT (excluded.evidence_kinds <@ a.announced_kinds)), \
+             updated_at = now() \
+         RETURNING a.id, a.observable_id, a.actor, a.owed",
+    )
+    .bind(&observable_ids)
+    .bind(&actors)
+    .bind(&thresholds)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut owed = Vec::new();
+    for row in rows {
+        if row.try_get::<bool, _>("owed")? {
+            owed.push(OwedAttribution {
+                id: row.try_get("id")?,
+                observable_id: row.try_get("observable_id")?,
+                actor: row.try_get("actor")?,
+            });
+        }
+    }
+    Ok(owed)
+}
+
+impl Store {
+    /// The fanouts of `hosts` measured within `ttl`, in one query.
+    pub async fn cached_fanouts(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<HashMap<String, Fanout>, StoreError> {
+        if ttl.is_zero() || hosts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT host, names, more FROM host_fanout \
+             WHERE host = ANY($1::text[]) AND fetched_at > now() - make_interval(secs => $2::float8)",
+        )
+        .bind(pg_texts(hosts))
+        .bind(ttl_seconds(ttl))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let names: i32 = row.try_get("names")?;
+                Ok((
+                    row.try_get("host")?,
+                    Fanout {
+                        names: names.max(0) as u32,
+                        more: row.try_get("more")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Save fanouts measured now, in one statement (on the relaxed sessions: a lost row is only
+    /// measured again).
+    pub async fn save_fanouts(&self, fanouts: &HashMap<String, Fanout>) -> Result<(), StoreError> {
+        if fanouts.is_empty() {
+            return Ok(());
+        }
+        let sorted: BTreeMap<String, Fanout> =
+            fanouts.iter().map(|(h, f)| (pg_text(h), *f)).collect();
+        let hosts: Vec<&String> = sorted.keys().collect();
+        let names: Vec<i32> = sorted
+            .values()
+            .map(|f| i32::try_from(f.names).unwrap_or(i32::MAX))
+            .collect();
+        let more: Vec<bool> = sorted.values().map(|f| f.more).collect();
+        sqlx::query(
+            "INSERT INTO host_fanout (host, names, more, fetched_at) \
+             SELECT u.host, u.names, u.more, now() \
+             FROM UNNEST($1::text[], $2::int[], $3::bool[]) AS u(host, names, more) \
+             ON CONFLICT (host) DO UPDATE SET names = excluded.names, more = excluded.more, \
+                 fetched_at = excluded.fetched_at",
+        )
+        .bind(&hosts)
+        .bind(&names)
+        .bind(&more)
+        .execute(&self.relaxed)
+        .await?;
+        Ok(())
+    }
+}
