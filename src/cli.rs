@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
-use crate::chain::{sync_profiles, ChainSettings, Chainer, ProfileIndex};
+use crate::chain::retro::sync_and_match;
+use crate::chain::{ChainSettings, Chainer, ProfileIndex};
 use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, FleetArgs, GraphArgs,
     WorkerArgs,
@@ -293,8 +294,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::SyncProfiles(mut cmd) => {
             let (graph, _sim) = graph_client(&mut cmd.graph, cmd.simulator).await?;
             let store = migrate(&cmd.database).await?;
-            let summary = sync_profiles(&graph, &store).await?;
-            println!("{summary:#?}");
+            let settings = ChainSettings::default();
+            let (summary, _, retro) = sync_and_match(&graph, &store, &settings).await?;
+            println!("{summary:#?}\n{retro:#?}");
             Ok(0)
         }
         Command::Publish(cmd) => {
@@ -612,15 +614,17 @@ async fn load_profiles(pipeline: &Pipeline, stats: &WorkerStats, may_sync: bool)
 /// Sync intel profiles into Postgres and swap the reloaded index in; a failure keeps the
 /// previous index (or none) and is reported.
 async fn sync_and_reload(pipeline: &Pipeline, stats: &WorkerStats) {
-    let outcome = match sync_profiles(pipeline.graph(), pipeline.store()).await {
-        Ok(summary) => match ProfileIndex::load(pipeline.store()).await {
-            Ok(index) => {
-                tracing::info!(?summary, "intel profiles synced");
-                pipeline.set_profiles(index);
-                Ok(())
+    let settings = pipeline.chain_settings();
+    let outcome = match sync_and_match(pipeline.graph(), pipeline.store(), settings).await {
+        Ok((summary, index, retro)) => {
+            tracing::info!(?summary, "intel profiles synced");
+            pipeline.set_profiles(index);
+            stats.retro.add(&retro);
+            if retro.owed > 0 {
+                pipeline.relay().wake();
             }
-            Err(error) => Err(format!("intel profiles synced but not reloaded: {error}")),
-        },
+            Ok(())
+        }
         Err(error) => Err(format!("intel profile sync failed: {error}")),
     };
     match outcome {

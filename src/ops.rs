@@ -221,9 +221,18 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         ],
     );
     out.counter_value(
-        "mdti_actor_hits_total",
-        "Actor-hit events this worker's outbox relay published (confirmed by the broker) and marked announced.",
+        "mdti_attribution_events_total",
+        "Attribution events (one per observable and actor, again on a band change or a new kind of evidence) this worker's outbox relay published (confirmed by the broker) and marked announced.",
         get(&stats.outbox.announced),
+    );
+    out.counter(
+        "mdti_retro_matched_total",
+        "What profile syncs matched back against stored observables: new indicators, stored observables linked to them, hits written.",
+        &[
+            (&[("what", "indicators")], get(&stats.retro.indicators)),
+            (&[("what", "observables")], get(&stats.retro.observables)),
+            (&[("what", "hits")], get(&stats.retro.hits)),
+        ],
     );
     out.counter_value(
         "mdti_event_relay_failures_total",
@@ -233,12 +242,12 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
     if let Some(backlog) = backlog {
         out.gauge(
             "mdti_events_pending",
-            "Actor hits stored whose event no relay has announced yet (the whole database, not only this worker's).",
+            "Attributions owed an event that no relay has announced yet (the whole database, not only this worker's).",
             &[(&[], backlog.pending as f64)],
         );
         out.gauge(
             "mdti_events_oldest_pending_age_seconds",
-            "Age of the oldest actor hit whose event is still owed (0 when none is).",
+            "Age of the oldest attribution whose event is still owed (0 when none is).",
             &[(&[], backlog.oldest_age_seconds)],
         );
     }

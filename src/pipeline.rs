@@ -152,6 +152,11 @@ impl Pipeline {
         &self.relay
     }
 
+    /// How this pipeline walks and attributes.
+    pub fn chain_settings(&self) -> &ChainSettings {
+        &self.settings.chain
+    }
+
     /// Replace the intel profile index every later walk matches against.
     pub fn set_profiles(&self, profiles: ProfileIndex) {
         *self.profiles.write().expect("profile lock poisoned") = Arc::new(profiles);

@@ -240,6 +240,9 @@ fn chainer(graph: &GraphClient) -> Chainer {
         ChainSettings {
             page_limits: limits(),
             request_budget: 10_000,
+            // The pages counted here are the walk's own: no extra page per attributed
+            // counterpart to measure how shared it is.
+            measure_sharing: false,
             ..ChainSettings::default()
         },
     )

@@ -43,6 +43,7 @@ pub mod confidence;
 mod event;
 mod profiles;
 mod report;
+pub mod retro;
 mod sharing;
 
 use std::collections::{HashMap, HashSet};

@@ -183,6 +183,9 @@ pub struct SyncSummary {
     pub graph_requests: u64,
     /// Listings a page cap cut (their stale rows are then kept, not pruned).
     pub truncated: Vec<String>,
+    /// Indicator artifacts this sync added (canonical, each once): what is matched back
+    /// against the observables already stored (see [`super::retro`]).
+    pub new_indicators: Vec<String>,
 }
 
 /// [`sync_profiles_with`] every page, 1,000 items a page.
@@ -245,7 +248,8 @@ pub async fn sync_profiles_with(
         let (rows, skipped) = indicator_rows(&indicators.items);
         summary.skipped_indicators += skipped;
         summary.indicators += rows.len();
-        store.save_intel_profile(&record, &rows, complete).await?;
+        let added = store.save_intel_profile(&record, &rows, complete).await?;
+        summary.new_indicators.extend(added);
         summary.profiles += 1;
         kept.push(record.id);
     }
@@ -253,6 +257,8 @@ pub async fn sync_profiles_with(
         summary.pruned_profiles = store.prune_intel_profiles(&kept).await?;
     }
     store.mark_profile_sync_completed().await?;
+    summary.new_indicators.sort_unstable();
+    summary.new_indicators.dedup();
     summary.graph_requests = graph.requests();
     tracing::info!(
         profiles = summary.profiles,

@@ -67,6 +67,8 @@ pub struct WorkerStats {
     pub outbox: Arc<OutboxStats>,
     /// Message tasks that panicked; each delivery went to the retry queue (`internal_error`).
     pub panics: AtomicU64,
+    /// What profile syncs matched back (see [`crate::chain::retro`]).
+    pub retro: crate::chain::retro::RetroStats,
     /// Counterpart reputations the chaining read from Postgres instead of asking Graph.
     pub reputation_cache_hits: AtomicU64,
     pub reconnects: AtomicU64,

@@ -48,19 +48,22 @@ impl Store {
         &self,
         walk: WalkHits,
     ) -> Result<Vec<OwedAttribution>, StoreError> {
-        if walk.hits.is_empty() {
-            return Ok(Vec::new());
-        }
+        let mut owed = self.record_walks(std::slice::from_ref(&walk)).await?;
+        Ok(owed.pop().unwrap_or_default())
+    }
+
+    /// [`Store::record_actor_hits`] for several walks, in one transaction; per walk.
+    pub async fn record_walks(
+        &self,
+        walks: &[WalkHits],
+    ) -> Result<Vec<Vec<OwedAttribution>>, StoreError> {
         let part = Part {
             runs: &[],
             rejected: &[],
-            walks: std::slice::from_ref(&walk),
+            walks,
         };
-        let mut pending = record_batch(self.pool(), &[part]).await?;
-        Ok(pending
-            .pop()
-            .and_then(|mut walks| walks.pop())
-            .unwrap_or_default())
+        let mut owed = record_batch(self.pool(), &[part]).await?;
+        Ok(owed.pop().unwrap_or_default())
     }
 
     /// The stored hits of `observable`, by actor and artifact.
@@ -83,13 +86,13 @@ impl Store {
 
     /// Upsert one actor profile and its indicators in one transaction. When `complete` (the
     /// indicator listing was read to its end), the profile's indicators not in `indicators` are
-    /// deleted.
+    /// deleted. Returns the artifacts the profile did not list before.
     pub async fn save_intel_profile(
         &self,
         profile: &IntelProfileRecord,
         indicators: &[ProfileIndicatorRecord],
         complete: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let rows: BTreeMap<String, &ProfileIndicatorRecord> = indicators
             .iter()
             .map(|i| (pg_text(&i.artifact), i))
@@ -123,8 +126,9 @@ impl Store {
         .bind(profile.first_active)
         .execute(&mut *tx)
         .await?;
+        let mut added = Vec::new();
         if !artifacts.is_empty() {
-            sqlx::query(
+            added = sqlx::query_as::<_, (String, bool)>(
                 "INSERT INTO intel_profile_indicators (profile_id, artifact, artifact_type, \
                      source, first_seen, last_seen, synced_at) \
                  SELECT $1, u.artifact, u.artifact_type, u.source, u.first_seen, u.last_seen, \
@@ -134,7 +138,8 @@ impl Store {
                  ON CONFLICT (profile_id, artifact) DO UPDATE SET \
                      artifact_type = excluded.artifact_type, source = excluded.source, \
                      first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
-                     synced_at = excluded.synced_at",
+                     synced_at = excluded.synced_at \
+                 RETURNING artifact, (xmax = 0) AS inserted",
             )
             .bind(&id)
             .bind(&artifacts)
@@ -142,8 +147,11 @@ impl Store {
             .bind(&sources)
             .bind(&firsts)
             .bind(&lasts)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .filter_map(|(artifact, inserted)| inserted.then_some(artifact))
+            .collect();
         }
         if complete {
             sqlx::query(
@@ -156,7 +164,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(added)
     }
 
     /// Record that a profile sync ran to its end: the stored profiles are a whole index.

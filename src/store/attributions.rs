@@ -10,8 +10,10 @@ use std::time::Duration;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::write::{pg_text, pg_texts};
-use super::{ttl_seconds, Store, StoreError};
+use super::{kind_name, ttl_seconds, Store, StoreError};
 use crate::chain::Fanout;
+use crate::enrich::EnricherKind;
+use crate::observable::{normalise, NormaliseOptions, Observable, ObservableKind};
 
 /// A pair left owed an event by a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,3 +163,74 @@ impl Store {
         Ok(())
     }
 }
+
+/// An observable already stored, and the hosts its passive DNS named (the `passive_dns`
+/// enricher's extracts): what a walk of it found one hop out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLinks {
+    pub observable: Observable,
+    pub counterparts: Vec<String>,
+}
+
+impl Store {
+    /// The stored observables that are one of `artifacts`, or whose passive DNS named one, at
+    /// most `limit` of them (by id), each with all its passive DNS counterparts; and whether
+    /// there were more. Index lookups only: observables by (kind, value), extracts by
+    /// (kind, value), then each observable's extracts by its key.
+    pub async fn observables_linked_to(
+        &self,
+        artifacts: &[String],
+        limit: usize,
+    ) -> Result<(Vec<StoredLinks>, bool), StoreError> {
+        if artifacts.is_empty() || limit == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let kinds: Vec<&str> = ObservableKind::ALL.iter().map(|k| kind_name(*k)).collect();
+        let rows = sqlx::query(
+            "WITH wanted AS (SELECT DISTINCT v AS value FROM unnest($1::text[]) AS v), \
+             linked AS ( \
+                 SELECT o.id FROM wanted w CROSS JOIN unnest($2::text[]) AS k(kind) \
+                 JOIN observables o ON o.kind = k.kind AND o.value = w.value \
+               UNION \
+                 SELECT e.observable_id FROM wanted w CROSS JOIN unnest($3::text[]) AS k(kind) \
+                 JOIN extracts e ON e.kind = k.kind AND e.value = w.value \
+                 WHERE e.enricher = $4 \
+             ) \
+             SELECT o.kind, o.value, \
+                 ARRAY(SELECT DISTINCT x.value FROM extracts x \
+                       WHERE x.observable_id = o.id AND x.enricher = $4 \
+                         AND x.kind = ANY($3::text[]) ORDER BY 1) AS counterparts \
+             FROM linked l JOIN observables o ON o.id = l.id \
+             ORDER BY o.id LIMIT $5",
+        )
+        .bind(pg_texts(artifacts))
+        .bind(&kinds)
+        .bind(PASSIVE_DNS_HOST_KINDS)
+        .bind(EnricherKind::PassiveDns.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1))
+        .fetch_all(self.pool())
+        .await?;
+        let more = rows.len() > limit;
+        let mut linked = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            let kind: String = row.try_get("kind")?;
+            let value: String = row.try_get("value")?;
+            let declared = kind.parse::<ObservableKind>().ok();
+            let options = NormaliseOptions {
+                allow_non_public: true,
+            };
+            // A row this build cannot read back is left alone, not matched.
+            let Ok(normalised) = normalise(&value, declared, &options) else {
+                continue;
+            };
+            linked.push(StoredLinks {
+                observable: normalised.into_observable(),
+                counterparts: row.try_get("counterparts")?,
+            });
+        }
+        Ok((linked, more))
+    }
+}
+
+/// The extract kinds of the hosts a passive DNS record names.
+const PASSIVE_DNS_HOST_KINDS: &[&str] = &["IPV4", "IPV6", "HOST"];

@@ -32,7 +32,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 pub use actors::WalkHits;
-pub use attributions::OwedAttribution;
+pub use attributions::{OwedAttribution, StoredLinks};
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use group_commit::{GroupCommitStats, Pending};
