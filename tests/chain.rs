@@ -543,6 +543,105 @@ async fn the_sql_bands_are_the_rust_bands() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Confidence
+// ---------------------------------------------------------------------------------------------
+
+const SHARED_CASE: &str = "shared-case.contoso-test.com";
+/// Dedicated to the actor: three names resolve to it.
+const DEDICATED: &str = "52.7.0.1";
+/// A CDN edge: 2,500 names resolve to it (three pages).
+const SHARED: &str = "52.7.0.2";
+
+fn lace_tempest(host: &str) -> Value {
+    json!({
+        "id": host, "classification": "malicious", "score": 80,
+        "rules": [{"name": "Cyber Threat Intelligence", "description": "Lace Tempest",
+                   "severity": "high", "relatedDetailsUrl": null}]
+    })
+}
+
+fn names_on(ip: &str, n: usize) -> Value {
+    let when = "2024-01-01T00:00:00Z";
+    (0..n)
+        .map(|i| {
+            pdns(
+                ip,
+                &format!("site-{i}.tenant-example.com"),
+                "hostname",
+                when,
+                when,
+            )
+        })
+        .collect()
+}
+
+/// An IOC named by a CTI rule, resolving to a dedicated and a shared host that the same rule
+/// names.
+fn build_sharing_graph(sim: &SimHandle) {
+    let control = sim.control();
+    let when = "2024-01-01T00:00:00Z";
+    control.set_override(
+        &format!("hosts/{SHARED_CASE}/passiveDns"),
+        json!([
+            pdns(SHARED_CASE, DEDICATED, "ipAddress", when, when),
+            pdns(SHARED_CASE, SHARED, "ipAddress", when, when),
+        ]),
+    );
+    for host in [SHARED_CASE, DEDICATED, SHARED] {
+        control.set_override(&format!("hosts/{host}/reputation"), lace_tempest(host));
+    }
+    control.set_override(
+        &format!("hosts/{DEDICATED}/passiveDns"),
+        names_on(DEDICATED, 3),
+    );
+    control.set_override(
+        &format!("hosts/{SHARED}/passiveDns"),
+        names_on(SHARED, 2500),
+    );
+}
+
+#[tokio::test]
+async fn the_ioc_named_scores_above_a_dedicated_counterpart_which_scores_above_a_shared_one() {
+    let (sim, graph) = sim_and_client().await;
+    build_sharing_graph(&sim);
+    let db = TestDb::new().await;
+    let chainer = Chainer::new(graph, Some(db.store.clone()), ChainSettings::default());
+
+    let report = chainer.walk(&observable(SHARED_CASE)).await.expect("walk");
+    println!("{report}");
+    // Same actor, same rule, same reputation (malicious at 80, +10) and three artifacts
+    // (+10): the IOC itself 60, a dedicated hop 40, a hop through 2,500 names 40 - 30.
+    assert_eq!(
+        scores(&report.hits),
+        [(SHARED_CASE, 80), (DEDICATED, 60), (SHARED, 30)]
+    );
+    let sharing = |artifact: &str| {
+        report
+            .hits
+            .iter()
+            .find(|h| h.artifact == artifact)
+            .and_then(|h| h.factors.iter().find(|f| f.factor == "sharing"))
+            .map(|f| (f.points, f.detail.clone()))
+    };
+    assert_eq!(sharing(DEDICATED), Some((0, "dedicated (3 names)".into())));
+    assert_eq!(
+        sharing(SHARED),
+        Some((-30, "widely shared (at least 1000 names)".into()))
+    );
+    assert_eq!(
+        sharing(SHARED_CASE),
+        None,
+        "the IOC itself is never discounted"
+    );
+    assert_eq!(report.sharing_pages, 2, "one page of each counterpart");
+
+    // A second walk reads the fanouts from Postgres: same scores, no page.
+    let again = chainer.walk(&observable(SHARED_CASE)).await.expect("again");
+    assert_eq!(scores(&again.hits), scores(&report.hits));
+    assert_eq!(again.sharing_pages, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cycles and budgets
 // ---------------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 //! Same input, same output: one mix of observables, published one per message into a fresh
-//! database, gives the same actor hits and the same reputations whatever the concurrency, the
+//! database, gives the same actor hits, confidences, attributions and reputations whatever the
+//! concurrency, the
 //! group commit and the number of workers sharing their lookups. A worker takes no delivery
 //! before its intel profile index is in place, so the first messages are chained like the rest.
 
@@ -25,18 +26,32 @@ fn mix() -> Vec<String> {
         .collect()
 }
 
-/// What a run leaves: its hits as (kind, value, actor, artifact), its reputations as (host,
-/// classification, score).
+type Hit = (String, String, String, String, i16);
+type Attribution = (String, String, String, i16, String, Vec<String>, i32);
+
+/// What a run leaves: its hits as (kind, value, actor, artifact, confidence), its attributions
+/// as (kind, value, actor, confidence, band, evidence kinds, artifacts), its reputations as
+/// (host, classification, score).
 #[derive(Debug)]
 struct Results {
-    hits: BTreeSet<(String, String, String, String)>,
+    hits: BTreeSet<Hit>,
+    attributions: BTreeSet<Attribution>,
     reputations: BTreeSet<(String, Option<String>, Option<i32>)>,
 }
 
 async fn results(db: &TestDb) -> Results {
     let hits = sqlx::query_as(
-        "SELECT o.kind, o.value, h.actor, h.artifact \
+        "SELECT o.kind, o.value, h.actor, h.artifact, h.confidence \
          FROM actor_hits h JOIN observables o ON o.id = h.observable_id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let attributions = sqlx::query_as(
+        "SELECT o.kind, o.value, a.actor, a.confidence, a.band, a.evidence_kinds, a.artifacts \
+         FROM actor_attributions a JOIN observables o ON o.id = a.observable_id",
     )
     .fetch_all(db.store.pool())
     .await
@@ -49,7 +64,11 @@ async fn results(db: &TestDb) -> Results {
         .unwrap()
         .into_iter()
         .collect();
-    Results { hits, reputations }
+    Results {
+        hits,
+        attributions,
+        reputations,
+    }
 }
 
 /// Publish the mix one per message, run `workers` worker processes with `args` until the
@@ -105,6 +124,20 @@ fn assert_same(got: &Results, want: &Results, what: &str) {
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{what}: hits missing {missing:?}, hits extra {extra:?}"
+    );
+    let missing: Vec<_> = want
+        .attributions
+        .difference(&got.attributions)
+        .take(20)
+        .collect();
+    let extra: Vec<_> = got
+        .attributions
+        .difference(&want.attributions)
+        .take(20)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: attributions missing {missing:?}, attributions extra {extra:?}"
     );
     let missing: Vec<_> = want
         .reputations
