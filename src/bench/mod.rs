@@ -56,7 +56,7 @@ use crate::secret::Secret;
 use crate::sim::{self, SimConfig, SimHandle};
 use crate::store::Store;
 
-use report::{Breakdown, Config, Graph, Latency, Machine, Postgres, Resources, Runs, Throughput};
+use report::{Attribution, Breakdown, Config, Graph, Latency, Machine, Postgres, Resources, Runs, Throughput};
 pub use report::{Report, WorkerProcess};
 
 /// Messages per pipelined publish (one wait for all their confirms).
@@ -679,6 +679,39 @@ async fn publish_all(
     })
 }
 
+/// Hits and attributions by band, and the events they cost, from the bench database.
+async fn read_attribution(conn: &mut PgConnection) -> anyhow::Result<Attribution> {
+    let by_band = |table: &str| {
+        format!(
+            "SELECT band, count(*)::bigint FROM (SELECT confidence_band(confidence) AS band \
+             FROM {table}) t GROUP BY band"
+        )
+    };
+    let bands = |rows: Vec<(String, i64)>| -> BTreeMap<String, u64> {
+        rows.into_iter().map(|(band, n)| (band, n.max(0) as u64)).collect()
+    };
+    let hits = bands(sqlx::query_as(&by_band("actor_hits")).fetch_all(&mut *conn).await?);
+    let attributions = bands(
+        sqlx::query_as(&by_band("actor_attributions"))
+            .fetch_all(&mut *conn)
+            .await?,
+    );
+    let (events, owed): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(announcements), 0)::bigint, count(*) FILTER (WHERE owed) \
+         FROM actor_attributions",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Attribution {
+        hits: hits.values().sum(),
+        attributions: attributions.values().sum(),
+        hits_by_band: hits,
+        attributions_by_band: attributions,
+        events: events.max(0) as u64,
+        events_owed: owed.max(0) as u64,
+    })
+}
+
 /// Per-observable figures from the bench database.
 struct RunRows {
     latency_all: Vec<i64>,
@@ -690,7 +723,7 @@ struct RunRows {
     cached: u64,
     skipped: u64,
     graph_requests: u64,
-    actor_hits: u64,
+    attribution: Attribution,
 }
 
 async fn read_runs(db_url: &str) -> anyhow::Result<RunRows> {
@@ -706,10 +739,7 @@ async fn read_runs(db_url: &str) -> anyhow::Result<RunRows> {
     )
     .fetch_all(&mut conn)
     .await?;
-    let actor_hits: i64 = sqlx::query_scalar("SELECT count(*) FROM actor_hits")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
+    let attribution = read_attribution(&mut conn).await?;
     let _ = conn.close().await;
     let mut out = RunRows {
         latency_all: Vec::with_capacity(rows.len()),
@@ -721,7 +751,7 @@ async fn read_runs(db_url: &str) -> anyhow::Result<RunRows> {
         cached: 0,
         skipped: 0,
         graph_requests: 0,
-        actor_hits: actor_hits.max(0) as u64,
+        attribution,
     };
     for (status, latency, service, requests) in rows {
         out.latency_all.push(latency);
@@ -1155,7 +1185,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             ("cached", &stats.cached),
             ("skipped", &stats.skipped),
             ("rejected_items", &stats.rejected_items),
-            ("actor_hits", &stats.outbox.announced),
+            ("attribution_events", &stats.outbox.announced),
             ("reconnects", &stats.reconnects),
             ("results_committed", &stats.group_commit.committed),
             ("result_transactions", &stats.group_commit.transactions),
@@ -1295,7 +1325,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             cached: a.rows.cached,
             skipped: a.rows.skipped,
             graph_requests: a.rows.graph_requests,
-            actor_hits: a.rows.actor_hits,
+            attribution: a.rows.attribution.clone(),
         },
         worker: worker_counters,
         resources: Resources {

@@ -128,7 +128,35 @@ pub struct Runs {
     pub skipped: u64,
     /// Sum of `enrichment_runs.graph_requests`.
     pub graph_requests: u64,
-    pub actor_hits: u64,
+    pub attribution: Attribution,
+}
+
+/// What the run attributed, and what that cost a subscriber of the events exchange.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Attribution {
+    /// Actor hits (observable, actor, linking artifact).
+    pub hits: u64,
+    /// Distinct (observable, actor) pairs.
+    pub attributions: u64,
+    /// By band: `low`, `medium`, `high`.
+    pub hits_by_band: BTreeMap<String, u64>,
+    pub attributions_by_band: BTreeMap<String, u64>,
+    /// Events announced: at most one per attribution and band change or new kind of evidence,
+    /// only at or above --min-event-confidence.
+    pub events: u64,
+    /// Attributions still owed an event when the run ended.
+    pub events_owed: u64,
+}
+
+impl Attribution {
+    /// "high 1, medium 2, low 3".
+    fn bands(by_band: &BTreeMap<String, u64>) -> String {
+        ["high", "medium", "low"]
+            .iter()
+            .map(|band| format!("{band} {}", by_band.get(*band).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -363,8 +391,25 @@ impl Report {
             &mut out,
             "runs",
             format!(
-                "{} enriched, {} cached, {} skipped; {} actor hits",
-                runs.enriched, runs.cached, runs.skipped, runs.actor_hits
+                "{} enriched, {} cached, {} skipped",
+                runs.enriched, runs.cached, runs.skipped
+            ),
+        );
+        let a = &runs.attribution;
+        line(
+            &mut out,
+            "actor hits",
+            format!("{} ({})", a.hits, Attribution::bands(&a.hits_by_band)),
+        );
+        line(
+            &mut out,
+            "attributions",
+            format!(
+                "{} observable-actor pairs ({}); {} events announced, {} owed",
+                a.attributions,
+                Attribution::bands(&a.attributions_by_band),
+                a.events,
+                a.events_owed
             ),
         );
         let _ = writeln!(
