@@ -431,6 +431,219 @@ fn build_pool() -> Pool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shared hosts
+// ---------------------------------------------------------------------------------------------
+
+/// A counterpart that thousands of unrelated names resolve to (a CDN edge, a parking host, a
+/// public resolver): a link through it says little about who runs the names behind it, which
+/// is what a confidence discount for shared infrastructure needs to be tested against.
+pub(crate) struct SharedDef {
+    pub host: &'static str,
+    /// The actor its `Cyber Threat Intelligence` rule names. Shared hosts are flagged because
+    /// malicious names also sit behind them, yet no profile lists them as indicators.
+    pub actor: Option<&'static str>,
+    classification: &'static str,
+    /// Distinctive suffix of the first label of the generated names behind it
+    /// (`shop17-edgecust.com`), so a name can be traced back to its host.
+    tag: &'static str,
+    /// Autonomous system (number, name, organisation, hosting provider) and country of an
+    /// address; the generic draw would put a public resolver at a random hoster.
+    network: Option<(Asn, &'static str)>,
+}
+
+/// The shared hosts, in a fixed order (their index is what names hash to).
+pub(crate) const SHARED: [SharedDef; 4] = [
+    // A CDN edge.
+    SharedDef {
+        host: "104.18.32.7",
+        actor: Some("Forest Blizzard"),
+        classification: "malicious",
+        tag: "edgecust",
+        network: Some((
+            (13335, "CLOUDFLARENET", "Cloudflare, Inc.", "Cloudflare"),
+            "US",
+        )),
+    },
+    // A parking host.
+    SharedDef {
+        host: "185.53.178.14",
+        actor: Some("Lace Tempest"),
+        classification: "malicious",
+        tag: "parked",
+        network: Some((
+            (
+                61969,
+                "TEAMINTERNET-AS",
+                "Team Internet AG",
+                "Team Internet",
+            ),
+            "DE",
+        )),
+    },
+    // A public resolver.
+    SharedDef {
+        host: "8.8.8.8",
+        actor: None,
+        classification: "neutral",
+        tag: "resolvq",
+        network: Some(((15169, "GOOGLE", "Google LLC", "Google Cloud"), "US")),
+    },
+    // A CDN name.
+    SharedDef {
+        host: "edge.sharedcdn-sim.net",
+        actor: Some("Mint Sandstorm"),
+        classification: "suspicious",
+        tag: "cdnalias",
+        network: None,
+    },
+];
+
+/// One name in `SHARED_EVERY` resolves to a shared host.
+const SHARED_EVERY: u64 = 4;
+/// Names listed behind one shared host, pool names included.
+const SHARED_NAMES: (u64, u64) = (1500, 4000);
+// First labels and TLDs of the generated names: none of them is `unknown`, `evil`, `popular`
+// or `placeholder`, whose hosts follow their own rules, and every TLD is an ordinary public one.
+const SHARED_WORDS: [&str; 12] = [
+    "shop", "news", "blog", "travel", "games", "photo", "recipes", "garden", "music", "sports",
+    "health", "events",
+];
+const SHARED_TLDS: [&str; 5] = ["com", "net", "org", "info", "biz"];
+
+pub(crate) fn shared_def(norm: &str) -> Option<&'static SharedDef> {
+    SHARED.iter().find(|d| d.host == norm)
+}
+
+/// The `i`-th generated name behind shared host `k`: each one a registrable domain of its own,
+/// so the names behind a host are unrelated.
+fn shared_generated_name(k: usize, i: usize) -> String {
+    format!(
+        "{}{i}-{}.{}",
+        SHARED_WORDS[i % SHARED_WORDS.len()],
+        SHARED[k].tag,
+        SHARED_TLDS[(i / SHARED_WORDS.len()) % SHARED_TLDS.len()]
+    )
+}
+
+/// How many names shared host `k` lists in all (pool names behind it included).
+fn shared_total(k: usize) -> usize {
+    let mut rng = Rng::for_key(SHARED[k].host, "sharedNames");
+    rng.range(SHARED_NAMES.0, SHARED_NAMES.1) as usize
+}
+
+/// The pool names that resolve to each shared host; they lead its listing, so the reverse view
+/// of a pool name's extra record holds.
+fn shared_pool_names() -> &'static [Vec<String>] {
+    static BEHIND: OnceLock<Vec<Vec<String>>> = OnceLock::new();
+    BEHIND.get_or_init(|| {
+        let mut behind = vec![Vec::new(); SHARED.len()];
+        for name in &pool().names {
+            if let Some(k) = shared_index_by_hash(name) {
+                behind[k].push(name.clone());
+            }
+        }
+        behind
+    })
+}
+
+fn shared_index_by_hash(norm: &str) -> Option<usize> {
+    hash2(norm, "shared")
+        .is_multiple_of(SHARED_EVERY)
+        .then(|| (hash2(norm, "sharedHost") % SHARED.len() as u64) as usize)
+}
+
+/// Which shared host a name resolves to: the one it is listed behind if it is a generated
+/// name, else one name in [`SHARED_EVERY`] by hash. Never for addresses, unknown names or the
+/// shared hosts themselves.
+pub(crate) fn shared_index(key: &HostKey) -> Option<usize> {
+    if key.is_ip() || key.is_unknown() || shared_def(&key.norm).is_some() {
+        return None;
+    }
+    generated_owner(&key.norm).or_else(|| shared_index_by_hash(&key.norm))
+}
+
+/// The shared host a generated name (`shop17-edgecust.com`) was made for, if it is one.
+fn generated_owner(norm: &str) -> Option<usize> {
+    let (label, _tld) = norm.split_once('.')?;
+    SHARED.iter().enumerate().find_map(|(k, def)| {
+        let stem = label.strip_suffix(def.tag)?.strip_suffix('-')?;
+        let digits = stem.trim_start_matches(|c: char| !c.is_ascii_digit());
+        let i: usize = digits.parse().ok()?;
+        let generated = i < shared_total(k).saturating_sub(shared_pool_names()[k].len());
+        (generated && shared_generated_name(k, i) == norm).then_some(k)
+    })
+}
+
+/// The `i`-th name listed behind shared host `k`.
+fn shared_listed_name(k: usize, i: usize) -> String {
+    let pool_names = &shared_pool_names()[k];
+    match pool_names.get(i) {
+        Some(name) => name.clone(),
+        None => shared_generated_name(k, i - pool_names.len()),
+    }
+}
+
+/// The passive DNS of a shared host, built record by record: thousands of records per host,
+/// and a page needs only its own.
+pub(crate) struct SharedListing<'a> {
+    key: &'a HostKey,
+    k: usize,
+    reverse: bool,
+}
+
+impl SharedListing<'_> {
+    pub(crate) fn len(&self) -> usize {
+        shared_total(self.k)
+    }
+
+    pub(crate) fn record(&self, i: usize) -> Value {
+        let kind = if self.reverse {
+            "passiveDnsReverse"
+        } else {
+            "passiveDns"
+        };
+        // One generator per record, so any record can be built without the ones before it.
+        let mut rng = Rng::for_key(&format!("{}#{i}", self.key.norm), kind);
+        let record_type = match self.key.kind {
+            HostKind::V4(_) => "A",
+            HostKind::V6(_) => "AAAA",
+            HostKind::Name => "CNAME",
+        };
+        let name = shared_listed_name(self.k, i);
+        pdns_record(&mut rng, kind, self.key, i, record_type, &name)
+    }
+}
+
+/// `Some` for a shared host: both of its passive DNS views list the names behind it.
+pub(crate) fn shared_listing(key: &HostKey, reverse: bool) -> Option<SharedListing<'_>> {
+    let k = SHARED.iter().position(|d| d.host == key.norm)?;
+    Some(SharedListing { key, k, reverse })
+}
+
+/// The shared hosts and the actor each one's reputation names.
+pub(crate) fn shared_hosts() -> Vec<(String, Option<&'static str>)> {
+    SHARED
+        .iter()
+        .map(|d| (d.host.to_string(), d.actor))
+        .collect()
+}
+
+/// How many distinct names a shared host lists, `None` for any other host.
+pub(crate) fn shared_host_names(host: &str) -> Option<usize> {
+    let key = HostKey::parse(host)?;
+    SHARED
+        .iter()
+        .position(|d| d.host == key.norm)
+        .map(shared_total)
+}
+
+/// The shared host `name` resolves to (an extra forward passive DNS record), if any.
+pub(crate) fn shared_host_for(name: &str) -> Option<String> {
+    let key = HostKey::parse(name)?;
+    shared_index(&key).map(|k| SHARED[k].host.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
 // hosts/{id}
 // ---------------------------------------------------------------------------------------------
 
@@ -453,8 +666,9 @@ const ORGS: [&str; 7] = [
     "REDACTED FOR PRIVACY",
     "Litware, Inc.",
 ];
-// (number, name, organization, hosting provider)
-const ASES: [(u32, &str, &str, &str); 6] = [
+/// An autonomous system: (number, name, organization, hosting provider).
+type Asn = (u32, &'static str, &'static str, &'static str);
+const ASES: [Asn; 6] = [
     (
         8075,
         "MICROSOFT-CORP-MSN-AS-BLOCK",
@@ -500,12 +714,12 @@ pub(crate) fn host_entity(key: &HostKey) -> Value {
             let microsoft = key.norm.starts_with("20.")
                 || key.norm.starts_with("40.")
                 || key.norm.starts_with("2603:");
-            let (number, name, org, provider) = if microsoft { ASES[0] } else { *rng.pick(&ASES) };
-            let country = if microsoft {
-                "US"
-            } else {
-                *rng.pick(&IP_COUNTRIES)
-            };
+            let ((number, name, org, provider), country) =
+                match shared_def(&key.norm).and_then(|d| d.network) {
+                    Some(network) => network,
+                    None if microsoft => (ASES[0], "US"),
+                    None => (*rng.pick(&ASES), *rng.pick(&IP_COUNTRIES)),
+                };
             v["autonomousSystem"] = json!({
                 "name": name,
                 "number": number,
@@ -764,6 +978,9 @@ fn forced_malicious(key: &HostKey) -> usize {
 }
 
 pub(crate) fn passive_dns(key: &HostKey) -> Vec<Value> {
+    if let Some(listing) = shared_listing(key, false) {
+        return (0..listing.len()).map(|i| listing.record(i)).collect();
+    }
     let mut rng = Rng::for_key(&key.norm, "passiveDns");
     let p = pool();
     let n = collection_len(&mut rng, key, (3, 30), (250, 450));
@@ -799,13 +1016,31 @@ pub(crate) fn passive_dns(key: &HostKey) -> Vec<Value> {
     }
     // Interleave types, as Graph gives no particular order.
     rng.shuffle(&mut out);
-    out.iter()
+    let mut records: Vec<Value> = out
+        .iter()
         .enumerate()
         .map(|(i, (artifact, rt))| pdns_record(&mut rng, "passiveDns", key, i, rt, artifact))
-        .collect()
+        .collect();
+    // The record to a shared host comes last and draws from its own generator, so the records
+    // a name had before shared hosts existed keep their place, id and timestamps.
+    if let Some(k) = shared_index(key) {
+        let target = SHARED[k].host;
+        let rt = if target.parse::<IpAddr>().is_ok() {
+            "A"
+        } else {
+            "CNAME"
+        };
+        let mut rng = Rng::for_key(&key.norm, "passiveDnsShared");
+        let i = records.len();
+        records.push(pdns_record(&mut rng, "passiveDns", key, i, rt, target));
+    }
+    records
 }
 
 pub(crate) fn passive_dns_reverse(key: &HostKey) -> Vec<Value> {
+    if let Some(listing) = shared_listing(key, true) {
+        return (0..listing.len()).map(|i| listing.record(i)).collect();
+    }
     let mut rng = Rng::for_key(&key.norm, "passiveDnsReverse");
     let p = pool();
     let n = collection_len(&mut rng, key, (3, 20), (200, 300));
@@ -968,7 +1203,42 @@ fn article(actor: &str, n: usize) -> (String, String) {
     )
 }
 
+/// The rule naming `actor`, as on every malicious host.
+fn cti_rule(actor: &str, description: Value) -> Value {
+    json!({
+        "name": "Cyber Threat Intelligence",
+        "description": description,
+        "severity": "high",
+        "relatedDetailsUrl": format!("https://ti.defender.microsoft.com/intel-profiles/{}", profile_id(actor)),
+    })
+}
+
+/// A shared host's reputation: its fixed classification, and the rule naming its actor if it
+/// has one (the same rule a dedicated host of that actor carries).
+fn shared_reputation(key: &HostKey, def: &SharedDef) -> Value {
+    let mut rng = Rng::for_key(&key.norm, "reputation");
+    let score = match def.classification {
+        "malicious" => rng.range(75, 100),
+        "suspicious" => rng.range(30, 74),
+        _ => rng.range(1, 29),
+    };
+    let rules: Vec<Value> = def
+        .actor
+        .map(|actor| cti_rule(actor, json!(actor)))
+        .into_iter()
+        .collect();
+    json!({
+        "id": key.id,
+        "classification": def.classification,
+        "score": score,
+        "rules": rules,
+    })
+}
+
 pub(crate) fn reputation(key: &HostKey) -> Value {
+    if let Some(def) = shared_def(&key.norm) {
+        return shared_reputation(key, def);
+    }
     let mut rng = Rng::for_key(&key.norm, "reputation");
     let p = pool();
     let mut rules: Vec<Value> = Vec::new();
@@ -980,12 +1250,7 @@ pub(crate) fn reputation(key: &HostKey) -> Value {
         } else {
             json!(actor)
         };
-        rules.push(json!({
-            "name": "Cyber Threat Intelligence",
-            "description": description,
-            "severity": "high",
-            "relatedDetailsUrl": format!("https://ti.defender.microsoft.com/intel-profiles/{}", profile_id(actor)),
-        }));
+        rules.push(cti_rule(actor, description));
         if rng.chance(0.7) {
             let (id, title) = article(actor, rng.below(ARTICLE_TEMPLATES.len() as u64) as usize);
             rules.push(json!({
@@ -1210,6 +1475,40 @@ pub(crate) fn profile_indicators(id: &str) -> Option<Vec<Value>> {
         })
         .collect();
     Some(items)
+}
+
+/// The id of the profile whose title (case-insensitively) or id is `title_or_id`.
+pub(crate) fn find_profile_id(title_or_id: &str) -> Option<String> {
+    let wanted = title_or_id.trim();
+    PROFILES
+        .iter()
+        .map(|d| (d.title, profile_id(d.title)))
+        .find(|(title, id)| title.eq_ignore_ascii_case(wanted) || id.eq_ignore_ascii_case(wanted))
+        .map(|(_, id)| id)
+}
+
+/// An indicator added at runtime, in the canonical form hosts are keyed by when it is one
+/// (lower case, no trailing dot, canonical IP), as Graph lists artifacts.
+pub(crate) fn canonical_artifact(artifact: &str) -> String {
+    match HostKey::parse(artifact.trim()) {
+        Some(key) => key.norm,
+        None => artifact.trim().to_string(),
+    }
+}
+
+/// The listing entry of an indicator added at runtime: shaped like the synthetic ones, its id
+/// and dates a function of the profile and the artifact, so a re-sync sees the same record.
+pub(crate) fn added_indicator(profile_id: &str, artifact: &str) -> Value {
+    let key = format!("{profile_id}:{artifact}");
+    let mut rng = Rng::for_key(&key, "addedIndicator");
+    let (first, last) = seen_pair(&mut rng);
+    json!({
+        "id": record_id("addedIndicator", &key, 0),
+        "source": "microsoft",
+        "firstSeenDateTime": ts(&mut rng, first),
+        "lastSeenDateTime": ts(&mut rng, last),
+        "artifact": {"@odata.type": artifact_type(artifact), "id": artifact},
+    })
 }
 
 /// Ids of all profiles, for tests and for the module documentation's examples.

@@ -41,12 +41,14 @@
 //!   cannot be a host (illegal characters, empty labels, URLs) → 404 as well.
 //! - **Popular hosts**: a hostname whose first label is `popular`, and about 2 % of all hosts
 //!   (by hash), have hundreds of passive DNS records (250-450 forward, 200-300 reverse), host
-//!   pairs and subdomains: many pages. Other hosts have 3-30 forward passive DNS records.
+//!   pairs and subdomains: many pages. Other hosts have 3-30 forward passive DNS records (one
+//!   more for a name that resolves to a shared host).
 //! - **Evil hosts**: a hostname whose first label is `evil` is malicious, and at least 3 of its
 //!   passive DNS counterparts (forward and reverse) are malicious pool entries.
-//! - **Shared pool**: counterparts come from 300 IPv4 addresses in 20.0.0.0/8 and 40.0.0.0/8,
-//!   60 IPv6 addresses in 2603:1000::/24 and 300 hostnames like `cdn-0.edge-example.net`
-//!   (never private, reserved or documentation ranges). About 10 % of them are malicious.
+//! - **Shared pool**: counterparts other than the shared hosts below come from 300 IPv4
+//!   addresses in 20.0.0.0/8 and 40.0.0.0/8, 60 IPv6 addresses in 2603:1000::/24 and 300
+//!   hostnames like `cdn-0.edge-example.net` (never private, reserved or documentation
+//!   ranges). About 10 % of them are malicious.
 //! - **Malicious hosts** (evil ones and malicious pool entries): reputation `malicious`, score
 //!   75-100, a rule named `Cyber Threat Intelligence` whose `description` names one actor
 //!   group (`Aqua Blizzard`, `Forest Blizzard`, `Mint Sandstorm`, `Storm-0558`, `Volt Typhoon`,
@@ -54,9 +56,30 @@
 //!   about 70 % also a `Microsoft Defender Threat Intelligence Intel Article` rule. Other hosts
 //!   are `unknown`, `neutral` or `suspicious` with `Name server`, `Registrar` or
 //!   `Resolving IP Address` rules, or none.
+//! - **Shared hosts** ([`shared_hosts`]): four counterparts that thousands of unrelated names
+//!   sit behind, outside the pool: a CDN edge `104.18.32.7` (reputation `malicious`, names
+//!   `Forest Blizzard`), a parking host `185.53.178.14` (`malicious`, `Lace Tempest`), the
+//!   public resolver `8.8.8.8` (`neutral`, no rule) and a CDN name `edge.sharedcdn-sim.net`
+//!   (`suspicious`, `Mint Sandstorm`). Their actor rule has the shape and `high` severity of a
+//!   malicious pool entry's, but no profile lists them: they are evidence of the weak kind.
+//!   Each one's `passiveDns` and `passiveDnsReverse` list the same 1,500-4,000 distinct names
+//!   (fixed per host, [`shared_host_names`]; several pages at `$top=1000`): the pool names
+//!   that resolve to it, then generated ones, each a registrable domain of its own
+//!   (`shop17-edgecust.com`), record type `A` for the addresses and `CNAME` for the name.
+//! - **Names resolving to shared hosts** ([`shared_host_for`]): about one hostname in four
+//!   (by hash; never addresses, unknown names or the shared hosts themselves), and every
+//!   generated name listed behind a shared host, has one more forward passive DNS record, the
+//!   last one, to a shared host (`A` to an address, `CNAME` to the name). The records it had
+//!   otherwise are unchanged. An evil host can resolve to one, so not every malicious
+//!   counterpart of an evil host is a profile indicator.
 //! - **Intel profiles**: six actors (the groups above) and one tool (`Cobalt Strike`). An actor's
 //!   indicators include every malicious pool entry its reputation names, so host → passive DNS
-//!   → reputation → profile indicators chains close.
+//!   → reputation → profile indicators chains close. Shared hosts are in no profile's
+//!   indicators.
+//! - **Runtime indicators**: [`SimControl::add_profile_indicator`] lists one more indicator of
+//!   a profile, after its synthetic ones (source `microsoft`, first and last seen in the same
+//!   fixed window, `@odata.type` `ipAddress`, or a hostname type as for any name), until
+//!   [`SimControl::clear_added_indicators`]: new intelligence for a profile re-sync to find.
 //! - **Whois**: about 1 in 25 records, and every hostname whose first label is `placeholder`,
 //!   carries `"String (timestamp)"` in one date field; date fields are sometimes null.
 //! - About one hostname in ten is typed `#microsoft.graph.security.hostName` (odd casing).
@@ -94,6 +117,25 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub use tls::TlsIdentity;
+
+/// The shared hosts (see "Data rules"), each with the actor its reputation's
+/// `Cyber Threat Intelligence` rule names (`None`: no actor). No profile lists them.
+pub fn shared_hosts() -> Vec<(String, Option<&'static str>)> {
+    data::shared_hosts()
+}
+
+/// The shared host `name` resolves to (its extra forward passive DNS record), or `None`: for
+/// addresses, unknown names, the shared hosts themselves, and the three names in four that do
+/// not. A pure function of the name, like all synthetic data.
+pub fn shared_host_for(name: &str) -> Option<String> {
+    data::shared_host_for(name)
+}
+
+/// How many distinct names a shared host's `passiveDns` (and `passiveDnsReverse`) lists;
+/// `None` for a host that is not shared.
+pub fn shared_host_names(host: &str) -> Option<usize> {
+    data::shared_host_names(host)
+}
 
 /// How a 429's `Retry-After` is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -157,6 +199,8 @@ pub struct SimControl {
     state: Mutex<ControlState>,
     counters: Mutex<BTreeMap<String, u64>>,
     tokens: Mutex<TokenStore>,
+    /// Indicators added at runtime: (profile id, canonical artifact), in the order added.
+    added_indicators: Mutex<Vec<(String, String)>>,
 }
 
 struct ControlState {
@@ -272,6 +316,7 @@ impl SimControl {
             }),
             counters: Mutex::new(COUNTER_NAMES.iter().map(|n| (n.to_string(), 0)).collect()),
             tokens: Mutex::new(TokenStore::default()),
+            added_indicators: Mutex::new(Vec::new()),
         }
     }
 
@@ -310,7 +355,7 @@ impl SimControl {
         lock(&self.state).fail_all = status;
     }
 
-    /// Requests for `path` (relative like [`Control::set_override`]'s) answer `status` with a
+    /// Requests for `path` (relative like [`SimControl::set_override`]'s) answer `status` with a
     /// Graph error body, until cleared with `None`: one host failing while the rest serve.
     pub fn fail_path(&self, path: &str, status: Option<u16>) {
         let key = override_key(path);
@@ -346,6 +391,39 @@ impl SimControl {
 
     pub fn clear_overrides(&self) {
         lock(&self.state).overrides.clear();
+    }
+
+    /// New intelligence: `artifact` (an IP or a host name) is listed among the indicators of
+    /// the profile whose title (case-insensitively) or id is `profile_title_or_id`, after its
+    /// synthetic ones, until [`SimControl::clear_added_indicators`]. The artifact is listed in
+    /// canonical form (lower case, no trailing dot, canonical IP); adding the same one twice
+    /// lists it once. Returns the profile id, `None` (nothing added) when no profile matches.
+    pub fn add_profile_indicator(
+        &self,
+        profile_title_or_id: &str,
+        artifact: &str,
+    ) -> Option<String> {
+        let id = data::find_profile_id(profile_title_or_id)?;
+        let artifact = data::canonical_artifact(artifact);
+        let mut added = lock(&self.added_indicators);
+        if !added.iter().any(|(p, a)| *p == id && *a == artifact) {
+            added.push((id.clone(), artifact));
+        }
+        Some(id)
+    }
+
+    /// Forgets every indicator added with [`SimControl::add_profile_indicator`].
+    pub fn clear_added_indicators(&self) {
+        lock(&self.added_indicators).clear();
+    }
+
+    /// The artifacts added to profile `profile_id` (compared case-insensitively), in order.
+    pub(crate) fn added_indicators(&self, profile_id: &str) -> Vec<String> {
+        lock(&self.added_indicators)
+            .iter()
+            .filter(|(p, _)| p.eq_ignore_ascii_case(profile_id))
+            .map(|(_, a)| a.clone())
+            .collect()
     }
 
     pub fn reset_counters(&self) {

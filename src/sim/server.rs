@@ -665,18 +665,55 @@ fn collection(mut items: Vec<Value>, q: &Query, ctx: &Ctx, fragment: &str) -> Va
         });
     }
     let total = items.len();
-    // A zero page size would make nextLink loop forever.
-    let top = q
-        .top
-        .unwrap_or(ctx.page_size.max(1))
-        .min(ctx.max_page_size.max(1));
-    let end = q.skip.saturating_add(top).min(total);
+    let top = page_top(q, ctx);
     let page: Vec<Value> = items
         .into_iter()
         .skip(q.skip)
         .take(top)
         .map(|i| apply_select(i, &q.select))
         .collect();
+    page_body(page, total, top, q, ctx, fragment)
+}
+
+/// A collection whose items are built by index (a shared host's thousands of passive DNS
+/// records): only the requested page is built, unless a filter, search or order needs them
+/// all. Answers exactly what [`collection`] would for the same items.
+fn indexed_collection(
+    total: usize,
+    item: impl Fn(usize) -> Value,
+    q: &Query,
+    ctx: &Ctx,
+    fragment: &str,
+) -> Value {
+    if !q.filter.is_empty() || q.search.is_some() || !q.orderby.is_empty() {
+        return collection((0..total).map(item).collect(), q, ctx, fragment);
+    }
+    let top = page_top(q, ctx);
+    let end = q.skip.saturating_add(top).min(total);
+    let page: Vec<Value> = (q.skip.min(end)..end)
+        .map(|i| apply_select(item(i), &q.select))
+        .collect();
+    page_body(page, total, top, q, ctx, fragment)
+}
+
+/// The page size of a request: `$top`, else the default, capped.
+fn page_top(q: &Query, ctx: &Ctx) -> usize {
+    // A zero page size would make nextLink loop forever.
+    q.top
+        .unwrap_or(ctx.page_size.max(1))
+        .min(ctx.max_page_size.max(1))
+}
+
+/// A collection answer: `page` is the page of `total` items that starts at `$skip`.
+fn page_body(
+    page: Vec<Value>,
+    total: usize,
+    top: usize,
+    q: &Query,
+    ctx: &Ctx,
+    fragment: &str,
+) -> Value {
+    let end = q.skip.saturating_add(top).min(total);
     let mut out = Map::new();
     out.insert(
         "@odata.context".to_string(),
@@ -734,9 +771,21 @@ fn answer(
                 HostSub::Entity => entity(data::host_entity(&key), &q, ctx, fragment),
                 HostSub::Whois => entity(data::whois(&key), &q, ctx, fragment),
                 HostSub::Reputation => entity(data::reputation(&key), &q, ctx, fragment),
-                HostSub::PassiveDns => collection(data::passive_dns(&key), &q, ctx, fragment),
-                HostSub::PassiveDnsReverse => {
-                    collection(data::passive_dns_reverse(&key), &q, ctx, fragment)
+                HostSub::PassiveDns | HostSub::PassiveDnsReverse => {
+                    let reverse = sub == HostSub::PassiveDnsReverse;
+                    match data::shared_listing(&key, reverse) {
+                        Some(listing) => indexed_collection(
+                            listing.len(),
+                            |i| listing.record(i),
+                            &q,
+                            ctx,
+                            fragment,
+                        ),
+                        None if reverse => {
+                            collection(data::passive_dns_reverse(&key), &q, ctx, fragment)
+                        }
+                        None => collection(data::passive_dns(&key), &q, ctx, fragment),
+                    }
                 }
                 HostSub::HostPairs => {
                     collection(data::host_pairs(&key, PairFilter::All), &q, ctx, fragment)
@@ -763,7 +812,16 @@ fn answer(
                 ApiError::not_found(format!("Intelligence profile '{id}' was not found."))
             }),
         Route::Indicators(id) => data::profile_indicators(&id)
-            .map(|items| collection(items, &q, ctx, fragment))
+            .map(|mut items| {
+                let pid = id.to_ascii_lowercase();
+                items.extend(
+                    sh.control
+                        .added_indicators(&pid)
+                        .iter()
+                        .map(|artifact| data::added_indicator(&pid, artifact)),
+                );
+                collection(items, &q, ctx, fragment)
+            })
             .ok_or_else(|| {
                 ApiError::not_found(format!("Intelligence profile '{id}' was not found."))
             }),

@@ -616,9 +616,14 @@ async fn chaining_from_an_evil_host_finds_actor_indicators() {
     let (records, _) = e.walk(&e.host_url("evil.contoso.com", "passiveDns")).await;
     let (profiles, _) = e.walk(&e.ti_url("intelProfiles")).await;
     assert_eq!(profiles.len(), 7);
+    let shared: Vec<String> = shared_hosts().into_iter().map(|(h, _)| h).collect();
     let mut matched = 0;
     for r in &records {
         let artifact = r["artifact"]["id"].as_str().unwrap();
+        // A shared host names an actor too, but no profile lists it (see the shared-host tests).
+        if shared.iter().any(|h| h == artifact) {
+            continue;
+        }
         let (_, rep) = e.get_json(&e.host_url(artifact, "reputation")).await;
         if rep["classification"] != "malicious" {
             continue;
@@ -651,6 +656,272 @@ async fn chaining_from_an_evil_host_finds_actor_indicators() {
     }
     assert!(matched >= 3, "{matched}");
     assert!(e.sim.count("intelProfileIndicators") >= matched);
+}
+
+/// The actor a reputation's `Cyber Threat Intelligence` rule names, if it has one.
+fn cti_actor(rep: &Value) -> Option<String> {
+    let rule = rep["rules"]
+        .as_array()?
+        .iter()
+        .find(|rule| rule["name"] == "Cyber Threat Intelligence")?;
+    match &rule["description"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => a.first()?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn shared_hosts_list_thousands_of_names_over_pages() {
+    let e = env().await;
+    let opts = crate::observable::NormaliseOptions::default();
+    for (host, _) in shared_hosts() {
+        let want = shared_host_names(&host).unwrap();
+        assert!((1500..=4000).contains(&want), "{host} {want}");
+        // A public value the worker accepts, like every name listed behind it.
+        assert!(
+            matches!(
+                crate::observable::normalise(&host, None, &opts),
+                Ok(crate::observable::Normalised::Ready(_))
+            ),
+            "{host}"
+        );
+        for sub in ["passiveDns", "passiveDnsReverse"] {
+            let url = format!("{}?$top=1000", e.host_url(&host, sub));
+            let (_, first) = e.get_json(&url).await;
+            assert_eq!(first["value"].as_array().unwrap().len(), 1000);
+            assert!(first["@odata.nextLink"].is_string(), "{host} {sub}");
+            let (items, pages) = e.walk(&url).await;
+            assert_eq!(items.len(), want, "{host} {sub}");
+            assert_eq!(pages, want.div_ceil(1000));
+            let names: HashSet<&str> = items
+                .iter()
+                .map(|i| i["artifact"]["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(names.len(), want, "{host} {sub}: names are distinct");
+            let ids: HashSet<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+            assert_eq!(ids.len(), want);
+            for item in &items {
+                assert_eq!(item["parentHost"]["id"], host.as_str());
+                assert!(item["artifact"]["@odata.type"]
+                    .as_str()
+                    .unwrap()
+                    .eq_ignore_ascii_case("#microsoft.graph.security.hostname"));
+                assert!(item["lastSeenDateTime"].is_string());
+            }
+            // Every name behind a shared host resolves to it, and is public.
+            for name in names.iter().step_by(97) {
+                assert_eq!(
+                    shared_host_for(name).as_deref(),
+                    Some(host.as_str()),
+                    "{name}"
+                );
+                assert!(
+                    matches!(
+                        crate::observable::normalise(name, None, &opts),
+                        Ok(crate::observable::Normalised::Ready(_))
+                    ),
+                    "{name}"
+                );
+            }
+            // Built page by page, the records are the ones a query over all of them sees.
+            let rt = if host.parse::<std::net::IpAddr>().is_ok() {
+                "A"
+            } else {
+                "CNAME"
+            };
+            let (filtered, _) = e
+                .walk(&format!(
+                    "{}?$top=1000&$filter=recordType eq '{rt}'",
+                    e.host_url(&host, sub)
+                ))
+                .await;
+            assert_eq!(filtered, items, "{host} {sub}");
+        }
+        // Past the end: an empty last page, no link.
+        let (_, past) = e
+            .get_json(&format!(
+                "{}?$top=1000&$skip=9000",
+                e.host_url(&host, "passiveDns")
+            ))
+            .await;
+        assert_eq!(past["value"], json!([]));
+        assert!(past.get("@odata.nextLink").is_none());
+    }
+    assert_eq!(shared_host_names("contoso.com"), None);
+}
+
+#[tokio::test]
+async fn about_a_quarter_of_names_resolve_to_a_shared_host() {
+    let names: Vec<String> = (0..4000).map(|i| format!("host{i}.fabrikam.com")).collect();
+    let resolving: Vec<(String, String)> = names
+        .iter()
+        .filter_map(|n| shared_host_for(n).map(|h| (n.clone(), h)))
+        .collect();
+    let share = resolving.len() as f64 / names.len() as f64;
+    assert!((0.2..=0.3).contains(&share), "{share}");
+    // Every shared host gets some of them.
+    let shared = shared_hosts();
+    for (host, _) in &shared {
+        let n = resolving.iter().filter(|(_, h)| h == host).count();
+        assert!(n > 100, "{host} {n}");
+    }
+    for never in [
+        "unknown.fabrikam.com",
+        "a.nxdomain.fabrikam.com",
+        "20.1.2.3",
+        "2603:1030::1",
+        "8.8.8.8",
+        "edge.sharedcdn-sim.net",
+        "not a host",
+    ] {
+        assert_eq!(shared_host_for(never), None, "{never}");
+    }
+
+    // Over HTTP: the extra record is the last one, to the host `shared_host_for` says.
+    let e = env().await;
+    for (name, host) in resolving.iter().take(12) {
+        let (records, _) = e.walk(&e.host_url(name, "passiveDns")).await;
+        let last = records.last().unwrap();
+        assert_eq!(last["artifact"]["id"], host.as_str(), "{name}");
+        let rt = if host.parse::<std::net::IpAddr>().is_ok() {
+            "A"
+        } else {
+            "CNAME"
+        };
+        assert_eq!(last["recordType"], rt);
+        let to_shared = records
+            .iter()
+            .filter(|r| {
+                shared
+                    .iter()
+                    .any(|(h, _)| r["artifact"]["id"] == h.as_str())
+            })
+            .count();
+        assert_eq!(to_shared, 1, "{name}");
+    }
+    for name in names
+        .iter()
+        .filter(|n| shared_host_for(n).is_none())
+        .take(12)
+    {
+        let (records, _) = e.walk(&e.host_url(name, "passiveDns")).await;
+        assert!(records.iter().all(|r| !shared
+            .iter()
+            .any(|(h, _)| r["artifact"]["id"] == h.as_str())));
+    }
+}
+
+#[tokio::test]
+async fn shared_hosts_name_actors_no_profile_lists() {
+    let e = env().await;
+    let (profiles, _) = e.walk(&e.ti_url("intelProfiles")).await;
+    let mut listed: HashSet<String> = HashSet::new();
+    for p in &profiles {
+        let id = p["id"].as_str().unwrap();
+        let (indicators, _) = e
+            .walk(&e.ti_url(&format!("intelProfiles/{id}/indicators")))
+            .await;
+        listed.extend(
+            indicators
+                .iter()
+                .map(|i| i["artifact"]["id"].as_str().unwrap().to_string()),
+        );
+    }
+    let shared = shared_hosts();
+    assert!(shared.iter().filter(|(_, actor)| actor.is_some()).count() >= 2);
+    for (host, actor) in &shared {
+        assert!(!listed.contains(host), "{host} is a profile indicator");
+        let (_, rep) = e.get_json(&e.host_url(host, "reputation")).await;
+        assert_eq!(cti_actor(&rep).as_deref(), *actor, "{host}: {rep}");
+        let Some(actor) = actor else {
+            continue;
+        };
+        assert!(
+            ["malicious", "suspicious"].contains(&rep["classification"].as_str().unwrap()),
+            "{rep}"
+        );
+        let rule = &rep["rules"][0];
+        assert_eq!(rule["severity"], "high");
+        assert!(rule["relatedDetailsUrl"]
+            .as_str()
+            .unwrap()
+            .contains(&data::profile_id(actor)));
+        // A dedicated counterpart naming the same actor, in the same rule, that the profile
+        // does list: the pair a confidence test compares.
+        let dedicated = data::pool()
+            .malicious
+            .iter()
+            .find(|h| data::actor_of(h) == *actor)
+            .unwrap();
+        assert!(listed.contains(dedicated.as_str()), "{dedicated}");
+        let (_, rep) = e.get_json(&e.host_url(dedicated, "reputation")).await;
+        assert_eq!(cti_actor(&rep).as_deref(), Some(*actor));
+        // And a name that resolves to the shared host.
+        let name = (0..)
+            .map(|i| format!("ioc{i}.woodgrove-test.com"))
+            .find(|n| shared_host_for(n).as_deref() == Some(host.as_str()))
+            .unwrap();
+        let (records, _) = e.walk(&e.host_url(&name, "passiveDns")).await;
+        assert!(records.iter().any(|r| r["artifact"]["id"] == host.as_str()));
+    }
+    let (_, entity) = e.get_json(&e.host_url("8.8.8.8", "")).await;
+    assert_eq!(entity["autonomousSystem"]["number"], 15169);
+}
+
+#[tokio::test]
+async fn added_indicators_are_listed_until_cleared() {
+    let e = env().await;
+    let ids = data::profile_ids();
+    let volt = &ids["Volt Typhoon"];
+    let url = e.ti_url(&format!("intelProfiles/{volt}/indicators"));
+    let (before, _) = e.walk(&url).await;
+
+    let c = e.sim.control();
+    assert_eq!(
+        c.add_profile_indicator("volt typhoon", "104.18.32.7")
+            .as_deref(),
+        Some(volt.as_str())
+    );
+    assert_eq!(
+        c.add_profile_indicator(volt, "New-Infra.Woodgrove-Test.com.")
+            .as_deref(),
+        Some(volt.as_str())
+    );
+    // Twice is once.
+    c.add_profile_indicator("Volt Typhoon", "104.18.32.7");
+    assert_eq!(c.add_profile_indicator("Nobody Blizzard", "1.2.3.4"), None);
+
+    let (after, _) = e.walk(&url).await;
+    assert_eq!(after.len(), before.len() + 2);
+    assert_eq!(after[..before.len()], before[..]);
+    let ip = &after[before.len()];
+    assert_eq!(ip["artifact"]["id"], "104.18.32.7");
+    assert_eq!(
+        ip["artifact"]["@odata.type"],
+        "#microsoft.graph.security.ipAddress"
+    );
+    let name = &after[before.len() + 1];
+    assert_eq!(name["artifact"]["id"], "new-infra.woodgrove-test.com");
+    assert!(name["artifact"]["@odata.type"]
+        .as_str()
+        .unwrap()
+        .eq_ignore_ascii_case("#microsoft.graph.security.hostname"));
+    for added in [ip, name] {
+        for field in ["id", "source", "firstSeenDateTime", "lastSeenDateTime"] {
+            assert!(added[field].is_string(), "{field}: {added}");
+        }
+    }
+    // Only that profile has them.
+    let aqua = &ids["Aqua Blizzard"];
+    let (others, _) = e
+        .walk(&e.ti_url(&format!("intelProfiles/{aqua}/indicators")))
+        .await;
+    assert!(others.iter().all(|i| i["artifact"]["id"] != "104.18.32.7"));
+
+    c.clear_added_indicators();
+    let (cleared, _) = e.walk(&url).await;
+    assert_eq!(cleared, before);
 }
 
 #[tokio::test]
