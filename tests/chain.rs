@@ -1109,3 +1109,37 @@ async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_
         "the two IOCs only: both hosts came from the other worker's answers"
     );
 }
+
+#[tokio::test]
+async fn a_link_through_the_simulators_cdn_edge_is_discounted_to_low() {
+    let (_sim, graph) = sim_and_client().await;
+    let db = TestDb::new().await;
+    sync_profiles(&graph, &db.store).await.expect("sync");
+    let profiles = Arc::new(ProfileIndex::load(&db.store).await.expect("load"));
+    let (edge, actor) = sim::shared_hosts()
+        .into_iter()
+        .find_map(|(host, actor)| Some((host, actor?)))
+        .expect("a shared host that names an actor");
+    let ioc = (0..1000)
+        .map(|i| format!("host{i}.fabrikam.com"))
+        .find(|name| sim::shared_host_for(name).as_deref() == Some(edge.as_str()))
+        .expect("a name behind it");
+    let chainer = Chainer::new(graph, Some(db.store.clone()), ChainSettings::default())
+        .with_profiles(profiles);
+
+    let report = chainer.walk(&observable(&ioc)).await.expect("walk");
+    let hit = report
+        .hits
+        .iter()
+        .find(|h| h.artifact == edge)
+        .unwrap_or_else(|| panic!("{ioc} is linked to {actor} through {edge}: {report}"));
+    assert_eq!(hit.actor, actor);
+    let sharing: Vec<i32> = hit
+        .factors
+        .iter()
+        .filter(|f| f.factor == "sharing")
+        .map(|f| f.points)
+        .collect();
+    assert_eq!(sharing, [-30], "{:#?}", hit.factors);
+    assert_eq!(Band::of(hit.confidence), Band::Low, "{:#?}", hit.factors);
+}

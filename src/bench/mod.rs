@@ -56,7 +56,9 @@ use crate::secret::Secret;
 use crate::sim::{self, SimConfig, SimHandle};
 use crate::store::Store;
 
-use report::{Attribution, Breakdown, Config, Graph, Latency, Machine, Postgres, Resources, Runs, Throughput};
+use report::{
+    Attribution, Breakdown, Config, Graph, Latency, Machine, Postgres, Resources, Runs, Throughput,
+};
 pub use report::{Report, WorkerProcess};
 
 /// Messages per pipelined publish (one wait for all their confirms).
@@ -688,9 +690,15 @@ async fn read_attribution(conn: &mut PgConnection) -> anyhow::Result<Attribution
         )
     };
     let bands = |rows: Vec<(String, i64)>| -> BTreeMap<String, u64> {
-        rows.into_iter().map(|(band, n)| (band, n.max(0) as u64)).collect()
+        rows.into_iter()
+            .map(|(band, n)| (band, n.max(0) as u64))
+            .collect()
     };
-    let hits = bands(sqlx::query_as(&by_band("actor_hits")).fetch_all(&mut *conn).await?);
+    let hits = bands(
+        sqlx::query_as(&by_band("actor_hits"))
+            .fetch_all(&mut *conn)
+            .await?,
+    );
     let attributions = bands(
         sqlx::query_as(&by_band("actor_attributions"))
             .fetch_all(&mut *conn)
@@ -1207,7 +1215,7 @@ fn assemble(a: Assembly<'_>) -> Report {
     };
 
     let mut notes = vec![
-        "publish→commit latency ends at enrichment_runs.created_at, Postgres now() = the start of the result transaction: the write itself, the commit, the ack and actor-hit events are after it".to_owned(),
+        "publish→commit latency ends at enrichment_runs.created_at, Postgres now() = the start of the result transaction: the write itself, the commit, the ack and attribution events are after it".to_owned(),
         "service time is enrichment_runs.duration_ms (whole milliseconds): cache check, Graph requests (limiter and 429 waits included), chaining with its reputation cache; it excludes the queue wait and the result write".to_owned(),
         "not measured: time inside Graph HTTP requests client-side (the client has no timer; see simulator latency and CPU), Postgres pool acquire waits and client-side statement time (Postgres active time is server-side), broker publish/ack round trips".to_owned(),
     ];

@@ -577,7 +577,7 @@ impl GraphClient {
                 None => return Ok(out),
                 Some(_) if limits.max_pages.is_some_and(|cap| out.pages >= cap) => {
                     out.truncated = true;
-                    tracing::info!(
+                    tracing::debug!(
                         endpoint,
                         pages = out.pages,
                         "page cap reached; walk cut short"
