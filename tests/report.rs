@@ -287,6 +287,13 @@ async fn the_demo_summary_lists_attributions_by_band_strongest_first() {
     );
     let text = summary.to_string();
     println!("{text}");
+    let mut many = summary.clone();
+    many.attributions[0].hits = (1..=5).map(|i| (format!("10.0.0.{i}"), 50)).collect();
+    assert!(
+        many.to_string()
+            .contains(" via 10.0.0.1 50, 10.0.0.2 50, 10.0.0.3 50, 2 more  [announced]\n"),
+        "{many}"
+    );
     assert!(
         text.contains("attributions (observable and actor): 1 high, 0 medium, 1 low; 1 announced"),
         "{text}"

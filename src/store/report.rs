@@ -51,6 +51,8 @@ pub struct SummaryAttribution {
 
 /// At most this many attributions are listed.
 const SUMMARY_ATTRIBUTIONS: i64 = 20;
+/// At most this many linking artifacts are printed per attribution.
+const SUMMARY_HITS: usize = 3;
 
 fn band(name: &str) -> Result<Band, StoreError> {
     Band::named(name).ok_or_else(|| StoreError::Decode {
@@ -213,11 +215,16 @@ impl fmt::Display for Summary {
                 "  strongest first (confidence, band, actor, observable via each linking artifact and its hit's confidence):"
             )?;
             for a in &self.attributions {
-                let hits: Vec<String> = a
+                // The strongest few: a shared observable can be linked through dozens.
+                let mut hits: Vec<String> = a
                     .hits
                     .iter()
+                    .take(SUMMARY_HITS)
                     .map(|(artifact, confidence)| format!("{artifact} {confidence}"))
                     .collect();
+                if a.hits.len() > SUMMARY_HITS {
+                    hits.push(format!("{} more", a.hits.len() - SUMMARY_HITS));
+                }
                 let announced = if a.announcements > 0 {
                     "  [announced]"
                 } else {
