@@ -141,7 +141,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
     let summary = store.summary().await?;
     print!("{summary}");
     println!(
-        "\nResults live in Postgres ({}): tables observables, enrichment_runs, indicators, extracts, reputations, actor_hits, rejected_inputs.\nDead-lettered messages wait in the queue {}.",
+        "\nResults live in Postgres ({}): tables observables, enrichment_runs, indicators, extracts, reputations, actor_hits, actor_attributions, rejected_inputs; views dash_attributions and dash_actor_hits show the confidences.\nDead-lettered messages wait in the queue {}.",
         redact_url(cmd.database.database_url.expose()),
         topology.dead_letter_queue()
     );

@@ -1,8 +1,10 @@
 //! The Grafana dashboard (`grafana/dashboards/mdti.json`) and the `dash_*` views it reads
-//! (`migrations/0004_views.sql`): every panel's SQL runs against a freshly migrated, seeded
-//! database, and the views say what the seeded rows imply.
+//! (`migrations/0004_views.sql`, `migrations/0010_attribution_views.sql`): every panel's SQL runs
+//! against a freshly migrated, seeded database, the views say what the seeded rows imply, and
+//! the dashboard colours confidences by the model's bands.
 
 use chrono::{DateTime, Duration, Utc};
+use mdti_worker::chain::Band;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -78,6 +80,15 @@ async fn run_panel(db: &TestDb, dashboard: &Value, title: &str, days: i64) -> Ve
 async fn seeded() -> TestDb {
     let db = TestDb::new().await;
     seed(&db.store).await;
+    // The seed moves Storm-0558's hit ten days back; its attribution goes with it, as a walk ten
+    // days ago would have left it.
+    sqlx::query(
+        "UPDATE actor_attributions SET created_at = now() - interval '10 days', \
+         updated_at = now() - interval '10 days' WHERE actor = 'Storm-0558'",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
     db
 }
 
@@ -94,6 +105,8 @@ async fn every_panel_query_runs_on_a_migrated_database() {
         "dash_top_actors",
         "dash_throughput_hourly",
         "dash_rejections",
+        "dash_attributions",
+        "dash_attributions_daily",
     ] {
         assert!(
             queries.iter().any(|(_, sql)| sql.contains(needed)),
@@ -125,14 +138,21 @@ async fn panels_show_what_the_seeded_rows_imply() {
     let db = seeded().await;
 
     // Both actors within a month; only Forest Blizzard within a week (Storm-0558's hit is ten
-    // days old).
+    // days old). Forest Blizzard's observable counts once, as high: its pair is as strong as
+    // its best hit (85), though the other hit (55) is medium.
     let top = run_panel(&db, &dashboard, "Top actors", 30).await;
-    let top: Vec<(String, i64, i64, i64)> = top
+    // actor, high, medium, low, observables, best confidence, artifacts, hits.
+    type TopActor = (String, i64, i64, i64, i64, i16, i64, i64);
+    let top: Vec<TopActor> = top
         .iter()
         .map(|r| {
             (
                 r.get("actor"),
+                r.get("high"),
+                r.get("medium"),
+                r.get("low"),
                 r.get("observables"),
+                r.get("best_confidence"),
                 r.get("artifacts"),
                 r.get("hits"),
             )
@@ -141,12 +161,72 @@ async fn panels_show_what_the_seeded_rows_imply() {
     assert_eq!(
         top,
         [
-            ("Forest Blizzard".to_owned(), 1, 2, 2),
-            ("Storm-0558".to_owned(), 1, 1, 1)
+            ("Forest Blizzard".to_owned(), 1, 0, 0, 1, 85, 2, 2),
+            ("Storm-0558".to_owned(), 0, 0, 1, 1, 35, 1, 1)
         ]
     );
     let week = run_panel(&db, &dashboard, "Top actors", 7).await;
     assert_eq!(week.len(), 1);
+
+    let hits = run_panel(&db, &dashboard, "Recent actor hits", 7).await;
+    let mut hits: Vec<(String, i16, String)> = hits
+        .iter()
+        .map(|r| (r.get("artifact"), r.get("confidence"), r.get("band")))
+        .collect();
+    hits.sort();
+    assert_eq!(
+        hits,
+        [
+            ("20.30.40.50".to_owned(), 55, "medium".to_owned()),
+            ("evil-kit.net".to_owned(), 85, "high".to_owned())
+        ]
+    );
+
+    let attributions = run_panel(&db, &dashboard, "Attributions", 30).await;
+    let attributions: Vec<(i16, String, String, String, i32, String)> = attributions
+        .iter()
+        .map(|r| {
+            (
+                r.get("confidence"),
+                r.get("band"),
+                r.get("actor"),
+                r.get("observable"),
+                r.get("artifacts"),
+                r.get("evidence"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attributions,
+        [
+            (
+                85,
+                "high".to_owned(),
+                "Forest Blizzard".to_owned(),
+                "evil-kit.net".to_owned(),
+                2,
+                "intel_article, reputation_rule".to_owned()
+            ),
+            (
+                35,
+                "low".to_owned(),
+                "Storm-0558".to_owned(),
+                "2a01:111:f400::1".to_owned(),
+                1,
+                "reputation_rule".to_owned()
+            )
+        ],
+        "strongest first"
+    );
+    assert_eq!(run_panel(&db, &dashboard, "Attributions", 7).await.len(), 1);
+
+    // Forest Blizzard's pair today (high), Storm-0558's ten days back (low).
+    let by_band = run_panel(&db, &dashboard, "Attributions by band", 30).await;
+    let by_band: Vec<(i64, i64, i64)> = by_band
+        .iter()
+        .map(|r| (r.get("high"), r.get("medium"), r.get("low")))
+        .collect();
+    assert_eq!(by_band, [(0, 0, 1), (1, 0, 0)]);
 
     let outcomes = run_panel(&db, &dashboard, "Enrichments by outcome", 7).await;
     let outcomes: Vec<(String, i64)> = outcomes
@@ -251,6 +331,142 @@ async fn views_summarise_the_seeded_rows() {
         ]
     );
 
+    let scored: Vec<(String, i16, String, usize)> = sqlx::query(
+        "SELECT artifact, confidence, band, jsonb_array_length(confidence_factors) AS factors \
+         FROM dash_actor_hits ORDER BY confidence DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("artifact"),
+            r.get("confidence"),
+            r.get("band"),
+            r.get::<i32, _>("factors") as usize,
+        )
+    })
+    .collect();
+    assert_eq!(
+        scored,
+        [
+            ("evil-kit.net".to_owned(), 85, "high".to_owned(), 1),
+            ("20.30.40.50".to_owned(), 55, "medium".to_owned(), 1),
+            ("2a01:111:f400::1".to_owned(), 35, "low".to_owned(), 1)
+        ]
+    );
+
+    // One attribution per observable and actor; the seed's walks were announced from medium, and
+    // no relay ran: Forest Blizzard's pair is owed its event, Storm-0558's (low) is not.
+    type Attribution = (
+        String,
+        String,
+        String,
+        i16,
+        String,
+        Vec<String>,
+        i32,
+        bool,
+        i32,
+    );
+    let attributions: Vec<Attribution> = sqlx::query(
+        "SELECT kind, observable, actor, confidence, band, evidence_kinds, artifacts, \
+                    event_owed, announcements \
+             FROM dash_attributions ORDER BY confidence DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("kind"),
+            r.get("observable"),
+            r.get("actor"),
+            r.get("confidence"),
+            r.get("band"),
+            r.get("evidence_kinds"),
+            r.get("artifacts"),
+            r.get("event_owed"),
+            r.get("announcements"),
+        )
+    })
+    .collect();
+    assert_eq!(
+        attributions,
+        [
+            (
+                "domain".to_owned(),
+                "evil-kit.net".to_owned(),
+                "Forest Blizzard".to_owned(),
+                85,
+                "high".to_owned(),
+                vec!["intel_article".to_owned(), "reputation_rule".to_owned()],
+                2,
+                true,
+                0
+            ),
+            (
+                "ipv6".to_owned(),
+                "2a01:111:f400::1".to_owned(),
+                "Storm-0558".to_owned(),
+                35,
+                "low".to_owned(),
+                vec!["reputation_rule".to_owned()],
+                1,
+                false,
+                0
+            )
+        ]
+    );
+
+    // Per day and band: today's pair (high), and Storm-0558's ten days back (low).
+    let daily: Vec<(i32, String, i64, i64, i64)> = sqlx::query(
+        "SELECT day = date_trunc('day', now(), 'UTC') AS today, \
+                band, attributions, observables, actors \
+         FROM dash_attributions_daily ORDER BY day",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            i32::from(r.get::<bool, _>("today")),
+            r.get("band"),
+            r.get("attributions"),
+            r.get("observables"),
+            r.get("actors"),
+        )
+    })
+    .collect();
+    assert_eq!(
+        daily,
+        [
+            (0, "low".to_owned(), 1, 1, 1),
+            (1, "high".to_owned(), 1, 1, 1)
+        ]
+    );
+
+    // Hits per day and actor, split by each hit's own band.
+    let forest_today: (i64, i64, i64, i64) = sqlx::query(
+        "SELECT hits, high_hits, medium_hits, low_hits FROM dash_actor_hits_daily \
+         WHERE actor = 'Forest Blizzard'",
+    )
+    .fetch_one(pool)
+    .await
+    .map(|r| {
+        (
+            r.get("hits"),
+            r.get("high_hits"),
+            r.get("medium_hits"),
+            r.get("low_hits"),
+        )
+    })
+    .unwrap();
+    assert_eq!(forest_today, (2, 1, 1, 0));
+
     let per_code: Vec<(String, i64)> =
         sqlx::query("SELECT code, rejections FROM dash_rejections_daily ORDER BY code")
             .fetch_all(pool)
@@ -266,4 +482,96 @@ async fn views_summarise_the_seeded_rows() {
             ("invalid_observable".to_owned(), 2)
         ]
     );
+}
+
+/// Every `byName` override of a panel, as (panel title, field name, properties).
+fn overrides(dashboard: &Value) -> Vec<(String, String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for o in panel["fieldConfig"]["overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if o["matcher"]["id"] == "byName" {
+                out.push((
+                    title.to_owned(),
+                    o["matcher"]["options"].as_str().unwrap().to_owned(),
+                    o["properties"].as_array().cloned().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn property<'a>(properties: &'a [Value], id: &str) -> Option<&'a Value> {
+    properties
+        .iter()
+        .find(|p| p["id"] == id)
+        .map(|p| &p["value"])
+}
+
+#[test]
+fn the_dashboard_colours_confidences_by_the_models_bands() {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
+    let overrides = overrides(&dashboard);
+
+    // Every panel that shows a confidence cell colours it from the band thresholds, in the
+    // colour its band has everywhere else.
+    let colour = |band: Band| match band {
+        Band::High => "red",
+        Band::Medium => "orange",
+        Band::Low => "blue",
+    };
+    let confidences: Vec<_> = overrides
+        .iter()
+        .filter(|(_, field, _)| field.contains("confidence"))
+        .collect();
+    let panels: Vec<&str> = confidences.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(panels, ["Top actors", "Attributions", "Recent actor hits"]);
+    for (title, field, properties) in &confidences {
+        let steps: Vec<(Option<u64>, &str)> = property(properties, "thresholds")
+            .unwrap_or_else(|| panic!("{title}: {field} has no thresholds"))["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["value"].as_u64(), s["color"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (None, colour(Band::Low)),
+                (Some(u64::from(Band::MEDIUM)), colour(Band::Medium)),
+                (Some(u64::from(Band::HIGH)), colour(Band::High)),
+            ],
+            "{title}: {field}"
+        );
+    }
+
+    // Band cells (tables) and band series (the time series) use the same colours.
+    let mut bands_seen = 0;
+    for (title, field, properties) in &overrides {
+        if field == "band" {
+            bands_seen += 1;
+            let mappings = property(properties, "mappings")
+                .unwrap_or_else(|| panic!("{title}: band has no value mappings"));
+            for band in Band::ALL {
+                assert_eq!(
+                    mappings[0]["options"][band.as_str()]["color"],
+                    colour(band),
+                    "{title}: {band}"
+                );
+            }
+        } else if let Some(band) = Band::named(field) {
+            assert_eq!(title, "Attributions by band");
+            assert_eq!(
+                property(properties, "color").unwrap()["fixedColor"],
+                colour(band),
+                "{title}: {band}"
+            );
+        }
+    }
+    assert_eq!(bands_seen, 2, "the two tables with a band column");
 }

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use mdti_worker::export::{render, stix, ExportFilter, ExportFormat, ExportRow};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 mod support;
 use support::seed::seed;
@@ -74,6 +74,55 @@ async fn rows_are_the_actor_hits_and_the_flagged_observables() {
     let evil = &rows[0];
     assert_eq!(evil.classification.as_deref(), Some("malicious"));
     assert_eq!(evil.runs, 1);
+
+    // Each hit's own confidence, and its attribution's (the best of the pair's hits).
+    let confidences: Vec<Option<(u8, u8)>> = rows
+        .iter()
+        .map(|r| {
+            r.hit
+                .as_ref()
+                .map(|h| (h.confidence, h.attribution_confidence))
+        })
+        .collect();
+    assert_eq!(
+        confidences,
+        [Some((55, 85)), Some((85, 85)), None, Some((35, 35))]
+    );
+}
+
+#[tokio::test]
+async fn csv_and_json_lines_carry_each_hits_confidence_and_band() {
+    let db = seeded().await;
+    let rows = all_rows(&db).await;
+
+    let csv = render(&rows, ExportFormat::Csv);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[header.len() - 2..], ["confidence", "band"]);
+    let tails: Vec<String> = lines
+        .map(|l| l.rsplitn(3, ',').take(2).collect::<Vec<_>>().join(","))
+        .collect();
+    // (band, confidence) per row: the rows' order, the flagged observable without a hit empty.
+    assert_eq!(tails, ["medium,55", "high,85", ",", "low,35"]);
+
+    let jsonl = render(&rows, ExportFormat::Jsonl);
+    let objects: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let pairs: Vec<(Value, Value)> = objects
+        .iter()
+        .map(|o| (o["confidence"].clone(), o["band"].clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (json!(55), json!("medium")),
+            (json!(85), json!("high")),
+            (Value::Null, Value::Null),
+            (json!(35), json!("low")),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -151,6 +200,68 @@ async fn the_bundle_has_indicators_observables_intrusion_sets_and_relationships(
             "indicates",
             "related-to"
         ]
+    );
+
+    // `indicates` carries the attribution's confidence: Forest Blizzard's is its best hit's (85,
+    // on evil-kit.net itself, not the 55 via the counterpart).
+    let mut indicates: Vec<(u64, String)> = objects(&bundle, "relationship")
+        .iter()
+        .filter(|r| r["relationship_type"] == "indicates")
+        .map(|r| {
+            (
+                r["confidence"].as_u64().unwrap(),
+                r["description"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    indicates.sort();
+    assert_eq!(indicates[0].0, 35);
+    assert!(
+        indicates[0].1.ends_with("Confidence 35 (low)."),
+        "{indicates:?}"
+    );
+    assert_eq!(indicates[1].0, 85);
+    assert!(
+        indicates[1].1.ends_with("Confidence 85 (high)."),
+        "{indicates:?}"
+    );
+    assert!(
+        objects(&bundle, "relationship")
+            .iter()
+            .filter(|r| r["relationship_type"] != "indicates")
+            .all(|r| r.get("confidence").is_none()),
+        "only indicates states a confidence"
+    );
+}
+
+#[tokio::test]
+async fn indicates_keeps_the_attributions_confidence_when_since_leaves_its_best_hit_out() {
+    let db = seeded().await;
+    // Forest Blizzard's strong hit (85, evil-kit.net itself) is ten days old; the weaker one
+    // (55, via 20.30.40.50) is recent.
+    sqlx::query(
+        "UPDATE actor_hits SET updated_at = now() - interval '10 days' \
+         WHERE actor = 'Forest Blizzard' AND artifact = 'evil-kit.net'",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let week = ExportFilter {
+        since: Some(mdti_worker::export::parse_since("7d", chrono::Utc::now()).unwrap()),
+        actor: None,
+    };
+    let rows = db.store.export_rows(&week).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].hit.as_ref().unwrap().confidence, 55);
+    let bundle = stix::bundle(&rows);
+    let indicates: Vec<&Value> = objects(&bundle, "relationship")
+        .into_iter()
+        .filter(|r| r["relationship_type"] == "indicates")
+        .collect();
+    assert_eq!(indicates.len(), 1);
+    assert_eq!(
+        indicates[0]["confidence"], 85,
+        "the pair's, not the best of the exported rows"
     );
 }
 

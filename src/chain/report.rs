@@ -6,7 +6,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{ActorHit, ChainReport, Evidence};
+use super::{ActorHit, Band, ChainReport, Evidence, Factor};
 
 impl ChainReport {
     /// Actor → the domains and IPs linking the IOC to it (sorted, each once): what the seed
@@ -91,18 +91,43 @@ impl fmt::Display for ChainReport {
         for hit in &self.hits {
             by_actor.entry(hit.actor.clone()).or_default().push(hit);
         }
-        for (actor, hits) in by_actor {
+        // The strongest attribution first, and within an actor the strongest hit first: what a
+        // reader acts on is at the top. Ties keep the walk's order (by name, then path).
+        let mut actors: Vec<(String, Vec<&ActorHit>)> = by_actor.into_iter().collect();
+        for (_, hits) in &mut actors {
+            hits.sort_by_key(|hit| std::cmp::Reverse(hit.confidence));
+        }
+        actors.sort_by_key(|(_, hits)| std::cmp::Reverse(hits[0].confidence));
+        for (actor, hits) in actors {
             write!(f, "  {actor}")?;
             let first = hits[0];
-            if let Some(id) = &first.profile_id {
+            if let Some(id) = first
+                .profile_id
+                .as_ref()
+                .or_else(|| hits.iter().find_map(|h| h.profile_id.as_ref()))
+            {
                 write!(f, " [profile {id}]")?;
             }
-            if !first.aliases.is_empty() {
-                write!(f, " aka {}", first.aliases.join(", "))?;
+            if let Some(aliases) = hits.iter().map(|h| &h.aliases).find(|a| !a.is_empty()) {
+                write!(f, " aka {}", aliases.join(", "))?;
             }
-            writeln!(f)?;
+            // The attribution (this IOC and actor) is as strong as its best hit.
+            writeln!(
+                f,
+                ": confidence {} ({}), best of {} hit(s)",
+                first.confidence,
+                Band::of(first.confidence),
+                hits.len()
+            )?;
             for hit in hits {
-                write!(f, "    {}  via {}", hit.artifact, hit.path.join(" -> "))?;
+                write!(
+                    f,
+                    "    {}  {} ({})  via {}",
+                    hit.artifact,
+                    hit.confidence,
+                    Band::of(hit.confidence),
+                    hit.path.join(" -> ")
+                )?;
                 if hit.first_seen.is_some() || hit.last_seen.is_some() {
                     write!(
                         f,
@@ -112,6 +137,9 @@ impl fmt::Display for ChainReport {
                     )?;
                 }
                 writeln!(f)?;
+                if !hit.factors.is_empty() {
+                    writeln!(f, "      why: {}", factors(&hit.factors))?;
+                }
                 for evidence in &hit.evidence {
                     writeln!(f, "      - {evidence}")?;
                 }
@@ -142,6 +170,15 @@ impl fmt::Display for ChainReport {
     }
 }
 
+/// A hit's factors on one line: `link +40 (one hop), reputation +15 (malicious, score 90)`.
+fn factors(factors: &[Factor]) -> String {
+    factors
+        .iter()
+        .map(|f| format!("{} {:+} ({})", f.factor, f.points, f.detail))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The routing key of an actor hit event: the actor's name lowercased, each run of whitespace
 /// replaced by `-` (`Aqua Blizzard` → `aqua-blizzard`).
 pub fn event_routing_key(actor: &str) -> String {
@@ -161,6 +198,96 @@ mod tests {
         assert_eq!(event_routing_key("Aqua Blizzard"), "aqua-blizzard");
         assert_eq!(event_routing_key("  Storm-0558 "), "storm-0558");
         assert_eq!(event_routing_key("Lace\tTempest  X"), "lace-tempest-x");
+    }
+
+    fn hit(actor: &str, artifact: &str, confidence: u8, profile: Option<&str>) -> ActorHit {
+        ActorHit {
+            actor: actor.into(),
+            profile_id: profile.map(str::to_owned),
+            aliases: Vec::new(),
+            artifact: artifact.into(),
+            path: vec!["evil.example".into(), artifact.into()],
+            evidence: vec![Evidence::ReputationRule {
+                rule: "Cyber Threat Intelligence".into(),
+                severity: None,
+                score: Some(90),
+                classification: Some("malicious".into()),
+            }],
+            first_seen: None,
+            last_seen: None,
+            confidence,
+            factors: vec![
+                Factor {
+                    factor: "link".into(),
+                    detail: "one hop".into(),
+                    points: 40,
+                },
+                Factor {
+                    factor: "sharing".into(),
+                    detail: "shared (80 names)".into(),
+                    points: -15,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn actors_show_their_best_confidence_and_artifacts_their_own() {
+        // Skipped (a special-use name) or not, it is an observable to print.
+        let ioc = crate::observable::normalise("evil.example", None, &Default::default())
+            .unwrap()
+            .into_observable();
+        let report = ChainReport {
+            ioc,
+            // In the walk's order: by actor, then path.
+            hits: vec![
+                hit("Aqua Blizzard", "198.51.100.1", 25, None),
+                hit("Aqua Blizzard", "198.51.100.2", 75, Some("p-aqua")),
+                hit("Volt Typhoon", "198.51.100.3", 50, None),
+            ],
+            articles: Vec::new(),
+            counterparts: 3,
+            pages: 1,
+            sharing_pages: 0,
+            graph_requests: 4,
+            reputation_cache_hits: 0,
+            truncated: Vec::new(),
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "  Aqua Blizzard [profile p-aqua]: confidence 75 (high), best of 2 hit(s)",
+                "    198.51.100.2  75 (high)  via evil.example -> 198.51.100.2",
+                "      why: link +40 (one hop), sharing -15 (shared (80 names))",
+                "      - reputation rule \"Cyber Threat Intelligence\": malicious, score 90, severity -",
+                "    198.51.100.1  25 (low)  via evil.example -> 198.51.100.1",
+                "      why: link +40 (one hop), sharing -15 (shared (80 names))",
+                "      - reputation rule \"Cyber Threat Intelligence\": malicious, score 90, severity -",
+                "  Volt Typhoon: confidence 50 (medium), best of 1 hit(s)",
+                "    198.51.100.3  50 (medium)  via evil.example -> 198.51.100.3",
+                "      why: link +40 (one hop), sharing -15 (shared (80 names))",
+                "      - reputation rule \"Cyber Threat Intelligence\": malicious, score 90, severity -",
+            ],
+            "{text}"
+        );
+
+        // A stronger actor goes first whatever its name.
+        let mut stronger = report.clone();
+        stronger.hits[2].confidence = 90;
+        let text = stronger.to_string();
+        let actors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .collect();
+        assert_eq!(
+            actors,
+            [
+                "  Volt Typhoon: confidence 90 (high), best of 1 hit(s)",
+                "  Aqua Blizzard [profile p-aqua]: confidence 75 (high), best of 2 hit(s)",
+            ]
+        );
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! an `observed-data` saying when and how often the worker looked at it, an `indicator` whose
 //! pattern matches it (`[domain-name:value = 'evil.example']`), `indicator based-on
 //! observed-data`. Per actor: an `intrusion-set`. Per actor hit: `indicator indicates
-//! intrusion-set` (one per observable and actor, naming every linking artifact), and when the
-//! linking artifact is a counterpart rather than the observable itself, the artifact's SCO and
-//! `related-to` from it to the intrusion set.
+//! intrusion-set` (one per observable and actor, naming every linking artifact, with the
+//! attribution's `confidence`), and when the linking artifact is a counterpart rather than the
+//! observable itself, the artifact's SCO and `related-to` from it to the intrusion set.
 //!
 //! Microsoft's actor names (Forest Blizzard, Storm-0558) name clusters of activity and
 //! infrastructure that Microsoft attributes to one operator, not the operator itself (the
@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::ExportRow;
+use crate::chain::Band;
 use crate::observable::ObservableKind;
 
 /// STIX 2.1 section 2.9: the namespace of SCO identifiers.
@@ -138,6 +139,8 @@ struct Actor {
 /// One `indicates` relationship being gathered: the linking artifacts and the articles.
 #[derive(Default)]
 struct Indicates {
+    /// The attribution's confidence (see where it is set).
+    confidence: Option<u8>,
     artifacts: BTreeSet<String>,
     sources: BTreeSet<String>,
     /// (url, article id, title), deduplicated.
@@ -217,6 +220,12 @@ pub fn bundle(rows: &[ExportRow]) -> Value {
         let gathered = indicates
             .entry((indicator_id.clone(), actor.clone()))
             .or_default();
+        // `indicates` says the observable points at the actor: the claim of the attribution (the
+        // observable and actor pair), not of one linking artifact, so it carries the pair's
+        // confidence, the best of all its hits (as events and `dash_attributions` do), even
+        // when a filter left some of those hits out of the rows. Every row of a pair carries
+        // the same value; the maximum only guards against rows read at different moments.
+        gathered.confidence = gathered.confidence.max(Some(hit.attribution_confidence));
         gathered.artifacts.insert(hit.artifact.clone());
         match &mut gathered.span {
             Some(span) => span.widen(hit_span),
@@ -359,7 +368,21 @@ pub fn bundle(rows: &[ExportRow]) -> Value {
         if !sources.is_empty() {
             description.push_str(&format!(" Evidence: {}.", sources.join(", ")));
         }
+        if let Some(confidence) = gathered.confidence {
+            description.push_str(&format!(
+                " Confidence {confidence} ({}).",
+                Band::of(confidence)
+            ));
+        }
         let mut object = relationship("indicates", indicator_id, &target, span, Some(description));
+        if let Some(confidence) = gathered.confidence {
+            // STIX 2.1's `confidence` common property is an integer 0-100, the scale the worker
+            // scores on, so the value goes through as it is. A consumer reading it on the
+            // specification's None/Low/Med/High scale (its appendix A) gets High from 70, as
+            // Band::HIGH; its Med starts at 30 where the worker's medium starts at 40, hence the
+            // band in the description too.
+            object["confidence"] = json!(confidence);
+        }
         if !gathered.articles.is_empty() {
             let references: Vec<Value> = gathered
                 .articles
@@ -449,6 +472,8 @@ mod tests {
                 first_seen: Some(at(1)),
                 last_seen: Some(at(3)),
                 created_at: at(2),
+                confidence: 55,
+                attribution_confidence: 85,
             }),
             last_activity: at(3),
             ..flagged(ObservableKind::Domain, value)
@@ -552,6 +577,19 @@ mod tests {
         assert_eq!(
             indicates["external_references"][0]["url"],
             "https://example.test/a"
+        );
+        assert_eq!(
+            indicates["confidence"], 85,
+            "the attribution's confidence, not the hit's"
+        );
+        let description = indicates["description"].as_str().unwrap();
+        assert!(
+            description.ends_with("Confidence 85 (high)."),
+            "{description}"
+        );
+        assert!(
+            related.get("confidence").is_none(),
+            "related-to makes no claim of its own"
         );
         assert_eq!(
             of_type(&bundle, "indicator")[0]["indicator_types"],

@@ -5,10 +5,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::ExportRow;
+use crate::chain::Band;
 
 /// The columns, in order. Lists (`aliases`, `path`, `evidence_sources`) are JSON arrays in JSON
-/// lines and `;`-joined in CSV; absent values are `null` and empty cells.
-pub const COLUMNS: [&str; 16] = [
+/// lines and `;`-joined in CSV; absent values are `null` and empty cells. `confidence` (0-100)
+/// and `band` (`low`, `medium`, `high`) are the hit's own. New columns go at the end, so a
+/// reader that takes CSV columns by position keeps reading the old ones right.
+pub const COLUMNS: [&str; 18] = [
     "observable",
     "kind",
     "classification",
@@ -25,6 +28,8 @@ pub const COLUMNS: [&str; 16] = [
     "last_enriched_at",
     "runs",
     "last_activity",
+    "confidence",
+    "band",
 ];
 
 fn time(at: Option<DateTime<Utc>>) -> Value {
@@ -34,7 +39,7 @@ fn time(at: Option<DateTime<Utc>>) -> Value {
 }
 
 /// The row's values, in [`COLUMNS`] order.
-fn values(row: &ExportRow) -> [Value; 16] {
+fn values(row: &ExportRow) -> [Value; COLUMNS.len()] {
     let hit = row.hit.as_ref();
     let sources: Vec<&str> = hit
         .and_then(|h| h.evidence.as_array())
@@ -63,6 +68,8 @@ fn values(row: &ExportRow) -> [Value; 16] {
         time(row.last_enriched_at),
         json!(row.runs),
         time(Some(row.last_activity)),
+        json!(hit.map(|h| h.confidence)),
+        json!(hit.map(|h| Band::of(h.confidence).as_str())),
     ]
 }
 
@@ -140,6 +147,8 @@ mod tests {
                 first_seen: None,
                 last_seen: Some(at),
                 created_at: at,
+                confidence: 55,
+                attribution_confidence: 85,
             }),
             last_activity: at,
         }
@@ -154,7 +163,7 @@ mod tests {
             lines.next().unwrap(),
             "evil.example,domain,malicious,90,\"Storm, \"\"0558\"\"\",,a;b,198.51.100.7,\
              evil.example;198.51.100.7,reputation_rule;intel_article,,2024-05-01T00:00:00.000Z,\
-             2024-05-01T00:00:00.000Z,,1,2024-05-01T00:00:00.000Z"
+             2024-05-01T00:00:00.000Z,,1,2024-05-01T00:00:00.000Z,55,medium"
         );
         assert!(lines.next().is_none());
     }
@@ -177,7 +186,14 @@ mod tests {
             lines[0]["evidence_sources"],
             json!(["reputation_rule", "intel_article"])
         );
+        assert_eq!(
+            lines[0]["confidence"], 55,
+            "the hit's, not its attribution's"
+        );
+        assert_eq!(lines[0]["band"], "medium");
         assert_eq!(lines[1]["actor"], Value::Null);
         assert_eq!(lines[1]["evidence_sources"], Value::Null);
+        assert_eq!(lines[1]["confidence"], Value::Null);
+        assert_eq!(lines[1]["band"], Value::Null);
     }
 }

@@ -50,6 +50,11 @@ pub struct ExportHit {
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The hit's own confidence, 0-100 (its band is `Band::of` it).
+    pub confidence: u8,
+    /// The confidence of the hit's attribution (its observable and actor): the best of all the
+    /// pair's hits, whether or not the filter kept them.
+    pub attribution_confidence: u8,
 }
 
 impl Store {
@@ -68,9 +73,12 @@ impl Store {
                     rep.classification, rep.score, \
                     h.actor, h.profile_id, h.aliases, h.artifact, h.path, h.evidence, \
                     h.first_seen, h.last_seen, h.created_at AS hit_created_at, \
+                    h.confidence, coalesce(a.confidence, h.confidence) AS attribution_confidence, \
                     coalesce(h.updated_at, runs.last_run_at, o.first_seen_at) AS last_activity \
              FROM observables o \
              LEFT JOIN actor_hits h ON h.observable_id = o.id \
+             LEFT JOIN actor_attributions a \
+                    ON a.observable_id = h.observable_id AND a.actor = h.actor \
              LEFT JOIN reputations rep ON rep.host = o.value \
              LEFT JOIN runs ON runs.observable_id = o.id \
              WHERE (h.id IS NOT NULL OR rep.classification IN ('malicious', 'suspicious')) \
@@ -109,6 +117,8 @@ fn export_row(row: &sqlx::postgres::PgRow) -> Result<ExportRow, StoreError> {
             first_seen: row.try_get("first_seen")?,
             last_seen: row.try_get("last_seen")?,
             created_at: row.try_get("hit_created_at")?,
+            confidence: confidence(row, "confidence")?,
+            attribution_confidence: confidence(row, "attribution_confidence")?,
         }),
     };
     Ok(ExportRow {
@@ -124,4 +134,16 @@ fn export_row(row: &sqlx::postgres::PgRow) -> Result<ExportRow, StoreError> {
         hit,
         last_activity: row.try_get("last_activity")?,
     })
+}
+
+/// A stored confidence (`smallint`, checked 0-100 by the table) as the model's `u8`.
+fn confidence(row: &sqlx::postgres::PgRow, column: &'static str) -> Result<u8, StoreError> {
+    let stored: i16 = row.try_get(column)?;
+    u8::try_from(stored)
+        .ok()
+        .filter(|c| *c <= 100)
+        .ok_or_else(|| StoreError::Decode {
+            what: column,
+            detail: format!("{stored} is not a confidence (0-100)"),
+        })
 }

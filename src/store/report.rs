@@ -5,6 +5,7 @@ use std::fmt;
 use sqlx::Row;
 
 use super::{Store, StoreError};
+use crate::chain::Band;
 
 /// What the `demo` prints after a run.
 #[derive(Debug, Clone, Default)]
@@ -20,8 +21,44 @@ pub struct Summary {
     pub rejected: Vec<(String, String, String)>,
     /// (value, reason) of observables that were skipped.
     pub skipped: Vec<(String, String)>,
-    /// (actor, observable, linking artifact), by actor.
-    pub actor_hits: Vec<(String, String, String)>,
+    /// Attributions (observable and actor) per band, high first, each band present.
+    pub bands: Vec<BandCount>,
+    /// The strongest attributions, strongest first.
+    pub attributions: Vec<SummaryAttribution>,
+}
+
+/// How many attributions are in a band, and how many of them were announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BandCount {
+    pub band: Band,
+    pub attributions: i64,
+    /// Of `attributions`, those an event went out for.
+    pub announced: i64,
+}
+
+/// One attribution and the hits that make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryAttribution {
+    pub actor: String,
+    pub observable: String,
+    /// The best of the hits' confidences, 0-100.
+    pub confidence: i16,
+    pub band: Band,
+    pub announcements: i32,
+    /// (linking artifact, the hit's confidence), strongest first.
+    pub hits: Vec<(String, i16)>,
+}
+
+/// At most this many attributions are listed.
+const SUMMARY_ATTRIBUTIONS: i64 = 20;
+/// At most this many linking artifacts are printed per attribution.
+const SUMMARY_HITS: usize = 3;
+
+fn band(name: &str) -> Result<Band, StoreError> {
+    Band::named(name).ok_or_else(|| StoreError::Decode {
+        what: "confidence band",
+        detail: format!("{name:?} is not a band"),
+    })
 }
 
 impl Store {
@@ -81,17 +118,52 @@ impl Store {
         .iter()
         .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
         .collect();
-        let actor_hits = sqlx::query(
-            "SELECT h.actor, o.value, h.artifact FROM actor_hits h JOIN observables o ON o.id = h.observable_id
-             ORDER BY lower(h.actor), o.value, h.artifact LIMIT 50",
+        let counted = sqlx::query(
+            "SELECT band, count(*), count(*) FILTER (WHERE announcements > 0) FROM actor_attributions
+             GROUP BY band",
         )
         .fetch_all(pool)
+        .await?;
+        let mut bands = Vec::new();
+        for band in Band::ALL.into_iter().rev() {
+            let row = counted
+                .iter()
+                .find(|r| r.get::<String, _>(0) == band.as_str());
+            bands.push(BandCount {
+                band,
+                attributions: row.map_or(0, |r| r.get(1)),
+                announced: row.map_or(0, |r| r.get(2)),
+            });
+        }
+        let mut attributions = Vec::new();
+        for row in sqlx::query(
+            "SELECT a.actor, o.value, a.confidence, a.band, a.announcements,
+                    array_agg(h.artifact ORDER BY h.confidence DESC, h.artifact) AS artifacts,
+                    array_agg(h.confidence ORDER BY h.confidence DESC, h.artifact) AS confidences
+             FROM actor_attributions a
+             JOIN observables o ON o.id = a.observable_id
+             JOIN actor_hits h ON h.observable_id = a.observable_id AND h.actor = a.actor
+             GROUP BY a.id, o.value
+             ORDER BY a.confidence DESC, lower(a.actor), o.value LIMIT $1",
+        )
+        .bind(SUMMARY_ATTRIBUTIONS)
+        .fetch_all(pool)
         .await?
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<String, _>(2)))
-        .collect();
+        {
+            let artifacts: Vec<String> = row.try_get("artifacts")?;
+            let confidences: Vec<i16> = row.try_get("confidences")?;
+            attributions.push(SummaryAttribution {
+                actor: row.try_get("actor")?,
+                observable: row.try_get("value")?,
+                confidence: row.try_get("confidence")?,
+                band: band(row.try_get("band")?)?,
+                announcements: row.try_get("announcements")?,
+                hits: artifacts.into_iter().zip(confidences).collect(),
+            });
+        }
         Ok(Summary {
-            actor_hits,
+            bands,
+            attributions,
             runs_by_status,
             extracts_by_kind,
             indicators,
@@ -125,10 +197,55 @@ impl fmt::Display for Summary {
                 writeln!(f, "    {host:<40} {classification} (score {score})")?;
             }
         }
-        if !self.actor_hits.is_empty() {
-            writeln!(f, "  actor hits (actor: observable via linking artifact):")?;
-            for (actor, observable, artifact) in &self.actor_hits {
-                writeln!(f, "    {actor:<18} {observable} via {artifact}")?;
+        let total: i64 = self.bands.iter().map(|b| b.attributions).sum();
+        if total > 0 {
+            let bands: Vec<String> = self
+                .bands
+                .iter()
+                .map(|b| format!("{} {}", b.attributions, b.band))
+                .collect();
+            let announced: i64 = self.bands.iter().map(|b| b.announced).sum();
+            writeln!(
+                f,
+                "  attributions (observable and actor): {}; {announced} announced",
+                bands.join(", ")
+            )?;
+            writeln!(
+                f,
+                "  strongest first (confidence, band, actor, observable via each linking artifact and its hit's confidence):"
+            )?;
+            for a in &self.attributions {
+                // The strongest few: a shared observable can be linked through dozens.
+                let mut hits: Vec<String> = a
+                    .hits
+                    .iter()
+                    .take(SUMMARY_HITS)
+                    .map(|(artifact, confidence)| format!("{artifact} {confidence}"))
+                    .collect();
+                if a.hits.len() > SUMMARY_HITS {
+                    hits.push(format!("{} more", a.hits.len() - SUMMARY_HITS));
+                }
+                let announced = if a.announcements > 0 {
+                    "  [announced]"
+                } else {
+                    ""
+                };
+                writeln!(
+                    f,
+                    "    {:>3} {:<6}  {:<18} {} via {}{announced}",
+                    a.confidence,
+                    a.band.as_str(),
+                    a.actor,
+                    a.observable,
+                    hits.join(", ")
+                )?;
+            }
+            if total > self.attributions.len() as i64 {
+                writeln!(
+                    f,
+                    "    ... and {} more (report, or the dash_attributions view)",
+                    total - self.attributions.len() as i64
+                )?;
             }
         }
         if !self.skipped.is_empty() {

@@ -1,5 +1,5 @@
-//! The `report` command's picture, read from the dashboard views (`migrations/0004_views.sql`),
-//! so the terminal and Grafana show the same numbers.
+//! The `report` command's picture, read from the dashboard views (`migrations/0004_views.sql`,
+//! `migrations/0010_attribution_views.sql`), so the terminal and Grafana show the same numbers.
 
 use std::fmt;
 
@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreError};
+use crate::chain::Band;
 
 /// What happened since an instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,8 +22,14 @@ pub struct Report {
     pub cache_hits: i64,
     /// One line per UTC day from the day holding `since`, oldest first.
     pub daily: Vec<DailyLine>,
-    /// Actors with a hit updated since then, by observables linked (all-time counts).
+    /// Attributions (observable and actor) written since then, by band: high, medium, low,
+    /// each present.
+    pub bands: Vec<(String, i64)>,
+    /// Actors with a hit updated since then, by observables attributed with high confidence,
+    /// then medium, then all (all-time counts).
     pub top_actors: Vec<TopActor>,
+    /// Attributions written since then, strongest first.
+    pub attributions: Vec<AttributionLine>,
     /// Hits updated since then, newest first.
     pub recent_hits: Vec<RecentHit>,
     /// Rejections since then by code, most frequent first.
@@ -42,6 +49,13 @@ pub struct DailyLine {
 pub struct TopActor {
     pub actor: String,
     pub observables: i64,
+    /// Of `observables`, those in each band: an observable counts in the band of its
+    /// attribution to this actor (the best of its hits).
+    pub high_observables: i64,
+    pub medium_observables: i64,
+    pub low_observables: i64,
+    /// The best confidence of the actor's hits, 0-100.
+    pub best_confidence: i16,
     pub artifacts: i64,
     pub hits: i64,
     pub last_hit_at: DateTime<Utc>,
@@ -54,6 +68,28 @@ pub struct RecentHit {
     pub observable: String,
     pub artifact: String,
     pub evidence_sources: Vec<String>,
+    /// The hit's own confidence, 0-100, and its band.
+    pub confidence: i16,
+    pub band: String,
+}
+
+/// One attribution (observable and actor), from `dash_attributions`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct AttributionLine {
+    pub updated_at: DateTime<Utc>,
+    pub actor: String,
+    pub kind: String,
+    pub observable: String,
+    /// The best confidence of the pair's hits, 0-100, and its band.
+    pub confidence: i16,
+    pub band: String,
+    /// Distinct evidence kinds over the pair's hits, sorted.
+    pub evidence_kinds: Vec<String>,
+    /// Distinct linking artifacts.
+    pub artifacts: i32,
+    /// Events sent for the pair so far, and whether one is due.
+    pub announcements: i32,
+    pub event_owed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -99,9 +135,41 @@ impl Store {
         .fetch_all(pool)
         .await?;
 
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT band, count(*) FROM dash_attributions WHERE updated_at >= $1 GROUP BY band",
+        )
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+        let bands = Band::ALL
+            .iter()
+            .rev()
+            .map(|band| {
+                let n = counted
+                    .iter()
+                    .find(|(name, _)| name == band.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (band.as_str().to_owned(), n)
+            })
+            .collect();
+
         let top_actors = sqlx::query_as::<_, TopActor>(
-            "SELECT actor, observables, artifacts, hits, last_hit_at FROM dash_top_actors \
-             WHERE last_hit_at >= $1 ORDER BY observables DESC, hits DESC, actor LIMIT $2",
+            "SELECT actor, observables, high_observables, medium_observables, low_observables, \
+                    best_confidence, artifacts, hits, last_hit_at FROM dash_top_actors \
+             WHERE last_hit_at >= $1 \
+             ORDER BY high_observables DESC, medium_observables DESC, observables DESC, \
+                      hits DESC, actor LIMIT $2",
+        )
+        .bind(since)
+        .bind(top)
+        .fetch_all(pool)
+        .await?;
+
+        let attributions = sqlx::query_as::<_, AttributionLine>(
+            "SELECT updated_at, actor, kind, observable, confidence, band, evidence_kinds, \
+                    artifacts, announcements, event_owed FROM dash_attributions \
+             WHERE updated_at >= $1 \
+             ORDER BY confidence DESC, updated_at DESC, actor, observable LIMIT $2",
         )
         .bind(since)
         .bind(top)
@@ -109,7 +177,8 @@ impl Store {
         .await?;
 
         let recent_hits = sqlx::query_as::<_, RecentHit>(
-            "SELECT updated_at, actor, observable, artifact, evidence_sources FROM dash_actor_hits \
+            "SELECT updated_at, actor, observable, artifact, evidence_sources, confidence, band \
+             FROM dash_actor_hits \
              WHERE updated_at >= $1 ORDER BY updated_at DESC, actor, observable, artifact LIMIT $2",
         )
         .bind(since)
@@ -134,7 +203,9 @@ impl Store {
             graph_requests: totals.try_get("graph_requests")?,
             cache_hits,
             daily,
+            bands,
             top_actors,
+            attributions,
             recent_hits,
             rejections,
         })
@@ -178,20 +249,59 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "\n  top actors (observables, artifacts, hits, last hit):"
+            "\n  top actors, by observables attributed with high, medium, low confidence:"
         )?;
         if self.top_actors.is_empty() {
             writeln!(f, "    none")?;
+        } else {
+            writeln!(
+                f,
+                "    {:<24} {:>4} {:>6} {:>4} {:>5}  {:>4} {:>9} {:>5}  last hit",
+                "actor", "high", "medium", "low", "all", "best", "artifacts", "hits"
+            )?;
         }
         for actor in &self.top_actors {
             writeln!(
                 f,
-                "    {:<24} {:>5} {:>5} {:>5}  {}",
+                "    {:<24} {:>4} {:>6} {:>4} {:>5}  {:>4} {:>9} {:>5}  {}",
                 actor.actor,
+                actor.high_observables,
+                actor.medium_observables,
+                actor.low_observables,
                 actor.observables,
+                actor.best_confidence,
                 actor.artifacts,
                 actor.hits,
                 when(actor.last_hit_at)
+            )?;
+        }
+        let bands: Vec<String> = self
+            .bands
+            .iter()
+            .map(|(band, n)| format!("{n} {band}"))
+            .collect();
+        writeln!(
+            f,
+            "\n  attributions (observable and actor): {}",
+            bands.join(", ")
+        )?;
+        for line in &self.attributions {
+            let event = if line.event_owed {
+                "event owed".to_owned()
+            } else if line.announcements > 0 {
+                format!("announced {}x", line.announcements)
+            } else {
+                "not announced".to_owned()
+            };
+            writeln!(
+                f,
+                "    {:>3} {:<6}  {:<20} {}  {} artifact(s) [{}]  {event}",
+                line.confidence,
+                line.band,
+                line.actor,
+                line.observable,
+                line.artifacts,
+                line.evidence_kinds.join(", ")
             )?;
         }
         if !self.recent_hits.is_empty() {
@@ -199,8 +309,10 @@ impl fmt::Display for Report {
             for hit in &self.recent_hits {
                 writeln!(
                     f,
-                    "    {}  {:<20} {} via {} [{}]",
+                    "    {}  {:>3} {:<6}  {:<20} {} via {} [{}]",
                     when(hit.updated_at),
+                    hit.confidence,
+                    hit.band,
                     hit.actor,
                     hit.observable,
                     hit.artifact,
