@@ -119,39 +119,23 @@ async fn run(workers: usize, args: &[&str]) -> Results {
 
 /// Results compared row for row; a difference names the rows, not the whole sets.
 fn assert_same(got: &Results, want: &Results, what: &str) {
-    let missing: Vec<_> = want.hits.difference(&got.hits).take(20).collect();
-    let extra: Vec<_> = got.hits.difference(&want.hits).take(20).collect();
+    same_rows(&got.hits, &want.hits, what, "hits");
+    same_rows(&got.attributions, &want.attributions, what, "attributions");
+    same_rows(&got.reputations, &want.reputations, what, "reputations");
+}
+
+/// One table's rows compared; a difference names at most 20 rows each way.
+fn same_rows<T: Ord + std::fmt::Debug>(
+    got: &BTreeSet<T>,
+    want: &BTreeSet<T>,
+    what: &str,
+    table: &str,
+) {
+    let missing: Vec<_> = want.difference(got).take(20).collect();
+    let extra: Vec<_> = got.difference(want).take(20).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "{what}: hits missing {missing:?}, hits extra {extra:?}"
-    );
-    let missing: Vec<_> = want
-        .attributions
-        .difference(&got.attributions)
-        .take(20)
-        .collect();
-    let extra: Vec<_> = got
-        .attributions
-        .difference(&want.attributions)
-        .take(20)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: attributions missing {missing:?}, attributions extra {extra:?}"
-    );
-    let missing: Vec<_> = want
-        .reputations
-        .difference(&got.reputations)
-        .take(20)
-        .collect();
-    let extra: Vec<_> = got
-        .reputations
-        .difference(&want.reputations)
-        .take(20)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: reputations missing {missing:?}, reputations extra {extra:?}"
+        "{what}: {table} missing {missing:?}, {table} extra {extra:?}"
     );
 }
 

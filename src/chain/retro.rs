@@ -142,12 +142,14 @@ fn rebuild(
         .filter_map(|host| Some((host.clone(), Some(reputations.get(host)?.clone()))))
         .collect();
     let (mut hits, _) = attribution::attribute(&order, &nodes, &known, profiles);
-    // The observable's own passive DNS is what the live walk counts for its side of a link.
-    let names = stored.counterparts.len();
-    let own = Fanout {
-        names: names.min(super::sharing::COUNTED) as u32,
-        more: names > super::sharing::COUNTED,
-    };
+    // The observable's own passive DNS, counted as the live walk counts it for its side of a
+    // link.
+    let mut counter = super::sharing::Counter::default();
+    stored
+        .counterparts
+        .iter()
+        .for_each(|name| counter.insert(name));
+    let own = counter.fanout(false);
     attribution::score(&mut hits, &known, |hit| {
         (hit.path.len() > 1)
             .then(|| Fanout::wider(Some(own), fanouts.get(&hit.artifact).copied()))?

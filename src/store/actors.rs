@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::attributions::{upsert_pairs, OwedAttribution};
+use super::attributions::{stored_confidence, upsert_pairs, OwedAttribution};
 use super::write::{pg_json, pg_text, pg_texts, record_batch, Part};
 use super::{kind_name, Store, StoreError};
 use crate::chain::{ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord};
@@ -271,7 +271,7 @@ pub(super) fn hit_from_row(row: &sqlx::postgres::PgRow) -> Result<ActorHit, Stor
         evidence,
         first_seen: row.try_get("first_seen")?,
         last_seen: row.try_get("last_seen")?,
-        confidence: confidence.clamp(0, 100) as u8,
+        confidence: stored_confidence(confidence),
         factors,
     })
 }

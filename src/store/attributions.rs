@@ -15,6 +15,11 @@ use crate::chain::Fanout;
 use crate::enrich::EnricherKind;
 use crate::observable::{normalise, NormaliseOptions, Observable, ObservableKind};
 
+/// A confidence as stored (`smallint`, checked 0-100 by the table).
+pub(super) fn stored_confidence(confidence: i16) -> u8 {
+    confidence.clamp(0, 100) as u8
+}
+
 /// A pair left owed an event by a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwedAttribution {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{Postgres, Row, Transaction};
 
+use super::attributions::stored_confidence;
 use super::{Store, StoreError};
 use crate::chain::{Attribution, AttributionLink, Band, EVENT_ARTIFACTS};
 
@@ -96,7 +97,7 @@ impl Store {
                     actor: row.try_get("actor")?,
                     profile_id: row.try_get("profile_id")?,
                     aliases: row.try_get("aliases")?,
-                    confidence: confidence.clamp(0, 100) as u8,
+                    confidence: stored_confidence(confidence),
                     band: decode_band(&row.try_get::<String, _>("band")?)?,
                     previous_band: previous.as_deref().map(decode_band).transpose()?,
                     evidence_kinds: row.try_get("evidence_kinds")?,
@@ -171,7 +172,7 @@ async fn strongest_links(
             .push(AttributionLink {
                 artifact: row.try_get("artifact")?,
                 path: row.try_get("path")?,
-                confidence: confidence.clamp(0, 100) as u8,
+                confidence: stored_confidence(confidence),
                 evidence_kinds: row.try_get("kinds")?,
                 first_seen: row.try_get("first_seen")?,
                 last_seen: row.try_get("last_seen")?,
