@@ -568,6 +568,7 @@ pub async fn run_worker(
         amqp_url: broker.amqp_url.clone(),
         topology: broker.topology(),
         concurrency: worker.concurrency,
+        live_prefetch: worker.live_prefetch,
         max_deliveries: worker.max_deliveries,
         shutdown_timeout: worker.shutdown_timeout,
         exit_when_idle: worker.exit_when_idle,

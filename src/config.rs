@@ -43,6 +43,27 @@ pub fn load_env_file(path: &Path) -> Result<(), String> {
 }
 
 /// `30s`, `500ms`, `5m`, `24h`, `2d` or plain seconds (fractions allowed).
+/// A live reserve: a fraction from 0 to 0.9, or a percentage (`10%`).
+pub fn parse_reserve(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(number) => (number, 100.0),
+        None => (text, 1.0),
+    };
+    let fraction = number
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{text:?} is not a fraction (0.1) or a percentage (10%)"))?
+        / scale;
+    if (0.0..=0.9).contains(&fraction) {
+        Ok(fraction)
+    } else {
+        Err(format!(
+            "the live reserve must be between 0 and 0.9 (90%), got {text}"
+        ))
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -137,7 +158,11 @@ pub struct GraphArgs {
     /// Requests the limiter lets through at once after a quiet spell
     #[arg(long, env = "MDTI_GRAPH_BURST", default_value_t = 10)]
     pub graph_burst: u32,
-    /// Graph requests open at once
+    /// Part of the Graph rate that bulk work leaves unspent for live bursts, from 0 to 0.9
+    /// (0: bulk uses whatever live work leaves; live requests always go first)
+    #[arg(long, env = "MDTI_LIVE_RESERVE", default_value_t = 0.0, value_parser = parse_reserve)]
+    pub live_reserve: f64,
+    /// Graph requests open at once, per lane
     #[arg(long, env = "MDTI_GRAPH_MAX_IN_FLIGHT", default_value_t = 32)]
     pub graph_max_in_flight: usize,
     /// Attempts per Graph request before giving up
@@ -175,6 +200,7 @@ impl std::fmt::Debug for GraphArgs {
             client_secret_file,
             graph_rate,
             graph_burst,
+            live_reserve,
             graph_max_in_flight,
             graph_max_attempts,
             graph_timeout,
@@ -193,6 +219,7 @@ impl std::fmt::Debug for GraphArgs {
             .field("client_secret_file", client_secret_file)
             .field("graph_rate", graph_rate)
             .field("graph_burst", graph_burst)
+            .field("live_reserve", live_reserve)
             .field("graph_max_in_flight", graph_max_in_flight)
             .field("graph_max_attempts", graph_max_attempts)
             .field("graph_timeout", graph_timeout)
@@ -237,6 +264,7 @@ impl GraphArgs {
             client_secret,
             requests_per_second: self.graph_rate,
             burst: self.graph_burst,
+            live_reserve: self.live_reserve,
             max_in_flight: self.graph_max_in_flight,
             max_attempts: self.graph_max_attempts.max(1),
             request_timeout: self.graph_timeout,
@@ -323,9 +351,12 @@ pub struct DatabaseArgs {
 /// The worker's own behaviour.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Messages processed at once (also the broker prefetch)
+    /// Bulk messages processed at once (the bulk lane's broker prefetch)
     #[arg(long, env = "MDTI_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Live messages processed at once, beside the bulk ones (the live lane's broker prefetch)
+    #[arg(long, env = "MDTI_LIVE_PREFETCH", default_value_t = 16)]
+    pub live_prefetch: u16,
     /// Enrichers run when a message names none (comma-separated, or `all`)
     #[arg(long, env = "MDTI_ENRICHERS", default_value = "all")]
     pub enrichers: EnricherList,
@@ -389,7 +420,7 @@ pub struct WorkerArgs {
     /// Resync intel profiles and their indicators this often (0 = never)
     #[arg(long, env = "MDTI_PROFILE_SYNC_INTERVAL", default_value = "6h", value_parser = parse_duration)]
     pub profile_sync_interval: Duration,
-    /// Exit once the work and retry queues have been empty with nothing in flight this long
+    /// Exit once both lanes' work and retry queues have been empty with nothing in flight this long
     #[arg(long, env = "MDTI_EXIT_WHEN_IDLE", value_parser = parse_duration)]
     pub exit_when_idle: Option<Duration>,
 }

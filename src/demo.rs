@@ -82,6 +82,7 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
 
     let worker = WorkerArgs {
         concurrency: 8,
+        live_prefetch: 8,
         enrichers: EnricherList(EnricherKind::ALL.to_vec()),
         cache_ttl: Duration::from_secs(24 * 3600),
         allow_non_public: false,

@@ -7,6 +7,7 @@
 //!   limiter, the single retry classifier, paging.
 //! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
 //!   mapping of Graph records to indicators and extracts.
+//! - [`lane`]: live and bulk work, each with its own queue, consumer and priority for quota.
 //! - [`in_flight`]: work in flight in the process, followed by whoever needs the same thing
 //!   meanwhile (a counterpart's reputation, a repeated observable's enrichment).
 //! - [`outbox`]: announcing actor hits on the events exchange from the rows that hold them, at
@@ -31,6 +32,7 @@ pub mod failpoint;
 pub mod fleet;
 pub mod graph;
 pub mod in_flight;
+pub mod lane;
 pub mod logging;
 pub mod metrics;
 pub mod observable;

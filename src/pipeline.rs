@@ -15,6 +15,7 @@ use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::failpoint;
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::in_flight::{InFlight, Lead, Role};
+use crate::lane::Lane;
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::outbox::RelayHandle;
 use crate::progress::{self, point};
@@ -89,6 +90,8 @@ pub struct Incoming<'a> {
     pub body: &'a [u8],
     pub content_type: Option<&'a str>,
     pub attempt: u32,
+    /// The lane it came through, recorded with its runs and rejections.
+    pub lane: Lane,
 }
 
 #[derive(Debug, Clone)]
@@ -318,6 +321,7 @@ impl Pipeline {
             source: None,
             context: None,
             attempts: message.attempt as i32,
+            lane: message.lane,
         };
         match self.store.record_rejection(&rejected).await {
             Ok(()) => Outcome::Reject {
@@ -442,6 +446,7 @@ impl Pipeline {
                     graph_requests: 0,
                     duration: Duration::ZERO,
                     enrichment: None,
+                    lane: message.lane,
                 }))
             }
             Err(error) => Validated::rejected(reject(error.code(), error.to_string())),
@@ -582,6 +587,7 @@ fn run_record(message: &Incoming<'_>, work: &Work, answer: &Answer) -> RunRecord
         graph_requests: *requests,
         duration: *duration,
         enrichment: enrichment.clone(),
+        lane: message.lane,
     }
 }
 
@@ -603,6 +609,7 @@ fn rejection(
         source,
         context,
         attempts: message.attempt as i32,
+        lane: message.lane,
     }
 }
 

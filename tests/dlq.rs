@@ -7,6 +7,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
+use mdti_worker::lane::Lane;
 use mdti_worker::queue::dlq::{DeadLetter, DeadLetterQueue, ReplayFilter, REPLAYED_HEADER};
 use mdti_worker::queue::{attempt_of, Publisher, Topology, REASON_CODE_HEADER, REASON_HEADER};
 
@@ -53,7 +54,7 @@ async fn dead_letter_all(topology: &Topology) -> DeadLetterQueue {
             .with_message_id(id.into())
             .with_content_type("text/plain".into());
         publisher
-            .send_to_dead_letter(body.as_bytes(), &props, 5, code, reason)
+            .send_to_dead_letter(Lane::Bulk, body.as_bytes(), &props, 5, code, reason)
             .await
             .unwrap();
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mdti_worker::chain::{ActorHit, Evidence};
 use mdti_worker::enrich::{EnricherKind, Enrichment, Extract, ExtractKind};
+use mdti_worker::lane::Lane;
 use mdti_worker::observable::Observable;
 use mdti_worker::store::{
     run_id, GroupCommitStats, MessageResults, Pending, RunRecord, RunStatus, Store, StoreError,
@@ -52,6 +53,7 @@ fn message(message_id: &str, value: &str) -> MessageResults {
             results: vec![whois],
             graph_requests: 1,
         }),
+        lane: Lane::Bulk,
     };
     MessageResults {
         runs: vec![run],

@@ -12,6 +12,7 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
+use mdti_worker::lane::Lane;
 use mdti_worker::publish::{self, CsvColumn, InputFormat, PublishOptions};
 use mdti_worker::queue::message::{
     decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest,
@@ -201,6 +202,7 @@ async fn send_to_retry_keeps_properties_and_sets_attempt_and_reason() {
         let reason = format!("Graph answered 503 {}", "x".repeat(2000));
         publisher
             .send_to_retry(
+                Lane::Bulk,
                 b"evil[.]com",
                 &delivery_props(),
                 2,
@@ -246,6 +248,7 @@ async fn retried_message_comes_back_to_the_work_queue_after_the_delay() {
         let publisher = Publisher::connect(&amqp_url(), t.clone()).await.unwrap();
         publisher
             .send_to_retry(
+                Lane::Bulk,
                 b"evil[.]com",
                 &delivery_props(),
                 3,
@@ -286,6 +289,7 @@ async fn send_to_dead_letter_sets_reason_and_code() {
         let publisher = Publisher::connect(&amqp_url(), t.clone()).await.unwrap();
         publisher
             .send_to_dead_letter(
+                Lane::Bulk,
                 b"{\"value\": 42}",
                 &delivery_props(),
                 5,
@@ -330,7 +334,7 @@ async fn a_missing_queue_is_an_error_not_a_silent_loss() {
             .await
             .unwrap();
         let error = publisher
-            .send_to_dead_letter(b"x", &delivery_props(), 1, "code", "reason")
+            .send_to_dead_letter(Lane::Bulk, b"x", &delivery_props(), 1, "code", "reason")
             .await
             .unwrap_err();
         assert!(

@@ -9,6 +9,7 @@ use lapin::options::{BasicGetOptions, ExchangeDeleteOptions};
 use std::sync::Arc;
 
 use lapin::{BasicProperties, Channel};
+use mdti_worker::lane::Lane;
 use mdti_worker::queue::{Publisher, Topology};
 use serde_json::json;
 
@@ -62,7 +63,14 @@ async fn a_publish_the_broker_refuses_costs_that_message_not_the_publisher() {
 
         // The hand-overs after it work on the same publisher, and the event exchange is back.
         publisher
-            .send_to_dead_letter(b"evil.example", &delivery_props(), 1, "code", "reason")
+            .send_to_dead_letter(
+                Lane::Bulk,
+                b"evil.example",
+                &delivery_props(),
+                1,
+                "code",
+                "reason",
+            )
             .await
             .expect("a dead letter after the refusal");
         publisher
@@ -97,6 +105,7 @@ async fn a_publisher_on_a_shared_connection_gets_a_new_channel_too() {
 
         publisher
             .send_to_retry(
+                Lane::Bulk,
                 b"evil.example",
                 &delivery_props(),
                 2,
@@ -123,7 +132,14 @@ async fn a_publisher_whose_connection_is_gone_says_so() {
         connection.close(200, "gone".into()).await.unwrap();
 
         let error = publisher
-            .send_to_dead_letter(b"evil.example", &delivery_props(), 1, "code", "reason")
+            .send_to_dead_letter(
+                Lane::Bulk,
+                b"evil.example",
+                &delivery_props(),
+                1,
+                "code",
+                "reason",
+            )
             .await
             .expect_err("no connection");
         assert!(error.is_connection_lost(), "{error:?}");
@@ -151,6 +167,7 @@ async fn a_publisher_on_a_borrowed_connection_asks_for_a_new_one_once_its_channe
 
         let error = publisher
             .send_to_retry(
+                Lane::Bulk,
                 b"evil.example",
                 &delivery_props(),
                 2,
@@ -173,11 +190,18 @@ async fn retry_and_dead_letter_copies_drop_the_producers_expiration() {
         let publisher = connected_publisher(&topology).await;
         let expiring = delivery_props().with_expiration("60000".into());
         publisher
-            .send_to_dead_letter(b"dead", &expiring, 5, "gave_up", "gave up")
+            .send_to_dead_letter(Lane::Bulk, b"dead", &expiring, 5, "gave_up", "gave up")
             .await
             .unwrap();
         publisher
-            .send_to_retry(b"retried", &expiring, 2, "graph_unavailable", "throttled")
+            .send_to_retry(
+                Lane::Bulk,
+                b"retried",
+                &expiring,
+                2,
+                "graph_unavailable",
+                "throttled",
+            )
             .await
             .unwrap();
 

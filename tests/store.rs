@@ -10,6 +10,7 @@ use chrono::{TimeZone, Utc};
 use mdti_worker::enrich::{
     EnricherKind, Enrichment, Extract, ExtractKind, Indicator, Reputation, ReputationRule,
 };
+use mdti_worker::lane::Lane;
 use mdti_worker::observable::Observable;
 use mdti_worker::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
 use serde_json::json;
@@ -107,6 +108,7 @@ fn run(message_id: &str, item_index: i32, observable: &Observable, status: RunSt
         graph_requests: if enriched { 3 } else { 0 },
         duration: Duration::from_millis(250),
         enrichment: enriched.then(|| enrichment(observable)),
+        lane: Lane::Bulk,
     }
 }
 
@@ -120,6 +122,7 @@ fn rejection(message_id: &str, item_index: i32, attempts: i32) -> RejectedInput 
         source: Some("feed-a".into()),
         context: None,
         attempts,
+        lane: Lane::Bulk,
     }
 }
 

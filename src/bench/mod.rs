@@ -75,7 +75,7 @@ pub struct BenchCmd {
     /// Observables per message (a JSON array); 1 = one observable per message, like a feed
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
-    /// Messages processed at once (the broker prefetch)
+    /// Bulk messages processed at once (the bulk lane's prefetch)
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
     /// Observables of one message enriched at once
@@ -100,9 +100,15 @@ pub struct BenchCmd {
     /// The client limiter's burst
     #[arg(long, default_value_t = 10)]
     pub graph_burst: u32,
-    /// Graph requests open at once
+    /// Graph requests open at once, per lane
     #[arg(long, default_value_t = 32)]
     pub graph_max_in_flight: usize,
+    /// Part of the Graph rate bulk work leaves unspent for live bursts (0 to 0.9)
+    #[arg(long, default_value_t = 0.0, value_parser = crate::config::parse_reserve)]
+    pub live_reserve: f64,
+    /// Live messages processed at once (the live lane's prefetch)
+    #[arg(long, default_value_t = 16)]
+    pub live_prefetch: u16,
     /// Requests/s the simulator allows; beyond it, 429 with Retry-After
     #[arg(long)]
     pub sim_rate: Option<f64>,
@@ -807,6 +813,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         client_secret_file: None,
         graph_rate: cmd.graph_rate,
         graph_burst: cmd.graph_burst,
+        live_reserve: cmd.live_reserve,
         graph_max_in_flight: cmd.graph_max_in_flight,
         graph_max_attempts: 6,
         graph_timeout: Duration::from_secs(30),
@@ -834,6 +841,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
 
     let worker_args = WorkerArgs {
         concurrency: cmd.concurrency,
+        live_prefetch: cmd.live_prefetch,
         enrichers: cmd.enrichers.clone(),
         cache_ttl: Duration::from_secs(24 * 3600),
         allow_non_public: false,

@@ -41,6 +41,8 @@ pub struct GraphSettings {
     /// Sustained requests per second for the whole process, retries and pages included.
     pub requests_per_second: f64,
     pub burst: u32,
+    /// The part of the rate bulk requests leave to live ones (see [`crate::lane`]).
+    pub live_reserve: f64,
     pub max_in_flight: usize,
     pub max_attempts: u32,
     pub backoff_base: Duration,
@@ -69,6 +71,7 @@ impl std::fmt::Debug for GraphSettings {
             client_secret,
             requests_per_second,
             burst,
+            live_reserve,
             max_in_flight,
             max_attempts,
             backoff_base,
@@ -89,6 +92,7 @@ impl std::fmt::Debug for GraphSettings {
             .field("client_secret", client_secret)
             .field("requests_per_second", requests_per_second)
             .field("burst", burst)
+            .field("live_reserve", live_reserve)
             .field("max_in_flight", max_in_flight)
             .field("max_attempts", max_attempts)
             .field("backoff_base", backoff_base)
@@ -114,6 +118,7 @@ impl Default for GraphSettings {
             client_secret: Secret::default(),
             requests_per_second: 10.0,
             burst: 10,
+            live_reserve: 0.0,
             max_in_flight: 32,
             max_attempts: 6,
             backoff_base: Duration::from_millis(250),
@@ -297,11 +302,12 @@ impl GraphClient {
             settings.client_secret.clone(),
             settings.token_refresh_margin,
         );
-        let throttle = Throttle::new(
+        let throttle = Throttle::with_live_reserve(
             settings.requests_per_second,
             settings.burst,
             settings.max_in_flight,
             settings.max_retry_after,
+            settings.live_reserve,
         );
         Ok(GraphClient {
             inner: Arc::new(Inner {

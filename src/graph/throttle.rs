@@ -1,13 +1,23 @@
 //! The client's budget: one `governor` limiter, one in-flight cap and one "hold until" instant,
 //! all shared by every request of the process (first pages, next pages and retries alike).
 //!
+//! Lanes ([`Lane`]): the request's lane is the lane of the task that makes it. Live requests
+//! are admitted before bulk ones: one request at a time waits for the tenant's next cell, and
+//! when it has its cell the next to wait is a live request if any is queued. Bulk requests pass
+//! a second limiter first, at the rate less the live reserve, so that part of the quota stays
+//! unspent by bulk work and the tenant limiter's burst fills up for live bursts. Each lane has
+//! its own in-flight cap, so bulk requests waiting for the rate never hold the permits a live
+//! request needs.
+//!
 //! A fleet of workers sharing one tenant changes two of them from outside: the limiter's rate
 //! ([`Throttle::set_rate`], each worker's share of the tenant quota) and the hold (a 429 one
 //! worker saw is every worker's 429: [`Throttle::hold_shared`]). The throttle itself knows
 //! nothing of the fleet: it reports its own 429 holds on a watch channel
 //! ([`Throttle::subscribe_holds`]) and takes the others' back.
 
+use crate::lane::Lane;
 use crate::progress::{self, point};
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +25,7 @@ use std::time::Duration;
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{watch, Semaphore, SemaphorePermit};
+use tokio::sync::{oneshot, watch, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 /// One limiter and the rate it was built for (a governor quota cannot be changed in place).
@@ -54,6 +64,41 @@ impl Limiter {
     }
 }
 
+/// The tenant's limiter, and the bulk lane's in front of it when a live reserve is set.
+struct Limiters {
+    tenant: Limiter,
+    /// At the rate (and burst) less the live reserve: bulk requests take a cell here, then one
+    /// of the tenant's.
+    bulk: Option<Limiter>,
+}
+
+impl Limiters {
+    fn new(
+        requests_per_second: f64,
+        burst: u32,
+        live_reserve: f64,
+        make: fn(f64, u32) -> Limiter,
+    ) -> Limiters {
+        let bulk_part = 1.0 - live_reserve;
+        Limiters {
+            tenant: make(requests_per_second, burst),
+            bulk: (live_reserve > 0.0).then(|| {
+                let bulk_burst = (f64::from(burst.max(1)) * bulk_part).floor() as u32;
+                make(sane_rate(requests_per_second) * bulk_part, bulk_burst)
+            }),
+        }
+    }
+}
+
+/// A live reserve within [0, 0.9]: bulk work keeps at least a tenth of the quota.
+fn sane_reserve(live_reserve: f64) -> f64 {
+    if live_reserve.is_finite() {
+        live_reserve.clamp(0.0, 0.9)
+    } else {
+        0.0
+    }
+}
+
 fn sane_rate(requests_per_second: f64) -> f64 {
     if requests_per_second.is_finite() && requests_per_second > 0.0 {
         requests_per_second
@@ -68,7 +113,9 @@ pub struct Throttle {
     /// coordinator can swap in a limiter with a new rate every few seconds: the request path
     /// takes the read lock only to clone the `Arc` (uncontended, nanoseconds, never held across
     /// an await), which is nothing next to an HTTPS round trip, and needs no extra dependency.
-    limiter: RwLock<Arc<Limiter>>,
+    limiter: RwLock<Arc<Limiters>>,
+    /// The part of the rate bulk requests leave to live ones (0 to 0.9).
+    live_reserve: f64,
     /// Bumped on every swap, so that requests queued on the old limiter move to the new one
     /// (otherwise a backlog queued at a small share would drain at that share long after the
     /// share grew).
@@ -79,9 +126,13 @@ pub struct Throttle {
     /// number of waiters for every request admitted, and a throttled worker spent most of its
     /// CPU there. Behind this FIFO lock a request costs one wake-up, and requests are admitted
     /// in the order they asked (no jitter needed: nobody wakes in lockstep).
-    turn: tokio::sync::Mutex<()>,
-    /// Bounds open requests, so a burst of deliveries cannot open hundreds of sockets at once.
-    in_flight: Semaphore,
+    /// Live requests are handed the turn before bulk ones.
+    turn: Turn,
+    /// The same for the bulk limiter, among bulk requests only.
+    bulk_turn: tokio::sync::Mutex<()>,
+    /// Bounds open requests, so a burst of deliveries cannot open hundreds of sockets at once;
+    /// one cap per lane ([`Lane::index`]).
+    in_flight: [Semaphore; 2],
     /// Set by a 429: every request waits until then. A std Mutex is enough because it is held
     /// only to read or raise one value, never across an await.
     hold_until: Mutex<Option<Instant>>,
@@ -102,11 +153,27 @@ impl Throttle {
         max_in_flight: usize,
         max_hold: Duration,
     ) -> Self {
+        Throttle::with_live_reserve(requests_per_second, burst, max_in_flight, max_hold, 0.0)
+    }
+
+    /// A throttle whose bulk requests leave `live_reserve` (a fraction of the rate) to live ones.
+    pub fn with_live_reserve(
+        requests_per_second: f64,
+        burst: u32,
+        max_in_flight: usize,
+        max_hold: Duration,
+        live_reserve: f64,
+    ) -> Self {
+        let live_reserve = sane_reserve(live_reserve);
+        let limiters = Limiters::new(requests_per_second, burst, live_reserve, Limiter::new);
+        let cap = max_in_flight.max(1);
         Throttle {
-            limiter: RwLock::new(Arc::new(Limiter::new(requests_per_second, burst))),
+            limiter: RwLock::new(Arc::new(limiters)),
+            live_reserve,
             swaps: watch::Sender::new(0),
-            turn: tokio::sync::Mutex::new(()),
-            in_flight: Semaphore::new(max_in_flight.max(1)),
+            turn: Turn::default(),
+            bulk_turn: tokio::sync::Mutex::new(()),
+            in_flight: [Semaphore::new(cap), Semaphore::new(cap)],
             hold_until: Mutex::new(None),
             own_holds: watch::Sender::new(None),
             max_hold,
@@ -115,36 +182,72 @@ impl Throttle {
         }
     }
 
-    /// Wait until this request may go: under the in-flight cap, past any 429 hold, within the
-    /// rate. The permit comes first so that the rate and the hold are the last word before the
-    /// request is sent: a cell taken before a long wait for a permit (Graph slow) would let a
-    /// pile of requests out together once Graph sped up, past the rate or into a new hold.
+    /// Wait until this request may go: under its lane's in-flight cap, past any 429 hold,
+    /// within the rate, after the live requests waiting. The permit comes first so that the
+    /// rate and the hold are the last word before the request is sent: a cell taken before a
+    /// long wait for a permit (Graph slow) would let a pile of requests out together once Graph
+    /// sped up, past the rate or into a new hold.
     pub async fn admit(&self) -> SemaphorePermit<'_> {
-        let permit = progress::wait_at(point::GRAPH_PERMIT, self.in_flight.acquire())
+        let lane = Lane::current();
+        let permit = progress::wait_at(point::GRAPH_PERMIT, self.in_flight[lane.index()].acquire())
             .await
             .expect("the in-flight semaphore is never closed");
         loop {
             self.wait_out_hold().await;
             // Subscribed before the limiter is read, so a swap in between is not missed.
             let mut swapped = self.swaps.subscribe();
-            let limiter = Arc::clone(&self.limiter.read().expect("limiter lock poisoned"));
+            let limiters = Arc::clone(&self.limiter.read().expect("limiter lock poisoned"));
             let started = Instant::now();
-            // A free cell is taken at once; only a request that must wait queues for its turn.
-            let ready = limiter.limiter.check().is_ok() || {
-                let _turn = self.turn.lock().await;
-                // Waiting is cancel-safe: governor takes a cell only when it lets the request
-                // go. A swap while this request queued for its turn ends the wait at once.
-                let _waiting = progress::waiting(point::GRAPH_LIMITER);
-                tokio::select! {
-                    _ = until_ready(&limiter.limiter) => true,
-                    _ = swapped.changed() => false,
-                }
-            };
+            let ready = self.bulk_cell(lane, &limiters, &mut swapped).await
+                && self.tenant_cell(lane, &limiters, &mut swapped).await;
             add_micros(&self.limiter_wait_micros, started.elapsed());
             // A hold raised while this request waited for the rate (another task's 429, or
             // another worker's) applies to it too.
             if ready && self.held_until().is_none() {
                 return permit;
+            }
+        }
+    }
+
+    /// A bulk request's cell of the bulk limiter, in arrival order among bulk requests; at once
+    /// for a live request or without a reserve. False when the limiter was swapped meanwhile.
+    async fn bulk_cell(
+        &self,
+        lane: Lane,
+        limiters: &Limiters,
+        swapped: &mut watch::Receiver<u64>,
+    ) -> bool {
+        let Some(bulk) = limiters.bulk.as_ref().filter(|_| lane == Lane::Bulk) else {
+            return true;
+        };
+        bulk.limiter.check().is_ok() || {
+            let _turn = self.bulk_turn.lock().await;
+            let _waiting = progress::waiting(point::GRAPH_LIMITER);
+            tokio::select! {
+                _ = until_ready(&bulk.limiter) => true,
+                _ = swapped.changed() => false,
+            }
+        }
+    }
+
+    /// A cell of the tenant's limiter. A free cell is taken at once, by a bulk request only
+    /// when nobody waits for the turn (a live request may); otherwise the request waits for
+    /// its turn, live before bulk. Waiting is cancel-safe: governor takes a cell only when it
+    /// lets the request go. False when the limiter was swapped meanwhile.
+    async fn tenant_cell(
+        &self,
+        lane: Lane,
+        limiters: &Limiters,
+        swapped: &mut watch::Receiver<u64>,
+    ) -> bool {
+        let tenant = &limiters.tenant.limiter;
+        let may_jump = lane == Lane::Live || self.turn.is_free();
+        (may_jump && tenant.check().is_ok()) || {
+            let _turn = self.turn.take(lane).await;
+            let _waiting = progress::waiting(point::GRAPH_LIMITER);
+            tokio::select! {
+                _ = until_ready(tenant) => true,
+                _ = swapped.changed() => false,
             }
         }
     }
@@ -159,19 +262,29 @@ impl Throttle {
 
     /// The rate and burst requests are admitted at now.
     pub fn rate(&self) -> (f64, u32) {
-        let limiter = self.limiter.read().expect("limiter lock poisoned");
-        (limiter.requests_per_second, limiter.burst)
+        let limiters = self.limiter.read().expect("limiter lock poisoned");
+        (limiters.tenant.requests_per_second, limiters.tenant.burst)
+    }
+
+    /// The part of the rate bulk requests leave to live ones.
+    pub fn live_reserve(&self) -> f64 {
+        self.live_reserve
     }
 
     /// Admit requests at a new rate from now on, starting with no burst to spend. Returns
     /// whether anything changed: an unchanged rate keeps the current limiter.
     pub fn set_rate(&self, requests_per_second: f64, burst: u32) -> bool {
         let wanted = (sane_rate(requests_per_second), burst.max(1));
-        let mut limiter = self.limiter.write().expect("limiter lock poisoned");
-        if (limiter.requests_per_second, limiter.burst) == wanted {
+        let mut limiters = self.limiter.write().expect("limiter lock poisoned");
+        if (limiters.tenant.requests_per_second, limiters.tenant.burst) == wanted {
             return false;
         }
-        *limiter = Arc::new(Limiter::spent(wanted.0, wanted.1));
+        *limiters = Arc::new(Limiters::new(
+            wanted.0,
+            wanted.1,
+            self.live_reserve,
+            Limiter::spent,
+        ));
         self.swaps.send_modify(|generation| *generation += 1);
         true
     }
@@ -218,6 +331,106 @@ impl Throttle {
             true
         } else {
             false
+        }
+    }
+}
+
+/// The turn to wait for the tenant limiter's next cell: one holder at a time, and when it lets
+/// go, the next holder is the live request that asked first, else the bulk one that did. A
+/// FIFO lock per lane rather than one for all: one waiter sleeps on the limiter instead of
+/// hundreds waking for every cell, and a live request never queues behind bulk ones.
+#[derive(Default)]
+struct Turn {
+    state: Mutex<TurnState>,
+}
+
+#[derive(Default)]
+struct TurnState {
+    held: bool,
+    /// Those waiting for the turn, per lane ([`Lane::index`]), in arrival order.
+    queued: [VecDeque<oneshot::Sender<()>>; 2],
+}
+
+impl Turn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Nobody holds the turn or waits for it.
+    fn is_free(&self) -> bool {
+        let state = self.lock();
+        !state.held && state.queued.iter().all(VecDeque::is_empty)
+    }
+
+    /// Wait for the turn; it is held until the guard is dropped. Cancel-safe: a waiter dropped
+    /// after being handed the turn passes it on.
+    async fn take(&self, lane: Lane) -> TurnGuard<'_> {
+        let handed = {
+            let mut state = self.lock();
+            if !state.held {
+                state.held = true;
+                return TurnGuard(self);
+            }
+            let (hand, handed) = oneshot::channel();
+            state.queued[lane.index()].push_back(hand);
+            handed
+        };
+        let mut waiting = Waiting {
+            turn: self,
+            handed: Some(handed),
+        };
+        let handed = waiting.handed.as_mut().expect("set above");
+        // The sender is dropped only by `release`, after a failed send, which means this
+        // receiver was gone: while it is awaited here, the turn always comes.
+        let _ = handed.await;
+        waiting.handed = None;
+        TurnGuard(self)
+    }
+
+    /// Hand the turn to the next live waiter, else the next bulk one, else free it.
+    fn release(&self) {
+        let mut state = self.lock();
+        loop {
+            let next = state.queued[Lane::Live.index()]
+                .pop_front()
+                .or_else(|| state.queued[Lane::Bulk.index()].pop_front());
+            let Some(hand) = next else {
+                state.held = false;
+                return;
+            };
+            // Handed over, the turn stays held, now by the receiver; a waiter that gave up
+            // fails the send, and the next one is tried.
+            if hand.send(()).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+struct TurnGuard<'a>(&'a Turn);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A waiter for the turn; dropped before it was handed the turn, it leaves the queue (its
+/// sender fails); dropped just after, it passes the turn on.
+struct Waiting<'a> {
+    turn: &'a Turn,
+    handed: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut handed) = self.handed.take() {
+            handed.close();
+            if handed.try_recv().is_ok() {
+                self.turn.release();
+            }
         }
     }
 }

@@ -4,8 +4,11 @@
 //!   the pipeline); `Retry` and `Reject` are first republished to the retry or dead-letter queue
 //!   and acked only when the broker has confirmed that copy. If that publish fails, the delivery
 //!   is handed back (nack with requeue): a message is never acked without a home.
-//! - Prefetch equals the concurrency: the broker never hands this worker more unacked messages
-//!   than it processes at once, so the in-flight set is bounded by construction.
+//! - Each lane has its own consumer on the session's channel, with its own prefetch: the bulk
+//!   lane's equals the concurrency, the live lane's is `live_prefetch`. The broker never hands
+//!   this worker more unacked messages than it processes at once, so the in-flight set is
+//!   bounded by construction, and a live message never waits for a slot that bulk work holds.
+//!   Each message's work runs in its lane ([`Lane::scope`]), which the Graph limiter reads.
 //! - After losing the connection, the loop rebuilds connection, channel, QoS and consumer with
 //!   capped backoff. Deliveries that were in flight on the dead channel are redelivered by the
 //!   broker; writes are idempotent, so processing them twice changes nothing.
@@ -17,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -33,6 +37,7 @@ use super::publisher::Publisher;
 use super::topology::{attempt_of, Topology};
 use crate::config::redact_url;
 use crate::graph::retry::backoff_delay;
+use crate::lane::Lane;
 use crate::outbox::{self, OutboxStats, RelayChannels};
 use crate::pipeline::{Dependency, Incoming, Outcome, Pipeline, INTERNAL_ERROR};
 use crate::progress;
@@ -43,10 +48,24 @@ use crate::store::{GroupCommitStats, RejectedInput};
 pub struct ConsumerSettings {
     pub amqp_url: Secret,
     pub topology: Topology,
+    /// Prefetch of the bulk lane: bulk messages processed at once.
     pub concurrency: u16,
+    /// Prefetch of the live lane: live messages processed at once, beside the bulk ones.
+    pub live_prefetch: u16,
     pub max_deliveries: u32,
     pub shutdown_timeout: Duration,
     pub exit_when_idle: Option<Duration>,
+}
+
+impl ConsumerSettings {
+    /// How many unacked messages of `lane` the broker may hand this worker at once.
+    pub fn prefetch(&self, lane: Lane) -> u16 {
+        match lane {
+            Lane::Live => self.live_prefetch,
+            Lane::Bulk => self.concurrency,
+        }
+        .max(1)
+    }
 }
 
 /// What the worker did, for logs, the demo and the benchmark.
@@ -54,6 +73,11 @@ pub struct ConsumerSettings {
 pub struct WorkerStats {
     pub messages: AtomicU64,
     pub done: AtomicU64,
+    /// Messages done, by lane ([`Lane::index`]).
+    pub done_by_lane: [AtomicU64; 2],
+    /// Messages ready in each lane's work queue (its retry queue included) at the last look,
+    /// every few seconds while consuming.
+    pub queued_by_lane: [AtomicU64; 2],
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub requeued: AtomicU64,
@@ -235,15 +259,14 @@ async fn session(
     stats.broker_connected.store(true, Ordering::Relaxed);
     let channel = connection.create_channel().await?;
     settings.topology.declare(&channel).await?;
-    channel
-        .basic_qos(settings.concurrency.max(1), BasicQosOptions::default())
-        .await?;
     let publisher =
         Arc::new(Publisher::on_connection(&connection, settings.topology.clone()).await?);
-    let (mut tag, mut consumer) = consume(&channel, &settings.topology).await?;
+    let mut consumers = consume(&channel, settings).await?;
     tracing::info!(
-        queue = %settings.topology.work_queue(),
-        prefetch = settings.concurrency,
+        live_queue = %settings.topology.lane_queue(Lane::Live),
+        live_prefetch = settings.prefetch(Lane::Live),
+        bulk_queue = %settings.topology.lane_queue(Lane::Bulk),
+        bulk_prefetch = settings.prefetch(Lane::Bulk),
         "consuming"
     );
     stats.consuming.store(true, Ordering::Relaxed);
@@ -266,6 +289,7 @@ async fn session(
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut idle_since: Option<Instant> = None;
     let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut depth_tick = tokio::time::interval(QUEUE_LOOK_INTERVAL);
     let end = loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -273,8 +297,8 @@ async fn session(
                     break SessionEnd::Shutdown;
                 }
             }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
+            next = consumers.deliveries.next() => match next {
+                Some(Next::Delivery(lane, delivery)) => {
                     idle_since = None;
                     let pipeline = pipeline.clone();
                     let publisher = Arc::clone(&publisher);
@@ -285,11 +309,12 @@ async fn session(
                     let id = message_id(&delivery.properties, &delivery.data);
                     tasks.spawn(progress::global().track(&id.clone(), async move {
                         let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend, lose: &lose };
-                        settle(task, delivery, id, max_deliveries).await;
+                        settle(task, Taken { delivery, lane, id }, max_deliveries).await;
                     }));
                 }
-                Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
-                None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
+                Some(Next::Failed(error)) => break SessionEnd::Lost(error.to_string()),
+                Some(Next::Ended(lane)) => break SessionEnd::Lost(format!("the {lane} lane's consumer was cancelled by the broker")),
+                None => break SessionEnd::Lost("the consumers were cancelled by the broker".into()),
             },
             _ = lost.changed() => {
                 if let Some(reason) = lost.borrow_and_update().clone() {
@@ -300,15 +325,15 @@ async fn session(
                 let Some((dependency, reason)) = suspended.borrow_and_update().clone() else {
                     continue;
                 };
-                hand_back_buffered(&channel, &tag, &mut consumer).await;
+                hand_back_buffered(&channel, &mut consumers).await;
                 let paused = Paused { dependency, reason: &reason };
                 if !pause(pipeline, paused, stats, shutdown).await {
                     break SessionEnd::Shutdown;
                 }
                 // Failures reported while paused were the same outage.
                 suspended.borrow_and_update();
-                match consume(&channel, &settings.topology).await {
-                    Ok(resumed) => (tag, consumer) = resumed,
+                match consume(&channel, settings).await {
+                    Ok(resumed) => consumers = resumed,
                     Err(error) => break SessionEnd::Lost(error.to_string()),
                 }
                 stats.consuming.store(true, Ordering::Relaxed);
@@ -318,6 +343,7 @@ async fn session(
                     tracing::error!(%error, "a message task failed; its delivery returns to the queue");
                 }
             }
+            _ = depth_tick.tick() => look_at_queues(&channel, &settings.topology, stats).await,
             _ = idle_tick.tick(), if settings.exit_when_idle.is_some() => {
                 let limit = settings.exit_when_idle.unwrap_or_default();
                 if tasks.is_empty() && queues_empty(&channel, &settings.topology).await {
@@ -336,9 +362,7 @@ async fn session(
     stats.consuming.store(false, Ordering::Relaxed);
     if !matches!(end, SessionEnd::Lost(_)) {
         // Stop new deliveries first, then let the ones in hand finish.
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        consumers.cancel(&channel).await;
     }
     let drained = tokio::time::timeout(settings.shutdown_timeout, async {
         while tasks.join_next().await.is_some() {}
@@ -361,33 +385,80 @@ async fn session(
     Ok(end)
 }
 
-/// Start consuming the work queue under a fresh consumer tag.
-async fn consume(
-    channel: &lapin::Channel,
-    topology: &Topology,
-) -> Result<(String, lapin::Consumer), lapin::Error> {
-    let tag = format!("mdti-worker-{}", uuid::Uuid::new_v4().simple());
-    let consumer = channel
-        .basic_consume(
-            topology.work_queue().as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((tag, consumer))
+/// What a lane's consumer gives next.
+enum Next {
+    Delivery(Lane, Delivery),
+    Failed(lapin::Error),
+    /// The lane's consumer ended (the broker cancelled it): the session must not go on with one
+    /// lane silently unserved.
+    Ended(Lane),
 }
 
-/// Cancel the consumer and give back, uncounted, the deliveries the broker had already sent
-/// it but the loop had not taken yet: they must not sit unacked while the worker is paused.
-async fn hand_back_buffered(channel: &lapin::Channel, tag: &str, consumer: &mut lapin::Consumer) {
-    let _ = channel
-        .basic_cancel(tag.into(), BasicCancelOptions::default())
-        .await;
-    // The stream ends once the broker confirmed the cancel; bounded in case it never does.
+/// Both lanes' consumers on the session's channel, their deliveries in one stream, each tagged
+/// with its lane.
+struct Consumers {
+    tags: Vec<String>,
+    deliveries: SelectAll<BoxStream<'static, Next>>,
+}
+
+impl Consumers {
+    /// `&mut`: the delivery stream is not `Sync`, so a shared borrow could not be held across
+    /// the awaits of a task that must be `Send`.
+    async fn cancel(&mut self, channel: &lapin::Channel) {
+        for tag in &self.tags {
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+    }
+}
+
+/// Start consuming each lane's work queue under a fresh consumer tag, with the lane's prefetch:
+/// a `basic.qos` that is not global applies to the consumers started after it on the channel,
+/// so each consumer keeps the one set just before it.
+async fn consume(
+    channel: &lapin::Channel,
+    settings: &ConsumerSettings,
+) -> Result<Consumers, lapin::Error> {
+    let mut consumers = Consumers {
+        tags: Vec::new(),
+        deliveries: SelectAll::new(),
+    };
+    let session = uuid::Uuid::new_v4().simple();
+    for lane in Lane::ALL {
+        channel
+            .basic_qos(settings.prefetch(lane), BasicQosOptions::default())
+            .await?;
+        let tag = format!("mdti-worker-{session}-{lane}");
+        let consumer = channel
+            .basic_consume(
+                settings.topology.lane_queue(lane).as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.tags.push(tag);
+        let deliveries = consumer.map(move |delivery| match delivery {
+            Ok(delivery) => Next::Delivery(lane, delivery),
+            Err(error) => Next::Failed(error),
+        });
+        let end = futures::stream::once(async move { Next::Ended(lane) });
+        consumers.deliveries.push(deliveries.chain(end).boxed());
+    }
+    Ok(consumers)
+}
+
+/// Cancel the consumers and give back, uncounted, the deliveries the broker had already sent
+/// them but the loop had not taken yet: they must not sit unacked while the worker is paused.
+async fn hand_back_buffered(channel: &lapin::Channel, consumers: &mut Consumers) {
+    consumers.cancel(channel).await;
+    // The stream ends once the broker confirmed the cancels; bounded in case it never does.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            let _ = delivery.nack(REQUEUE).await;
+        while let Some(next) = consumers.deliveries.next().await {
+            if let Next::Delivery(_, delivery) = next {
+                let _ = delivery.nack(REQUEUE).await;
+            }
         }
     })
     .await;
@@ -445,18 +516,41 @@ async fn pause(
     resumed
 }
 
+/// How often a consuming worker looks at its queues' depths (for `/metrics`).
+const QUEUE_LOOK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Messages ready in `queue`, or `None` if the broker would not say.
+async fn ready_in(channel: &lapin::Channel, queue: &str) -> Option<u64> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .ok()
+        .map(|state| u64::from(state.message_count()))
+}
+
+/// Messages ready in `lane`'s work and retry queues.
+async fn ready_in_lane(channel: &lapin::Channel, topology: &Topology, lane: Lane) -> Option<u64> {
+    let work = ready_in(channel, &topology.lane_queue(lane)).await?;
+    let retry = ready_in(channel, &topology.lane_retry_queue(lane)).await?;
+    Some(work + retry)
+}
+
+async fn look_at_queues(channel: &lapin::Channel, topology: &Topology, stats: &WorkerStats) {
+    for lane in Lane::ALL {
+        if let Some(ready) = ready_in_lane(channel, topology, lane).await {
+            stats.queued_by_lane[lane.index()].store(ready, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn queues_empty(channel: &lapin::Channel, topology: &Topology) -> bool {
-    for queue in [topology.work_queue(), topology.retry_queue()] {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        match channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-        {
-            Ok(state) if state.message_count() == 0 => {}
-            _ => return false,
+    for lane in Lane::ALL {
+        if ready_in_lane(channel, topology, lane).await != Some(0) {
+            return false;
         }
     }
     true
@@ -518,8 +612,16 @@ async fn outcome_of(pipeline: &Pipeline, incoming: &Incoming<'_>, stats: &Worker
     }
 }
 
+/// A delivery taken from a lane's queue, under its message id.
+struct Taken {
+    delivery: Delivery,
+    lane: Lane,
+    id: String,
+}
+
 /// Process one delivery and acknowledge it exactly as its outcome says.
-async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: u32) {
+async fn settle(task: Task<'_>, taken: Taken, max_deliveries: u32) {
+    let Taken { delivery, lane, id } = taken;
     let Task {
         pipeline,
         publisher,
@@ -539,8 +641,9 @@ async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: 
         body: &delivery.data,
         content_type: content_type.as_deref(),
         attempt,
+        lane,
     };
-    let outcome = outcome_of(pipeline, &incoming, stats).await;
+    let outcome = lane.scope(outcome_of(pipeline, &incoming, stats)).await;
 
     // Where the message goes before it may be acked; `Ok(())` means "nowhere else" or "confirmed".
     let handed_over = match &outcome {
@@ -552,6 +655,7 @@ async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: 
             reputation_cache_hits,
         } => {
             stats.done.fetch_add(1, Ordering::Relaxed);
+            stats.done_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
             stats
                 .reputation_cache_hits
                 .fetch_add(*reputation_cache_hits, Ordering::Relaxed);
@@ -574,7 +678,7 @@ async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: 
                     .clone()
                     .with_content_type("application/json".into());
                 publisher
-                    .send_to_dead_letter(&body, &props, attempt, &code, &reason)
+                    .send_to_dead_letter(lane, &body, &props, attempt, &code, &reason)
                     .await
             }
         }
@@ -591,6 +695,7 @@ async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: 
             tracing::warn!(message_id = %id, attempt, code, %reason, "retrying later");
             publisher
                 .send_to_retry(
+                    lane,
                     &delivery.data,
                     &delivery.properties,
                     attempt + 1,
@@ -615,12 +720,14 @@ async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: 
                 source: None,
                 context: None,
                 attempts: attempt as i32,
+                lane,
             };
             if let Err(error) = pipeline.store().record_rejection(&row).await {
                 tracing::warn!(message_id = %id, %error, "could not record the dead-lettered message in Postgres");
             }
             publisher
                 .send_to_dead_letter(
+                    lane,
                     &delivery.data,
                     &delivery.properties,
                     attempt,
@@ -633,7 +740,14 @@ async fn settle(task: Task<'_>, delivery: Delivery, id: String, max_deliveries: 
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             tracing::info!(message_id = %id, %code, %reason, "message rejected");
             publisher
-                .send_to_dead_letter(&delivery.data, &delivery.properties, attempt, code, reason)
+                .send_to_dead_letter(
+                    lane,
+                    &delivery.data,
+                    &delivery.properties,
+                    attempt,
+                    code,
+                    reason,
+                )
                 .await
         }
     };

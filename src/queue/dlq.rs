@@ -20,6 +20,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use super::publisher::{without_expiration, PublishError, Publisher};
 use super::topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
+use crate::lane::Lane;
 
 /// How many times a message was sent back from the dead-letter queue by [`DeadLetterQueue::replay`].
 pub const REPLAYED_HEADER: &str = "x-mdti-replayed";
@@ -49,6 +50,8 @@ pub struct DeadLetter {
     pub attempt: u32,
     /// [`REPLAYED_HEADER`]: how often it was replayed before (0: never).
     pub replayed: u32,
+    /// The lane it came from, and goes back to on a replay.
+    pub lane: Lane,
     pub content_type: Option<String>,
     pub body_bytes: usize,
     /// The first [`PREVIEW_CHARS`] characters of the body, lossily decoded, control characters
@@ -69,6 +72,7 @@ impl DeadLetter {
             reason: header_text(properties, REASON_HEADER),
             attempt: attempt_of(properties),
             replayed: replays_of(properties),
+            lane: super::lane_of(properties),
             content_type: properties.content_type().as_ref().map(|t| t.to_string()),
             body_bytes: body.len(),
             preview: truncate_chars(&flat, PREVIEW_CHARS),
@@ -80,9 +84,10 @@ impl fmt::Display for DeadLetter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}  [{}]  attempt {}{}",
+            "{}  [{}]  {} lane, attempt {}{}",
             self.message_id.as_deref().unwrap_or("(no message id)"),
             self.reason_code.as_deref().unwrap_or("no code"),
+            self.lane,
             self.attempt,
             match self.replayed {
                 0 => String::new(),
@@ -199,7 +204,7 @@ impl DeadLetterQueue {
         Ok(letters)
     }
 
-    /// Send the dead letters `filter` selects back to the work queue, each with a fresh attempt
+    /// Send the dead letters `filter` selects back to the work queue of the lane they came from, each with a fresh attempt
     /// count, confirmed by the broker before its dead-letter copy is acknowledged. The others
     /// stay where they were.
     ///
@@ -237,8 +242,9 @@ impl DeadLetterQueue {
                 summary.kept += 1;
                 continue;
             }
+            let lane = super::lane_of(&delivery.properties);
             publisher
-                .send_to_work_queue(&delivery.data, replayed(&delivery.properties))
+                .send_to_work_queue(lane, &delivery.data, replayed(&delivery.properties))
                 .await?;
             delivery.ack(BasicAckOptions::default()).await?;
             summary.replayed += 1;

@@ -17,8 +17,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
 
-use super::topology::{Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
+use super::topology::{Topology, ATTEMPT_HEADER, LANE_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
+use crate::lane::Lane;
 use crate::progress::{self, point};
 
 /// Longest reason (in characters) written into [`REASON_HEADER`].
@@ -291,8 +292,8 @@ impl Publisher {
         closed
     }
 
-    /// Publish one message of observables to the input exchange: persistent, with `message_id`,
-    /// and wait for the broker's confirm. A nack or an unroutable return is an error.
+    /// Publish one message of observables to the bulk lane's input exchange (see
+    /// [`Publisher::publish_observables_to`]).
     pub async fn publish_observables(
         &self,
         routing_key: &str,
@@ -300,9 +301,24 @@ impl Publisher {
         content_type: &str,
         message_id: &str,
     ) -> Result<(), PublishError> {
+        self.publish_observables_to(Lane::Bulk, routing_key, body, content_type, message_id)
+            .await
+    }
+
+    /// Publish one message of observables to `lane`'s input exchange: persistent, with
+    /// `message_id`, and wait for the broker's confirm. A nack or an unroutable return is an
+    /// error.
+    pub async fn publish_observables_to(
+        &self,
+        lane: Lane,
+        routing_key: &str,
+        body: &[u8],
+        content_type: &str,
+        message_id: &str,
+    ) -> Result<(), PublishError> {
         let props = observable_properties(content_type, message_id).map_err(|e| self.failed(e))?;
         self.publish_confirmed(
-            &self.topology.input_exchange(),
+            &self.topology.lane_exchange(lane),
             routing_key,
             true,
             body,
@@ -322,7 +338,16 @@ impl Publisher {
         &self,
         items: Vec<(String, Vec<u8>, String, String)>,
     ) -> Result<usize, PublishError> {
-        let exchange = self.topology.input_exchange();
+        self.publish_batch_to(Lane::Bulk, items).await
+    }
+
+    /// [`Publisher::publish_batch`] to `lane`'s input exchange.
+    pub async fn publish_batch_to(
+        &self,
+        lane: Lane,
+        items: Vec<(String, Vec<u8>, String, String)>,
+    ) -> Result<usize, PublishError> {
+        let exchange = self.topology.lane_exchange(lane);
         let mut pending = Vec::with_capacity(items.len());
         let mut failed = Vec::new();
         for (index, (routing_key, body, content_type, message_id)) in items.into_iter().enumerate()
@@ -375,12 +400,13 @@ impl Publisher {
         }
     }
 
-    /// Republish a delivery to the retry queue (default exchange, routing key = retry queue),
+    /// Republish a delivery to `lane`'s retry queue (default exchange, routing key = retry queue),
     /// keeping its properties and headers, with [`ATTEMPT_HEADER`] = `attempt`,
     /// [`REASON_CODE_HEADER`] = `code` and [`REASON_HEADER`] = `reason` (truncated). Returns
     /// once the broker confirmed: only then may the caller ack the original delivery.
     pub async fn send_to_retry(
         &self,
+        lane: Lane,
         delivery_body: &[u8],
         props: &BasicProperties,
         attempt: u32,
@@ -388,36 +414,40 @@ impl Publisher {
         reason: &str,
     ) -> Result<(), PublishError> {
         let props = annotated(props, attempt, Some(code), reason);
-        self.publish_confirmed("", &self.topology.retry_queue(), true, delivery_body, props)
+        let queue = self.topology.lane_retry_queue(lane);
+        self.publish_confirmed("", &queue, true, delivery_body, props)
             .await
     }
 
     /// Republish a delivery to the dead letter queue, like [`Publisher::send_to_retry`], with
-    /// [`REASON_CODE_HEADER`] = `code` too. Confirmed before it returns.
+    /// [`LANE_HEADER`] = `lane`, so that a replay returns it to its lane. Confirmed before it
+    /// returns.
     pub async fn send_to_dead_letter(
         &self,
+        lane: Lane,
         delivery_body: &[u8],
         props: &BasicProperties,
         attempt: u32,
         code: &str,
         reason: &str,
     ) -> Result<(), PublishError> {
-        let props = annotated(props, attempt, Some(code), reason);
+        let props = with_lane(annotated(props, attempt, Some(code), reason), lane);
         let queue = self.topology.dead_letter_queue();
         self.publish_confirmed("", &queue, true, delivery_body, props)
             .await
     }
 
-    /// Publish a message straight to the work queue (default exchange), persistent, with the
-    /// properties given, and wait for the broker's confirm. Used to replay dead letters.
+    /// Publish a message straight to `lane`'s work queue (default exchange), persistent, with
+    /// the properties given, and wait for the broker's confirm. Used to replay dead letters.
     pub async fn send_to_work_queue(
         &self,
+        lane: Lane,
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
         let props = props.with_delivery_mode(PERSISTENT);
-        self.publish_confirmed("", &self.topology.work_queue(), true, body, props)
-            .await
+        let queue = self.topology.lane_queue(lane);
+        self.publish_confirmed("", &queue, true, body, props).await
     }
 
     /// Publish a JSON event to the events exchange: persistent, `application/json`, a fresh
@@ -745,6 +775,29 @@ fn annotated(
     without_expiration(props)
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers)
+}
+
+/// `props` with [`LANE_HEADER`] = `lane`, whatever the producer put there.
+fn with_lane(props: BasicProperties, lane: Lane) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        LANE_HEADER.into(),
+        AMQPValue::LongString(lane.as_str().into()),
+    );
+    props.with_headers(headers)
+}
+
+/// The lane a dead letter came from ([`LANE_HEADER`]); bulk when it does not say (dead letters
+/// from before lanes were all bulk work).
+pub fn lane_of(props: &BasicProperties) -> Lane {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|headers| match headers.inner().get(LANE_HEADER) {
+            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(Lane::Bulk)
 }
 
 /// `props` without `expiration`. A producer's per-message TTL is about the message it sent;

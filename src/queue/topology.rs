@@ -2,13 +2,19 @@
 //! every publisher call before doing anything else.
 //!
 //! ```text
-//! publishers ──► {prefix}.observables (topic) ──"#"──► {prefix}.work ──► worker
-//!                                                          ▲      │ transient failure
-//!                  x-message-ttl, dead-letter to work ─────┘      ▼
-//!                                                 {prefix}.retry.{delay}
-//!                                                          permanent failure ──► {prefix}.dead
+//! bulk:  publishers ──► {prefix}.observables (topic) ──"#"──► {prefix}.work ──► worker
+//!                                                                ▲      │ transient failure
+//!                        x-message-ttl, dead-letter to work ─────┘      ▼
+//!                                                       {prefix}.retry.{delay}
+//! live:  publishers ──► {prefix}.observables.live ──"#"──► {prefix}.work.live ──► worker
+//!                                         (and {prefix}.retry.live.{delay}, the same way)
+//!                                                    permanent failure ──► {prefix}.dead
 //! worker ──► {prefix}.events (topic)
 //! ```
+//!
+//! The bulk lane's objects are the ones every deployment had before lanes: an upgrade declares
+//! the live lane's objects beside them and changes no existing queue's arguments (RabbitMQ
+//! refuses that), and publishers that know nothing of lanes keep publishing bulk work.
 
 use std::time::Duration;
 
@@ -16,12 +22,16 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 
+use crate::lane::Lane;
+
 /// Delivery attempt count. 1 on the first publish; a message without it is on its first attempt.
 pub const ATTEMPT_HEADER: &str = "x-mdti-attempt";
 /// Why a message was dead-lettered or sent to retry (truncated to about 500 characters).
 pub const REASON_HEADER: &str = "x-mdti-reason";
 /// A short machine-readable code for the dead-letter reason.
 pub const REASON_CODE_HEADER: &str = "x-mdti-reason-code";
+/// The lane a dead letter came from, so that a replay returns it to the same lane.
+pub const LANE_HEADER: &str = "x-mdti-lane";
 
 /// Names and settings of the broker objects. All names derive from `prefix`, so several
 /// deployments (or test runs) can share one broker.
@@ -74,6 +84,43 @@ impl Topology {
         }
     }
 
+    /// The exchange publishers send a lane's messages to: the bulk lane's is
+    /// [`Topology::input_exchange`], the one publishers used before lanes.
+    pub fn lane_exchange(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Bulk => self.input_exchange(),
+            Lane::Live => format!("{}.observables.live", self.prefix),
+        }
+    }
+
+    /// The queue a lane's consumer reads: the bulk lane's is [`Topology::work_queue`].
+    pub fn lane_queue(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Bulk => self.work_queue(),
+            Lane::Live => format!("{}.work.live", self.prefix),
+        }
+    }
+
+    /// The retry queue that returns a lane's messages to that lane's queue: the bulk lane's is
+    /// [`Topology::retry_queue`].
+    pub fn lane_retry_queue(&self, lane: Lane) -> String {
+        match lane {
+            Lane::Bulk => self.retry_queue(),
+            Lane::Live => self.retry_queue().replacen(
+                &format!("{}.retry.", self.prefix),
+                &format!("{}.retry.live.", self.prefix),
+                1,
+            ),
+        }
+    }
+
+    /// The lane whose work or retry queue is named `queue`, if any.
+    pub fn lane_of_queue(&self, queue: &str) -> Option<Lane> {
+        Lane::ALL
+            .into_iter()
+            .find(|lane| queue == self.lane_queue(*lane) || queue == self.lane_retry_queue(*lane))
+    }
+
     /// Durable dead letter queue, read by people (or a replay tool), not by the worker.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.prefix)
@@ -89,41 +136,39 @@ impl Topology {
         i64::try_from(self.retry_delay.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Declare the exchanges, queues and the binding. Idempotent: both the worker and the
-    /// publishers call it at start, in any order, as often as they like.
+    /// Declare the exchanges, queues and bindings of both lanes. Idempotent: both the worker
+    /// and the publishers call it at start, in any order, as often as they like.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                self.input_exchange().into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                self.events_exchange().into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-
+        declare_topic(channel, &self.events_exchange()).await?;
+        for lane in Lane::ALL {
+            self.declare_lane(channel, lane).await?;
+        }
         channel
             .queue_declare(
-                self.work_queue().into(),
+                self.dead_letter_queue().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A lane's exchange, its work queue bound with `#`, and its retry queue dead-lettering
+    /// back to the work queue.
+    async fn declare_lane(&self, channel: &Channel, lane: Lane) -> Result<(), lapin::Error> {
+        let (exchange, queue) = (self.lane_exchange(lane), self.lane_queue(lane));
+        declare_topic(channel, &exchange).await?;
+        channel
+            .queue_declare(
+                queue.as_str().into(),
                 QueueDeclareOptions::durable(),
                 FieldTable::default(),
             )
             .await?;
         channel
             .queue_bind(
-                self.work_queue().into(),
-                self.input_exchange().into(),
+                queue.as_str().into(),
+                exchange.into(),
                 "#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -141,25 +186,32 @@ impl Topology {
         );
         retry_args.insert(
             "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.work_queue().into()),
+            AMQPValue::LongString(queue.into()),
         );
         channel
             .queue_declare(
-                self.retry_queue().into(),
+                self.lane_retry_queue(lane).into(),
                 QueueDeclareOptions::durable(),
                 retry_args,
             )
             .await?;
-
-        channel
-            .queue_declare(
-                self.dead_letter_queue().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
         Ok(())
     }
+}
+
+async fn declare_topic(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The delivery attempt of a message: [`ATTEMPT_HEADER`] in any integer AMQP type (or a decimal
@@ -217,6 +269,15 @@ mod tests {
             retry_delay: Duration::from_millis(1500),
         };
         assert_eq!(odd.retry_queue(), "x.retry.1500ms");
+        assert_eq!(t.lane_exchange(Lane::Bulk), "mdti.observables");
+        assert_eq!(t.lane_exchange(Lane::Live), "mdti.observables.live");
+        assert_eq!(t.lane_queue(Lane::Bulk), "mdti.work");
+        assert_eq!(t.lane_queue(Lane::Live), "mdti.work.live");
+        assert_eq!(t.lane_retry_queue(Lane::Live), "mdti.retry.live.30s");
+        assert_eq!(odd.lane_retry_queue(Lane::Live), "x.retry.live.1500ms");
+        assert_eq!(t.lane_of_queue("mdti.retry.live.30s"), Some(Lane::Live));
+        assert_eq!(t.lane_of_queue("mdti.work"), Some(Lane::Bulk));
+        assert_eq!(t.lane_of_queue("mdti.dead"), None);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub use views::{DailyLine, RecentHit, RejectionCount, Report, TopActor};
 pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};
+use crate::lane::Lane;
 use crate::observable::{Observable, ObservableKind};
 
 /// How long [`Store`] waits for a pooled connection before giving up with a transient error.
@@ -123,6 +124,8 @@ pub struct RunRecord {
     pub duration: Duration,
     /// What Graph returned: `Some` for [`RunStatus::Enriched`].
     pub enrichment: Option<Enrichment>,
+    /// The lane the message came through.
+    pub lane: Lane,
 }
 
 /// An input the worker could not use.
@@ -139,6 +142,8 @@ pub struct RejectedInput {
     pub source: Option<String>,
     pub context: Option<serde_json::Value>,
     pub attempts: i32,
+    /// The lane the message came through.
+    pub lane: Lane,
 }
 
 /// Everything one message produced, to be committed together: the runs of its items, the
@@ -552,7 +557,7 @@ impl Store {
     /// Every rejected input, oldest first.
     pub async fn rejected(&self) -> Result<Vec<RejectedInput>, StoreError> {
         let rows = sqlx::query(
-            "SELECT message_id, item_index, input, code, reason, source, context, attempts \
+            "SELECT message_id, item_index, input, code, reason, source, context, attempts, lane \
              FROM rejected_inputs ORDER BY rejected_at, id",
         )
         .fetch_all(&self.pool)
@@ -568,6 +573,7 @@ impl Store {
                     source: row.try_get("source")?,
                     context: row.try_get("context")?,
                     attempts: row.try_get("attempts")?,
+                    lane: stored_lane(row.try_get("lane")?),
                 })
             })
             .collect()
@@ -658,4 +664,10 @@ mod tests {
         assert_eq!(quote_identifier("mdti"), "\"mdti\"");
         assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
     }
+}
+
+/// A stored lane name; the column's check admits only the two, and anything else read back
+/// (a row written by hand) counts as bulk, the lane of everything from before lanes.
+fn stored_lane(name: &str) -> Lane {
+    name.parse().unwrap_or(Lane::Bulk)
 }

@@ -235,6 +235,7 @@ struct RunRows {
     enrichers: Vec<String>,
     graph_requests: Vec<i32>,
     durations_ms: Vec<i32>,
+    lanes: Vec<&'static str>,
 }
 
 impl RunRows {
@@ -257,6 +258,7 @@ impl RunRows {
         self.graph_requests
             .push(i32::try_from(run.graph_requests).unwrap_or(i32::MAX));
         self.durations_ms.push(millis(run.duration));
+        self.lanes.push(run.lane.as_str());
     }
 
     /// Upsert the runs and delete the rejections they supersede. An enriched run is not
@@ -272,19 +274,21 @@ impl RunRows {
                  WHERE r.message_id = k.message_id AND r.item_index = k.item_index \
              ) \
              INSERT INTO enrichment_runs AS r (id, message_id, item_index, observable_id, source, \
-                 context, status, detail, enrichers, graph_requests, duration_ms) \
+                 context, status, detail, enrichers, graph_requests, duration_ms, lane) \
              SELECT u.id, u.message_id, u.item_index, u.observable_id, u.source, u.context, \
                  u.status, u.detail, string_to_array(u.enrichers, ','), u.graph_requests, \
-                 u.duration_ms \
+                 u.duration_ms, u.lane \
              FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::text[], \
-                 $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[]) \
+                 $6::jsonb[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[], \
+                 $12::text[]) \
                  AS u(id, message_id, item_index, observable_id, source, context, status, \
-                     detail, enrichers, graph_requests, duration_ms) \
+                     detail, enrichers, graph_requests, duration_ms, lane) \
              ON CONFLICT (message_id, item_index) DO UPDATE SET \
                  observable_id = excluded.observable_id, source = excluded.source, \
                  context = excluded.context, status = excluded.status, \
                  detail = excluded.detail, enrichers = excluded.enrichers, \
-                 graph_requests = excluded.graph_requests, duration_ms = excluded.duration_ms \
+                 graph_requests = excluded.graph_requests, duration_ms = excluded.duration_ms, \
+                 lane = excluded.lane \
              WHERE r.status <> 'enriched' OR excluded.status = 'enriched'",
         )
         .bind(&self.ids)
@@ -298,6 +302,7 @@ impl RunRows {
         .bind(&self.enrichers)
         .bind(&self.graph_requests)
         .bind(&self.durations_ms)
+        .bind(&self.lanes)
         .execute(executor)
         .await?;
         Ok(())
@@ -564,6 +569,7 @@ async fn upsert_rejected(
     let mut sources = Vec::with_capacity(n);
     let mut contexts = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
+    let mut lanes = Vec::with_capacity(n);
     for ((message_id, item_index), r) in by_key {
         message_ids.push(message_id);
         item_indexes.push(item_index);
@@ -578,12 +584,13 @@ async fn upsert_rejected(
         sources.push(r.source.as_deref().map(pg_text));
         contexts.push(r.context.as_ref().map(pg_json));
         attempts.push(r.attempts);
+        lanes.push(r.lane.as_str());
     }
     sqlx::query(
         "INSERT INTO rejected_inputs AS r (message_id, item_index, input, code, reason, source, \
-             context, attempts) \
+             context, attempts, lane) \
          SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::jsonb[], $8::int[]) \
+             $6::text[], $7::jsonb[], $8::int[], $9::text[]) \
          ON CONFLICT (message_id, item_index) DO UPDATE SET \
              input = excluded.input, code = excluded.code, reason = excluded.reason, \
              source = excluded.source, context = excluded.context, \
@@ -597,6 +604,7 @@ async fn upsert_rejected(
     .bind(&sources)
     .bind(&contexts)
     .bind(&attempts)
+    .bind(&lanes)
     .execute(&mut **tx)
     .await?;
     Ok(())

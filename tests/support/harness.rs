@@ -426,6 +426,7 @@ impl App {
             amqp_url: Secret::new(amqp_url),
             topology: self.topology.clone(),
             concurrency: self.concurrency,
+            live_prefetch: self.concurrency,
             max_deliveries,
             shutdown_timeout: Duration::from_secs(10),
             exit_when_idle: None,

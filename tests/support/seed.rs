@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use mdti_worker::chain::{ActorHit, Evidence, Factor};
 use mdti_worker::enrich::{EnricherKind, Enrichment, Indicator, Reputation};
+use mdti_worker::lane::Lane;
 use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
 use mdti_worker::store::{RejectedInput, RunRecord, RunStatus, Store, WalkHits};
 
@@ -72,6 +73,7 @@ fn run(message: &str, index: i32, observable: Observable, status: RunStatus) -> 
         },
         duration: Duration::from_millis(120),
         enrichment: None,
+        lane: Lane::Bulk,
     }
 }
 
@@ -93,6 +95,7 @@ fn rejected(message: &str, index: i32, input: &str, code: &str, reason: &str) ->
         source: Some("feed-a".into()),
         context: None,
         attempts: 1,
+        lane: Lane::Bulk,
     }
 }
 
