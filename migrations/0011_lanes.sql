@@ -23,3 +23,11 @@ CREATE TABLE publications (
     published_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX publications_source_published_idx ON publications (source, published_at);
+
+-- What waits in each lane's queues (work and retry), as a consuming worker last saw it: the
+-- broker's count, kept where the dashboards (which read only Postgres) can show it.
+CREATE TABLE lane_backlog (
+    lane           text        PRIMARY KEY CHECK (lane IN ('live', 'bulk')),
+    ready_messages bigint      NOT NULL CHECK (ready_messages >= 0),
+    observed_at    timestamptz NOT NULL DEFAULT now()
+);

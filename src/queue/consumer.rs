@@ -343,7 +343,7 @@ async fn session(
                     tracing::error!(%error, "a message task failed; its delivery returns to the queue");
                 }
             }
-            _ = depth_tick.tick() => look_at_queues(&channel, &settings.topology, stats).await,
+            _ = depth_tick.tick() => look_at_queues(&channel, &settings.topology, pipeline, stats).await,
             _ = idle_tick.tick(), if settings.exit_when_idle.is_some() => {
                 let limit = settings.exit_when_idle.unwrap_or_default();
                 if tasks.is_empty() && queues_empty(&channel, &settings.topology).await {
@@ -539,10 +539,29 @@ async fn ready_in_lane(channel: &lapin::Channel, topology: &Topology, lane: Lane
     Some(work + retry)
 }
 
-async fn look_at_queues(channel: &lapin::Channel, topology: &Topology, stats: &WorkerStats) {
+/// Count what waits in each lane, for `/metrics` and for the dashboards (which read Postgres).
+/// Best effort: a count that cannot be had or kept is tried again at the next look. The write
+/// goes on a task of its own, bounded: the loop must not wait on a Postgres that is down.
+async fn look_at_queues(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    pipeline: &Pipeline,
+    stats: &WorkerStats,
+) {
     for lane in Lane::ALL {
         if let Some(ready) = ready_in_lane(channel, topology, lane).await {
             stats.queued_by_lane[lane.index()].store(ready, Ordering::Relaxed);
+            let store = pipeline.store().clone();
+            tokio::spawn(async move {
+                let write = store.record_lane_backlog(lane, ready);
+                match tokio::time::timeout(QUEUE_LOOK_INTERVAL, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "could not record the lane's backlog")
+                    }
+                    Err(_) => tracing::debug!("recording the lane's backlog timed out"),
+                }
+            });
         }
     }
 }

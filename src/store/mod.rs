@@ -554,6 +554,20 @@ impl Store {
             .await?)
     }
 
+    /// Record what waits in `lane`'s queues, as the broker just counted it.
+    pub async fn record_lane_backlog(&self, lane: Lane, ready: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO lane_backlog (lane, ready_messages, observed_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (lane) DO UPDATE SET ready_messages = excluded.ready_messages, \
+                 observed_at = excluded.observed_at",
+        )
+        .bind(lane.as_str())
+        .bind(i64::try_from(ready).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Every rejected input, oldest first.
     pub async fn rejected(&self) -> Result<Vec<RejectedInput>, StoreError> {
         let rows = sqlx::query(
