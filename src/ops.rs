@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::graph::GraphClient;
-use crate::metrics::Exposition;
+use crate::lane::Lane;
+use crate::metrics::{Exposition, Labels};
 use crate::pipeline::Dependency;
 use crate::queue::consumer::WorkerStats;
 use crate::store::{OutboxBacklog, Store};
@@ -191,6 +192,35 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
 }
 
 /// Every metric of the worker, as one scrape.
+/// Per lane: messages done, messages waiting in the lane's queues, Graph requests made.
+fn lane_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) {
+    const LABELS: [Labels<'static>; 2] = [&[("lane", "live")], &[("lane", "bulk")]];
+    let per_lane = |counters: &[std::sync::atomic::AtomicU64; 2]| -> Vec<(Labels<'_>, f64)> {
+        Lane::ALL
+            .iter()
+            .map(|lane| {
+                let count = WorkerStats::get(&counters[lane.index()]) as f64;
+                (LABELS[lane.index()], count)
+            })
+            .collect()
+    };
+    out.counter(
+        "mdti_lane_messages_done_total",
+        "Messages done (acked after their Postgres commit), by lane.",
+        &per_lane(&stats.done_by_lane),
+    );
+    out.gauge(
+        "mdti_lane_queued_messages",
+        "Messages ready in the lane's work and retry queues, as the broker counted them at the worker's last look (every 5 s).",
+        &per_lane(&stats.queued_by_lane),
+    );
+    out.counter(
+        "mdti_lane_graph_requests_total",
+        "Graph requests by the lane of the message that made them (work outside any message counts as live). Every attempt counts.",
+        &per_lane(&graph.stats().requests_by_lane),
+    );
+}
+
 pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBacklog>) -> String {
     let get = |counter| WorkerStats::get(counter) as f64;
     let mut out = Exposition::new();
@@ -210,6 +240,7 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
             (&[("outcome", "requeued")], get(&stats.requeued)),
         ],
     );
+    lane_metrics(&mut out, graph, stats);
     out.counter(
         "mdti_observables_total",
         "Observables of done messages by status: enriched from Graph, cached (answered from Postgres within --cache-ttl), skipped (non-public), rejected (bad input).",

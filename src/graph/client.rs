@@ -192,6 +192,8 @@ pub struct Paged {
 #[derive(Debug, Default)]
 pub struct GraphStats {
     pub requests: AtomicU64,
+    /// Requests by the lane that made them ([`crate::lane::Lane::index`]).
+    pub requests_by_lane: [AtomicU64; 2],
     /// Answers that asked the client to wait (429, or 503/504 with `Retry-After`).
     pub throttled: AtomicU64,
     pub retries: AtomicU64,
@@ -716,6 +718,8 @@ impl GraphClient {
         let _permit = self.inner.throttle.admit().await;
         let stats = &self.inner.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.requests_by_lane[crate::lane::Lane::current().index()]
+            .fetch_add(1, Ordering::Relaxed);
         self.tally.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight::enter(&stats.in_flight);
         let started = Instant::now();

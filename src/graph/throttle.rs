@@ -495,6 +495,92 @@ mod tests {
         assert_eq!(admitted.lock().unwrap().len(), 30);
     }
 
+    /// Admit `lane`'s request on a task of its own, recording its name once admitted.
+    fn request(
+        throttle: &Arc<Throttle>,
+        lane: Lane,
+        name: String,
+        order: &Arc<Mutex<Vec<String>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (throttle, order) = (Arc::clone(throttle), Arc::clone(order));
+        tokio::spawn(lane.scope(async move {
+            let _permit = throttle.admit().await;
+            order.lock().unwrap().push(name);
+        }))
+    }
+
+    async fn until_queued(throttle: &Throttle, lane: Lane, waiting: usize) {
+        while throttle.turn.lock().queued[lane.index()].len() < waiting {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    // Real time: governor reads its own clock. Order only, no durations asserted.
+    #[tokio::test]
+    async fn a_live_request_goes_before_the_bulk_requests_already_waiting() {
+        let throttle = Arc::new(Throttle::new(40.0, 1, 100, HOLD));
+        drop(Lane::Bulk.scope(throttle.admit()).await);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks: Vec<_> = (0..10)
+            .map(|i| request(&throttle, Lane::Bulk, format!("bulk-{i}"), &order))
+            .collect();
+        // One bulk request holds the turn, the others wait for it.
+        until_queued(&throttle, Lane::Bulk, 9).await;
+        tasks.push(request(&throttle, Lane::Live, "live".into(), &order));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let live = order.iter().position(|name| name == "live").unwrap();
+        // At most the holder of the turn, and the one it handed the turn to before the live
+        // request queued, go first; eight or more bulk requests go after it.
+        assert!(
+            live <= 2,
+            "live admitted after {live} bulk requests: {order:?}"
+        );
+    }
+
+    #[test]
+    fn the_live_reserve_is_taken_from_the_bulk_lanes_rate_and_burst() {
+        let limiters = Limiters::new(50.0, 10, 0.2, Limiter::new);
+        assert_eq!(limiters.tenant.requests_per_second, 50.0);
+        let bulk = limiters.bulk.expect("a bulk limiter with a reserve");
+        assert!((bulk.requests_per_second - 40.0).abs() < 1e-9);
+        assert_eq!(bulk.burst, 8);
+        assert!(Limiters::new(50.0, 10, 0.0, Limiter::new).bulk.is_none());
+        // Nonsense reserves keep bulk work going.
+        assert_eq!(sane_reserve(f64::NAN), 0.0);
+        assert_eq!(sane_reserve(5.0), 0.9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_turn_goes_to_live_waiters_first_and_skips_those_who_left() {
+        let turn = Arc::new(Turn::default());
+        let held = turn.take(Lane::Bulk).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |lane: Lane, name: &'static str| {
+            let (turn, order) = (Arc::clone(&turn), Arc::clone(&order));
+            tokio::spawn(async move {
+                let _turn = turn.take(lane).await;
+                order.lock().unwrap().push(name);
+            })
+        };
+        let bulk = waiter(Lane::Bulk, "bulk");
+        let gone = waiter(Lane::Live, "gone");
+        let live = waiter(Lane::Live, "live");
+        while turn.lock().queued.iter().map(VecDeque::len).sum::<usize>() < 3 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        drop(held);
+        for task in [bulk, live] {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec!["live", "bulk"]);
+        assert!(turn.is_free());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn own_holds_are_reported_and_shared_holds_are_not() {
         let throttle = Throttle::new(10.0, 1, 4, HOLD);
