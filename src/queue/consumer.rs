@@ -309,7 +309,7 @@ async fn session(
                     let id = message_id(&delivery.properties, &delivery.data);
                     tasks.spawn(progress::global().track(&id.clone(), async move {
                         let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend, lose: &lose };
-                        settle(task, Taken { delivery, lane, id }, max_deliveries).await;
+                        settle(task, Taken { delivery: *delivery, lane, id }, max_deliveries).await;
                     }));
                 }
                 Some(Next::Failed(error)) => break SessionEnd::Lost(error.to_string()),
@@ -387,7 +387,7 @@ async fn session(
 
 /// What a lane's consumer gives next.
 enum Next {
-    Delivery(Lane, Delivery),
+    Delivery(Lane, Box<Delivery>),
     Failed(lapin::Error),
     /// The lane's consumer ended (the broker cancelled it): the session must not go on with one
     /// lane silently unserved.
@@ -440,7 +440,7 @@ async fn consume(
             .await?;
         consumers.tags.push(tag);
         let deliveries = consumer.map(move |delivery| match delivery {
-            Ok(delivery) => Next::Delivery(lane, delivery),
+            Ok(delivery) => Next::Delivery(lane, Box::new(delivery)),
             Err(error) => Next::Failed(error),
         });
         let end = futures::stream::once(async move { Next::Ended(lane) });

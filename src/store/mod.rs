@@ -641,6 +641,12 @@ fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A stored lane name; the column's check admits only the two, and anything else read back
+/// (a row written by hand) counts as bulk, the lane of everything from before lanes.
+fn stored_lane(name: &str) -> Lane {
+    name.parse().unwrap_or(Lane::Bulk)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,10 +684,4 @@ mod tests {
         assert_eq!(quote_identifier("mdti"), "\"mdti\"");
         assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
     }
-}
-
-/// A stored lane name; the column's check admits only the two, and anything else read back
-/// (a row written by hand) counts as bulk, the lane of everything from before lanes.
-fn stored_lane(name: &str) -> Lane {
-    name.parse().unwrap_or(Lane::Bulk)
 }

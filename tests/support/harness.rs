@@ -15,6 +15,7 @@ use lapin::{Connection, ConnectionProperties};
 use mdti_worker::chain::ChainSettings;
 use mdti_worker::enrich::EnricherKind;
 use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
+use mdti_worker::lane::Lane;
 use mdti_worker::observable::NormaliseOptions;
 use mdti_worker::pipeline::{Pipeline, PipelineSettings};
 use mdti_worker::queue::consumer::{self, ConsumerSettings, WorkerStats};
@@ -101,12 +102,23 @@ impl DeadLetter {
     }
 }
 
-/// Messages waiting in the work, retry and dead-letter queues.
+/// Messages waiting in the work queues, the retry queues (both lanes' each) and the
+/// dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueDepths {
     pub work: u32,
     pub retry: u32,
     pub dead_letter: u32,
+}
+
+/// Every queue of a topology: both lanes' work and retry queues, and the dead-letter queue.
+fn queues(topology: &Topology) -> Vec<String> {
+    let mut queues: Vec<String> = Lane::ALL
+        .into_iter()
+        .flat_map(|lane| [topology.lane_queue(lane), topology.lane_retry_queue(lane)])
+        .collect();
+    queues.push(topology.dead_letter_queue());
+    queues
 }
 
 /// The depths of a topology's queues (declared passively: the worker declares them).
@@ -119,24 +131,41 @@ pub async fn queue_depths(topology: &Topology) -> QueueDepths {
         passive: true,
         ..QueueDeclareOptions::default()
     };
-    let mut depths = [0; 3];
-    for (depth, queue) in depths.iter_mut().zip([
-        topology.work_queue(),
-        topology.retry_queue(),
-        topology.dead_letter_queue(),
-    ]) {
-        *depth = channel
+    let mut depths = Vec::new();
+    for queue in queues(topology) {
+        let depth = channel
             .queue_declare(queue.as_str().into(), passive, FieldTable::default())
             .await
             .unwrap()
             .message_count();
+        depths.push(depth);
     }
     let _ = connection.close(200, "done".into()).await;
+    // Live work, live retry, bulk work, bulk retry, dead letters.
     QueueDepths {
-        work: depths[0],
-        retry: depths[1],
-        dead_letter: depths[2],
+        work: depths[0] + depths[2],
+        retry: depths[1] + depths[3],
+        dead_letter: depths[4],
     }
+}
+
+/// Messages ready in one queue (declared passively).
+pub async fn ready_in(queue: &str) -> u32 {
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let depth = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count();
+    let _ = connection.close(200, "done".into()).await;
+    depth
 }
 
 /// Every message in a topology's dead-letter queue, taken off it.
@@ -189,16 +218,16 @@ pub async fn delete_topology(topology: &Topology) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    for queue in [
-        topology.work_queue(),
-        topology.retry_queue(),
-        topology.dead_letter_queue(),
-    ] {
+    for queue in queues(topology) {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    for exchange in [topology.input_exchange(), topology.events_exchange()] {
+    for exchange in [
+        topology.lane_exchange(Lane::Live),
+        topology.lane_exchange(Lane::Bulk),
+        topology.events_exchange(),
+    ] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), Default::default())
             .await;
@@ -460,6 +489,20 @@ impl App {
     pub async fn publish_raw(&self, message_id: &str, body: &[u8], content_type: &str) {
         self.publisher
             .publish_observables("test", body, content_type, message_id)
+            .await
+            .unwrap();
+    }
+
+    /// Graph requests the worker's client made in `lane`.
+    pub fn stats_graph_requests(&self, lane: Lane) -> u64 {
+        self.graph.stats().requests_by_lane[lane.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Publish a JSON body to `lane`.
+    pub async fn publish_to(&self, lane: Lane, message_id: &str, body: serde_json::Value) {
+        let body = serde_json::to_vec(&body).unwrap();
+        self.publisher
+            .publish_observables_to(lane, "test", &body, "application/json", message_id)
             .await
             .unwrap();
     }
