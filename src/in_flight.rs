@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::lane::Lane;
+
 enum State<T> {
     Pending,
     Answered(T),
@@ -72,17 +74,21 @@ pub enum Role<T> {
 }
 
 impl<T: Clone> InFlight<T> {
-    /// Lead the work on `key`, or follow the work in flight.
+    /// Lead the work on `key`, or follow the work in flight in the same lane (see
+    /// [`Lane::current`]). Work is shared within a lane only: a live task following a bulk
+    /// lead would wait as long as the bulk lead's requests wait for quota, behind the whole
+    /// backlog; it does the work itself instead, at the cost of one duplicate lookup.
     pub fn join(&self, key: &str) -> Role<T> {
+        let key = format!("{}/{key}", Lane::current());
         let mut flights = self.flights.lock().expect("in-flight lock poisoned");
-        if let Some(flight) = flights.get(key) {
+        if let Some(flight) = flights.get(&key) {
             return Role::Follow(Follower(flight.subscribe()));
         }
         let flight = Arc::new(watch::Sender::new(State::Pending));
-        flights.insert(key.to_owned(), Arc::clone(&flight));
+        flights.insert(key.clone(), Arc::clone(&flight));
         Role::Lead(Lead {
             in_flight: self.clone(),
-            key: key.to_owned(),
+            key,
             flight,
         })
     }

@@ -22,6 +22,7 @@
 //! drain from Postgres and the dead-letter queue (see `fleet.rs`).
 
 mod fleet;
+mod lanes;
 mod measure;
 mod mix;
 mod report;
@@ -49,6 +50,7 @@ use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
 };
 use crate::graph::GraphClient;
+use crate::lane::Lane;
 use crate::queue::consumer::WorkerStats;
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
@@ -122,6 +124,11 @@ pub struct BenchCmd {
     /// that RSS and CPU are the worker's alone; --sim-rate and --sim-latency then do not apply
     #[arg(long)]
     pub sim_external: Option<String>,
+    /// Live observables published per second on the live lane while the bulk backlog (the
+    /// mix, on the bulk lane) drains; 0 = no live stream. Reports each lane's latency and the
+    /// share of the quota bulk work used of what live work left
+    #[arg(long, default_value_t = 0.0)]
+    pub live_rate: f64,
     /// Messages published per second; 0 = as fast as the broker confirms (a backlog)
     #[arg(long, default_value_t = 0.0)]
     pub publish_rate: f64,
@@ -201,6 +208,12 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     }
     if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
         bail!("--publish-rate must be 0 or a positive number");
+    }
+    if !(cmd.live_rate.is_finite() && cmd.live_rate >= 0.0) {
+        bail!("--live-rate must be 0 or a positive number");
+    }
+    if cmd.live_rate > 0.0 && cmd.workers > 1 {
+        bail!("--live-rate runs the worker in this process: use it with --workers 1");
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("mdti_bench_{id}");
@@ -787,6 +800,12 @@ async fn read_runs(db_url: &str) -> anyhow::Result<RunRows> {
     Ok(out)
 }
 
+/// Graph requests the client made so far, per lane.
+fn lane_requests(graph: &GraphClient) -> [u64; 2] {
+    let by_lane = &graph.stats().requests_by_lane;
+    [0, 1].map(|i| by_lane[i].load(Ordering::Relaxed))
+}
+
 fn git_rev() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -949,6 +968,25 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             ctx.topology.prefix.clone(),
             Arc::clone(&published),
         )));
+        let mut live = match cmd.live_rate > 0.0 {
+            true => {
+                let (url, topology) = (cmd.amqp_url.expose().to_owned(), ctx.topology.clone());
+                let publisher = publish_runtime
+                    .spawn(async move { Publisher::connect(&url, topology).await })
+                    .await??;
+                let run = ctx.topology.prefix.clone();
+                Some(lanes::LiveStream::start(
+                    &publish_runtime,
+                    publisher,
+                    cmd.live_rate,
+                    &mix,
+                    run,
+                ))
+            }
+            false => None,
+        };
+        let lane_requests_before = lane_requests(&graph);
+        let mut lanes_measured: Option<lanes::Measured> = None;
         let mut times: Option<PublishTimes> = None;
         let mut error: Option<String> = None;
         let deadline = before.at + cmd.max_duration;
@@ -964,7 +1002,8 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             }
             let settled = match fleet.as_mut() {
                 None => {
-                    WorkerStats::get(&stats.done) + WorkerStats::get(&stats.dead_lettered)
+                    WorkerStats::get(&stats.done_by_lane[Lane::Bulk.index()])
+                        + WorkerStats::get(&stats.dead_lettered)
                         >= messages as u64
                 }
                 // A query, not an atomic load: asked at most every FLEET_POLL.
@@ -983,7 +1022,28 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
                 }
                 Some(_) => false,
             };
-            if error.is_some() || (times.is_some() && settled) {
+            if times.is_some() && settled {
+                if let Some(stream) = live.take() {
+                    let requests = lane_requests(&graph);
+                    match stream.stop().await {
+                        Ok(published) => {
+                            lanes_measured = Some(lanes::Measured {
+                                live_rate: cmd.live_rate,
+                                live_reserve: cmd.live_reserve,
+                                quota: cmd.sim_rate.unwrap_or(f64::INFINITY).min(cmd.graph_rate),
+                                live_published: published,
+                                bulk_drain: before.at.elapsed(),
+                                requests: [0, 1].map(|i| requests[i] - lane_requests_before[i]),
+                            })
+                        }
+                        Err(e) => error = Some(format!("the live stream failed: {e:#}")),
+                    }
+                }
+            }
+            let live_settled = lanes_measured.as_ref().is_none_or(|m| {
+                WorkerStats::get(&stats.done_by_lane[Lane::Live.index()]) >= m.live_published
+            });
+            if error.is_some() || (times.is_some() && settled && live_settled) {
                 break;
             }
             if worker.as_ref().is_some_and(|w| w.is_finished()) {
@@ -1053,8 +1113,17 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pg = pg_delta(&pg_stats(ctx.admin_url, ctx.db_name).await?, &pg_before);
         let rows = read_runs(ctx.db_url).await?;
+        let lanes = match lanes_measured {
+            Some(measured) => {
+                let mut conn = PgConnection::connect(ctx.db_url).await?;
+                let lanes = lanes::read(&mut conn, measured).await?;
+                let _ = conn.close().await;
+                Some(lanes)
+            }
+            None => None,
+        };
 
-        Ok::<_, anyhow::Error>(assemble(Assembly {
+        let mut report = assemble(Assembly {
             ctx,
             before,
             after,
@@ -1072,7 +1141,9 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             published: published.load(Ordering::Relaxed),
             distinct: mix::distinct_count(cmd.observables, cmd.distinct),
             messages,
-        }))
+        });
+        report.lanes = lanes;
+        Ok::<_, anyhow::Error>(report)
     }
     .await;
     if let Some(mut worker) = worker.filter(|w| !w.is_finished()) {
@@ -1366,6 +1437,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             worker_processes: a.processes,
         },
         postgres: a.pg,
+        lanes: None,
         notes,
     }
 }

@@ -25,6 +25,9 @@ pub struct Report {
     pub resources: Resources,
     pub postgres: Postgres,
     pub breakdown: Breakdown,
+    /// The lanes mode's figures (`--live-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<super::lanes::Lanes>,
     pub notes: Vec<String>,
 }
 
@@ -586,6 +589,12 @@ impl Report {
                 b.mean_queue_and_write_ms
             ),
         );
+        if let Some(lanes) = &self.lanes {
+            out.push_str("\nLanes\n");
+            for line in lanes.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         if !self.notes.is_empty() {
             out.push_str("\nNotes\n");
             for note in &self.notes {

@@ -56,6 +56,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::in_flight::{Follower, InFlight, Lead, Role};
+use crate::lane::Lane;
 use crate::progress::{self, point};
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
 pub use confidence::{Band, Factor, Fanout};
@@ -677,7 +678,10 @@ impl Chainer {
         // Of the hosts left, those another worker is asking about are waited for, below.
         let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
         let mut claimed = LookupClaims::default();
-        if let (Some(store), true, false) = (&self.store, self.shares_lookups(), leads.is_empty()) {
+        // A live walk neither claims nor waits for claims: the worker holding one may be
+        // asking for a bulk walk, behind the whole backlog's requests.
+        let claims = self.shares_lookups() && Lane::current() == Lane::Bulk;
+        if let (Some(store), true, false) = (&self.store, claims, leads.is_empty()) {
             let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
             match store.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
                 Ok(mine) => {
