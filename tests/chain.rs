@@ -15,6 +15,7 @@ use mdti_worker::chain::{
 };
 use mdti_worker::graph::{GraphClient, PageLimits};
 use mdti_worker::in_flight::InFlight;
+use mdti_worker::lane::Lane;
 use mdti_worker::observable::Observable;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
 use mdti_worker::store::{run_id, WalkHits};
@@ -912,9 +913,10 @@ async fn workers_sharing_a_database_ask_each_shared_counterpart_once() {
     let (first, second) = (worker(), worker());
 
     let start = sim.count("reputation");
+    // Bulk walks, as a bulk message's: live walks take no claims (see the test below).
     let walks = iocs.iter().enumerate().map(|(n, ioc)| {
         let chainer = if n % 2 == 0 { &first } else { &second };
-        chainer.walk(ioc)
+        Lane::Bulk.scope(chainer.walk(ioc))
     });
     for report in futures::future::join_all(walks).await {
         assert_eq!(report.expect("walk").counterparts, 20);
@@ -1095,7 +1097,8 @@ async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_
     let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), settings)
         .with_in_flight(InFlight::default());
     let start = sim.count("reputation");
-    let walks = futures::future::join_all(iocs.iter().map(|ioc| chainer.walk(ioc)));
+    let walks =
+        futures::future::join_all(iocs.iter().map(|ioc| Lane::Bulk.scope(chainer.walk(ioc))));
     let reports = tokio::time::timeout(std::time::Duration::from_secs(90), walks)
         .await
         .expect("the crossing walks finish");
@@ -1107,6 +1110,60 @@ async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_
         sim.count("reputation") - start,
         2,
         "the two IOCs only: both hosts came from the other worker's answers"
+    );
+}
+
+/// A live walk does not wait for a host another worker claimed: that worker may be asking for
+/// a bulk walk, its request queued behind a whole backlog. It asks Graph itself.
+#[tokio::test]
+async fn a_live_walk_asks_for_hosts_another_worker_holds_instead_of_waiting() {
+    let (sim, graph) = sim_and_client().await;
+    let db = TestDb::new().await;
+    let (ioc, host) = ("live-walk.shared-test.com", "52.3.0.9");
+    let record = pdns(
+        ioc,
+        host,
+        "ipAddress",
+        "2023-01-01T00:00:00Z",
+        "2024-01-01T00:00:00Z",
+    );
+    sim.control().set_override(
+        &format!("hosts/{ioc}/passiveDns"),
+        Value::Array(vec![record]),
+    );
+    // Held far longer than any wait for a claim, and never answered.
+    let hosts = vec![host.to_owned()];
+    let held = db
+        .store
+        .claim_reputation_lookups(&hosts, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(held.hosts.len(), 1);
+    let settings = ChainSettings {
+        share_lookups: true,
+        ..ChainSettings::default()
+    };
+    let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), settings)
+        .with_in_flight(InFlight::default());
+    let start = sim.count("reputation");
+    // Shorter than the 30 s a walk waits for a claim at most: a walk that waited fails here.
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        Lane::Live.scope(chainer.walk(&observable(ioc))),
+    )
+    .await
+    .expect("the live walk did not wait for the claim")
+    .expect("walk");
+    assert_eq!(report.counterparts, 1);
+    assert_eq!(
+        sim.count("reputation") - start,
+        2,
+        "the IOC and the held host"
+    );
+    assert_eq!(
+        db.count("reputation_claims").await,
+        1,
+        "the other claim untouched"
     );
 }
 
