@@ -11,7 +11,10 @@ use mdti_worker::graph::GraphSettings;
 use mdti_worker::lane::Lane;
 use mdti_worker::queue::{lane_of, Publisher, Topology};
 use serde_json::{json, Value};
-use support::harness::{eventually, fresh_topology, spawn_app, App, Options, AMQP};
+use support::harness::{
+    eventually, fresh_topology, spawn_app, wait_for_exit, worker_command, App, Options, AMQP,
+};
+use support::TestDb;
 
 /// Bulk messages in the backlog, and observables in each.
 const BULK: usize = 16;
@@ -52,16 +55,20 @@ async fn spawn_slow_app() -> App {
 }
 
 /// The database's clock now: commit times are the database's too.
-async fn db_now(app: &App) -> chrono::DateTime<chrono::Utc> {
+async fn db_now(db: &TestDb) -> chrono::DateTime<chrono::Utc> {
     sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(app.db.store.pool())
+        .fetch_one(db.store.pool())
         .await
         .unwrap()
 }
 
 /// Bulk messages whose results were committed after `after` and no later than the last commit
 /// of live message `live`.
-async fn bulk_committed_before(app: &App, live: &str, after: chrono::DateTime<chrono::Utc>) -> i64 {
+async fn bulk_committed_before(
+    db: &TestDb,
+    live: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> i64 {
     sqlx::query_scalar(
         "SELECT count(DISTINCT message_id) FROM enrichment_runs \
          WHERE lane = 'bulk' AND created_at > $2 \
@@ -69,7 +76,7 @@ async fn bulk_committed_before(app: &App, live: &str, after: chrono::DateTime<ch
     )
     .bind(live)
     .bind(after)
-    .fetch_one(app.db.store.pool())
+    .fetch_one(db.store.pool())
     .await
     .unwrap()
 }
@@ -85,7 +92,7 @@ async fn live_messages_published_behind_a_bulk_backlog_are_committed_before_it()
         app.publish_to(Lane::Live, &format!("live-{i}"), live_body(i))
             .await;
     }
-    let published = db_now(&app).await;
+    let published = db_now(&app.db).await;
     let total = (BULK * PER_BULK + LIVE) as i64;
     eventually(
         Duration::from_secs(120),
@@ -95,7 +102,7 @@ async fn live_messages_published_behind_a_bulk_backlog_are_committed_before_it()
     .await;
 
     for i in 0..LIVE {
-        let overtaking = bulk_committed_before(&app, &format!("live-{i}"), published).await;
+        let overtaking = bulk_committed_before(&app.db, &format!("live-{i}"), published).await;
         assert!(
             overtaking <= i64::from(PREFETCH),
             "live-{i} waited for {overtaking} bulk messages, more than the {PREFETCH} in hand"
@@ -198,4 +205,72 @@ async fn retries_and_replays_keep_the_lane() {
     support::harness::delete_topology(&topology).await;
     // A dead letter from before lanes (no header) is bulk work.
     assert_eq!(lane_of(&lapin::BasicProperties::default()), Lane::Bulk);
+}
+
+/// Two worker processes sharing one tenant quota keep the lanes: each answers the live
+/// messages it takes before the bulk messages it has not taken yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sharing_a_tenant_quota_answer_live_messages_before_the_backlog() {
+    const WORKERS: usize = 2;
+    let db = TestDb::new().await;
+    let topology = fresh_topology();
+    let publisher = Publisher::connect(AMQP, topology.clone()).await.unwrap();
+    let publish = |lane: Lane, id: String, body: Value| {
+        let publisher = &publisher;
+        async move {
+            let body = serde_json::to_vec(&body).unwrap();
+            publisher
+                .publish_observables_to(lane, "test", &body, "application/json", &id)
+                .await
+                .unwrap();
+        }
+    };
+    for i in 0..BULK {
+        publish(Lane::Bulk, format!("bulk-{i}"), bulk_body(i)).await;
+    }
+    let prefetch = PREFETCH.to_string();
+    let mut workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            worker_command(&db, &topology.prefix)
+                .args(["--tenant-quota", "20", "--graph-burst", "1"])
+                .args(["--heartbeat-interval", "500ms", "--lease-expiry", "3s"])
+                .args(["--concurrency", &prefetch, "--live-prefetch", &prefetch])
+                .args(["--chain", "false", "--profile-sync-interval", "0"])
+                .args(["--exit-when-idle", "3s"])
+                .spawn()
+                .expect("the worker binary starts")
+        })
+        .collect();
+    // Live work arrives once the fleet is busy with the backlog.
+    eventually(Duration::from_secs(60), "the fleet at work", || async {
+        db.count("enrichment_runs").await > 0
+    })
+    .await;
+    for i in 0..LIVE {
+        publish(Lane::Live, format!("live-{i}"), live_body(i)).await;
+    }
+    let published = db_now(&db).await;
+    for worker in &mut workers {
+        let exit = wait_for_exit(worker, Duration::from_secs(180), "the worker going idle").await;
+        assert!(exit.success(), "exit status {exit}");
+    }
+
+    assert_eq!(
+        db.count("enrichment_runs").await,
+        (BULK * PER_BULK + LIVE) as i64
+    );
+    let in_hand = i64::from(PREFETCH) * WORKERS as i64;
+    for i in 0..LIVE {
+        let overtaking = bulk_committed_before(&db, &format!("live-{i}"), published).await;
+        assert!(
+            overtaking <= in_hand,
+            "live-{i} waited for {overtaking} bulk messages, more than the {in_hand} in hand"
+        );
+    }
+    assert_eq!(db.count("rejected_inputs").await, 0);
+    assert_eq!(db.count("worker_leases").await, 0, "every lease given back");
+    let depths = support::harness::queue_depths(&topology).await;
+    assert_eq!((depths.work, depths.retry, depths.dead_letter), (0, 0, 0));
+    publisher.close().await.unwrap();
+    support::harness::delete_topology(&topology).await;
 }
