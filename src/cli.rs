@@ -21,6 +21,7 @@ use crate::config::{
 use crate::enrich::{self, Enrichment};
 use crate::fleet::Coordinator;
 use crate::graph::GraphClient;
+use crate::lane::Lane;
 use crate::observable::{self, NormaliseOptions, Normalised, ObservableKind};
 use crate::ops::{self, ListenAddr};
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -639,7 +640,8 @@ async fn sync_and_reload(pipeline: &Pipeline, stats: &WorkerStats) {
     }
 }
 
-/// Resync intel profiles every `interval` (the first right away unless `synced` just now).
+/// Resync intel profiles every `interval` (the first right away unless `synced` just now), in
+/// the bulk lane.
 /// While no index could be loaded at all, a failed sync is tried again after
 /// [`PROFILE_RETRY`] rather than a whole interval.
 async fn profile_sync_loop(
@@ -652,7 +654,8 @@ async fn profile_sync_loop(
         tokio::time::sleep(next_profile_sync(interval, &stats)).await;
     }
     loop {
-        sync_and_reload(&pipeline, &stats).await;
+        // Background upkeep: its pages wait behind live requests, as bulk work does.
+        Lane::Bulk.scope(sync_and_reload(&pipeline, &stats)).await;
         tokio::time::sleep(next_profile_sync(interval, &stats)).await;
     }
 }
