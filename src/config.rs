@@ -480,6 +480,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_live_reserve_is_a_fraction_or_a_percentage_and_leaves_bulk_work_a_tenth() {
+        assert_eq!(parse_reserve("0.1"), Ok(0.1));
+        assert_eq!(parse_reserve(" 25% "), Ok(0.25));
+        assert_eq!(parse_reserve("0"), Ok(0.0));
+        for bad in ["0.95", "95%", "-0.1", "NaN", "a lot", ""] {
+            assert!(parse_reserve(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn durations_read_like_people_write_them() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));

@@ -840,6 +840,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dead_letters_lane_is_its_header_and_anything_else_is_bulk() {
+        let with = |value: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert(LANE_HEADER.into(), value);
+            BasicProperties::default().with_headers(headers)
+        };
+        let stamped = with_lane(with(AMQPValue::LongString("bulk".into())), Lane::Live);
+        assert_eq!(lane_of(&stamped), Lane::Live);
+        assert_eq!(lane_of(&BasicProperties::default()), Lane::Bulk);
+        for hostile in [
+            AMQPValue::LongString("express".into()),
+            AMQPValue::LongString(vec![0xff, 0xfe].into()),
+            AMQPValue::Boolean(true),
+            AMQPValue::LongString("live".repeat(10_000).into()),
+        ] {
+            assert_eq!(lane_of(&with(hostile)), Lane::Bulk);
+        }
+    }
+
+    #[test]
     fn annotated_keeps_properties_and_headers() {
         let mut headers = FieldTable::default();
         headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
