@@ -1,10 +1,13 @@
 //! The Grafana dashboard (`grafana/dashboards/mdti.json`) and the `dash_*` views it reads
-//! (`migrations/0004_views.sql`, `migrations/0010_attribution_views.sql`): every panel's SQL runs
+//! (`migrations/0004_views.sql`, `migrations/0010_attribution_views.sql`,
+//! `migrations/0012_lane_views.sql`): every panel's SQL runs
 //! against a freshly migrated, seeded database, the views say what the seeded rows imply, and
 //! the dashboard colours confidences by the model's bands.
 
 use chrono::{DateTime, Duration, Utc};
 use mdti_worker::chain::Band;
+use mdti_worker::lane::Lane;
+use mdti_worker::store::{RunRecord, RunStatus};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -107,6 +110,8 @@ async fn every_panel_query_runs_on_a_migrated_database() {
         "dash_rejections",
         "dash_attributions",
         "dash_attributions_daily",
+        "dash_lane_backlog",
+        "dash_lane_throughput_minutely",
     ] {
         assert!(
             queries.iter().any(|(_, sql)| sql.contains(needed)),
@@ -481,6 +486,71 @@ async fn views_summarise_the_seeded_rows() {
             ("invalid_json".to_owned(), 1),
             ("invalid_observable".to_owned(), 2)
         ]
+    );
+}
+
+#[tokio::test]
+async fn lane_panels_show_each_lanes_backlog_and_pace() {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
+    let db = seeded().await;
+    // Both lanes, also the one no worker has counted yet: null, not missing.
+    db.store
+        .record_lane_backlog(Lane::Bulk, 1942)
+        .await
+        .unwrap();
+    let backlog = run_panel(&db, &dashboard, "Backlog per lane", 1).await;
+    let backlog: Vec<(String, Option<i64>, bool)> = backlog
+        .iter()
+        .map(|r| {
+            let age: Option<f64> = r.get("age_seconds");
+            (
+                r.get("lane"),
+                r.get("ready_messages"),
+                age.is_some_and(|age| (0.0..60.0).contains(&age)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        backlog,
+        [
+            ("live".to_owned(), None, false),
+            ("bulk".to_owned(), Some(1942), true)
+        ]
+    );
+
+    // The seed's runs are all bulk: four today (m-1), one ten days back (m-0); one live run of
+    // a message of its own is added now.
+    let live = RunRecord {
+        message_id: "m-live".into(),
+        item_index: 0,
+        source: Some("alerts".into()),
+        context: None,
+        observable: support::observable("1.1.1.1"),
+        status: RunStatus::Cached,
+        detail: None,
+        enrichers: Vec::new(),
+        graph_requests: 0,
+        duration: std::time::Duration::from_millis(5),
+        enrichment: None,
+        lane: Lane::Live,
+    };
+    db.store.record_message(&[live], &[]).await.unwrap();
+    let per_lane = |rows: Vec<PgRow>| {
+        let mut sums = std::collections::BTreeMap::<String, i64>::new();
+        for row in rows {
+            *sums.entry(row.get("metric")).or_default() += row.get::<i64, _>("value");
+        }
+        sums.into_iter().collect::<Vec<_>>()
+    };
+    let week = run_panel(&db, &dashboard, "Observables done per minute by lane", 7).await;
+    assert_eq!(
+        per_lane(week),
+        [("bulk".to_owned(), 4), ("live".to_owned(), 1)]
+    );
+    let month = run_panel(&db, &dashboard, "Observables done per minute by lane", 30).await;
+    assert_eq!(
+        per_lane(month),
+        [("bulk".to_owned(), 5), ("live".to_owned(), 1)]
     );
 }
 
