@@ -3,6 +3,7 @@
 
 use chrono::{Duration, Utc};
 use mdti_worker::chain::{ActorHit, Band};
+use mdti_worker::lane::Lane;
 use mdti_worker::store::WalkHits;
 
 mod support;
@@ -306,6 +307,62 @@ async fn the_demo_summary_lists_attributions_by_band_strongest_first() {
     );
     assert!(
         text.contains(" 35 low     Storm-0558         2a01:111:f400::1 via 2a01:111:f400::1 35\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_report_shows_each_lanes_backlog_as_last_counted() {
+    let db = seeded().await;
+    db.store.record_lane_backlog(Lane::Live, 7).await.unwrap();
+    // A count taken two minutes ago, as a worker that stopped consuming would have left it.
+    sqlx::query(
+        "UPDATE lane_backlog SET observed_at = now() - interval '2 minutes' WHERE lane = 'live'",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let report = db
+        .store
+        .report(Utc::now() - Duration::days(7), 10)
+        .await
+        .unwrap();
+    let backlog: Vec<(&str, Option<i64>)> = report
+        .lane_backlog
+        .iter()
+        .map(|b| (b.lane.as_str(), b.ready_messages))
+        .collect();
+    assert_eq!(backlog, [("live", Some(7)), ("bulk", None)]);
+    let age = report.lane_backlog[0].age_seconds.unwrap();
+    assert!((119.0..180.0).contains(&age), "{age}");
+
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["lane_backlog"][0]["lane"], "live");
+    assert_eq!(json["lane_backlog"][0]["ready_messages"], 7);
+    assert!(json["lane_backlog"][0]["observed_at"].is_string(), "{json}");
+    assert!(json["lane_backlog"][0]["age_seconds"].is_number(), "{json}");
+    assert_eq!(json["lane_backlog"][1]["lane"], "bulk");
+    assert!(
+        json["lane_backlog"][1]["ready_messages"].is_null(),
+        "{json}"
+    );
+    assert!(json["lane_backlog"][1]["age_seconds"].is_null(), "{json}");
+
+    let text = report.to_string();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("live 7 message(s) ready, counted 2 min ago (")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "bulk not counted yet (no worker has consumed this lane)"),
         "{text}"
     );
 }

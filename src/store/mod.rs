@@ -39,7 +39,7 @@ pub use group_commit::{GroupCommitStats, Pending};
 pub use leases::{LeaseHolder, LeaseView};
 pub use outbox::{ClaimedEvents, OutboxBacklog, OwedEvent};
 pub use report::Summary;
-pub use views::{DailyLine, RecentHit, RejectionCount, Report, TopActor};
+pub use views::{DailyLine, LaneBacklog, RecentHit, RejectionCount, Report, TopActor};
 pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};

@@ -1,5 +1,6 @@
 //! The `report` command's picture, read from the dashboard views (`migrations/0004_views.sql`,
-//! `migrations/0010_attribution_views.sql`), so the terminal and Grafana show the same numbers.
+//! `migrations/0010_attribution_views.sql`, `migrations/0012_lane_views.sql`), so the terminal
+//! and Grafana show the same numbers.
 
 use std::fmt;
 
@@ -34,6 +35,21 @@ pub struct Report {
     pub recent_hits: Vec<RecentHit>,
     /// Rejections since then by code, most frequent first.
     pub rejections: Vec<RejectionCount>,
+    /// What waits in each lane now (not bound to `since`): live, then bulk, both always present.
+    pub lane_backlog: Vec<LaneBacklog>,
+}
+
+/// What waits in one lane's work and retry queues, as a consuming worker last counted it
+/// (`dash_lane_backlog`).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct LaneBacklog {
+    pub lane: String,
+    /// Messages ready; `null` when no worker has counted this lane yet.
+    pub ready_messages: Option<i64>,
+    /// When the count was taken, and how many seconds ago: a count that stops getting younger
+    /// means no worker consumes the lane any more.
+    pub observed_at: Option<DateTime<Utc>>,
+    pub age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -197,6 +213,13 @@ impl Store {
         .fetch_all(pool)
         .await?;
 
+        let lane_backlog = sqlx::query_as::<_, LaneBacklog>(
+            "SELECT lane, ready_messages, observed_at, age_seconds FROM dash_lane_backlog \
+             ORDER BY lane = 'bulk', lane",
+        )
+        .fetch_all(pool)
+        .await?;
+
         Ok(Report {
             since,
             outcomes,
@@ -208,12 +231,42 @@ impl Store {
             attributions,
             recent_hits,
             rejections,
+            lane_backlog,
         })
     }
 }
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// The age of a count, as people say it: `12 s`, `4 min`, `3 h`.
+fn age(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).round() as u64;
+    match seconds {
+        0..=119 => format!("{seconds} s"),
+        120..=7199 => format!("{} min", seconds / 60),
+        _ => format!("{} h", seconds / 3600),
+    }
+}
+
+impl fmt::Display for LaneBacklog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ready_messages, self.observed_at, self.age_seconds) {
+            (Some(ready), Some(at), Some(seconds)) => write!(
+                f,
+                "{:<5} {ready:>9} message(s) ready, counted {} ago ({})",
+                self.lane,
+                age(seconds),
+                when(at)
+            ),
+            _ => write!(
+                f,
+                "{:<5} not counted yet (no worker has consumed this lane)",
+                self.lane
+            ),
+        }
+    }
 }
 
 impl fmt::Display for Report {
@@ -230,6 +283,13 @@ impl fmt::Display for Report {
             "  Graph:           {} requests, {} cache hits",
             self.graph_requests, self.cache_hits
         )?;
+        writeln!(
+            f,
+            "\n  backlog now (ready in each lane's work and retry queues, as a worker last counted):"
+        )?;
+        for lane in &self.lane_backlog {
+            writeln!(f, "    {lane}")?;
+        }
         if !self.daily.is_empty() {
             writeln!(
                 f,
