@@ -1,5 +1,5 @@
 //! Subcommands: `worker`, `publish`, `enrich`, `migrate`, `sim`, `sync-profiles`, `demo`,
-//! `bench`, `dlq list` / `dlq replay`, `export`, `report`.
+//! `bench`, `dlq list` / `dlq replay`, `export`, `report`, `status`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -82,8 +82,20 @@ pub enum Command {
     Dlq(DlqCmd),
     /// Export flagged observables and actor hits as a STIX 2.1 bundle, JSON lines or CSV
     Export(ExportCmd),
-    /// Print what the worker did: runs by outcome, Graph use, top actors, rejections
+    /// Print what the worker did: runs by outcome, Graph use, top actors, rejections, backlog
     Report(ReportCmd),
+    /// Show what waits in each lane, how fast it is done and when it will be through, per source
+    Status(StatusCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusCmd {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub args: crate::status::StatusArgs,
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +314,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Publish(cmd) => {
             crate::publish::command(cmd.broker.topology(), cmd.broker.amqp_url, cmd.options).await
+        }
+        Command::Status(cmd) => {
+            crate::status::command(
+                cmd.broker.topology(),
+                &cmd.broker.amqp_url,
+                &cmd.database.database_url,
+                cmd.args,
+            )
+            .await
         }
         Command::Demo(cmd) => crate::demo::run(cmd).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,

@@ -16,6 +16,8 @@
 //! - [`progress`]: whether the worker gets anywhere, and what each message in flight waits on.
 //! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
 //!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
+//! - [`status`]: what waits in each lane and when it will be through, from the broker and
+//!   Postgres.
 //! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
 //!
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
@@ -44,4 +46,5 @@ pub mod publish;
 pub mod queue;
 pub mod secret;
 pub mod sim;
+pub mod status;
 pub mod store;

@@ -17,6 +17,7 @@ mod group_commit;
 mod leases;
 mod outbox;
 mod report;
+mod status;
 mod views;
 mod write;
 
@@ -39,6 +40,7 @@ pub use group_commit::{GroupCommitStats, Pending};
 pub use leases::{LeaseHolder, LeaseView};
 pub use outbox::{ClaimedEvents, OutboxBacklog, OwedEvent};
 pub use report::Summary;
+pub use status::{MessageSizes, Publication, SourceActivity};
 pub use views::{DailyLine, LaneBacklog, RecentHit, RejectionCount, Report, TopActor};
 pub use write::EXTRACT_MAX_BYTES;
 

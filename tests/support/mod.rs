@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod lanes;
 pub mod seed;
 
 use std::future::Future;
