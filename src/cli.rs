@@ -63,7 +63,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Consume observables from RabbitMQ, enrich them, write the results to Postgres
     Worker(Box<WorkerCmd>),
-    /// Publish observables from files or stdin to the input exchange
+    /// Publish observables from files or stdin to a lane (stdin alone: live; files: bulk)
     Publish(PublishCmd),
     /// Enrich observables now and print the mapped result (no broker, no database)
     Enrich(EnrichCmd),
@@ -272,6 +272,9 @@ pub struct DemoCmd {
 pub struct PublishCmd {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Where the publication is recorded (optional: without it the publish still happens)
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     #[command(flatten)]
     pub options: crate::publish::PublishArgs,
 }
@@ -313,7 +316,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Publish(cmd) => {
-            crate::publish::command(cmd.broker.topology(), cmd.broker.amqp_url, cmd.options).await
+            crate::publish::command(
+                cmd.broker.topology(),
+                cmd.broker.amqp_url,
+                cmd.database.database_url,
+                cmd.options,
+            )
+            .await
         }
         Command::Status(cmd) => {
             crate::status::command(

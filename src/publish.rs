@@ -1,6 +1,6 @@
 //! The `publish [FILE…]` command, library part: read observables from files or stdin, validate
-//! them locally, drop duplicates, and publish the rest in confirmed batches to the input
-//! exchange.
+//! them locally, drop duplicates, and publish the rest in confirmed batches to a lane's exchange
+//! ([`LaneChoice`]: by default what comes on stdin is live work, a file is a bulk backfill).
 //!
 //! Input formats ([`InputFormat`]):
 //!
@@ -20,6 +20,10 @@
 //!
 //! The invariant of [`PublishSummary`]: `read = published + not_published + rejected + skipped +
 //! duplicates`.
+//!
+//! After publishing, [`command`] records what it sent in the `publications` ledger (when
+//! Postgres answers; the publish stands either way), which `status` reads to say what is left
+//! of a source, and ends with the estimate `status` gives for the lane.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use crate::lane::Lane;
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::{DecodeLimits, ECHO_CHARS};
 use crate::queue::{truncate_chars, PublishError, Publisher};
@@ -105,6 +110,52 @@ impl FromStr for CsvColumn {
     }
 }
 
+/// Which lane `publish` sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LaneChoice {
+    /// Stdin alone is live work (someone or something piping in what it wants now); anything
+    /// read from a file, alone or with stdin, is bulk (a backfill of a list).
+    #[default]
+    Auto,
+    Live,
+    Bulk,
+}
+
+impl FromStr for LaneChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(LaneChoice::Auto),
+            other => other
+                .parse::<Lane>()
+                .map(LaneChoice::from)
+                .map_err(|_| format!("unknown lane {other:?}: expected live, bulk or auto")),
+        }
+    }
+}
+
+impl From<Lane> for LaneChoice {
+    fn from(lane: Lane) -> Self {
+        match lane {
+            Lane::Live => LaneChoice::Live,
+            Lane::Bulk => LaneChoice::Bulk,
+        }
+    }
+}
+
+impl LaneChoice {
+    /// The lane for these inputs (`-` is stdin; none at all means stdin too).
+    pub fn resolve(self, files: &[std::path::PathBuf]) -> Lane {
+        match self {
+            LaneChoice::Live => Lane::Live,
+            LaneChoice::Bulk => Lane::Bulk,
+            LaneChoice::Auto if files.iter().all(|file| file.as_os_str() == "-") => Lane::Live,
+            LaneChoice::Auto => Lane::Bulk,
+        }
+    }
+}
+
 /// Options of the `publish` command.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -124,6 +175,8 @@ pub struct PublishOptions {
     /// Report each skipped line (valid but not public, e.g. a private address) on stderr too
     /// (default false: feeds often hold many).
     pub report_skipped: bool,
+    /// The lane the messages go to (default bulk, the lane of publishers that know no lanes).
+    pub lane: Lane,
 }
 
 impl Default for PublishOptions {
@@ -137,6 +190,7 @@ impl Default for PublishOptions {
             progress: None,
             report_lines: true,
             report_skipped: false,
+            lane: Lane::Bulk,
         }
     }
 }
@@ -449,6 +503,10 @@ pub struct PublishArgs {
     /// Also list each skipped line (valid but not public), not only rejected ones
     #[arg(long)]
     pub show_skipped: bool,
+    /// Lane to publish to: live, bulk, or auto (the default: stdin alone goes to live, anything
+    /// read from a file, with or without stdin, to bulk)
+    #[arg(long, default_value = "auto")]
+    pub lane: LaneChoice,
 }
 
 fn parse_kind(text: &str) -> Result<ObservableKind, String> {
@@ -466,26 +524,60 @@ impl PublishArgs {
             progress: if self.no_progress { Some(false) } else { None },
             report_lines: true,
             report_skipped: self.show_skipped,
+            lane: self.lane.resolve(&self.files),
         }
     }
 }
 
-/// The whole `publish` command: open the inputs, connect, [`run`], print the summary on stderr
-/// and return the process exit code (0 only when everything read was published or deliberately
-/// skipped or a duplicate).
+/// The whole `publish` command: open the inputs, connect, [`run`], print the summary on stderr,
+/// record the publication in Postgres, end with the lane's estimate (see [`crate::status`]),
+/// and return the process exit code (0 only when everything read was published or
+/// deliberately skipped or a duplicate). Postgres is optional: when it does not answer within
+/// a few seconds, one warning says the ledger was not updated and the publish stands.
 pub async fn command(
     topology: crate::queue::Topology,
     amqp_url: crate::secret::Secret,
+    database_url: crate::secret::Secret,
     args: PublishArgs,
 ) -> anyhow::Result<i32> {
     let options = args.options();
+    let (inputs, names) = open_inputs(&args.files)?;
+    let url = amqp_url.expose();
+    let publisher = Publisher::connect(url, topology.clone())
+        .await
+        .with_context(|| format!("connecting to {}", crate::config::redact_url(url)))?;
+    let summary = run(options.clone(), &publisher, inputs, names).await?;
+    let _ = publisher.close().await;
+    eprintln!("{summary}");
+
+    let store = crate::status::connect_store(&database_url).await;
+    if let Err(warning) = record_publication(&store, &options, &summary).await {
+        eprintln!("warning: the publications ledger was not updated ({warning}); the publish itself stands");
+    }
+    let window = crate::status::DEFAULT_WINDOW;
+    let database = store.as_ref().map_err(Clone::clone);
+    let status = crate::status::gather(&topology, url, database, &[options.lane], window).await;
+    for lane in &status.lanes {
+        eprintln!("{}", crate::status::estimate_line(lane, window));
+    }
+    if let Ok(store) = store {
+        store.close().await;
+    }
+    Ok(summary.exit_code())
+}
+
+/// Inputs to read, and the name of each.
+type Inputs = (Vec<Box<dyn BufRead + Send>>, Vec<String>);
+
+/// The inputs `files` name (`-` is stdin; none at all means stdin), with their names.
+fn open_inputs(files: &[std::path::PathBuf]) -> anyhow::Result<Inputs> {
     let mut inputs: Vec<Box<dyn BufRead + Send>> = Vec::new();
     let mut names = Vec::new();
-    if args.files.is_empty() {
+    if files.is_empty() {
         inputs.push(Box::new(std::io::BufReader::new(std::io::stdin())));
         names.push("<stdin>".to_string());
     }
-    for path in &args.files {
+    for path in files {
         if path.as_os_str() == "-" {
             inputs.push(Box::new(std::io::BufReader::new(std::io::stdin())));
             names.push("<stdin>".to_string());
@@ -496,14 +588,32 @@ pub async fn command(
             names.push(path.display().to_string());
         }
     }
-    let url = amqp_url.expose();
-    let publisher = Publisher::connect(url, topology)
-        .await
-        .with_context(|| format!("connecting to {}", crate::config::redact_url(url)))?;
-    let summary = run(options, &publisher, inputs, names).await?;
-    let _ = publisher.close().await;
-    eprintln!("{summary}");
-    Ok(summary.exit_code())
+    Ok((inputs, names))
+}
+
+/// One `publications` row for what this run had confirmed (none when it sent nothing: the
+/// ledger is about what waits), under its source or the default routing key, bounded in time.
+async fn record_publication(
+    store: &Result<crate::store::Store, String>,
+    options: &PublishOptions,
+    summary: &PublishSummary,
+) -> Result<(), String> {
+    if summary.messages == 0 {
+        return Ok(());
+    }
+    let store = store.as_ref().map_err(Clone::clone)?;
+    let source = options.source.as_deref().unwrap_or(DEFAULT_ROUTING_KEY);
+    let write = store.record_publication(
+        source,
+        options.lane,
+        summary.published as u64,
+        summary.messages as u64,
+    );
+    match tokio::time::timeout(crate::status::CONNECT_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("recording the publication: {error}")),
+        Err(_) => Err("recording the publication took longer than 3 s".into()),
+    }
 }
 
 /// Lines read on the reader thread.
@@ -819,6 +929,7 @@ struct Batcher {
     max_body_bytes: usize,
     routing_key: String,
     source: Option<String>,
+    lane: Lane,
     /// Items of the message being built, serialised.
     current: Vec<Vec<u8>>,
     current_bytes: usize,
@@ -835,6 +946,7 @@ impl Batcher {
             max_body_bytes: DecodeLimits::default().max_body_bytes - 1024,
             routing_key,
             source: options.source.clone(),
+            lane: options.lane,
             current: Vec::new(),
             current_bytes: 0,
             closed: Vec::new(),
@@ -909,7 +1021,7 @@ impl Batcher {
                 )
             })
             .collect();
-        match publisher.publish_batch(items).await {
+        match publisher.publish_batch_to(self.lane, items).await {
             Ok(_) => {
                 summary.messages += counts.len();
                 summary.published += counts.iter().sum::<usize>();
@@ -1026,6 +1138,23 @@ mod tests {
             "indicator".parse::<CsvColumn>(),
             Ok(CsvColumn::Name("indicator".into()))
         );
+    }
+
+    #[test]
+    fn stdin_alone_is_live_work_and_any_file_makes_it_bulk() {
+        let files = |names: &[&str]| -> Vec<std::path::PathBuf> {
+            names.iter().map(std::path::PathBuf::from).collect()
+        };
+        let auto = LaneChoice::default();
+        assert_eq!(auto.resolve(&files(&[])), Lane::Live);
+        assert_eq!(auto.resolve(&files(&["-"])), Lane::Live);
+        assert_eq!(auto.resolve(&files(&["iocs.txt"])), Lane::Bulk);
+        assert_eq!(auto.resolve(&files(&["iocs.txt", "-"])), Lane::Bulk);
+        assert_eq!(LaneChoice::Live.resolve(&files(&["iocs.txt"])), Lane::Live);
+        assert_eq!(LaneChoice::Bulk.resolve(&files(&[])), Lane::Bulk);
+        assert_eq!(" Live".parse::<LaneChoice>(), Ok(LaneChoice::Live));
+        assert_eq!("auto".parse::<LaneChoice>(), Ok(LaneChoice::Auto));
+        assert!("fast".parse::<LaneChoice>().unwrap_err().contains("auto"));
     }
 
     #[test]
