@@ -51,7 +51,7 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 /// Command-line arguments of `status` (the broker and database flags come beside them).
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
-    /// Print JSON (the `Status` document) instead of tables
+    /// Print JSON instead of tables (a stable document, described in src/status.rs)
     #[arg(long)]
     pub json: bool,
     /// How far back rates and observables per message are measured, and what "recent" counts
@@ -551,7 +551,7 @@ fn rate_text(per_second: f64) -> String {
 pub fn estimate_line(lane: &LaneStatus, window: Duration) -> String {
     let mut line = format!("{} lane: ", lane.lane);
     let Some(ready) = lane.ready_messages else {
-        line.push_str("messages waiting unknown (the broker's count is missing)");
+        line.push_str("messages waiting unknown (no count from the broker)");
         return line;
     };
     let plural = if ready == 1 { "" } else { "s" };
