@@ -14,8 +14,7 @@ use mdti_worker::queue::Topology;
 use serde_json::Value;
 
 mod support;
-use support::lanes::with_lane_cleanup;
-use support::{amqp_url, broker_connection, test_topology, TestDb};
+use support::{amqp_url, broker_connection, test_topology, with_cleanup, TestDb};
 
 /// Run the binary's `command` (`publish` or `status`) with the test's broker, prefix and
 /// `database_url`, feeding it `stdin`.
@@ -118,7 +117,7 @@ async fn stdin_goes_live_files_go_bulk_and_the_flag_decides_over_both() {
     let db = TestDb::new().await;
     let topology = test_topology();
     let file = InputFile::new(&["evil[.]com", "9.9.9.9", "1.1.1.1"]);
-    with_lane_cleanup(&topology, async {
+    with_cleanup(&[&topology], async {
         let stderr = publish(&topology, &db, &[], "8.8.8.8\n8.8.4.4\n");
         assert_eq!(ready(&topology).await, (1, 0), "stdin alone: live");
         assert!(stderr.contains("published 2 in 1 message(s)"), "{stderr}");
@@ -172,7 +171,7 @@ async fn stdin_goes_live_files_go_bulk_and_the_flag_decides_over_both() {
 async fn without_postgres_publish_warns_once_and_the_messages_are_sent() {
     let db = TestDb::new().await;
     let topology = test_topology();
-    with_lane_cleanup(&topology, async {
+    with_cleanup(&[&topology], async {
         let started = Instant::now();
         let output = binary(
             "publish",
@@ -212,7 +211,7 @@ async fn status_reads_what_publish_recorded() {
     let db = TestDb::new().await;
     let topology = test_topology();
     let file = InputFile::new(&["evil[.]com", "9.9.9.9", "1.1.1.1"]);
-    with_lane_cleanup(&topology, async {
+    with_cleanup(&[&topology], async {
         publish(&topology, &db, &["--source", "feed-x", file.path()], "");
         let output = binary(
             "status",

@@ -13,8 +13,7 @@ use mdti_worker::store::{RejectedInput, RunRecord, RunStatus, Store};
 use serde_json::{json, Value};
 
 mod support;
-use support::lanes::with_lane_cleanup;
-use support::{amqp_url, observable, test_topology, TestDb};
+use support::{amqp_url, observable, test_topology, with_cleanup, TestDb};
 
 const WINDOW: Duration = Duration::from_secs(300);
 
@@ -159,7 +158,7 @@ async fn gather(topology: &Topology, amqp: &str, store: Result<&Store, String>) 
 async fn status_shows_each_lanes_queues_work_sources_and_ledger() {
     let db = TestDb::new().await;
     let topology = test_topology();
-    with_lane_cleanup(&topology, async {
+    with_cleanup(&[&topology], async {
         let publisher = Publisher::connect(&amqp_url(), topology.clone())
             .await
             .unwrap();
@@ -259,7 +258,7 @@ async fn status_shows_each_lanes_queues_work_sources_and_ledger() {
 async fn a_source_without_one_is_counted_under_publish_and_settles_its_ledger() {
     let db = TestDb::new().await;
     let topology = test_topology();
-    with_lane_cleanup(&topology, async {
+    with_cleanup(&[&topology], async {
         // What `publish` without --source records, and the items it sent, which carry none.
         db.store
             .record_publication("publish", Lane::Live, 3, 1)
@@ -304,7 +303,7 @@ async fn a_source_without_one_is_counted_under_publish_and_settles_its_ledger() 
 async fn a_missing_part_is_reported_and_the_other_still_shown() {
     let db = TestDb::new().await;
     let topology = test_topology();
-    with_lane_cleanup(&topology, async {
+    with_cleanup(&[&topology], async {
         let publisher = Publisher::connect(&amqp_url(), topology.clone())
             .await
             .unwrap();

@@ -6,7 +6,6 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
-pub mod lanes;
 pub mod seed;
 
 use std::future::Future;
@@ -14,7 +13,6 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 
 use mdti_worker::enrich::{EnricherKind, EnricherResult};
@@ -262,33 +260,13 @@ pub async fn broker_connection() -> Connection {
         .expect("RabbitMQ must be reachable for these tests")
 }
 
-/// Run `body`, then delete every queue and exchange of `topologies` (best effort), then
-/// re-raise a panic of `body`.
+/// Run `body`, then delete every queue and exchange of `topologies`, both lanes' (best
+/// effort), then re-raise a panic of `body`.
 pub async fn with_cleanup<F: Future<Output = ()>>(topologies: &[&Topology], body: F) {
     let outcome = AssertUnwindSafe(body).catch_unwind().await;
-    let connection = broker_connection().await;
     for topology in topologies {
-        // A failed delete closes the channel: one channel per delete.
-        for queue in [
-            topology.work_queue(),
-            topology.retry_queue(),
-            topology.dead_letter_queue(),
-        ] {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-        }
-        for exchange in [topology.input_exchange(), topology.events_exchange()] {
-            if let Ok(channel) = connection.create_channel().await {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
+        delete_topology(topology).await;
     }
-    let _ = connection.close(200, "done".into()).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
