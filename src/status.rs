@@ -31,8 +31,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde::Serialize;
 
 use crate::config::parse_duration;
@@ -227,14 +225,7 @@ async fn ready_in(connection: &lapin::Connection, queue: &str) -> Result<Option<
         .create_channel()
         .await
         .map_err(|e| e.to_string())?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
+    match crate::queue::inspect(&channel, queue).await {
         Ok(state) => {
             let _ = channel.close(200, "counted".into()).await;
             Ok(Some(u64::from(state.message_count())))

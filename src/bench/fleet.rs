@@ -13,8 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use sqlx::{Connection as _, PgConnection};
 
@@ -193,17 +191,7 @@ impl Fleet {
         .fetch_one(&mut self.db)
         .await
         .context("counting the bench's enrichment runs")?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let dead_letter = self
-            .channel
-            .queue_declare(
-                self.dead_letter_queue.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
+        let dead_letter = crate::queue::inspect(&self.channel, &self.dead_letter_queue)
             .await
             .context("reading the dead-letter queue's depth")?;
         Ok(Settled {

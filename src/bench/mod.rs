@@ -35,8 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use sqlx::{Connection as _, PgConnection, Row};
 use tokio::sync::watch;
@@ -613,18 +612,7 @@ async fn ready_publisher(
     let publisher = Publisher::connect(&amqp_url, topology.clone()).await?;
     let started = Instant::now();
     loop {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = publisher
-            .channel()
-            .queue_declare(
-                topology.work_queue().as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
+        let queue = crate::queue::inspect(&publisher.channel(), &topology.work_queue()).await?;
         if queue.consumer_count() as usize >= workers {
             return Ok(publisher);
         }

@@ -25,7 +25,6 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -521,15 +520,8 @@ const QUEUE_LOOK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Messages ready in `queue`, or `None` if the broker would not say.
 async fn ready_in(channel: &lapin::Channel, queue: &str) -> Option<u64> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .ok()
-        .map(|state| u64::from(state.message_count()))
+    let state = super::inspect(channel, queue).await.ok()?;
+    Some(u64::from(state.message_count()))
 }
 
 /// Messages ready in `lane`'s work and retry queues.

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use lapin::options::BasicAckOptions;
 use lapin::options::BasicGetOptions;
-use lapin::options::{BasicAckOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
@@ -256,17 +256,7 @@ impl DeadLetterQueue {
     /// `limit`). Messages dead-lettered meanwhile wait for the next pass, so a pass ends even
     /// while a worker keeps dead-lettering.
     async fn bound(&self, channel: &Channel, limit: Option<usize>) -> Result<usize, DlqError> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let state = channel
-            .queue_declare(
-                self.topology.dead_letter_queue().as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
+        let state = super::inspect(channel, &self.topology.dead_letter_queue()).await?;
         let count = state.message_count() as usize;
         Ok(limit.map_or(count, |limit| limit.min(count)))
     }

@@ -36,6 +36,18 @@ pub async fn connect(amqp_url: &str) -> Result<lapin::Connection, lapin::Error> 
     }
 }
 
+/// What the broker says of `queue` now (messages ready, consumers), without declaring it: a
+/// passive declare, which fails (and closes the channel) when the queue does not exist.
+pub async fn inspect(channel: &lapin::Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..lapin::options::QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+}
+
 /// Cut `text` to at most `max` characters (not bytes), marking the cut with `…`. Used for
 /// everything that echoes untrusted input or ends up in a header.
 pub(crate) fn truncate_chars(text: &str, max: usize) -> String {

@@ -19,6 +19,7 @@ use mdti_worker::lane::Lane;
 use mdti_worker::observable::NormaliseOptions;
 use mdti_worker::pipeline::{Pipeline, PipelineSettings};
 use mdti_worker::queue::consumer::{self, ConsumerSettings, WorkerStats};
+use mdti_worker::queue::inspect;
 use mdti_worker::queue::{DecodeLimits, Publisher, Topology, REASON_CODE_HEADER, REASON_HEADER};
 use mdti_worker::secret::Secret;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
@@ -127,18 +128,9 @@ pub async fn queue_depths(topology: &Topology) -> QueueDepths {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
     let mut depths = Vec::new();
     for queue in queues(topology) {
-        let depth = channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .unwrap()
-            .message_count();
-        depths.push(depth);
+        depths.push(inspect(&channel, &queue).await.unwrap().message_count());
     }
     let _ = connection.close(200, "done".into()).await;
     // Live work, live retry, bulk work, bulk retry, dead letters.
@@ -155,15 +147,7 @@ pub async fn ready_in(queue: &str) -> u32 {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let depth = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .unwrap()
-        .message_count();
+    let depth = inspect(&channel, queue).await.unwrap().message_count();
     let _ = connection.close(200, "done".into()).await;
     depth
 }
