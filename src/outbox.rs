@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::Connection;
+use tokio::sync::watch;
 use tokio::sync::Notify;
 
 use crate::chain::{attribution_event, event_routing_key};
@@ -78,14 +79,17 @@ impl RelayChannels {
     }
 }
 
-/// Relay owed events until the task is dropped or aborted: one pass at once, then one whenever
-/// woken or every [`RELAY_INTERVAL`]. A channel that failed is replaced at the next pass, since
-/// the broker closes a channel on a refused publish.
+/// Relay owed events until `stop` turns true (or the task is aborted): one pass at once, then
+/// one whenever woken or every [`RELAY_INTERVAL`]. A stop is taken between passes, never inside
+/// one: a pass cut short would leave its claimed events locked by a transaction not yet rolled
+/// back, and the stopping worker's last pass would skip them. A channel that failed is
+/// replaced at the next pass, since the broker closes a channel on a refused publish.
 pub async fn run(
     store: Store,
     handle: RelayHandle,
     stats: Arc<OutboxStats>,
     channels: RelayChannels,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<Publisher> = None;
     let mut tick = tokio::time::interval(RELAY_INTERVAL);
@@ -94,6 +98,10 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {}
             _ = handle.wake.notified() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
         }
         let publisher = match current.take() {
             Some(publisher) => publisher,

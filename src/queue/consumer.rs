@@ -274,11 +274,13 @@ async fn session(
         connection: Arc::clone(&connection),
         topology: settings.topology.clone(),
     };
+    let (stop_relay, relay_stopped) = watch::channel(false);
     let relay = AbortOnDrop(tokio::spawn(outbox::run(
         pipeline.store().clone(),
         pipeline.relay().clone(),
         Arc::clone(&stats.outbox),
         relay_channels.clone(),
+        relay_stopped,
     )));
 
     let (suspend, mut suspended) = watch::channel(None::<(Dependency, String)>);
@@ -374,8 +376,12 @@ async fn session(
         );
         tasks.abort_all();
     }
-    drop(relay);
-    if !matches!(end, SessionEnd::Lost(_)) {
+    if matches!(end, SessionEnd::Lost(_)) {
+        drop(relay);
+    } else {
+        // The relay ends its pass in progress, then the last pass sends what is still owed.
+        let _ = stop_relay.send(true);
+        relay.finish(RELAY_STOP_LIMIT).await;
         outbox::last_pass(pipeline.store(), &stats.outbox, &relay_channels).await;
     }
     // Closing returns every unacked delivery to the queue.
@@ -567,8 +573,22 @@ async fn queues_empty(channel: &lapin::Channel, topology: &Topology) -> bool {
     true
 }
 
+/// How long a stopping session waits for the relay's pass in progress before aborting it.
+const RELAY_STOP_LIMIT: Duration = Duration::from_secs(10);
+
 /// Aborts the task when dropped, however the session ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Wait for the task to end by itself, for at most `limit`; aborted past it.
+    async fn finish(mut self, limit: Duration) {
+        if tokio::time::timeout(limit, &mut self.0).await.is_err() {
+            tracing::warn!(
+                "the event relay's pass did not end in time; aborted, its events stay owed"
+            );
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
