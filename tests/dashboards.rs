@@ -83,15 +83,6 @@ async fn run_panel(db: &TestDb, dashboard: &Value, title: &str, days: i64) -> Ve
 async fn seeded() -> TestDb {
     let db = TestDb::new().await;
     seed(&db.store).await;
-    // The seed moves Storm-0558's hit ten days back; its attribution goes with it, as a walk ten
-    // days ago would have left it.
-    sqlx::query(
-        "UPDATE actor_attributions SET created_at = now() - interval '10 days', \
-         updated_at = now() - interval '10 days' WHERE actor = 'Storm-0558'",
-    )
-    .execute(db.store.pool())
-    .await
-    .unwrap();
     db
 }
 

@@ -6,7 +6,7 @@
 //! - message `m-0` (moved ten days back): `login-update.info` enriched (suspicious, 55);
 //! - actor hits: Forest Blizzard (profile `pid-forest`, alias APT28) on `evil-kit.net` itself
 //!   (confidence 85, high) and via the counterpart `20.30.40.50` (55, medium); Storm-0558 (no
-//!   profile) on `2a01:111:f400::1` itself (35, low; its hit moved ten days back; the
+//!   profile) on `2a01:111:f400::1` itself (35, low; its hit and attribution moved ten days back; the
 //!   observable has no run);
 //! - rejections: two `invalid_observable` (m-1 items 4 and 5) and one `invalid_json` (m-2).
 
@@ -241,11 +241,14 @@ pub async fn seed(store: &Store) {
     .execute(pool)
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE actor_hits SET created_at = now() - interval '10 days', \
-         updated_at = now() - interval '10 days' WHERE actor = 'Storm-0558'",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
+    // Its attribution goes with it, as a walk ten days ago would have left it.
+    for table in ["actor_hits", "actor_attributions"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET created_at = now() - interval '10 days', \
+             updated_at = now() - interval '10 days' WHERE actor = 'Storm-0558'"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 }
