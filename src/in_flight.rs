@@ -35,10 +35,13 @@ enum State<T> {
 
 type Flight<T> = Arc<watch::Sender<State<T>>>;
 
+/// What is in flight, and in which lane: work is shared within a lane only.
+type Key = (Lane, String);
+
 /// The work in flight, by key. Cheap to clone (shared).
 pub struct InFlight<T> {
     // A std lock: held only to find, add or remove an entry, never across an await.
-    flights: Arc<Mutex<HashMap<String, Flight<T>>>>,
+    flights: Arc<Mutex<HashMap<Key, Flight<T>>>>,
 }
 
 impl<T> Clone for InFlight<T> {
@@ -79,7 +82,7 @@ impl<T: Clone> InFlight<T> {
     /// lead would wait as long as the bulk lead's requests wait for quota, behind the whole
     /// backlog; it does the work itself instead, at the cost of one duplicate lookup.
     pub fn join(&self, key: &str) -> Role<T> {
-        let key = format!("{}/{key}", Lane::current());
+        let key = (Lane::current(), key.to_owned());
         let mut flights = self.flights.lock().expect("in-flight lock poisoned");
         if let Some(flight) = flights.get(&key) {
             return Role::Follow(Follower(flight.subscribe()));
@@ -110,7 +113,7 @@ impl<T> InFlight<T> {
 /// followers.
 pub struct Lead<T> {
     in_flight: InFlight<T>,
-    key: String,
+    key: Key,
     flight: Flight<T>,
 }
 

@@ -234,7 +234,7 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "mdti_messages_total",
         "Deliveries by outcome: done (acked after the Postgres commit; its bad items, if any, also went to the dead-letter queue), retried (sent to the retry queue), dead_lettered (a whole message, or the bad items of a done one), requeued (handed back to the broker because its retry or dead-letter copy could not be published).",
         &[
-            (&[("outcome", "done")], get(&stats.done)),
+            (&[("outcome", "done")], stats.done() as f64),
             (&[("outcome", "retried")], get(&stats.retried)),
             (&[("outcome", "dead_lettered")], get(&stats.dead_lettered)),
             (&[("outcome", "requeued")], get(&stats.requeued)),

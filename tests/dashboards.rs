@@ -486,7 +486,7 @@ async fn lane_panels_show_each_lanes_backlog_and_pace() {
     let db = seeded().await;
     // Both lanes, also the one no worker has counted yet: null, not missing.
     db.store
-        .record_lane_backlog(Lane::Bulk, 1942)
+        .record_lane_backlog(&[(Lane::Bulk, 1942)])
         .await
         .unwrap();
     let backlog = run_panel(&db, &dashboard, "Backlog per lane", 1).await;

@@ -190,7 +190,7 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
         worker.publish(host, &whois_only(host)).await;
     }
     worker
-        .wait_for("three messages done", |s| WorkerStats::get(&s.done) == 3)
+        .wait_for("three messages done", |s| s.done() == 3)
         .await;
 
     // The same observable again is answered from Postgres; broken JSON is dead-lettered.
@@ -200,7 +200,7 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
     worker.publish("broken", b"{\"value\": ").await;
     worker
         .wait_for("the repeat done and the broken one dead-lettered", |s| {
-            WorkerStats::get(&s.done) == 4 && WorkerStats::get(&s.dead_lettered) == 1
+            s.done() == 4 && WorkerStats::get(&s.dead_lettered) == 1
         })
         .await;
 
@@ -217,7 +217,7 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
         )
         .await;
     worker
-        .wait_for("the reputation cached", |s| WorkerStats::get(&s.done) == 5)
+        .wait_for("the reputation cached", |s| s.done() == 5)
         .await;
     worker.sim.control().set_override(
         "hosts/lonely.contoso.com/passiveDns",
@@ -235,7 +235,7 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
         )
         .await;
     worker
-        .wait_for("the chained one done", |s| WorkerStats::get(&s.done) == 6)
+        .wait_for("the chained one done", |s| s.done() == 6)
         .await;
 
     let (status, scrape) = worker.get("/metrics").await;

@@ -30,7 +30,7 @@ const OUTAGE: Duration = Duration::from_secs(25);
 
 async fn assert_all_done_and_none_dead(app: &App) {
     eventually(Duration::from_secs(120), "every message done", || async {
-        WorkerStats::get(&app.stats.done) >= MESSAGES as u64 && app.queue_depths().await.work == 0
+        app.stats.done() >= MESSAGES as u64 && app.queue_depths().await.work == 0
     })
     .await;
     assert_eq!(

@@ -305,7 +305,10 @@ async fn the_demo_summary_lists_attributions_by_band_strongest_first() {
 #[tokio::test]
 async fn the_report_shows_each_lanes_backlog_as_last_counted() {
     let db = seeded().await;
-    db.store.record_lane_backlog(Lane::Live, 7).await.unwrap();
+    db.store
+        .record_lane_backlog(&[(Lane::Live, 7)])
+        .await
+        .unwrap();
     // A count taken two minutes ago, as a worker that stopped consuming would have left it.
     sqlx::query(
         "UPDATE lane_backlog SET observed_at = now() - interval '2 minutes' WHERE lane = 'live'",

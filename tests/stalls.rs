@@ -10,7 +10,6 @@ use mdti_worker::bench::observable_mix;
 use mdti_worker::chain::ChainSettings;
 use mdti_worker::graph::GraphSettings;
 use mdti_worker::progress;
-use mdti_worker::queue::consumer::WorkerStats;
 use serde_json::json;
 use support::harness::{spawn_app, App, Options};
 
@@ -34,13 +33,13 @@ fn tight(settings: GraphSettings) -> GraphSettings {
 async fn run_to_the_end(app: &App, round: u64) {
     let started = tokio::time::Instant::now();
     let progress = progress::global();
-    while WorkerStats::get(&app.stats.done) < MESSAGES as u64 {
+    while app.stats.done() < MESSAGES as u64 {
         let stuck = progress.in_flight() > 0 && progress.idle_for() >= NO_PROGRESS;
         if stuck || started.elapsed() >= ROUND_LIMIT {
             panic!(
                 "round {round}: no progress for {}s, {} of {MESSAGES} done; in flight:\n{}",
                 progress.idle_for().as_secs(),
-                WorkerStats::get(&app.stats.done),
+                app.stats.done(),
                 progress.dump()
             );
         }

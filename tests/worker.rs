@@ -74,13 +74,13 @@ async fn the_same_message_delivered_twice_leaves_the_same_rows() {
     let body = json!([{"value": "contoso.com", "force": true}, {"value": "20.53.203.50", "force": true}, {"value": "10.0.0.1"}, {"value": "not a host"}]);
     app.publish("twice", body.clone()).await;
     eventually(Duration::from_secs(30), "first delivery done", || async {
-        WorkerStats::get(&app.stats.done) == 1
+        app.stats.done() == 1
     })
     .await;
     let before = app.table_counts().await;
     app.publish("twice", body).await;
     eventually(Duration::from_secs(30), "second delivery done", || async {
-        WorkerStats::get(&app.stats.done) == 2
+        app.stats.done() == 2
     })
     .await;
     assert_eq!(app.table_counts().await, before);
@@ -96,13 +96,13 @@ async fn an_observable_enriched_recently_is_answered_from_postgres() {
     let app = spawn_app(Options::default()).await;
     app.publish("first", json!({"value": "contoso.com"})).await;
     eventually(Duration::from_secs(30), "first done", || async {
-        WorkerStats::get(&app.stats.done) == 1
+        app.stats.done() == 1
     })
     .await;
     let graph_calls = app.sim.count("graph");
     app.publish("second", json!({"value": "contoso.com"})).await;
     eventually(Duration::from_secs(30), "second done", || async {
-        WorkerStats::get(&app.stats.done) == 2
+        app.stats.done() == 2
     })
     .await;
     assert_eq!(
@@ -139,7 +139,7 @@ async fn repeats_arriving_while_an_observable_is_enriched_wait_for_it_instead_of
             .await;
     }
     eventually(Duration::from_secs(30), "all six done", || async {
-        WorkerStats::get(&app.stats.done) == 6
+        app.stats.done() == 6
     })
     .await;
     assert_eq!(app.sim.count("whois"), 1, "enriched once");
@@ -173,7 +173,7 @@ async fn messages_of_several_items_naming_the_same_observables_never_wait_for_ea
     )
     .await;
     eventually(Duration::from_secs(30), "both done", || async {
-        WorkerStats::get(&app.stats.done) == 2
+        app.stats.done() == 2
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM enrichment_runs").await, 4);
@@ -356,7 +356,7 @@ async fn a_worker_stopped_mid_batch_and_restarted_finishes_everything_once() {
         .await;
     }
     eventually(Duration::from_secs(60), "some progress", || async {
-        WorkerStats::get(&app.stats.done) >= 3
+        app.stats.done() >= 3
     })
     .await;
     app.stop_worker().await;
@@ -391,7 +391,7 @@ async fn a_lost_broker_connection_is_rebuilt_and_the_work_goes_on() {
         .await;
     }
     eventually(Duration::from_secs(60), "some progress", || async {
-        WorkerStats::get(&app.stats.done) >= 2
+        app.stats.done() >= 2
     })
     .await;
     let relay = app.broker_relay.as_ref().unwrap();
@@ -443,7 +443,7 @@ async fn actor_hits_are_stored_and_announced_once_per_new_hit() {
 
     app.publish("hits-1", body.clone()).await;
     eventually(Duration::from_secs(30), "first run done", || async {
-        WorkerStats::get(&app.stats.done) == 1
+        app.stats.done() == 1
     })
     .await;
     let hits = app.count("SELECT count(*) FROM actor_hits").await;
@@ -462,7 +462,7 @@ async fn actor_hits_are_stored_and_announced_once_per_new_hit() {
 
     app.publish("hits-2", body).await;
     eventually(Duration::from_secs(30), "second run done", || async {
-        WorkerStats::get(&app.stats.done) == 2
+        app.stats.done() == 2
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM actor_hits").await, hits);
@@ -511,7 +511,7 @@ async fn chaining_does_not_ask_again_what_the_enrichers_just_fetched() {
     app.publish("lonely", json!({"value": "lonely.contoso.com"}))
         .await;
     eventually(Duration::from_secs(30), "done", || async {
-        WorkerStats::get(&app.stats.done) == 1
+        app.stats.done() == 1
     })
     .await;
     assert_eq!(app.sim.count("reputation"), 1);

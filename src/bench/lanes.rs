@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::measure::Spread;
 use super::{mix, now_micros};
 use crate::lane::Lane;
+use crate::observable::{normalise, NormaliseOptions, Normalised};
 use crate::queue::publisher::Publisher;
 
 /// Source name of the live stream's observables.
@@ -94,17 +95,23 @@ struct Stream {
     published: Arc<AtomicU64>,
 }
 
-/// Values of a mix of another seed that the bulk mix does not hold, as written (refanged or
-/// not): repeats of the backlog would be answered from its cache.
+/// Values of a mix of another seed whose canonical form the bulk mix does not hold: repeats
+/// of the backlog would be answered from its cache.
 fn fresh_values(bulk: &[String]) -> Vec<String> {
-    let known: HashSet<String> = bulk
-        .iter()
-        .map(|v| v.replace("[.]", ".").to_lowercase())
-        .collect();
+    let known: HashSet<String> = bulk.iter().filter_map(|v| canonical(v)).collect();
     mix::observable_mix(20_000, 1.0, 0x11fe)
         .into_iter()
-        .filter(|v| !known.contains(&v.replace("[.]", ".").to_lowercase()))
+        .filter(|v| canonical(v).is_some_and(|c| !known.contains(&c)))
         .collect()
+}
+
+/// The value the worker would look up for `raw`, as its normaliser makes it.
+fn canonical(raw: &str) -> Option<String> {
+    match normalise(raw, None, &NormaliseOptions::default()).ok()? {
+        Normalised::Ready(observable) | Normalised::Skipped { observable, .. } => {
+            Some(observable.value().to_owned())
+        }
+    }
 }
 
 async fn publish_live(

@@ -1252,7 +1252,6 @@ fn assemble(a: Assembly<'_>) -> Report {
     let worker_counters: BTreeMap<String, u64> = match a.stats {
         Some(stats) => [
             ("messages", &stats.messages),
-            ("done", &stats.done),
             ("retried", &stats.retried),
             ("dead_lettered", &stats.dead_lettered),
             ("requeued", &stats.requeued),
@@ -1268,6 +1267,7 @@ fn assemble(a: Assembly<'_>) -> Report {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))
+        .chain([("done".to_owned(), stats.done())])
         .collect(),
         // What the bench read in Postgres and RabbitMQ instead.
         None => a

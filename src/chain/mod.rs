@@ -678,10 +678,7 @@ impl Chainer {
         // Of the hosts left, those another worker is asking about are waited for, below.
         let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
         let mut claimed = LookupClaims::default();
-        // A live walk neither claims nor waits for claims: the worker holding one may be
-        // asking for a bulk walk, behind the whole backlog's requests.
-        let claims = self.shares_lookups() && Lane::current() == Lane::Bulk;
-        if let (Some(store), true, false) = (&self.store, claims, leads.is_empty()) {
+        if let (Some(store), true, false) = (&self.store, self.shares_lookups(), leads.is_empty()) {
             let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
             match store.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
                 Ok(mine) => {
@@ -841,10 +838,14 @@ struct Settled {
 }
 
 impl Chainer {
-    /// Whether lookups are shared with other workers: asked for, and possible (the cache is
-    /// where another worker's answer arrives, so it must be read).
+    /// Whether this walk shares its lookups with other workers: asked for, possible (the cache
+    /// is where another worker's answer arrives, so it must be read), and a bulk walk's. A live
+    /// walk neither claims nor waits for claims: the worker holding one may be asking for a bulk
+    /// walk, behind the whole backlog's requests.
     fn shares_lookups(&self) -> bool {
-        self.settings.share_lookups && !self.settings.reputation_ttl.is_zero()
+        self.settings.share_lookups
+            && !self.settings.reputation_ttl.is_zero()
+            && Lane::current() == Lane::Bulk
     }
 
     /// Wait for the answers of lookups other workers hold to arrive in the cache: until each

@@ -715,11 +715,13 @@ impl GraphClient {
             Ok(bearer) => bearer,
             Err(error) => return Attempt::Token(error),
         };
-        let _permit = self.inner.throttle.admit().await;
+        // The lane of the message this request is for: it decides the request's place in the
+        // limiter's queue.
+        let lane = crate::lane::Lane::current();
+        let _permit = self.inner.throttle.admit(lane).await;
         let stats = &self.inner.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        stats.requests_by_lane[crate::lane::Lane::current().index()]
-            .fetch_add(1, Ordering::Relaxed);
+        stats.requests_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
         self.tally.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight::enter(&stats.in_flight);
         let started = Instant::now();

@@ -1,7 +1,7 @@
 //! The client's budget: one `governor` limiter, one in-flight cap and one "hold until" instant,
 //! all shared by every request of the process (first pages, next pages and retries alike).
 //!
-//! Lanes ([`Lane`]): the request's lane is the lane of the task that makes it. Live requests
+//! Lanes ([`Lane`]): the client passes each request's lane, the lane of the task that makes it. Live requests
 //! are admitted before bulk ones: one request at a time waits for the tenant's next cell, and
 //! when it has its cell the next to wait is a live request if any is queued. Bulk requests pass
 //! a second limiter first, at the rate less the live reserve, so that part of the quota stays
@@ -182,13 +182,12 @@ impl Throttle {
         }
     }
 
-    /// Wait until this request may go: under its lane's in-flight cap, past any 429 hold,
+    /// Wait until a request of `lane` may go: under its lane's in-flight cap, past any 429 hold,
     /// within the rate, after the live requests waiting. The permit comes first so that the
     /// rate and the hold are the last word before the request is sent: a cell taken before a
     /// long wait for a permit (Graph slow) would let a pile of requests out together once Graph
     /// sped up, past the rate or into a new hold.
-    pub async fn admit(&self) -> SemaphorePermit<'_> {
-        let lane = Lane::current();
+    pub async fn admit(&self, lane: Lane) -> SemaphorePermit<'_> {
         let permit = progress::wait_at(point::GRAPH_PERMIT, self.in_flight[lane.index()].acquire())
             .await
             .expect("the in-flight semaphore is never closed");
@@ -479,7 +478,7 @@ mod tests {
         for i in 0..30 {
             let (throttle, admitted) = (Arc::clone(&throttle), Arc::clone(&admitted));
             waiters.push(tokio::spawn(async move {
-                let _permit = throttle.admit().await;
+                let _permit = throttle.admit(Lane::Live).await;
                 admitted.lock().unwrap().push(i);
             }));
         }
@@ -503,10 +502,10 @@ mod tests {
         order: &Arc<Mutex<Vec<String>>>,
     ) -> tokio::task::JoinHandle<()> {
         let (throttle, order) = (Arc::clone(throttle), Arc::clone(order));
-        tokio::spawn(lane.scope(async move {
-            let _permit = throttle.admit().await;
+        tokio::spawn(async move {
+            let _permit = throttle.admit(lane).await;
             order.lock().unwrap().push(name);
-        }))
+        })
     }
 
     async fn until_queued(throttle: &Throttle, lane: Lane, waiting: usize) {
@@ -519,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_request_goes_before_the_bulk_requests_already_waiting() {
         let throttle = Arc::new(Throttle::new(40.0, 1, 100, HOLD));
-        drop(Lane::Bulk.scope(throttle.admit()).await);
+        drop(throttle.admit(Lane::Bulk).await);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks: Vec<_> = (0..10)
             .map(|i| request(&throttle, Lane::Bulk, format!("bulk-{i}"), &order))
@@ -613,12 +612,12 @@ mod tests {
         // One request an hour, its burst of three spent: a new rate must not let one go now.
         let throttle = Arc::new(Throttle::new(1.0 / 3600.0, 3, 8, HOLD));
         for _ in 0..3 {
-            drop(throttle.admit().await);
+            drop(throttle.admit(Lane::Live).await);
         }
         assert!(throttle.set_rate(2.0 / 3600.0, 5));
         let waiting = tokio::spawn({
             let throttle = Arc::clone(&throttle);
-            async move { drop(throttle.admit().await) }
+            async move { drop(throttle.admit(Lane::Live).await) }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(
@@ -632,11 +631,11 @@ mod tests {
     async fn requests_queued_at_a_small_rate_move_to_a_new_larger_one() {
         // One request a minute, the first one spent: the next would wait a minute.
         let throttle = Arc::new(Throttle::new(1.0 / 60.0, 1, 4, HOLD));
-        drop(throttle.admit().await);
+        drop(throttle.admit(Lane::Live).await);
         let waiting = tokio::spawn({
             let throttle = Arc::clone(&throttle);
             async move {
-                drop(throttle.admit().await);
+                drop(throttle.admit(Lane::Live).await);
             }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;

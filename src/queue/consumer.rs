@@ -71,8 +71,7 @@ impl ConsumerSettings {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub messages: AtomicU64,
-    pub done: AtomicU64,
-    /// Messages done, by lane ([`Lane::index`]).
+    /// Messages done, by lane ([`Lane::index`]); [`WorkerStats::done`] sums them.
     pub done_by_lane: [AtomicU64; 2],
     /// Messages ready in each lane's work queue (its retry queue included) at the last look,
     /// every few seconds while consuming.
@@ -123,6 +122,11 @@ pub struct PauseState {
 impl WorkerStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Messages done, in both lanes.
+    pub fn done(&self) -> u64 {
+        self.done_by_lane.iter().map(Self::get).sum()
     }
 
     /// Record that the profile index is loaded (`None`) or why it is not.
@@ -546,22 +550,25 @@ async fn look_at_queues(
     pipeline: &Pipeline,
     stats: &WorkerStats,
 ) {
+    let mut counted = Vec::with_capacity(Lane::ALL.len());
     for lane in Lane::ALL {
         if let Some(ready) = ready_in_lane(channel, topology, lane).await {
             stats.queued_by_lane[lane.index()].store(ready, Ordering::Relaxed);
-            let store = pipeline.store().clone();
-            tokio::spawn(async move {
-                let write = store.record_lane_backlog(lane, ready);
-                match tokio::time::timeout(QUEUE_LOOK_INTERVAL, write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "could not record the lane's backlog")
-                    }
-                    Err(_) => tracing::debug!("recording the lane's backlog timed out"),
-                }
-            });
+            counted.push((lane, ready));
         }
     }
+    if counted.is_empty() {
+        return;
+    }
+    let store = pipeline.store().clone();
+    tokio::spawn(async move {
+        let write = store.record_lane_backlog(&counted);
+        match tokio::time::timeout(QUEUE_LOOK_INTERVAL, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "could not record the lanes' backlog"),
+            Err(_) => tracing::debug!("recording the lanes' backlog timed out"),
+        }
+    });
 }
 
 async fn queues_empty(channel: &lapin::Channel, topology: &Topology) -> bool {
@@ -685,7 +692,6 @@ async fn settle(task: Task<'_>, taken: Taken, max_deliveries: u32) {
             rejected,
             reputation_cache_hits,
         } => {
-            stats.done.fetch_add(1, Ordering::Relaxed);
             stats.done_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
             stats
                 .reputation_cache_hits

@@ -76,11 +76,16 @@ impl Topology {
     /// refuses to redeclare a queue with other arguments: a changed setting gets a new queue
     /// instead of a `PRECONDITION_FAILED` at start.
     pub fn retry_queue(&self) -> String {
+        format!("{}.retry.{}", self.prefix, self.retry_delay_name())
+    }
+
+    /// The retry delay as queue names carry it: `30s`, or `1500ms`.
+    fn retry_delay_name(&self) -> String {
         let ms = self.retry_delay.as_millis();
         if ms.is_multiple_of(1000) {
-            format!("{}.retry.{}s", self.prefix, ms / 1000)
+            format!("{}s", ms / 1000)
         } else {
-            format!("{}.retry.{}ms", self.prefix, ms)
+            format!("{ms}ms")
         }
     }
 
@@ -106,11 +111,7 @@ impl Topology {
     pub fn lane_retry_queue(&self, lane: Lane) -> String {
         match lane {
             Lane::Bulk => self.retry_queue(),
-            Lane::Live => self.retry_queue().replacen(
-                &format!("{}.retry.", self.prefix),
-                &format!("{}.retry.live.", self.prefix),
-                1,
-            ),
+            Lane::Live => format!("{}.retry.live.{}", self.prefix, self.retry_delay_name()),
         }
     }
 

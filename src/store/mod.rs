@@ -556,15 +556,22 @@ impl Store {
             .await?)
     }
 
-    /// Record what waits in `lane`'s queues, as the broker just counted it.
-    pub async fn record_lane_backlog(&self, lane: Lane, ready: u64) -> Result<(), StoreError> {
+    /// Record what waits in each lane's queues, as the broker just counted it: one statement
+    /// for all the lanes counted.
+    pub async fn record_lane_backlog(&self, counted: &[(Lane, u64)]) -> Result<(), StoreError> {
+        let lanes: Vec<&str> = counted.iter().map(|(lane, _)| lane.as_str()).collect();
+        let ready: Vec<i64> = counted
+            .iter()
+            .map(|(_, ready)| i64::try_from(*ready).unwrap_or(i64::MAX))
+            .collect();
         sqlx::query(
-            "INSERT INTO lane_backlog (lane, ready_messages, observed_at) VALUES ($1, $2, now()) \
+            "INSERT INTO lane_backlog (lane, ready_messages, observed_at) \
+             SELECT lane, ready, now() FROM UNNEST($1::text[], $2::bigint[]) AS u(lane, ready) \
              ON CONFLICT (lane) DO UPDATE SET ready_messages = excluded.ready_messages, \
                  observed_at = excluded.observed_at",
         )
-        .bind(lane.as_str())
-        .bind(i64::try_from(ready).unwrap_or(i64::MAX))
+        .bind(&lanes)
+        .bind(&ready)
         .execute(&self.pool)
         .await?;
         Ok(())
