@@ -1,7 +1,7 @@
-//! What waits in each lane, how fast each lane is done, and when it will
-//! be through, from the broker (queue depths) and from Postgres (what the worker did, and the
-//! ledger of what `publish` sent). `publish` ends with the same estimate for the lane it
-//! published to ([`estimate_line`]).
+//! What waits in each lane, how fast each lane is done, and when it will be through, from the
+//! broker (queue depths) and from Postgres (what the worker did, and the ledger of what
+//! `publish` sent): what the `status` command prints. `publish` ends with the same estimate for
+//! the lane it published to ([`estimate_line`]).
 //!
 //! The two parts are gathered independently: with the broker unreachable the Postgres part is
 //! still shown (and the other way round), and the part that is missing says why.
