@@ -1,7 +1,7 @@
-//! The worker under test: the in-process consumer against the simulator (`spawn_app`), or the
-//! real binary (`worker_binary`), each with its own database and queue prefix; relays that cut
-//! Postgres or the broker; and the broker-side views tests assert on (queue depths, the
-//! dead-letter queue).
+//! The worker under test: the in-process worker against the simulator (`spawn_app`, started
+//! through `app::Worker` as the `worker` command starts it), or the real binary
+//! (`worker_binary`), each with its own database and queue prefix; relays that cut Postgres or
+//! the broker; and the broker-side views tests assert on (queue depths, the dead-letter queue).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
