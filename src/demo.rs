@@ -9,51 +9,86 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cli::{self, DemoCmd};
-use crate::config::{redact_url, EnricherList, WorkerArgs};
+use crate::app;
+use crate::config::{redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs};
 use crate::enrich::EnricherKind;
+use crate::graph::GraphClient;
 use crate::queue::consumer::WorkerStats;
 use crate::queue::publisher::Publisher;
+use crate::queue::Topology;
+use crate::store::Store;
+
+/// A message to publish: source, body, content type, message id.
+type Message = (String, Vec<u8>, String, String);
 
 const SAMPLE: &str = include_str!("../samples/demo-observables.txt");
 
-pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
+pub async fn run(
+    mut broker: BrokerArgs,
+    database: DatabaseArgs,
+    mut graph_args: GraphArgs,
+) -> anyhow::Result<i32> {
     // Own queue names, so a demo never mixes with a real worker's queues on the same broker.
-    cmd.broker.queue_prefix = format!("{}.demo", cmd.broker.queue_prefix);
-    cmd.broker.retry_delay = Duration::from_secs(2);
-    let use_simulator = !cmd.graph.has_credentials();
+    broker.queue_prefix = format!("{}.demo", broker.queue_prefix);
+    broker.retry_delay = Duration::from_secs(2);
+    let use_simulator = !graph_args.has_credentials();
     if use_simulator {
         // The simulator is not a throttled tenant: let the demo go at its own pace.
-        cmd.graph.graph_rate = cmd.graph.graph_rate.max(500.0);
-        cmd.graph.graph_burst = cmd.graph.graph_burst.max(50);
+        graph_args.graph_rate = graph_args.graph_rate.max(500.0);
+        graph_args.graph_burst = graph_args.graph_burst.max(50);
     }
-    let (graph, _sim) = cli::graph_client(&mut cmd.graph, use_simulator).await?;
+    let (graph, _sim) = app::graph_client(&mut graph_args, use_simulator).await?;
+    print_graph(&graph_args, use_simulator);
+    let store = app::migrate(&database).await?;
+    print_services(&database, &broker);
+    let topology = broker.topology();
+    let publisher = Publisher::connect(broker.amqp_url.expose(), topology.clone()).await?;
+    let published = publisher.publish_batch(sample_messages()?).await?;
+    println!("Published {published} messages from the bundled sample.\n");
+
+    let stats = Arc::new(WorkerStats::default());
+    let (_stop, stopped) = watch::channel(false);
+    app::run_worker(
+        &graph_args,
+        &broker,
+        &worker_args(),
+        graph.clone(),
+        store.clone(),
+        stopped,
+        Arc::clone(&stats),
+        None,
+    )
+    .await?;
+    print_outcome(&stats, &graph, &store, &database, &topology).await?;
+    Ok(0)
+}
+
+fn print_graph(graph: &GraphArgs, simulator: bool) {
     println!(
         "Graph:    {}",
-        if use_simulator {
-            format!("in-process simulator at {}", cmd.graph.graph_url)
+        if simulator {
+            format!("in-process simulator at {}", graph.graph_url)
         } else {
-            cmd.graph.graph_url.clone()
+            graph.graph_url.clone()
         }
     );
-    let store = cli::migrate(&cmd.database).await?;
-    println!(
-        "Postgres: {}",
-        redact_url(cmd.database.database_url.expose())
-    );
+}
+
+fn print_services(database: &DatabaseArgs, broker: &BrokerArgs) {
+    println!("Postgres: {}", redact_url(database.database_url.expose()));
     println!(
         "RabbitMQ: {} (prefix {})",
-        redact_url(cmd.broker.amqp_url.expose()),
-        cmd.broker.queue_prefix
+        redact_url(broker.amqp_url.expose()),
+        broker.queue_prefix
     );
+}
 
-    let topology = cmd.broker.topology();
-    let publisher = Publisher::connect(cmd.broker.amqp_url.expose(), topology.clone()).await?;
+/// The sample goes out as a text/plain message, plus one JSON message with a context and one
+/// message that is not JSON at all, to show every path.
+fn sample_messages() -> anyhow::Result<Vec<Message>> {
     let lines: Vec<&str> = SAMPLE.lines().collect();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    // The sample goes out as a text/plain message, plus one JSON message with a context and one
-    // message that is not JSON at all, to show every path.
-    let messages = vec![
+    Ok(vec![
         (
             "demo".to_owned(),
             lines.join("\n").into_bytes(),
@@ -76,11 +111,12 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
             "application/json".to_owned(),
             format!("demo-{run_id}-broken"),
         ),
-    ];
-    let published = publisher.publish_batch(messages).await?;
-    println!("Published {published} messages from the bundled sample.\n");
+    ])
+}
 
-    let worker = WorkerArgs {
+/// A worker that goes through the sample and exits once the queues stay empty.
+fn worker_args() -> WorkerArgs {
+    WorkerArgs {
         concurrency: 8,
         live_prefetch: 8,
         enrichers: EnricherList(EnricherKind::ALL.to_vec()),
@@ -103,21 +139,16 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
         measure_sharing: true,
         min_event_confidence: crate::chain::Band::MEDIUM,
         profile_sync_interval: Duration::from_secs(6 * 3600),
-    };
-    let stats = Arc::new(WorkerStats::default());
-    let (_stop, stopped) = watch::channel(false);
-    cli::run_worker(
-        &cmd.graph,
-        &cmd.broker,
-        &worker,
-        graph.clone(),
-        store.clone(),
-        stopped,
-        Arc::clone(&stats),
-        None,
-    )
-    .await?;
+    }
+}
 
+async fn print_outcome(
+    stats: &WorkerStats,
+    graph: &GraphClient,
+    store: &Store,
+    database: &DatabaseArgs,
+    topology: &Topology,
+) -> anyhow::Result<()> {
     let get = WorkerStats::get;
     println!(
         "Messages: {} processed, {} sent to the dead-letter queue (whole, or just their bad items), {} retried",
@@ -143,8 +174,8 @@ pub async fn run(mut cmd: DemoCmd) -> anyhow::Result<i32> {
     print!("{summary}");
     println!(
         "\nResults live in Postgres ({}): tables observables, enrichment_runs, indicators, extracts, reputations, actor_hits, actor_attributions, rejected_inputs; views dash_attributions and dash_actor_hits show the confidences.\nDead-lettered messages wait in the queue {}.",
-        redact_url(cmd.database.database_url.expose()),
+        redact_url(database.database_url.expose()),
         topology.dead_letter_queue()
     );
-    Ok(0)
+    Ok(())
 }

@@ -18,11 +18,14 @@
 //!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
 //! - [`status`]: what waits in each lane and when it will be through, from the broker and
 //!   Postgres.
+//! - [`app`]: a worker built from its settings and run, the same way for every entry point.
+//! - [`cli`]: the commands, one module each.
 //! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
 //!
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
 //! nothing of the crate: the pipeline is where they meet.
 
+pub mod app;
 pub mod bench;
 pub mod chain;
 pub mod cli;
@@ -42,9 +45,11 @@ pub mod ops;
 pub mod outbox;
 pub mod pipeline;
 pub mod progress;
-pub mod publish;
 pub mod queue;
 pub mod secret;
 pub mod sim;
 pub mod status;
 pub mod store;
+
+// `publish`'s line parsing and confirmed batches are also for feeds that publish from Rust.
+pub use cli::publish;

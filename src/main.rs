@@ -10,17 +10,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> std::process::ExitCode {
     // The env file must be loaded before clap reads the environment, and before any thread
     // exists: look for --config by hand first.
-    let args: Vec<String> = std::env::args().collect();
-    let config = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
-        })
-        .or_else(|| std::env::var("MDTI_CONFIG").ok());
-    if let Some(path) = config {
+    if let Some(path) = config_path() {
         if let Err(error) = mdti_worker::config::load_env_file(path.as_ref()) {
             eprintln!("error: {error}");
             return std::process::ExitCode::from(2);
@@ -42,4 +32,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `--config FILE`, `--config=FILE` or `MDTI_CONFIG`, read without clap.
+fn config_path() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+        })
+        .or_else(|| std::env::var("MDTI_CONFIG").ok())
 }

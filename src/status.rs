@@ -1,7 +1,7 @@
-//! The `status` command: what waits in each lane, how fast each lane is done, and when it will
-//! be through, from the broker (queue depths) and from Postgres (what the worker did, and the
-//! ledger of what `publish` sent). `publish` ends with the same estimate for the lane it
-//! published to ([`estimate_line`]).
+//! What waits in each lane, how fast each lane is done, and when it will be through, from the
+//! broker (queue depths) and from Postgres (what the worker did, and the ledger of what
+//! `publish` sent): what the `status` command prints. `publish` ends with the same estimate for
+//! the lane it published to ([`estimate_line`]).
 //!
 //! The two parts are gathered independently: with the broker unreachable the Postgres part is
 //! still shown (and the other way round), and the part that is missing says why.
@@ -33,7 +33,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::parse_duration;
 use crate::lane::Lane;
 use crate::queue::Topology;
 use crate::secret::{redact_url, Secret};
@@ -45,24 +44,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The window `publish` measures its estimate over (`status` takes `--window`).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
-
-/// Command-line arguments of `status` (the broker and database flags come beside them).
-#[derive(clap::Args, Debug, Clone)]
-pub struct StatusArgs {
-    /// Print JSON instead of tables (a stable document, described in src/status.rs)
-    #[arg(long)]
-    pub json: bool,
-    /// How far back rates and observables per message are measured, and what "recent" counts
-    #[arg(long, default_value = "5m", value_parser = window_arg)]
-    pub window: Duration,
-}
-
-fn window_arg(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
-        window if window.is_zero() => Err("the window must be longer than zero".into()),
-        window => Ok(window),
-    }
-}
 
 /// What `status --json` prints. Fields are only ever added, never renamed or removed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -738,35 +719,6 @@ impl std::fmt::Display for Status {
         }
         Ok(())
     }
-}
-
-/// The whole `status` command: gather, print, and return the exit code (0 when at least one
-/// part could be gathered).
-pub async fn command(
-    topology: Topology,
-    amqp_url: &Secret,
-    database_url: &Secret,
-    args: StatusArgs,
-) -> anyhow::Result<i32> {
-    let store = connect_store(database_url).await;
-    let status = gather(
-        &topology,
-        amqp_url.expose(),
-        store.as_ref().map_err(Clone::clone),
-        &Lane::ALL,
-        args.window,
-    )
-    .await;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{status}");
-    }
-    if let Ok(store) = store {
-        store.close().await;
-    }
-    let nothing = status.broker_error.is_some() && status.database_error.is_some();
-    Ok(if nothing { 1 } else { 0 })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `bench`: the real path, measured. RabbitMQ in, the worker (in-process, through
-//! [`cli::run_worker`]), Graph (the simulator), Postgres out.
+//! [`app::run_worker`]), Graph (the simulator), Postgres out.
 //!
 //! A run has its own database (`mdti_bench_<uuid>`, dropped at the end unless `--keep`) and its
 //! own queue prefix (`bench-<uuid>`, queues and exchanges deleted at the end). In order:
@@ -43,8 +43,8 @@ use tokio::sync::watch;
 pub use measure::{percentile, Spread};
 pub use mix::{distinct_count, observable_mix};
 
+use crate::app;
 use crate::chain::sync_profiles;
-use crate::cli;
 use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
 };
@@ -810,7 +810,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         database_url: Secret::new(ctx.db_url),
         db_max_connections: cmd.db_max_connections,
     };
-    let setup_store = cli::migrate(&database).await?;
+    let setup_store = app::migrate(&database).await?;
     let mut graph_args = GraphArgs {
         graph_url: String::new(),
         login_url: String::new(),
@@ -912,7 +912,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             let (graph, stats) = (graph.clone(), Arc::clone(&stats));
             let graph_args = graph_args.clone();
             async move {
-                cli::run_worker(
+                app::run_worker(
                     &graph_args,
                     &broker,
                     &worker_args,

@@ -8,6 +8,7 @@
 pub mod country;
 pub mod extract;
 pub mod mapping;
+pub mod table;
 
 use std::fmt;
 use std::str::FromStr;

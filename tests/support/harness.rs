@@ -1,7 +1,7 @@
-//! The worker under test: the in-process consumer against the simulator (`spawn_app`), or the
-//! real binary (`worker_binary`), each with its own database and queue prefix; relays that cut
-//! Postgres or the broker; and the broker-side views tests assert on (queue depths, the
-//! dead-letter queue).
+//! The worker under test: the in-process worker against the simulator (`spawn_app`, started
+//! through `app::Worker` as the `worker` command starts it), or the real binary
+//! (`worker_binary`), each with its own database and queue prefix; relays that cut Postgres or
+//! the broker; and the broker-side views tests assert on (queue depths, the dead-letter queue).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,13 +12,14 @@ use futures::Future;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+use mdti_worker::app::{Worker, WorkerSettings};
 use mdti_worker::chain::ChainSettings;
 use mdti_worker::enrich::EnricherKind;
 use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
 use mdti_worker::lane::Lane;
 use mdti_worker::observable::NormaliseOptions;
-use mdti_worker::pipeline::{Pipeline, PipelineSettings};
-use mdti_worker::queue::consumer::{self, ConsumerSettings, WorkerStats};
+use mdti_worker::pipeline::PipelineSettings;
+use mdti_worker::queue::consumer::{ConsumerSettings, WorkerStats};
 use mdti_worker::queue::inspect;
 use mdti_worker::queue::{DecodeLimits, Publisher, Topology, REASON_CODE_HEADER, REASON_HEADER};
 use mdti_worker::secret::Secret;
@@ -409,18 +410,20 @@ impl App {
         self.stop = Some(stop);
     }
 
-    /// One consumer with a pipeline of its own, sharing the app's store, Graph client and stats.
+    /// One worker with a pipeline of its own, sharing the app's store, Graph client and stats,
+    /// started the way `mdti-worker worker` starts one, without profile sync (it takes the
+    /// profiles stored) and without an ops listener.
     fn consumer(
         &self,
         max_deliveries: u32,
         stopped: watch::Receiver<bool>,
     ) -> impl Future<Output = anyhow::Result<()>> {
-        let pipeline = Pipeline::new(
-            self.graph.clone(),
-            self.store
-                .clone()
-                .with_group_commit(64, Arc::clone(&self.stats.group_commit)),
-            PipelineSettings {
+        let amqp_url = match &self.broker_relay {
+            Some(relay) => format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port),
+            None => AMQP.to_owned(),
+        };
+        let settings = WorkerSettings {
+            pipeline: PipelineSettings {
                 default_enrichers: EnricherKind::ALL.to_vec(),
                 cache_ttl: Duration::from_secs(3600),
                 normalise: NormaliseOptions::default(),
@@ -430,21 +433,28 @@ impl App {
                 chain_by_default: true,
                 chain: self.chain.clone(),
             },
-        );
-        let amqp_url = match &self.broker_relay {
-            Some(relay) => format!("amqp://guest:guest@127.0.0.1:{}/%2f", relay.port),
-            None => AMQP.to_owned(),
+            consumer: ConsumerSettings {
+                amqp_url: Secret::new(amqp_url),
+                topology: self.topology.clone(),
+                concurrency: self.concurrency,
+                live_prefetch: self.concurrency,
+                max_deliveries,
+                shutdown_timeout: Duration::from_secs(10),
+                exit_when_idle: None,
+            },
+            group_commit: 64,
+            profile_sync_interval: Duration::ZERO,
+            stall_after: Duration::from_secs(600),
         };
-        let settings = ConsumerSettings {
-            amqp_url: Secret::new(amqp_url),
-            topology: self.topology.clone(),
-            concurrency: self.concurrency,
-            live_prefetch: self.concurrency,
-            max_deliveries,
-            shutdown_timeout: Duration::from_secs(10),
-            exit_when_idle: None,
+        let worker = Worker {
+            graph: self.graph.clone(),
+            store: self.store.clone(),
+            settings,
+            stats: Arc::clone(&self.stats),
+            fleet: None,
+            ops_listener: None,
         };
-        consumer::run(pipeline, settings, stopped, Arc::clone(&self.stats))
+        worker.run(stopped)
     }
 
     pub async fn stop_worker(&mut self) {

@@ -366,6 +366,31 @@ pub async fn run(
     inputs: Vec<Box<dyn BufRead + Send>>,
     names: Vec<String>,
 ) -> anyhow::Result<PublishSummary> {
+    let routing_key = check_run(&options, inputs.len(), names.len())?;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<ReadEvent>(1024);
+    std::thread::Builder::new()
+        .name("publish-reader".into())
+        .spawn(move || read_inputs(inputs, sender))
+        .context("cannot start the input reader thread")?;
+    let mut reading = Reading::new(&options, &names, routing_key);
+    while let Some(event) = receiver.recv().await {
+        reading.event(event);
+        if reading.batches.ready_to_send() {
+            if let Err(error) = reading.batches.send(publisher, &mut reading.summary).await {
+                let error = format!("{error}; stopped, the rest of the input was not read");
+                reading.error(error);
+                break;
+            }
+        }
+        reading.progress.update(&reading.summary);
+    }
+    // Stops the reader thread if we left early (its next send fails).
+    drop(receiver);
+    Ok(reading.finish(publisher).await)
+}
+
+/// The options a run can start with; returns the routing key.
+fn check_run(options: &PublishOptions, inputs: usize, names: usize) -> anyhow::Result<String> {
     let max_items = DecodeLimits::default().max_items;
     if options.batch_size == 0 || options.batch_size > max_items {
         bail!(
@@ -373,8 +398,8 @@ pub async fn run(
             options.batch_size
         );
     }
-    if names.len() != inputs.len() {
-        bail!("{} input(s) but {} name(s)", inputs.len(), names.len());
+    if names != inputs {
+        bail!("{inputs} input(s) but {names} name(s)");
     }
     let routing_key = options
         .source
@@ -383,98 +408,118 @@ pub async fn run(
     if routing_key.len() > 255 {
         bail!("the source is used as routing key and must be at most 255 bytes");
     }
+    Ok(routing_key)
+}
 
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<ReadEvent>(1024);
-    std::thread::Builder::new()
-        .name("publish-reader".into())
-        .spawn(move || read_inputs(inputs, sender))
-        .context("cannot start the input reader thread")?;
+/// A run's state as the reader's events come in: what was read, what waits to be sent.
+struct Reading<'a> {
+    options: &'a PublishOptions,
+    names: &'a [String],
+    parser: LineParser<'a>,
+    seen: HashSet<Observable>,
+    batches: Batcher,
+    summary: PublishSummary,
+    progress: Progress,
+    /// The input whose reading failed: its remaining lines are ignored.
+    failed_file: Option<usize>,
+}
 
-    let mut progress = Progress::new(
-        options
-            .progress
-            .unwrap_or_else(|| std::io::stderr().is_terminal()),
-    );
-    let mut summary = PublishSummary::default();
-    let mut parser = LineParser::new(&options);
-    let mut seen = HashSet::new();
-    let mut batches = Batcher::new(&options, routing_key);
-    let mut failed_file: Option<usize> = None;
+impl<'a> Reading<'a> {
+    fn new(options: &'a PublishOptions, names: &'a [String], routing_key: String) -> Self {
+        Reading {
+            options,
+            names,
+            parser: LineParser::new(options),
+            seen: HashSet::new(),
+            batches: Batcher::new(options, routing_key),
+            summary: PublishSummary::default(),
+            progress: Progress::new(
+                options
+                    .progress
+                    .unwrap_or_else(|| std::io::stderr().is_terminal()),
+            ),
+            failed_file: None,
+        }
+    }
 
-    while let Some(event) = receiver.recv().await {
+    fn event(&mut self, event: ReadEvent) {
         match event {
             ReadEvent::Line { file, number, line } => {
-                if failed_file == Some(file) {
-                    continue;
-                }
-                let name = &names[file];
-                match parser.line(name, number, line, &mut seen) {
-                    Outcome::Ignored => continue,
-                    Outcome::Accepted(observable) => {
-                        summary.read += 1;
-                        batches.push(&observable);
-                    }
-                    Outcome::Duplicate => {
-                        summary.read += 1;
-                        summary.duplicates += 1;
-                    }
-                    Outcome::Skipped(skipped) => {
-                        summary.read += 1;
-                        summary.skipped += 1;
-                        if options.report_skipped {
-                            progress.message(&skipped.to_string());
-                        }
-                    }
-                    Outcome::Rejected(rejection) => {
-                        summary.read += 1;
-                        summary.rejected += 1;
-                        if options.report_lines {
-                            progress.message(&format!("rejected {rejection}"));
-                        }
-                    }
-                    Outcome::FileError(error) => {
-                        failed_file = Some(file);
-                        progress.message(&format!("error: {error}"));
-                        summary.errors.push(error);
-                    }
+                if self.failed_file != Some(file) {
+                    let outcome = self
+                        .parser
+                        .line(&self.names[file], number, line, &mut self.seen);
+                    self.count(file, outcome);
                 }
             }
             ReadEvent::EndOfFile { file } => {
-                parser.end_of_file();
-                if failed_file == Some(file) {
-                    failed_file = None;
+                self.parser.end_of_file();
+                if self.failed_file == Some(file) {
+                    self.failed_file = None;
                 }
             }
             ReadEvent::Error { file, error } => {
-                parser.end_of_file();
-                let error = format!("{}: read error: {error}", names[file]);
-                progress.message(&format!("error: {error}"));
-                summary.errors.push(error);
+                self.parser.end_of_file();
+                self.error(format!("{}: read error: {error}", self.names[file]));
             }
         }
-        if batches.ready_to_send() {
-            if let Err(error) = batches.send(publisher, &mut summary).await {
-                let error = format!("{error}; stopped, the rest of the input was not read");
-                progress.message(&format!("error: {error}"));
-                summary.errors.push(error);
-                break;
-            }
-        }
-        progress.update(&summary);
     }
-    // Stops the reader thread if we left early (its next send fails).
-    drop(receiver);
 
-    if batches.sent_ok() {
-        batches.close_current();
-        if let Err(error) = batches.send(publisher, &mut summary).await {
-            progress.message(&format!("error: {error}"));
-            summary.errors.push(error);
+    /// A line's outcome counted, batched and reported as the options say.
+    fn count(&mut self, file: usize, outcome: Outcome) {
+        let summary = &mut self.summary;
+        match outcome {
+            Outcome::Ignored => return,
+            Outcome::FileError(error) => {
+                self.failed_file = Some(file);
+                return self.error(error);
+            }
+            Outcome::Accepted(observable) => self.batches.push(&observable),
+            Outcome::Duplicate => summary.duplicates += 1,
+            Outcome::Skipped(skipped) => {
+                summary.skipped += 1;
+                if self.options.report_skipped {
+                    self.progress.message(&skipped.to_string());
+                }
+            }
+            Outcome::Rejected(rejection) => {
+                summary.rejected += 1;
+                if self.options.report_lines {
+                    self.progress.message(&format!("rejected {rejection}"));
+                }
+            }
         }
+        self.summary.read += 1;
     }
-    summary.not_published += batches.abandon();
-    progress.finish();
-    Ok(summary)
+
+    fn error(&mut self, error: String) {
+        self.progress.message(&format!("error: {error}"));
+        self.summary.errors.push(error);
+    }
+
+    /// The last batch sent unless a send failed before; what was not sent is counted.
+    async fn finish(mut self, publisher: &Publisher) -> PublishSummary {
+        if self.batches.sent_ok() {
+            self.batches.close_current();
+            if let Err(error) = self.batches.send(publisher, &mut self.summary).await {
+                self.error(error);
+            }
+        }
+        self.summary.not_published += self.batches.abandon();
+        self.progress.finish();
+        self.summary
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PublishCmd {
+    #[command(flatten)]
+    pub broker: crate::config::BrokerArgs,
+    /// Where the publication is recorded (optional: without it the publish still happens)
+    #[command(flatten)]
+    pub database: crate::config::DatabaseArgs,
+    #[command(flatten)]
+    pub options: PublishArgs,
 }
 
 /// Command-line arguments of `publish`.
@@ -534,12 +579,9 @@ impl PublishArgs {
 /// and return the process exit code (0 only when everything read was published or
 /// deliberately skipped or a duplicate). Postgres is optional: when it does not answer within
 /// a few seconds, one warning says the ledger was not updated and the publish stands.
-pub async fn command(
-    topology: crate::queue::Topology,
-    amqp_url: crate::secret::Secret,
-    database_url: crate::secret::Secret,
-    args: PublishArgs,
-) -> anyhow::Result<i32> {
+pub async fn command(cmd: PublishCmd) -> anyhow::Result<i32> {
+    let (topology, amqp_url) = (cmd.broker.topology(), cmd.broker.amqp_url);
+    let (database_url, args) = (cmd.database.database_url, cmd.options);
     let options = args.options();
     let (inputs, names) = open_inputs(&args.files)?;
     let url = amqp_url.expose();
@@ -727,6 +769,16 @@ enum Outcome {
     FileError(String),
 }
 
+/// Line `number` of `file` rejected, echoing at most [`ECHO_CHARS`] of its input.
+fn rejected(file: &str, number: usize, input: &str, reason: String) -> Outcome {
+    Outcome::Rejected(Rejection {
+        file: file.to_string(),
+        line: number,
+        input: truncate_chars(input, ECHO_CHARS),
+        reason,
+    })
+}
+
 /// Turns lines into outcomes; the state is the CSV header of the current input.
 struct LineParser<'a> {
     options: &'a PublishOptions,
@@ -761,18 +813,12 @@ impl<'a> LineParser<'a> {
         line: RawLine,
         seen: &mut HashSet<Observable>,
     ) -> Outcome {
-        let reject = |input: &str, reason: String| {
-            Outcome::Rejected(Rejection {
-                file: file.to_string(),
-                line: number,
-                input: truncate_chars(input, ECHO_CHARS),
-                reason,
-            })
-        };
         let text = match std::str::from_utf8(&line.bytes) {
             Ok(text) => text,
             Err(error) => {
-                return reject(
+                return rejected(
+                    file,
+                    number,
                     &String::from_utf8_lossy(&line.bytes),
                     format!(
                         "not valid UTF-8 (invalid byte sequence at byte {})",
@@ -786,42 +832,60 @@ impl<'a> LineParser<'a> {
             return Outcome::Ignored;
         }
         if line.too_long {
-            return reject(trimmed, format!("line longer than {MAX_LINE_BYTES} bytes"));
+            let reason = format!("line longer than {MAX_LINE_BYTES} bytes");
+            return rejected(file, number, trimmed, reason);
         }
+        match self.value(file, number, text, trimmed) {
+            Ok((value, declared)) => self.normalised(file, number, &value, declared, seen),
+            Err(outcome) => outcome,
+        }
+    }
 
-        let (value, declared) = match self.options.format {
-            InputFormat::Lines => (trimmed.to_string(), self.options.kind),
+    /// The observable a line holds in the input's format, and its declared kind; or what the
+    /// line amounts to when it holds none (a rejection, a CSV header).
+    fn value(
+        &mut self,
+        file: &str,
+        number: usize,
+        text: &str,
+        trimmed: &str,
+    ) -> Result<(String, Option<ObservableKind>), Outcome> {
+        let reject = |reason: String| rejected(file, number, trimmed, reason);
+        match self.options.format {
+            InputFormat::Lines => Ok((trimmed.to_string(), self.options.kind)),
             InputFormat::Csv => {
-                let fields = match split_csv(text) {
-                    Ok(fields) => fields,
-                    Err(reason) => return reject(trimmed, reason),
-                };
+                let fields = split_csv(text).map_err(reject)?;
                 let Some(index) = self.csv_index else {
-                    return self.read_header(file, number, &fields);
+                    return Err(self.read_header(file, number, &fields));
                 };
                 match fields.get(index).map(|field| field.trim()) {
-                    None => {
-                        return reject(
-                            trimmed,
-                            format!(
-                                "no column {} (the line has {} column(s))",
-                                index + 1,
-                                fields.len()
-                            ),
-                        )
-                    }
-                    Some("") => return reject(trimmed, format!("column {} is empty", index + 1)),
-                    Some(value) => (value.to_string(), self.options.kind),
+                    None => Err(reject(format!(
+                        "no column {} (the line has {} column(s))",
+                        index + 1,
+                        fields.len()
+                    ))),
+                    Some("") => Err(reject(format!("column {} is empty", index + 1))),
+                    Some(value) => Ok((value.to_string(), self.options.kind)),
                 }
             }
             InputFormat::Jsonl => match json_line(trimmed) {
-                Ok((value, kind)) => (value, kind.or(self.options.kind)),
-                Err(reason) => return reject(trimmed, reason),
+                Ok((value, kind)) => Ok((value, kind.or(self.options.kind))),
+                Err(reason) => Err(reject(reason)),
             },
-        };
+        }
+    }
 
-        match normalise(&value, declared, &self.normalise_options) {
-            Err(invalid) => reject(&value, invalid.to_string()),
+    /// A value normalised: accepted the first time it is seen, a duplicate after.
+    fn normalised(
+        &self,
+        file: &str,
+        number: usize,
+        value: &str,
+        declared: Option<ObservableKind>,
+        seen: &mut HashSet<Observable>,
+    ) -> Outcome {
+        match normalise(value, declared, &self.normalise_options) {
+            Err(invalid) => rejected(file, number, value, invalid.to_string()),
             Ok(Normalised::Skipped { observable, reason }) => Outcome::Skipped(SkippedLine {
                 file: file.to_string(),
                 line: number,
