@@ -45,8 +45,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 500;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Messages published before waiting for their confirms.
 const MESSAGES_IN_FLIGHT: usize = 8;
-/// Routing key when no source is given.
-pub const DEFAULT_ROUTING_KEY: &str = "publish";
+pub use crate::queue::DEFAULT_ROUTING_KEY;
 
 /// How input lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

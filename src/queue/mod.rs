@@ -16,7 +16,8 @@ pub mod topology;
 pub use message::{decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest};
 pub use publisher::{lane_of, BatchFailure, PublishError, Publisher, PublisherConnection};
 pub use topology::{
-    attempt_of, Topology, ATTEMPT_HEADER, LANE_HEADER, REASON_CODE_HEADER, REASON_HEADER,
+    attempt_of, Topology, ATTEMPT_HEADER, DEFAULT_ROUTING_KEY, LANE_HEADER, REASON_CODE_HEADER,
+    REASON_HEADER,
 };
 
 /// Connect to the broker at `amqp_url`, with lapin's default connection properties.
