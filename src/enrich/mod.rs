@@ -4,6 +4,9 @@
 //! [`enrich`] runs the chosen enrichers for one observable concurrently (they share the client's
 //! rate limiter, so concurrency here only overlaps waiting) and returns one [`EnricherResult`]
 //! each. This module knows no broker and no database.
+//!
+//! Each enricher is a module of its own (its Graph call and its mapping), listed once in the
+//! `enrichers!` table below, from which [`EnricherKind`] and the dispatch follow.
 
 pub mod country;
 pub mod extract;
