@@ -8,6 +8,7 @@
 //! [`GraphStats`]: crate::graph::GraphStats
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,35 +119,75 @@ async fn healthz() -> Response {
 /// Ready when the broker connection is up, the consumer takes deliveries and Postgres answers;
 /// otherwise 503 naming what is not.
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
-    let broker = WorkerStats::is(&ops.stats.broker_connected);
-    let consumer = WorkerStats::is(&ops.stats.consuming);
-    let postgres = match tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, ops.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!(
-            "no answer to SELECT 1 within {POSTGRES_PROBE_TIMEOUT:?}"
-        )),
-    };
-    let mut not_ready = Vec::new();
-    let mut checks = serde_json::Map::new();
-    let mut check = |name: &str, result: Result<(), String>| {
+    // The worker's flags are read before Postgres is asked, so a slow probe does not stand
+    // between them.
+    let broker = broker_check(&ops.stats);
+    let consumer = consumer_check(&ops.stats);
+    let postgres = postgres_check(&ops.store).await;
+    let mut checks = Readiness::default();
+    checks.record("broker", broker);
+    checks.record("postgres", postgres);
+    checks.record("consumer", consumer);
+    checks.record("progress", progress_check());
+    // Without a profile index the worker still works (reputation rules only): reported, but
+    // no reason to take it out of service.
+    if let Some(problem) = ops.stats.profiles_problem() {
+        checks.note(
+            "profiles",
+            format!("degraded: no intel profile index ({problem})"),
+        );
+    }
+    checks.into_response()
+}
+
+/// What `/readyz` found: each check's `ok` or problem, and the names of those that failed.
+#[derive(Default)]
+struct Readiness {
+    not_ready: Vec<String>,
+    checks: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Readiness {
+    fn record(&mut self, name: &str, result: Result<(), String>) {
         let value = match result {
             Ok(()) => json!("ok"),
             Err(problem) => {
-                not_ready.push(name.to_owned());
+                self.not_ready.push(name.to_owned());
                 json!(problem)
             }
         };
-        checks.insert(name.to_owned(), value);
-    };
-    check(
-        "broker",
-        broker
-            .then_some(())
-            .ok_or_else(|| "no broker connection".to_owned()),
-    );
-    check("postgres", postgres);
-    let consumer = match (consumer, ops.stats.pause()) {
+        self.checks.insert(name.to_owned(), value);
+    }
+
+    /// A problem reported without making the worker not ready.
+    fn note(&mut self, name: &str, problem: String) {
+        self.checks.insert(name.to_owned(), json!(problem));
+    }
+
+    fn into_response(self) -> Response {
+        let ready = self.not_ready.is_empty();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = json!({
+            "ready": ready,
+            "not_ready": self.not_ready,
+            "checks": self.checks,
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+fn broker_check(stats: &WorkerStats) -> Result<(), String> {
+    WorkerStats::is(&stats.broker_connected)
+        .then_some(())
+        .ok_or_else(|| "no broker connection".to_owned())
+}
+
+fn consumer_check(stats: &WorkerStats) -> Result<(), String> {
+    match (WorkerStats::is(&stats.consuming), stats.pause()) {
         (_, Some(pause)) => Err(format!(
             "paused for {:.0}s: {} is down for every message ({})",
             pause.since.elapsed().as_secs_f64(),
@@ -155,53 +196,96 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         )),
         (true, None) => Ok(()),
         (false, None) => Err("not consuming".to_owned()),
-    };
-    check("consumer", consumer);
-    let progress = crate::progress::global();
-    check(
-        "progress",
-        if progress.stalled() {
-            Err(format!(
-                "stalled: nothing moved for {}s with {} message(s) in hand",
-                progress.idle_for().as_secs(),
-                progress.in_flight()
-            ))
-        } else {
-            Ok(())
-        },
-    );
-    // Without a profile index the worker still works (reputation rules only): reported, but
-    // no reason to take it out of service.
-    if let Some(problem) = ops.stats.profiles_problem() {
-        checks.insert(
-            "profiles".into(),
-            json!(format!("degraded: no intel profile index ({problem})")),
-        );
     }
-    let status = if not_ready.is_empty() {
-        StatusCode::OK
+}
+
+async fn postgres_check(store: &Store) -> Result<(), String> {
+    match tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "no answer to SELECT 1 within {POSTGRES_PROBE_TIMEOUT:?}"
+        )),
+    }
+}
+
+fn progress_check() -> Result<(), String> {
+    let progress = crate::progress::global();
+    if progress.stalled() {
+        Err(format!(
+            "stalled: nothing moved for {}s with {} message(s) in hand",
+            progress.idle_for().as_secs(),
+            progress.in_flight()
+        ))
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
-        "ready": not_ready.is_empty(),
-        "not_ready": not_ready,
-        "checks": checks,
-    });
-    (status, Json(body)).into_response()
+        Ok(())
+    }
+}
+
+/// A worker counter as a sample value.
+fn count(counter: &AtomicU64) -> f64 {
+    WorkerStats::get(counter) as f64
+}
+
+/// A worker flag as a gauge's 1 or 0.
+fn flag(set: &AtomicBool) -> f64 {
+    if WorkerStats::is(set) {
+        1.0
+    } else {
+        0.0
+    }
 }
 
 /// Every metric of the worker, as one scrape.
+pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBacklog>) -> String {
+    let mut out = Exposition::new();
+    message_metrics(&mut out, graph, stats);
+    event_metrics(&mut out, stats, backlog);
+    commit_metrics(&mut out, stats);
+    pause_metrics(&mut out, stats);
+    liveness_metrics(&mut out, stats);
+    graph_response_metrics(&mut out, graph);
+    graph_wait_metrics(&mut out, graph);
+    out.finish()
+}
+
+/// Deliveries taken and their outcomes, per lane, and the observables of done messages.
+fn message_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) {
+    out.counter_value(
+        "mdti_messages_received_total",
+        "Deliveries taken from the work queue.",
+        count(&stats.messages),
+    );
+    out.counter(
+        "mdti_messages_total",
+        "Deliveries by outcome: done (acked after the Postgres commit; its bad items, if any, also went to the dead-letter queue), retried (sent to the retry queue), dead_lettered (a whole message, or the bad items of a done one), requeued (handed back to the broker because its retry or dead-letter copy could not be published).",
+        &[
+            (&[("outcome", "done")], stats.done() as f64),
+            (&[("outcome", "retried")], count(&stats.retried)),
+            (&[("outcome", "dead_lettered")], count(&stats.dead_lettered)),
+            (&[("outcome", "requeued")], count(&stats.requeued)),
+        ],
+    );
+    lane_metrics(out, graph, stats);
+    out.counter(
+        "mdti_observables_total",
+        "Observables of done messages by status: enriched from Graph, cached (answered from Postgres within --cache-ttl), skipped (non-public), rejected (bad input).",
+        &[
+            (&[("status", "enriched")], count(&stats.enriched)),
+            (&[("status", "cached")], count(&stats.cached)),
+            (&[("status", "skipped")], count(&stats.skipped)),
+            (&[("status", "rejected")], count(&stats.rejected_items)),
+        ],
+    );
+}
+
 /// Per lane: messages done, messages waiting in the lane's queues, Graph requests made.
 fn lane_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) {
     const LABELS: [Labels<'static>; 2] = [&[("lane", "live")], &[("lane", "bulk")]];
-    let per_lane = |counters: &[std::sync::atomic::AtomicU64; 2]| -> Vec<(Labels<'_>, f64)> {
+    let per_lane = |counters: &[AtomicU64; 2]| -> Vec<(Labels<'_>, f64)> {
         Lane::ALL
             .iter()
-            .map(|lane| {
-                let count = WorkerStats::get(&counters[lane.index()]) as f64;
-                (LABELS[lane.index()], count)
-            })
+            .map(|lane| (LABELS[lane.index()], count(&counters[lane.index()])))
             .collect()
     };
     out.counter(
@@ -221,54 +305,26 @@ fn lane_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) 
     );
 }
 
-pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBacklog>) -> String {
-    let get = |counter| WorkerStats::get(counter) as f64;
-    let mut out = Exposition::new();
-
-    out.counter_value(
-        "mdti_messages_received_total",
-        "Deliveries taken from the work queue.",
-        get(&stats.messages),
-    );
-    out.counter(
-        "mdti_messages_total",
-        "Deliveries by outcome: done (acked after the Postgres commit; its bad items, if any, also went to the dead-letter queue), retried (sent to the retry queue), dead_lettered (a whole message, or the bad items of a done one), requeued (handed back to the broker because its retry or dead-letter copy could not be published).",
-        &[
-            (&[("outcome", "done")], stats.done() as f64),
-            (&[("outcome", "retried")], get(&stats.retried)),
-            (&[("outcome", "dead_lettered")], get(&stats.dead_lettered)),
-            (&[("outcome", "requeued")], get(&stats.requeued)),
-        ],
-    );
-    lane_metrics(&mut out, graph, stats);
-    out.counter(
-        "mdti_observables_total",
-        "Observables of done messages by status: enriched from Graph, cached (answered from Postgres within --cache-ttl), skipped (non-public), rejected (bad input).",
-        &[
-            (&[("status", "enriched")], get(&stats.enriched)),
-            (&[("status", "cached")], get(&stats.cached)),
-            (&[("status", "skipped")], get(&stats.skipped)),
-            (&[("status", "rejected")], get(&stats.rejected_items)),
-        ],
-    );
+/// Attribution events announced, what profile syncs matched back, and the outbox's backlog.
+fn event_metrics(out: &mut Exposition, stats: &WorkerStats, backlog: Option<OutboxBacklog>) {
     out.counter_value(
         "mdti_attribution_events_total",
         "Attribution events (one per observable and actor, again on a band change or a new kind of evidence) this worker's outbox relay published (confirmed by the broker) and marked announced.",
-        get(&stats.outbox.announced),
+        count(&stats.outbox.announced),
     );
     out.counter(
         "mdti_retro_matched_total",
         "What profile syncs matched back against stored observables: new indicators, stored observables linked to them, hits written.",
         &[
-            (&[("what", "indicators")], get(&stats.retro.indicators)),
-            (&[("what", "observables")], get(&stats.retro.observables)),
-            (&[("what", "hits")], get(&stats.retro.hits)),
+            (&[("what", "indicators")], count(&stats.retro.indicators)),
+            (&[("what", "observables")], count(&stats.retro.observables)),
+            (&[("what", "hits")], count(&stats.retro.hits)),
         ],
     );
     out.counter_value(
         "mdti_event_relay_failures_total",
         "Outbox relay passes that stopped on a broker or Postgres failure; their events stay owed for a later pass.",
-        get(&stats.outbox.failed_passes),
+        count(&stats.outbox.failed_passes),
     );
     if let Some(backlog) = backlog {
         out.gauge(
@@ -282,36 +338,45 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
             &[(&[], backlog.oldest_age_seconds)],
         );
     }
+}
+
+/// Panicked tasks, cached reputations, group commits, broker reconnects and suspended
+/// deliveries.
+fn commit_metrics(out: &mut Exposition, stats: &WorkerStats) {
     out.counter_value(
         "mdti_message_panics_total",
         "Message tasks that panicked (a bug); each delivery went to the retry queue with reason code internal_error.",
-        get(&stats.panics),
+        count(&stats.panics),
     );
     out.counter_value(
         "mdti_reputation_cache_hits_total",
         "Reputations chaining read from the Postgres cache instead of asking Graph.",
-        get(&stats.reputation_cache_hits),
+        count(&stats.reputation_cache_hits),
     );
     out.counter_value(
         "mdti_result_messages_committed_total",
         "Messages whose results were committed to Postgres through group commit.",
-        get(&stats.group_commit.committed),
+        count(&stats.group_commit.committed),
     );
     out.counter_value(
         "mdti_result_transactions_total",
         "Postgres transactions that committed messages' results (several messages each under load).",
-        get(&stats.group_commit.transactions),
+        count(&stats.group_commit.transactions),
     );
     out.counter_value(
         "mdti_broker_reconnects_total",
         "Broker sessions lost and rebuilt.",
-        get(&stats.reconnects),
+        count(&stats.reconnects),
     );
     out.counter_value(
         "mdti_messages_suspended_total",
         "Deliveries handed back to the queue without counting an attempt because Postgres or Graph was down for every message.",
-        get(&stats.suspended),
+        count(&stats.suspended),
     );
+}
+
+/// Whether consumption is paused, on which dependency, and for how long in all.
+fn pause_metrics(out: &mut Exposition, stats: &WorkerStats) {
     let paused_on = stats.pause().map(|pause| pause.dependency);
     let labels: Vec<[(&str, &str); 1]> = Dependency::ALL
         .iter()
@@ -332,6 +397,10 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "Seconds consumption spent paused because a service was down for every message.",
         stats.paused_seconds(),
     );
+}
+
+/// Progress, the profile index, the broker connection and the consumer.
+fn liveness_metrics(out: &mut Exposition, stats: &WorkerStats) {
     let progress = crate::progress::global();
     out.gauge(
         "mdti_stalled",
@@ -343,7 +412,6 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "Seconds since the last Graph answer, commit or ack.",
         &[(&[], progress.idle_for().as_secs_f64())],
     );
-    let flag = |f| if WorkerStats::is(f) { 1.0 } else { 0.0 };
     out.gauge(
         "mdti_intel_profiles_loaded",
         "1 once the intel profile index is loaded (from Postgres or a first sync); 0 while chaining matches reputation rules only.",
@@ -359,9 +427,11 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "1 while the consumer takes deliveries.",
         &[(&[], flag(&stats.consuming))],
     );
+}
 
-    let graph_stats = graph.stats();
-    let responses = graph_stats.responses();
+/// Graph requests by endpoint and HTTP status.
+fn graph_response_metrics(out: &mut Exposition, graph: &GraphClient) {
+    let responses = graph.stats().responses();
     let statuses: Vec<String> = responses
         .iter()
         .map(|(_, status, _)| status.map_or_else(|| "none".to_owned(), |s| s.to_string()))
@@ -385,9 +455,13 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "Graph requests by endpoint and HTTP status (status \"none\": no answer, e.g. a timeout, a refused connection or a TLS failure). Every attempt counts.",
         &samples,
     );
+}
+
+/// Throttling, waiting, retries and latency of Graph requests.
+fn graph_wait_metrics(out: &mut Exposition, graph: &GraphClient) {
+    let graph_stats = graph.stats();
     let seconds = |micros: u64| micros as f64 / 1e6;
-    let load =
-        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     out.counter_value(
         "mdti_graph_throttled_total",
         "Graph answers asking the client to wait: 429, or 503/504 with Retry-After.",
@@ -429,7 +503,6 @@ pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBa
         "Graph request latency, from sending to the last byte of the answer (or the failure).",
         &graph_stats.latency.snapshot(),
     );
-    out.finish()
 }
 
 #[cfg(test)]

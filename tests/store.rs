@@ -137,6 +137,89 @@ async fn migrations_apply_on_a_fresh_database() {
     assert_eq!(db.store.run_count().await.unwrap(), 0);
 }
 
+/// Checks on `enricher_results.enricher`: the enricher names are known to the code alone.
+async fn enricher_checks(db: &TestDb) -> i64 {
+    db.query_count(
+        "SELECT count(*) FROM pg_constraint \
+         WHERE conrelid = 'enricher_results'::regclass AND contype = 'c' \
+           AND pg_get_constraintdef(oid) LIKE '%enricher%'",
+    )
+    .await
+}
+
+/// A result stored under an enricher name the first schema did not list.
+async fn store_result_of_an_unlisted_enricher(db: &TestDb) {
+    let pool = db.store.pool();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO observables (kind, value) VALUES ('domain', 'contoso.com') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO enricher_results (observable_id, enricher, found) VALUES ($1, $2, true)",
+    )
+    .bind(id)
+    .bind("certificates")
+    .execute(pool)
+    .await
+    .expect("any enricher name is stored");
+    assert_eq!(
+        db.query_count("SELECT count(*) FROM enricher_results WHERE enricher = 'certificates'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_latest_schema_stores_any_enricher_name() {
+    let db = TestDb::new().await;
+    assert_eq!(enricher_checks(&db).await, 0);
+    store_result_of_an_unlisted_enricher(&db).await;
+}
+
+#[tokio::test]
+async fn a_database_at_the_previous_schema_drops_its_enricher_check() {
+    // A database of its own, migrated only up to 0012, as one deployed before 0013 is.
+    let db = TestDb::new().await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let name = format!("{}_old", db.name);
+    url.set_path(&name);
+    Store::create_database_if_missing(url.as_str())
+        .await
+        .unwrap();
+    let old = TestDb {
+        store: Store::connect(url.as_str(), 2).await.unwrap(),
+        name,
+        url: url.to_string(),
+        admin_url: db.admin_url.clone(),
+    };
+    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
+        .await
+        .unwrap();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 13)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(old.store.pool()).await.unwrap();
+    assert_eq!(
+        old.query_count(
+            "SELECT count(*) FROM pg_constraint \
+             WHERE conname = 'enricher_results_enricher_check'"
+        )
+        .await,
+        1,
+        "0001's check, under the name Postgres gave it"
+    );
+
+    old.store.migrate().await.unwrap();
+    assert_eq!(enricher_checks(&old).await, 0);
+    store_result_of_an_unlisted_enricher(&old).await;
+}
+
 #[tokio::test]
 async fn create_database_if_missing_is_idempotent() {
     let db = TestDb::new().await;

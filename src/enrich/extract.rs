@@ -132,6 +132,11 @@ pub fn host_extract(value: &str) -> Option<(ExtractKind, String)> {
     }
 }
 
+/// A Graph text field with something in it, trimmed.
+pub(super) fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

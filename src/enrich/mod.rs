@@ -4,6 +4,9 @@
 //! [`enrich`] runs the chosen enrichers for one observable concurrently (they share the client's
 //! rate limiter, so concurrency here only overlaps waiting) and returns one [`EnricherResult`]
 //! each. This module knows no broker and no database.
+//!
+//! Each enricher is a module of its own (its Graph call and its mapping), listed once in the
+//! `enrichers!` table below, from which [`EnricherKind`] and the dispatch follow.
 
 pub mod country;
 pub mod extract;
@@ -22,37 +25,64 @@ use crate::graph::model::PassiveDnsRecord;
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
 use crate::observable::Observable;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EnricherKind {
-    Whois,
-    PassiveDns,
-    Host,
-    HostPair,
-    Subdomains,
-    Reputation,
+/// Builds [`EnricherKind`] and everything that follows from the list of enrichers: each
+/// enricher's module, its name, the other spellings it is known by, and the dispatch to the
+/// module's `fetch`.
+macro_rules! enrichers {
+    ($($variant:ident => $module:ident as $name:literal $(, also $($alias:literal),+)?;)+) => {
+        $(mod $module;)+
+
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum EnricherKind {
+            $(#[serde(rename = $name)] $variant,)+
+        }
+
+        /// Every enricher's name, in the order of the list.
+        const NAMES: &[&str] = &[$($name),+];
+
+        impl EnricherKind {
+            pub const ALL: [EnricherKind; NAMES.len()] = [$(EnricherKind::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EnricherKind::$variant => $name,)+
+                }
+            }
+
+            /// The spellings accepted besides the name.
+            fn aliases(self) -> &'static [&'static str] {
+                match self {
+                    $(EnricherKind::$variant => &[$($($alias),+)?],)+
+                }
+            }
+
+            /// Ask Graph and fill `result` with what this enricher maps from the answer.
+            async fn fetch(
+                self,
+                graph: &GraphClient,
+                key: &str,
+                limits: PageLimits,
+                result: &mut EnricherResult,
+            ) -> Result<(), GraphError> {
+                match self {
+                    $(EnricherKind::$variant => $module::fetch(graph, key, limits, result).await,)+
+                }
+            }
+        }
+    };
 }
 
-impl EnricherKind {
-    pub const ALL: [EnricherKind; 6] = [
-        EnricherKind::Whois,
-        EnricherKind::PassiveDns,
-        EnricherKind::Host,
-        EnricherKind::HostPair,
-        EnricherKind::Subdomains,
-        EnricherKind::Reputation,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EnricherKind::Whois => "whois",
-            EnricherKind::PassiveDns => "passive_dns",
-            EnricherKind::Host => "host",
-            EnricherKind::HostPair => "host_pair",
-            EnricherKind::Subdomains => "subdomains",
-            EnricherKind::Reputation => "reputation",
-        }
-    }
+// The enrichers, in the order `ALL` lists them. Each line: the variant, the module under
+// `src/enrich/` with its `fetch` and its mapping, the name it is stored and serialised under,
+// and the other spellings `--enrichers` accepts (compared as names are: case, `_` and `-`
+// aside). A new enricher is its module and one line here.
+enrichers! {
+    Whois => whois as "whois";
+    PassiveDns => passive_dns as "passive_dns", also "pdns";
+    Host => host as "host";
+    HostPair => host_pair as "host_pair", also "hostpairs";
+    Subdomains => subdomains as "subdomains", also "subdomain";
+    Reputation => reputation as "reputation";
 }
 
 impl fmt::Display for EnricherKind {
@@ -61,30 +91,30 @@ impl fmt::Display for EnricherKind {
     }
 }
 
+/// A spelling of an enricher as it is compared: trimmed, lowercase, without `_` or `-`.
+fn fold(text: &str) -> String {
+    text.trim()
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 impl FromStr for EnricherKind {
     type Err = String;
 
     /// Accepts the snake_case names and the Graph-style spellings (`passiveDns`, `hostPairs`).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let folded: String = text
-            .trim()
-            .chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect();
-        Ok(match folded.as_str() {
-            "whois" => EnricherKind::Whois,
-            "passivedns" | "pdns" => EnricherKind::PassiveDns,
-            "host" => EnricherKind::Host,
-            "hostpair" | "hostpairs" => EnricherKind::HostPair,
-            "subdomains" | "subdomain" => EnricherKind::Subdomains,
-            "reputation" => EnricherKind::Reputation,
-            _ => {
-                return Err(format!(
-                    "unknown enricher {:?}; expected one of whois, passive_dns, host, host_pair, subdomains, reputation",
-                    text.chars().take(40).collect::<String>()
-                ))
-            }
+        let folded = fold(text);
+        let spelled = |kind: &EnricherKind| {
+            fold(kind.as_str()) == folded || kind.aliases().iter().any(|a| fold(a) == folded)
+        };
+        EnricherKind::ALL.into_iter().find(spelled).ok_or_else(|| {
+            format!(
+                "unknown enricher {:?}; expected one of {}",
+                text.chars().take(40).collect::<String>(),
+                NAMES.join(", ")
+            )
         })
     }
 }
@@ -187,35 +217,39 @@ async fn run_one(
     limits: PageLimits,
 ) -> Result<EnricherResult, GraphError> {
     let mut result = EnricherResult::empty(enricher, true);
-    match enricher {
-        EnricherKind::Whois => match graph.whois(key).await? {
-            Some(record) => (result.indicator, result.extracts) = mapping::whois(&record),
-            None => result.found = false,
-        },
-        EnricherKind::Host => match graph.host(key).await? {
-            Some(record) => result.extracts = mapping::host(&record),
-            None => result.found = false,
-        },
-        EnricherKind::Reputation => match graph.reputation(key).await? {
-            Some(record) => result.reputation = Some(mapping::reputation(&record)),
-            None => result.found = false,
-        },
-        EnricherKind::PassiveDns => {
-            let page = graph.passive_dns(key, limits).await?;
-            (result.found, result.truncated) = (page.found, page.truncated);
-            result.extracts = mapping::passive_dns(&page.items);
-            result.passive_dns = Some(page);
-        }
-        EnricherKind::HostPair => {
-            let page = graph.host_pairs(key, limits).await?;
-            (result.found, result.truncated) = (page.found, page.truncated);
-            result.extracts = mapping::host_pairs(&page.items);
-        }
-        EnricherKind::Subdomains => {
-            let page = graph.subdomains(key, limits).await?;
-            (result.found, result.truncated) = (page.found, page.truncated);
-            result.extracts = mapping::subdomains(&page.items);
+    enricher.fetch(graph, key, limits, &mut result).await?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_serialise_as_stored() {
+        for kind in EnricherKind::ALL {
+            assert_eq!(kind.as_str().parse::<EnricherKind>(), Ok(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EnricherKind>(&json).unwrap(), kind);
         }
     }
-    Ok(result)
+
+    #[test]
+    fn graph_spellings_and_aliases_are_accepted() {
+        let parsed = |text: &str| text.parse::<EnricherKind>();
+        assert_eq!(parsed("passiveDns"), Ok(EnricherKind::PassiveDns));
+        assert_eq!(parsed(" PDNS "), Ok(EnricherKind::PassiveDns));
+        assert_eq!(parsed("hostPairs"), Ok(EnricherKind::HostPair));
+        assert_eq!(parsed("host-pair"), Ok(EnricherKind::HostPair));
+        assert_eq!(parsed("subdomain"), Ok(EnricherKind::Subdomains));
+        assert_eq!(
+            parsed("dns"),
+            Err(
+                "unknown enricher \"dns\"; expected one of whois, passive_dns, host, \
+                 host_pair, subdomains, reputation"
+                    .to_owned()
+            )
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use sqlx::Row;
+use sqlx::PgPool;
 
 use super::{Store, StoreError};
 use crate::chain::Band;
@@ -61,121 +61,121 @@ fn band(name: &str) -> Result<Band, StoreError> {
     })
 }
 
-impl Store {
-    pub async fn summary(&self) -> Result<Summary, StoreError> {
-        let pool = self.pool();
-        let runs_by_status = sqlx::query(
-            "SELECT status, count(*) FROM enrichment_runs GROUP BY status ORDER BY status",
-        )
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-        .collect();
-        let extracts_by_kind = sqlx::query(
-            "SELECT kind, count(*) FROM extracts GROUP BY kind ORDER BY count(*) DESC, kind",
-        )
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-        .collect();
-        let indicators: i64 = sqlx::query_scalar("SELECT count(*) FROM indicators")
-            .fetch_one(pool)
-            .await?;
-        let flagged = sqlx::query(
-            "SELECT host, coalesce(classification, ''), score FROM reputations
-             WHERE classification IN ('malicious', 'suspicious') ORDER BY score DESC NULLS LAST, host LIMIT 20",
-        )
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<Option<i32>, _>(2)))
-        .collect();
-        let rejected = sqlx::query(
-            "SELECT input, code, reason FROM (
-                 SELECT DISTINCT ON (input, code) input, code, reason, rejected_at, id
-                 FROM rejected_inputs ORDER BY input, code, rejected_at DESC
-             ) latest ORDER BY rejected_at DESC, id DESC LIMIT 20",
-        )
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<String, _>(2),
-            )
-        })
-        .collect();
-        let skipped = sqlx::query(
-            "SELECT DISTINCT o.value, coalesce(r.detail, '') FROM enrichment_runs r
-             JOIN observables o ON o.id = r.observable_id WHERE r.status = 'skipped' ORDER BY 1 LIMIT 20",
-        )
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
-        .collect();
-        let counted = sqlx::query(
-            "SELECT band, count(*), count(*) FILTER (WHERE announcements > 0) FROM actor_attributions
-             GROUP BY band",
-        )
-        .fetch_all(pool)
-        .await?;
-        let mut bands = Vec::new();
-        for band in Band::ALL.into_iter().rev() {
-            let row = counted
-                .iter()
-                .find(|r| r.get::<String, _>(0) == band.as_str());
-            bands.push(BandCount {
-                band,
-                attributions: row.map_or(0, |r| r.get(1)),
-                announced: row.map_or(0, |r| r.get(2)),
-            });
-        }
-        let mut attributions = Vec::new();
-        for row in sqlx::query(
-            "SELECT a.actor, o.value, a.confidence, a.band, a.announcements,
-                    array_agg(h.artifact ORDER BY h.confidence DESC, h.artifact) AS artifacts,
-                    array_agg(h.confidence ORDER BY h.confidence DESC, h.artifact) AS confidences
-             FROM actor_attributions a
-             JOIN observables o ON o.id = a.observable_id
-             JOIN actor_hits h ON h.observable_id = a.observable_id AND h.actor = a.actor
-             GROUP BY a.id, o.value
-             ORDER BY a.confidence DESC, lower(a.actor), o.value LIMIT $1",
-        )
-        .bind(SUMMARY_ATTRIBUTIONS)
-        .fetch_all(pool)
-        .await?
-        {
-            let artifacts: Vec<String> = row.try_get("artifacts")?;
-            let confidences: Vec<i16> = row.try_get("confidences")?;
-            attributions.push(SummaryAttribution {
-                actor: row.try_get("actor")?,
-                observable: row.try_get("value")?,
-                confidence: row.try_get("confidence")?,
-                band: band(row.try_get("band")?)?,
-                announcements: row.try_get("announcements")?,
-                hits: artifacts.into_iter().zip(confidences).collect(),
-            });
-        }
-        Ok(Summary {
-            bands,
-            attributions,
-            runs_by_status,
-            extracts_by_kind,
-            indicators,
-            flagged,
-            rejected,
-            skipped,
+const RUNS_BY_STATUS_SQL: &str =
+    "SELECT status, count(*) FROM enrichment_runs GROUP BY status ORDER BY status";
+
+const EXTRACTS_BY_KIND_SQL: &str =
+    "SELECT kind, count(*) FROM extracts GROUP BY kind ORDER BY count(*) DESC, kind";
+
+const FLAGGED_SQL: &str = "
+    SELECT host, coalesce(classification, ''), score FROM reputations
+    WHERE classification IN ('malicious', 'suspicious') ORDER BY score DESC NULLS LAST, host LIMIT 20";
+
+const REJECTED_SQL: &str = "
+    SELECT input, code, reason FROM (
+        SELECT DISTINCT ON (input, code) input, code, reason, rejected_at, id
+        FROM rejected_inputs ORDER BY input, code, rejected_at DESC
+    ) latest ORDER BY rejected_at DESC, id DESC LIMIT 20";
+
+const SKIPPED_SQL: &str = "
+    SELECT DISTINCT o.value, coalesce(r.detail, '') FROM enrichment_runs r
+    JOIN observables o ON o.id = r.observable_id WHERE r.status = 'skipped' ORDER BY 1 LIMIT 20";
+
+const BANDS_SQL: &str = "
+    SELECT band, count(*), count(*) FILTER (WHERE announcements > 0) FROM actor_attributions
+    GROUP BY band";
+
+const ATTRIBUTIONS_SQL: &str = "
+    SELECT a.actor, o.value, a.confidence, a.band, a.announcements,
+           array_agg(h.artifact ORDER BY h.confidence DESC, h.artifact) AS artifacts,
+           array_agg(h.confidence ORDER BY h.confidence DESC, h.artifact) AS confidences
+    FROM actor_attributions a
+    JOIN observables o ON o.id = a.observable_id
+    JOIN actor_hits h ON h.observable_id = a.observable_id AND h.actor = a.actor
+    GROUP BY a.id, o.value
+    ORDER BY a.confidence DESC, lower(a.actor), o.value LIMIT $1";
+
+/// One row of [`ATTRIBUTIONS_SQL`]: an attribution and its hits' artifacts and confidences,
+/// strongest first.
+#[derive(sqlx::FromRow)]
+struct AttributionRow {
+    actor: String,
+    value: String,
+    confidence: i16,
+    band: String,
+    announcements: i32,
+    artifacts: Vec<String>,
+    confidences: Vec<i16>,
+}
+
+impl AttributionRow {
+    fn into_summary(self) -> Result<SummaryAttribution, StoreError> {
+        Ok(SummaryAttribution {
+            actor: self.actor,
+            observable: self.value,
+            confidence: self.confidence,
+            band: band(&self.band)?,
+            announcements: self.announcements,
+            hits: self.artifacts.into_iter().zip(self.confidences).collect(),
         })
     }
 }
 
+impl Store {
+    pub async fn summary(&self) -> Result<Summary, StoreError> {
+        let pool = self.pool();
+        Ok(Summary {
+            runs_by_status: sqlx::query_as(RUNS_BY_STATUS_SQL).fetch_all(pool).await?,
+            extracts_by_kind: sqlx::query_as(EXTRACTS_BY_KIND_SQL).fetch_all(pool).await?,
+            indicators: sqlx::query_scalar("SELECT count(*) FROM indicators")
+                .fetch_one(pool)
+                .await?,
+            flagged: sqlx::query_as(FLAGGED_SQL).fetch_all(pool).await?,
+            rejected: sqlx::query_as(REJECTED_SQL).fetch_all(pool).await?,
+            skipped: sqlx::query_as(SKIPPED_SQL).fetch_all(pool).await?,
+            bands: band_counts(pool).await?,
+            attributions: strongest_attributions(pool).await?,
+        })
+    }
+}
+
+/// Attributions per band, high first, each band present.
+async fn band_counts(pool: &PgPool) -> Result<Vec<BandCount>, StoreError> {
+    let counted: Vec<(String, i64, i64)> = sqlx::query_as(BANDS_SQL).fetch_all(pool).await?;
+    Ok(Band::ALL
+        .into_iter()
+        .rev()
+        .map(|band| {
+            let row = counted.iter().find(|(name, ..)| name == band.as_str());
+            BandCount {
+                band,
+                attributions: row.map_or(0, |r| r.1),
+                announced: row.map_or(0, |r| r.2),
+            }
+        })
+        .collect())
+}
+
+async fn strongest_attributions(pool: &PgPool) -> Result<Vec<SummaryAttribution>, StoreError> {
+    let rows: Vec<AttributionRow> = sqlx::query_as(ATTRIBUTIONS_SQL)
+        .bind(SUMMARY_ATTRIBUTIONS)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(AttributionRow::into_summary).collect()
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_counts(f)?;
+        self.write_flagged(f)?;
+        self.write_attributions(f)?;
+        self.write_skipped(f)?;
+        self.write_rejected(f)
+    }
+}
+
+impl Summary {
+    fn write_counts(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let runs: Vec<String> = self
             .runs_by_status
             .iter()
@@ -189,78 +189,105 @@ impl fmt::Display for Summary {
             .iter()
             .map(|(kind, n)| format!("{kind} {n}"))
             .collect();
-        writeln!(f, "  extracts:    {}", extracts.join(", "))?;
-        if !self.flagged.is_empty() {
-            writeln!(f, "  flagged by reputation:")?;
-            for (host, classification, score) in &self.flagged {
-                let score = score.map_or("-".into(), |s| s.to_string());
-                writeln!(f, "    {host:<40} {classification} (score {score})")?;
-            }
+        writeln!(f, "  extracts:    {}", extracts.join(", "))
+    }
+
+    fn write_flagged(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.flagged.is_empty() {
+            return Ok(());
         }
-        let total: i64 = self.bands.iter().map(|b| b.attributions).sum();
-        if total > 0 {
-            let bands: Vec<String> = self
-                .bands
-                .iter()
-                .map(|b| format!("{} {}", b.attributions, b.band))
-                .collect();
-            let announced: i64 = self.bands.iter().map(|b| b.announced).sum();
-            writeln!(
-                f,
-                "  attributions (observable and actor): {}; {announced} announced",
-                bands.join(", ")
-            )?;
-            writeln!(
-                f,
-                "  strongest first (confidence, band, actor, observable via each linking artifact and its hit's confidence):"
-            )?;
-            for a in &self.attributions {
-                // The strongest few: a shared observable can be linked through dozens.
-                let mut hits: Vec<String> = a
-                    .hits
-                    .iter()
-                    .take(SUMMARY_HITS)
-                    .map(|(artifact, confidence)| format!("{artifact} {confidence}"))
-                    .collect();
-                if a.hits.len() > SUMMARY_HITS {
-                    hits.push(format!("{} more", a.hits.len() - SUMMARY_HITS));
-                }
-                let announced = if a.announcements > 0 {
-                    "  [announced]"
-                } else {
-                    ""
-                };
-                writeln!(
-                    f,
-                    "    {:>3} {:<6}  {:<18} {} via {}{announced}",
-                    a.confidence,
-                    a.band.as_str(),
-                    a.actor,
-                    a.observable,
-                    hits.join(", ")
-                )?;
-            }
-            if total > self.attributions.len() as i64 {
-                writeln!(
-                    f,
-                    "    ... and {} more (report, or the dash_attributions view)",
-                    total - self.attributions.len() as i64
-                )?;
-            }
-        }
-        if !self.skipped.is_empty() {
-            writeln!(f, "  skipped:")?;
-            for (value, reason) in &self.skipped {
-                writeln!(f, "    {value:<40} {reason}")?;
-            }
-        }
-        if !self.rejected.is_empty() {
-            writeln!(f, "  rejected:")?;
-            for (input, code, reason) in &self.rejected {
-                let input: String = input.chars().take(40).collect();
-                writeln!(f, "    {input:<40} [{code}] {reason}")?;
-            }
+        writeln!(f, "  flagged by reputation:")?;
+        for (host, classification, score) in &self.flagged {
+            let score = score.map_or("-".into(), |s| s.to_string());
+            writeln!(f, "    {host:<40} {classification} (score {score})")?;
         }
         Ok(())
+    }
+
+    fn write_attributions(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total: i64 = self.bands.iter().map(|b| b.attributions).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let bands: Vec<String> = self
+            .bands
+            .iter()
+            .map(|b| format!("{} {}", b.attributions, b.band))
+            .collect();
+        let announced: i64 = self.bands.iter().map(|b| b.announced).sum();
+        writeln!(
+            f,
+            "  attributions (observable and actor): {}; {announced} announced",
+            bands.join(", ")
+        )?;
+        writeln!(
+            f,
+            "  strongest first (confidence, band, actor, observable via each linking artifact and its hit's confidence):"
+        )?;
+        for attribution in &self.attributions {
+            writeln!(f, "    {attribution}")?;
+        }
+        let listed = self.attributions.len() as i64;
+        if total > listed {
+            writeln!(
+                f,
+                "    ... and {} more (report, or the dash_attributions view)",
+                total - listed
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_skipped(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.skipped.is_empty() {
+            return Ok(());
+        }
+        writeln!(f, "  skipped:")?;
+        for (value, reason) in &self.skipped {
+            writeln!(f, "    {value:<40} {reason}")?;
+        }
+        Ok(())
+    }
+
+    fn write_rejected(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rejected.is_empty() {
+            return Ok(());
+        }
+        writeln!(f, "  rejected:")?;
+        for (input, code, reason) in &self.rejected {
+            let input: String = input.chars().take(40).collect();
+            writeln!(f, "    {input:<40} [{code}] {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for SummaryAttribution {
+    /// One line: confidence, band, actor, and the observable via its strongest few linking
+    /// artifacts (a shared observable can be linked through dozens).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut hits: Vec<String> = self
+            .hits
+            .iter()
+            .take(SUMMARY_HITS)
+            .map(|(artifact, confidence)| format!("{artifact} {confidence}"))
+            .collect();
+        if self.hits.len() > SUMMARY_HITS {
+            hits.push(format!("{} more", self.hits.len() - SUMMARY_HITS));
+        }
+        let announced = if self.announcements > 0 {
+            "  [announced]"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "{:>3} {:<6}  {:<18} {} via {}{announced}",
+            self.confidence,
+            self.band.as_str(),
+            self.actor,
+            self.observable,
+            hits.join(", ")
+        )
     }
 }

@@ -6,7 +6,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{PgPool, Postgres};
 
 use super::{Store, StoreError};
 use crate::chain::Band;
@@ -117,123 +118,139 @@ pub struct RejectionCount {
     pub latest_input: String,
 }
 
+/// Runs and Graph requests summed over whole hours.
+#[derive(sqlx::FromRow)]
+struct Throughput {
+    enriched: i64,
+    cached: i64,
+    skipped: i64,
+    graph_requests: i64,
+}
+
+impl Throughput {
+    /// Runs by outcome, in the order the report prints them.
+    fn outcomes(&self) -> Vec<(String, i64)> {
+        vec![
+            ("cached".to_owned(), self.cached),
+            ("enriched".to_owned(), self.enriched),
+            ("skipped".to_owned(), self.skipped),
+        ]
+    }
+}
+
+const THROUGHPUT_SQL: &str = "\
+    SELECT coalesce(sum(enriched), 0)::bigint AS enriched, \
+           coalesce(sum(cached), 0)::bigint AS cached, \
+           coalesce(sum(skipped), 0)::bigint AS skipped, \
+           coalesce(sum(graph_requests), 0)::bigint AS graph_requests \
+    FROM dash_throughput_hourly WHERE hour >= date_trunc('hour', $1, 'UTC')";
+
+const DAILY_SQL: &str = "\
+    SELECT day, \
+           coalesce(sum(runs) FILTER (WHERE status = 'enriched'), 0)::bigint AS enriched, \
+           coalesce(sum(runs) FILTER (WHERE status = 'cached'), 0)::bigint AS cached, \
+           coalesce(sum(runs) FILTER (WHERE status = 'skipped'), 0)::bigint AS skipped, \
+           sum(graph_requests)::bigint AS graph_requests \
+    FROM dash_enrichments_daily WHERE day >= date_trunc('day', $1, 'UTC') \
+    GROUP BY day ORDER BY day";
+
+const BANDS_SQL: &str =
+    "SELECT band, count(*) FROM dash_attributions WHERE updated_at >= $1 GROUP BY band";
+
+const TOP_ACTORS_SQL: &str = "\
+    SELECT actor, observables, high_observables, medium_observables, low_observables, \
+           best_confidence, artifacts, hits, last_hit_at FROM dash_top_actors \
+    WHERE last_hit_at >= $1 \
+    ORDER BY high_observables DESC, medium_observables DESC, observables DESC, \
+             hits DESC, actor LIMIT $2";
+
+const ATTRIBUTIONS_SQL: &str = "\
+    SELECT updated_at, actor, kind, observable, confidence, band, evidence_kinds, \
+           artifacts, announcements, event_owed FROM dash_attributions \
+    WHERE updated_at >= $1 \
+    ORDER BY confidence DESC, updated_at DESC, actor, observable LIMIT $2";
+
+const RECENT_HITS_SQL: &str = "\
+    SELECT updated_at, actor, observable, artifact, evidence_sources, confidence, band \
+    FROM dash_actor_hits \
+    WHERE updated_at >= $1 ORDER BY updated_at DESC, actor, observable, artifact LIMIT $2";
+
+const REJECTIONS_SQL: &str = "\
+    SELECT code, count(*) AS rejections, \
+           (array_agg(reason ORDER BY rejected_at DESC))[1] AS latest_reason, \
+           (array_agg(input ORDER BY rejected_at DESC))[1] AS latest_input \
+    FROM dash_rejections WHERE rejected_at >= $1 \
+    GROUP BY code ORDER BY count(*) DESC, code";
+
+const LANE_BACKLOG_SQL: &str = "\
+    SELECT lane, ready_messages, observed_at, age_seconds FROM dash_lane_backlog \
+    ORDER BY lane = 'bulk', lane";
+
 impl Store {
     /// The report since `since`, with at most `top` actors and `top` recent hits.
     pub async fn report(&self, since: DateTime<Utc>, top: i64) -> Result<Report, StoreError> {
         let pool = self.pool();
-        let totals = sqlx::query(
-            "SELECT coalesce(sum(enriched), 0)::bigint AS enriched, \
-                    coalesce(sum(cached), 0)::bigint AS cached, \
-                    coalesce(sum(skipped), 0)::bigint AS skipped, \
-                    coalesce(sum(graph_requests), 0)::bigint AS graph_requests \
-             FROM dash_throughput_hourly WHERE hour >= date_trunc('hour', $1, 'UTC')",
-        )
-        .bind(since)
-        .fetch_one(pool)
-        .await?;
-        let cache_hits: i64 = totals.try_get("cached")?;
-        let outcomes = vec![
-            ("cached".to_owned(), cache_hits),
-            ("enriched".to_owned(), totals.try_get("enriched")?),
-            ("skipped".to_owned(), totals.try_get("skipped")?),
-        ];
-
-        let daily = sqlx::query_as::<_, DailyLine>(
-            "SELECT day, \
-                    coalesce(sum(runs) FILTER (WHERE status = 'enriched'), 0)::bigint AS enriched, \
-                    coalesce(sum(runs) FILTER (WHERE status = 'cached'), 0)::bigint AS cached, \
-                    coalesce(sum(runs) FILTER (WHERE status = 'skipped'), 0)::bigint AS skipped, \
-                    sum(graph_requests)::bigint AS graph_requests \
-             FROM dash_enrichments_daily WHERE day >= date_trunc('day', $1, 'UTC') \
-             GROUP BY day ORDER BY day",
-        )
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
-
-        let counted: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT band, count(*) FROM dash_attributions WHERE updated_at >= $1 GROUP BY band",
-        )
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
-        let bands = Band::ALL
-            .iter()
-            .rev()
-            .map(|band| {
-                let n = counted
-                    .iter()
-                    .find(|(name, _)| name == band.as_str())
-                    .map_or(0, |(_, n)| *n);
-                (band.as_str().to_owned(), n)
-            })
-            .collect();
-
-        let top_actors = sqlx::query_as::<_, TopActor>(
-            "SELECT actor, observables, high_observables, medium_observables, low_observables, \
-                    best_confidence, artifacts, hits, last_hit_at FROM dash_top_actors \
-             WHERE last_hit_at >= $1 \
-             ORDER BY high_observables DESC, medium_observables DESC, observables DESC, \
-                      hits DESC, actor LIMIT $2",
-        )
-        .bind(since)
-        .bind(top)
-        .fetch_all(pool)
-        .await?;
-
-        let attributions = sqlx::query_as::<_, AttributionLine>(
-            "SELECT updated_at, actor, kind, observable, confidence, band, evidence_kinds, \
-                    artifacts, announcements, event_owed FROM dash_attributions \
-             WHERE updated_at >= $1 \
-             ORDER BY confidence DESC, updated_at DESC, actor, observable LIMIT $2",
-        )
-        .bind(since)
-        .bind(top)
-        .fetch_all(pool)
-        .await?;
-
-        let recent_hits = sqlx::query_as::<_, RecentHit>(
-            "SELECT updated_at, actor, observable, artifact, evidence_sources, confidence, band \
-             FROM dash_actor_hits \
-             WHERE updated_at >= $1 ORDER BY updated_at DESC, actor, observable, artifact LIMIT $2",
-        )
-        .bind(since)
-        .bind(top)
-        .fetch_all(pool)
-        .await?;
-
-        let rejections = sqlx::query_as::<_, RejectionCount>(
-            "SELECT code, count(*) AS rejections, \
-                    (array_agg(reason ORDER BY rejected_at DESC))[1] AS latest_reason, \
-                    (array_agg(input ORDER BY rejected_at DESC))[1] AS latest_input \
-             FROM dash_rejections WHERE rejected_at >= $1 \
-             GROUP BY code ORDER BY count(*) DESC, code",
-        )
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
-
-        let lane_backlog = sqlx::query_as::<_, LaneBacklog>(
-            "SELECT lane, ready_messages, observed_at, age_seconds FROM dash_lane_backlog \
-             ORDER BY lane = 'bulk', lane",
-        )
-        .fetch_all(pool)
-        .await?;
-
+        let totals: Throughput = sqlx::query_as(THROUGHPUT_SQL)
+            .bind(since)
+            .fetch_one(pool)
+            .await?;
         Ok(Report {
             since,
-            outcomes,
-            graph_requests: totals.try_get("graph_requests")?,
-            cache_hits,
-            daily,
-            bands,
-            top_actors,
-            attributions,
-            recent_hits,
-            rejections,
-            lane_backlog,
+            outcomes: totals.outcomes(),
+            graph_requests: totals.graph_requests,
+            cache_hits: totals.cached,
+            daily: since_query(DAILY_SQL, since).fetch_all(pool).await?,
+            bands: band_counts(pool, since).await?,
+            top_actors: top_query(TOP_ACTORS_SQL, since, top)
+                .fetch_all(pool)
+                .await?,
+            attributions: top_query(ATTRIBUTIONS_SQL, since, top)
+                .fetch_all(pool)
+                .await?,
+            recent_hits: top_query(RECENT_HITS_SQL, since, top)
+                .fetch_all(pool)
+                .await?,
+            rejections: since_query(REJECTIONS_SQL, since).fetch_all(pool).await?,
+            lane_backlog: sqlx::query_as(LANE_BACKLOG_SQL).fetch_all(pool).await?,
         })
     }
+}
+
+type RowsQuery<T> = sqlx::query::QueryAs<'static, Postgres, T, PgArguments>;
+
+/// Rows of `T` written since `since` (the query's `$1`).
+fn since_query<T>(sql: &'static str, since: DateTime<Utc>) -> RowsQuery<T>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).bind(since)
+}
+
+/// The first `top` rows of `T` written since `since` (the query's `$1` and `$2`).
+fn top_query<T>(sql: &'static str, since: DateTime<Utc>, top: i64) -> RowsQuery<T>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    since_query(sql, since).bind(top)
+}
+
+/// Attributions written since `since` by band: high, medium, low, each present.
+async fn band_counts(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let counted: Vec<(String, i64)> = since_query(BANDS_SQL, since).fetch_all(pool).await?;
+    let count = |band: &Band| {
+        counted
+            .iter()
+            .find(|(name, _)| name == band.as_str())
+            .map_or(0, |(_, n)| *n)
+    };
+    Ok(Band::ALL
+        .iter()
+        .rev()
+        .map(|band| (band.as_str().to_owned(), count(band)))
+        .collect())
 }
 
 fn when(at: DateTime<Utc>) -> String {
@@ -272,6 +289,18 @@ impl fmt::Display for LaneBacklog {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "Since {}", when(self.since))?;
+        self.write_totals(f)?;
+        self.write_lane_backlog(f)?;
+        self.write_daily(f)?;
+        self.write_top_actors(f)?;
+        self.write_attributions(f)?;
+        self.write_recent_hits(f)?;
+        self.write_rejections(f)
+    }
+}
+
+impl Report {
+    fn write_totals(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let outcomes: Vec<String> = self
             .outcomes
             .iter()
@@ -282,7 +311,10 @@ impl fmt::Display for Report {
             f,
             "  Graph:           {} requests, {} cache hits",
             self.graph_requests, self.cache_hits
-        )?;
+        )
+    }
+
+    fn write_lane_backlog(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "\n  backlog now (ready in each lane's work and retry queues, as a worker last counted):"
@@ -290,23 +322,32 @@ impl fmt::Display for Report {
         for lane in &self.lane_backlog {
             writeln!(f, "    {lane}")?;
         }
-        if !self.daily.is_empty() {
+        Ok(())
+    }
+
+    fn write_daily(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.daily.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "\n  day (UTC)     enriched   cached  skipped  Graph requests"
+        )?;
+        for line in &self.daily {
             writeln!(
                 f,
-                "\n  day (UTC)     enriched   cached  skipped  Graph requests"
+                "  {}  {:>8} {:>8} {:>8} {:>15}",
+                line.day.format("%Y-%m-%d"),
+                line.enriched,
+                line.cached,
+                line.skipped,
+                line.graph_requests
             )?;
-            for line in &self.daily {
-                writeln!(
-                    f,
-                    "  {}  {:>8} {:>8} {:>8} {:>15}",
-                    line.day.format("%Y-%m-%d"),
-                    line.enriched,
-                    line.cached,
-                    line.skipped,
-                    line.graph_requests
-                )?;
-            }
         }
+        Ok(())
+    }
+
+    fn write_top_actors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "\n  top actors, by observables attributed with high, medium, low confidence:"
@@ -335,6 +376,10 @@ impl fmt::Display for Report {
                 when(actor.last_hit_at)
             )?;
         }
+        Ok(())
+    }
+
+    fn write_attributions(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bands: Vec<String> = self
             .bands
             .iter()
@@ -346,40 +391,43 @@ impl fmt::Display for Report {
             bands.join(", ")
         )?;
         for line in &self.attributions {
-            let event = if line.event_owed {
-                "event owed".to_owned()
-            } else if line.announcements > 0 {
-                format!("announced {}x", line.announcements)
-            } else {
-                "not announced".to_owned()
-            };
             writeln!(
                 f,
-                "    {:>3} {:<6}  {:<20} {}  {} artifact(s) [{}]  {event}",
+                "    {:>3} {:<6}  {:<20} {}  {} artifact(s) [{}]  {}",
                 line.confidence,
                 line.band,
                 line.actor,
                 line.observable,
                 line.artifacts,
-                line.evidence_kinds.join(", ")
+                line.evidence_kinds.join(", "),
+                line.event()
             )?;
         }
-        if !self.recent_hits.is_empty() {
-            writeln!(f, "\n  recent actor hits:")?;
-            for hit in &self.recent_hits {
-                writeln!(
-                    f,
-                    "    {}  {:>3} {:<6}  {:<20} {} via {} [{}]",
-                    when(hit.updated_at),
-                    hit.confidence,
-                    hit.band,
-                    hit.actor,
-                    hit.observable,
-                    hit.artifact,
-                    hit.evidence_sources.join(", ")
-                )?;
-            }
+        Ok(())
+    }
+
+    fn write_recent_hits(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.recent_hits.is_empty() {
+            return Ok(());
         }
+        writeln!(f, "\n  recent actor hits:")?;
+        for hit in &self.recent_hits {
+            writeln!(
+                f,
+                "    {}  {:>3} {:<6}  {:<20} {} via {} [{}]",
+                when(hit.updated_at),
+                hit.confidence,
+                hit.band,
+                hit.actor,
+                hit.observable,
+                hit.artifact,
+                hit.evidence_sources.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_rejections(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "\n  rejections by code:")?;
         if self.rejections.is_empty() {
             writeln!(f, "    none")?;
@@ -393,5 +441,18 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+impl AttributionLine {
+    /// Where the pair's event stands: owed, sent how many times, or never sent.
+    fn event(&self) -> String {
+        if self.event_owed {
+            "event owed".to_owned()
+        } else if self.announcements > 0 {
+            format!("announced {}x", self.announcements)
+        } else {
+            "not announced".to_owned()
+        }
     }
 }
