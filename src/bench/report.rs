@@ -604,3 +604,228 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(count: usize, base: f64) -> Spread {
+        Spread {
+            count,
+            mean_ms: base,
+            p50_ms: base * 0.9,
+            p95_ms: base * 2.0,
+            p99_ms: base * 3.0,
+            max_ms: base * 4.0,
+        }
+    }
+
+    /// A run of the in-process worker with every optional figure measured.
+    fn in_process() -> Report {
+        Report {
+            format: 3,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            git_rev: Some("abc".into()),
+            config: Config {
+                observables: 1000,
+                distinct_values: 400,
+                batch_size: 10,
+                messages: 100,
+                concurrency: 8,
+                item_concurrency: 4,
+                group_commit: 16,
+                enrichers: vec!["reputation".into(), "whois".into()],
+                chain: true,
+                chain_depth: 2,
+                graph_rate: 50.0,
+                graph_burst: 10,
+                graph_max_in_flight: 8,
+                sim: "in-process".into(),
+                sim_url: "http://127.0.0.1:1".into(),
+                sim_rate: Some(40.0),
+                sim_latency_ms: 5.0,
+                sim_threads: 2,
+                publish_rate: 0.0,
+                seed: 7,
+                db_max_connections: 10,
+                database: "bench".into(),
+                queue_prefix: "bench".into(),
+                profile_sync: false,
+                workers: 1,
+            },
+            machine: Machine {
+                cpus: 2,
+                loadavg_start: Some([0.5, 0.25, 0.125]),
+                loadavg_end: None,
+                machine_busy_cores: 1.5,
+                process_cores: 0.75,
+            },
+            complete: false,
+            error: None,
+            throughput: Throughput {
+                published_messages: 100,
+                publish_s: 1.5,
+                publish_messages_per_s: 66.7,
+                end_to_end_s: 20.25,
+                observables_done: 990,
+                observables_per_s: 48.9,
+            },
+            graph: Graph {
+                requests: 1200,
+                requests_counted_by: "client".into(),
+                requests_per_observable: 1.2,
+                achieved_rate: 59.3,
+                sim_429: Some(12),
+                sim_requests: Some(1212),
+                client_throttled: Some(12),
+                retries: Some(11),
+                gave_up: Some(1),
+                retry_after_asked_s: Some(3.5),
+                limiter_wait_s: Some(9.25),
+                hold_wait_s: None,
+                sim_endpoints: [("graph", 1212), ("throttled", 12), ("whois", 300), ("dns", 0)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            },
+            latency: Latency {
+                all: spread(990, 100.0),
+                enriched: spread(600, 150.0),
+                cached: spread(390, 20.0),
+                service: spread(990, 50.0),
+                service_enriched: spread(600, 70.0),
+            },
+            runs: Runs {
+                enriched: 600,
+                cached: 390,
+                skipped: 10,
+                graph_requests: 1200,
+                attribution: Attribution {
+                    hits: 5,
+                    attributions: 3,
+                    hits_by_band: [("high".to_string(), 2), ("low".to_string(), 3)].into(),
+                    attributions_by_band: [("medium".to_string(), 3)].into(),
+                    events: 2,
+                    events_owed: 1,
+                },
+            },
+            worker: [
+                ("results_committed".to_string(), 100),
+                ("result_transactions".to_string(), 30),
+            ]
+            .into(),
+            resources: Resources {
+                peak_rss_mib: Some(80.5),
+                end_rss_mib: None,
+                peak_rss_window_only: true,
+                rss_includes_simulator: true,
+                process_cpu: Cpu {
+                    user_s: 3.0,
+                    system_s: 1.0,
+                },
+                cpu_by_thread: [("tokio".to_string(), 2.5), ("idle".to_string(), 0.001)].into(),
+                simulator_cpu_s: 0.5,
+                publisher_cpu_s: 0.25,
+                worker_cpu_s: 3.0,
+                worker_cpu_s_per_1000: 3.03,
+                postgres_backends_cpu_s: 1.25,
+                postgres_all_cpu_s: 1.5,
+                rabbitmq_cpu_s: 0.75,
+                worker_processes: Vec::new(),
+                worker_processes_peak_rss_mib: None,
+            },
+            postgres: Postgres {
+                commits: 40,
+                rollbacks: 1,
+                rows_inserted: 2000,
+                rows_updated: 300,
+                rows_fetched: 5000,
+                blocks_hit: 0,
+                blocks_read: 0,
+                active_s: 2.5,
+            },
+            breakdown: Breakdown {
+                slot_capacity_s: 162.0,
+                service_s: 49.5,
+                limiter_wait_s: Some(9.25),
+                hold_wait_s: None,
+                sim_latency_s: Some(6.0),
+                postgres_active_s: 2.5,
+                mean_queue_and_write_ms: 50.0,
+            },
+            lanes: Some(super::super::lanes::Lanes {
+                live_rate: 2.0,
+                live_reserve: 0.2,
+                quota: 40.0,
+                live_published: 40,
+                bulk_drain_s: 20.0,
+                live_latency: spread(40, 30.0),
+                bulk_latency: spread(950, 300.0),
+                live_requests: 40,
+                bulk_requests: 1160,
+                live_requests_per_s: 2.0,
+                bulk_requests_per_s: 58.0,
+                bulk_share_of_what_live_left: 0.95,
+            }),
+            notes: vec!["first note".into(), "second note".into()],
+        }
+    }
+
+    /// A run of two worker processes against an external simulator, client side unmeasured.
+    fn worker_processes() -> Report {
+        let mut report = in_process();
+        report.config.workers = 2;
+        report.config.chain = false;
+        report.config.sim = "external".into();
+        report.config.sim_rate = None;
+        report.machine.loadavg_start = None;
+        report.complete = false;
+        report.error = Some("the worker process 2 exited".into());
+        report.graph.requests_counted_by = "simulator".into();
+        report.graph.client_throttled = None;
+        report.graph.sim_429 = None;
+        report.graph.limiter_wait_s = None;
+        report.resources.rss_includes_simulator = false;
+        report.resources.peak_rss_window_only = false;
+        report.resources.worker_processes = vec![
+            WorkerProcess {
+                pid: 11,
+                peak_rss_mib: Some(40.0),
+                cpu_s: Some(1.5),
+            },
+            WorkerProcess {
+                pid: 12,
+                peak_rss_mib: None,
+                cpu_s: None,
+            },
+        ];
+        report.resources.worker_processes_peak_rss_mib = Some(40.0);
+        report.worker.clear();
+        report.breakdown.sim_latency_s = None;
+        report.lanes = None;
+        report.notes.clear();
+        report
+    }
+
+    // The table is read by people comparing runs: its text must not move under them.
+    #[test]
+    fn the_table_reads_as_pinned() {
+        assert_eq!(in_process().table(), include_str!("tables/in_process.txt"));
+        assert_eq!(
+            worker_processes().table(),
+            include_str!("tables/worker_processes.txt")
+        );
+        let mut done = in_process();
+        done.complete = true;
+        done.resources.rss_includes_simulator = false;
+        assert_eq!(done.table(), include_str!("tables/in_process_complete.txt"));
+        let mut done = worker_processes();
+        done.complete = true;
+        done.error = None;
+        done.resources.rss_includes_simulator = true;
+        assert_eq!(
+            done.table(),
+            include_str!("tables/worker_processes_complete.txt")
+        );
+    }
+}
