@@ -252,11 +252,22 @@ fn measured<T>(v: Option<T>, show: impl Fn(T) -> String) -> String {
 
 impl Report {
     pub fn table(&self) -> String {
-        let c = &self.config;
-        let t = &self.throughput;
-        let g = &self.graph;
-        let r = &self.resources;
         let mut out = String::new();
+        self.write_config(&mut out);
+        self.write_machine(&mut out);
+        self.write_throughput(&mut out);
+        self.write_graph(&mut out);
+        self.write_runs(&mut out);
+        self.write_latency(&mut out);
+        self.write_resources(&mut out);
+        self.write_breakdown(&mut out);
+        self.write_lanes_and_notes(&mut out);
+        out
+    }
+
+    /// The header: what was run, with which limits, against which simulator.
+    fn write_config(&self, out: &mut String) {
+        let c = &self.config;
         let _ = writeln!(
             out,
             "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}, group commit {}{}",
@@ -298,6 +309,10 @@ impl Report {
                 String::new()
             }
         );
+    }
+
+    /// The machine's load, and whether the run finished.
+    fn write_machine(&self, out: &mut String) {
         let m = &self.machine;
         let load = |l: Option<[f64; 3]>| {
             l.map_or("n/a".into(), |l| {
@@ -322,9 +337,13 @@ impl Report {
                     .unwrap_or("the queues were not drained in time")
             );
         }
+    }
+
+    fn write_throughput(&self, out: &mut String) {
+        let t = &self.throughput;
         out.push_str("\nThroughput\n");
         line(
-            &mut out,
+            out,
             "publish",
             format!(
                 "{} messages in {:.2} s ({:.0} msg/s)",
@@ -332,16 +351,21 @@ impl Report {
             ),
         );
         line(
-            &mut out,
+            out,
             "end to end",
             format!(
                 "{} observables in {:.2} s: {:.1} observables/s",
                 t.observables_done, t.end_to_end_s, t.observables_per_s
             ),
         );
+    }
+
+    /// Requests, 429s and waits, as the client and the simulator counted them.
+    fn write_graph(&self, out: &mut String) {
+        let g = &self.graph;
         out.push_str("\nGraph\n");
         line(
-            &mut out,
+            out,
             "requests",
             format!(
                 "{} counted by the {} ({:.2} per observable), {:.1} req/s achieved{}",
@@ -349,7 +373,8 @@ impl Report {
                 g.requests_counted_by,
                 g.requests_per_observable,
                 g.achieved_rate,
-                c.sim_rate
+                self.config
+                    .sim_rate
                     .map(|q| format!(" (simulator allows {q})"))
                     .unwrap_or_default()
             ),
@@ -366,7 +391,7 @@ impl Report {
             _ => "client side not measured (it is in the worker processes)".into(),
         };
         line(
-            &mut out,
+            out,
             "429s",
             format!(
                 "{} sent by the simulator; {client_side}",
@@ -374,7 +399,7 @@ impl Report {
             ),
         );
         line(
-            &mut out,
+            out,
             "waits (summed)",
             format!(
                 "limiter {}, 429 hold {}",
@@ -388,10 +413,14 @@ impl Report {
             .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "graph" | "throttled"))
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        line(&mut out, "by endpoint", endpoints.join(", "));
+        line(out, "by endpoint", endpoints.join(", "));
+    }
+
+    /// How the observables were answered, and what they were attributed to.
+    fn write_runs(&self, out: &mut String) {
         let runs = &self.runs;
         line(
-            &mut out,
+            out,
             "runs",
             format!(
                 "{} enriched, {} cached, {} skipped",
@@ -400,12 +429,12 @@ impl Report {
         );
         let a = &runs.attribution;
         line(
-            &mut out,
+            out,
             "actor hits",
             format!("{} ({})", a.hits, Attribution::bands(&a.hits_by_band)),
         );
         line(
-            &mut out,
+            out,
             "attributions",
             format!(
                 "{} observable-actor pairs ({}); {} events announced, {} owed",
@@ -415,23 +444,38 @@ impl Report {
                 a.events_owed
             ),
         );
+    }
+
+    fn write_latency(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\nLatency (ms)            count      mean       p50       p95       p99       max"
         );
         let l = &self.latency;
-        spread_row(&mut out, "publish→commit, all", &l.all);
-        spread_row(&mut out, "  enriched", &l.enriched);
-        spread_row(&mut out, "  cached", &l.cached);
-        spread_row(&mut out, "service, all", &l.service);
-        spread_row(&mut out, "  enriched", &l.service_enriched);
+        spread_row(out, "publish→commit, all", &l.all);
+        spread_row(out, "  enriched", &l.enriched);
+        spread_row(out, "  cached", &l.cached);
+        spread_row(out, "service, all", &l.service);
+        spread_row(out, "  enriched", &l.service_enriched);
+    }
+
+    fn write_resources(&self, out: &mut String) {
         out.push_str("\nResources\n");
+        self.write_memory(out);
+        self.write_cpu(out);
+        self.write_postgres(out);
+    }
+
+    /// The bench process's RSS and what it holds, then each worker process's.
+    fn write_memory(&self, out: &mut String) {
+        let r = &self.resources;
+        let multi_process = !r.worker_processes.is_empty();
         line(
-            &mut out,
-            if r.worker_processes.is_empty() {
-                "peak RSS"
-            } else {
+            out,
+            if multi_process {
                 "bench process RSS"
+            } else {
+                "peak RSS"
             },
             format!(
                 "{} (end {}){}{}",
@@ -442,20 +486,17 @@ impl Report {
                 } else {
                     ", peak since start"
                 },
-                if !r.worker_processes.is_empty() && r.rss_includes_simulator {
-                    "; the simulator and publisher, no worker"
-                } else if !r.worker_processes.is_empty() {
-                    "; the publisher, no worker"
-                } else if r.rss_includes_simulator {
-                    "; includes the in-process simulator and publisher"
-                } else {
-                    "; includes the publisher, not the simulator"
+                match (multi_process, r.rss_includes_simulator) {
+                    (true, true) => "; the simulator and publisher, no worker",
+                    (true, false) => "; the publisher, no worker",
+                    (false, true) => "; includes the in-process simulator and publisher",
+                    (false, false) => "; includes the publisher, not the simulator",
                 }
             ),
         );
         for (index, w) in r.worker_processes.iter().enumerate() {
             line(
-                &mut out,
+                out,
                 &format!("worker process {}", index + 1),
                 format!(
                     "pid {}: peak RSS {}, CPU {}",
@@ -465,9 +506,9 @@ impl Report {
                 ),
             );
         }
-        if !r.worker_processes.is_empty() {
+        if multi_process {
             line(
-                &mut out,
+                out,
                 "worker processes",
                 format!(
                     "peak RSS {} summed, CPU {:.2} s summed (since each started)",
@@ -476,8 +517,13 @@ impl Report {
                 ),
             );
         }
+    }
+
+    /// CPU seconds: the worker's, this process's by thread, Postgres's and RabbitMQ's.
+    fn write_cpu(&self, out: &mut String) {
+        let r = &self.resources;
         line(
-            &mut out,
+            out,
             "worker CPU",
             format!(
                 "{:.2} s = {:.3} s per 1,000 observables",
@@ -485,7 +531,7 @@ impl Report {
             ),
         );
         line(
-            &mut out,
+            out,
             "process CPU",
             format!(
                 "{:.2} s (user {:.2}, system {:.2}); simulator {:.2} s, publisher {:.2} s",
@@ -502,23 +548,23 @@ impl Report {
             .filter(|(_, s)| **s >= 0.005)
             .map(|(k, s)| format!("{k} {s:.2}"))
             .collect();
-        line(&mut out, "CPU by thread (s)", threads.join(", "));
+        line(out, "CPU by thread (s)", threads.join(", "));
         line(
-            &mut out,
+            out,
             "Postgres CPU",
             format!(
                 "{:.2} s in the bench database's backends ({:.2} s all postgres processes)",
                 r.postgres_backends_cpu_s, r.postgres_all_cpu_s
             ),
         );
-        line(
-            &mut out,
-            "RabbitMQ CPU",
-            format!("{:.2} s", r.rabbitmq_cpu_s),
-        );
+        line(out, "RabbitMQ CPU", format!("{:.2} s", r.rabbitmq_cpu_s));
+    }
+
+    /// Postgres's own counters, and how many results each transaction carried.
+    fn write_postgres(&self, out: &mut String) {
         let p = &self.postgres;
         line(
-            &mut out,
+            out,
             "Postgres",
             format!(
                 "{} commits, {} rollbacks, {} rows inserted, {} updated, {} fetched; active {:.2} s",
@@ -530,7 +576,7 @@ impl Report {
             self.worker.get("result_transactions"),
         ) {
             line(
-                &mut out,
+                out,
                 "group commit",
                 format!(
                     "{messages} messages' results in {transactions} transactions ({:.1} per transaction)",
@@ -538,61 +584,59 @@ impl Report {
                 ),
             );
         }
+    }
+
+    fn write_breakdown(&self, out: &mut String) {
         let b = &self.breakdown;
         out.push_str("\nWhere the time went (task-seconds, summed over concurrent work)\n");
         line(
-            &mut out,
+            out,
             "message slots",
             format!("{:.1} s (concurrency × end to end)", b.slot_capacity_s),
         );
         line(
-            &mut out,
+            out,
             "pipeline service",
             format!(
                 "{:.1} s (cache check, Graph, chaining per observable)",
                 b.service_s
             ),
         );
-        line(
-            &mut out,
-            "  limiter wait",
+        let inside_service = |wait: Option<f64>| {
             format!(
                 "{} (inside service, per request)",
-                measured(b.limiter_wait_s, |v| format!("{v:.1} s"))
-            ),
-        );
-        line(
-            &mut out,
-            "  429 hold wait",
-            format!(
-                "{} (inside service, per request)",
-                measured(b.hold_wait_s, |v| format!("{v:.1} s"))
-            ),
-        );
+                measured(wait, |v| format!("{v:.1} s"))
+            )
+        };
+        line(out, "  limiter wait", inside_service(b.limiter_wait_s));
+        line(out, "  429 hold wait", inside_service(b.hold_wait_s));
         if let Some(s) = b.sim_latency_s {
             line(
-                &mut out,
+                out,
                 "  simulator latency",
                 format!("{s:.1} s (requests × configured latency)"),
             );
         }
         line(
-            &mut out,
+            out,
             "Postgres active",
             format!("{:.1} s (server side, all statements)", b.postgres_active_s),
         );
         line(
-            &mut out,
+            out,
             "queue wait + write",
             format!(
                 "{:.1} ms per observable (mean latency − mean service)",
                 b.mean_queue_and_write_ms
             ),
         );
+    }
+
+    fn write_lanes_and_notes(&self, out: &mut String) {
         if let Some(lanes) = &self.lanes {
             out.push_str("\nLanes\n");
-            for line in lanes.lines() {
-                let _ = writeln!(out, "  {line}");
+            for text in lanes.lines() {
+                let _ = writeln!(out, "  {text}");
             }
         }
         if !self.notes.is_empty() {
@@ -601,7 +645,6 @@ impl Report {
                 let _ = writeln!(out, "  - {note}");
             }
         }
-        out
     }
 }
 
@@ -683,10 +726,15 @@ mod tests {
                 retry_after_asked_s: Some(3.5),
                 limiter_wait_s: Some(9.25),
                 hold_wait_s: None,
-                sim_endpoints: [("graph", 1212), ("throttled", 12), ("whois", 300), ("dns", 0)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
+                sim_endpoints: [
+                    ("graph", 1212),
+                    ("throttled", 12),
+                    ("whois", 300),
+                    ("dns", 0),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             },
             latency: Latency {
                 all: spread(990, 100.0),
