@@ -199,21 +199,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
 
 /// Run the benchmark and write the JSON.
 pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
-    if cmd.observables == 0 || cmd.batch_size == 0 {
-        bail!("--observables and --batch-size must be at least 1");
-    }
-    if cmd.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
-        bail!("--publish-rate must be 0 or a positive number");
-    }
-    if !(cmd.live_rate.is_finite() && cmd.live_rate >= 0.0) {
-        bail!("--live-rate must be 0 or a positive number");
-    }
-    if cmd.live_rate > 0.0 && cmd.workers > 1 {
-        bail!("--live-rate runs the worker in this process: use it with --workers 1");
-    }
+    check_args(&cmd)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("mdti_bench_{id}");
     let db_url = url_with_database(cmd.database_url.expose(), &db_name)?;
@@ -255,7 +241,39 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
 
     // Clean up whatever happened.
     sim.stop();
-    if let Err(error) = delete_broker_objects(cmd.amqp_url.expose(), &topology).await {
+    clean_up(&cmd, &topology, &admin_url, &db_name).await;
+
+    let report = outcome?;
+    write_json(&json, &report)?;
+    Ok(Recorded {
+        report,
+        json,
+        worker_log,
+    })
+}
+
+fn check_args(cmd: &BenchCmd) -> anyhow::Result<()> {
+    if cmd.observables == 0 || cmd.batch_size == 0 {
+        bail!("--observables and --batch-size must be at least 1");
+    }
+    if cmd.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
+        bail!("--publish-rate must be 0 or a positive number");
+    }
+    if !(cmd.live_rate.is_finite() && cmd.live_rate >= 0.0) {
+        bail!("--live-rate must be 0 or a positive number");
+    }
+    if cmd.live_rate > 0.0 && cmd.workers > 1 {
+        bail!("--live-rate runs the worker in this process: use it with --workers 1");
+    }
+    Ok(())
+}
+
+/// Delete the run's queues and exchanges, and drop its database unless `--keep`.
+async fn clean_up(cmd: &BenchCmd, topology: &Topology, admin_url: &str, db_name: &str) {
+    if let Err(error) = delete_broker_objects(cmd.amqp_url.expose(), topology).await {
         eprintln!(
             "could not delete the bench queues {}.*: {error:#}",
             topology.prefix
@@ -263,22 +281,19 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     }
     if cmd.keep {
         eprintln!("kept database {db_name}");
-    } else if let Err(error) = drop_database(&admin_url, &db_name).await {
+    } else if let Err(error) = drop_database(admin_url, db_name).await {
         eprintln!("could not drop database {db_name}: {error:#}");
     }
+}
 
-    let report = outcome?;
+fn write_json(json: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+    std::fs::write(json, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    Ok(Recorded {
-        report,
-        json,
-        worker_log,
-    })
+    Ok(())
 }
 
 struct Ctx<'a> {
@@ -851,7 +866,8 @@ fn bench_worker_args(cmd: &BenchCmd) -> WorkerArgs {
         share_lookups: false,
         measure_sharing: true,
         min_event_confidence: crate::chain::Band::MEDIUM,
-        // Synced above; a sync inside the window would be counted as the observables' cost.
+        // Synced before the run; a sync inside the window would be counted as the observables'
+        // cost.
         profile_sync_interval: Duration::ZERO,
         // The bench stops the worker itself, the moment the last message is settled.
         exit_when_idle: None,
@@ -869,6 +885,14 @@ struct Workers {
 }
 
 impl Workers {
+    /// Each worker process's peak RSS and CPU so far (none with the in-process worker).
+    fn read_processes(&self) -> Vec<WorkerProcess> {
+        self.fleet
+            .as_ref()
+            .map(fleet::Fleet::read_processes)
+            .unwrap_or_default()
+    }
+
     /// Why the run cannot drain any more, if a worker stopped on its own.
     fn stopped_early(&mut self, ctx: &Ctx<'_>) -> Option<String> {
         if self.task.as_ref().is_some_and(|w| w.is_finished()) {
@@ -929,13 +953,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     graph_args.use_simulator(ctx.sim.graph_url(), ctx.sim.login_url());
     let graph = GraphClient::new(graph_args.to_settings().map_err(anyhow::Error::msg)?)?;
     if cmd.profile_sync {
-        let summary = sync_profiles(&graph, &setup_store)
-            .await
-            .context("syncing intel profiles")?;
-        eprintln!(
-            "intel profiles synced: {} profiles, {} indicators",
-            summary.profiles, summary.indicators
-        );
+        sync_before_the_run(&graph, &setup_store).await?;
     }
     setup_store.close().await;
 
@@ -979,11 +997,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         }));
     }
 
-    let publish_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("mdti-bench-pub")
-        .enable_all()
-        .build()?;
+    let publish_runtime = publish_runtime()?;
     let result = measure_window(ctx, &graph, &publish_runtime, &mut workers).await;
     if let Some(mut worker) = workers.task.filter(|w| !w.is_finished()) {
         let _ = workers.stop.send(true);
@@ -994,6 +1008,28 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     drop(workers.fleet);
     publish_runtime.shutdown_background();
     result
+}
+
+/// Sync intel profiles as a worker does at start, so that chaining matches them.
+async fn sync_before_the_run(graph: &GraphClient, store: &Store) -> anyhow::Result<()> {
+    let summary = sync_profiles(graph, store)
+        .await
+        .context("syncing intel profiles")?;
+    eprintln!(
+        "intel profiles synced: {} profiles, {} indicators",
+        summary.profiles, summary.indicators
+    );
+    Ok(())
+}
+
+/// The publishers' runtime: threads of their own (`mdti-bench-pub`), so their CPU can be told
+/// apart from the worker's.
+fn publish_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("mdti-bench-pub")
+        .enable_all()
+        .build()?)
 }
 
 async fn start_fleet(
@@ -1050,41 +1086,28 @@ async fn measure_window(
     let peak_reset = measure::reset_peak_rss();
 
     let published = Arc::new(AtomicU64::new(0));
-    let mut drain = Drain {
-        publishing: Some(publish_runtime.spawn(publish_all(
-            publisher,
-            Arc::clone(&mix),
-            cmd.batch_size,
-            cmd.publish_rate,
-            ctx.topology.prefix.clone(),
-            Arc::clone(&published),
-        ))),
-        live: start_live(ctx, publish_runtime, &mix).await?,
-        lane_requests_before: lane_requests(graph),
-        times: None,
-        error: None,
-        fleet_settled: None,
-        lanes_measured: None,
-    };
+    let publishing = publish_runtime.spawn(publish_all(
+        publisher,
+        Arc::clone(&mix),
+        cmd.batch_size,
+        cmd.publish_rate,
+        ctx.topology.prefix.clone(),
+        Arc::clone(&published),
+    ));
+    let live = start_live(ctx, publish_runtime, &mix).await?;
+    let mut drain = Drain::new(publishing, live, lane_requests(graph));
     drain.wait(ctx, graph, workers, messages, before.at).await;
     let drained_at = Instant::now();
     let after = Snapshot::take(ctx, graph).await;
     let (peak_kib, end_kib) = measure::rss_kib();
     // Just before stopping: a process that exited has no /proc entry left.
-    let processes = workers
-        .fleet
-        .as_ref()
-        .map(fleet::Fleet::read_processes)
-        .unwrap_or_default();
-    if let Some(p) = drain.publishing.take() {
-        p.abort();
-    }
+    let processes = workers.read_processes();
+    drain.stop_publishing();
     workers.stop(&mut drain.error).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pg = pg_delta(&pg_stats(ctx.admin_url, ctx.db_name).await?, &pg_before);
     let rows = read_runs(ctx.db_url).await?;
     let lanes = read_lanes(ctx.db_url, drain.lanes_measured).await?;
-
     let mut report = assemble(Assembly {
         ctx,
         before,
@@ -1159,6 +1182,22 @@ struct Drain {
 }
 
 impl Drain {
+    fn new(
+        publishing: tokio::task::JoinHandle<anyhow::Result<PublishTimes>>,
+        live: Option<lanes::LiveStream>,
+        lane_requests_before: [u64; 2],
+    ) -> Drain {
+        Drain {
+            publishing: Some(publishing),
+            live,
+            lane_requests_before,
+            times: None,
+            error: None,
+            fleet_settled: None,
+            lanes_measured: None,
+        }
+    }
+
     async fn wait(
         &mut self,
         ctx: &Ctx<'_>,
@@ -1200,6 +1239,13 @@ impl Drain {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Publishing that has not finished by the end of the run goes no further.
+    fn stop_publishing(&mut self) {
+        if let Some(p) = self.publishing.take() {
+            p.abort();
         }
     }
 

@@ -663,39 +663,148 @@ mod tests {
         }
     }
 
+    fn config() -> Config {
+        Config {
+            observables: 1000,
+            distinct_values: 400,
+            batch_size: 10,
+            messages: 100,
+            concurrency: 8,
+            item_concurrency: 4,
+            group_commit: 16,
+            enrichers: vec!["reputation".into(), "whois".into()],
+            chain: true,
+            chain_depth: 2,
+            graph_rate: 50.0,
+            graph_burst: 10,
+            graph_max_in_flight: 8,
+            sim: "in-process".into(),
+            sim_url: "http://127.0.0.1:1".into(),
+            sim_rate: Some(40.0),
+            sim_latency_ms: 5.0,
+            sim_threads: 2,
+            publish_rate: 0.0,
+            seed: 7,
+            db_max_connections: 10,
+            database: "bench".into(),
+            queue_prefix: "bench".into(),
+            profile_sync: false,
+            workers: 1,
+        }
+    }
+
+    fn graph() -> Graph {
+        Graph {
+            requests: 1200,
+            requests_counted_by: "client".into(),
+            requests_per_observable: 1.2,
+            achieved_rate: 59.3,
+            sim_429: Some(12),
+            sim_requests: Some(1212),
+            client_throttled: Some(12),
+            retries: Some(11),
+            gave_up: Some(1),
+            retry_after_asked_s: Some(3.5),
+            limiter_wait_s: Some(9.25),
+            hold_wait_s: None,
+            sim_endpoints: [
+                ("graph", 1212),
+                ("throttled", 12),
+                ("whois", 300),
+                ("dns", 0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }
+    }
+
+    fn resources() -> Resources {
+        Resources {
+            peak_rss_mib: Some(80.5),
+            end_rss_mib: None,
+            peak_rss_window_only: true,
+            rss_includes_simulator: true,
+            process_cpu: Cpu {
+                user_s: 3.0,
+                system_s: 1.0,
+            },
+            cpu_by_thread: [("tokio".to_string(), 2.5), ("idle".to_string(), 0.001)].into(),
+            simulator_cpu_s: 0.5,
+            publisher_cpu_s: 0.25,
+            worker_cpu_s: 3.0,
+            worker_cpu_s_per_1000: 3.03,
+            postgres_backends_cpu_s: 1.25,
+            postgres_all_cpu_s: 1.5,
+            rabbitmq_cpu_s: 0.75,
+            worker_processes: Vec::new(),
+            worker_processes_peak_rss_mib: None,
+        }
+    }
+
+    fn lanes() -> super::super::lanes::Lanes {
+        super::super::lanes::Lanes {
+            live_rate: 2.0,
+            live_reserve: 0.2,
+            quota: 40.0,
+            live_published: 40,
+            bulk_drain_s: 20.0,
+            live_latency: spread(40, 30.0),
+            bulk_latency: spread(950, 300.0),
+            live_requests: 40,
+            bulk_requests: 1160,
+            live_requests_per_s: 2.0,
+            bulk_requests_per_s: 58.0,
+            bulk_share_of_what_live_left: 0.95,
+        }
+    }
+
+    fn latency() -> Latency {
+        Latency {
+            all: spread(990, 100.0),
+            enriched: spread(600, 150.0),
+            cached: spread(390, 20.0),
+            service: spread(990, 50.0),
+            service_enriched: spread(600, 70.0),
+        }
+    }
+
+    fn runs() -> Runs {
+        Runs {
+            enriched: 600,
+            cached: 390,
+            skipped: 10,
+            graph_requests: 1200,
+            attribution: Attribution {
+                hits: 5,
+                attributions: 3,
+                hits_by_band: [("high".to_string(), 2), ("low".to_string(), 3)].into(),
+                attributions_by_band: [("medium".to_string(), 3)].into(),
+                events: 2,
+                events_owed: 1,
+            },
+        }
+    }
+
+    fn breakdown() -> Breakdown {
+        Breakdown {
+            slot_capacity_s: 162.0,
+            service_s: 49.5,
+            limiter_wait_s: Some(9.25),
+            hold_wait_s: None,
+            sim_latency_s: Some(6.0),
+            postgres_active_s: 2.5,
+            mean_queue_and_write_ms: 50.0,
+        }
+    }
+
     /// A run of the in-process worker with every optional figure measured.
     fn in_process() -> Report {
         Report {
             format: 3,
             started_at: "2026-01-01T00:00:00Z".into(),
             git_rev: Some("abc".into()),
-            config: Config {
-                observables: 1000,
-                distinct_values: 400,
-                batch_size: 10,
-                messages: 100,
-                concurrency: 8,
-                item_concurrency: 4,
-                group_commit: 16,
-                enrichers: vec!["reputation".into(), "whois".into()],
-                chain: true,
-                chain_depth: 2,
-                graph_rate: 50.0,
-                graph_burst: 10,
-                graph_max_in_flight: 8,
-                sim: "in-process".into(),
-                sim_url: "http://127.0.0.1:1".into(),
-                sim_rate: Some(40.0),
-                sim_latency_ms: 5.0,
-                sim_threads: 2,
-                publish_rate: 0.0,
-                seed: 7,
-                db_max_connections: 10,
-                database: "bench".into(),
-                queue_prefix: "bench".into(),
-                profile_sync: false,
-                workers: 1,
-            },
+            config: config(),
             machine: Machine {
                 cpus: 2,
                 loadavg_start: Some([0.5, 0.25, 0.125]),
@@ -713,75 +822,15 @@ mod tests {
                 observables_done: 990,
                 observables_per_s: 48.9,
             },
-            graph: Graph {
-                requests: 1200,
-                requests_counted_by: "client".into(),
-                requests_per_observable: 1.2,
-                achieved_rate: 59.3,
-                sim_429: Some(12),
-                sim_requests: Some(1212),
-                client_throttled: Some(12),
-                retries: Some(11),
-                gave_up: Some(1),
-                retry_after_asked_s: Some(3.5),
-                limiter_wait_s: Some(9.25),
-                hold_wait_s: None,
-                sim_endpoints: [
-                    ("graph", 1212),
-                    ("throttled", 12),
-                    ("whois", 300),
-                    ("dns", 0),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            },
-            latency: Latency {
-                all: spread(990, 100.0),
-                enriched: spread(600, 150.0),
-                cached: spread(390, 20.0),
-                service: spread(990, 50.0),
-                service_enriched: spread(600, 70.0),
-            },
-            runs: Runs {
-                enriched: 600,
-                cached: 390,
-                skipped: 10,
-                graph_requests: 1200,
-                attribution: Attribution {
-                    hits: 5,
-                    attributions: 3,
-                    hits_by_band: [("high".to_string(), 2), ("low".to_string(), 3)].into(),
-                    attributions_by_band: [("medium".to_string(), 3)].into(),
-                    events: 2,
-                    events_owed: 1,
-                },
-            },
+            graph: graph(),
+            latency: latency(),
+            runs: runs(),
             worker: [
                 ("results_committed".to_string(), 100),
                 ("result_transactions".to_string(), 30),
             ]
             .into(),
-            resources: Resources {
-                peak_rss_mib: Some(80.5),
-                end_rss_mib: None,
-                peak_rss_window_only: true,
-                rss_includes_simulator: true,
-                process_cpu: Cpu {
-                    user_s: 3.0,
-                    system_s: 1.0,
-                },
-                cpu_by_thread: [("tokio".to_string(), 2.5), ("idle".to_string(), 0.001)].into(),
-                simulator_cpu_s: 0.5,
-                publisher_cpu_s: 0.25,
-                worker_cpu_s: 3.0,
-                worker_cpu_s_per_1000: 3.03,
-                postgres_backends_cpu_s: 1.25,
-                postgres_all_cpu_s: 1.5,
-                rabbitmq_cpu_s: 0.75,
-                worker_processes: Vec::new(),
-                worker_processes_peak_rss_mib: None,
-            },
+            resources: resources(),
             postgres: Postgres {
                 commits: 40,
                 rollbacks: 1,
@@ -792,29 +841,8 @@ mod tests {
                 blocks_read: 0,
                 active_s: 2.5,
             },
-            breakdown: Breakdown {
-                slot_capacity_s: 162.0,
-                service_s: 49.5,
-                limiter_wait_s: Some(9.25),
-                hold_wait_s: None,
-                sim_latency_s: Some(6.0),
-                postgres_active_s: 2.5,
-                mean_queue_and_write_ms: 50.0,
-            },
-            lanes: Some(super::super::lanes::Lanes {
-                live_rate: 2.0,
-                live_reserve: 0.2,
-                quota: 40.0,
-                live_published: 40,
-                bulk_drain_s: 20.0,
-                live_latency: spread(40, 30.0),
-                bulk_latency: spread(950, 300.0),
-                live_requests: 40,
-                bulk_requests: 1160,
-                live_requests_per_s: 2.0,
-                bulk_requests_per_s: 58.0,
-                bulk_share_of_what_live_left: 0.95,
-            }),
+            breakdown: breakdown(),
+            lanes: Some(lanes()),
             notes: vec!["first note".into(), "second note".into()],
         }
     }

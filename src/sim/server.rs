@@ -68,7 +68,7 @@ async fn token(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     // axum's plain-text rejections. Later duplicates win, like most form parsers.
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    if let Err(refusal) = check_token_request(&sh, field) {
+    if let Some(refusal) = token_refusal(&sh, field) {
         return refusal;
     }
     issue_token(&sh, field("client_id").unwrap_or(""))
@@ -76,13 +76,10 @@ async fn token(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
 
 /// The AADSTS error for a token request that is not a valid client-credentials request of the
 /// configured client.
-fn check_token_request<'a>(
-    sh: &Shared,
-    field: impl Fn(&str) -> Option<&'a str>,
-) -> Result<(), Response> {
+fn token_refusal<'a>(sh: &Shared, field: impl Fn(&str) -> Option<&'a str>) -> Option<Response> {
     let c = &sh.control;
     match field("grant_type") {
-        None => return Err(aad_error(
+        None => return Some(aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             900144,
@@ -91,7 +88,7 @@ fn check_token_request<'a>(
         )),
         Some("client_credentials") => {}
         Some(other) => {
-            return Err(aad_error(
+            return Some(aad_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 70003,
@@ -102,7 +99,7 @@ fn check_token_request<'a>(
     let client_id = field("client_id").unwrap_or("");
     if client_id != sh.config.client_id {
         c.bump("unauthorized");
-        return Err(aad_error(
+        return Some(aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             700016,
@@ -113,7 +110,7 @@ fn check_token_request<'a>(
     }
     if field("client_secret") != Some(sh.config.client_secret.as_str()) {
         c.bump("unauthorized");
-        return Err(aad_error(
+        return Some(aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             7000215,
@@ -126,7 +123,7 @@ fn check_token_request<'a>(
     }
     let scope = field("scope").unwrap_or("");
     if !scope.ends_with("/.default") {
-        return Err(aad_error(
+        return Some(aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
@@ -136,7 +133,7 @@ fn check_token_request<'a>(
             ),
         ));
     }
-    Ok(())
+    None
 }
 
 /// A new access token for `client_id`, remembered until it expires.
