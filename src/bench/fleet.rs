@@ -41,8 +41,42 @@ fn command_line(
     database: &DatabaseArgs,
     worker: &WorkerArgs,
 ) -> (Vec<String>, Vec<(String, String)>) {
-    let enrichers: Vec<String> = worker.enrichers.0.iter().map(|e| e.to_string()).collect();
-    let args = [
+    let args = connection_flags(graph, broker, database)
+        .into_iter()
+        .chain(worker_flags(worker))
+        .chain([
+            // N workers on one host: each its own free port.
+            ("--metrics-listen", "127.0.0.1:0".to_owned()),
+            ("--tenant-quota", graph.graph_rate.to_string()),
+        ])
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect();
+    let envs = vec![
+        (
+            "MDTI_DATABASE_URL".to_owned(),
+            database.database_url.expose().to_owned(),
+        ),
+        (
+            "MDTI_AMQP_URL".to_owned(),
+            broker.amqp_url.expose().to_owned(),
+        ),
+        (
+            "MDTI_CLIENT_SECRET".to_owned(),
+            graph.client_secret.expose().to_owned(),
+        ),
+        // The log is a file: no terminal colour codes in it.
+        ("NO_COLOR".to_owned(), "1".to_owned()),
+    ];
+    (args, envs)
+}
+
+/// Where Graph, the queues and the database are, and the limits on using them.
+fn connection_flags(
+    graph: &GraphArgs,
+    broker: &BrokerArgs,
+    database: &DatabaseArgs,
+) -> Vec<(&'static str, String)> {
+    vec![
         ("--graph-url", graph.graph_url.clone()),
         ("--login-url", graph.login_url.clone()),
         ("--tenant-id", graph.tenant_id.clone()),
@@ -63,6 +97,13 @@ fn command_line(
             "--db-max-connections",
             database.db_max_connections.to_string(),
         ),
+    ]
+}
+
+/// How the worker processes its messages and chains its observables.
+fn worker_flags(worker: &WorkerArgs) -> Vec<(&'static str, String)> {
+    let enrichers: Vec<String> = worker.enrichers.0.iter().map(|e| e.to_string()).collect();
+    vec![
         ("--concurrency", worker.concurrency.to_string()),
         ("--enrichers", enrichers.join(",")),
         ("--cache-ttl", duration_arg(worker.cache_ttl)),
@@ -91,30 +132,7 @@ fn command_line(
             "--profile-sync-interval",
             duration_arg(worker.profile_sync_interval),
         ),
-        // N workers on one host: each its own free port.
-        ("--metrics-listen", "127.0.0.1:0".to_owned()),
-        ("--tenant-quota", graph.graph_rate.to_string()),
     ]
-    .into_iter()
-    .flat_map(|(flag, value)| [flag.to_owned(), value])
-    .collect();
-    let envs = vec![
-        (
-            "MDTI_DATABASE_URL".to_owned(),
-            database.database_url.expose().to_owned(),
-        ),
-        (
-            "MDTI_AMQP_URL".to_owned(),
-            broker.amqp_url.expose().to_owned(),
-        ),
-        (
-            "MDTI_CLIENT_SECRET".to_owned(),
-            graph.client_secret.expose().to_owned(),
-        ),
-        // The log is a file: no terminal colour codes in it.
-        ("NO_COLOR".to_owned(), "1".to_owned()),
-    ];
-    (args, envs)
 }
 
 /// The worker processes of one run and what the bench reads about them.

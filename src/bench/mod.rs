@@ -199,21 +199,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
 
 /// Run the benchmark and write the JSON.
 pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
-    if cmd.observables == 0 || cmd.batch_size == 0 {
-        bail!("--observables and --batch-size must be at least 1");
-    }
-    if cmd.workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
-        bail!("--publish-rate must be 0 or a positive number");
-    }
-    if !(cmd.live_rate.is_finite() && cmd.live_rate >= 0.0) {
-        bail!("--live-rate must be 0 or a positive number");
-    }
-    if cmd.live_rate > 0.0 && cmd.workers > 1 {
-        bail!("--live-rate runs the worker in this process: use it with --workers 1");
-    }
+    check_args(&cmd)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("mdti_bench_{id}");
     let db_url = url_with_database(cmd.database_url.expose(), &db_name)?;
@@ -255,7 +241,39 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
 
     // Clean up whatever happened.
     sim.stop();
-    if let Err(error) = delete_broker_objects(cmd.amqp_url.expose(), &topology).await {
+    clean_up(&cmd, &topology, &admin_url, &db_name).await;
+
+    let report = outcome?;
+    write_json(&json, &report)?;
+    Ok(Recorded {
+        report,
+        json,
+        worker_log,
+    })
+}
+
+fn check_args(cmd: &BenchCmd) -> anyhow::Result<()> {
+    if cmd.observables == 0 || cmd.batch_size == 0 {
+        bail!("--observables and --batch-size must be at least 1");
+    }
+    if cmd.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if !(cmd.publish_rate.is_finite() && cmd.publish_rate >= 0.0) {
+        bail!("--publish-rate must be 0 or a positive number");
+    }
+    if !(cmd.live_rate.is_finite() && cmd.live_rate >= 0.0) {
+        bail!("--live-rate must be 0 or a positive number");
+    }
+    if cmd.live_rate > 0.0 && cmd.workers > 1 {
+        bail!("--live-rate runs the worker in this process: use it with --workers 1");
+    }
+    Ok(())
+}
+
+/// Delete the run's queues and exchanges, and drop its database unless `--keep`.
+async fn clean_up(cmd: &BenchCmd, topology: &Topology, admin_url: &str, db_name: &str) {
+    if let Err(error) = delete_broker_objects(cmd.amqp_url.expose(), topology).await {
         eprintln!(
             "could not delete the bench queues {}.*: {error:#}",
             topology.prefix
@@ -263,22 +281,19 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     }
     if cmd.keep {
         eprintln!("kept database {db_name}");
-    } else if let Err(error) = drop_database(&admin_url, &db_name).await {
+    } else if let Err(error) = drop_database(admin_url, db_name).await {
         eprintln!("could not drop database {db_name}: {error:#}");
     }
+}
 
-    let report = outcome?;
+fn write_json(json: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     if let Some(parent) = json.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+    std::fs::write(json, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    Ok(Recorded {
-        report,
-        json,
-        worker_log,
-    })
+    Ok(())
 }
 
 struct Ctx<'a> {
@@ -804,14 +819,9 @@ fn git_rev() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
-    let cmd = ctx.cmd;
-    let database = DatabaseArgs {
-        database_url: Secret::new(ctx.db_url),
-        db_max_connections: cmd.db_max_connections,
-    };
-    let setup_store = app::migrate(&database).await?;
-    let mut graph_args = GraphArgs {
+/// The Graph settings of the run: the bench's limits, the simulator's address set later.
+fn bench_graph_args(cmd: &BenchCmd) -> GraphArgs {
+    GraphArgs {
         graph_url: String::new(),
         login_url: String::new(),
         tenant_id: String::new(),
@@ -829,24 +839,12 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         max_pages: 50,
         ca_cert: None,
         insecure_skip_tls_verify: false,
-    };
-    graph_args.use_simulator(ctx.sim.graph_url(), ctx.sim.login_url());
-    let graph = GraphClient::new(graph_args.to_settings().map_err(anyhow::Error::msg)?)?;
-    if cmd.profile_sync {
-        let summary = sync_profiles(&graph, &setup_store)
-            .await
-            .context("syncing intel profiles")?;
-        eprintln!(
-            "intel profiles synced: {} profiles, {} indicators",
-            summary.profiles, summary.indicators
-        );
     }
-    setup_store.close().await;
+}
 
-    let mix = Arc::new(observable_mix(cmd.observables, cmd.distinct, cmd.seed));
-    let messages = cmd.observables.div_ceil(cmd.batch_size);
-
-    let worker_args = WorkerArgs {
+/// The worker settings of the run, the same in this process or in worker processes.
+fn bench_worker_args(cmd: &BenchCmd) -> WorkerArgs {
+    WorkerArgs {
         concurrency: cmd.concurrency,
         live_prefetch: cmd.live_prefetch,
         enrichers: cmd.enrichers.clone(),
@@ -868,48 +866,120 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         share_lookups: false,
         measure_sharing: true,
         min_event_confidence: crate::chain::Band::MEDIUM,
-        // Synced above; a sync inside the window would be counted as the observables' cost.
+        // Synced before the run; a sync inside the window would be counted as the observables'
+        // cost.
         profile_sync_interval: Duration::ZERO,
         // The bench stops the worker itself, the moment the last message is settled.
         exit_when_idle: None,
+    }
+}
+
+/// The worker under measurement: a task in this process, or processes of their own.
+struct Workers {
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The in-process worker's pool.
+    store: Option<Store>,
+    fleet: Option<fleet::Fleet>,
+    stats: Arc<WorkerStats>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Each worker process's peak RSS and CPU so far (none with the in-process worker).
+    fn read_processes(&self) -> Vec<WorkerProcess> {
+        self.fleet
+            .as_ref()
+            .map(fleet::Fleet::read_processes)
+            .unwrap_or_default()
+    }
+
+    /// Why the run cannot drain any more, if a worker stopped on its own.
+    fn stopped_early(&mut self, ctx: &Ctx<'_>) -> Option<String> {
+        if self.task.as_ref().is_some_and(|w| w.is_finished()) {
+            return Some("the worker stopped before the queues were drained".into());
+        }
+        let cmd = ctx.cmd;
+        let running = self.fleet.as_mut()?.running();
+        (running < cmd.workers).then(|| {
+            format!(
+                "{} of {} worker processes stopped before the queues were drained (see {})",
+                cmd.workers - running,
+                cmd.workers,
+                ctx.worker_log
+                    .map_or("their log".into(), |p| p.display().to_string())
+            )
+        })
+    }
+
+    /// Stop the worker (bounded), the first failure going to `error`; then close the pool,
+    /// which ends its backends and so flushes their statistics (the worker processes' backends
+    /// ended with them).
+    async fn stop(&mut self, error: &mut Option<String>) {
+        let _ = self.stop.send(true);
+        if let Some(worker) = self.task.as_mut() {
+            match tokio::time::timeout(Duration::from_secs(60), &mut *worker).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    error.get_or_insert(format!("the worker failed: {e:#}"));
+                }
+                Ok(Err(e)) => {
+                    error.get_or_insert(format!("the worker task failed: {e}"));
+                }
+                Err(_) => {
+                    worker.abort();
+                    error.get_or_insert("the worker did not stop within 60 s".into());
+                }
+            }
+        }
+        if let Some(fleet) = self.fleet.take() {
+            if let Err(e) = fleet.stop().await {
+                error.get_or_insert(e);
+            }
+        }
+        if let Some(store) = &self.store {
+            store.close().await;
+        }
+    }
+}
+
+async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
+    let cmd = ctx.cmd;
+    let database = DatabaseArgs {
+        database_url: Secret::new(ctx.db_url),
+        db_max_connections: cmd.db_max_connections,
     };
+    let setup_store = app::migrate(&database).await?;
+    let mut graph_args = bench_graph_args(cmd);
+    graph_args.use_simulator(ctx.sim.graph_url(), ctx.sim.login_url());
+    let graph = GraphClient::new(graph_args.to_settings().map_err(anyhow::Error::msg)?)?;
+    if cmd.profile_sync {
+        sync_before_the_run(&graph, &setup_store).await?;
+    }
+    setup_store.close().await;
+
+    let worker_args = bench_worker_args(cmd);
     let broker = BrokerArgs {
         amqp_url: cmd.amqp_url.clone(),
         queue_prefix: ctx.topology.prefix.clone(),
         retry_delay: ctx.topology.retry_delay,
     };
-    let stats = Arc::new(WorkerStats::default());
     let (stop, stopped) = watch::channel(false);
+    let mut workers = Workers {
+        task: None,
+        store: None,
+        fleet: None,
+        stats: Arc::new(WorkerStats::default()),
+        stop,
+    };
     // One of the two: the worker as a task here, or as processes of their own.
-    let mut worker = None;
-    let mut store = None;
-    let mut fleet = None;
     if cmd.workers > 1 {
-        let executable = match &cmd.worker_executable {
-            Some(path) => path.clone(),
-            None => std::env::current_exe().context("finding this executable")?,
-        };
-        let log = ctx
-            .worker_log
-            .context("no log file for the worker processes")?;
-        fleet = Some(
-            fleet::Fleet::start(
-                &executable,
-                cmd.workers,
-                log,
-                &graph_args,
-                &broker,
-                &database,
-                &worker_args,
-                cmd.batch_size,
-            )
-            .await?,
-        );
+        let fleet = start_fleet(ctx, &graph_args, &broker, &database, &worker_args).await?;
+        workers.fleet = Some(fleet);
     } else {
         let pool = Store::connect(ctx.db_url, cmd.db_max_connections).await?;
-        store = Some(pool.clone());
-        worker = Some(tokio::spawn({
-            let (graph, stats) = (graph.clone(), Arc::clone(&stats));
+        workers.store = Some(pool.clone());
+        workers.task = Some(tokio::spawn({
+            let (graph, stats) = (graph.clone(), Arc::clone(&workers.stats));
             let graph_args = graph_args.clone();
             async move {
                 app::run_worker(
@@ -927,132 +997,242 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         }));
     }
 
-    let publish_runtime = tokio::runtime::Builder::new_multi_thread()
+    let publish_runtime = publish_runtime()?;
+    let result = measure_window(ctx, &graph, &publish_runtime, &mut workers).await;
+    if let Some(mut worker) = workers.task.filter(|w| !w.is_finished()) {
+        let _ = workers.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut worker).await;
+        worker.abort();
+    }
+    // Worker processes still there after a failure are killed when dropped.
+    drop(workers.fleet);
+    publish_runtime.shutdown_background();
+    result
+}
+
+/// Sync intel profiles as a worker does at start, so that chaining matches them.
+async fn sync_before_the_run(graph: &GraphClient, store: &Store) -> anyhow::Result<()> {
+    let summary = sync_profiles(graph, store)
+        .await
+        .context("syncing intel profiles")?;
+    eprintln!(
+        "intel profiles synced: {} profiles, {} indicators",
+        summary.profiles, summary.indicators
+    );
+    Ok(())
+}
+
+/// The publishers' runtime: threads of their own (`mdti-bench-pub`), so their CPU can be told
+/// apart from the worker's.
+fn publish_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("mdti-bench-pub")
         .enable_all()
-        .build()?;
-    let result = async {
-        let publisher = publish_runtime
-            .spawn(ready_publisher(
-                cmd.amqp_url.expose().to_owned(),
-                ctx.topology.clone(),
-                cmd.workers,
-            ))
-            .await??;
-        // Let the setup's Postgres statistics reach pg_stat_database (flushed at most once a
-        // second) before reading the baseline.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let pg_before = pg_stats(ctx.admin_url, ctx.db_name).await?;
-        let before = Snapshot::take(ctx, &graph).await;
-        let peak_reset = measure::reset_peak_rss();
+        .build()?)
+}
 
-        let published = Arc::new(AtomicU64::new(0));
-        let mut publishing = Some(publish_runtime.spawn(publish_all(
-            publisher,
-            Arc::clone(&mix),
-            cmd.batch_size,
-            cmd.publish_rate,
-            ctx.topology.prefix.clone(),
-            Arc::clone(&published),
-        )));
-        let mut live = match cmd.live_rate > 0.0 {
-            true => {
-                let (url, topology) = (cmd.amqp_url.expose().to_owned(), ctx.topology.clone());
-                let publisher = publish_runtime
-                    .spawn(async move { Publisher::connect(&url, topology).await })
-                    .await??;
-                let run = ctx.topology.prefix.clone();
-                Some(lanes::LiveStream::start(
-                    &publish_runtime,
-                    publisher,
-                    cmd.live_rate,
-                    &mix,
-                    run,
-                ))
-            }
-            false => None,
-        };
-        let lane_requests_before = lane_requests(&graph);
-        let mut lanes_measured: Option<lanes::Measured> = None;
-        let mut times: Option<PublishTimes> = None;
-        let mut error: Option<String> = None;
-        let deadline = before.at + cmd.max_duration;
-        let mut fleet_settled = None;
+async fn start_fleet(
+    ctx: &Ctx<'_>,
+    graph_args: &GraphArgs,
+    broker: &BrokerArgs,
+    database: &DatabaseArgs,
+    worker_args: &WorkerArgs,
+) -> anyhow::Result<fleet::Fleet> {
+    let cmd = ctx.cmd;
+    let executable = match &cmd.worker_executable {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding this executable")?,
+    };
+    let log = ctx
+        .worker_log
+        .context("no log file for the worker processes")?;
+    fleet::Fleet::start(
+        &executable,
+        cmd.workers,
+        log,
+        graph_args,
+        broker,
+        database,
+        worker_args,
+        cmd.batch_size,
+    )
+    .await
+}
+
+/// Publish the mix (and the live stream), wait for the drain, stop the worker, and report on
+/// the window between the two snapshots.
+async fn measure_window(
+    ctx: &Ctx<'_>,
+    graph: &GraphClient,
+    publish_runtime: &tokio::runtime::Runtime,
+    workers: &mut Workers,
+) -> anyhow::Result<Report> {
+    let cmd = ctx.cmd;
+    let mix = Arc::new(observable_mix(cmd.observables, cmd.distinct, cmd.seed));
+    let messages = cmd.observables.div_ceil(cmd.batch_size);
+    let publisher = publish_runtime
+        .spawn(ready_publisher(
+            cmd.amqp_url.expose().to_owned(),
+            ctx.topology.clone(),
+            cmd.workers,
+        ))
+        .await??;
+    // Let the setup's Postgres statistics reach pg_stat_database (flushed at most once a
+    // second) before reading the baseline.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pg_before = pg_stats(ctx.admin_url, ctx.db_name).await?;
+    let before = Snapshot::take(ctx, graph).await;
+    let peak_reset = measure::reset_peak_rss();
+
+    let published = Arc::new(AtomicU64::new(0));
+    let publishing = publish_runtime.spawn(publish_all(
+        publisher,
+        Arc::clone(&mix),
+        cmd.batch_size,
+        cmd.publish_rate,
+        ctx.topology.prefix.clone(),
+        Arc::clone(&published),
+    ));
+    let live = start_live(ctx, publish_runtime, &mix).await?;
+    let mut drain = Drain::new(publishing, live, lane_requests(graph));
+    drain.wait(ctx, graph, workers, messages, before.at).await;
+    let drained_at = Instant::now();
+    let after = Snapshot::take(ctx, graph).await;
+    let (peak_kib, end_kib) = measure::rss_kib();
+    // Just before stopping: a process that exited has no /proc entry left.
+    let processes = workers.read_processes();
+    drain.stop_publishing();
+    workers.stop(&mut drain.error).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pg = pg_delta(&pg_stats(ctx.admin_url, ctx.db_name).await?, &pg_before);
+    let rows = read_runs(ctx.db_url).await?;
+    let lanes = read_lanes(ctx.db_url, drain.lanes_measured).await?;
+    let mut report = assemble(Assembly {
+        ctx,
+        before,
+        after,
+        times: drain.times,
+        drained_at,
+        error: drain.error,
+        peak_reset,
+        peak_kib,
+        end_kib,
+        pg,
+        rows,
+        stats: drain.fleet_settled.is_none().then_some(&*workers.stats),
+        fleet_settled: drain.fleet_settled,
+        processes,
+        published: published.load(Ordering::Relaxed),
+        distinct: mix::distinct_count(cmd.observables, cmd.distinct),
+        messages,
+    });
+    report.lanes = lanes;
+    Ok(report)
+}
+
+/// The live stream of the lanes mode (`--live-rate`), on the publishers' runtime.
+async fn start_live(
+    ctx: &Ctx<'_>,
+    publish_runtime: &tokio::runtime::Runtime,
+    mix: &Arc<Vec<String>>,
+) -> anyhow::Result<Option<lanes::LiveStream>> {
+    let cmd = ctx.cmd;
+    if cmd.live_rate <= 0.0 {
+        return Ok(None);
+    }
+    let (url, topology) = (cmd.amqp_url.expose().to_owned(), ctx.topology.clone());
+    let publisher = publish_runtime
+        .spawn(async move { Publisher::connect(&url, topology).await })
+        .await??;
+    let run = ctx.topology.prefix.clone();
+    Ok(Some(lanes::LiveStream::start(
+        publish_runtime,
+        publisher,
+        cmd.live_rate,
+        mix,
+        run,
+    )))
+}
+
+/// The lanes mode's figures, read once the run is over.
+async fn read_lanes(
+    db_url: &str,
+    measured: Option<lanes::Measured>,
+) -> anyhow::Result<Option<lanes::Lanes>> {
+    let Some(measured) = measured else {
+        return Ok(None);
+    };
+    let mut conn = PgConnection::connect(db_url).await?;
+    let lanes = lanes::read(&mut conn, measured).await?;
+    let _ = conn.close().await;
+    Ok(Some(lanes))
+}
+
+/// Publishing and draining, watched until every message is settled or the run fails.
+struct Drain {
+    publishing: Option<tokio::task::JoinHandle<anyhow::Result<PublishTimes>>>,
+    live: Option<lanes::LiveStream>,
+    lane_requests_before: [u64; 2],
+    times: Option<PublishTimes>,
+    error: Option<String>,
+    /// With worker processes: what Postgres and the dead-letter queue said last.
+    fleet_settled: Option<fleet::Settled>,
+    lanes_measured: Option<lanes::Measured>,
+}
+
+impl Drain {
+    fn new(
+        publishing: tokio::task::JoinHandle<anyhow::Result<PublishTimes>>,
+        live: Option<lanes::LiveStream>,
+        lane_requests_before: [u64; 2],
+    ) -> Drain {
+        Drain {
+            publishing: Some(publishing),
+            live,
+            lane_requests_before,
+            times: None,
+            error: None,
+            fleet_settled: None,
+            lanes_measured: None,
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        ctx: &Ctx<'_>,
+        graph: &GraphClient,
+        workers: &mut Workers,
+        messages: usize,
+        started: Instant,
+    ) {
+        let cmd = ctx.cmd;
+        let deadline = started + cmd.max_duration;
         let mut next_fleet_check = Instant::now();
         loop {
-            if publishing.as_ref().is_some_and(|p| p.is_finished()) {
-                match publishing.take().expect("checked").await {
-                    Ok(Ok(t)) => times = Some(t),
-                    Ok(Err(e)) => error = Some(format!("publishing failed: {e:#}")),
-                    Err(e) => error = Some(format!("publisher task failed: {e}")),
-                }
-            }
-            let settled = match fleet.as_mut() {
-                None => {
-                    WorkerStats::get(&stats.done_by_lane[Lane::Bulk.index()])
-                        + WorkerStats::get(&stats.dead_lettered)
-                        >= messages as u64
-                }
-                // A query, not an atomic load: asked at most every FLEET_POLL.
-                Some(fleet) if times.is_some() && Instant::now() >= next_fleet_check => {
-                    next_fleet_check = Instant::now() + FLEET_POLL;
-                    match fleet.settled_observables().await {
-                        Ok(settled) => {
-                            fleet_settled = Some(settled);
-                            settled.observables() >= cmd.observables as u64
-                        }
-                        Err(e) => {
-                            error = Some(format!("{e:#}"));
-                            break;
-                        }
-                    }
-                }
-                Some(_) => false,
+            self.collect_publishing().await;
+            let Some(settled) = self
+                .bulk_settled(cmd, workers, messages, &mut next_fleet_check)
+                .await
+            else {
+                break;
             };
-            if times.is_some() && settled {
-                if let Some(stream) = live.take() {
-                    let requests = lane_requests(&graph);
-                    match stream.stop().await {
-                        Ok(published) => {
-                            lanes_measured = Some(lanes::Measured {
-                                live_rate: cmd.live_rate,
-                                live_reserve: cmd.live_reserve,
-                                quota: cmd.sim_rate.unwrap_or(f64::INFINITY).min(cmd.graph_rate),
-                                live_published: published,
-                                bulk_drain: before.at.elapsed(),
-                                requests: [0, 1].map(|i| requests[i] - lane_requests_before[i]),
-                            })
-                        }
-                        Err(e) => error = Some(format!("the live stream failed: {e:#}")),
-                    }
-                }
+            if self.times.is_some() && settled {
+                self.stop_live(cmd, graph, started).await;
             }
-            let live_settled = lanes_measured.as_ref().is_none_or(|m| {
-                WorkerStats::get(&stats.done_by_lane[Lane::Live.index()]) >= m.live_published
+            let live_settled = self.lanes_measured.as_ref().is_none_or(|m| {
+                WorkerStats::get(&workers.stats.done_by_lane[Lane::Live.index()])
+                    >= m.live_published
             });
-            if error.is_some() || (times.is_some() && settled && live_settled) {
+            if self.error.is_some() || (self.times.is_some() && settled && live_settled) {
                 break;
             }
-            if worker.as_ref().is_some_and(|w| w.is_finished()) {
-                error = Some("the worker stopped before the queues were drained".into());
+            if let Some(error) = workers.stopped_early(ctx) {
+                self.error = Some(error);
                 break;
-            }
-            if let Some(fleet) = fleet.as_mut() {
-                let running = fleet.running();
-                if running < cmd.workers {
-                    error = Some(format!(
-                        "{} of {} worker processes stopped before the queues were drained (see {})",
-                        cmd.workers - running,
-                        cmd.workers,
-                        ctx.worker_log
-                            .map_or("their log".into(), |p| p.display().to_string())
-                    ));
-                    break;
-                }
             }
             if Instant::now() >= deadline {
-                error = Some(format!(
+                self.error = Some(format!(
                     "not drained within --max-duration {:?}",
                     cmd.max_duration
                 ));
@@ -1060,89 +1240,81 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let drained_at = Instant::now();
-        let after = Snapshot::take(ctx, &graph).await;
-        let (peak_kib, end_kib) = measure::rss_kib();
-        // Just before stopping: a process that exited has no /proc entry left.
-        let processes = fleet
-            .as_ref()
-            .map(fleet::Fleet::read_processes)
-            .unwrap_or_default();
-        if let Some(p) = publishing.take() {
+    }
+
+    /// Publishing that has not finished by the end of the run goes no further.
+    fn stop_publishing(&mut self) {
+        if let Some(p) = self.publishing.take() {
             p.abort();
         }
+    }
 
-        let _ = stop.send(true);
-        if let Some(worker) = worker.as_mut() {
-            match tokio::time::timeout(Duration::from_secs(60), &mut *worker).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    error.get_or_insert(format!("the worker failed: {e:#}"));
-                }
-                Ok(Err(e)) => {
-                    error.get_or_insert(format!("the worker task failed: {e}"));
-                }
-                Err(_) => {
-                    worker.abort();
-                    error.get_or_insert("the worker did not stop within 60 s".into());
+    /// The publish times once publishing has finished, or why it failed.
+    async fn collect_publishing(&mut self) {
+        if !self.publishing.as_ref().is_some_and(|p| p.is_finished()) {
+            return;
+        }
+        match self.publishing.take().expect("checked").await {
+            Ok(Ok(t)) => self.times = Some(t),
+            Ok(Err(e)) => self.error = Some(format!("publishing failed: {e:#}")),
+            Err(e) => self.error = Some(format!("publisher task failed: {e}")),
+        }
+    }
+
+    /// Whether every bulk message is settled; `None` when the worker processes' drain could
+    /// not be read (the error is recorded).
+    async fn bulk_settled(
+        &mut self,
+        cmd: &BenchCmd,
+        workers: &mut Workers,
+        messages: usize,
+        next_fleet_check: &mut Instant,
+    ) -> Option<bool> {
+        let stats = &workers.stats;
+        match workers.fleet.as_mut() {
+            None => Some(
+                WorkerStats::get(&stats.done_by_lane[Lane::Bulk.index()])
+                    + WorkerStats::get(&stats.dead_lettered)
+                    >= messages as u64,
+            ),
+            // A query, not an atomic load: asked at most every FLEET_POLL.
+            Some(fleet) if self.times.is_some() && Instant::now() >= *next_fleet_check => {
+                *next_fleet_check = Instant::now() + FLEET_POLL;
+                match fleet.settled_observables().await {
+                    Ok(settled) => {
+                        self.fleet_settled = Some(settled);
+                        Some(settled.observables() >= cmd.observables as u64)
+                    }
+                    Err(e) => {
+                        self.error = Some(format!("{e:#}"));
+                        None
+                    }
                 }
             }
+            Some(_) => Some(false),
         }
-        if let Some(fleet) = fleet.take() {
-            if let Err(e) = fleet.stop().await {
-                error.get_or_insert(e);
-            }
-        }
-        // Closing the pool ends its backends, which flushes their statistics (the worker
-        // processes' backends ended with them).
-        if let Some(store) = &store {
-            store.close().await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let pg = pg_delta(&pg_stats(ctx.admin_url, ctx.db_name).await?, &pg_before);
-        let rows = read_runs(ctx.db_url).await?;
-        let lanes = match lanes_measured {
-            Some(measured) => {
-                let mut conn = PgConnection::connect(ctx.db_url).await?;
-                let lanes = lanes::read(&mut conn, measured).await?;
-                let _ = conn.close().await;
-                Some(lanes)
-            }
-            None => None,
+    }
+
+    /// Stop the live stream once the bulk backlog is settled, and measure the lanes over it.
+    async fn stop_live(&mut self, cmd: &BenchCmd, graph: &GraphClient, started: Instant) {
+        let Some(stream) = self.live.take() else {
+            return;
         };
-
-        let mut report = assemble(Assembly {
-            ctx,
-            before,
-            after,
-            times,
-            drained_at,
-            error,
-            peak_reset,
-            peak_kib,
-            end_kib,
-            pg,
-            rows,
-            stats: fleet_settled.is_none().then_some(&*stats),
-            fleet_settled,
-            processes,
-            published: published.load(Ordering::Relaxed),
-            distinct: mix::distinct_count(cmd.observables, cmd.distinct),
-            messages,
-        });
-        report.lanes = lanes;
-        Ok::<_, anyhow::Error>(report)
+        let requests = lane_requests(graph);
+        match stream.stop().await {
+            Ok(published) => {
+                self.lanes_measured = Some(lanes::Measured {
+                    live_rate: cmd.live_rate,
+                    live_reserve: cmd.live_reserve,
+                    quota: cmd.sim_rate.unwrap_or(f64::INFINITY).min(cmd.graph_rate),
+                    live_published: published,
+                    bulk_drain: started.elapsed(),
+                    requests: [0, 1].map(|i| requests[i] - self.lane_requests_before[i]),
+                })
+            }
+            Err(e) => self.error = Some(format!("the live stream failed: {e:#}")),
+        }
     }
-    .await;
-    if let Some(mut worker) = worker.filter(|w| !w.is_finished()) {
-        let _ = stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(30), &mut worker).await;
-        worker.abort();
-    }
-    // Worker processes still there after a failure are killed when dropped.
-    drop(fleet);
-    publish_runtime.shutdown_background();
-    result
 }
 
 struct Assembly<'a> {
@@ -1175,67 +1347,119 @@ fn per(value: f64, over: f64) -> f64 {
     }
 }
 
-fn assemble(a: Assembly<'_>) -> Report {
-    let cmd = a.ctx.cmd;
-    let (before, after) = (&a.before, &a.after);
-    let in_process = matches!(a.ctx.sim, SimSide::InProcess { .. });
-    let window = after.at.duration_since(before.at).as_secs_f64();
-    let first = a.times.as_ref().map_or(before.at, |t| t.first_confirmed);
-    let end_to_end = a.drained_at.saturating_duration_since(first).as_secs_f64();
-    let publish_s = a.times.as_ref().map_or(0.0, |t| {
-        t.last_confirmed
-            .duration_since(t.first_confirmed)
-            .as_secs_f64()
-    });
-    let observables_done = a.rows.latency_all.len() as u64;
+/// Figures of the run that several parts of the report are computed from.
+struct Figures {
+    /// Seconds between the two snapshots.
+    window: f64,
+    /// First message confirmed → every message settled.
+    end_to_end: f64,
+    publish_s: f64,
+    observables_done: u64,
+    /// The simulator ran in this process.
+    in_process: bool,
+    /// Worker processes rather than the in-process worker.
+    multi_process: bool,
+    /// The client's counters over the window.
+    client: GraphCounts,
+    /// The client's count, or the simulator's with worker processes.
+    requests: u64,
+}
 
-    let g = after.graph.since(&before.graph);
-    let sim_delta: BTreeMap<String, u64> = after
-        .sim
+impl Figures {
+    fn of(a: &Assembly<'_>, sim_delta: &BTreeMap<String, u64>) -> Figures {
+        let (before, after) = (&a.before, &a.after);
+        let first = a.times.as_ref().map_or(before.at, |t| t.first_confirmed);
+        let multi_process = a.stats.is_none();
+        let client = after.graph.since(&before.graph);
+        Figures {
+            window: after.at.duration_since(before.at).as_secs_f64(),
+            end_to_end: a.drained_at.saturating_duration_since(first).as_secs_f64(),
+            publish_s: a.times.as_ref().map_or(0.0, |t| {
+                t.last_confirmed
+                    .duration_since(t.first_confirmed)
+                    .as_secs_f64()
+            }),
+            observables_done: a.rows.latency_all.len() as u64,
+            in_process: matches!(a.ctx.sim, SimSide::InProcess { .. }),
+            multi_process,
+            requests: if multi_process {
+                sim_delta.get("graph").copied().unwrap_or(0)
+            } else {
+                client.requests
+            },
+            client,
+        }
+    }
+
+    /// A client-side figure: it exists only for the in-process worker's client.
+    fn client_side<T>(&self, value: T) -> Option<T> {
+        (!self.multi_process).then_some(value)
+    }
+}
+
+/// Where this process's CPU went during the run.
+struct CpuUse {
+    process: measure::Cpu,
+    by_thread: BTreeMap<String, f64>,
+    simulator: f64,
+    publisher: f64,
+    worker: f64,
+}
+
+impl CpuUse {
+    fn of(a: &Assembly<'_>, multi_process: bool) -> CpuUse {
+        let (before, after) = (&a.before, &a.after);
+        let process = match (after.cpu, before.cpu) {
+            (Some(a), Some(b)) => a.since(&b),
+            _ => measure::Cpu::default(),
+        };
+        let by_thread = measure::thread_groups(&before.threads, &after.threads);
+        let group = |name: &str| by_thread.get(name).copied().unwrap_or(0.0);
+        let simulator = group("mdti-sim");
+        let publisher = group("mdti-bench-pub");
+        // The bench's own main thread only polls counters (the worker runs on the runtime's
+        // worker threads); its name is the executable's.
+        let main_thread = std::process::id();
+        let bench_main = after.threads.get(&main_thread).map_or(0.0, |(_, ns)| {
+            let was = before.threads.get(&main_thread).map_or(0, |(_, ns)| *ns);
+            ns.saturating_sub(was) as f64 / 1e9
+        });
+        // With worker processes, the bench process holds no worker: theirs is their own CPU.
+        let worker = if multi_process {
+            a.processes.iter().filter_map(|p| p.cpu_s).sum()
+        } else {
+            (process.total() - simulator - publisher - bench_main).max(0.0)
+        };
+        CpuUse {
+            process,
+            by_thread,
+            simulator,
+            publisher,
+            worker,
+        }
+    }
+}
+
+/// What each simulator counter counted between the two snapshots.
+fn counters_since(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
         .iter()
         .map(|(k, v)| {
             (
                 k.clone(),
-                v.saturating_sub(before.sim.get(k).copied().unwrap_or(0)),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
             )
         })
-        .collect();
+        .collect()
+}
 
-    let cpu = match (after.cpu, before.cpu) {
-        (Some(a), Some(b)) => a.since(&b),
-        _ => measure::Cpu::default(),
-    };
-    let groups = measure::thread_groups(&before.threads, &after.threads);
-    let group = |name: &str| groups.get(name).copied().unwrap_or(0.0);
-    let simulator_cpu = group("mdti-sim");
-    let publisher_cpu = group("mdti-bench-pub");
-    // The bench's own main thread only polls counters (the worker runs on the runtime's
-    // worker threads); its name is the executable's.
-    let main_thread = std::process::id();
-    let bench_main = after.threads.get(&main_thread).map_or(0.0, |(_, ns)| {
-        let was = before.threads.get(&main_thread).map_or(0, |(_, ns)| *ns);
-        ns.saturating_sub(was) as f64 / 1e9
-    });
-    // With worker processes, the bench process holds no worker: theirs is their own CPU.
-    let multi_process = a.stats.is_none();
-    let processes_cpu: f64 = a.processes.iter().filter_map(|p| p.cpu_s).sum();
-    let worker_cpu = if multi_process {
-        processes_cpu
-    } else {
-        (cpu.total() - simulator_cpu - publisher_cpu - bench_main).max(0.0)
-    };
-    // The client-side figures exist only for the in-process worker's client.
-    let client = |value: f64| (!multi_process).then_some(value);
-    let requests = if multi_process {
-        sim_delta.get("graph").copied().unwrap_or(0)
-    } else {
-        g.requests
-    };
-    let machine_busy = match (after.machine, before.machine) {
-        (Some(a), Some(b)) => measure::machine_busy_s(&b, &a),
-        _ => 0.0,
-    };
-
+fn assemble(a: Assembly<'_>) -> Report {
+    let sim_delta = counters_since(&a.before.sim, &a.after.sim);
+    let f = Figures::of(&a, &sim_delta);
+    let cpu = CpuUse::of(&a, f.multi_process);
     let latency = Latency {
         all: Spread::of_micros(a.rows.latency_all.clone()),
         enriched: Spread::of_micros(a.rows.latency_enriched.clone()),
@@ -1243,13 +1467,155 @@ fn assemble(a: Assembly<'_>) -> Report {
         service: Spread::of_micros(a.rows.service_all.clone()),
         service_enriched: Spread::of_micros(a.rows.service_enriched.clone()),
     };
-    let service_s = a.rows.service_all.iter().sum::<i64>() as f64 / 1e6;
-    let sim_latency_s = match a.ctx.sim {
-        SimSide::InProcess { latency, .. } => Some(latency.as_secs_f64() * requests as f64),
-        SimSide::External { .. } => None,
+    let machine_busy = match (a.after.machine, a.before.machine) {
+        (Some(after), Some(before)) => measure::machine_busy_s(&before, &after),
+        _ => 0.0,
     };
+    Report {
+        // Format 2: the client-side Graph figures may be null, `peak_rss_mib` is the bench
+        // process's and the workers' are in `worker_processes`, as with worker processes.
+        format: if f.multi_process { 2 } else { 1 },
+        started_at: a.ctx.started_at.to_rfc3339(),
+        git_rev: git_rev(),
+        config: config(&a, f.in_process),
+        machine: Machine {
+            cpus: measure::cpus(),
+            loadavg_start: a.before.load,
+            loadavg_end: a.after.load,
+            machine_busy_cores: per(machine_busy, f.window),
+            process_cores: per(cpu.process.total(), f.window),
+        },
+        complete: a.error.is_none(),
+        error: a.error.clone(),
+        throughput: Throughput {
+            published_messages: a.published,
+            publish_s: f.publish_s,
+            publish_messages_per_s: per(a.published.saturating_sub(1) as f64, f.publish_s),
+            end_to_end_s: f.end_to_end,
+            observables_done: f.observables_done,
+            observables_per_s: per(f.observables_done as f64, f.end_to_end),
+        },
+        graph: graph_figures(&f, sim_delta),
+        breakdown: breakdown(&a, &f, &latency),
+        latency,
+        runs: Runs {
+            enriched: a.rows.enriched,
+            cached: a.rows.cached,
+            skipped: a.rows.skipped,
+            graph_requests: a.rows.graph_requests,
+            attribution: a.rows.attribution.clone(),
+        },
+        worker: worker_counters(&a),
+        resources: resources(&a, &f, cpu),
+        postgres: a.pg.clone(),
+        lanes: None,
+        notes: notes(&a, &f),
+    }
+}
 
-    let worker_counters: BTreeMap<String, u64> = match a.stats {
+fn config(a: &Assembly<'_>, in_process: bool) -> Config {
+    let cmd = a.ctx.cmd;
+    Config {
+        observables: cmd.observables,
+        distinct_values: a.distinct,
+        batch_size: cmd.batch_size,
+        messages: a.messages,
+        concurrency: cmd.concurrency,
+        item_concurrency: cmd.item_concurrency,
+        group_commit: cmd.group_commit,
+        enrichers: cmd.enrichers.0.iter().map(|e| e.to_string()).collect(),
+        chain: cmd.chain,
+        chain_depth: cmd.chain_depth,
+        graph_rate: cmd.graph_rate,
+        graph_burst: cmd.graph_burst,
+        graph_max_in_flight: cmd.graph_max_in_flight,
+        sim: a.ctx.sim.mode().to_owned(),
+        sim_url: a.ctx.sim.graph_url(),
+        sim_rate: if in_process { cmd.sim_rate } else { None },
+        sim_latency_ms: if in_process {
+            cmd.sim_latency.as_secs_f64() * 1000.0
+        } else {
+            0.0
+        },
+        sim_threads: cmd.sim_threads,
+        publish_rate: cmd.publish_rate,
+        seed: cmd.seed,
+        db_max_connections: cmd.db_max_connections,
+        database: a.ctx.db_name.to_owned(),
+        queue_prefix: a.ctx.topology.prefix.clone(),
+        profile_sync: cmd.profile_sync,
+        workers: cmd.workers,
+    }
+}
+
+fn graph_figures(f: &Figures, sim_delta: BTreeMap<String, u64>) -> Graph {
+    let g = &f.client;
+    Graph {
+        requests: f.requests,
+        requests_counted_by: if f.multi_process {
+            "simulator"
+        } else {
+            "client"
+        }
+        .to_owned(),
+        requests_per_observable: per(f.requests as f64, f.observables_done as f64),
+        achieved_rate: per(f.requests as f64, f.end_to_end),
+        sim_429: sim_delta.get("throttled").copied(),
+        sim_requests: sim_delta.get("graph").copied(),
+        client_throttled: f.client_side(g.throttled),
+        retries: f.client_side(g.retries),
+        gave_up: f.client_side(g.gave_up),
+        retry_after_asked_s: f.client_side(g.retry_after_micros as f64 / 1e6),
+        limiter_wait_s: f.client_side(g.limiter_micros as f64 / 1e6),
+        hold_wait_s: f.client_side(g.hold_micros as f64 / 1e6),
+        sim_endpoints: sim_delta,
+    }
+}
+
+fn breakdown(a: &Assembly<'_>, f: &Figures, latency: &Latency) -> Breakdown {
+    let g = &f.client;
+    Breakdown {
+        slot_capacity_s: f64::from(a.ctx.cmd.concurrency) * f.end_to_end,
+        service_s: a.rows.service_all.iter().sum::<i64>() as f64 / 1e6,
+        limiter_wait_s: f.client_side(g.limiter_micros as f64 / 1e6),
+        hold_wait_s: f.client_side(g.hold_micros as f64 / 1e6),
+        sim_latency_s: match a.ctx.sim {
+            SimSide::InProcess { latency, .. } => Some(latency.as_secs_f64() * f.requests as f64),
+            SimSide::External { .. } => None,
+        },
+        postgres_active_s: a.pg.active_s,
+        mean_queue_and_write_ms: latency.all.mean_ms - latency.service.mean_ms,
+    }
+}
+
+fn resources(a: &Assembly<'_>, f: &Figures, cpu: CpuUse) -> Resources {
+    let (before, after) = (&a.before, &a.after);
+    Resources {
+        peak_rss_mib: a.peak_kib.map(|k| k as f64 / 1024.0),
+        end_rss_mib: a.end_kib.map(|k| k as f64 / 1024.0),
+        peak_rss_window_only: a.peak_reset,
+        rss_includes_simulator: f.in_process,
+        process_cpu: cpu.process,
+        cpu_by_thread: cpu.by_thread,
+        simulator_cpu_s: cpu.simulator,
+        publisher_cpu_s: cpu.publisher,
+        worker_cpu_s: cpu.worker,
+        worker_cpu_s_per_1000: per(cpu.worker * 1000.0, f.observables_done as f64),
+        postgres_backends_cpu_s: measure::processes_delta(
+            &before.postgres_backends,
+            &after.postgres_backends,
+        ),
+        postgres_all_cpu_s: measure::processes_delta(&before.postgres_all, &after.postgres_all),
+        rabbitmq_cpu_s: measure::processes_delta(&before.rabbitmq, &after.rabbitmq),
+        worker_processes_peak_rss_mib: (!a.processes.is_empty())
+            .then(|| a.processes.iter().filter_map(|p| p.peak_rss_mib).sum()),
+        worker_processes: a.processes.clone(),
+    }
+}
+
+/// The in-process worker's counters, or what the bench read in Postgres and RabbitMQ instead.
+fn worker_counters(a: &Assembly<'_>) -> BTreeMap<String, u64> {
+    match a.stats {
         Some(stats) => [
             ("messages", &stats.messages),
             ("retried", &stats.retried),
@@ -1269,7 +1635,6 @@ fn assemble(a: Assembly<'_>) -> Report {
         .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))
         .chain([("done".to_owned(), stats.done())])
         .collect(),
-        // What the bench read in Postgres and RabbitMQ instead.
         None => a
             .fleet_settled
             .map(|s| {
@@ -1279,8 +1644,12 @@ fn assemble(a: Assembly<'_>) -> Report {
                 ])
             })
             .unwrap_or_default(),
-    };
+    }
+}
 
+/// What the figures mean and what they leave out, for this kind of run.
+fn notes(a: &Assembly<'_>, f: &Figures) -> Vec<String> {
+    let cmd = a.ctx.cmd;
     let mut notes = vec![
         "publish→commit latency ends at enrichment_runs.created_at, Postgres now() = the start of the result transaction: the write itself, the commit, the ack and attribution events are after it".to_owned(),
         "service time is enrichment_runs.duration_ms (whole milliseconds): cache check, Graph requests (limiter and 429 waits included), chaining with its reputation cache; it excludes the queue wait and the result write".to_owned(),
@@ -1289,7 +1658,7 @@ fn assemble(a: Assembly<'_>) -> Report {
     if cmd.publish_rate == 0.0 {
         notes.push("backlog mode (--publish-rate 0): everything is queued at once, so publish→commit latency is mostly queue wait; use --publish-rate below the worker's throughput for service latency under load".into());
     }
-    if multi_process {
+    if f.multi_process {
         notes.push(format!(
             "{} worker processes sharing --graph-rate {} as their tenant quota through Postgres leases; the bench process holds no worker, only the publisher (and the simulator unless external)",
             cmd.workers, cmd.graph_rate
@@ -1300,7 +1669,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             FLEET_POLL.as_millis()
         ));
     } else {
-        if in_process {
+        if f.in_process {
             notes.push("the simulator runs in this process (own runtime, threads mdti-sim): RSS includes it, its CPU is subtracted from the worker's; use --sim-external for a worker-only RSS".into());
         }
         notes.push(format!(
@@ -1315,119 +1684,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             "some items were rejected: the settled-message count may be reached early".into(),
         );
     }
-
-    Report {
-        // Format 2: the client-side Graph figures may be null, `peak_rss_mib` is the bench
-        // process's and the workers' are in `worker_processes`, as with worker processes.
-        format: if multi_process { 2 } else { 1 },
-        started_at: a.ctx.started_at.to_rfc3339(),
-        git_rev: git_rev(),
-        config: Config {
-            observables: cmd.observables,
-            distinct_values: a.distinct,
-            batch_size: cmd.batch_size,
-            messages: a.messages,
-            concurrency: cmd.concurrency,
-            item_concurrency: cmd.item_concurrency,
-            group_commit: cmd.group_commit,
-            enrichers: cmd.enrichers.0.iter().map(|e| e.to_string()).collect(),
-            chain: cmd.chain,
-            chain_depth: cmd.chain_depth,
-            graph_rate: cmd.graph_rate,
-            graph_burst: cmd.graph_burst,
-            graph_max_in_flight: cmd.graph_max_in_flight,
-            sim: a.ctx.sim.mode().to_owned(),
-            sim_url: a.ctx.sim.graph_url(),
-            sim_rate: if in_process { cmd.sim_rate } else { None },
-            sim_latency_ms: if in_process {
-                cmd.sim_latency.as_secs_f64() * 1000.0
-            } else {
-                0.0
-            },
-            sim_threads: cmd.sim_threads,
-            publish_rate: cmd.publish_rate,
-            seed: cmd.seed,
-            db_max_connections: cmd.db_max_connections,
-            database: a.ctx.db_name.to_owned(),
-            queue_prefix: a.ctx.topology.prefix.clone(),
-            profile_sync: cmd.profile_sync,
-            workers: cmd.workers,
-        },
-        machine: Machine {
-            cpus: measure::cpus(),
-            loadavg_start: before.load,
-            loadavg_end: after.load,
-            machine_busy_cores: per(machine_busy, window),
-            process_cores: per(cpu.total(), window),
-        },
-        complete: a.error.is_none(),
-        error: a.error,
-        throughput: Throughput {
-            published_messages: a.published,
-            publish_s,
-            publish_messages_per_s: per(a.published.saturating_sub(1) as f64, publish_s),
-            end_to_end_s: end_to_end,
-            observables_done,
-            observables_per_s: per(observables_done as f64, end_to_end),
-        },
-        graph: Graph {
-            requests,
-            requests_counted_by: if multi_process { "simulator" } else { "client" }.to_owned(),
-            requests_per_observable: per(requests as f64, observables_done as f64),
-            achieved_rate: per(requests as f64, end_to_end),
-            sim_429: sim_delta.get("throttled").copied(),
-            sim_requests: sim_delta.get("graph").copied(),
-            client_throttled: (!multi_process).then_some(g.throttled),
-            retries: (!multi_process).then_some(g.retries),
-            gave_up: (!multi_process).then_some(g.gave_up),
-            retry_after_asked_s: client(g.retry_after_micros as f64 / 1e6),
-            limiter_wait_s: client(g.limiter_micros as f64 / 1e6),
-            hold_wait_s: client(g.hold_micros as f64 / 1e6),
-            sim_endpoints: sim_delta,
-        },
-        breakdown: Breakdown {
-            slot_capacity_s: f64::from(cmd.concurrency) * end_to_end,
-            service_s,
-            limiter_wait_s: client(g.limiter_micros as f64 / 1e6),
-            hold_wait_s: client(g.hold_micros as f64 / 1e6),
-            sim_latency_s,
-            postgres_active_s: a.pg.active_s,
-            mean_queue_and_write_ms: latency.all.mean_ms - latency.service.mean_ms,
-        },
-        latency,
-        runs: Runs {
-            enriched: a.rows.enriched,
-            cached: a.rows.cached,
-            skipped: a.rows.skipped,
-            graph_requests: a.rows.graph_requests,
-            attribution: a.rows.attribution.clone(),
-        },
-        worker: worker_counters,
-        resources: Resources {
-            peak_rss_mib: a.peak_kib.map(|k| k as f64 / 1024.0),
-            end_rss_mib: a.end_kib.map(|k| k as f64 / 1024.0),
-            peak_rss_window_only: a.peak_reset,
-            rss_includes_simulator: in_process,
-            process_cpu: cpu,
-            cpu_by_thread: groups,
-            simulator_cpu_s: simulator_cpu,
-            publisher_cpu_s: publisher_cpu,
-            worker_cpu_s: worker_cpu,
-            worker_cpu_s_per_1000: per(worker_cpu * 1000.0, observables_done as f64),
-            postgres_backends_cpu_s: measure::processes_delta(
-                &before.postgres_backends,
-                &after.postgres_backends,
-            ),
-            postgres_all_cpu_s: measure::processes_delta(&before.postgres_all, &after.postgres_all),
-            rabbitmq_cpu_s: measure::processes_delta(&before.rabbitmq, &after.rabbitmq),
-            worker_processes_peak_rss_mib: (!a.processes.is_empty())
-                .then(|| a.processes.iter().filter_map(|p| p.peak_rss_mib).sum()),
-            worker_processes: a.processes,
-        },
-        postgres: a.pg,
-        lanes: None,
-        notes,
-    }
+    notes
 }
 
 #[cfg(test)]

@@ -252,11 +252,22 @@ fn measured<T>(v: Option<T>, show: impl Fn(T) -> String) -> String {
 
 impl Report {
     pub fn table(&self) -> String {
-        let c = &self.config;
-        let t = &self.throughput;
-        let g = &self.graph;
-        let r = &self.resources;
         let mut out = String::new();
+        self.write_config(&mut out);
+        self.write_machine(&mut out);
+        self.write_throughput(&mut out);
+        self.write_graph(&mut out);
+        self.write_runs(&mut out);
+        self.write_latency(&mut out);
+        self.write_resources(&mut out);
+        self.write_breakdown(&mut out);
+        self.write_lanes_and_notes(&mut out);
+        out
+    }
+
+    /// The header: what was run, with which limits, against which simulator.
+    fn write_config(&self, out: &mut String) {
+        let c = &self.config;
         let _ = writeln!(
             out,
             "mdti-worker bench: {} observables ({} distinct) in {} messages of {}, concurrency {}, item concurrency {}, group commit {}{}",
@@ -298,6 +309,10 @@ impl Report {
                 String::new()
             }
         );
+    }
+
+    /// The machine's load, and whether the run finished.
+    fn write_machine(&self, out: &mut String) {
         let m = &self.machine;
         let load = |l: Option<[f64; 3]>| {
             l.map_or("n/a".into(), |l| {
@@ -322,9 +337,13 @@ impl Report {
                     .unwrap_or("the queues were not drained in time")
             );
         }
+    }
+
+    fn write_throughput(&self, out: &mut String) {
+        let t = &self.throughput;
         out.push_str("\nThroughput\n");
         line(
-            &mut out,
+            out,
             "publish",
             format!(
                 "{} messages in {:.2} s ({:.0} msg/s)",
@@ -332,16 +351,21 @@ impl Report {
             ),
         );
         line(
-            &mut out,
+            out,
             "end to end",
             format!(
                 "{} observables in {:.2} s: {:.1} observables/s",
                 t.observables_done, t.end_to_end_s, t.observables_per_s
             ),
         );
+    }
+
+    /// Requests, 429s and waits, as the client and the simulator counted them.
+    fn write_graph(&self, out: &mut String) {
+        let g = &self.graph;
         out.push_str("\nGraph\n");
         line(
-            &mut out,
+            out,
             "requests",
             format!(
                 "{} counted by the {} ({:.2} per observable), {:.1} req/s achieved{}",
@@ -349,7 +373,8 @@ impl Report {
                 g.requests_counted_by,
                 g.requests_per_observable,
                 g.achieved_rate,
-                c.sim_rate
+                self.config
+                    .sim_rate
                     .map(|q| format!(" (simulator allows {q})"))
                     .unwrap_or_default()
             ),
@@ -366,7 +391,7 @@ impl Report {
             _ => "client side not measured (it is in the worker processes)".into(),
         };
         line(
-            &mut out,
+            out,
             "429s",
             format!(
                 "{} sent by the simulator; {client_side}",
@@ -374,7 +399,7 @@ impl Report {
             ),
         );
         line(
-            &mut out,
+            out,
             "waits (summed)",
             format!(
                 "limiter {}, 429 hold {}",
@@ -388,10 +413,14 @@ impl Report {
             .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "graph" | "throttled"))
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        line(&mut out, "by endpoint", endpoints.join(", "));
+        line(out, "by endpoint", endpoints.join(", "));
+    }
+
+    /// How the observables were answered, and what they were attributed to.
+    fn write_runs(&self, out: &mut String) {
         let runs = &self.runs;
         line(
-            &mut out,
+            out,
             "runs",
             format!(
                 "{} enriched, {} cached, {} skipped",
@@ -400,12 +429,12 @@ impl Report {
         );
         let a = &runs.attribution;
         line(
-            &mut out,
+            out,
             "actor hits",
             format!("{} ({})", a.hits, Attribution::bands(&a.hits_by_band)),
         );
         line(
-            &mut out,
+            out,
             "attributions",
             format!(
                 "{} observable-actor pairs ({}); {} events announced, {} owed",
@@ -415,23 +444,38 @@ impl Report {
                 a.events_owed
             ),
         );
+    }
+
+    fn write_latency(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\nLatency (ms)            count      mean       p50       p95       p99       max"
         );
         let l = &self.latency;
-        spread_row(&mut out, "publish→commit, all", &l.all);
-        spread_row(&mut out, "  enriched", &l.enriched);
-        spread_row(&mut out, "  cached", &l.cached);
-        spread_row(&mut out, "service, all", &l.service);
-        spread_row(&mut out, "  enriched", &l.service_enriched);
+        spread_row(out, "publish→commit, all", &l.all);
+        spread_row(out, "  enriched", &l.enriched);
+        spread_row(out, "  cached", &l.cached);
+        spread_row(out, "service, all", &l.service);
+        spread_row(out, "  enriched", &l.service_enriched);
+    }
+
+    fn write_resources(&self, out: &mut String) {
         out.push_str("\nResources\n");
+        self.write_memory(out);
+        self.write_cpu(out);
+        self.write_postgres(out);
+    }
+
+    /// The bench process's RSS and what it holds, then each worker process's.
+    fn write_memory(&self, out: &mut String) {
+        let r = &self.resources;
+        let multi_process = !r.worker_processes.is_empty();
         line(
-            &mut out,
-            if r.worker_processes.is_empty() {
-                "peak RSS"
-            } else {
+            out,
+            if multi_process {
                 "bench process RSS"
+            } else {
+                "peak RSS"
             },
             format!(
                 "{} (end {}){}{}",
@@ -442,20 +486,17 @@ impl Report {
                 } else {
                     ", peak since start"
                 },
-                if !r.worker_processes.is_empty() && r.rss_includes_simulator {
-                    "; the simulator and publisher, no worker"
-                } else if !r.worker_processes.is_empty() {
-                    "; the publisher, no worker"
-                } else if r.rss_includes_simulator {
-                    "; includes the in-process simulator and publisher"
-                } else {
-                    "; includes the publisher, not the simulator"
+                match (multi_process, r.rss_includes_simulator) {
+                    (true, true) => "; the simulator and publisher, no worker",
+                    (true, false) => "; the publisher, no worker",
+                    (false, true) => "; includes the in-process simulator and publisher",
+                    (false, false) => "; includes the publisher, not the simulator",
                 }
             ),
         );
         for (index, w) in r.worker_processes.iter().enumerate() {
             line(
-                &mut out,
+                out,
                 &format!("worker process {}", index + 1),
                 format!(
                     "pid {}: peak RSS {}, CPU {}",
@@ -465,9 +506,9 @@ impl Report {
                 ),
             );
         }
-        if !r.worker_processes.is_empty() {
+        if multi_process {
             line(
-                &mut out,
+                out,
                 "worker processes",
                 format!(
                     "peak RSS {} summed, CPU {:.2} s summed (since each started)",
@@ -476,8 +517,13 @@ impl Report {
                 ),
             );
         }
+    }
+
+    /// CPU seconds: the worker's, this process's by thread, Postgres's and RabbitMQ's.
+    fn write_cpu(&self, out: &mut String) {
+        let r = &self.resources;
         line(
-            &mut out,
+            out,
             "worker CPU",
             format!(
                 "{:.2} s = {:.3} s per 1,000 observables",
@@ -485,7 +531,7 @@ impl Report {
             ),
         );
         line(
-            &mut out,
+            out,
             "process CPU",
             format!(
                 "{:.2} s (user {:.2}, system {:.2}); simulator {:.2} s, publisher {:.2} s",
@@ -502,23 +548,23 @@ impl Report {
             .filter(|(_, s)| **s >= 0.005)
             .map(|(k, s)| format!("{k} {s:.2}"))
             .collect();
-        line(&mut out, "CPU by thread (s)", threads.join(", "));
+        line(out, "CPU by thread (s)", threads.join(", "));
         line(
-            &mut out,
+            out,
             "Postgres CPU",
             format!(
                 "{:.2} s in the bench database's backends ({:.2} s all postgres processes)",
                 r.postgres_backends_cpu_s, r.postgres_all_cpu_s
             ),
         );
-        line(
-            &mut out,
-            "RabbitMQ CPU",
-            format!("{:.2} s", r.rabbitmq_cpu_s),
-        );
+        line(out, "RabbitMQ CPU", format!("{:.2} s", r.rabbitmq_cpu_s));
+    }
+
+    /// Postgres's own counters, and how many results each transaction carried.
+    fn write_postgres(&self, out: &mut String) {
         let p = &self.postgres;
         line(
-            &mut out,
+            out,
             "Postgres",
             format!(
                 "{} commits, {} rollbacks, {} rows inserted, {} updated, {} fetched; active {:.2} s",
@@ -530,7 +576,7 @@ impl Report {
             self.worker.get("result_transactions"),
         ) {
             line(
-                &mut out,
+                out,
                 "group commit",
                 format!(
                     "{messages} messages' results in {transactions} transactions ({:.1} per transaction)",
@@ -538,61 +584,59 @@ impl Report {
                 ),
             );
         }
+    }
+
+    fn write_breakdown(&self, out: &mut String) {
         let b = &self.breakdown;
         out.push_str("\nWhere the time went (task-seconds, summed over concurrent work)\n");
         line(
-            &mut out,
+            out,
             "message slots",
             format!("{:.1} s (concurrency × end to end)", b.slot_capacity_s),
         );
         line(
-            &mut out,
+            out,
             "pipeline service",
             format!(
                 "{:.1} s (cache check, Graph, chaining per observable)",
                 b.service_s
             ),
         );
-        line(
-            &mut out,
-            "  limiter wait",
+        let inside_service = |wait: Option<f64>| {
             format!(
                 "{} (inside service, per request)",
-                measured(b.limiter_wait_s, |v| format!("{v:.1} s"))
-            ),
-        );
-        line(
-            &mut out,
-            "  429 hold wait",
-            format!(
-                "{} (inside service, per request)",
-                measured(b.hold_wait_s, |v| format!("{v:.1} s"))
-            ),
-        );
+                measured(wait, |v| format!("{v:.1} s"))
+            )
+        };
+        line(out, "  limiter wait", inside_service(b.limiter_wait_s));
+        line(out, "  429 hold wait", inside_service(b.hold_wait_s));
         if let Some(s) = b.sim_latency_s {
             line(
-                &mut out,
+                out,
                 "  simulator latency",
                 format!("{s:.1} s (requests × configured latency)"),
             );
         }
         line(
-            &mut out,
+            out,
             "Postgres active",
             format!("{:.1} s (server side, all statements)", b.postgres_active_s),
         );
         line(
-            &mut out,
+            out,
             "queue wait + write",
             format!(
                 "{:.1} ms per observable (mean latency − mean service)",
                 b.mean_queue_and_write_ms
             ),
         );
+    }
+
+    fn write_lanes_and_notes(&self, out: &mut String) {
         if let Some(lanes) = &self.lanes {
             out.push_str("\nLanes\n");
-            for line in lanes.lines() {
-                let _ = writeln!(out, "  {line}");
+            for text in lanes.lines() {
+                let _ = writeln!(out, "  {text}");
             }
         }
         if !self.notes.is_empty() {
@@ -601,6 +645,263 @@ impl Report {
                 let _ = writeln!(out, "  - {note}");
             }
         }
-        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(count: usize, base: f64) -> Spread {
+        Spread {
+            count,
+            mean_ms: base,
+            p50_ms: base * 0.9,
+            p95_ms: base * 2.0,
+            p99_ms: base * 3.0,
+            max_ms: base * 4.0,
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            observables: 1000,
+            distinct_values: 400,
+            batch_size: 10,
+            messages: 100,
+            concurrency: 8,
+            item_concurrency: 4,
+            group_commit: 16,
+            enrichers: vec!["reputation".into(), "whois".into()],
+            chain: true,
+            chain_depth: 2,
+            graph_rate: 50.0,
+            graph_burst: 10,
+            graph_max_in_flight: 8,
+            sim: "in-process".into(),
+            sim_url: "http://127.0.0.1:1".into(),
+            sim_rate: Some(40.0),
+            sim_latency_ms: 5.0,
+            sim_threads: 2,
+            publish_rate: 0.0,
+            seed: 7,
+            db_max_connections: 10,
+            database: "bench".into(),
+            queue_prefix: "bench".into(),
+            profile_sync: false,
+            workers: 1,
+        }
+    }
+
+    fn graph() -> Graph {
+        Graph {
+            requests: 1200,
+            requests_counted_by: "client".into(),
+            requests_per_observable: 1.2,
+            achieved_rate: 59.3,
+            sim_429: Some(12),
+            sim_requests: Some(1212),
+            client_throttled: Some(12),
+            retries: Some(11),
+            gave_up: Some(1),
+            retry_after_asked_s: Some(3.5),
+            limiter_wait_s: Some(9.25),
+            hold_wait_s: None,
+            sim_endpoints: [
+                ("graph", 1212),
+                ("throttled", 12),
+                ("whois", 300),
+                ("dns", 0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }
+    }
+
+    fn resources() -> Resources {
+        Resources {
+            peak_rss_mib: Some(80.5),
+            end_rss_mib: None,
+            peak_rss_window_only: true,
+            rss_includes_simulator: true,
+            process_cpu: Cpu {
+                user_s: 3.0,
+                system_s: 1.0,
+            },
+            cpu_by_thread: [("tokio".to_string(), 2.5), ("idle".to_string(), 0.001)].into(),
+            simulator_cpu_s: 0.5,
+            publisher_cpu_s: 0.25,
+            worker_cpu_s: 3.0,
+            worker_cpu_s_per_1000: 3.03,
+            postgres_backends_cpu_s: 1.25,
+            postgres_all_cpu_s: 1.5,
+            rabbitmq_cpu_s: 0.75,
+            worker_processes: Vec::new(),
+            worker_processes_peak_rss_mib: None,
+        }
+    }
+
+    fn lanes() -> super::super::lanes::Lanes {
+        super::super::lanes::Lanes {
+            live_rate: 2.0,
+            live_reserve: 0.2,
+            quota: 40.0,
+            live_published: 40,
+            bulk_drain_s: 20.0,
+            live_latency: spread(40, 30.0),
+            bulk_latency: spread(950, 300.0),
+            live_requests: 40,
+            bulk_requests: 1160,
+            live_requests_per_s: 2.0,
+            bulk_requests_per_s: 58.0,
+            bulk_share_of_what_live_left: 0.95,
+        }
+    }
+
+    fn latency() -> Latency {
+        Latency {
+            all: spread(990, 100.0),
+            enriched: spread(600, 150.0),
+            cached: spread(390, 20.0),
+            service: spread(990, 50.0),
+            service_enriched: spread(600, 70.0),
+        }
+    }
+
+    fn runs() -> Runs {
+        Runs {
+            enriched: 600,
+            cached: 390,
+            skipped: 10,
+            graph_requests: 1200,
+            attribution: Attribution {
+                hits: 5,
+                attributions: 3,
+                hits_by_band: [("high".to_string(), 2), ("low".to_string(), 3)].into(),
+                attributions_by_band: [("medium".to_string(), 3)].into(),
+                events: 2,
+                events_owed: 1,
+            },
+        }
+    }
+
+    fn breakdown() -> Breakdown {
+        Breakdown {
+            slot_capacity_s: 162.0,
+            service_s: 49.5,
+            limiter_wait_s: Some(9.25),
+            hold_wait_s: None,
+            sim_latency_s: Some(6.0),
+            postgres_active_s: 2.5,
+            mean_queue_and_write_ms: 50.0,
+        }
+    }
+
+    /// A run of the in-process worker with every optional figure measured.
+    fn in_process() -> Report {
+        Report {
+            format: 3,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            git_rev: Some("abc".into()),
+            config: config(),
+            machine: Machine {
+                cpus: 2,
+                loadavg_start: Some([0.5, 0.25, 0.125]),
+                loadavg_end: None,
+                machine_busy_cores: 1.5,
+                process_cores: 0.75,
+            },
+            complete: false,
+            error: None,
+            throughput: Throughput {
+                published_messages: 100,
+                publish_s: 1.5,
+                publish_messages_per_s: 66.7,
+                end_to_end_s: 20.25,
+                observables_done: 990,
+                observables_per_s: 48.9,
+            },
+            graph: graph(),
+            latency: latency(),
+            runs: runs(),
+            worker: [
+                ("results_committed".to_string(), 100),
+                ("result_transactions".to_string(), 30),
+            ]
+            .into(),
+            resources: resources(),
+            postgres: Postgres {
+                commits: 40,
+                rollbacks: 1,
+                rows_inserted: 2000,
+                rows_updated: 300,
+                rows_fetched: 5000,
+                blocks_hit: 0,
+                blocks_read: 0,
+                active_s: 2.5,
+            },
+            breakdown: breakdown(),
+            lanes: Some(lanes()),
+            notes: vec!["first note".into(), "second note".into()],
+        }
+    }
+
+    /// A run of two worker processes against an external simulator, client side unmeasured.
+    fn worker_processes() -> Report {
+        let mut report = in_process();
+        report.config.workers = 2;
+        report.config.chain = false;
+        report.config.sim = "external".into();
+        report.config.sim_rate = None;
+        report.machine.loadavg_start = None;
+        report.complete = false;
+        report.error = Some("the worker process 2 exited".into());
+        report.graph.requests_counted_by = "simulator".into();
+        report.graph.client_throttled = None;
+        report.graph.sim_429 = None;
+        report.graph.limiter_wait_s = None;
+        report.resources.rss_includes_simulator = false;
+        report.resources.peak_rss_window_only = false;
+        report.resources.worker_processes = vec![
+            WorkerProcess {
+                pid: 11,
+                peak_rss_mib: Some(40.0),
+                cpu_s: Some(1.5),
+            },
+            WorkerProcess {
+                pid: 12,
+                peak_rss_mib: None,
+                cpu_s: None,
+            },
+        ];
+        report.resources.worker_processes_peak_rss_mib = Some(40.0);
+        report.worker.clear();
+        report.breakdown.sim_latency_s = None;
+        report.lanes = None;
+        report.notes.clear();
+        report
+    }
+
+    // The table is read by people comparing runs: its text must not move under them.
+    #[test]
+    fn the_table_reads_as_pinned() {
+        assert_eq!(in_process().table(), include_str!("tables/in_process.txt"));
+        assert_eq!(
+            worker_processes().table(),
+            include_str!("tables/worker_processes.txt")
+        );
+        let mut done = in_process();
+        done.complete = true;
+        done.resources.rss_includes_simulator = false;
+        assert_eq!(done.table(), include_str!("tables/in_process_complete.txt"));
+        let mut done = worker_processes();
+        done.complete = true;
+        done.error = None;
+        done.resources.rss_includes_simulator = true;
+        assert_eq!(
+            done.table(),
+            include_str!("tables/worker_processes_complete.txt")
+        );
     }
 }

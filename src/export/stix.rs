@@ -181,34 +181,51 @@ fn actor_key(actor: &str, profile_id: Option<&str>) -> String {
     }
 }
 
-/// The bundle of `rows` (see the module documentation).
-pub fn bundle(rows: &[ExportRow]) -> Value {
-    let mut objects: BTreeMap<String, Value> = BTreeMap::new();
-    let mut actors: BTreeMap<String, Actor> = BTreeMap::new();
-    let mut indicates: BTreeMap<(String, String), Indicates> = BTreeMap::new();
-    // (artifact SCO id, actor key) → span and the observables it links.
-    let mut related: BTreeMap<(String, String), (Span, BTreeSet<String>)> = BTreeMap::new();
-    let mut observable_spans: BTreeMap<String, Span> = BTreeMap::new();
+/// What the rows say, gathered by id before the objects that need every row are written.
+#[derive(Default)]
+struct Gathered {
+    objects: BTreeMap<String, Value>,
+    actors: BTreeMap<String, Actor>,
+    indicates: BTreeMap<(String, String), Indicates>,
+    /// (artifact SCO id, actor key) → span and the observables it links.
+    related: BTreeMap<(String, String), (Span, BTreeSet<String>)>,
+    observable_spans: BTreeMap<String, Span>,
+}
 
-    for row in rows {
+impl Gathered {
+    /// The row's SCO now; its span, and its hit's actor, relationship and artifact, for later.
+    fn row(&mut self, row: &ExportRow) {
         let sco_type = sco_type(row.kind);
         let key = format!("{}/{}", row.kind.as_str(), row.value);
         let indicator_id = object_id("indicator", &key);
         let row_span = Span::new(row.first_seen_at, row.last_activity);
-        widen(&mut observable_spans, &key, row_span);
-        let observable_sco = sco(sco_type, &row.value);
-        let observable_sco_id = sco_id(sco_type, &row.value);
-        objects.insert(observable_sco_id.clone(), observable_sco);
+        widen(&mut self.observable_spans, &key, row_span);
+        self.objects
+            .insert(sco_id(sco_type, &row.value), sco(sco_type, &row.value));
 
-        let Some(hit) = &row.hit else { continue };
+        let Some(hit) = &row.hit else { return };
         let actor = actor_key(&hit.actor, hit.profile_id.as_deref());
         let hit_span = Span::new(hit.created_at, row.last_activity);
-        let entry = actors.entry(actor.clone()).or_insert_with(|| Actor {
-            name: hit.actor.clone(),
-            profile_id: hit.profile_id.clone(),
-            aliases: BTreeSet::new(),
-            span: hit_span,
-        });
+        self.actor(&actor, hit, hit_span);
+        self.indicates
+            .entry((indicator_id, actor.clone()))
+            .or_default()
+            .add(hit, hit_span);
+        if hit.artifact != row.value {
+            self.artifact(row, hit, actor, hit_span);
+        }
+    }
+
+    fn actor(&mut self, actor: &str, hit: &super::ExportHit, hit_span: Span) {
+        let entry = self
+            .actors
+            .entry(actor.to_owned())
+            .or_insert_with(|| Actor {
+                name: hit.actor.clone(),
+                profile_id: hit.profile_id.clone(),
+                aliases: BTreeSet::new(),
+                span: hit_span,
+            });
         entry.span.widen(hit_span);
         entry.aliases.extend(
             hit.aliases
@@ -216,197 +233,87 @@ pub fn bundle(rows: &[ExportRow]) -> Value {
                 .filter(|a| !a.eq_ignore_ascii_case(&hit.actor))
                 .cloned(),
         );
+    }
 
-        let gathered = indicates
-            .entry((indicator_id.clone(), actor.clone()))
-            .or_default();
+    /// A linking artifact other than the observable: its SCO, and the observables it links to
+    /// the actor.
+    fn artifact(&mut self, row: &ExportRow, hit: &super::ExportHit, actor: String, hit_span: Span) {
+        let artifact_type = artifact_sco_type(&hit.artifact);
+        let artifact_id = sco_id(artifact_type, &hit.artifact);
+        self.objects
+            .insert(artifact_id.clone(), sco(artifact_type, &hit.artifact));
+        self.related
+            .entry((artifact_id, actor))
+            .and_modify(|(span, linked)| {
+                span.widen(hit_span);
+                linked.insert(row.value.clone());
+            })
+            .or_insert_with(|| (hit_span, BTreeSet::from([row.value.clone()])));
+    }
+}
+
+impl Indicates {
+    fn add(&mut self, hit: &super::ExportHit, hit_span: Span) {
         // `indicates` says the observable points at the actor: the claim of the attribution (the
         // observable and actor pair), not of one linking artifact, so it carries the pair's
         // confidence, the best of all its hits (as events and `dash_attributions` do), even
         // when a filter left some of those hits out of the rows. Every row of a pair carries
         // the same value; the maximum only guards against rows read at different moments.
-        gathered.confidence = gathered.confidence.max(Some(hit.attribution_confidence));
-        gathered.artifacts.insert(hit.artifact.clone());
-        match &mut gathered.span {
+        self.confidence = self.confidence.max(Some(hit.attribution_confidence));
+        self.artifacts.insert(hit.artifact.clone());
+        match &mut self.span {
             Some(span) => span.widen(hit_span),
-            None => gathered.span = Some(hit_span),
+            None => self.span = Some(hit_span),
         }
         for evidence in hit.evidence.as_array().into_iter().flatten() {
-            let text = |field: &str| {
-                evidence
-                    .get(field)
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
-            if let Some(source) = text("source") {
-                if source == "intel_article" {
-                    let article = (text("url"), text("article_id"), text("title"));
-                    if article != (None, None, None) {
-                        gathered.articles.insert(article);
-                    }
-                }
-                gathered.sources.insert(source);
-            }
-        }
-
-        if hit.artifact != row.value {
-            let artifact_type = artifact_sco_type(&hit.artifact);
-            let artifact_id = sco_id(artifact_type, &hit.artifact);
-            objects.insert(artifact_id.clone(), sco(artifact_type, &hit.artifact));
-            related
-                .entry((artifact_id, actor))
-                .and_modify(|(span, linked)| {
-                    span.widen(hit_span);
-                    linked.insert(row.value.clone());
-                })
-                .or_insert_with(|| (hit_span, BTreeSet::from([row.value.clone()])));
+            self.add_evidence(evidence);
         }
     }
 
-    // Observables: observed-data, indicator, based-on.
-    let mut seen_observables = BTreeSet::new();
-    for row in rows {
-        let key = format!("{}/{}", row.kind.as_str(), row.value);
-        if !seen_observables.insert(key.clone()) {
-            continue;
-        }
-        let span = observable_spans[&key];
-        let sco_type = sco_type(row.kind);
-        let observed_id = object_id("observed-data", &key);
-        let first_observed = row.first_run_at.unwrap_or(row.first_seen_at);
-        let last_observed = row
-            .last_run_at
-            .unwrap_or(first_observed)
-            .max(first_observed);
-        objects.insert(
-            observed_id.clone(),
-            json!({
-                "type": "observed-data",
-                "spec_version": SPEC_VERSION,
-                "id": observed_id,
-                "created": timestamp(span.created),
-                "modified": timestamp(span.modified),
-                "first_observed": timestamp(first_observed),
-                "last_observed": timestamp(last_observed),
-                "number_observed": row.runs.clamp(1, 999_999_999),
-                "object_refs": [sco_id(sco_type, &row.value)],
-            }),
-        );
-
-        let hits: Vec<&str> = rows
-            .iter()
-            .filter(|r| r.kind == row.kind && r.value == row.value)
-            .filter_map(|r| r.hit.as_ref().map(|h| h.actor.as_str()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let malicious = !hits.is_empty() || row.classification.as_deref() == Some("malicious");
-        let mut description = match (&row.classification, row.score) {
-            (Some(classification), Some(score)) => {
-                format!("{MDTI} reputation: {classification} (score {score}).")
-            }
-            (Some(classification), None) => format!("{MDTI} reputation: {classification}."),
-            _ => String::new(),
+    /// The evidence's source, and the article it cites if it is one.
+    fn add_evidence(&mut self, evidence: &Value) {
+        let text = |field: &str| {
+            evidence
+                .get(field)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
         };
-        if !hits.is_empty() {
-            if !description.is_empty() {
-                description.push(' ');
+        if let Some(source) = text("source") {
+            if source == "intel_article" {
+                let article = (text("url"), text("article_id"), text("title"));
+                if article != (None, None, None) {
+                    self.articles.insert(article);
+                }
             }
-            description.push_str(&format!("Linked to {}.", hits.join(", ")));
+            self.sources.insert(source);
         }
-        let indicator_id = object_id("indicator", &key);
-        let mut indicator = json!({
-            "type": "indicator",
-            "spec_version": SPEC_VERSION,
-            "id": indicator_id,
-            "created": timestamp(span.created),
-            "modified": timestamp(span.modified),
-            "name": row.value,
-            "indicator_types": [if malicious { "malicious-activity" } else { "anomalous-activity" }],
-            "pattern": pattern(sco_type, &row.value),
-            "pattern_type": "stix",
-            "pattern_version": SPEC_VERSION,
-            "valid_from": timestamp(row.first_seen_at),
-        });
-        if !description.is_empty() {
-            indicator["description"] = Value::String(description);
-        }
-        objects.insert(indicator_id.clone(), indicator);
-        let based_on = relationship("based-on", &indicator_id, &observed_id, span, None);
-        insert(&mut objects, based_on);
     }
+}
 
+/// The bundle of `rows` (see the module documentation).
+pub fn bundle(rows: &[ExportRow]) -> Value {
+    let mut gathered = Gathered::default();
+    for row in rows {
+        gathered.row(row);
+    }
+    let Gathered {
+        mut objects,
+        actors,
+        indicates,
+        related,
+        observable_spans,
+    } = gathered;
+    insert_observables(&mut objects, rows, &observable_spans);
     for (key, actor) in &actors {
-        let id = object_id("intrusion-set", key);
-        let mut object = json!({
-            "type": "intrusion-set",
-            "spec_version": SPEC_VERSION,
-            "id": id,
-            "created": timestamp(actor.span.created),
-            "modified": timestamp(actor.span.modified),
-            "name": actor.name,
-        });
-        if !actor.aliases.is_empty() {
-            object["aliases"] = json!(actor.aliases);
-        }
-        if let Some(profile) = &actor.profile_id {
-            object["external_references"] = json!([{
-                "source_name": MDTI,
-                "description": "intel profile",
-                "external_id": profile,
-            }]);
-        }
-        objects.insert(id, object);
+        objects.insert(object_id("intrusion-set", key), intrusion_set(key, actor));
     }
-
     for ((indicator_id, actor), gathered) in &indicates {
         let Some(span) = gathered.span else { continue };
-        let target = object_id("intrusion-set", actor);
-        let artifacts: Vec<&str> = gathered.artifacts.iter().map(String::as_str).collect();
-        let sources: Vec<&str> = gathered.sources.iter().map(String::as_str).collect();
-        let mut description = format!("Linking artifact(s): {}.", artifacts.join(", "));
-        if !sources.is_empty() {
-            description.push_str(&format!(" Evidence: {}.", sources.join(", ")));
-        }
-        if let Some(confidence) = gathered.confidence {
-            description.push_str(&format!(
-                " Confidence {confidence} ({}).",
-                Band::of(confidence)
-            ));
-        }
-        let mut object = relationship("indicates", indicator_id, &target, span, Some(description));
-        if let Some(confidence) = gathered.confidence {
-            // STIX 2.1's `confidence` common property is an integer 0-100, the scale the worker
-            // scores on, so the value goes through as it is. A consumer reading it on the
-            // specification's None/Low/Med/High scale (its appendix A) gets High from 70, as
-            // Band::HIGH; its Med starts at 30 where the worker's medium starts at 40, hence the
-            // band in the description too.
-            object["confidence"] = json!(confidence);
-        }
-        if !gathered.articles.is_empty() {
-            let references: Vec<Value> = gathered
-                .articles
-                .iter()
-                .map(|(url, article_id, title)| {
-                    let mut reference = Map::new();
-                    reference.insert("source_name".into(), json!(format!("{MDTI} intel article")));
-                    if let Some(url) = url {
-                        reference.insert("url".into(), json!(url));
-                    }
-                    if let Some(article_id) = article_id {
-                        reference.insert("external_id".into(), json!(article_id));
-                    }
-                    if let Some(title) = title {
-                        reference.insert("description".into(), json!(title));
-                    }
-                    Value::Object(reference)
-                })
-                .collect();
-            object["external_references"] = Value::Array(references);
-        }
-        insert(&mut objects, object);
+        insert(
+            &mut objects,
+            indicates_relationship(indicator_id, actor, gathered, span),
+        );
     }
-
     for ((artifact_id, actor), (span, linked)) in &related {
         let target = object_id("intrusion-set", actor);
         let linked: Vec<&str> = linked.iter().map(String::as_str).collect();
@@ -414,7 +321,187 @@ pub fn bundle(rows: &[ExportRow]) -> Value {
         let object = relationship("related-to", artifact_id, &target, *span, Some(description));
         insert(&mut objects, object);
     }
+    wrap(objects)
+}
 
+/// Per observable, once: observed-data, indicator, based-on.
+fn insert_observables(
+    objects: &mut BTreeMap<String, Value>,
+    rows: &[ExportRow],
+    observable_spans: &BTreeMap<String, Span>,
+) {
+    let mut seen_observables = BTreeSet::new();
+    for row in rows {
+        let key = format!("{}/{}", row.kind.as_str(), row.value);
+        if !seen_observables.insert(key.clone()) {
+            continue;
+        }
+        let span = observable_spans[&key];
+        let observed_id = object_id("observed-data", &key);
+        objects.insert(observed_id.clone(), observed_data(row, &observed_id, span));
+        let indicator_id = object_id("indicator", &key);
+        objects.insert(
+            indicator_id.clone(),
+            indicator(row, rows, &indicator_id, span),
+        );
+        let based_on = relationship("based-on", &indicator_id, &observed_id, span, None);
+        insert(objects, based_on);
+    }
+}
+
+/// When and how often the worker looked at the row's observable.
+fn observed_data(row: &ExportRow, id: &str, span: Span) -> Value {
+    let first_observed = row.first_run_at.unwrap_or(row.first_seen_at);
+    let last_observed = row
+        .last_run_at
+        .unwrap_or(first_observed)
+        .max(first_observed);
+    json!({
+        "type": "observed-data",
+        "spec_version": SPEC_VERSION,
+        "id": id,
+        "created": timestamp(span.created),
+        "modified": timestamp(span.modified),
+        "first_observed": timestamp(first_observed),
+        "last_observed": timestamp(last_observed),
+        "number_observed": row.runs.clamp(1, 999_999_999),
+        "object_refs": [sco_id(sco_type(row.kind), &row.value)],
+    })
+}
+
+/// The indicator of the row's observable, malicious when any row of it hit an actor.
+fn indicator(row: &ExportRow, rows: &[ExportRow], id: &str, span: Span) -> Value {
+    let hits: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.kind == row.kind && r.value == row.value)
+        .filter_map(|r| r.hit.as_ref().map(|h| h.actor.as_str()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let malicious = !hits.is_empty() || row.classification.as_deref() == Some("malicious");
+    let sco_type = sco_type(row.kind);
+    let mut indicator = json!({
+        "type": "indicator",
+        "spec_version": SPEC_VERSION,
+        "id": id,
+        "created": timestamp(span.created),
+        "modified": timestamp(span.modified),
+        "name": row.value,
+        "indicator_types": [if malicious { "malicious-activity" } else { "anomalous-activity" }],
+        "pattern": pattern(sco_type, &row.value),
+        "pattern_type": "stix",
+        "pattern_version": SPEC_VERSION,
+        "valid_from": timestamp(row.first_seen_at),
+    });
+    let description = indicator_description(row, &hits);
+    if !description.is_empty() {
+        indicator["description"] = Value::String(description);
+    }
+    indicator
+}
+
+/// The reputation, then the actors the observable is linked to; empty when neither is known.
+fn indicator_description(row: &ExportRow, hits: &[&str]) -> String {
+    let mut description = match (&row.classification, row.score) {
+        (Some(classification), Some(score)) => {
+            format!("{MDTI} reputation: {classification} (score {score}).")
+        }
+        (Some(classification), None) => format!("{MDTI} reputation: {classification}."),
+        _ => String::new(),
+    };
+    if !hits.is_empty() {
+        if !description.is_empty() {
+            description.push(' ');
+        }
+        description.push_str(&format!("Linked to {}.", hits.join(", ")));
+    }
+    description
+}
+
+fn intrusion_set(key: &str, actor: &Actor) -> Value {
+    let mut object = json!({
+        "type": "intrusion-set",
+        "spec_version": SPEC_VERSION,
+        "id": object_id("intrusion-set", key),
+        "created": timestamp(actor.span.created),
+        "modified": timestamp(actor.span.modified),
+        "name": actor.name,
+    });
+    if !actor.aliases.is_empty() {
+        object["aliases"] = json!(actor.aliases);
+    }
+    if let Some(profile) = &actor.profile_id {
+        object["external_references"] = json!([{
+            "source_name": MDTI,
+            "description": "intel profile",
+            "external_id": profile,
+        }]);
+    }
+    object
+}
+
+/// `indicator indicates intrusion-set`, naming the linking artifacts, the evidence and the
+/// attribution's confidence, with the articles as references.
+fn indicates_relationship(
+    indicator_id: &str,
+    actor: &str,
+    gathered: &Indicates,
+    span: Span,
+) -> Value {
+    let target = object_id("intrusion-set", actor);
+    let artifacts: Vec<&str> = gathered.artifacts.iter().map(String::as_str).collect();
+    let sources: Vec<&str> = gathered.sources.iter().map(String::as_str).collect();
+    let mut description = format!("Linking artifact(s): {}.", artifacts.join(", "));
+    if !sources.is_empty() {
+        description.push_str(&format!(" Evidence: {}.", sources.join(", ")));
+    }
+    if let Some(confidence) = gathered.confidence {
+        description.push_str(&format!(
+            " Confidence {confidence} ({}).",
+            Band::of(confidence)
+        ));
+    }
+    let mut object = relationship("indicates", indicator_id, &target, span, Some(description));
+    if let Some(confidence) = gathered.confidence {
+        // STIX 2.1's `confidence` common property is an integer 0-100, the scale the worker
+        // scores on, so the value goes through as it is. A consumer reading it on the
+        // specification's None/Low/Med/High scale (its appendix A) gets High from 70, as
+        // Band::HIGH; its Med starts at 30 where the worker's medium starts at 40, hence the
+        // band in the description too.
+        object["confidence"] = json!(confidence);
+    }
+    if !gathered.articles.is_empty() {
+        object["external_references"] = article_references(&gathered.articles);
+    }
+    object
+}
+
+/// External references to intel articles, each with what is known of it.
+fn article_references(
+    articles: &BTreeSet<(Option<String>, Option<String>, Option<String>)>,
+) -> Value {
+    let references: Vec<Value> = articles
+        .iter()
+        .map(|(url, article_id, title)| {
+            let mut reference = Map::new();
+            reference.insert("source_name".into(), json!(format!("{MDTI} intel article")));
+            if let Some(url) = url {
+                reference.insert("url".into(), json!(url));
+            }
+            if let Some(article_id) = article_id {
+                reference.insert("external_id".into(), json!(article_id));
+            }
+            if let Some(title) = title {
+                reference.insert("description".into(), json!(title));
+            }
+            Value::Object(reference)
+        })
+        .collect();
+    Value::Array(references)
+}
+
+/// The bundle of `objects`, named after their ids.
+fn wrap(objects: BTreeMap<String, Value>) -> Value {
     let ids: Vec<&str> = objects.keys().map(String::as_str).collect();
     let mut bundle = json!({
         "type": "bundle",

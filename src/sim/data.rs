@@ -358,55 +358,7 @@ pub(crate) fn pool() -> &'static Pool {
 }
 
 fn build_pool() -> Pool {
-    // IPv4 in 20.0.0.0/8 and 40.0.0.0/8 only: public (Microsoft) space, never private, reserved
-    // or documentation ranges. Last octet 1..=254 avoids network/broadcast-looking addresses.
-    let mut seen = HashSet::new();
-    let mut v4 = Vec::with_capacity(POOL_V4);
-    let mut i = 0u64;
-    while v4.len() < POOL_V4 {
-        let h = hash2(&format!("pool-v4-{i}"), "ip");
-        i += 1;
-        let a = if h & 1 == 0 { 20 } else { 40 };
-        let ip = Ipv4Addr::new(
-            a,
-            (h >> 8) as u8,
-            (h >> 16) as u8,
-            1 + ((h >> 24) % 254) as u8,
-        );
-        if seen.insert(ip) {
-            v4.push(ip.to_string());
-        }
-    }
-    // IPv6 in 2603:1000::/24 (Microsoft), never 2001:db8::/32 (documentation).
-    let mut v6 = Vec::with_capacity(POOL_V6);
-    let mut seen6 = HashSet::new();
-    let mut i = 0u64;
-    while v6.len() < POOL_V6 {
-        let h = hash2(&format!("pool-v6-{i}"), "ip");
-        i += 1;
-        let ip = Ipv6Addr::new(
-            0x2603,
-            0x1000 | ((h & 0xff) as u16),
-            (h >> 8) as u16,
-            (h >> 24) as u16,
-            0,
-            0,
-            0,
-            1 + ((h >> 40) as u16 % 0xfffe),
-        );
-        if seen6.insert(ip) {
-            v6.push(ip.to_string());
-        }
-    }
-    let names: Vec<String> = (0..POOL_NAMES)
-        .map(|i| {
-            format!(
-                "{}-{i}.{}",
-                NAME_PREFIXES[i % NAME_PREFIXES.len()],
-                NAME_DOMAINS[(i / NAME_PREFIXES.len()) % NAME_DOMAINS.len()]
-            )
-        })
-        .collect();
+    let (v4, v6, names) = (pool_v4(), pool_v6(), pool_names());
     let mal = |list: &[String]| -> Vec<usize> {
         (0..list.len())
             .filter(|&i| hash2(&list[i], "malicious").is_multiple_of(10))
@@ -428,6 +380,66 @@ fn build_pool() -> Pool {
         mal_names,
         malicious,
     }
+}
+
+fn pool_v4() -> Vec<String> {
+    // IPv4 in 20.0.0.0/8 and 40.0.0.0/8 only: public (Microsoft) space, never private, reserved
+    // or documentation ranges. Last octet 1..=254 avoids network/broadcast-looking addresses.
+    let mut seen = HashSet::new();
+    let mut v4 = Vec::with_capacity(POOL_V4);
+    let mut i = 0u64;
+    while v4.len() < POOL_V4 {
+        let h = hash2(&format!("pool-v4-{i}"), "ip");
+        i += 1;
+        let a = if h & 1 == 0 { 20 } else { 40 };
+        let ip = Ipv4Addr::new(
+            a,
+            (h >> 8) as u8,
+            (h >> 16) as u8,
+            1 + ((h >> 24) % 254) as u8,
+        );
+        if seen.insert(ip) {
+            v4.push(ip.to_string());
+        }
+    }
+    v4
+}
+
+fn pool_v6() -> Vec<String> {
+    // IPv6 in 2603:1000::/24 (Microsoft), never 2001:db8::/32 (documentation).
+    let mut v6 = Vec::with_capacity(POOL_V6);
+    let mut seen6 = HashSet::new();
+    let mut i = 0u64;
+    while v6.len() < POOL_V6 {
+        let h = hash2(&format!("pool-v6-{i}"), "ip");
+        i += 1;
+        let ip = Ipv6Addr::new(
+            0x2603,
+            0x1000 | ((h & 0xff) as u16),
+            (h >> 8) as u16,
+            (h >> 24) as u16,
+            0,
+            0,
+            0,
+            1 + ((h >> 40) as u16 % 0xfffe),
+        );
+        if seen6.insert(ip) {
+            v6.push(ip.to_string());
+        }
+    }
+    v6
+}
+
+fn pool_names() -> Vec<String> {
+    (0..POOL_NAMES)
+        .map(|i| {
+            format!(
+                "{}-{i}.{}",
+                NAME_PREFIXES[i % NAME_PREFIXES.len()],
+                NAME_DOMAINS[(i / NAME_PREFIXES.len()) % NAME_DOMAINS.len()]
+            )
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -830,15 +842,13 @@ fn contact(rng: &mut Rng, role: &str, domain: &str) -> Value {
     })
 }
 
-pub(crate) fn whois(key: &HostKey) -> Value {
-    let mut rng = Rng::for_key(&key.norm, "whois");
-    let number = hash2(&key.norm, "whois-number");
-    let id = base64(format!("{}$${number}", key.id).as_bytes(), false);
-
-    let registration = rand_secs(&mut rng, T_START - 10 * 365 * 86_400, T_END - 365 * 86_400);
+/// The record's dates, each missing now and then, and the one (if any) that carries the
+/// documented placeholder.
+fn whois_dates(rng: &mut Rng, key: &HostKey) -> WhoisDates {
+    let registration = rand_secs(rng, T_START - 10 * 365 * 86_400, T_END - 365 * 86_400);
     let expiration = registration + (1 + rng.below(10) as i64) * 365 * 86_400;
-    let (first, last) = seen_pair(&mut rng);
-    let updated = rand_secs(&mut rng, registration, T_END);
+    let (first, last) = seen_pair(rng);
+    let updated = rand_secs(rng, registration, T_END);
     let mut dates = [
         ("registrationDateTime", Some(registration)),
         ("expirationDateTime", Some(expiration)),
@@ -856,8 +866,20 @@ pub(crate) fn whois(key: &HostKey) -> Value {
     let placeholder_field = (hash2(&key.norm, "placeholder").is_multiple_of(25)
         || key.first_label() == "placeholder")
         .then(|| dates[rng.below(dates.len() as u64) as usize].0);
+    WhoisDates {
+        dates,
+        placeholder_field,
+    }
+}
 
-    let (registrar_name, whois_server) = if key.is_ip() {
+struct WhoisDates {
+    dates: [(&'static str, Option<i64>); 5],
+    placeholder_field: Option<&'static str>,
+}
+
+/// The registrar's name and WHOIS server: a regional registry for an address.
+fn registrar(rng: &mut Rng, key: &HostKey) -> (&'static str, &'static str) {
+    if key.is_ip() {
         *rng.pick(&[
             ("ARIN", "whois.arin.net"),
             ("RIPE NCC", "whois.ripe.net"),
@@ -865,29 +887,22 @@ pub(crate) fn whois(key: &HostKey) -> Value {
         ])
     } else {
         *rng.pick(&REGISTRARS)
-    };
+    }
+}
+
+/// One to three domain statuses, joined the way some registries do and others don't.
+fn domain_statuses(rng: &mut Rng) -> String {
     let status_sep = *rng.pick(&[", ", ",", " "]);
     let n_status = rng.range(1, 4) as usize;
-    let statuses = sample_indices(&mut rng, DOMAIN_STATUSES.len(), n_status, &[], 0)
+    sample_indices(rng, DOMAIN_STATUSES.len(), n_status, &[], 0)
         .into_iter()
         .map(|i| DOMAIN_STATUSES[i])
         .collect::<Vec<_>>()
-        .join(status_sep);
+        .join(status_sep)
+}
 
-    let contact_domain = whois_server.trim_start_matches("whois.");
-    let mut v = json!({
-        "id": id,
-        "whoisServer": whois_server,
-        "domainStatus": statuses,
-        "host": {"@odata.type": key.type_name(), "id": key.id},
-    });
-    for (name, secs) in dates {
-        v[name] = if Some(name) == placeholder_field {
-            json!(TS_PLACEHOLDER)
-        } else {
-            json!(secs.map(|s| ts(&mut rng, s)))
-        };
-    }
+/// Every contact role, each missing now and then.
+fn add_contacts(rng: &mut Rng, v: &mut Value, contact_domain: &str) {
     for role in [
         "abuse",
         "admin",
@@ -901,28 +916,43 @@ pub(crate) fn whois(key: &HostKey) -> Value {
         v[role] = if rng.chance(0.3) {
             Value::Null
         } else {
-            contact(&mut rng, role, contact_domain)
+            contact(rng, role, contact_domain)
         };
     }
+}
+
+/// Two to four name servers of one DNS provider, with when each was seen.
+fn nameservers(rng: &mut Rng) -> Vec<Value> {
     let provider = *rng.pick(&DNS_PROVIDERS);
-    let nameservers: Vec<Value> = (1..=rng.range(2, 4))
+    (1..=rng.range(2, 4))
         .map(|k| {
-            let (f, l) = seen_pair(&mut rng);
+            let (f, l) = seen_pair(rng);
             json!({
-                "firstSeenDateTime": ts(&mut rng, f),
-                "lastSeenDateTime": ts(&mut rng, l),
+                "firstSeenDateTime": ts(rng, f),
+                "lastSeenDateTime": ts(rng, l),
                 "host": {"id": format!("ns{k}.{provider}")},
             })
         })
-        .collect();
-    let ns_text: String = nameservers
-        .iter()
+        .collect()
+}
+
+/// The registry's text of the record, with the same dates as its fields.
+fn raw_whois_text(
+    v: &Value,
+    key: &HostKey,
+    number: u64,
+    (registrar_name, whois_server): (&str, &str),
+    statuses: &str,
+) -> String {
+    let ns_text: String = v["nameservers"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(|n| n["host"]["id"].as_str())
         .map(|n| format!("Name Server: {}\n", n.to_ascii_uppercase()))
         .collect();
-    v["nameservers"] = Value::Array(nameservers);
     let text_date = |f: &str| v[f].as_str().unwrap_or("").to_string();
-    let raw = format!(
+    format!(
         "Domain Name: {}\nRegistry Domain ID: {number}\nRegistrar WHOIS Server: {whois_server}\n\
          Updated Date: {}\nCreation Date: {}\nRegistry Expiry Date: {}\nRegistrar: {registrar_name}\n\
          Domain Status: {statuses}\n{ns_text}>>> Last update of WHOIS database: {} <<<\n",
@@ -931,8 +961,37 @@ pub(crate) fn whois(key: &HostKey) -> Value {
         text_date("registrationDateTime"),
         text_date("expirationDateTime"),
         text_date("lastSeenDateTime"),
-    );
-    v["rawWhoisText"] = json!(raw);
+    )
+}
+
+pub(crate) fn whois(key: &HostKey) -> Value {
+    let mut rng = Rng::for_key(&key.norm, "whois");
+    let number = hash2(&key.norm, "whois-number");
+    let id = base64(format!("{}$${number}", key.id).as_bytes(), false);
+    let WhoisDates {
+        dates,
+        placeholder_field,
+    } = whois_dates(&mut rng, key);
+    let registrar = registrar(&mut rng, key);
+    let statuses = domain_statuses(&mut rng);
+
+    let contact_domain = registrar.1.trim_start_matches("whois.");
+    let mut v = json!({
+        "id": id,
+        "whoisServer": registrar.1,
+        "domainStatus": statuses,
+        "host": {"@odata.type": key.type_name(), "id": key.id},
+    });
+    for (name, secs) in dates {
+        v[name] = if Some(name) == placeholder_field {
+            json!(TS_PLACEHOLDER)
+        } else {
+            json!(secs.map(|s| ts(&mut rng, s)))
+        };
+    }
+    add_contacts(&mut rng, &mut v, contact_domain);
+    v["nameservers"] = Value::Array(nameservers(&mut rng));
+    v["rawWhoisText"] = json!(raw_whois_text(&v, key, number, registrar, &statuses));
     v
 }
 
@@ -1240,58 +1299,10 @@ pub(crate) fn reputation(key: &HostKey) -> Value {
         return shared_reputation(key, def);
     }
     let mut rng = Rng::for_key(&key.norm, "reputation");
-    let p = pool();
-    let mut rules: Vec<Value> = Vec::new();
-    let (classification, score) = if key.is_malicious() {
-        let actor = actor_of(&key.norm);
-        // Graph is seen to send the actor either as a string or as a list of strings.
-        let description = if rng.chance(0.25) {
-            json!([actor])
-        } else {
-            json!(actor)
-        };
-        rules.push(cti_rule(actor, description));
-        if rng.chance(0.7) {
-            let (id, title) = article(actor, rng.below(ARTICLE_TEMPLATES.len() as u64) as usize);
-            rules.push(json!({
-                "name": "Microsoft Defender Threat Intelligence Intel Article",
-                "description": title,
-                "severity": "high",
-                "relatedDetailsUrl": format!("https://ti.defender.microsoft.com/article/{id}"),
-            }));
-        }
-        ("malicious", rng.range(75, 100))
+    let (classification, score, rules) = if key.is_malicious() {
+        malicious_reputation(&mut rng, key)
     } else {
-        let r = rng.unit();
-        let (class, score, max_rules) = if r < 0.35 {
-            ("unknown", 0, 1)
-        } else if r < 0.85 {
-            ("neutral", rng.range(1, 29), 2)
-        } else {
-            ("suspicious", rng.range(30, 74), 3)
-        };
-        for _ in 0..rng.below(max_rules + 1) {
-            let (name, description) = match rng.below(3) {
-                0 => (
-                    "Name server",
-                    format!("ns{}.{}", rng.range(1, 4), rng.pick(&DNS_PROVIDERS)),
-                ),
-                1 => ("Registrar", rng.pick(&REGISTRARS).0.to_string()),
-                _ => ("Resolving IP Address", rng.pick(&p.v4).clone()),
-            };
-            let severity = if class == "suspicious" {
-                "medium"
-            } else {
-                *rng.pick(&["unknown", "low"])
-            };
-            rules.push(json!({
-                "name": name,
-                "description": description,
-                "severity": severity,
-                "relatedDetailsUrl": Value::Null,
-            }));
-        }
-        (class, score)
+        ordinary_reputation(&mut rng)
     };
     json!({
         "id": key.id,
@@ -1299,6 +1310,65 @@ pub(crate) fn reputation(key: &HostKey) -> Value {
         "score": score,
         "rules": rules,
     })
+}
+
+/// A malicious host's reputation: its actor's rule, often with an article about the actor.
+fn malicious_reputation(rng: &mut Rng, key: &HostKey) -> (&'static str, u64, Vec<Value>) {
+    let mut rules: Vec<Value> = Vec::new();
+    let actor = actor_of(&key.norm);
+    // Graph is seen to send the actor either as a string or as a list of strings.
+    let description = if rng.chance(0.25) {
+        json!([actor])
+    } else {
+        json!(actor)
+    };
+    rules.push(cti_rule(actor, description));
+    if rng.chance(0.7) {
+        let (id, title) = article(actor, rng.below(ARTICLE_TEMPLATES.len() as u64) as usize);
+        rules.push(json!({
+            "name": "Microsoft Defender Threat Intelligence Intel Article",
+            "description": title,
+            "severity": "high",
+            "relatedDetailsUrl": format!("https://ti.defender.microsoft.com/article/{id}"),
+        }));
+    }
+    ("malicious", rng.range(75, 100), rules)
+}
+
+/// Any other host's: unknown, neutral or suspicious, with a few infrastructure rules.
+fn ordinary_reputation(rng: &mut Rng) -> (&'static str, u64, Vec<Value>) {
+    let p = pool();
+    let mut rules: Vec<Value> = Vec::new();
+    let r = rng.unit();
+    let (class, score, max_rules) = if r < 0.35 {
+        ("unknown", 0, 1)
+    } else if r < 0.85 {
+        ("neutral", rng.range(1, 29), 2)
+    } else {
+        ("suspicious", rng.range(30, 74), 3)
+    };
+    for _ in 0..rng.below(max_rules + 1) {
+        let (name, description) = match rng.below(3) {
+            0 => (
+                "Name server",
+                format!("ns{}.{}", rng.range(1, 4), rng.pick(&DNS_PROVIDERS)),
+            ),
+            1 => ("Registrar", rng.pick(&REGISTRARS).0.to_string()),
+            _ => ("Resolving IP Address", rng.pick(&p.v4).clone()),
+        };
+        let severity = if class == "suspicious" {
+            "medium"
+        } else {
+            *rng.pick(&["unknown", "low"])
+        };
+        rules.push(json!({
+            "name": name,
+            "description": description,
+            "severity": severity,
+            "relatedDetailsUrl": Value::Null,
+        }));
+    }
+    (class, score, rules)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,40 +68,49 @@ async fn token(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     // axum's plain-text rejections. Later duplicates win, like most form parsers.
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    if let Some(refusal) = token_refusal(&sh, field) {
+        return refusal;
+    }
+    issue_token(&sh, field("client_id").unwrap_or(""))
+}
 
+/// The AADSTS error for a token request that is not a valid client-credentials request of the
+/// configured client.
+fn token_refusal<'a>(sh: &Shared, field: impl Fn(&str) -> Option<&'a str>) -> Option<Response> {
+    let c = &sh.control;
     match field("grant_type") {
-        None => return aad_error(
+        None => return Some(aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             900144,
             "AADSTS900144: The request body must contain the following parameter: 'grant_type'."
                 .to_string(),
-        ),
+        )),
         Some("client_credentials") => {}
         Some(other) => {
-            return aad_error(
+            return Some(aad_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 70003,
                 format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
-            )
+            ))
         }
     }
     let client_id = field("client_id").unwrap_or("");
     if client_id != sh.config.client_id {
         c.bump("unauthorized");
-        return aad_error(
+        return Some(aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             700016,
             format!(
                 "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
             ),
-        );
+        ));
     }
     if field("client_secret") != Some(sh.config.client_secret.as_str()) {
         c.bump("unauthorized");
-        return aad_error(
+        return Some(aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             7000215,
@@ -110,11 +119,11 @@ async fn token(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
                  request is the client secret value, not the client secret ID, for a secret added to \
                  app '{client_id}'."
             ),
-        );
+        ));
     }
     let scope = field("scope").unwrap_or("");
     if !scope.ends_with("/.default") {
-        return aad_error(
+        return Some(aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
@@ -122,9 +131,13 @@ async fn token(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
                 "AADSTS1002012: The provided value for scope '{scope}' is not valid. Client credential \
                  flows must have a scope value with /.default suffixed to the resource identifier."
             ),
-        );
+        ));
     }
+    None
+}
 
+/// A new access token for `client_id`, remembered until it expires.
+fn issue_token(sh: &Shared, client_id: &str) -> Response {
     let ttl = sh.config.token_ttl;
     // JWT-shaped (unsigned) so that a client which peeks at the token finds what it expects;
     // the simulator itself only compares the whole string.
@@ -141,7 +154,7 @@ async fn token(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
         "{header}.{}.sim",
         data::base64(claims.to_string().as_bytes(), true)
     );
-    c.issue_token(access_token.clone(), ttl);
+    sh.control.issue_token(access_token.clone(), ttl);
     Json(json!({
         "token_type": "Bearer",
         "expires_in": ttl.as_secs(),
@@ -422,31 +435,9 @@ fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let v = v.trim();
         match option_name(&k).as_str() {
-            "top" => {
-                q.top = Some(v.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "Invalid value '{v}' for $top: expected a non-negative integer."
-                    ))
-                })?)
-            }
-            "skip" => {
-                q.skip = v.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "Invalid value '{v}' for $skip: expected a non-negative integer."
-                    ))
-                })?
-            }
-            "count" => {
-                q.count = match v.to_ascii_lowercase().as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                            "Invalid value '{v}' for $count: expected true or false."
-                        )))
-                    }
-                }
-            }
+            "top" => q.top = Some(non_negative("$top", v)?),
+            "skip" => q.skip = non_negative("$skip", v)?,
+            "count" => q.count = parse_count(v)?,
             "select" => {
                 q.select = Some(
                     v.split(',')
@@ -460,32 +451,53 @@ fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
                 let term = v.trim_matches('"').trim();
                 q.search = (!term.is_empty()).then(|| term.to_lowercase());
             }
-            "orderby" => {
-                q.orderby = v
-                    .split(',')
-                    .filter(|c| !c.trim().is_empty())
-                    .map(|c| {
-                        let mut parts = c.split_whitespace();
-                        let path = parts.next().unwrap_or("");
-                        let desc = match parts.next().map(str::to_ascii_lowercase).as_deref() {
-                            None | Some("asc") => false,
-                            Some("desc") => true,
-                            Some(other) => {
-                                return Err(ApiError::bad_request(format!(
-                                    "Invalid $orderby direction '{other}'."
-                                )))
-                            }
-                        };
-                        Ok((split_path(path), desc))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+            "orderby" => q.orderby = parse_orderby(v)?,
             // `$skiptoken` is never issued here, `$format`, `$expand` and unknown options are
             // ignored (Graph ignores some unknown options too).
             _ => {}
         }
     }
     Ok(q)
+}
+
+/// `$top` or `$skip`.
+fn non_negative(option: &str, v: &str) -> Result<usize, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "Invalid value '{v}' for {option}: expected a non-negative integer."
+        ))
+    })
+}
+
+fn parse_count(v: &str) -> Result<bool, ApiError> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::bad_request(format!(
+            "Invalid value '{v}' for $count: expected true or false."
+        ))),
+    }
+}
+
+/// `$orderby`: comma-separated property paths, each optionally `asc` or `desc`.
+fn parse_orderby(v: &str) -> Result<Vec<(Vec<String>, bool)>, ApiError> {
+    v.split(',')
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            let mut parts = c.split_whitespace();
+            let path = parts.next().unwrap_or("");
+            let desc = match parts.next().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid $orderby direction '{other}'."
+                    )))
+                }
+            };
+            Ok((split_path(path), desc))
+        })
+        .collect()
 }
 
 fn split_path(p: &str) -> Vec<String> {
@@ -763,48 +775,7 @@ fn answer(
     }
 
     match parsed.route {
-        Route::Host(id, sub) => {
-            let key = HostKey::parse(&id)
-                .filter(|k| !k.is_unknown())
-                .ok_or_else(|| ApiError::not_found(format!("Host '{id}' was not found.")))?;
-            Ok(match sub {
-                HostSub::Entity => entity(data::host_entity(&key), &q, ctx, fragment),
-                HostSub::Whois => entity(data::whois(&key), &q, ctx, fragment),
-                HostSub::Reputation => entity(data::reputation(&key), &q, ctx, fragment),
-                HostSub::PassiveDns | HostSub::PassiveDnsReverse => {
-                    let reverse = sub == HostSub::PassiveDnsReverse;
-                    match data::shared_listing(&key, reverse) {
-                        Some(listing) => indexed_collection(
-                            listing.len(),
-                            |i| listing.record(i),
-                            &q,
-                            ctx,
-                            fragment,
-                        ),
-                        None if reverse => {
-                            collection(data::passive_dns_reverse(&key), &q, ctx, fragment)
-                        }
-                        None => collection(data::passive_dns(&key), &q, ctx, fragment),
-                    }
-                }
-                HostSub::HostPairs => {
-                    collection(data::host_pairs(&key, PairFilter::All), &q, ctx, fragment)
-                }
-                HostSub::ParentHostPairs => collection(
-                    data::host_pairs(&key, PairFilter::HostIsChild),
-                    &q,
-                    ctx,
-                    fragment,
-                ),
-                HostSub::ChildHostPairs => collection(
-                    data::host_pairs(&key, PairFilter::HostIsParent),
-                    &q,
-                    ctx,
-                    fragment,
-                ),
-                HostSub::Subdomains => collection(data::subdomains(&key), &q, ctx, fragment),
-            })
-        }
+        Route::Host(id, sub) => host_answer(&id, sub, &q, ctx, fragment),
         Route::Profiles => Ok(collection(data::intel_profiles(), &q, ctx, fragment)),
         Route::Profile(id) => data::intel_profile(&id)
             .map(|v| entity(v, &q, ctx, fragment))
@@ -831,6 +802,41 @@ fn answer(
     }
 }
 
+/// A host or one of its sub-resources.
+fn host_answer(
+    id: &str,
+    sub: HostSub,
+    q: &Query,
+    ctx: &Ctx,
+    fragment: &str,
+) -> Result<Value, ApiError> {
+    let key = HostKey::parse(id)
+        .filter(|k| !k.is_unknown())
+        .ok_or_else(|| ApiError::not_found(format!("Host '{id}' was not found.")))?;
+    let pairs = |filter: PairFilter| collection(data::host_pairs(&key, filter), q, ctx, fragment);
+    Ok(match sub {
+        HostSub::Entity => entity(data::host_entity(&key), q, ctx, fragment),
+        HostSub::Whois => entity(data::whois(&key), q, ctx, fragment),
+        HostSub::Reputation => entity(data::reputation(&key), q, ctx, fragment),
+        HostSub::PassiveDns => passive_dns(&key, false, q, ctx, fragment),
+        HostSub::PassiveDnsReverse => passive_dns(&key, true, q, ctx, fragment),
+        HostSub::HostPairs => pairs(PairFilter::All),
+        HostSub::ParentHostPairs => pairs(PairFilter::HostIsChild),
+        HostSub::ChildHostPairs => pairs(PairFilter::HostIsParent),
+        HostSub::Subdomains => collection(data::subdomains(&key), q, ctx, fragment),
+    })
+}
+
+/// A host's passive DNS records (`reverse`: its reverse view); a shared host's come from its
+/// listing, record by record.
+fn passive_dns(key: &HostKey, reverse: bool, q: &Query, ctx: &Ctx, fragment: &str) -> Value {
+    match data::shared_listing(key, reverse) {
+        Some(listing) => indexed_collection(listing.len(), |i| listing.record(i), q, ctx, fragment),
+        None if reverse => collection(data::passive_dns_reverse(key), q, ctx, fragment),
+        None => collection(data::passive_dns(key), q, ctx, fragment),
+    }
+}
+
 /// `scheme://host` for links: the Host header if it looks like one, else the bound address.
 fn origin(headers: &HeaderMap, sh: &Shared) -> String {
     let host = headers
@@ -844,6 +850,87 @@ fn origin(headers: &HeaderMap, sh: &Shared) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| sh.local.to_string());
     format!("{}://{host}", sh.scheme())
+}
+
+/// The bearer token of the Authorization header, if there is one.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+/// Graph's 401 for a token it does not accept.
+fn unauthorized(problem: TokenProblem, request_id: &str) -> Response {
+    let message = match problem {
+        TokenProblem::Missing => "Access token is empty.",
+        TokenProblem::Unknown => "Invalid JWT token. The token is not known to this service.",
+        TokenProblem::Expired => "Access token has expired or is not yet valid.",
+    };
+    let mut resp = graph_error(
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            message,
+        ),
+        request_id,
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\"",
+        ),
+    );
+    resp
+}
+
+/// fail_all, injected 429s, rate limit, error ratio; then latency. `Ok(truncate)` lets the
+/// request through (the answer to be cut when `truncate`), `Err` is the answer instead.
+async fn let_through(sh: &Shared, key: Option<&str>, request_id: &str) -> Result<bool, Response> {
+    let c = &sh.control;
+    let format = sh.config.retry_after_format;
+    match c.judge(key) {
+        Verdict::FailAll(status) | Verdict::Error(status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            match status.as_u16() {
+                429 => c.bump("throttled"),
+                401 => c.bump("unauthorized"),
+                _ => c.bump("errors"),
+            }
+            let resp = graph_error(
+                ApiError::new(status, code_for(status), message_for(status)),
+                request_id,
+            );
+            // Graph sends Retry-After with 429 and sometimes with 503: keep it short, the
+            // point is that the client honours it, not that it waits.
+            Err(match status.as_u16() {
+                429 => with_retry_after(resp, format, Duration::from_secs(1)),
+                503 => with_retry_after(resp, format, Duration::from_millis(100)),
+                _ => resp,
+            })
+        }
+        Verdict::Throttle(wait) => {
+            c.bump("throttled");
+            let resp = graph_error(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    message_for(StatusCode::TOO_MANY_REQUESTS),
+                ),
+                request_id,
+            );
+            Err(with_retry_after(resp, format, wait))
+        }
+        Verdict::Proceed { delay, truncate } => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(truncate)
+        }
+    }
 }
 
 async fn graph(
@@ -868,78 +955,16 @@ async fn graph(
     }
 
     // 1. Auth.
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            let (scheme, token) = h.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    if let Err(problem) = c.check_token(bearer) {
+    if let Err(problem) = c.check_token(bearer_token(&headers)) {
         c.bump("unauthorized");
-        let message = match problem {
-            TokenProblem::Missing => "Access token is empty.",
-            TokenProblem::Unknown => "Invalid JWT token. The token is not known to this service.",
-            TokenProblem::Expired => "Access token has expired or is not yet valid.",
-        };
-        let mut resp = graph_error(
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                message,
-            ),
-            &request_id,
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(
-                "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\"",
-            ),
-        );
-        return resp;
+        return unauthorized(problem, &request_id);
     }
 
-    // 2-5. fail_all, injected 429s, rate limit, error ratio; then latency.
-    let format = sh.config.retry_after_format;
+    // 2-5. Misbehaviour.
     let key = parsed.as_ref().ok().map(|p| p.key.as_str());
-    let truncate = match c.judge(key) {
-        Verdict::FailAll(status) | Verdict::Error(status) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            match status.as_u16() {
-                429 => c.bump("throttled"),
-                401 => c.bump("unauthorized"),
-                _ => c.bump("errors"),
-            }
-            let resp = graph_error(
-                ApiError::new(status, code_for(status), message_for(status)),
-                &request_id,
-            );
-            // Graph sends Retry-After with 429 and sometimes with 503: keep it short, the
-            // point is that the client honours it, not that it waits.
-            return match status.as_u16() {
-                429 => with_retry_after(resp, format, Duration::from_secs(1)),
-                503 => with_retry_after(resp, format, Duration::from_millis(100)),
-                _ => resp,
-            };
-        }
-        Verdict::Throttle(wait) => {
-            c.bump("throttled");
-            let resp = graph_error(
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "TooManyRequests",
-                    message_for(StatusCode::TOO_MANY_REQUESTS),
-                ),
-                &request_id,
-            );
-            return with_retry_after(resp, format, wait);
-        }
-        Verdict::Proceed { delay, truncate } => {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            truncate
-        }
+    let truncate = match let_through(&sh, key, &request_id).await {
+        Ok(truncate) => truncate,
+        Err(resp) => return resp,
     };
 
     // 6. The answer.
