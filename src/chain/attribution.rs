@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::confidence::{self, HitContext};
-use super::{ActorHit, ArticleRef, Evidence, Fanout, Node, ProfileIndex};
+use super::{ArticleRef, Node, ProfileIndex};
 use crate::enrich::{Reputation, ReputationRule};
+use crate::model::{ActorHit, Evidence, Fanout};
 
 /// The rule whose description names the threat actor group(s).
 pub const CTI_RULE: &str = "Cyber Threat Intelligence";
@@ -228,7 +229,7 @@ pub(super) fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{IntelProfileRecord, ProfileIndicatorRecord};
+    use crate::model::{IntelProfileRecord, ProfileIndicatorRecord};
     use serde_json::json;
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! - counterparts are canonicalised and deduplicated before any reputation request (the seed asks
 //!   once per record, duplicates included), the IOC itself and non-public addresses are skipped;
-//! - reputations come from the Postgres cache ([`Store::cached_reputations`], TTL
+//! - reputations come from the Postgres cache ([`WalkCache::cached_reputations`], TTL
 //!   [`ChainSettings::reputation_ttl`]) before Graph, and what Graph answers is saved there, so
 //!   IOCs sharing infrastructure pay for a shared counterpart once per TTL; a host Graph does not
 //!   know (404) is cached as an empty reputation so it is not asked again either;
@@ -57,21 +57,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::in_flight::{Follower, InFlight, Lead, Role};
 use crate::lane::Lane;
+pub use crate::model::{
+    ActorHit, Attribution, AttributionLink, Band, Evidence, Factor, Fanout, IntelProfileRecord,
+    ProfileIndicatorRecord, EVENT_ARTIFACTS,
+};
 use crate::progress::{self, point};
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
-pub use confidence::{Band, Factor, Fanout};
-pub use event::{attribution_event, Attribution, AttributionLink, EVENT_ARTIFACTS};
-pub use profiles::{
-    sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
-    ProfileInfo, SyncSummary,
-};
+pub use event::attribution_event;
+pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
 pub use report::event_routing_key;
 
 use crate::enrich::{mapping, Reputation};
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
+use crate::model::{LookupClaims, StorageError, WalkCache};
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
-use crate::store::{LookupClaims, Store, StoreError};
 
 /// How far and how expensively one walk may go.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +93,7 @@ pub struct ChainSettings {
     /// Reputation lookups in flight per walk.
     pub concurrency: usize,
     /// Share lookups in flight with the other workers on the same database, through claims
-    /// in Postgres (see [`Store::claim_reputation_lookups`]): a worker waits for the answer of
+    /// in Postgres (see [`WalkCache::claim_reputation_lookups`]): a worker waits for the answer of
     /// a host another worker is asking about instead of asking too. Costs two statements per
     /// walk level, so it is for workers sharing one tenant's quota.
     pub share_lookups: bool,
@@ -131,7 +131,7 @@ pub enum ChainError {
     #[error(transparent)]
     Graph(#[from] GraphError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
 }
 
 impl ChainError {
@@ -142,74 +142,6 @@ impl ChainError {
             ChainError::Store(error) => error.is_transient(),
         }
     }
-}
-
-/// Why an actor is linked to an artifact. Serialised with a `source` tag:
-/// `{"source": "reputation_rule", "rule": ..., ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "source", rename_all = "snake_case")]
-pub enum Evidence {
-    /// A `Cyber Threat Intelligence` reputation rule naming the group.
-    ReputationRule {
-        rule: String,
-        severity: Option<String>,
-        score: Option<i32>,
-        classification: Option<String>,
-    },
-    /// A `Microsoft Defender Threat Intelligence Intel Article` rule on the same artifact.
-    IntelArticle {
-        title: Option<String>,
-        article_id: Option<String>,
-        url: Option<String>,
-    },
-    /// The artifact is an indicator of the actor's intelligence profile. The indicator's own
-    /// source (`microsoft`, `osint`, `public`) is serialised as `indicator_source`: `source` is
-    /// the tag.
-    ProfileIndicator {
-        profile_id: String,
-        #[serde(rename = "indicator_source")]
-        source: Option<String>,
-        /// When the profile says the actor used the artifact (an indicator without a last-seen
-        /// time is still in use).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        first_seen: Option<DateTime<Utc>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        last_seen: Option<DateTime<Utc>>,
-    },
-}
-
-impl Evidence {
-    /// The `source` tag: `reputation_rule`, `intel_article` or `profile_indicator`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Evidence::ReputationRule { .. } => "reputation_rule",
-            Evidence::IntelArticle { .. } => "intel_article",
-            Evidence::ProfileIndicator { .. } => "profile_indicator",
-        }
-    }
-}
-
-/// One actor linked to one artifact (the IOC itself or a counterpart), evidence merged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActorHit {
-    /// The group's name: the profile's title when the name matched a profile, else as the rule
-    /// named it (trimmed).
-    pub actor: String,
-    pub profile_id: Option<String>,
-    pub aliases: Vec<String>,
-    /// The linking domain or IP.
-    pub artifact: String,
-    /// IOC → ... → artifact (just the IOC when the IOC itself is attributed).
-    pub path: Vec<String>,
-    pub evidence: Vec<Evidence>,
-    /// Earliest `firstSeenDateTime` and latest `lastSeenDateTime` of the passive DNS records
-    /// linking the artifact to the previous host of the path (none for the IOC itself).
-    pub first_seen: Option<DateTime<Utc>>,
-    pub last_seen: Option<DateTime<Utc>>,
-    /// 0-100: how much the hit is worth (see [`confidence`]).
-    pub confidence: u8,
-    /// What made the confidence, in order.
-    pub factors: Vec<Factor>,
 }
 
 /// An intel article rule found on an artifact, whether or not an actor was named there.
@@ -280,11 +212,11 @@ fn latest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime
     }
 }
 
-/// Runs walks. Cheap to clone; clones share the client, the store and the profile index.
+/// Runs walks. Cheap to clone; clones share the client, the cache and the profile index.
 #[derive(Clone)]
 pub struct Chainer {
     graph: GraphClient,
-    store: Option<Store>,
+    cache: Option<Arc<dyn WalkCache>>,
     settings: ChainSettings,
     profiles: Arc<ProfileIndex>,
     in_flight: Option<InFlight<Reputation>>,
@@ -397,12 +329,17 @@ impl Dropped {
 }
 
 impl Chainer {
-    /// A chainer without profiles; see [`Chainer::with_profiles`]. Without a store the walk asks
-    /// Graph for every reputation (still once per host per walk).
-    pub fn new(graph: GraphClient, store: Option<Store>, settings: ChainSettings) -> Chainer {
+    /// A chainer without profiles; see [`Chainer::with_profiles`]. Without a cache the walk
+    /// asks Graph for every reputation (still once per host per walk): give the worker's store,
+    /// or a [`crate::model::MemoryCache`] where there is no database.
+    pub fn new(
+        graph: GraphClient,
+        cache: Option<Arc<dyn WalkCache>>,
+        settings: ChainSettings,
+    ) -> Chainer {
         Chainer {
             graph,
-            store,
+            cache,
             settings,
             profiles: Arc::new(ProfileIndex::default()),
             in_flight: None,
@@ -653,9 +590,9 @@ impl Chainer {
                 None => leads.push((key, None)),
             }
         }
-        if let (Some(store), false) = (&self.store, leads.is_empty()) {
+        if let (Some(cache), false) = (&self.cache, leads.is_empty()) {
             let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-            match store
+            match cache
                 .cached_reputations(&keys, self.settings.reputation_ttl)
                 .await
             {
@@ -678,9 +615,9 @@ impl Chainer {
         // Of the hosts left, those another worker is asking about are waited for, below.
         let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
         let mut claimed = LookupClaims::default();
-        if let (Some(store), true, false) = (&self.store, self.shares_lookups(), leads.is_empty()) {
+        if let (Some(cache), true, false) = (&self.cache, self.shares_lookups(), leads.is_empty()) {
             let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-            match store.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
+            match cache.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
                 Ok(mine) => {
                     let (ours, theirs) = leads
                         .into_iter()
@@ -753,9 +690,9 @@ impl Chainer {
         // Other workers' lookups: what they answer arrives in the cache; what they give up on,
         // this walk asks itself, as it does what a lead of this worker gave up on.
         let mut unanswered = Vec::new();
-        if let (Some(store), false) = (&self.store, remote.is_empty()) {
+        if let (Some(cache), false) = (&self.cache, remote.is_empty()) {
             let keys: Vec<String> = remote.iter().map(|(key, _)| key.clone()).collect();
-            let waiting = self.await_other_workers(store, keys);
+            let waiting = self.await_other_workers(cache.as_ref(), keys);
             let mut arrived = progress::wait_at(point::OTHER_WORKER, waiting).await;
             for (key, lead) in remote {
                 match arrived.remove(&key) {
@@ -809,13 +746,12 @@ impl Chainer {
                 }
             }
         }
-        if let Some(store) = &self.store {
-            let rows = fetched.iter().map(|(key, r)| (key.as_str(), r));
-            if let Err(error) = store.save_reputations(rows).await {
+        if let Some(cache) = &self.cache {
+            if let Err(error) = cache.save_reputations(&fetched).await {
                 tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
             }
             if !claimed.hosts.is_empty() {
-                if let Err(error) = store.release_reputation_lookups(&claimed).await {
+                if let Err(error) = cache.release_reputation_lookups(&claimed).await {
                     tracing::warn!(%error, "could not release {} reputation claim(s); they run out by themselves", claimed.hosts.len());
                 }
             }
@@ -853,7 +789,7 @@ impl Chainer {
     /// answers that arrived.
     async fn await_other_workers(
         &self,
-        store: &Store,
+        cache: &dyn WalkCache,
         mut waiting: Vec<String>,
     ) -> HashMap<String, Reputation> {
         let deadline = tokio::time::Instant::now() + CLAIM_HOLD;
@@ -863,14 +799,14 @@ impl Chainer {
             // Claims first, then the cache: a holder saves its answer before it releases its
             // claim, so a host found unclaimed here is either in the cache read next or was
             // given up on.
-            let held = match store.held_reputation_lookups(&waiting).await {
+            let held = match cache.held_reputation_lookups(&waiting).await {
                 Ok(held) => held,
                 Err(error) => {
                     tracing::warn!(%error, "reputation claims unreadable; asking Graph");
                     break;
                 }
             };
-            let mut cached = match store
+            let mut cached = match cache
                 .cached_reputations(&waiting, self.settings.reputation_ttl)
                 .await
             {

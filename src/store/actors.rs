@@ -11,7 +11,9 @@ use uuid::Uuid;
 use super::attributions::{stored_confidence, upsert_pairs, OwedAttribution};
 use super::write::{pg_json, pg_text, pg_texts, record_batch, Part};
 use super::{kind_name, Store, StoreError};
-use crate::chain::{ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord};
+use crate::model::{
+    ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord, WalkHits,
+};
 use crate::observable::Observable;
 
 /// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
@@ -25,19 +27,6 @@ const JSON_TO_TEXT_ARRAY: &str = "ARRAY(SELECT x.v FROM jsonb_array_elements_tex
 
 fn text_array(column: &str) -> String {
     JSON_TO_TEXT_ARRAY.replace("{}", column)
-}
-
-/// The hits one walk found for one observable, to be written with the message's results.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WalkHits {
-    pub observable: Observable,
-    /// The run of the message item that walked, if any.
-    pub run_id: Option<Uuid>,
-    /// The producer's context, echoed into the rows and the events.
-    pub context: Option<Value>,
-    pub hits: Vec<ActorHit>,
-    /// Attributions of this walk below this confidence are stored but not announced.
-    pub min_event_confidence: u8,
 }
 
 impl Store {

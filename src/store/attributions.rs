@@ -11,9 +11,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::write::{pg_text, pg_texts};
 use super::{kind_name, ttl_seconds, Store, StoreError};
-use crate::chain::Fanout;
 use crate::enrich::EnricherKind;
-use crate::observable::{normalise, NormaliseOptions, Observable, ObservableKind};
+use crate::model::{Fanout, StoredLinks};
+use crate::observable::{normalise, NormaliseOptions, ObservableKind};
 
 /// A confidence as stored (`smallint`, checked 0-100 by the table).
 pub(super) fn stored_confidence(confidence: i16) -> u8 {
@@ -167,14 +167,6 @@ impl Store {
         .await?;
         Ok(())
     }
-}
-
-/// An observable already stored, and the hosts its passive DNS named (the `passive_dns`
-/// enricher's extracts): what a walk of it found one hop out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredLinks {
-    pub observable: Observable,
-    pub counterparts: Vec<String>,
 }
 
 impl Store {

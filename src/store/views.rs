@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::chain::Band;
+use crate::model::Band;
 
 /// What happened since an instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]

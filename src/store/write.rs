@@ -18,11 +18,12 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::actors::{self, WalkHits};
+use super::actors;
 use super::attributions::OwedAttribution;
 use super::REJECTED_INPUT_MAX_CHARS;
 use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, StoreError};
 use crate::enrich::{EnricherKind, Indicator, Reputation};
+use crate::model::WalkHits;
 use crate::observable::Observable;
 
 /// Extract values and fields are cut to this many bytes (at a character boundary): the unique
