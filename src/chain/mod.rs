@@ -41,36 +41,33 @@
 mod attribution;
 pub mod confidence;
 mod event;
+mod lookup;
 mod profiles;
 mod report;
 pub mod retro;
 mod sharing;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::in_flight::{Follower, InFlight, Lead, Role};
-use crate::lane::Lane;
+use crate::in_flight::InFlight;
 pub use crate::model::{
     ActorHit, Attribution, AttributionLink, Band, Evidence, Factor, Fanout, IntelProfileRecord,
     ProfileIndicatorRecord, EVENT_ARTIFACTS,
 };
-use crate::progress::{self, point};
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
 pub use event::attribution_event;
 pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
 pub use report::event_routing_key;
 
-use crate::enrich::{mapping, Reputation};
+use crate::enrich::Reputation;
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
-use crate::model::{LookupClaims, StorageError, WalkCache};
+use crate::model::{StorageError, WalkCache};
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
 
 /// How far and how expensively one walk may go.
@@ -227,23 +224,6 @@ pub struct Chainer {
 pub struct Known<'a> {
     pub passive_dns: Option<&'a Collection<PassiveDnsRecord>>,
     pub reputation: Option<&'a Reputation>,
-}
-
-/// How long a worker's claim on a lookup holds other workers back: long enough for a throttled
-/// lookup with its retries; if the worker died, the others wait at most this long before
-/// asking themselves.
-const CLAIM_HOLD: Duration = Duration::from_secs(30);
-
-/// How often a worker waiting for another worker's lookup looks in the cache.
-const CLAIM_POLL: Duration = Duration::from_millis(200);
-
-/// A host a walk asked Graph about, what came back, and the lead of its lookup when shared.
-type Asked = (String, Result<Lookup, ChainError>, Option<Lead<Reputation>>);
-
-/// How one reputation was obtained from Graph.
-enum Lookup {
-    Fetched(Reputation),
-    OverBudget,
 }
 
 /// The mutable state of one walk.
@@ -564,292 +544,6 @@ impl Chainer {
         }
         added
     }
-
-    /// The reputation of each host of `keys` not known to this walk yet: from a lookup another
-    /// walk of this worker has in flight (see [`InFlight`]), else the cache (one query for all
-    /// of them), else, with `share_lookups`, from another worker that claimed the lookup, else
-    /// Graph; what Graph answered is saved to the cache in one statement.
-    async fn reputations(&self, walk: &mut Walk, keys: Vec<String>) -> Result<(), ChainError> {
-        let keys: Vec<String> = {
-            let mut seen = HashSet::new();
-            keys.into_iter()
-                .filter(|k| !walk.reputations.contains_key(k) && seen.insert(k.clone()))
-                .collect()
-        };
-        if keys.is_empty() {
-            return Ok(());
-        }
-        // Hosts this walk looks up itself (with the lead of their lookup, when shared), and
-        // hosts it waits for.
-        let mut leads: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
-        let mut follows: Vec<(String, Follower<Reputation>)> = Vec::new();
-        for key in keys {
-            match self.in_flight.as_ref().map(|f| f.join(&key)) {
-                Some(Role::Follow(follower)) => follows.push((key, follower)),
-                Some(Role::Lead(lead)) => leads.push((key, Some(lead))),
-                None => leads.push((key, None)),
-            }
-        }
-        if let (Some(cache), false) = (&self.cache, leads.is_empty()) {
-            let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-            match cache
-                .cached_reputations(&keys, self.settings.reputation_ttl)
-                .await
-            {
-                Ok(mut cached) => leads.retain(|(key, lead)| match cached.remove(key) {
-                    Some(reputation) => {
-                        if let Some(lead) = lead {
-                            lead.answer(reputation.clone());
-                        }
-                        walk.cache_hits += 1;
-                        walk.reputations.insert(key.clone(), Some(reputation));
-                        false
-                    }
-                    None => true,
-                }),
-                Err(error) => {
-                    tracing::warn!(%error, "reputation cache unreadable; asking Graph")
-                }
-            }
-        }
-        // Of the hosts left, those another worker is asking about are waited for, below.
-        let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
-        let mut claimed = LookupClaims::default();
-        if let (Some(cache), true, false) = (&self.cache, self.shares_lookups(), leads.is_empty()) {
-            let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-            match cache.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
-                Ok(mine) => {
-                    let (ours, theirs) = leads
-                        .into_iter()
-                        .partition(|(key, _)| mine.hosts.contains(key));
-                    leads = ours;
-                    remote = theirs;
-                    claimed = mine;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "reputation claims unavailable; asking Graph")
-                }
-            }
-        }
-
-        let graph = &walk.graph;
-        let budget = self.settings.request_budget;
-        // Requests before this batch plus those this batch started; the tracked count is higher
-        // when retries happened. The futures are polled by one task, so the check and the
-        // increment below are not interleaved with another future's.
-        let base = graph.requests();
-        let started = AtomicU64::new(0);
-        let ask = |key: String| {
-            let started = &started;
-            async move {
-                let lookup = reputation(graph, &key, budget, base, started).await;
-                (key, lookup)
-            }
-        };
-        // This walk's own lookups first, each answering its followers as soon as it is back;
-        // only then does the walk wait for others' (which never wait on a walk's followers, so
-        // walks following each other cannot deadlock). A lookup that fails still runs the
-        // others to their end, so that no lead is dropped early for nothing.
-        let concurrency = self.settings.concurrency.max(1);
-        let ask_leading = |leads: Vec<(String, Option<Lead<Reputation>>)>| {
-            futures::stream::iter(leads)
-                .map(|(key, lead)| async {
-                    let (key, lookup) = ask(key).await;
-                    if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
-                        lead.answer(reputation.clone());
-                    }
-                    (key, lookup, lead)
-                })
-                .buffer_unordered(concurrency)
-                .collect::<Vec<Asked>>()
-        };
-        // Own lookups are saved (and their claims released) before this walk waits for anyone:
-        // another worker may be waiting for them while this walk waits for its.
-        let mut settled = Settled::default();
-        let own = ask_leading(leads).await;
-        self.settle(&mut settled, own, claimed).await;
-
-        let followed: Vec<(String, Option<Reputation>)> =
-            futures::future::join_all(follows.into_iter().map(|(key, follower)| async move {
-                (
-                    key,
-                    progress::wait_at(point::OTHER_WALK, follower.answer()).await,
-                )
-            }))
-            .await;
-        let mut released = Vec::new();
-        for (key, answer) in followed {
-            match answer {
-                Some(reputation) => {
-                    walk.cache_hits += 1;
-                    walk.reputations.insert(key, Some(reputation));
-                }
-                None => released.push((key, None)),
-            }
-        }
-        // Other workers' lookups: what they answer arrives in the cache; what they give up on,
-        // this walk asks itself, as it does what a lead of this worker gave up on.
-        let mut unanswered = Vec::new();
-        if let (Some(cache), false) = (&self.cache, remote.is_empty()) {
-            let keys: Vec<String> = remote.iter().map(|(key, _)| key.clone()).collect();
-            let waiting = self.await_other_workers(cache.as_ref(), keys);
-            let mut arrived = progress::wait_at(point::OTHER_WORKER, waiting).await;
-            for (key, lead) in remote {
-                match arrived.remove(&key) {
-                    Some(reputation) => {
-                        if let Some(lead) = &lead {
-                            lead.answer(reputation.clone());
-                        }
-                        walk.cache_hits += 1;
-                        walk.reputations.insert(key, Some(reputation));
-                    }
-                    None => unanswered.push((key, lead)),
-                }
-            }
-        }
-        unanswered.extend(released);
-        let rest = ask_leading(unanswered).await;
-        self.settle(&mut settled, rest, LookupClaims::default())
-            .await;
-
-        if let Some(error) = settled.failed {
-            return Err(error);
-        }
-        for (key, reputation) in settled.fetched {
-            walk.reputations.insert(key, reputation);
-        }
-        if settled.over_budget > 0 {
-            walk.budget_spent = true;
-            walk.truncated.push(format!(
-                "request budget ({budget}) reached: {} host(s) left without a reputation",
-                settled.over_budget
-            ));
-        }
-        Ok(())
-    }
-
-    /// Take in a round of lookups: save what Graph answered to the cache, then close their
-    /// lookups in this worker (`asked`'s leads) and release `claimed` for the other workers.
-    async fn settle(&self, settled: &mut Settled, asked: Vec<Asked>, claimed: LookupClaims) {
-        let mut fetched = Vec::new();
-        let mut closing = Vec::new();
-        for (key, lookup, lead) in asked {
-            closing.extend(lead);
-            match lookup {
-                Ok(Lookup::Fetched(reputation)) => fetched.push((key, reputation)),
-                Ok(Lookup::OverBudget) => {
-                    settled.over_budget += 1;
-                    settled.fetched.push((key, None));
-                }
-                Err(error) => {
-                    settled.failed.get_or_insert(error);
-                }
-            }
-        }
-        if let Some(cache) = &self.cache {
-            if let Err(error) = cache.save_reputations(&fetched).await {
-                tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
-            }
-            if !claimed.hosts.is_empty() {
-                if let Err(error) = cache.release_reputation_lookups(&claimed).await {
-                    tracing::warn!(%error, "could not release {} reputation claim(s); they run out by themselves", claimed.hosts.len());
-                }
-            }
-        }
-        // What was fetched is in the cache now: the lookups can close.
-        drop(closing);
-        settled
-            .fetched
-            .extend(fetched.into_iter().map(|(key, r)| (key, Some(r))));
-    }
-}
-
-/// What a walk's rounds of lookups came to.
-#[derive(Default)]
-struct Settled {
-    /// Reputations to record in the walk; `None` for hosts left unasked (over budget).
-    fetched: Vec<(String, Option<Reputation>)>,
-    over_budget: usize,
-    failed: Option<ChainError>,
-}
-
-impl Chainer {
-    /// Whether this walk shares its lookups with other workers: asked for, possible (the cache
-    /// is where another worker's answer arrives, so it must be read), and a bulk walk's. A live
-    /// walk neither claims nor waits for claims: the worker holding one may be asking for a bulk
-    /// walk, behind the whole backlog's requests.
-    fn shares_lookups(&self) -> bool {
-        self.settings.share_lookups
-            && !self.settings.reputation_ttl.is_zero()
-            && Lane::current() == Lane::Bulk
-    }
-
-    /// Wait for the answers of lookups other workers hold to arrive in the cache: until each
-    /// is there, its claim is gone (its holder gave up), or [`CLAIM_HOLD`] passed. Returns the
-    /// answers that arrived.
-    async fn await_other_workers(
-        &self,
-        cache: &dyn WalkCache,
-        mut waiting: Vec<String>,
-    ) -> HashMap<String, Reputation> {
-        let deadline = tokio::time::Instant::now() + CLAIM_HOLD;
-        let mut arrived = HashMap::new();
-        while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(CLAIM_POLL).await;
-            // Claims first, then the cache: a holder saves its answer before it releases its
-            // claim, so a host found unclaimed here is either in the cache read next or was
-            // given up on.
-            let held = match cache.held_reputation_lookups(&waiting).await {
-                Ok(held) => held,
-                Err(error) => {
-                    tracing::warn!(%error, "reputation claims unreadable; asking Graph");
-                    break;
-                }
-            };
-            let mut cached = match cache
-                .cached_reputations(&waiting, self.settings.reputation_ttl)
-                .await
-            {
-                Ok(cached) => cached,
-                Err(error) => {
-                    tracing::warn!(%error, "reputation cache unreadable; asking Graph");
-                    break;
-                }
-            };
-            waiting.retain(|key| match cached.remove(key) {
-                Some(reputation) => {
-                    arrived.insert(key.clone(), reputation);
-                    false
-                }
-                None => held.contains(key),
-            });
-        }
-        arrived
-    }
-}
-
-/// The reputation of `key` from Graph, unless the walk's budget is spent.
-async fn reputation(
-    graph: &GraphClient,
-    key: &str,
-    budget: u64,
-    base: u64,
-    started: &AtomicU64,
-) -> Result<Lookup, ChainError> {
-    let spent = graph.requests().max(base + started.load(Ordering::Relaxed));
-    if spent >= budget {
-        return Ok(Lookup::OverBudget);
-    }
-    started.fetch_add(1, Ordering::Relaxed);
-    Ok(Lookup::Fetched(match graph.reputation(key).await? {
-        Some(record) => mapping::reputation(&record),
-        // Unknown to MDTI: cached as an empty reputation so it is not asked again.
-        None => Reputation {
-            classification: None,
-            score: None,
-            rules: Vec::new(),
-        },
-    }))
 }
 
 /// The canonical counterpart a passive DNS record names, if it is a public host worth asking
