@@ -267,6 +267,37 @@ struct Dropped {
 }
 
 impl Walk {
+    /// A walk from `root` that knows nothing yet but `reputation`, the root's, if given.
+    fn new(graph: GraphClient, root: &str, reputation: Option<&Reputation>) -> Walk {
+        let mut walk = Walk {
+            graph,
+            nodes: HashMap::from([(
+                root.to_owned(),
+                Node {
+                    path: vec![root.to_owned()],
+                    first_seen: None,
+                    last_seen: None,
+                },
+            )]),
+            order: vec![root.to_owned()],
+            visited: HashSet::new(),
+            reputations: HashMap::new(),
+            pages: 0,
+            sharing_pages: 0,
+            cache_hits: 0,
+            truncated: Vec::new(),
+            dropped: Dropped::default(),
+            budget_spent: false,
+            fanout: HashMap::new(),
+            counting: sharing::Counter::default(),
+        };
+        if let Some(reputation) = reputation {
+            walk.reputations
+                .insert(root.to_owned(), Some(reputation.clone()));
+        }
+        walk
+    }
+
     /// The passive DNS of `parent` was read: what [`Walk::counting`] counted is its fanout.
     fn counted(&mut self, parent: &str, cut: bool) {
         let fanout = self.counting.fanout(cut);
@@ -360,65 +391,9 @@ impl Chainer {
         known: Known<'_>,
     ) -> Result<ChainReport, ChainError> {
         let root = ioc.value().to_owned();
+        let mut walk = Walk::new(self.graph.tracked(), &root, known.reputation);
         let prefetched = known.passive_dns.filter(|c| !c.truncated);
-        let mut walk = Walk {
-            graph: self.graph.tracked(),
-            nodes: HashMap::from([(
-                root.clone(),
-                Node {
-                    path: vec![root.clone()],
-                    first_seen: None,
-                    last_seen: None,
-                },
-            )]),
-            order: vec![root.clone()],
-            visited: HashSet::new(),
-            reputations: HashMap::new(),
-            pages: 0,
-            sharing_pages: 0,
-            cache_hits: 0,
-            truncated: Vec::new(),
-            dropped: Dropped::default(),
-            budget_spent: false,
-            fanout: HashMap::new(),
-            counting: sharing::Counter::default(),
-        };
-        if let Some(reputation) = known.reputation {
-            walk.reputations
-                .insert(root.clone(), Some(reputation.clone()));
-        }
-
-        let mut ask = vec![root.clone()];
-        let mut frontier = vec![root.clone()];
-        for _level in 0..self.settings.depth {
-            let mut next = Vec::new();
-            for parent in &frontier {
-                if walk.budget_spent {
-                    break;
-                }
-                let known = prefetched.filter(|_| *parent == root);
-                next.extend(self.expand(&mut walk, parent, known).await?);
-            }
-            ask.extend(next.iter().cloned());
-            self.reputations(&mut walk, std::mem::take(&mut ask))
-                .await?;
-            if next.is_empty() || walk.budget_spent {
-                break;
-            }
-            frontier = next;
-        }
-        if !ask.is_empty() {
-            // Depth 0: the IOC's reputation only.
-            self.reputations(&mut walk, ask).await?;
-        }
-        if !walk.dropped.is_empty() {
-            walk.truncated.push(format!(
-                "max_artifacts ({}) reached: {} further counterpart(s) left out",
-                self.settings.max_artifacts,
-                walk.dropped.count()
-            ));
-        }
-
+        self.walk_levels(&mut walk, &root, prefetched).await?;
         let (mut hits, articles) =
             attribution::attribute(&walk.order, &walk.nodes, &walk.reputations, &self.profiles);
         self.measure_sharing(&mut walk, &hits).await?;
@@ -434,6 +409,47 @@ impl Chainer {
             reputation_cache_hits: walk.cache_hits,
             truncated: walk.truncated,
         })
+    }
+
+    /// Walk level by level from `root`: each level's passive DNS, then its reputations, until
+    /// the depth, the budget or the counterparts run out. `prefetched` is the root's passive DNS
+    /// when the enrichers read all of it.
+    async fn walk_levels(
+        &self,
+        walk: &mut Walk,
+        root: &str,
+        prefetched: Option<&Collection<PassiveDnsRecord>>,
+    ) -> Result<(), ChainError> {
+        let mut ask = vec![root.to_owned()];
+        let mut frontier = vec![root.to_owned()];
+        for _level in 0..self.settings.depth {
+            let mut next = Vec::new();
+            for parent in &frontier {
+                if walk.budget_spent {
+                    break;
+                }
+                let known = prefetched.filter(|_| *parent == root);
+                next.extend(self.expand(walk, parent, known).await?);
+            }
+            ask.extend(next.iter().cloned());
+            self.reputations(walk, std::mem::take(&mut ask)).await?;
+            if next.is_empty() || walk.budget_spent {
+                break;
+            }
+            frontier = next;
+        }
+        if !ask.is_empty() {
+            // Depth 0: the IOC's reputation only.
+            self.reputations(walk, ask).await?;
+        }
+        if !walk.dropped.is_empty() {
+            walk.truncated.push(format!(
+                "max_artifacts ({}) reached: {} further counterpart(s) left out",
+                self.settings.max_artifacts,
+                walk.dropped.count()
+            ));
+        }
+        Ok(())
     }
 
     /// Page the passive DNS of `parent` (unless `known` already holds all of it) and add its

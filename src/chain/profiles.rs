@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical_artifact, ChainError};
-use crate::graph::model::IntelligenceProfileIndicator;
+use crate::graph::model::{IntelligenceProfile, IntelligenceProfileIndicator};
 use crate::graph::{GraphClient, PageLimits};
 use crate::model::{IntelProfileRecord, ProfileIndicatorRecord, ProfileStore, StorageError};
 
@@ -198,27 +198,11 @@ pub async fn sync_profiles_with(
     }
     let mut kept: Vec<String> = Vec::new();
     for profile in listing.items {
-        let is_actor = profile
-            .kind
-            .as_deref()
-            .is_some_and(|k| k.trim().eq_ignore_ascii_case("actor"));
-        let id = profile.id.as_deref().map(str::trim).unwrap_or_default();
-        let title = profile.title.as_deref().map(str::trim).unwrap_or_default();
-        if !is_actor || id.is_empty() || title.is_empty() {
+        let Some(record) = actor_record(&profile) else {
             summary.skipped_profiles += 1;
             continue;
-        }
-        let record = IntelProfileRecord {
-            id: id.to_owned(),
-            title: title.to_owned(),
-            aliases: profile
-                .aliases
-                .iter()
-                .map(|a| a.trim().to_owned())
-                .filter(|a| !a.is_empty())
-                .collect(),
-            first_active: profile.first_active_date_time,
         };
+        let (id, title) = (record.id.as_str(), record.title.as_str());
         let indicators = graph.intel_profile_indicators(id, limits).await?;
         let complete = indicators.found && !indicators.truncated;
         if indicators.truncated {
@@ -258,6 +242,31 @@ pub async fn sync_profiles_with(
         "intelligence profiles synced"
     );
     Ok(summary)
+}
+
+/// The record of an actor profile; none for profiles of other kinds (tools) and profiles
+/// without an id or title.
+fn actor_record(profile: &IntelligenceProfile) -> Option<IntelProfileRecord> {
+    let is_actor = profile
+        .kind
+        .as_deref()
+        .is_some_and(|k| k.trim().eq_ignore_ascii_case("actor"));
+    let id = profile.id.as_deref().map(str::trim).unwrap_or_default();
+    let title = profile.title.as_deref().map(str::trim).unwrap_or_default();
+    if !is_actor || id.is_empty() || title.is_empty() {
+        return None;
+    }
+    Some(IntelProfileRecord {
+        id: id.to_owned(),
+        title: title.to_owned(),
+        aliases: profile
+            .aliases
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        first_active: profile.first_active_date_time,
+    })
 }
 
 /// Canonical, one row per artifact (seen times widened over duplicates); and how many were left
