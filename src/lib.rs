@@ -40,6 +40,7 @@ pub mod in_flight;
 pub mod lane;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod observable;
 pub mod ops;
 pub mod outbox;

@@ -507,9 +507,13 @@ impl Pipeline {
                     depth,
                     ..self.settings.chain.clone()
                 };
-                let chainer = Chainer::new(self.graph.clone(), Some(self.store.clone()), settings)
-                    .with_profiles(self.current_profiles())
-                    .with_in_flight(self.lookups.clone());
+                let chainer = Chainer::new(
+                    self.graph.clone(),
+                    Some(Arc::new(self.store.clone())),
+                    settings,
+                )
+                .with_profiles(self.current_profiles())
+                .with_in_flight(self.lookups.clone());
                 // The enrichers just asked Graph about the IOC: the walk starts from their
                 // answers instead of asking again. A reputation Graph did not find is known too.
                 let unknown = Reputation::default();

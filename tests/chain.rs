@@ -303,8 +303,12 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
 
     let profiles = Arc::new(ProfileIndex::load(&db.store).await.expect("load"));
     assert_eq!(profiles.profiles().len(), 2);
-    let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), known_settings())
-        .with_profiles(profiles);
+    let chainer = Chainer::new(
+        graph.clone(),
+        Some(Arc::new(db.store.clone())),
+        known_settings(),
+    )
+    .with_profiles(profiles);
     sim.control().reset_counters();
 
     let report = chainer.walk(&observable(IOC)).await.expect("walk");
@@ -606,7 +610,11 @@ async fn the_ioc_named_scores_above_a_dedicated_counterpart_which_scores_above_a
     let (sim, graph) = sim_and_client().await;
     build_sharing_graph(&sim);
     let db = TestDb::new().await;
-    let chainer = Chainer::new(graph, Some(db.store.clone()), ChainSettings::default());
+    let chainer = Chainer::new(
+        graph,
+        Some(Arc::new(db.store.clone())),
+        ChainSettings::default(),
+    );
 
     let report = chainer.walk(&observable(SHARED_CASE)).await.expect("walk");
     println!("{report}");
@@ -834,7 +842,7 @@ async fn walks_sharing_a_store_ask_far_fewer_reputations() {
     let shared_start = sim.count("reputation");
     let chainer = Chainer::new(
         graph.clone(),
-        Some(db.store.clone()),
+        Some(Arc::new(db.store.clone())),
         ChainSettings::default(),
     );
     let mut cache_hits = 0;
@@ -867,7 +875,7 @@ async fn walks_running_at_once_ask_each_shared_counterpart_once() {
     let in_flight = InFlight::default();
     let chainer = Chainer::new(
         graph.clone(),
-        Some(db.store.clone()),
+        Some(Arc::new(db.store.clone())),
         ChainSettings::default(),
     )
     .with_in_flight(in_flight.clone());
@@ -907,8 +915,12 @@ async fn workers_sharing_a_database_ask_each_shared_counterpart_once() {
         ..ChainSettings::default()
     };
     let worker = || {
-        Chainer::new(graph.clone(), Some(db.store.clone()), settings.clone())
-            .with_in_flight(InFlight::default())
+        Chainer::new(
+            graph.clone(),
+            Some(Arc::new(db.store.clone())),
+            settings.clone(),
+        )
+        .with_in_flight(InFlight::default())
     };
     let (first, second) = (worker(), worker());
 
@@ -1001,7 +1013,11 @@ async fn the_walk_costs_no_more_than_the_seed_algorithm() {
     let db = TestDb::new().await;
     sim.control().reset_counters();
     // No `since` window here: the seed has none.
-    let chainer = Chainer::new(graph, Some(db.store.clone()), ChainSettings::default());
+    let chainer = Chainer::new(
+        graph,
+        Some(Arc::new(db.store.clone())),
+        ChainSettings::default(),
+    );
     let mut ours = 0;
     let mut our_pairs = BTreeSet::new();
     for ioc in &iocs {
@@ -1094,7 +1110,7 @@ async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_
         share_lookups: true,
         ..ChainSettings::default()
     };
-    let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), settings)
+    let chainer = Chainer::new(graph.clone(), Some(Arc::new(db.store.clone())), settings)
         .with_in_flight(InFlight::default());
     let start = sim.count("reputation");
     let walks =
@@ -1143,7 +1159,7 @@ async fn a_live_walk_asks_for_hosts_another_worker_holds_instead_of_waiting() {
         share_lookups: true,
         ..ChainSettings::default()
     };
-    let chainer = Chainer::new(graph.clone(), Some(db.store.clone()), settings)
+    let chainer = Chainer::new(graph.clone(), Some(Arc::new(db.store.clone())), settings)
         .with_in_flight(InFlight::default());
     let start = sim.count("reputation");
     // Shorter than the 30 s a walk waits for a claim at most: a walk that waited fails here.
@@ -1181,8 +1197,12 @@ async fn a_link_through_the_simulators_cdn_edge_is_discounted_to_low() {
         .map(|i| format!("host{i}.fabrikam.com"))
         .find(|name| sim::shared_host_for(name).as_deref() == Some(edge.as_str()))
         .expect("a name behind it");
-    let chainer = Chainer::new(graph, Some(db.store.clone()), ChainSettings::default())
-        .with_profiles(profiles);
+    let chainer = Chainer::new(
+        graph,
+        Some(Arc::new(db.store.clone())),
+        ChainSettings::default(),
+    )
+    .with_profiles(profiles);
 
     let report = chainer.walk(&observable(&ioc)).await.expect("walk");
     let hit = report

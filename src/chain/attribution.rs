@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::confidence::{self, HitContext};
-use super::{ActorHit, ArticleRef, Evidence, Fanout, Node, ProfileIndex};
+use super::{ArticleRef, Node, ProfileIndex, ProfileInfo};
 use crate::enrich::{Reputation, ReputationRule};
+use crate::model::{ActorHit, Evidence, Fanout};
 
 /// The rule whose description names the threat actor group(s).
 pub const CTI_RULE: &str = "Cyber Threat Intelligence";
@@ -89,6 +90,9 @@ fn article_evidence(rule: &ReputationRule) -> Evidence {
     }
 }
 
+/// An actor named on an artifact: the name as found, its profile if one matches, and why.
+type Found<'p> = (String, Option<&'p ProfileInfo>, Evidence);
+
 /// Hits and articles for every node that has a reputation or a profile indicator, in walk order.
 pub(super) fn attribute(
     order: &[String],
@@ -101,85 +105,24 @@ pub(super) fn attribute(
     let mut articles = Vec::new();
     for artifact in order {
         let node = &nodes[artifact];
-        let mut found: Vec<(String, Option<&super::ProfileInfo>, Evidence)> = Vec::new();
-        let mut article_evidence_here: Vec<Evidence> = Vec::new();
+        let mut found = Vec::new();
+        let mut article_evidence_here = Vec::new();
         if let Some(Some(reputation)) = reputations.get(artifact) {
             for rule in &reputation.rules {
                 if rule_is(rule, CTI_RULE) {
-                    let evidence = Evidence::ReputationRule {
-                        rule: rule.name.as_deref().unwrap_or(CTI_RULE).trim().to_owned(),
-                        severity: rule.severity.clone(),
-                        score: reputation.score,
-                        classification: reputation.classification.clone(),
-                    };
-                    let names = rule
-                        .description
-                        .as_ref()
-                        .map(cti_actor_names)
-                        .unwrap_or_default();
-                    for name in names {
-                        let profile = profiles.profile_named(&name);
-                        found.push((name, profile, evidence.clone()));
-                    }
+                    found.extend(named_by_rule(rule, reputation, profiles));
                 } else if rule_is(rule, INTEL_ARTICLE_RULE) {
                     let evidence = article_evidence(rule);
-                    if let Evidence::IntelArticle {
-                        title,
-                        article_id,
-                        url,
-                    } = &evidence
-                    {
-                        articles.push(ArticleRef {
-                            artifact: artifact.clone(),
-                            path: node.path.clone(),
-                            title: title.clone(),
-                            article_id: article_id.clone(),
-                            url: url.clone(),
-                        });
-                    }
+                    articles.extend(article_ref(artifact, node, &evidence));
                     if !article_evidence_here.contains(&evidence) {
                         article_evidence_here.push(evidence);
                     }
                 }
             }
         }
-        for (profile, indicator) in profiles.lookup(artifact) {
-            found.push((
-                profile.title.clone(),
-                Some(profile),
-                Evidence::ProfileIndicator {
-                    profile_id: profile.id.clone(),
-                    source: indicator.source.clone(),
-                    first_seen: indicator.first_seen,
-                    last_seen: indicator.last_seen,
-                },
-            ));
-        }
-        for (name, profile, evidence) in found {
-            let actor = profile.map_or(name, |p| p.title.clone());
-            let hit = hits
-                .entry((actor.to_lowercase(), artifact.clone()))
-                .or_insert_with(|| ActorHit {
-                    actor,
-                    profile_id: profile.map(|p| p.id.clone()),
-                    aliases: profile.map(|p| p.aliases.clone()).unwrap_or_default(),
-                    artifact: artifact.clone(),
-                    path: node.path.clone(),
-                    evidence: Vec::new(),
-                    first_seen: node.first_seen,
-                    last_seen: node.last_seen,
-                    confidence: 0,
-                    factors: Vec::new(),
-                });
-            if hit.profile_id.is_none() {
-                if let Some(p) = profile {
-                    hit.profile_id = Some(p.id.clone());
-                    hit.aliases = p.aliases.clone();
-                }
-            }
-            if !hit.evidence.contains(&evidence) {
-                hit.evidence.push(evidence);
-            }
+        found.extend(listed_by_profiles(artifact, profiles));
+        for found in found {
+            merge(&mut hits, artifact, node, found);
         }
         for hit in hits.values_mut().filter(|h| &h.artifact == artifact) {
             for evidence in &article_evidence_here {
@@ -189,6 +132,109 @@ pub(super) fn attribute(
             }
         }
     }
+    (sorted(hits), articles)
+}
+
+/// The actors a `Cyber Threat Intelligence` rule names, each with the rule as evidence.
+fn named_by_rule<'p>(
+    rule: &ReputationRule,
+    reputation: &Reputation,
+    profiles: &'p ProfileIndex,
+) -> Vec<Found<'p>> {
+    let evidence = Evidence::ReputationRule {
+        rule: rule.name.as_deref().unwrap_or(CTI_RULE).trim().to_owned(),
+        severity: rule.severity.clone(),
+        score: reputation.score,
+        classification: reputation.classification.clone(),
+    };
+    let names = rule
+        .description
+        .as_ref()
+        .map(cti_actor_names)
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .map(|name| {
+            let profile = profiles.profile_named(&name);
+            (name, profile, evidence.clone())
+        })
+        .collect()
+}
+
+/// The intel article `evidence` is, as found on `artifact`.
+fn article_ref(artifact: &str, node: &Node, evidence: &Evidence) -> Option<ArticleRef> {
+    let Evidence::IntelArticle {
+        title,
+        article_id,
+        url,
+    } = evidence
+    else {
+        return None;
+    };
+    Some(ArticleRef {
+        artifact: artifact.to_owned(),
+        path: node.path.clone(),
+        title: title.clone(),
+        article_id: article_id.clone(),
+        url: url.clone(),
+    })
+}
+
+/// The actors whose profiles list `artifact` as an indicator.
+fn listed_by_profiles<'p>(artifact: &str, profiles: &'p ProfileIndex) -> Vec<Found<'p>> {
+    profiles
+        .lookup(artifact)
+        .into_iter()
+        .map(|(profile, indicator)| {
+            (
+                profile.title.clone(),
+                Some(profile),
+                Evidence::ProfileIndicator {
+                    profile_id: profile.id.clone(),
+                    source: indicator.source.clone(),
+                    first_seen: indicator.first_seen,
+                    last_seen: indicator.last_seen,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Add what was found on `artifact` to the hit of its actor there, made if it is the first.
+fn merge(
+    hits: &mut BTreeMap<(String, String), ActorHit>,
+    artifact: &str,
+    node: &Node,
+    (name, profile, evidence): Found<'_>,
+) {
+    let actor = profile.map_or(name, |p| p.title.clone());
+    let hit = hits
+        .entry((actor.to_lowercase(), artifact.to_owned()))
+        .or_insert_with(|| ActorHit {
+            actor,
+            profile_id: profile.map(|p| p.id.clone()),
+            aliases: profile.map(|p| p.aliases.clone()).unwrap_or_default(),
+            artifact: artifact.to_owned(),
+            path: node.path.clone(),
+            evidence: Vec::new(),
+            first_seen: node.first_seen,
+            last_seen: node.last_seen,
+            confidence: 0,
+            factors: Vec::new(),
+        });
+    if hit.profile_id.is_none() {
+        if let Some(p) = profile {
+            hit.profile_id = Some(p.id.clone());
+            hit.aliases = p.aliases.clone();
+        }
+    }
+    if !hit.evidence.contains(&evidence) {
+        hit.evidence.push(evidence);
+    }
+}
+
+/// Hits by actor (case-insensitively), then by path length, then by artifact.
+fn sorted(hits: BTreeMap<(String, String), ActorHit>) -> Vec<ActorHit> {
     let mut hits: Vec<ActorHit> = hits.into_values().collect();
     hits.sort_by(|a, b| {
         (a.actor.to_lowercase(), a.path.len(), &a.artifact).cmp(&(
@@ -197,7 +243,7 @@ pub(super) fn attribute(
             &b.artifact,
         ))
     });
-    (hits, articles)
+    hits
 }
 
 /// Give every hit of a walk its confidence (see [`confidence`]): `reputations` are the walk's,
@@ -228,7 +274,7 @@ pub(super) fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{IntelProfileRecord, ProfileIndicatorRecord};
+    use crate::model::{IntelProfileRecord, ProfileIndicatorRecord};
     use serde_json::json;
 
     #[test]

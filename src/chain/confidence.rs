@@ -22,109 +22,14 @@
 //! the artifact's side is one extra page of its passive DNS (see `Chainer::measure_sharing`).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use super::Evidence;
 use crate::enrich::Reputation;
+use crate::model::{Evidence, Factor, Fanout};
 
 /// At most this many names: dedicated infrastructure, no discount.
 pub const DEDICATED_MAX: u32 = 50;
 /// At most this many names: shared. More: widely shared.
 pub const SHARED_MAX: u32 = 500;
-
-/// Where a confidence falls: what a SOC does with it (see the README).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Band {
-    Low,
-    Medium,
-    High,
-}
-
-impl Band {
-    /// Lowest confidence of the medium band.
-    pub const MEDIUM: u8 = 40;
-    /// Lowest confidence of the high band.
-    pub const HIGH: u8 = 70;
-
-    /// The band of a confidence. The migration's `confidence_band` SQL function says the same
-    /// (a test compares them).
-    pub fn of(confidence: u8) -> Band {
-        if confidence >= Band::HIGH {
-            Band::High
-        } else if confidence >= Band::MEDIUM {
-            Band::Medium
-        } else {
-            Band::Low
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Band::Low => "low",
-            Band::Medium => "medium",
-            Band::High => "high",
-        }
-    }
-
-    pub const ALL: [Band; 3] = [Band::Low, Band::Medium, Band::High];
-
-    /// The band named `name` (as [`Band::as_str`] writes it).
-    pub fn named(name: &str) -> Option<Band> {
-        Band::ALL.into_iter().find(|band| band.as_str() == name)
-    }
-}
-
-impl std::fmt::Display for Band {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One reason a hit scored what it did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Factor {
-    /// `link`, `agreement`, `corroboration`, `sharing`, `time`, `reputation`.
-    pub factor: String,
-    /// What was seen, in words.
-    pub detail: String,
-    pub points: i32,
-}
-
-/// How many distinct hosts a host's passive DNS names: counted up to a page, `more` when the
-/// listing went on (so `names` is a lower bound).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fanout {
-    pub names: u32,
-    pub more: bool,
-}
-
-impl Fanout {
-    /// Sharing points and their detail: the wider end of the link counts.
-    fn sharing(self) -> (i32, String) {
-        let at_least = if self.more { "at least " } else { "" };
-        let names = format!("{at_least}{} names", self.names);
-        if self.more || self.names > SHARED_MAX {
-            (-30, format!("widely shared ({names})"))
-        } else if self.names > DEDICATED_MAX {
-            (-15, format!("shared ({names})"))
-        } else {
-            (0, format!("dedicated ({names})"))
-        }
-    }
-
-    /// The wider of two.
-    pub fn wider(a: Option<Fanout>, b: Option<Fanout>) -> Option<Fanout> {
-        match (a, b) {
-            (Some(a), Some(b)) => Some(if (a.more, a.names) >= (b.more, b.names) {
-                a
-            } else {
-                b
-            }),
-            (a, b) => a.or(b),
-        }
-    }
-}
 
 /// What the walk knows about one hit beyond its evidence.
 #[derive(Debug, Clone, Copy)]
@@ -204,8 +109,21 @@ fn corroboration(artifacts: usize) -> Option<Factor> {
     })
 }
 
+/// Sharing points and their detail: the wider end of the link counts.
+fn sharing_points(fanout: Fanout) -> (i32, String) {
+    let at_least = if fanout.more { "at least " } else { "" };
+    let names = format!("{at_least}{} names", fanout.names);
+    if fanout.more || fanout.names > SHARED_MAX {
+        (-30, format!("widely shared ({names})"))
+    } else if fanout.names > DEDICATED_MAX {
+        (-15, format!("shared ({names})"))
+    } else {
+        (0, format!("dedicated ({names})"))
+    }
+}
+
 fn sharing(fanout: Option<Fanout>) -> Option<Factor> {
-    let (points, detail) = fanout?.sharing();
+    let (points, detail) = sharing_points(fanout?);
     Some(factor("sharing", detail, points))
 }
 
@@ -475,15 +393,5 @@ mod tests {
         hit.hops = 3;
         hit.reputation = Some(&benign);
         assert_eq!(score(&hit).0, 0);
-    }
-
-    #[test]
-    fn bands_split_at_forty_and_seventy() {
-        assert_eq!(Band::of(0), Band::Low);
-        assert_eq!(Band::of(39), Band::Low);
-        assert_eq!(Band::of(40), Band::Medium);
-        assert_eq!(Band::of(69), Band::Medium);
-        assert_eq!(Band::of(70), Band::High);
-        assert_eq!(Band::of(100), Band::High);
     }
 }

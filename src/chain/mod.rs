@@ -8,7 +8,7 @@
 //!
 //! - counterparts are canonicalised and deduplicated before any reputation request (the seed asks
 //!   once per record, duplicates included), the IOC itself and non-public addresses are skipped;
-//! - reputations come from the Postgres cache ([`Store::cached_reputations`], TTL
+//! - reputations come from the Postgres cache ([`WalkCache::cached_reputations`], TTL
 //!   [`ChainSettings::reputation_ttl`]) before Graph, and what Graph answers is saved there, so
 //!   IOCs sharing infrastructure pay for a shared counterpart once per TTL; a host Graph does not
 //!   know (404) is cached as an empty reputation so it is not asked again either;
@@ -41,37 +41,34 @@
 mod attribution;
 pub mod confidence;
 mod event;
+mod lookup;
 mod profiles;
 mod report;
 pub mod retro;
 mod sharing;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::in_flight::{Follower, InFlight, Lead, Role};
-use crate::lane::Lane;
-use crate::progress::{self, point};
-pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
-pub use confidence::{Band, Factor, Fanout};
-pub use event::{attribution_event, Attribution, AttributionLink, EVENT_ARTIFACTS};
-pub use profiles::{
-    sync_profiles, sync_profiles_with, IntelProfileRecord, ProfileIndex, ProfileIndicatorRecord,
-    ProfileInfo, SyncSummary,
+use crate::in_flight::InFlight;
+pub use crate::model::{
+    ActorHit, Attribution, AttributionLink, Band, Evidence, Factor, Fanout, IntelProfileRecord,
+    ProfileIndicatorRecord, EVENT_ARTIFACTS,
 };
+pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
+pub use event::attribution_event;
+pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
 pub use report::event_routing_key;
 
-use crate::enrich::{mapping, Reputation};
+use crate::enrich::Reputation;
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
+use crate::model::{StorageError, WalkCache};
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
-use crate::store::{LookupClaims, Store, StoreError};
 
 /// How far and how expensively one walk may go.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +90,7 @@ pub struct ChainSettings {
     /// Reputation lookups in flight per walk.
     pub concurrency: usize,
     /// Share lookups in flight with the other workers on the same database, through claims
-    /// in Postgres (see [`Store::claim_reputation_lookups`]): a worker waits for the answer of
+    /// in Postgres (see [`WalkCache::claim_reputation_lookups`]): a worker waits for the answer of
     /// a host another worker is asking about instead of asking too. Costs two statements per
     /// walk level, so it is for workers sharing one tenant's quota.
     pub share_lookups: bool,
@@ -131,7 +128,7 @@ pub enum ChainError {
     #[error(transparent)]
     Graph(#[from] GraphError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
 }
 
 impl ChainError {
@@ -142,74 +139,6 @@ impl ChainError {
             ChainError::Store(error) => error.is_transient(),
         }
     }
-}
-
-/// Why an actor is linked to an artifact. Serialised with a `source` tag:
-/// `{"source": "reputation_rule", "rule": ..., ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "source", rename_all = "snake_case")]
-pub enum Evidence {
-    /// A `Cyber Threat Intelligence` reputation rule naming the group.
-    ReputationRule {
-        rule: String,
-        severity: Option<String>,
-        score: Option<i32>,
-        classification: Option<String>,
-    },
-    /// A `Microsoft Defender Threat Intelligence Intel Article` rule on the same artifact.
-    IntelArticle {
-        title: Option<String>,
-        article_id: Option<String>,
-        url: Option<String>,
-    },
-    /// The artifact is an indicator of the actor's intelligence profile. The indicator's own
-    /// source (`microsoft`, `osint`, `public`) is serialised as `indicator_source`: `source` is
-    /// the tag.
-    ProfileIndicator {
-        profile_id: String,
-        #[serde(rename = "indicator_source")]
-        source: Option<String>,
-        /// When the profile says the actor used the artifact (an indicator without a last-seen
-        /// time is still in use).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        first_seen: Option<DateTime<Utc>>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        last_seen: Option<DateTime<Utc>>,
-    },
-}
-
-impl Evidence {
-    /// The `source` tag: `reputation_rule`, `intel_article` or `profile_indicator`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Evidence::ReputationRule { .. } => "reputation_rule",
-            Evidence::IntelArticle { .. } => "intel_article",
-            Evidence::ProfileIndicator { .. } => "profile_indicator",
-        }
-    }
-}
-
-/// One actor linked to one artifact (the IOC itself or a counterpart), evidence merged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActorHit {
-    /// The group's name: the profile's title when the name matched a profile, else as the rule
-    /// named it (trimmed).
-    pub actor: String,
-    pub profile_id: Option<String>,
-    pub aliases: Vec<String>,
-    /// The linking domain or IP.
-    pub artifact: String,
-    /// IOC → ... → artifact (just the IOC when the IOC itself is attributed).
-    pub path: Vec<String>,
-    pub evidence: Vec<Evidence>,
-    /// Earliest `firstSeenDateTime` and latest `lastSeenDateTime` of the passive DNS records
-    /// linking the artifact to the previous host of the path (none for the IOC itself).
-    pub first_seen: Option<DateTime<Utc>>,
-    pub last_seen: Option<DateTime<Utc>>,
-    /// 0-100: how much the hit is worth (see [`confidence`]).
-    pub confidence: u8,
-    /// What made the confidence, in order.
-    pub factors: Vec<Factor>,
 }
 
 /// An intel article rule found on an artifact, whether or not an actor was named there.
@@ -280,11 +209,11 @@ fn latest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime
     }
 }
 
-/// Runs walks. Cheap to clone; clones share the client, the store and the profile index.
+/// Runs walks. Cheap to clone; clones share the client, the cache and the profile index.
 #[derive(Clone)]
 pub struct Chainer {
     graph: GraphClient,
-    store: Option<Store>,
+    cache: Option<Arc<dyn WalkCache>>,
     settings: ChainSettings,
     profiles: Arc<ProfileIndex>,
     in_flight: Option<InFlight<Reputation>>,
@@ -295,23 +224,6 @@ pub struct Chainer {
 pub struct Known<'a> {
     pub passive_dns: Option<&'a Collection<PassiveDnsRecord>>,
     pub reputation: Option<&'a Reputation>,
-}
-
-/// How long a worker's claim on a lookup holds other workers back: long enough for a throttled
-/// lookup with its retries; if the worker died, the others wait at most this long before
-/// asking themselves.
-const CLAIM_HOLD: Duration = Duration::from_secs(30);
-
-/// How often a worker waiting for another worker's lookup looks in the cache.
-const CLAIM_POLL: Duration = Duration::from_millis(200);
-
-/// A host a walk asked Graph about, what came back, and the lead of its lookup when shared.
-type Asked = (String, Result<Lookup, ChainError>, Option<Lead<Reputation>>);
-
-/// How one reputation was obtained from Graph.
-enum Lookup {
-    Fetched(Reputation),
-    OverBudget,
 }
 
 /// The mutable state of one walk.
@@ -355,6 +267,37 @@ struct Dropped {
 }
 
 impl Walk {
+    /// A walk from `root` that knows nothing yet but `reputation`, the root's, if given.
+    fn new(graph: GraphClient, root: &str, reputation: Option<&Reputation>) -> Walk {
+        let mut walk = Walk {
+            graph,
+            nodes: HashMap::from([(
+                root.to_owned(),
+                Node {
+                    path: vec![root.to_owned()],
+                    first_seen: None,
+                    last_seen: None,
+                },
+            )]),
+            order: vec![root.to_owned()],
+            visited: HashSet::new(),
+            reputations: HashMap::new(),
+            pages: 0,
+            sharing_pages: 0,
+            cache_hits: 0,
+            truncated: Vec::new(),
+            dropped: Dropped::default(),
+            budget_spent: false,
+            fanout: HashMap::new(),
+            counting: sharing::Counter::default(),
+        };
+        if let Some(reputation) = reputation {
+            walk.reputations
+                .insert(root.to_owned(), Some(reputation.clone()));
+        }
+        walk
+    }
+
     /// The passive DNS of `parent` was read: what [`Walk::counting`] counted is its fanout.
     fn counted(&mut self, parent: &str, cut: bool) {
         let fanout = self.counting.fanout(cut);
@@ -397,12 +340,17 @@ impl Dropped {
 }
 
 impl Chainer {
-    /// A chainer without profiles; see [`Chainer::with_profiles`]. Without a store the walk asks
-    /// Graph for every reputation (still once per host per walk).
-    pub fn new(graph: GraphClient, store: Option<Store>, settings: ChainSettings) -> Chainer {
+    /// A chainer without profiles; see [`Chainer::with_profiles`]. Without a cache the walk
+    /// asks Graph for every reputation (still once per host per walk): give the worker's store,
+    /// or a [`crate::model::MemoryCache`] where there is no database.
+    pub fn new(
+        graph: GraphClient,
+        cache: Option<Arc<dyn WalkCache>>,
+        settings: ChainSettings,
+    ) -> Chainer {
         Chainer {
             graph,
-            store,
+            cache,
             settings,
             profiles: Arc::new(ProfileIndex::default()),
             in_flight: None,
@@ -443,65 +391,9 @@ impl Chainer {
         known: Known<'_>,
     ) -> Result<ChainReport, ChainError> {
         let root = ioc.value().to_owned();
+        let mut walk = Walk::new(self.graph.tracked(), &root, known.reputation);
         let prefetched = known.passive_dns.filter(|c| !c.truncated);
-        let mut walk = Walk {
-            graph: self.graph.tracked(),
-            nodes: HashMap::from([(
-                root.clone(),
-                Node {
-                    path: vec![root.clone()],
-                    first_seen: None,
-                    last_seen: None,
-                },
-            )]),
-            order: vec![root.clone()],
-            visited: HashSet::new(),
-            reputations: HashMap::new(),
-            pages: 0,
-            sharing_pages: 0,
-            cache_hits: 0,
-            truncated: Vec::new(),
-            dropped: Dropped::default(),
-            budget_spent: false,
-            fanout: HashMap::new(),
-            counting: sharing::Counter::default(),
-        };
-        if let Some(reputation) = known.reputation {
-            walk.reputations
-                .insert(root.clone(), Some(reputation.clone()));
-        }
-
-        let mut ask = vec![root.clone()];
-        let mut frontier = vec![root.clone()];
-        for _level in 0..self.settings.depth {
-            let mut next = Vec::new();
-            for parent in &frontier {
-                if walk.budget_spent {
-                    break;
-                }
-                let known = prefetched.filter(|_| *parent == root);
-                next.extend(self.expand(&mut walk, parent, known).await?);
-            }
-            ask.extend(next.iter().cloned());
-            self.reputations(&mut walk, std::mem::take(&mut ask))
-                .await?;
-            if next.is_empty() || walk.budget_spent {
-                break;
-            }
-            frontier = next;
-        }
-        if !ask.is_empty() {
-            // Depth 0: the IOC's reputation only.
-            self.reputations(&mut walk, ask).await?;
-        }
-        if !walk.dropped.is_empty() {
-            walk.truncated.push(format!(
-                "max_artifacts ({}) reached: {} further counterpart(s) left out",
-                self.settings.max_artifacts,
-                walk.dropped.count()
-            ));
-        }
-
+        self.walk_levels(&mut walk, &root, prefetched).await?;
         let (mut hits, articles) =
             attribution::attribute(&walk.order, &walk.nodes, &walk.reputations, &self.profiles);
         self.measure_sharing(&mut walk, &hits).await?;
@@ -517,6 +409,47 @@ impl Chainer {
             reputation_cache_hits: walk.cache_hits,
             truncated: walk.truncated,
         })
+    }
+
+    /// Walk level by level from `root`: each level's passive DNS, then its reputations, until
+    /// the depth, the budget or the counterparts run out. `prefetched` is the root's passive DNS
+    /// when the enrichers read all of it.
+    async fn walk_levels(
+        &self,
+        walk: &mut Walk,
+        root: &str,
+        prefetched: Option<&Collection<PassiveDnsRecord>>,
+    ) -> Result<(), ChainError> {
+        let mut ask = vec![root.to_owned()];
+        let mut frontier = vec![root.to_owned()];
+        for _level in 0..self.settings.depth {
+            let mut next = Vec::new();
+            for parent in &frontier {
+                if walk.budget_spent {
+                    break;
+                }
+                let known = prefetched.filter(|_| *parent == root);
+                next.extend(self.expand(walk, parent, known).await?);
+            }
+            ask.extend(next.iter().cloned());
+            self.reputations(walk, std::mem::take(&mut ask)).await?;
+            if next.is_empty() || walk.budget_spent {
+                break;
+            }
+            frontier = next;
+        }
+        if !ask.is_empty() {
+            // Depth 0: the IOC's reputation only.
+            self.reputations(walk, ask).await?;
+        }
+        if !walk.dropped.is_empty() {
+            walk.truncated.push(format!(
+                "max_artifacts ({}) reached: {} further counterpart(s) left out",
+                self.settings.max_artifacts,
+                walk.dropped.count()
+            ));
+        }
+        Ok(())
     }
 
     /// Page the passive DNS of `parent` (unless `known` already holds all of it) and add its
@@ -627,293 +560,6 @@ impl Chainer {
         }
         added
     }
-
-    /// The reputation of each host of `keys` not known to this walk yet: from a lookup another
-    /// walk of this worker has in flight (see [`InFlight`]), else the cache (one query for all
-    /// of them), else, with `share_lookups`, from another worker that claimed the lookup, else
-    /// Graph; what Graph answered is saved to the cache in one statement.
-    async fn reputations(&self, walk: &mut Walk, keys: Vec<String>) -> Result<(), ChainError> {
-        let keys: Vec<String> = {
-            let mut seen = HashSet::new();
-            keys.into_iter()
-                .filter(|k| !walk.reputations.contains_key(k) && seen.insert(k.clone()))
-                .collect()
-        };
-        if keys.is_empty() {
-            return Ok(());
-        }
-        // Hosts this walk looks up itself (with the lead of their lookup, when shared), and
-        // hosts it waits for.
-        let mut leads: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
-        let mut follows: Vec<(String, Follower<Reputation>)> = Vec::new();
-        for key in keys {
-            match self.in_flight.as_ref().map(|f| f.join(&key)) {
-                Some(Role::Follow(follower)) => follows.push((key, follower)),
-                Some(Role::Lead(lead)) => leads.push((key, Some(lead))),
-                None => leads.push((key, None)),
-            }
-        }
-        if let (Some(store), false) = (&self.store, leads.is_empty()) {
-            let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-            match store
-                .cached_reputations(&keys, self.settings.reputation_ttl)
-                .await
-            {
-                Ok(mut cached) => leads.retain(|(key, lead)| match cached.remove(key) {
-                    Some(reputation) => {
-                        if let Some(lead) = lead {
-                            lead.answer(reputation.clone());
-                        }
-                        walk.cache_hits += 1;
-                        walk.reputations.insert(key.clone(), Some(reputation));
-                        false
-                    }
-                    None => true,
-                }),
-                Err(error) => {
-                    tracing::warn!(%error, "reputation cache unreadable; asking Graph")
-                }
-            }
-        }
-        // Of the hosts left, those another worker is asking about are waited for, below.
-        let mut remote: Vec<(String, Option<Lead<Reputation>>)> = Vec::new();
-        let mut claimed = LookupClaims::default();
-        if let (Some(store), true, false) = (&self.store, self.shares_lookups(), leads.is_empty()) {
-            let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-            match store.claim_reputation_lookups(&keys, CLAIM_HOLD).await {
-                Ok(mine) => {
-                    let (ours, theirs) = leads
-                        .into_iter()
-                        .partition(|(key, _)| mine.hosts.contains(key));
-                    leads = ours;
-                    remote = theirs;
-                    claimed = mine;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "reputation claims unavailable; asking Graph")
-                }
-            }
-        }
-
-        let graph = &walk.graph;
-        let budget = self.settings.request_budget;
-        // Requests before this batch plus those this batch started; the tracked count is higher
-        // when retries happened. The futures are polled by one task, so the check and the
-        // increment below are not interleaved with another future's.
-        let base = graph.requests();
-        let started = AtomicU64::new(0);
-        let ask = |key: String| {
-            let started = &started;
-            async move {
-                let lookup = reputation(graph, &key, budget, base, started).await;
-                (key, lookup)
-            }
-        };
-        // This walk's own lookups first, each answering its followers as soon as it is back;
-        // only then does the walk wait for others' (which never wait on a walk's followers, so
-        // walks following each other cannot deadlock). A lookup that fails still runs the
-        // others to their end, so that no lead is dropped early for nothing.
-        let concurrency = self.settings.concurrency.max(1);
-        let ask_leading = |leads: Vec<(String, Option<Lead<Reputation>>)>| {
-            futures::stream::iter(leads)
-                .map(|(key, lead)| async {
-                    let (key, lookup) = ask(key).await;
-                    if let (Some(lead), Ok(Lookup::Fetched(reputation))) = (&lead, &lookup) {
-                        lead.answer(reputation.clone());
-                    }
-                    (key, lookup, lead)
-                })
-                .buffer_unordered(concurrency)
-                .collect::<Vec<Asked>>()
-        };
-        // Own lookups are saved (and their claims released) before this walk waits for anyone:
-        // another worker may be waiting for them while this walk waits for its.
-        let mut settled = Settled::default();
-        let own = ask_leading(leads).await;
-        self.settle(&mut settled, own, claimed).await;
-
-        let followed: Vec<(String, Option<Reputation>)> =
-            futures::future::join_all(follows.into_iter().map(|(key, follower)| async move {
-                (
-                    key,
-                    progress::wait_at(point::OTHER_WALK, follower.answer()).await,
-                )
-            }))
-            .await;
-        let mut released = Vec::new();
-        for (key, answer) in followed {
-            match answer {
-                Some(reputation) => {
-                    walk.cache_hits += 1;
-                    walk.reputations.insert(key, Some(reputation));
-                }
-                None => released.push((key, None)),
-            }
-        }
-        // Other workers' lookups: what they answer arrives in the cache; what they give up on,
-        // this walk asks itself, as it does what a lead of this worker gave up on.
-        let mut unanswered = Vec::new();
-        if let (Some(store), false) = (&self.store, remote.is_empty()) {
-            let keys: Vec<String> = remote.iter().map(|(key, _)| key.clone()).collect();
-            let waiting = self.await_other_workers(store, keys);
-            let mut arrived = progress::wait_at(point::OTHER_WORKER, waiting).await;
-            for (key, lead) in remote {
-                match arrived.remove(&key) {
-                    Some(reputation) => {
-                        if let Some(lead) = &lead {
-                            lead.answer(reputation.clone());
-                        }
-                        walk.cache_hits += 1;
-                        walk.reputations.insert(key, Some(reputation));
-                    }
-                    None => unanswered.push((key, lead)),
-                }
-            }
-        }
-        unanswered.extend(released);
-        let rest = ask_leading(unanswered).await;
-        self.settle(&mut settled, rest, LookupClaims::default())
-            .await;
-
-        if let Some(error) = settled.failed {
-            return Err(error);
-        }
-        for (key, reputation) in settled.fetched {
-            walk.reputations.insert(key, reputation);
-        }
-        if settled.over_budget > 0 {
-            walk.budget_spent = true;
-            walk.truncated.push(format!(
-                "request budget ({budget}) reached: {} host(s) left without a reputation",
-                settled.over_budget
-            ));
-        }
-        Ok(())
-    }
-
-    /// Take in a round of lookups: save what Graph answered to the cache, then close their
-    /// lookups in this worker (`asked`'s leads) and release `claimed` for the other workers.
-    async fn settle(&self, settled: &mut Settled, asked: Vec<Asked>, claimed: LookupClaims) {
-        let mut fetched = Vec::new();
-        let mut closing = Vec::new();
-        for (key, lookup, lead) in asked {
-            closing.extend(lead);
-            match lookup {
-                Ok(Lookup::Fetched(reputation)) => fetched.push((key, reputation)),
-                Ok(Lookup::OverBudget) => {
-                    settled.over_budget += 1;
-                    settled.fetched.push((key, None));
-                }
-                Err(error) => {
-                    settled.failed.get_or_insert(error);
-                }
-            }
-        }
-        if let Some(store) = &self.store {
-            let rows = fetched.iter().map(|(key, r)| (key.as_str(), r));
-            if let Err(error) = store.save_reputations(rows).await {
-                tracing::warn!(%error, "could not cache {} reputation(s)", fetched.len());
-            }
-            if !claimed.hosts.is_empty() {
-                if let Err(error) = store.release_reputation_lookups(&claimed).await {
-                    tracing::warn!(%error, "could not release {} reputation claim(s); they run out by themselves", claimed.hosts.len());
-                }
-            }
-        }
-        // What was fetched is in the cache now: the lookups can close.
-        drop(closing);
-        settled
-            .fetched
-            .extend(fetched.into_iter().map(|(key, r)| (key, Some(r))));
-    }
-}
-
-/// What a walk's rounds of lookups came to.
-#[derive(Default)]
-struct Settled {
-    /// Reputations to record in the walk; `None` for hosts left unasked (over budget).
-    fetched: Vec<(String, Option<Reputation>)>,
-    over_budget: usize,
-    failed: Option<ChainError>,
-}
-
-impl Chainer {
-    /// Whether this walk shares its lookups with other workers: asked for, possible (the cache
-    /// is where another worker's answer arrives, so it must be read), and a bulk walk's. A live
-    /// walk neither claims nor waits for claims: the worker holding one may be asking for a bulk
-    /// walk, behind the whole backlog's requests.
-    fn shares_lookups(&self) -> bool {
-        self.settings.share_lookups
-            && !self.settings.reputation_ttl.is_zero()
-            && Lane::current() == Lane::Bulk
-    }
-
-    /// Wait for the answers of lookups other workers hold to arrive in the cache: until each
-    /// is there, its claim is gone (its holder gave up), or [`CLAIM_HOLD`] passed. Returns the
-    /// answers that arrived.
-    async fn await_other_workers(
-        &self,
-        store: &Store,
-        mut waiting: Vec<String>,
-    ) -> HashMap<String, Reputation> {
-        let deadline = tokio::time::Instant::now() + CLAIM_HOLD;
-        let mut arrived = HashMap::new();
-        while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(CLAIM_POLL).await;
-            // Claims first, then the cache: a holder saves its answer before it releases its
-            // claim, so a host found unclaimed here is either in the cache read next or was
-            // given up on.
-            let held = match store.held_reputation_lookups(&waiting).await {
-                Ok(held) => held,
-                Err(error) => {
-                    tracing::warn!(%error, "reputation claims unreadable; asking Graph");
-                    break;
-                }
-            };
-            let mut cached = match store
-                .cached_reputations(&waiting, self.settings.reputation_ttl)
-                .await
-            {
-                Ok(cached) => cached,
-                Err(error) => {
-                    tracing::warn!(%error, "reputation cache unreadable; asking Graph");
-                    break;
-                }
-            };
-            waiting.retain(|key| match cached.remove(key) {
-                Some(reputation) => {
-                    arrived.insert(key.clone(), reputation);
-                    false
-                }
-                None => held.contains(key),
-            });
-        }
-        arrived
-    }
-}
-
-/// The reputation of `key` from Graph, unless the walk's budget is spent.
-async fn reputation(
-    graph: &GraphClient,
-    key: &str,
-    budget: u64,
-    base: u64,
-    started: &AtomicU64,
-) -> Result<Lookup, ChainError> {
-    let spent = graph.requests().max(base + started.load(Ordering::Relaxed));
-    if spent >= budget {
-        return Ok(Lookup::OverBudget);
-    }
-    started.fetch_add(1, Ordering::Relaxed);
-    Ok(Lookup::Fetched(match graph.reputation(key).await? {
-        Some(record) => mapping::reputation(&record),
-        // Unknown to MDTI: cached as an empty reputation so it is not asked again.
-        None => Reputation {
-            classification: None,
-            score: None,
-            rules: Vec::new(),
-        },
-    }))
 }
 
 /// The canonical counterpart a passive DNS record names, if it is a public host worth asking

@@ -7,30 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical_artifact, ChainError};
-use crate::graph::model::IntelligenceProfileIndicator;
+use crate::graph::model::{IntelligenceProfile, IntelligenceProfileIndicator};
 use crate::graph::{GraphClient, PageLimits};
-use crate::store::{Store, StoreError};
-
-/// An actor profile as stored in `intel_profiles`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IntelProfileRecord {
-    pub id: String,
-    pub title: String,
-    pub aliases: Vec<String>,
-    pub first_active: Option<DateTime<Utc>>,
-}
-
-/// One indicator of a profile as stored in `intel_profile_indicators`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileIndicatorRecord {
-    /// Canonical (lowercase name, canonical IP).
-    pub artifact: String,
-    /// The `@odata.type`'s last part, lowercase (`ipaddress`, `hostname`).
-    pub artifact_type: Option<String>,
-    pub source: Option<String>,
-    pub first_seen: Option<DateTime<Utc>>,
-    pub last_seen: Option<DateTime<Utc>>,
-}
+use crate::model::{IntelProfileRecord, ProfileIndicatorRecord, ProfileStore, StorageError};
 
 /// What the index knows of a profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +106,7 @@ impl ProfileIndex {
     }
 
     /// Everything `intel_profiles` and `intel_profile_indicators` hold.
-    pub async fn load(store: &Store) -> Result<ProfileIndex, StoreError> {
+    pub async fn load<S: ProfileStore>(store: &S) -> Result<ProfileIndex, S::Error> {
         let (profiles, indicators) = store.intel_profile_rows().await?;
         Ok(ProfileIndex::from_records(profiles, indicators))
     }
@@ -189,7 +168,10 @@ pub struct SyncSummary {
 }
 
 /// [`sync_profiles_with`] every page, 1,000 items a page.
-pub async fn sync_profiles(graph: &GraphClient, store: &Store) -> Result<SyncSummary, ChainError> {
+pub async fn sync_profiles(
+    graph: &GraphClient,
+    store: &impl ProfileStore,
+) -> Result<SyncSummary, ChainError> {
     let limits = PageLimits {
         page_size: Some(1000),
         max_pages: None,
@@ -203,7 +185,7 @@ pub async fn sync_profiles(graph: &GraphClient, store: &Store) -> Result<SyncSum
 /// listing no longer holds (an empty listing is more likely a licence problem than no actors).
 pub async fn sync_profiles_with(
     graph: &GraphClient,
-    store: &Store,
+    store: &impl ProfileStore,
     limits: PageLimits,
 ) -> Result<SyncSummary, ChainError> {
     let graph = graph.tracked();
@@ -216,27 +198,11 @@ pub async fn sync_profiles_with(
     }
     let mut kept: Vec<String> = Vec::new();
     for profile in listing.items {
-        let is_actor = profile
-            .kind
-            .as_deref()
-            .is_some_and(|k| k.trim().eq_ignore_ascii_case("actor"));
-        let id = profile.id.as_deref().map(str::trim).unwrap_or_default();
-        let title = profile.title.as_deref().map(str::trim).unwrap_or_default();
-        if !is_actor || id.is_empty() || title.is_empty() {
+        let Some(record) = actor_record(&profile) else {
             summary.skipped_profiles += 1;
             continue;
-        }
-        let record = IntelProfileRecord {
-            id: id.to_owned(),
-            title: title.to_owned(),
-            aliases: profile
-                .aliases
-                .iter()
-                .map(|a| a.trim().to_owned())
-                .filter(|a| !a.is_empty())
-                .collect(),
-            first_active: profile.first_active_date_time,
         };
+        let (id, title) = (record.id.as_str(), record.title.as_str());
         let indicators = graph.intel_profile_indicators(id, limits).await?;
         let complete = indicators.found && !indicators.truncated;
         if indicators.truncated {
@@ -248,15 +214,24 @@ pub async fn sync_profiles_with(
         let (rows, skipped) = indicator_rows(&indicators.items);
         summary.skipped_indicators += skipped;
         summary.indicators += rows.len();
-        let added = store.save_intel_profile(&record, &rows, complete).await?;
+        let added = store
+            .save_intel_profile(&record, &rows, complete)
+            .await
+            .map_err(StorageError::new)?;
         summary.new_indicators.extend(added);
         summary.profiles += 1;
         kept.push(record.id);
     }
     if !listing.truncated && !kept.is_empty() {
-        summary.pruned_profiles = store.prune_intel_profiles(&kept).await?;
+        summary.pruned_profiles = store
+            .prune_intel_profiles(&kept)
+            .await
+            .map_err(StorageError::new)?;
     }
-    store.mark_profile_sync_completed().await?;
+    store
+        .mark_profile_sync_completed()
+        .await
+        .map_err(StorageError::new)?;
     summary.new_indicators.sort_unstable();
     summary.new_indicators.dedup();
     summary.graph_requests = graph.requests();
@@ -267,6 +242,31 @@ pub async fn sync_profiles_with(
         "intelligence profiles synced"
     );
     Ok(summary)
+}
+
+/// The record of an actor profile; none for profiles of other kinds (tools) and profiles
+/// without an id or title.
+fn actor_record(profile: &IntelligenceProfile) -> Option<IntelProfileRecord> {
+    let is_actor = profile
+        .kind
+        .as_deref()
+        .is_some_and(|k| k.trim().eq_ignore_ascii_case("actor"));
+    let id = profile.id.as_deref().map(str::trim).unwrap_or_default();
+    let title = profile.title.as_deref().map(str::trim).unwrap_or_default();
+    if !is_actor || id.is_empty() || title.is_empty() {
+        return None;
+    }
+    Some(IntelProfileRecord {
+        id: id.to_owned(),
+        title: title.to_owned(),
+        aliases: profile
+            .aliases
+            .iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        first_active: profile.first_active_date_time,
+    })
 }
 
 /// Canonical, one row per artifact (seen times widened over duplicates); and how many were left

@@ -99,52 +99,19 @@ impl fmt::Display for ChainReport {
         }
         actors.sort_by_key(|(_, hits)| std::cmp::Reverse(hits[0].confidence));
         for (actor, hits) in actors {
-            write!(f, "  {actor}")?;
-            let first = hits[0];
-            if let Some(id) = first
-                .profile_id
-                .as_ref()
-                .or_else(|| hits.iter().find_map(|h| h.profile_id.as_ref()))
-            {
-                write!(f, " [profile {id}]")?;
-            }
-            if let Some(aliases) = hits.iter().map(|h| &h.aliases).find(|a| !a.is_empty()) {
-                write!(f, " aka {}", aliases.join(", "))?;
-            }
-            // The attribution (this IOC and actor) is as strong as its best hit.
-            writeln!(
-                f,
-                ": confidence {} ({}), best of {} hit(s)",
-                first.confidence,
-                Band::of(first.confidence),
-                hits.len()
-            )?;
-            for hit in hits {
-                write!(
-                    f,
-                    "    {}  {} ({})  via {}",
-                    hit.artifact,
-                    hit.confidence,
-                    Band::of(hit.confidence),
-                    hit.path.join(" -> ")
-                )?;
-                if hit.first_seen.is_some() || hit.last_seen.is_some() {
-                    write!(
-                        f,
-                        "  seen {} .. {}",
-                        day(hit.first_seen),
-                        day(hit.last_seen)
-                    )?;
-                }
-                writeln!(f)?;
-                if !hit.factors.is_empty() {
-                    writeln!(f, "      why: {}", factors(&hit.factors))?;
-                }
-                for evidence in &hit.evidence {
-                    writeln!(f, "      - {evidence}")?;
-                }
-            }
+            write_attribution(f, &actor, &hits)?;
         }
+        self.write_loose_articles(f)?;
+        for reason in &self.truncated {
+            writeln!(f, "  truncated: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ChainReport {
+    /// The intel articles found on artifacts no actor was attributed through.
+    fn write_loose_articles(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let attributed: Vec<&str> = self.hits.iter().map(|h| h.artifact.as_str()).collect();
         let loose: Vec<_> = self
             .articles
@@ -163,11 +130,64 @@ impl fmt::Display for ChainReport {
                 )?;
             }
         }
-        for reason in &self.truncated {
-            writeln!(f, "  truncated: {reason}")?;
-        }
         Ok(())
     }
+}
+
+/// One actor's attribution, then its hits, the strongest first.
+fn write_attribution(f: &mut fmt::Formatter<'_>, actor: &str, hits: &[&ActorHit]) -> fmt::Result {
+    write!(f, "  {actor}")?;
+    let first = hits[0];
+    if let Some(id) = first
+        .profile_id
+        .as_ref()
+        .or_else(|| hits.iter().find_map(|h| h.profile_id.as_ref()))
+    {
+        write!(f, " [profile {id}]")?;
+    }
+    if let Some(aliases) = hits.iter().map(|h| &h.aliases).find(|a| !a.is_empty()) {
+        write!(f, " aka {}", aliases.join(", "))?;
+    }
+    // The attribution (this IOC and actor) is as strong as its best hit.
+    writeln!(
+        f,
+        ": confidence {} ({}), best of {} hit(s)",
+        first.confidence,
+        Band::of(first.confidence),
+        hits.len()
+    )?;
+    for hit in hits {
+        write_hit(f, hit)?;
+    }
+    Ok(())
+}
+
+/// One hit: its artifact, confidence, path and seen times, why it scored so, its evidence.
+fn write_hit(f: &mut fmt::Formatter<'_>, hit: &ActorHit) -> fmt::Result {
+    write!(
+        f,
+        "    {}  {} ({})  via {}",
+        hit.artifact,
+        hit.confidence,
+        Band::of(hit.confidence),
+        hit.path.join(" -> ")
+    )?;
+    if hit.first_seen.is_some() || hit.last_seen.is_some() {
+        write!(
+            f,
+            "  seen {} .. {}",
+            day(hit.first_seen),
+            day(hit.last_seen)
+        )?;
+    }
+    writeln!(f)?;
+    if !hit.factors.is_empty() {
+        writeln!(f, "      why: {}", factors(&hit.factors))?;
+    }
+    for evidence in &hit.evidence {
+        writeln!(f, "      - {evidence}")?;
+    }
+    Ok(())
 }
 
 /// A hit's factors on one line: `link +40 (one hop), reputation +15 (malicious, score 90)`.

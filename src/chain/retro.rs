@@ -22,7 +22,7 @@ use super::{
     sync_profiles, ActorHit, ChainError, ChainSettings, Fanout, Node, ProfileIndex, SyncSummary,
 };
 use crate::graph::GraphClient;
-use crate::store::{Store, StoreError, StoredLinks, WalkHits};
+use crate::model::{ProfileStore, StorageError, StoredLinks, WalkCache, WalkHits};
 
 /// Observables matched back per sync, at most: a sync bringing an indicator half the stored
 /// observables resolved to does bounded work, and says it was cut.
@@ -51,24 +51,24 @@ pub struct RetroSummary {
 }
 
 /// Sync the profiles, load the index, and match the new indicators back.
-pub async fn sync_and_match(
+pub async fn sync_and_match<S: ProfileStore + WalkCache>(
     graph: &GraphClient,
-    store: &Store,
+    store: &S,
     settings: &ChainSettings,
 ) -> Result<(SyncSummary, ProfileIndex, RetroSummary), ChainError> {
     let summary = sync_profiles(graph, store).await?;
-    let index = ProfileIndex::load(store).await?;
+    let index = ProfileIndex::load(store).await.map_err(StorageError::new)?;
     let retro = match_back(store, &index, &summary.new_indicators, settings).await?;
     Ok((summary, index, retro))
 }
 
 /// Match `new` indicator artifacts against the stored observables; see the module docs.
-pub async fn match_back(
-    store: &Store,
+pub async fn match_back<S: ProfileStore + WalkCache>(
+    store: &S,
     profiles: &ProfileIndex,
     new: &[String],
     settings: &ChainSettings,
-) -> Result<RetroSummary, StoreError> {
+) -> Result<RetroSummary, StorageError> {
     let mut summary = RetroSummary {
         indicators: new.len(),
         ..RetroSummary::default()
@@ -76,7 +76,10 @@ pub async fn match_back(
     if new.is_empty() {
         return Ok(summary);
     }
-    let (linked, more) = store.observables_linked_to(new, MAX_OBSERVABLES).await?;
+    let (linked, more) = store
+        .observables_linked_to(new, MAX_OBSERVABLES)
+        .await
+        .map_err(StorageError::new)?;
     summary.observables = linked.len();
     summary.truncated = more;
     let new: HashSet<&str> = new.iter().map(String::as_str).collect();
@@ -107,13 +110,10 @@ pub async fn match_back(
             })
             .collect();
         summary.hits += walks.iter().map(|w| w.hits.len()).sum::<usize>();
-        let owed: HashSet<i64> = store
-            .record_walks(&walks)
-            .await?
-            .into_iter()
-            .flatten()
-            .map(|owed| owed.id)
-            .collect();
+        let owed = store
+            .record_walk_hits(&walks)
+            .await
+            .map_err(StorageError::new)?;
         summary.owed += owed.len();
     }
     tracing::info!(?summary, "new intelligence matched back");

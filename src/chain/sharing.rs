@@ -61,8 +61,8 @@ impl Chainer {
         if wanted.is_empty() {
             return Ok(());
         }
-        if let Some(store) = &self.store {
-            match store
+        if let Some(cache) = &self.cache {
+            match cache
                 .cached_fanouts(&wanted, self.settings.reputation_ttl)
                 .await
             {
@@ -74,8 +74,8 @@ impl Chainer {
             }
         }
         let measured = self.first_pages(walk, wanted).await?;
-        if let Some(store) = &self.store {
-            if let Err(error) = store.save_fanouts(&measured).await {
+        if let Some(cache) = &self.cache {
+            if let Err(error) = cache.save_fanouts(&measured).await {
                 tracing::warn!(%error, "could not cache {} fanout(s)", measured.len());
             }
         }

@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::ExportRow;
-use crate::chain::Band;
+use crate::model::Band;
 use crate::observable::ObservableKind;
 
 /// STIX 2.1 section 2.9: the namespace of SCO identifiers.

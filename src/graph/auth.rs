@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::body::{read_capped, size, BodyError, MAX_TOKEN_BODY};
+use super::path::SEGMENT;
 use super::retry::{classify_status, classify_transport, Verdict};
 use super::GraphError;
 use crate::secret::Secret;
@@ -69,7 +70,7 @@ impl TokenSource {
         client_secret: Secret,
         margin: Duration,
     ) -> Self {
-        let tenant = percent_encoding::utf8_percent_encode(tenant_id, super::client::SEGMENT);
+        let tenant = percent_encoding::utf8_percent_encode(tenant_id, SEGMENT);
         TokenSource {
             http,
             token_url: format!(

@@ -7,26 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::auth::TokenSource;
 use super::body::{read_capped, size, BodyError, MAX_ERROR_BODY, MAX_GRAPH_BODY};
 use super::model;
+use super::path::SEGMENT;
 use super::retry::{backoff_delay, classify_status, classify_transport, RetryAfter, Verdict};
 use super::throttle::Throttle;
 use super::GraphError;
 use crate::metrics::Histogram;
 use crate::secret::{redact_url, Secret};
-
-/// Characters that must be escaped in one URL path segment: everything but RFC 3986 unreserved.
-/// A host key can therefore never add a path segment, a query or a fragment.
-pub const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 const TI: &str = "security/threatIntelligence";
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod model;
+pub mod path;
 pub mod retry;
 pub mod throttle;
 mod tls;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -11,7 +12,9 @@ use uuid::Uuid;
 use super::attributions::{stored_confidence, upsert_pairs, OwedAttribution};
 use super::write::{pg_json, pg_text, pg_texts, record_batch, Part};
 use super::{kind_name, Store, StoreError};
-use crate::chain::{ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord};
+use crate::model::{
+    ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord, WalkHits,
+};
 use crate::observable::Observable;
 
 /// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
@@ -25,19 +28,6 @@ const JSON_TO_TEXT_ARRAY: &str = "ARRAY(SELECT x.v FROM jsonb_array_elements_tex
 
 fn text_array(column: &str) -> String {
     JSON_TO_TEXT_ARRAY.replace("{}", column)
-}
-
-/// The hits one walk found for one observable, to be written with the message's results.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WalkHits {
-    pub observable: Observable,
-    /// The run of the message item that walked, if any.
-    pub run_id: Option<Uuid>,
-    /// The producer's context, echoed into the rows and the events.
-    pub context: Option<Value>,
-    pub hits: Vec<ActorHit>,
-    /// Attributions of this walk below this confidence are stored but not announced.
-    pub min_event_confidence: u8,
 }
 
 impl Store {
@@ -93,73 +83,18 @@ impl Store {
         indicators: &[ProfileIndicatorRecord],
         complete: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let rows: BTreeMap<String, &ProfileIndicatorRecord> = indicators
-            .iter()
-            .map(|i| (pg_text(&i.artifact), i))
-            .collect();
-        let n = rows.len();
-        let mut artifacts = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut sources = Vec::with_capacity(n);
-        let mut firsts = Vec::with_capacity(n);
-        let mut lasts = Vec::with_capacity(n);
-        for (artifact, row) in &rows {
-            artifacts.push(artifact.clone());
-            types.push(row.artifact_type.as_deref().map(pg_text));
-            sources.push(row.source.as_deref().map(pg_text));
-            firsts.push(row.first_seen);
-            lasts.push(row.last_seen);
-        }
-        let aliases: Vec<String> = profile.aliases.iter().map(|a| pg_text(a)).collect();
+        let columns = IndicatorColumns::of(indicators);
         let id = pg_text(&profile.id);
-
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO intel_profiles (id, title, aliases, first_active, synced_at) \
-             VALUES ($1, $2, $3, $4, now()) \
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, aliases = excluded.aliases, \
-                 first_active = excluded.first_active, synced_at = excluded.synced_at",
-        )
-        .bind(&id)
-        .bind(pg_text(&profile.title))
-        .bind(&aliases)
-        .bind(profile.first_active)
-        .execute(&mut *tx)
-        .await?;
-        let mut added = Vec::new();
-        if !artifacts.is_empty() {
-            added = sqlx::query_as::<_, (String, bool)>(
-                "INSERT INTO intel_profile_indicators (profile_id, artifact, artifact_type, \
-                     source, first_seen, last_seen, synced_at) \
-                 SELECT $1, u.artifact, u.artifact_type, u.source, u.first_seen, u.last_seen, \
-                     now() \
-                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], \
-                     $6::timestamptz[]) AS u(artifact, artifact_type, source, first_seen, last_seen) \
-                 ON CONFLICT (profile_id, artifact) DO UPDATE SET \
-                     artifact_type = excluded.artifact_type, source = excluded.source, \
-                     first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
-                     synced_at = excluded.synced_at \
-                 RETURNING artifact, (xmax = 0) AS inserted",
-            )
-            .bind(&id)
-            .bind(&artifacts)
-            .bind(&types)
-            .bind(&sources)
-            .bind(&firsts)
-            .bind(&lasts)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .filter_map(|(artifact, inserted)| inserted.then_some(artifact))
-            .collect();
-        }
+        upsert_profile(&mut tx, &id, profile).await?;
+        let added = upsert_indicators(&mut tx, &id, &columns).await?;
         if complete {
             sqlx::query(
                 "DELETE FROM intel_profile_indicators \
                  WHERE profile_id = $1 AND NOT (artifact = ANY($2::text[]))",
             )
             .bind(&id)
-            .bind(&artifacts)
+            .bind(&columns.artifacts)
             .execute(&mut *tx)
             .await?;
         }
@@ -293,6 +228,101 @@ pub(super) async fn observable_id(
     .await?)
 }
 
+/// The columns of [`upsert_indicators`]'s statement: one row per artifact, in artifact order.
+struct IndicatorColumns {
+    artifacts: Vec<String>,
+    types: Vec<Option<String>>,
+    sources: Vec<Option<String>>,
+    firsts: Vec<Option<DateTime<Utc>>>,
+    lasts: Vec<Option<DateTime<Utc>>>,
+}
+
+impl IndicatorColumns {
+    fn of(indicators: &[ProfileIndicatorRecord]) -> IndicatorColumns {
+        let rows: BTreeMap<String, &ProfileIndicatorRecord> = indicators
+            .iter()
+            .map(|i| (pg_text(&i.artifact), i))
+            .collect();
+        let n = rows.len();
+        let mut columns = IndicatorColumns {
+            artifacts: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            firsts: Vec::with_capacity(n),
+            lasts: Vec::with_capacity(n),
+        };
+        for (artifact, row) in rows {
+            columns.artifacts.push(artifact);
+            columns
+                .types
+                .push(row.artifact_type.as_deref().map(pg_text));
+            columns.sources.push(row.source.as_deref().map(pg_text));
+            columns.firsts.push(row.first_seen);
+            columns.lasts.push(row.last_seen);
+        }
+        columns
+    }
+}
+
+/// Upsert the profile's own row, `id` being its id as stored.
+async fn upsert_profile(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    profile: &IntelProfileRecord,
+) -> Result<(), StoreError> {
+    let aliases: Vec<String> = profile.aliases.iter().map(|a| pg_text(a)).collect();
+    sqlx::query(
+        "INSERT INTO intel_profiles (id, title, aliases, first_active, synced_at) \
+         VALUES ($1, $2, $3, $4, now()) \
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, aliases = excluded.aliases, \
+             first_active = excluded.first_active, synced_at = excluded.synced_at",
+    )
+    .bind(id)
+    .bind(pg_text(&profile.title))
+    .bind(&aliases)
+    .bind(profile.first_active)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Upsert the profile's indicators in one statement; returns the artifacts it did not list
+/// before.
+async fn upsert_indicators(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    columns: &IndicatorColumns,
+) -> Result<Vec<String>, StoreError> {
+    if columns.artifacts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let upserted = sqlx::query_as::<_, (String, bool)>(
+        "INSERT INTO intel_profile_indicators (profile_id, artifact, artifact_type, \
+             source, first_seen, last_seen, synced_at) \
+         SELECT $1, u.artifact, u.artifact_type, u.source, u.first_seen, u.last_seen, \
+             now() \
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], \
+             $6::timestamptz[]) AS u(artifact, artifact_type, source, first_seen, last_seen) \
+         ON CONFLICT (profile_id, artifact) DO UPDATE SET \
+             artifact_type = excluded.artifact_type, source = excluded.source, \
+             first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
+             synced_at = excluded.synced_at \
+         RETURNING artifact, (xmax = 0) AS inserted",
+    )
+    .bind(id)
+    .bind(&columns.artifacts)
+    .bind(&columns.types)
+    .bind(&columns.sources)
+    .bind(&columns.firsts)
+    .bind(&columns.lasts)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(upserted
+        .into_iter()
+        .filter_map(|(artifact, inserted)| inserted.then_some(artifact))
+        .collect())
+}
+
 /// Upsert the hits of these walks, each with the id of its observable, in one statement, then
 /// their attributions (see [`upsert_pairs`]). Returns, per walk, the attributions of its
 /// observable and actors left owed an event: the caller wakes the relay when there are any.
@@ -305,10 +335,21 @@ pub(super) async fn upsert_walks(
     tx: &mut Transaction<'_, Postgres>,
     walks: &[(i64, &WalkHits)],
 ) -> Result<Vec<Vec<OwedAttribution>>, StoreError> {
-    let mut owed_by_walk = vec![Vec::new(); walks.len()];
-    // One row per key (Postgres refuses to update a row twice in one statement), in key
-    // order so concurrent writers lock rows in the same order. The last hit of a key wins.
-    let rows: BTreeMap<(i64, String, String), (usize, &ActorHit)> = walks
+    let rows = hit_rows(walks);
+    if rows.is_empty() {
+        return Ok(vec![Vec::new(); walks.len()]);
+    }
+    insert_hits(tx, &HitColumns::of(&rows, walks)).await?;
+    owe_pairs(tx, walks, &rows).await
+}
+
+/// The hits of `walks` by (observable id, actor, artifact), with the walk each is from.
+type HitRows<'w> = BTreeMap<(i64, String, String), (usize, &'w ActorHit)>;
+
+/// One row per key (Postgres refuses to update a row twice in one statement), in key order so
+/// concurrent writers lock rows in the same order. The last hit of a key wins.
+fn hit_rows<'w>(walks: &[(i64, &'w WalkHits)]) -> HitRows<'w> {
+    walks
         .iter()
         .enumerate()
         .flat_map(|(w, (observable_id, walk))| {
@@ -319,34 +360,43 @@ pub(super) async fn upsert_walks(
                 )
             })
         })
-        .collect();
-    if rows.is_empty() {
-        return Ok(owed_by_walk);
-    }
-    let n = rows.len();
-    let mut columns = HitColumns::with_capacity(n);
-    for ((observable_id, actor, artifact), (w, hit)) in &rows {
-        let walk = walks[*w].1;
-        columns.observable_ids.push(*observable_id);
-        columns.run_ids.push(walk.run_id);
-        columns.contexts.push(walk.context.as_ref().map(pg_json));
-        columns.actors.push(actor.clone());
-        columns.artifacts.push(artifact.clone());
+        .collect()
+}
+
+impl HitColumns {
+    fn of(rows: &HitRows<'_>, walks: &[(i64, &WalkHits)]) -> HitColumns {
+        let mut columns = HitColumns::with_capacity(rows.len());
+        for ((observable_id, actor, artifact), (w, hit)) in rows {
+            let walk = walks[*w].1;
+            columns.observable_ids.push(*observable_id);
+            columns.run_ids.push(walk.run_id);
+            columns.contexts.push(walk.context.as_ref().map(pg_json));
+            columns.actors.push(actor.clone());
+            columns.artifacts.push(artifact.clone());
+            columns
+                .profile_ids
+                .push(hit.profile_id.as_deref().map(pg_text));
+            columns.aliases.push(text_list(&hit.aliases));
+            columns.paths.push(text_list(&hit.path));
+            columns.evidence.push(pg_json(
+                &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
+            ));
+            columns.first_seen.push(hit.first_seen);
+            columns.last_seen.push(hit.last_seen);
+            columns.confidences.push(i16::from(hit.confidence));
+            columns.factors.push(pg_json(
+                &serde_json::to_value(&hit.factors).unwrap_or(Value::Array(Vec::new())),
+            ));
+        }
         columns
-            .profile_ids
-            .push(hit.profile_id.as_deref().map(pg_text));
-        columns.aliases.push(text_list(&hit.aliases));
-        columns.paths.push(text_list(&hit.path));
-        columns.evidence.push(pg_json(
-            &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
-        ));
-        columns.first_seen.push(hit.first_seen);
-        columns.last_seen.push(hit.last_seen);
-        columns.confidences.push(i16::from(hit.confidence));
-        columns.factors.push(pg_json(
-            &serde_json::to_value(&hit.factors).unwrap_or(Value::Array(Vec::new())),
-        ));
     }
+}
+
+/// Upsert the hits' rows in one statement.
+async fn insert_hits(
+    tx: &mut Transaction<'_, Postgres>,
+    columns: &HitColumns,
+) -> Result<(), StoreError> {
     let statement = format!(
         "INSERT INTO actor_hits AS h (observable_id, actor, profile_id, aliases, artifact, \
              path, evidence, first_seen, last_seen, run_id, context, confidence, \
@@ -389,7 +439,17 @@ pub(super) async fn upsert_walks(
         .bind(&columns.factors)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
 
+/// Upsert the pairs the hits of `rows` belong to; returns, per walk, the attributions of its
+/// observable and actors left owed an event.
+async fn owe_pairs(
+    tx: &mut Transaction<'_, Postgres>,
+    walks: &[(i64, &WalkHits)],
+    rows: &HitRows<'_>,
+) -> Result<Vec<Vec<OwedAttribution>>, StoreError> {
+    let mut owed_by_walk = vec![Vec::new(); walks.len()];
     // The pairs these hits belong to, each with the threshold of the walk that wrote it last.
     let pairs: BTreeMap<(i64, String), u8> = rows
         .iter()

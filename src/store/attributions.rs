@@ -11,9 +11,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::write::{pg_text, pg_texts};
 use super::{kind_name, ttl_seconds, Store, StoreError};
-use crate::chain::Fanout;
 use crate::enrich::EnricherKind;
-use crate::observable::{normalise, NormaliseOptions, Observable, ObservableKind};
+use crate::model::{Fanout, StoredLinks};
+use crate::observable::{normalise, NormaliseOptions, ObservableKind};
 
 /// A confidence as stored (`smallint`, checked 0-100 by the table).
 pub(super) fn stored_confidence(confidence: i16) -> u8 {
@@ -28,6 +28,48 @@ pub struct OwedAttribution {
     pub observable_id: i64,
     pub actor: String,
 }
+
+/// [`upsert_pairs`]'s statement: each pair's confidence, seen times and evidence kinds from
+/// its hits, its profile and context from the latest of them, and whether it is owed an event.
+const UPSERT_PAIRS: &str = "WITH keys AS ( \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::smallint[]) \
+             AS k(observable_id, actor, threshold) \
+     ), pairs AS ( \
+         SELECT k.observable_id, k.actor, k.threshold, max(h.confidence) AS confidence, \
+             count(*) AS artifacts, min(h.first_seen) AS first_seen, \
+             max(h.last_seen) AS last_seen \
+         FROM keys k \
+         JOIN actor_hits h ON h.observable_id = k.observable_id AND h.actor = k.actor \
+         GROUP BY k.observable_id, k.actor, k.threshold \
+     ) \
+     INSERT INTO actor_attributions AS a (observable_id, actor, profile_id, aliases, \
+         confidence, band, evidence_kinds, artifacts, first_seen, last_seen, context, owed) \
+     SELECT p.observable_id, p.actor, latest.profile_id, latest.aliases, p.confidence, \
+         confidence_band(p.confidence), kinds.kinds, p.artifacts, p.first_seen, \
+         p.last_seen, latest.context, p.confidence >= p.threshold \
+     FROM pairs p \
+     CROSS JOIN LATERAL ( \
+         SELECT x.profile_id, x.aliases, x.context FROM actor_hits x \
+         WHERE x.observable_id = p.observable_id AND x.actor = p.actor \
+         ORDER BY (x.profile_id IS NULL), x.updated_at DESC, x.id DESC LIMIT 1 \
+     ) latest \
+     CROSS JOIN LATERAL ( \
+         SELECT ARRAY(SELECT DISTINCT e ->> 'source' \
+             FROM actor_hits x, jsonb_array_elements(x.evidence) AS e \
+             WHERE x.observable_id = p.observable_id AND x.actor = p.actor \
+               AND e ->> 'source' IS NOT NULL ORDER BY 1) AS kinds \
+     ) kinds \
+     ORDER BY p.observable_id, p.actor \
+     ON CONFLICT (observable_id, actor) DO UPDATE SET \
+         profile_id = excluded.profile_id, aliases = excluded.aliases, \
+         confidence = excluded.confidence, band = excluded.band, \
+         evidence_kinds = excluded.evidence_kinds, artifacts = excluded.artifacts, \
+         first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
+         context = COALESCE(excluded.context, a.context), \
+         owed = excluded.owed AND (a.announced_band IS DISTINCT FROM excluded.band \
+             OR NOT (excluded.evidence_kinds <@ a.announced_kinds)), \
+         updated_at = now() \
+     RETURNING a.id, a.observable_id, a.actor, a.owed";
 
 /// Bring the pairs named in `pairs` (observable id, actor → the writer's
 /// `--min-event-confidence`) up to date with their stored hits, in key order. A pair is owed an
@@ -48,52 +90,12 @@ pub(super) async fn upsert_pairs(
         actors.push(actor.clone());
         thresholds.push(i16::from(*threshold));
     }
-    let rows = sqlx::query(
-        "WITH keys AS ( \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::smallint[]) \
-                 AS k(observable_id, actor, threshold) \
-         ), pairs AS ( \
-             SELECT k.observable_id, k.actor, k.threshold, max(h.confidence) AS confidence, \
-                 count(*) AS artifacts, min(h.first_seen) AS first_seen, \
-                 max(h.last_seen) AS last_seen \
-             FROM keys k \
-             JOIN actor_hits h ON h.observable_id = k.observable_id AND h.actor = k.actor \
-             GROUP BY k.observable_id, k.actor, k.threshold \
-         ) \
-         INSERT INTO actor_attributions AS a (observable_id, actor, profile_id, aliases, \
-             confidence, band, evidence_kinds, artifacts, first_seen, last_seen, context, owed) \
-         SELECT p.observable_id, p.actor, latest.profile_id, latest.aliases, p.confidence, \
-             confidence_band(p.confidence), kinds.kinds, p.artifacts, p.first_seen, \
-             p.last_seen, latest.context, p.confidence >= p.threshold \
-         FROM pairs p \
-         CROSS JOIN LATERAL ( \
-             SELECT x.profile_id, x.aliases, x.context FROM actor_hits x \
-             WHERE x.observable_id = p.observable_id AND x.actor = p.actor \
-             ORDER BY (x.profile_id IS NULL), x.updated_at DESC, x.id DESC LIMIT 1 \
-         ) latest \
-         CROSS JOIN LATERAL ( \
-             SELECT ARRAY(SELECT DISTINCT e ->> 'source' \
-                 FROM actor_hits x, jsonb_array_elements(x.evidence) AS e \
-                 WHERE x.observable_id = p.observable_id AND x.actor = p.actor \
-                   AND e ->> 'source' IS NOT NULL ORDER BY 1) AS kinds \
-         ) kinds \
-         ORDER BY p.observable_id, p.actor \
-         ON CONFLICT (observable_id, actor) DO UPDATE SET \
-             profile_id = excluded.profile_id, aliases = excluded.aliases, \
-             confidence = excluded.confidence, band = excluded.band, \
-             evidence_kinds = excluded.evidence_kinds, artifacts = excluded.artifacts, \
-             first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
-             context = COALESCE(excluded.context, a.context), \
-             owed = excluded.owed AND (a.announced_band IS DISTINCT FROM excluded.band \
-                 OR NOT (excluded.evidence_kinds <@ a.announced_kinds)), \
-             updated_at = now() \
-         RETURNING a.id, a.observable_id, a.actor, a.owed",
-    )
-    .bind(&observable_ids)
-    .bind(&actors)
-    .bind(&thresholds)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(UPSERT_PAIRS)
+        .bind(&observable_ids)
+        .bind(&actors)
+        .bind(&thresholds)
+        .fetch_all(&mut **tx)
+        .await?;
     let mut owed = Vec::new();
     for row in rows {
         if row.try_get::<bool, _>("owed")? {
@@ -167,14 +169,6 @@ impl Store {
         .await?;
         Ok(())
     }
-}
-
-/// An observable already stored, and the hosts its passive DNS named (the `passive_dns`
-/// enricher's extracts): what a walk of it found one hop out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredLinks {
-    pub observable: Observable,
-    pub counterparts: Vec<String>,
 }
 
 impl Store {

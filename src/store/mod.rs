@@ -11,6 +11,7 @@
 
 mod actors;
 mod attributions;
+mod cache;
 mod error;
 mod export;
 mod group_commit;
@@ -32,8 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-pub use actors::WalkHits;
-pub use attributions::{OwedAttribution, StoredLinks};
+pub use attributions::OwedAttribution;
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use group_commit::{GroupCommitStats, Pending};
@@ -46,6 +46,8 @@ pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};
 use crate::lane::Lane;
+use crate::model::LookupClaims;
+pub use crate::model::{StoredLinks, WalkHits};
 use crate::observable::{Observable, ObservableKind};
 
 /// How long [`Store`] waits for a pooled connection before giving up with a transient error.
@@ -165,15 +167,6 @@ impl MessageResults {
             walks: &self.walks,
         }
     }
-}
-
-/// Reputation lookups one call of [`Store::claim_reputation_lookups`] holds.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LookupClaims {
-    pub hosts: HashSet<String>,
-    /// When they run out (one instant for all of them: the claiming transaction's); it tells
-    /// these claims from later ones on the same hosts.
-    until: Option<DateTime<Utc>>,
 }
 
 /// The Postgres store. Cheap to clone (the pools, and the group commit if any, are shared).

@@ -9,7 +9,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::attributions::stored_confidence;
 use super::{Store, StoreError};
-use crate::chain::{Attribution, AttributionLink, Band, EVENT_ARTIFACTS};
+use crate::model::{Attribution, AttributionLink, Band, EVENT_ARTIFACTS};
 
 /// One owed event.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@ use std::fmt;
 use sqlx::PgPool;
 
 use super::{Store, StoreError};
-use crate::chain::Band;
+use crate::model::Band;
 
 /// What the `demo` prints after a run.
 #[derive(Debug, Clone, Default)]

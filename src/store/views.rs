@@ -10,7 +10,7 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{PgPool, Postgres};
 
 use super::{Store, StoreError};
-use crate::chain::Band;
+use crate::model::Band;
 
 /// What happened since an instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -18,11 +18,12 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::actors::{self, WalkHits};
+use super::actors;
 use super::attributions::OwedAttribution;
 use super::REJECTED_INPUT_MAX_CHARS;
 use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, StoreError};
 use crate::enrich::{EnricherKind, Indicator, Reputation};
+use crate::model::WalkHits;
 use crate::observable::Observable;
 
 /// Extract values and fields are cut to this many bytes (at a character boundary): the unique
@@ -366,6 +367,27 @@ impl ResultRows {
 #[derive(Default)]
 struct IndicatorRows<'a>(BTreeMap<String, (i64, &'a Indicator, Uuid)>);
 
+/// [`IndicatorRows::execute`]'s statement: labels come as JSON arrays, order kept.
+const UPSERT_INDICATORS: &str =
+    "INSERT INTO indicators AS i (id, observable_id, title, description, \
+         threat_start_time, threat_end_time, observed_time, \"timestamp\", labels, run_id) \
+     SELECT u.id, u.observable_id, u.title, u.description, u.threat_start_time, \
+         u.threat_end_time, u.observed_time, u.ts, \
+         ARRAY(SELECT l.label FROM jsonb_array_elements_text(u.labels) \
+             WITH ORDINALITY AS l(label, n) ORDER BY l.n), \
+         u.run_id \
+     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], \
+         $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[], $10::uuid[]) \
+         AS u(id, observable_id, title, description, threat_start_time, threat_end_time, \
+             observed_time, ts, labels, run_id) \
+     ON CONFLICT (id) DO UPDATE SET \
+         observable_id = excluded.observable_id, title = excluded.title, \
+         description = excluded.description, \
+         threat_start_time = excluded.threat_start_time, \
+         threat_end_time = excluded.threat_end_time, \
+         observed_time = excluded.observed_time, \"timestamp\" = excluded.\"timestamp\", \
+         labels = excluded.labels, updated_at = now(), run_id = excluded.run_id";
+
 impl<'a> IndicatorRows<'a> {
     fn push(&mut self, observable_id: i64, indicator: &'a Indicator, run_id: Uuid) {
         self.0
@@ -406,38 +428,19 @@ impl<'a> IndicatorRows<'a> {
             ));
             run_ids.push(run_id);
         }
-        sqlx::query(
-            "INSERT INTO indicators AS i (id, observable_id, title, description, \
-                 threat_start_time, threat_end_time, observed_time, \"timestamp\", labels, run_id) \
-             SELECT u.id, u.observable_id, u.title, u.description, u.threat_start_time, \
-                 u.threat_end_time, u.observed_time, u.ts, \
-                 ARRAY(SELECT l.label FROM jsonb_array_elements_text(u.labels) \
-                     WITH ORDINALITY AS l(label, n) ORDER BY l.n), \
-                 u.run_id \
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], \
-                 $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[], $10::uuid[]) \
-                 AS u(id, observable_id, title, description, threat_start_time, threat_end_time, \
-                     observed_time, ts, labels, run_id) \
-             ON CONFLICT (id) DO UPDATE SET \
-                 observable_id = excluded.observable_id, title = excluded.title, \
-                 description = excluded.description, \
-                 threat_start_time = excluded.threat_start_time, \
-                 threat_end_time = excluded.threat_end_time, \
-                 observed_time = excluded.observed_time, \"timestamp\" = excluded.\"timestamp\", \
-                 labels = excluded.labels, updated_at = now(), run_id = excluded.run_id",
-        )
-        .bind(&ids)
-        .bind(&observable_ids)
-        .bind(&titles)
-        .bind(&descriptions)
-        .bind(&starts)
-        .bind(&ends)
-        .bind(&observed)
-        .bind(&timestamps)
-        .bind(&labels)
-        .bind(&run_ids)
-        .execute(executor)
-        .await?;
+        sqlx::query(UPSERT_INDICATORS)
+            .bind(&ids)
+            .bind(&observable_ids)
+            .bind(&titles)
+            .bind(&descriptions)
+            .bind(&starts)
+            .bind(&ends)
+            .bind(&observed)
+            .bind(&timestamps)
+            .bind(&labels)
+            .bind(&run_ids)
+            .execute(executor)
+            .await?;
         Ok(())
     }
 }
