@@ -16,6 +16,7 @@ use mdti_worker::chain::{
 use mdti_worker::graph::{GraphClient, PageLimits};
 use mdti_worker::in_flight::InFlight;
 use mdti_worker::lane::Lane;
+use mdti_worker::model::{MemoryCache, WalkCache};
 use mdti_worker::observable::Observable;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
 use mdti_worker::store::{run_id, WalkHits};
@@ -382,7 +383,7 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
     assert_eq!(again.sharing_pages, 0);
 
     // Without a store or profiles (enrich --chain): the rule hits, without profile matches.
-    let bare = Chainer::new(graph, None, known_settings());
+    let bare = Chainer::new(graph.clone(), None, known_settings());
     let report = bare.walk(&observable(IOC)).await.expect("bare walk");
     let actors: Vec<(&str, &str, Option<&str>)> = report
         .hits
@@ -402,6 +403,23 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
             ("Vanguard Panda", "52.1.0.2", None)
         ]
     );
+
+    // With the in-memory cache `enrich --chain` uses: a second IOC of the run that resolves to
+    // the same infrastructure asks Graph for none of its reputations.
+    let cache: Arc<dyn WalkCache> = Arc::new(MemoryCache::default());
+    let remembering = Chainer::new(graph, Some(cache), known_settings());
+    let first = remembering
+        .walk(&observable(IOC))
+        .await
+        .expect("first walk");
+    sim.control().reset_counters();
+    let second = remembering
+        .walk(&observable(IOC))
+        .await
+        .expect("second walk");
+    assert_eq!(second.hits, first.hits);
+    assert_eq!(sim.count("reputation"), 0);
+    assert_eq!(second.reputation_cache_hits, 9);
 }
 
 fn walk_of(

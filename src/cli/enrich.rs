@@ -2,6 +2,7 @@
 //! no database.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::bail;
 use clap::Args;
@@ -12,6 +13,7 @@ use crate::chain::{ChainSettings, Chainer};
 use crate::config::{EnricherList, GraphArgs};
 use crate::enrich;
 use crate::graph::GraphClient;
+use crate::model::{MemoryCache, WalkCache};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 
 #[derive(Args, Debug)]
@@ -104,8 +106,9 @@ fn ready_observables(cmd: &EnrichCmd) -> anyhow::Result<Option<Vec<Observable>>>
 }
 
 /// `enrich --chain`: the seed's answer, actors with their linking domains and IPs. It needs no
-/// database, so it has no reputation cache and no synced profile index: attribution comes from
-/// the reputation rules (the worker also matches intel profile indicators).
+/// database: reputations are cached in memory for the run, so observables that resolve to the
+/// same infrastructure ask Graph once; with no synced profile index, attribution comes from the
+/// reputation rules (the worker also matches intel profile indicators).
 async fn chain(
     cmd: &EnrichCmd,
     graph: GraphClient,
@@ -115,7 +118,8 @@ async fn chain(
         depth: cmd.chain_depth,
         ..ChainSettings::default()
     };
-    let chainer = Chainer::new(graph, None, settings);
+    let cache: Arc<dyn WalkCache> = Arc::new(MemoryCache::default());
+    let chainer = Chainer::new(graph, Some(cache), settings);
     let mut reports = Vec::new();
     for observable in observables {
         reports.push(chainer.walk(observable).await?);
