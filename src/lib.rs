@@ -23,6 +23,7 @@
 //! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
 //! nothing of the crate: the pipeline is where they meet.
 
+pub mod backoff;
 pub mod bench;
 pub mod chain;
 pub mod cli;
@@ -36,6 +37,7 @@ pub mod graph;
 pub mod in_flight;
 pub mod lane;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod observable;
 pub mod ops;

@@ -16,10 +16,10 @@ use crate::failpoint;
 use crate::graph::{GraphClient, GraphError, PageLimits};
 use crate::in_flight::{InFlight, Lead, Role};
 use crate::lane::Lane;
+use crate::message::{self, DecodeLimits, Item, ObservableRequest};
 use crate::observable::{self, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::outbox::RelayHandle;
 use crate::progress::{self, point};
-use crate::queue::message::{self, DecodeLimits, Item, ObservableRequest};
 use crate::store::{
     run_id, MessageResults, RejectedInput, RunRecord, RunStatus, Store, StoreError, WalkHits,
 };

@@ -34,8 +34,8 @@ use tokio::time::Instant;
 
 use super::publisher::Publisher;
 use super::topology::{attempt_of, Topology};
+use crate::backoff::backoff_delay;
 use crate::config::redact_url;
-use crate::graph::retry::backoff_delay;
 use crate::lane::Lane;
 use crate::outbox::{self, OutboxStats, RelayChannels};
 use crate::pipeline::{Dependency, Incoming, Outcome, Pipeline, INTERNAL_ERROR};
