@@ -32,13 +32,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::publisher::Publisher;
+use super::publisher::{PublishError, Publisher};
 use super::topology::{attempt_of, Topology};
 use crate::backoff::backoff_delay;
 use crate::config::redact_url;
 use crate::lane::Lane;
 use crate::outbox::{self, OutboxStats, RelayChannels};
-use crate::pipeline::{Dependency, Incoming, Outcome, Pipeline, INTERNAL_ERROR};
+use crate::pipeline::{
+    decide, Dependency, Disposition, Incoming, Letter, Outcome, Pipeline, INTERNAL_ERROR,
+};
 use crate::progress;
 use crate::secret::Secret;
 use crate::store::{GroupCommitStats, RejectedInput};
@@ -657,138 +659,161 @@ struct Taken {
     id: String,
 }
 
-/// Process one delivery and acknowledge it exactly as its outcome says.
+/// Process one delivery and carry out the disposition its outcome decides.
 async fn settle(task: Task<'_>, taken: Taken, max_deliveries: u32) {
-    let Taken { delivery, lane, id } = taken;
-    let Task {
-        pipeline,
-        publisher,
-        stats,
-        suspend,
-        lose,
-    } = task;
-    stats.messages.fetch_add(1, Ordering::Relaxed);
-    let attempt = attempt_of(&delivery.properties);
-    let content_type = delivery
+    task.stats.messages.fetch_add(1, Ordering::Relaxed);
+    let attempt = attempt_of(&taken.delivery.properties);
+    let content_type = taken
+        .delivery
         .properties
         .content_type()
         .as_ref()
         .map(|t| t.as_str().to_owned());
     let incoming = Incoming {
-        message_id: &id,
-        body: &delivery.data,
+        message_id: &taken.id,
+        body: &taken.delivery.data,
         content_type: content_type.as_deref(),
         attempt,
-        lane,
+        lane: taken.lane,
     };
-    let outcome = lane.scope(outcome_of(pipeline, &incoming, stats)).await;
+    let outcome = taken
+        .lane
+        .scope(outcome_of(task.pipeline, &incoming, task.stats))
+        .await;
+    count_done(task.stats, taken.lane, &outcome);
+    match decide(outcome, attempt, max_deliveries) {
+        Disposition::Suspend { dependency, reason } => {
+            suspend(&task, &taken, dependency, reason).await
+        }
+        disposition => {
+            let handed_over = hand_over(&task, &taken, attempt, disposition).await;
+            acknowledge(&task, &taken, handed_over).await;
+        }
+    }
+}
 
-    // Where the message goes before it may be acked; `Ok(())` means "nowhere else" or "confirmed".
-    let handed_over = match &outcome {
-        Outcome::Done {
-            enriched,
-            cached,
-            skipped,
-            rejected,
-            reputation_cache_hits,
+/// Add a done message's counts to the stats.
+fn count_done(stats: &WorkerStats, lane: Lane, outcome: &Outcome) {
+    let Outcome::Done {
+        enriched,
+        cached,
+        skipped,
+        rejected,
+        reputation_cache_hits,
+    } = outcome
+    else {
+        return;
+    };
+    stats.done_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
+    stats
+        .reputation_cache_hits
+        .fetch_add(*reputation_cache_hits, Ordering::Relaxed);
+    stats
+        .enriched
+        .fetch_add(*enriched as u64, Ordering::Relaxed);
+    stats.cached.fetch_add(*cached as u64, Ordering::Relaxed);
+    stats.skipped.fetch_add(*skipped as u64, Ordering::Relaxed);
+    stats
+        .rejected_items
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+}
+
+/// Not the message's failure: back to the queue as it was, its attempts untouched, and the
+/// session told to pause.
+async fn suspend(task: &Task<'_>, taken: &Taken, dependency: Dependency, reason: String) {
+    task.stats.suspended.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(message_id = %taken.id, dependency = dependency.as_str(), %reason, "handed back uncounted");
+    let _ = task.suspend.send(Some((dependency, reason)));
+    hand_back(&taken.delivery, &taken.id).await;
+}
+
+/// Send the message where its disposition says before it may be acked; `Ok(())` means
+/// "nowhere else" or "the broker confirmed the copy".
+async fn hand_over(
+    task: &Task<'_>,
+    taken: &Taken,
+    attempt: u32,
+    disposition: Disposition,
+) -> Result<(), PublishError> {
+    let Taken { delivery, lane, id } = taken;
+    match disposition {
+        Disposition::Ack | Disposition::Suspend { .. } => Ok(()),
+        Disposition::Retry {
+            code,
+            reason,
+            next_attempt,
         } => {
-            stats.done_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
-            stats
-                .reputation_cache_hits
-                .fetch_add(*reputation_cache_hits, Ordering::Relaxed);
-            stats
-                .enriched
-                .fetch_add(*enriched as u64, Ordering::Relaxed);
-            stats.cached.fetch_add(*cached as u64, Ordering::Relaxed);
-            stats.skipped.fetch_add(*skipped as u64, Ordering::Relaxed);
-            if rejected.is_empty() {
-                Ok(())
-            } else {
-                stats
-                    .rejected_items
-                    .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                let (body, code, reason) = rejected_items_message(rejected);
-                tracing::info!(message_id = %id, rejected = rejected.len(), %reason, "bad items dead-lettered");
-                let props = delivery
-                    .properties
-                    .clone()
-                    .with_content_type("application/json".into());
-                publisher
-                    .send_to_dead_letter(lane, &body, &props, attempt, &code, &reason)
-                    .await
-            }
-        }
-        Outcome::Suspend { dependency, reason } => {
-            // Not the message's failure: back to the queue as it was, its attempts untouched.
-            stats.suspended.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(message_id = %id, dependency = dependency.as_str(), %reason, "handed back uncounted");
-            let _ = suspend.send(Some((*dependency, reason.clone())));
-            hand_back(&delivery, &id).await;
-            return;
-        }
-        Outcome::Retry { code, reason } if attempt < max_deliveries => {
-            stats.retried.fetch_add(1, Ordering::Relaxed);
+            task.stats.retried.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(message_id = %id, attempt, code, %reason, "retrying later");
-            publisher
-                .send_to_retry(
-                    lane,
-                    &delivery.data,
-                    &delivery.properties,
-                    attempt + 1,
-                    code,
-                    reason,
-                )
+            let (body, props) = (&delivery.data, &delivery.properties);
+            task.publisher
+                .send_to_retry(*lane, body, props, next_attempt, code, &reason)
                 .await
         }
-        Outcome::Retry { reason, .. } => {
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            let reason = format!("gave up after {attempt} deliveries: {reason}");
-            tracing::error!(message_id = %id, %reason, "dead-lettering");
-            // Best effort: the row helps dashboards, but Postgres may be the very thing failing,
-            // and the dead-letter queue holds the message either way.
-            let row = RejectedInput {
-                message_id: id.clone(),
-                item_index: -1,
-                input: String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(1000)])
-                    .into_owned(),
-                code: "gave_up".into(),
-                reason: reason.clone(),
-                source: None,
-                context: None,
-                attempts: attempt as i32,
-                lane,
-            };
-            if let Err(error) = pipeline.store().record_rejection(&row).await {
-                tracing::warn!(message_id = %id, %error, "could not record the dead-lettered message in Postgres");
+        Disposition::DeadLetter {
+            letter,
+            code,
+            reason,
+            record,
+        } => {
+            task.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if record {
+                record_dead_letter(task, taken, attempt, &code, &reason).await;
             }
-            publisher
-                .send_to_dead_letter(
-                    lane,
-                    &delivery.data,
-                    &delivery.properties,
-                    attempt,
-                    "gave_up",
-                    &reason,
-                )
+            let (body, props) = letter_of(taken, &letter, &code, &reason);
+            task.publisher
+                .send_to_dead_letter(*lane, body, &props, attempt, &code, &reason)
                 .await
         }
-        Outcome::Reject { code, reason } => {
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(message_id = %id, %code, %reason, "message rejected");
-            publisher
-                .send_to_dead_letter(
-                    lane,
-                    &delivery.data,
-                    &delivery.properties,
-                    attempt,
-                    code,
-                    reason,
-                )
-                .await
-        }
-    };
+    }
+}
 
+/// The body and properties of a dead letter, logged as what it is.
+fn letter_of<'a>(
+    taken: &'a Taken,
+    letter: &'a Letter,
+    code: &str,
+    reason: &str,
+) -> (&'a [u8], BasicProperties) {
+    let Taken { delivery, id, .. } = taken;
+    match letter {
+        Letter::Message => {
+            tracing::info!(message_id = %id, %code, %reason, "message dead-lettered");
+            (&delivery.data, delivery.properties.clone())
+        }
+        Letter::Items { body, items } => {
+            tracing::info!(message_id = %id, rejected = items, %reason, "bad items dead-lettered");
+            let props = delivery
+                .properties
+                .clone()
+                .with_content_type("application/json".into());
+            (body, props)
+        }
+    }
+}
+
+/// The `rejected_inputs` row of a message dead-lettered without one. Best effort: the row helps
+/// dashboards, but Postgres may be the very thing failing, and the dead-letter queue holds the
+/// message either way.
+async fn record_dead_letter(
+    task: &Task<'_>,
+    taken: &Taken,
+    attempt: u32,
+    code: &str,
+    reason: &str,
+) {
+    let Taken { delivery, lane, id } = taken;
+    tracing::error!(message_id = %id, %reason, "dead-lettering");
+    let row =
+        RejectedInput::whole_message(id, &delivery.data, code, reason.to_owned(), attempt, *lane);
+    if let Err(error) = task.pipeline.store().record_rejection(&row).await {
+        tracing::warn!(message_id = %id, %error, "could not record the dead-lettered message in Postgres");
+    }
+}
+
+/// Ack a delivery whose copy (if any) the broker confirmed; hand it back otherwise.
+async fn acknowledge(task: &Task<'_>, taken: &Taken, handed_over: Result<(), PublishError>) {
+    let Taken { delivery, id, .. } = taken;
     match handed_over {
         Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
             Ok(true) => progress::global().advanced(),
@@ -800,13 +825,15 @@ async fn settle(task: Task<'_>, taken: Taken, max_deliveries: u32) {
             }
         },
         Err(error) => {
-            stats.requeued.fetch_add(1, Ordering::Relaxed);
+            task.stats.requeued.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(message_id = %id, %error, "could not hand the message over; returning it to the queue");
-            hand_back(&delivery, &id).await;
+            hand_back(delivery, id).await;
             // Every later hand-over would fail the same way, each after spending its message's
             // Graph requests: the session is rebuilt instead.
             if error.is_connection_lost() {
-                let _ = lose.send(Some(format!("handing a message over: {error}")));
+                let _ = task
+                    .lose
+                    .send(Some(format!("handing a message over: {error}")));
             }
         }
     }
@@ -826,38 +853,4 @@ async fn hand_back(delivery: &Delivery, id: &str) {
             tracing::warn!(message_id = %id, "nack not sent: channel closed; the broker will redeliver")
         }
     }
-}
-
-/// The dead-letter body for the bad items of a message that was otherwise processed.
-fn rejected_items_message(rejected: &[RejectedInput]) -> (Vec<u8>, String, String) {
-    let items: Vec<serde_json::Value> = rejected
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "index": r.item_index,
-                "value": r.input,
-                "code": r.code,
-                "reason": r.reason,
-                "source": r.source,
-                "context": r.context,
-            })
-        })
-        .collect();
-    let first = &rejected[0];
-    let reason = if rejected.len() == 1 {
-        format!("item {}: {}", first.item_index, first.reason)
-    } else {
-        format!(
-            "{} items rejected; item {}: {}",
-            rejected.len(),
-            first.item_index,
-            first.reason
-        )
-    };
-    let code = if rejected.iter().all(|r| r.code == first.code) {
-        first.code.clone()
-    } else {
-        "mixed".into()
-    };
-    (serde_json::to_vec(&items).unwrap_or_default(), code, reason)
 }
