@@ -319,46 +319,42 @@ mod tests {
         }
     }
 
+    /// Each row: an outcome, the attempt it came from, and its one disposition.
+    fn check(table: Vec<(Outcome, u32, Disposition)>) {
+        for (outcome, attempt, expected) in table {
+            let shown = format!("{outcome:?} at attempt {attempt} of {MAX}");
+            assert_eq!(decide(outcome, attempt, MAX), expected, "{shown}");
+        }
+    }
+
     #[test]
-    fn every_outcome_has_one_disposition_before_and_at_the_last_attempt() {
+    fn a_done_message_is_acked_and_its_bad_items_dead_lettered_at_any_attempt() {
         let one = vec![item(2, "unknown_kind")];
         let mixed = vec![item(0, "unknown_kind"), item(3, "invalid_value")];
-        let table = [
+        let one_letter = || items_letter(&one, "unknown_kind", "item 2: bad 2");
+        check(vec![
             (done(vec![]), 1, Disposition::Ack),
             (done(vec![]), MAX, Disposition::Ack),
-            (
-                done(one.clone()),
-                1,
-                items_letter(&one, "unknown_kind", "item 2: bad 2"),
-            ),
-            (
-                done(one.clone()),
-                MAX,
-                items_letter(&one, "unknown_kind", "item 2: bad 2"),
-            ),
+            (done(one.clone()), 1, one_letter()),
+            (done(one.clone()), MAX, one_letter()),
             (
                 done(mixed.clone()),
                 MAX,
                 items_letter(&mixed, "mixed", "2 items rejected; item 0: bad 0"),
             ),
-            (
-                retry(),
-                1,
-                Disposition::Retry {
-                    code: "graph_unavailable",
-                    reason: "HTTP 503".into(),
-                    next_attempt: 2,
-                },
-            ),
-            (
-                retry(),
-                MAX - 1,
-                Disposition::Retry {
-                    code: "graph_unavailable",
-                    reason: "HTTP 503".into(),
-                    next_attempt: MAX,
-                },
-            ),
+        ]);
+    }
+
+    #[test]
+    fn a_retry_spends_an_attempt_until_the_last_which_gives_up_with_a_row() {
+        let again = |next_attempt| Disposition::Retry {
+            code: "graph_unavailable",
+            reason: "HTTP 503".into(),
+            next_attempt,
+        };
+        check(vec![
+            (retry(), 1, again(2)),
+            (retry(), MAX - 1, again(MAX)),
             (
                 retry(),
                 MAX,
@@ -369,23 +365,24 @@ mod tests {
                 MAX + 1,
                 dead(GAVE_UP, "gave up after 4 deliveries: HTTP 503", true),
             ),
-            (reject(), 1, dead("invalid_json", "not JSON", false)),
-            (reject(), MAX, dead("invalid_json", "not JSON", false)),
-        ];
-        for (outcome, attempt, expected) in table {
-            let shown = format!("{outcome:?} at attempt {attempt}");
-            assert_eq!(decide(outcome, attempt, MAX), expected, "{shown}");
-        }
-        for attempt in [1, MAX, MAX + 1] {
-            assert_eq!(
-                decide(suspend(), attempt, MAX),
-                Disposition::Suspend {
-                    dependency: Dependency::Postgres,
-                    reason: "refused".into(),
-                },
-                "a suspension never spends an attempt"
-            );
-        }
+        ]);
+    }
+
+    #[test]
+    fn a_rejection_is_dead_lettered_and_a_suspension_handed_back_at_any_attempt() {
+        let handed_back = || Disposition::Suspend {
+            dependency: Dependency::Postgres,
+            reason: "refused".into(),
+        };
+        // The pipeline recorded the rejection's row already.
+        let rejected = || dead("invalid_json", "not JSON", false);
+        check(vec![
+            (reject(), 1, rejected()),
+            (reject(), MAX, rejected()),
+            (suspend(), 1, handed_back()),
+            (suspend(), MAX, handed_back()),
+            (suspend(), MAX + 1, handed_back()),
+        ]);
     }
 
     #[test]

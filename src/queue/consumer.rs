@@ -1,9 +1,10 @@
 //! The consumer loop: deliveries in, one deliberate acknowledgement each.
 //!
-//! - Acknowledgement follows the [`Outcome`]: `Done` is acked after the Postgres commit (inside
-//!   the pipeline); `Retry` and `Reject` are first republished to the retry or dead-letter queue
-//!   and acked only when the broker has confirmed that copy. If that publish fails, the delivery
-//!   is handed back (nack with requeue): a message is never acked without a home.
+//! - Each delivery is settled on a task of its own ([`super::settle`]) as its disposition says
+//!   ([`crate::pipeline::decide`]): acked after the Postgres commit (inside the pipeline), or
+//!   after the broker confirmed its retry or dead-letter copy; handed back (nack with requeue)
+//!   when that publish fails or a service is down for everybody: a message is never acked
+//!   without a home.
 //! - Each lane has its own consumer on the session's channel, with its own prefetch: the bulk
 //!   lane's equals the concurrency, the live lane's is `live_prefetch`. The broker never hands
 //!   this worker more unacked messages than it processes at once, so the in-flight set is
@@ -15,35 +16,30 @@
 //! - On shutdown it cancels the consumer, gives in-flight messages `shutdown_timeout` to finish,
 //!   then closes the channel, which returns anything unfinished to the queue.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{BoxStream, SelectAll};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::BasicProperties;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::publisher::{PublishError, Publisher};
-use super::topology::{attempt_of, Topology};
+use super::publisher::Publisher;
+pub use super::settle::message_id;
+use super::settle::{Settler, REQUEUE};
+pub use super::stats::{PauseState, WorkerStats};
+use super::topology::Topology;
 use crate::backoff::backoff_delay;
 use crate::config::redact_url;
 use crate::lane::Lane;
-use crate::outbox::{self, OutboxStats, RelayChannels};
-use crate::pipeline::{
-    decide, Dependency, Disposition, Incoming, Letter, Outcome, Pipeline, INTERNAL_ERROR,
-};
-use crate::progress;
+use crate::outbox::{self, RelayChannels};
+use crate::pipeline::{Dependency, Pipeline};
 use crate::secret::Secret;
-use crate::store::{GroupCommitStats, RejectedInput};
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -66,121 +62,6 @@ impl ConsumerSettings {
             Lane::Bulk => self.concurrency,
         }
         .max(1)
-    }
-}
-
-/// What the worker did, for logs, the demo and the benchmark.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub messages: AtomicU64,
-    /// Messages done, by lane ([`Lane::index`]); [`WorkerStats::done`] sums them.
-    pub done_by_lane: [AtomicU64; 2],
-    /// Messages ready in each lane's work queue (its retry queue included) at the last look,
-    /// every few seconds while consuming.
-    pub queued_by_lane: [AtomicU64; 2],
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub requeued: AtomicU64,
-    /// Deliveries handed back uncounted because a service was down for every message.
-    pub suspended: AtomicU64,
-    pub enriched: AtomicU64,
-    pub cached: AtomicU64,
-    pub skipped: AtomicU64,
-    pub rejected_items: AtomicU64,
-    /// What the outbox relay announced (see [`crate::outbox`]).
-    pub outbox: Arc<OutboxStats>,
-    /// Message tasks that panicked; each delivery went to the retry queue (`internal_error`).
-    pub panics: AtomicU64,
-    /// What profile syncs matched back (see [`crate::chain::retro`]).
-    pub retro: crate::chain::retro::RetroStats,
-    /// Counterpart reputations the chaining read from Postgres instead of asking Graph.
-    pub reputation_cache_hits: AtomicU64,
-    pub reconnects: AtomicU64,
-    /// Transactions and messages of the results' group commit.
-    pub group_commit: Arc<GroupCommitStats>,
-    /// The broker connection of the current session is open.
-    pub broker_connected: AtomicBool,
-    /// The consumer is registered and taking deliveries (false once shutdown began, and while
-    /// paused).
-    pub consuming: AtomicBool,
-    /// The intel profile index is loaded (from Postgres or a sync).
-    pub profiles_loaded: AtomicBool,
-    /// Why the worker runs without a profile index, while it does.
-    pub profiles_problem: Mutex<Option<String>>,
-    /// While consumption is paused: the service that is down, why, and since when.
-    pub paused: Mutex<Option<PauseState>>,
-    /// Microseconds consumption spent paused in finished pauses.
-    pub paused_micros: AtomicU64,
-}
-
-/// Why and since when consumption is paused.
-#[derive(Debug, Clone)]
-pub struct PauseState {
-    pub dependency: Dependency,
-    pub reason: String,
-    pub since: Instant,
-}
-
-impl WorkerStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    /// Messages done, in both lanes.
-    pub fn done(&self) -> u64 {
-        self.done_by_lane.iter().map(Self::get).sum()
-    }
-
-    /// Record that the profile index is loaded (`None`) or why it is not.
-    pub fn set_profiles_loaded(&self, problem: Option<String>) {
-        self.profiles_loaded
-            .store(problem.is_none(), Ordering::Relaxed);
-        if let Ok(mut slot) = self.profiles_problem.lock() {
-            *slot = problem;
-        }
-    }
-
-    /// Why the worker runs without a profile index, if it does.
-    pub fn profiles_problem(&self) -> Option<String> {
-        self.profiles_problem
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or(None)
-    }
-
-    /// The current pause, if consumption is paused.
-    pub fn pause(&self) -> Option<PauseState> {
-        self.paused.lock().map(|p| p.clone()).unwrap_or(None)
-    }
-
-    /// Seconds spent paused in all, the current pause included.
-    pub fn paused_seconds(&self) -> f64 {
-        let current = self
-            .pause()
-            .map_or(0.0, |p| p.since.elapsed().as_secs_f64());
-        Self::get(&self.paused_micros) as f64 / 1e6 + current
-    }
-
-    fn pause_begin(&self, dependency: Dependency, reason: &str) {
-        if let Ok(mut paused) = self.paused.lock() {
-            *paused = Some(PauseState {
-                dependency,
-                reason: reason.to_owned(),
-                since: Instant::now(),
-            });
-        }
-    }
-
-    fn pause_end(&self) {
-        let ended = self.paused.lock().ok().and_then(|mut p| p.take());
-        if let Some(ended) = ended {
-            let micros = u64::try_from(ended.since.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.paused_micros.fetch_add(micros, Ordering::Relaxed);
-        }
-    }
-
-    pub fn is(flag: &AtomicBool) -> bool {
-        flag.load(Ordering::Relaxed)
     }
 }
 
@@ -249,24 +130,25 @@ pub async fn run(
     }
 }
 
+/// What a session runs on: the broker connection, its channel and the publisher on it.
+struct Broker {
+    /// Shared, so that the publisher can open a new channel when the broker closes its own.
+    connection: Arc<lapin::Connection>,
+    channel: lapin::Channel,
+    publisher: Arc<Publisher>,
+}
+
+/// One broker session: connect, consume both lanes until the session ends, then let the
+/// messages in hand finish and close.
 async fn session(
     pipeline: &Pipeline,
     settings: &ConsumerSettings,
     shutdown: &mut watch::Receiver<bool>,
     stats: &Arc<WorkerStats>,
 ) -> anyhow::Result<SessionEnd> {
-    let connection = super::connect(settings.amqp_url.expose())
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
-    // Shared, so that the publisher can open a new channel when the broker closes its own.
-    let connection = Arc::new(connection);
     let _flags = SessionFlags(stats);
-    stats.broker_connected.store(true, Ordering::Relaxed);
-    let channel = connection.create_channel().await?;
-    settings.topology.declare(&channel).await?;
-    let publisher =
-        Arc::new(Publisher::on_connection(&connection, settings.topology.clone()).await?);
-    let mut consumers = consume(&channel, settings).await?;
+    let broker = open_broker(settings, stats).await?;
+    let mut consumers = consume(&broker.channel, settings).await?;
     tracing::info!(
         live_queue = %settings.topology.lane_queue(Lane::Live),
         live_prefetch = settings.prefetch(Lane::Live),
@@ -276,105 +158,53 @@ async fn session(
     );
     stats.consuming.store(true, Ordering::Relaxed);
     // Owed events go out on this session's connection, from its start on.
-    let relay_channels = RelayChannels {
-        connection: Arc::clone(&connection),
-        topology: settings.topology.clone(),
-    };
-    let (stop_relay, relay_stopped) = watch::channel(false);
-    let relay = AbortOnDrop(tokio::spawn(outbox::run(
-        pipeline.store().clone(),
-        pipeline.relay().clone(),
-        Arc::clone(&stats.outbox),
-        relay_channels.clone(),
-        relay_stopped,
-    )));
-
-    let (suspend, mut suspended) = watch::channel(None::<(Dependency, String)>);
-    let suspend = Arc::new(suspend);
-    let (lose, mut lost) = watch::channel(None::<String>);
-    let lose = Arc::new(lose);
+    let relay = Relay::start(pipeline, stats, &broker, settings);
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut idle_since: Option<Instant> = None;
-    let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
-    let mut depth_tick = tokio::time::interval(QUEUE_LOOK_INTERVAL);
-    let end = loop {
-        tokio::select! {
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    break SessionEnd::Shutdown;
-                }
-            }
-            next = consumers.deliveries.next() => match next {
-                Some(Next::Delivery(lane, delivery)) => {
-                    idle_since = None;
-                    let pipeline = pipeline.clone();
-                    let publisher = Arc::clone(&publisher);
-                    let stats = Arc::clone(stats);
-                    let suspend = Arc::clone(&suspend);
-                    let lose = Arc::clone(&lose);
-                    let max_deliveries = settings.max_deliveries;
-                    let id = message_id(&delivery.properties, &delivery.data);
-                    tasks.spawn(progress::global().track(&id.clone(), async move {
-                        let task = Task { pipeline: &pipeline, publisher: &publisher, stats: &stats, suspend: &suspend, lose: &lose };
-                        settle(task, Taken { delivery: *delivery, lane, id }, max_deliveries).await;
-                    }));
-                }
-                Some(Next::Failed(error)) => break SessionEnd::Lost(error.to_string()),
-                Some(Next::Ended(lane)) => break SessionEnd::Lost(format!("the {lane} lane's consumer was cancelled by the broker")),
-                None => break SessionEnd::Lost("the consumers were cancelled by the broker".into()),
-            },
-            _ = lost.changed() => {
-                if let Some(reason) = lost.borrow_and_update().clone() {
-                    break SessionEnd::Lost(reason);
-                }
-            }
-            _ = suspended.changed() => {
-                let Some((dependency, reason)) = suspended.borrow_and_update().clone() else {
-                    continue;
-                };
-                hand_back_buffered(&channel, &mut consumers).await;
-                let paused = Paused { dependency, reason: &reason };
-                if !pause(pipeline, paused, stats, shutdown).await {
-                    break SessionEnd::Shutdown;
-                }
-                // Failures reported while paused were the same outage.
-                suspended.borrow_and_update();
-                match consume(&channel, settings).await {
-                    Ok(resumed) => consumers = resumed,
-                    Err(error) => break SessionEnd::Lost(error.to_string()),
-                }
-                stats.consuming.store(true, Ordering::Relaxed);
-            }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(error) = joined {
-                    tracing::error!(%error, "a message task failed; its delivery returns to the queue");
-                }
-            }
-            _ = depth_tick.tick() => look_at_queues(&channel, &settings.topology, pipeline, stats).await,
-            _ = idle_tick.tick(), if settings.exit_when_idle.is_some() => {
-                let limit = settings.exit_when_idle.unwrap_or_default();
-                if tasks.is_empty() && queues_empty(&channel, &settings.topology).await {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= limit {
-                        break SessionEnd::Idle;
-                    }
-                } else {
-                    idle_since = None;
-                }
-            }
-        }
+    let session = Session {
+        pipeline,
+        settings,
+        stats,
+        broker: &broker,
     };
+    let end = session.serve(&mut consumers, &mut tasks, shutdown).await;
 
     // Not ready from here on: in-flight messages finish, new ones wait for another worker.
     stats.consuming.store(false, Ordering::Relaxed);
     if !matches!(end, SessionEnd::Lost(_)) {
         // Stop new deliveries first, then let the ones in hand finish.
-        consumers.cancel(&channel).await;
+        consumers.cancel(&broker.channel).await;
     }
-    let drained = tokio::time::timeout(settings.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
+    drain(&mut tasks, settings.shutdown_timeout).await;
+    relay.stop(&end, pipeline, stats).await;
+    // Closing returns every unacked delivery to the queue.
+    let _ = broker.channel.close(200, "worker stopping".into()).await;
+    let _ = broker.connection.close(200, "worker stopping".into()).await;
+    Ok(end)
+}
+
+/// Connect, declare the topology and open the publisher.
+async fn open_broker(settings: &ConsumerSettings, stats: &WorkerStats) -> anyhow::Result<Broker> {
+    let connection = super::connect(settings.amqp_url.expose())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
+    let connection = Arc::new(connection);
+    stats.broker_connected.store(true, Ordering::Relaxed);
+    let channel = connection.create_channel().await?;
+    settings.topology.declare(&channel).await?;
+    let publisher =
+        Arc::new(Publisher::on_connection(&connection, settings.topology.clone()).await?);
+    Ok(Broker {
+        connection,
+        channel,
+        publisher,
     })
-    .await;
+}
+
+/// Give the messages in hand `limit` to finish; past it, abort them (their deliveries go back
+/// to the queue when the channel closes).
+async fn drain(tasks: &mut JoinSet<()>, limit: Duration) {
+    let drained =
+        tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             unfinished = tasks.len(),
@@ -382,18 +212,174 @@ async fn session(
         );
         tasks.abort_all();
     }
-    if matches!(end, SessionEnd::Lost(_)) {
-        drop(relay);
-    } else {
-        // The relay ends its pass in progress, then the last pass sends what is still owed.
-        let _ = stop_relay.send(true);
-        relay.finish(RELAY_STOP_LIMIT).await;
-        outbox::last_pass(pipeline.store(), &stats.outbox, &relay_channels).await;
+}
+
+/// The session's outbox relay and how to stop it.
+struct Relay {
+    task: AbortOnDrop,
+    stop: watch::Sender<bool>,
+    channels: RelayChannels,
+}
+
+impl Relay {
+    fn start(
+        pipeline: &Pipeline,
+        stats: &WorkerStats,
+        broker: &Broker,
+        settings: &ConsumerSettings,
+    ) -> Self {
+        let channels = RelayChannels {
+            connection: Arc::clone(&broker.connection),
+            topology: settings.topology.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = AbortOnDrop(tokio::spawn(outbox::run(
+            pipeline.store().clone(),
+            pipeline.relay().clone(),
+            Arc::clone(&stats.outbox),
+            channels.clone(),
+            stopped,
+        )));
+        Relay {
+            task,
+            stop,
+            channels,
+        }
     }
-    // Closing returns every unacked delivery to the queue.
-    let _ = channel.close(200, "worker stopping".into()).await;
-    let _ = connection.close(200, "worker stopping".into()).await;
-    Ok(end)
+
+    /// A lost connection takes the relay with it; otherwise the relay ends its pass in
+    /// progress, then the last pass sends what is still owed.
+    async fn stop(self, end: &SessionEnd, pipeline: &Pipeline, stats: &WorkerStats) {
+        if matches!(end, SessionEnd::Lost(_)) {
+            return;
+        }
+        let _ = self.stop.send(true);
+        self.task.finish(RELAY_STOP_LIMIT).await;
+        outbox::last_pass(pipeline.store(), &stats.outbox, &self.channels).await;
+    }
+}
+
+/// What the loop of a session works with.
+struct Session<'a> {
+    pipeline: &'a Pipeline,
+    settings: &'a ConsumerSettings,
+    stats: &'a Arc<WorkerStats>,
+    broker: &'a Broker,
+}
+
+impl Session<'_> {
+    /// Take deliveries and settle each on a task of its own, until shutdown, idleness, a lost
+    /// connection, or a pause that ends in shutdown.
+    async fn serve(
+        &self,
+        consumers: &mut Consumers,
+        tasks: &mut JoinSet<()>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let (suspend, mut suspended) = watch::channel(None::<(Dependency, String)>);
+        let (lose, mut lost) = watch::channel(None::<String>);
+        let settler = self.settler(suspend, lose);
+        let mut idle_since: Option<Instant> = None;
+        let mut idle_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut depth_tick = tokio::time::interval(QUEUE_LOOK_INTERVAL);
+        let channel = &self.broker.channel;
+        let topology = &self.settings.topology;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return SessionEnd::Shutdown;
+                    }
+                }
+                next = consumers.deliveries.next() => match next {
+                    Some(Next::Delivery(lane, delivery)) => {
+                        idle_since = None;
+                        settler.spawn(tasks, lane, *delivery);
+                    }
+                    Some(Next::Failed(error)) => return SessionEnd::Lost(error.to_string()),
+                    Some(Next::Ended(lane)) => return SessionEnd::Lost(format!("the {lane} lane's consumer was cancelled by the broker")),
+                    None => return SessionEnd::Lost("the consumers were cancelled by the broker".into()),
+                },
+                _ = lost.changed() => {
+                    if let Some(reason) = lost.borrow_and_update().clone() {
+                        return SessionEnd::Lost(reason);
+                    }
+                }
+                _ = suspended.changed() => {
+                    if let Err(end) = self.pause_for(&mut suspended, consumers, shutdown).await {
+                        return end;
+                    }
+                }
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(error) = joined {
+                        tracing::error!(%error, "a message task failed; its delivery returns to the queue");
+                    }
+                }
+                _ = depth_tick.tick() => look_at_queues(channel, topology, self.pipeline, self.stats).await,
+                _ = idle_tick.tick(), if self.settings.exit_when_idle.is_some() => {
+                    if self.idle_long_enough(tasks.is_empty(), &mut idle_since).await {
+                        return SessionEnd::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    fn settler(
+        &self,
+        suspend: watch::Sender<Option<(Dependency, String)>>,
+        lose: watch::Sender<Option<String>>,
+    ) -> Settler {
+        Settler {
+            pipeline: self.pipeline.clone(),
+            publisher: Arc::clone(&self.broker.publisher),
+            stats: Arc::clone(self.stats),
+            suspend: Arc::new(suspend),
+            lose: Arc::new(lose),
+            max_deliveries: self.settings.max_deliveries,
+        }
+    }
+
+    /// A message found a service down for everybody: give back what the consumers hold, pause
+    /// until the service answers, then consume again. `Err` with how the session ends when it
+    /// cannot go on.
+    async fn pause_for(
+        &self,
+        suspended: &mut watch::Receiver<Option<(Dependency, String)>>,
+        consumers: &mut Consumers,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), SessionEnd> {
+        let Some((dependency, reason)) = suspended.borrow_and_update().clone() else {
+            return Ok(());
+        };
+        let channel = &self.broker.channel;
+        hand_back_buffered(channel, consumers).await;
+        let paused = Paused {
+            dependency,
+            reason: &reason,
+        };
+        if !pause(self.pipeline, paused, self.stats, shutdown).await {
+            return Err(SessionEnd::Shutdown);
+        }
+        // Failures reported while paused were the same outage.
+        suspended.borrow_and_update();
+        *consumers = consume(channel, self.settings)
+            .await
+            .map_err(|error| SessionEnd::Lost(error.to_string()))?;
+        self.stats.consuming.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether nothing was in hand and the queues stayed empty for `exit_when_idle`.
+    async fn idle_long_enough(&self, nothing_in_hand: bool, since: &mut Option<Instant>) -> bool {
+        let limit = self.settings.exit_when_idle.unwrap_or_default();
+        if nothing_in_hand && queues_empty(&self.broker.channel, &self.settings.topology).await {
+            since.get_or_insert_with(Instant::now).elapsed() >= limit
+        } else {
+            *since = None;
+            false
+        }
+    }
 }
 
 /// What a lane's consumer gives next.
@@ -602,255 +588,5 @@ impl AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// A message id that survives redelivery: the publisher's, or one derived from the body, so a
-/// redelivered message without an id still maps to the same result rows.
-pub fn message_id(properties: &BasicProperties, body: &[u8]) -> String {
-    match properties.message_id() {
-        Some(id) if !id.as_str().is_empty() => id.as_str().chars().take(200).collect(),
-        _ => format!(
-            "body-{}",
-            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body).simple()
-        ),
-    }
-}
-
-/// What a message task works with.
-struct Task<'a> {
-    pipeline: &'a Pipeline,
-    publisher: &'a Publisher,
-    stats: &'a WorkerStats,
-    /// Tells the session that a service is down for everybody.
-    suspend: &'a watch::Sender<Option<(Dependency, String)>>,
-    /// Tells the session that its broker connection is gone: nothing can be handed over on it.
-    lose: &'a watch::Sender<Option<String>>,
-}
-
-/// The pipeline's outcome, or a retry with [`INTERNAL_ERROR`] if it panicked: a bug in one
-/// message's processing must not take its delivery (and a prefetch slot) with it.
-async fn outcome_of(pipeline: &Pipeline, incoming: &Incoming<'_>, stats: &WorkerStats) -> Outcome {
-    match AssertUnwindSafe(pipeline.handle(incoming))
-        .catch_unwind()
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            stats.panics.fetch_add(1, Ordering::Relaxed);
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            tracing::error!(message_id = incoming.message_id, panic = %what, "processing the message panicked; it goes to the retry queue");
-            Outcome::Retry {
-                code: INTERNAL_ERROR,
-                reason: format!("internal error: {what}"),
-            }
-        }
-    }
-}
-
-/// A delivery taken from a lane's queue, under its message id.
-struct Taken {
-    delivery: Delivery,
-    lane: Lane,
-    id: String,
-}
-
-/// Process one delivery and carry out the disposition its outcome decides.
-async fn settle(task: Task<'_>, taken: Taken, max_deliveries: u32) {
-    task.stats.messages.fetch_add(1, Ordering::Relaxed);
-    let attempt = attempt_of(&taken.delivery.properties);
-    let content_type = taken
-        .delivery
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|t| t.as_str().to_owned());
-    let incoming = Incoming {
-        message_id: &taken.id,
-        body: &taken.delivery.data,
-        content_type: content_type.as_deref(),
-        attempt,
-        lane: taken.lane,
-    };
-    let outcome = taken
-        .lane
-        .scope(outcome_of(task.pipeline, &incoming, task.stats))
-        .await;
-    count_done(task.stats, taken.lane, &outcome);
-    match decide(outcome, attempt, max_deliveries) {
-        Disposition::Suspend { dependency, reason } => {
-            suspend(&task, &taken, dependency, reason).await
-        }
-        disposition => {
-            let handed_over = hand_over(&task, &taken, attempt, disposition).await;
-            acknowledge(&task, &taken, handed_over).await;
-        }
-    }
-}
-
-/// Add a done message's counts to the stats.
-fn count_done(stats: &WorkerStats, lane: Lane, outcome: &Outcome) {
-    let Outcome::Done {
-        enriched,
-        cached,
-        skipped,
-        rejected,
-        reputation_cache_hits,
-    } = outcome
-    else {
-        return;
-    };
-    stats.done_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
-    stats
-        .reputation_cache_hits
-        .fetch_add(*reputation_cache_hits, Ordering::Relaxed);
-    stats
-        .enriched
-        .fetch_add(*enriched as u64, Ordering::Relaxed);
-    stats.cached.fetch_add(*cached as u64, Ordering::Relaxed);
-    stats.skipped.fetch_add(*skipped as u64, Ordering::Relaxed);
-    stats
-        .rejected_items
-        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-}
-
-/// Not the message's failure: back to the queue as it was, its attempts untouched, and the
-/// session told to pause.
-async fn suspend(task: &Task<'_>, taken: &Taken, dependency: Dependency, reason: String) {
-    task.stats.suspended.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(message_id = %taken.id, dependency = dependency.as_str(), %reason, "handed back uncounted");
-    let _ = task.suspend.send(Some((dependency, reason)));
-    hand_back(&taken.delivery, &taken.id).await;
-}
-
-/// Send the message where its disposition says before it may be acked; `Ok(())` means
-/// "nowhere else" or "the broker confirmed the copy".
-async fn hand_over(
-    task: &Task<'_>,
-    taken: &Taken,
-    attempt: u32,
-    disposition: Disposition,
-) -> Result<(), PublishError> {
-    let Taken { delivery, lane, id } = taken;
-    match disposition {
-        Disposition::Ack | Disposition::Suspend { .. } => Ok(()),
-        Disposition::Retry {
-            code,
-            reason,
-            next_attempt,
-        } => {
-            task.stats.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(message_id = %id, attempt, code, %reason, "retrying later");
-            let (body, props) = (&delivery.data, &delivery.properties);
-            task.publisher
-                .send_to_retry(*lane, body, props, next_attempt, code, &reason)
-                .await
-        }
-        Disposition::DeadLetter {
-            letter,
-            code,
-            reason,
-            record,
-        } => {
-            task.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            if record {
-                record_dead_letter(task, taken, attempt, &code, &reason).await;
-            }
-            let (body, props) = letter_of(taken, &letter, &code, &reason);
-            task.publisher
-                .send_to_dead_letter(*lane, body, &props, attempt, &code, &reason)
-                .await
-        }
-    }
-}
-
-/// The body and properties of a dead letter, logged as what it is.
-fn letter_of<'a>(
-    taken: &'a Taken,
-    letter: &'a Letter,
-    code: &str,
-    reason: &str,
-) -> (&'a [u8], BasicProperties) {
-    let Taken { delivery, id, .. } = taken;
-    match letter {
-        Letter::Message => {
-            tracing::info!(message_id = %id, %code, %reason, "message dead-lettered");
-            (&delivery.data, delivery.properties.clone())
-        }
-        Letter::Items { body, items } => {
-            tracing::info!(message_id = %id, rejected = items, %reason, "bad items dead-lettered");
-            let props = delivery
-                .properties
-                .clone()
-                .with_content_type("application/json".into());
-            (body, props)
-        }
-    }
-}
-
-/// The `rejected_inputs` row of a message dead-lettered without one. Best effort: the row helps
-/// dashboards, but Postgres may be the very thing failing, and the dead-letter queue holds the
-/// message either way.
-async fn record_dead_letter(
-    task: &Task<'_>,
-    taken: &Taken,
-    attempt: u32,
-    code: &str,
-    reason: &str,
-) {
-    let Taken { delivery, lane, id } = taken;
-    tracing::error!(message_id = %id, %reason, "dead-lettering");
-    let row =
-        RejectedInput::whole_message(id, &delivery.data, code, reason.to_owned(), attempt, *lane);
-    if let Err(error) = task.pipeline.store().record_rejection(&row).await {
-        tracing::warn!(message_id = %id, %error, "could not record the dead-lettered message in Postgres");
-    }
-}
-
-/// Ack a delivery whose copy (if any) the broker confirmed; hand it back otherwise.
-async fn acknowledge(task: &Task<'_>, taken: &Taken, handed_over: Result<(), PublishError>) {
-    let Taken { delivery, id, .. } = taken;
-    match handed_over {
-        Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
-            Ok(true) => progress::global().advanced(),
-            Ok(false) => {
-                tracing::warn!(message_id = %id, "ack not sent: channel closed; the broker will redeliver (results are idempotent)")
-            }
-            Err(error) => {
-                tracing::warn!(message_id = %id, %error, "ack failed; the broker will redeliver")
-            }
-        },
-        Err(error) => {
-            task.stats.requeued.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(message_id = %id, %error, "could not hand the message over; returning it to the queue");
-            hand_back(delivery, id).await;
-            // Every later hand-over would fail the same way, each after spending its message's
-            // Graph requests: the session is rebuilt instead.
-            if error.is_connection_lost() {
-                let _ = task
-                    .lose
-                    .send(Some(format!("handing a message over: {error}")));
-            }
-        }
-    }
-}
-
-/// A nack that returns the delivery to its queue.
-const REQUEUE: BasicNackOptions = BasicNackOptions {
-    multiple: false,
-    requeue: true,
-};
-
-/// Return a delivery to the queue (nack with requeue); its attempt count is unchanged.
-async fn hand_back(delivery: &Delivery, id: &str) {
-    match delivery.nack(REQUEUE).await {
-        Ok(true) => {}
-        Ok(false) | Err(_) => {
-            tracing::warn!(message_id = %id, "nack not sent: channel closed; the broker will redeliver")
-        }
     }
 }

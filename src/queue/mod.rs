@@ -11,6 +11,8 @@
 pub mod consumer;
 pub mod dlq;
 pub mod publisher;
+mod settle;
+mod stats;
 pub mod topology;
 
 pub use crate::message;
