@@ -28,6 +28,7 @@ pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod demo;
 pub mod enrich;
 pub mod export;

@@ -1,6 +1,7 @@
 //! The broker side: the RabbitMQ topology ([`topology`]), a publisher with publisher confirms
-//! ([`publisher`]) and the consumer loop ([`consumer`]). The message contract they carry is
-//! [`crate::message`], re-exported here as [`message`].
+//! ([`publisher`]) and the dead-letter tools ([`dlq`]). The message contract they carry is
+//! [`crate::message`], re-exported here as [`message`]; the consumer loop, which runs the
+//! pipeline on what these deliver, is [`crate::consumer`], re-exported here as [`consumer`].
 //!
 //! Flow: feeds and the `publish` command send observables to the input exchange; the work queue
 //! receives everything; a failed delivery that may pass later goes to the retry queue, whose
@@ -8,13 +9,11 @@
 //! letter queue. The consumer acknowledges a delivery only after the broker confirmed its
 //! retry / dead-letter copy, so nothing is lost between the two.
 
-pub mod consumer;
 pub mod dlq;
 pub mod publisher;
-mod settle;
-mod stats;
 pub mod topology;
 
+pub use crate::consumer;
 pub use crate::message;
 pub(crate) use crate::message::truncate_chars;
 pub use crate::message::{

@@ -1,6 +1,6 @@
 //! The consumer loop: deliveries in, one deliberate acknowledgement each.
 //!
-//! - Each delivery is settled on a task of its own ([`super::settle`]) as its disposition says
+//! - Each delivery is settled on a task of its own ([`settle`]) as its disposition says
 //!   ([`crate::pipeline::decide`]): acked after the Postgres commit (inside the pipeline), or
 //!   after the broker confirmed its retry or dead-letter copy; handed back (nack with requeue)
 //!   when that publish fails or a service is down for everybody: a message is never acked
@@ -16,6 +16,9 @@
 //! - On shutdown it cancels the consumer, gives in-flight messages `shutdown_timeout` to finish,
 //!   then closes the channel, which returns anything unfinished to the queue.
 
+mod settle;
+mod stats;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,17 +32,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::publisher::Publisher;
-pub use super::settle::message_id;
-use super::settle::{Settler, REQUEUE};
-pub use super::stats::{PauseState, WorkerStats};
-use super::topology::Topology;
 use crate::backoff::backoff_delay;
 use crate::config::redact_url;
 use crate::lane::Lane;
 use crate::outbox::{self, RelayChannels};
 use crate::pipeline::{Dependency, Pipeline};
+use crate::queue::{self, Publisher, Topology};
 use crate::secret::Secret;
+pub use settle::message_id;
+use settle::{Settler, REQUEUE};
+pub use stats::{PauseState, WorkerStats};
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -184,7 +186,7 @@ async fn session(
 
 /// Connect, declare the topology and open the publisher.
 async fn open_broker(settings: &ConsumerSettings, stats: &WorkerStats) -> anyhow::Result<Broker> {
-    let connection = super::connect(settings.amqp_url.expose())
+    let connection = queue::connect(settings.amqp_url.expose())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
     let connection = Arc::new(connection);
@@ -518,7 +520,7 @@ const QUEUE_LOOK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Messages ready in `queue`, or `None` if the broker would not say.
 async fn ready_in(channel: &lapin::Channel, queue: &str) -> Option<u64> {
-    let state = super::inspect(channel, queue).await.ok()?;
+    let state = queue::inspect(channel, queue).await.ok()?;
     Some(u64::from(state.message_count()))
 }
 

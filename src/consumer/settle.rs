@@ -14,14 +14,13 @@ use lapin::BasicProperties;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::publisher::{PublishError, Publisher};
 use super::stats::WorkerStats;
-use super::topology::attempt_of;
 use crate::lane::Lane;
 use crate::pipeline::{
     decide, Dependency, Disposition, Incoming, Letter, Outcome, Pipeline, INTERNAL_ERROR,
 };
 use crate::progress;
+use crate::queue::{attempt_of, PublishError, Publisher};
 use crate::store::RejectedInput;
 
 /// A message id that survives redelivery: the publisher's, or one derived from the body, so a
