@@ -26,10 +26,12 @@
 //! nothing of the crate: the pipeline is where they meet.
 
 pub mod app;
+pub mod backoff;
 pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod demo;
 pub mod enrich;
 pub mod export;
@@ -39,6 +41,7 @@ pub mod graph;
 pub mod in_flight;
 pub mod lane;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod model;
 pub mod observable;

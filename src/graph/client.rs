@@ -14,9 +14,10 @@ use super::auth::TokenSource;
 use super::body::{read_capped, size, BodyError, MAX_ERROR_BODY, MAX_GRAPH_BODY};
 use super::model;
 use super::path::SEGMENT;
-use super::retry::{backoff_delay, classify_status, classify_transport, RetryAfter, Verdict};
+use super::retry::{classify_status, classify_transport, RetryAfter, Verdict};
 use super::throttle::Throttle;
 use super::GraphError;
+use crate::backoff::backoff_delay;
 use crate::metrics::Histogram;
 use crate::secret::{redact_url, Secret};
 

@@ -1,5 +1,7 @@
 //! The broker side: the RabbitMQ topology ([`topology`]), a publisher with publisher confirms
-//! ([`publisher`]), the message contract ([`message`]) and the consumer loop ([`consumer`]).
+//! ([`publisher`]) and the dead-letter tools ([`dlq`]). The message contract they carry is
+//! [`crate::message`], re-exported here as [`message`]; the consumer loop, which runs the
+//! pipeline on what these deliver, is [`crate::consumer`], re-exported here as [`consumer`].
 //!
 //! Flow: feeds and the `publish` command send observables to the input exchange; the work queue
 //! receives everything; a failed delivery that may pass later goes to the retry queue, whose
@@ -7,13 +9,16 @@
 //! letter queue. The consumer acknowledges a delivery only after the broker confirmed its
 //! retry / dead-letter copy, so nothing is lost between the two.
 
-pub mod consumer;
 pub mod dlq;
-pub mod message;
 pub mod publisher;
 pub mod topology;
 
-pub use message::{decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest};
+pub use crate::consumer;
+pub use crate::message;
+pub(crate) use crate::message::truncate_chars;
+pub use crate::message::{
+    decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest,
+};
 pub use publisher::{lane_of, BatchFailure, PublishError, Publisher, PublisherConnection};
 pub use topology::{
     attempt_of, Topology, ATTEMPT_HEADER, DEFAULT_ROUTING_KEY, LANE_HEADER, REASON_CODE_HEADER,
@@ -47,18 +52,4 @@ pub async fn inspect(channel: &lapin::Channel, queue: &str) -> Result<lapin::Que
     channel
         .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
         .await
-}
-
-/// Cut `text` to at most `max` characters (not bytes), marking the cut with `…`. Used for
-/// everything that echoes untrusted input or ends up in a header.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((cut, _)) => {
-            let mut out = String::with_capacity(cut + 3);
-            out.push_str(&text[..cut]);
-            out.push('…');
-            out
-        }
-    }
 }

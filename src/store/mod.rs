@@ -150,6 +150,58 @@ pub struct RejectedInput {
     pub lane: Lane,
 }
 
+impl RejectedInput {
+    /// Item `item_index` of message `message_id` (`-1`: the message as a whole), refused with
+    /// `code` on its delivery `attempts` through `lane`. Only the first
+    /// [`REJECTED_INPUT_MAX_CHARS`] characters of `input` are kept.
+    pub fn new(
+        message_id: &str,
+        item_index: i32,
+        input: &str,
+        code: &str,
+        reason: String,
+        attempts: u32,
+        lane: Lane,
+    ) -> Self {
+        RejectedInput {
+            message_id: message_id.to_owned(),
+            item_index,
+            input: input.chars().take(REJECTED_INPUT_MAX_CHARS).collect(),
+            code: code.to_owned(),
+            reason,
+            source: None,
+            context: None,
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+            lane,
+        }
+    }
+
+    /// A whole message (item `-1`), its input the start of its body: the first
+    /// [`REJECTED_INPUT_MAX_CHARS`] bytes, read as UTF-8 with anything invalid replaced.
+    pub fn whole_message(
+        message_id: &str,
+        body: &[u8],
+        code: &str,
+        reason: String,
+        attempts: u32,
+        lane: Lane,
+    ) -> Self {
+        let start = String::from_utf8_lossy(&body[..body.len().min(REJECTED_INPUT_MAX_CHARS)]);
+        RejectedInput::new(message_id, -1, &start, code, reason, attempts, lane)
+    }
+
+    /// Where the item came from, as its message said.
+    pub fn with_origin(
+        mut self,
+        source: Option<String>,
+        context: Option<serde_json::Value>,
+    ) -> Self {
+        self.source = source;
+        self.context = context;
+        self
+    }
+}
+
 /// Everything one message produced, to be committed together: the runs of its items, the
 /// items it rejected, and the actor hits of its walks.
 #[derive(Debug, Clone, Default)]

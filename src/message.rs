@@ -17,8 +17,6 @@
 
 use serde_json::Value;
 
-use super::truncate_chars;
-
 /// How much of an offending input an error message echoes, in characters.
 pub const ECHO_CHARS: usize = 200;
 
@@ -387,4 +385,18 @@ fn type_name(value: &Value) -> &'static str {
 
 fn echo(value: &Value) -> String {
     truncate_chars(&value.to_string(), ECHO_CHARS)
+}
+
+/// Cut `text` to at most `max` characters (not bytes), marking the cut with `…`. Used for
+/// everything that echoes untrusted input or ends up in a header.
+pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((cut, _)) => {
+            let mut out = String::with_capacity(cut + 3);
+            out.push_str(&text[..cut]);
+            out.push('…');
+            out
+        }
+    }
 }
