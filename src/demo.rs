@@ -11,9 +11,9 @@ use tokio::sync::watch;
 
 use crate::app;
 use crate::config::{redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs};
+use crate::consumer::WorkerStats;
 use crate::enrich::EnricherKind;
 use crate::graph::GraphClient;
-use crate::queue::consumer::WorkerStats;
 use crate::queue::publisher::Publisher;
 use crate::queue::Topology;
 use crate::store::Store;

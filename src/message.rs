@@ -17,6 +17,10 @@
 
 use serde_json::Value;
 
+/// The routing key `publish` sends under when given no source, and the source that items
+/// without one are counted under.
+pub const DEFAULT_ROUTING_KEY: &str = "publish";
+
 /// How much of an offending input an error message echoes, in characters.
 pub const ECHO_CHARS: usize = 200;
 

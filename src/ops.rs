@@ -21,11 +21,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::consumer::WorkerStats;
 use crate::graph::GraphClient;
 use crate::lane::Lane;
 use crate::metrics::{Exposition, Labels};
 use crate::pipeline::Dependency;
-use crate::queue::consumer::WorkerStats;
 use crate::store::{OutboxBacklog, Store};
 
 /// How long `/readyz` waits for Postgres to answer `SELECT 1` before calling it not ready.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mdti_worker::chain::{ActorHit, Evidence};
+use mdti_worker::consumer::WorkerStats;
 use mdti_worker::outbox::{self, OutboxStats};
-use mdti_worker::queue::consumer::WorkerStats;
 use mdti_worker::queue::Publisher;
 use mdti_worker::store::WalkHits;
 use serde_json::json;

@@ -7,8 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
+use mdti_worker::consumer::WorkerStats;
 use mdti_worker::graph::GraphSettings;
-use mdti_worker::queue::consumer::WorkerStats;
 use mdti_worker::queue::{Publisher, Topology};
 use mdti_worker::sim::SimConfig;
 

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use mdti_worker::consumer::WorkerStats;
 use mdti_worker::observable::is_safe_canonical;
-use mdti_worker::queue::consumer::WorkerStats;
 
 mod support;
 use support::decode_escapes;

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use mdti_worker::queue::consumer::WorkerStats;
+use mdti_worker::consumer::WorkerStats;
 use serde_json::json;
 use support::eventually;
 use support::harness::{spawn_app, App, Options};

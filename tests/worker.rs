@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
-use mdti_worker::queue::consumer::WorkerStats;
+use mdti_worker::consumer::WorkerStats;
 use mdti_worker::sim::SimConfig;
 use serde_json::json;
 

@@ -48,9 +48,9 @@ use crate::chain::sync_profiles;
 use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
 };
+use crate::consumer::WorkerStats;
 use crate::graph::GraphClient;
 use crate::lane::Lane;
-use crate::queue::consumer::WorkerStats;
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
 use crate::secret::Secret;

@@ -33,11 +33,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backoff::backoff_delay;
-use crate::config::redact_url;
 use crate::lane::Lane;
 use crate::outbox::{self, RelayChannels};
 use crate::pipeline::{Dependency, Pipeline};
 use crate::queue::{self, Publisher, Topology};
+use crate::secret::redact_url;
 use crate::secret::Secret;
 pub use settle::message_id;
 use settle::{Settler, REQUEUE};

@@ -1,7 +1,7 @@
 //! The broker side: the RabbitMQ topology ([`topology`]), a publisher with publisher confirms
 //! ([`publisher`]) and the dead-letter tools ([`dlq`]). The message contract they carry is
 //! [`crate::message`], re-exported here as [`message`]; the consumer loop, which runs the
-//! pipeline on what these deliver, is [`crate::consumer`], re-exported here as [`consumer`].
+//! pipeline on what these deliver, is [`crate::consumer`], above the pipeline.
 //!
 //! Flow: feeds and the `publish` command send observables to the input exchange; the work queue
 //! receives everything; a failed delivery that may pass later goes to the retry queue, whose
@@ -13,16 +13,14 @@ pub mod dlq;
 pub mod publisher;
 pub mod topology;
 
-pub use crate::consumer;
 pub use crate::message;
 pub(crate) use crate::message::truncate_chars;
 pub use crate::message::{
-    decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest,
+    decode, ChainRequest, DecodeError, DecodeLimits, Item, ObservableRequest, DEFAULT_ROUTING_KEY,
 };
 pub use publisher::{lane_of, BatchFailure, PublishError, Publisher, PublisherConnection};
 pub use topology::{
-    attempt_of, Topology, ATTEMPT_HEADER, DEFAULT_ROUTING_KEY, LANE_HEADER, REASON_CODE_HEADER,
-    REASON_HEADER,
+    attempt_of, Topology, ATTEMPT_HEADER, LANE_HEADER, REASON_CODE_HEADER, REASON_HEADER,
 };
 
 /// Connect to the broker at `amqp_url`, with lapin's default connection properties.

@@ -32,8 +32,6 @@ pub const REASON_HEADER: &str = "x-mdti-reason";
 pub const REASON_CODE_HEADER: &str = "x-mdti-reason-code";
 /// The lane a dead letter came from, so that a replay returns it to the same lane.
 pub const LANE_HEADER: &str = "x-mdti-lane";
-/// Routing key (and source) of what `publish` sends without a source of its own.
-pub const DEFAULT_ROUTING_KEY: &str = "publish";
 
 /// Names and settings of the broker objects. All names derive from `prefix`, so several
 /// deployments (or test runs) can share one broker.

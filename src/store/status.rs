@@ -5,7 +5,7 @@
 //! Windows end at the database's `now()`, the clock `created_at` and `rejected_at` were written
 //! with, so a skewed client clock cannot shift them.
 //!
-//! Items without a source count under [`crate::queue::DEFAULT_ROUTING_KEY`]: that is the name
+//! Items without a source count under [`crate::message::DEFAULT_ROUTING_KEY`]: that is the name
 //! `publish` records in its ledger for what it sends without `--source` (whose items carry no
 //! source), so its ledger can be settled against them.
 
@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::{stored_lane, Store, StoreError};
 use crate::lane::Lane;
-use crate::queue::DEFAULT_ROUTING_KEY;
+use crate::message::DEFAULT_ROUTING_KEY;
 
 /// What one source did in one lane: runs (done), rejected items and dead-lettered messages,
 /// all-time and within the window, and the Graph requests its runs in the window cost.
