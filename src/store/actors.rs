@@ -10,7 +10,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::attributions::{stored_confidence, upsert_pairs, OwedAttribution};
-use super::write::{pg_json, pg_text, pg_texts, record_batch, Part};
+use super::pg_text::{pg_json, pg_text, pg_texts};
 use super::{kind_name, Store, StoreError};
 use crate::model::{
     ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord, WalkHits,
@@ -31,31 +31,6 @@ fn text_array(column: &str) -> String {
 }
 
 impl Store {
-    /// Upsert the hits of one walk (and the observable row if missing) and their attributions,
-    /// in one transaction; returns the attributions left owed an event (see `upsert_walks`). A
-    /// message's hits are normally written with its results by [`Store::commit_results`].
-    pub async fn record_actor_hits(
-        &self,
-        walk: WalkHits,
-    ) -> Result<Vec<OwedAttribution>, StoreError> {
-        let mut owed = self.record_walks(std::slice::from_ref(&walk)).await?;
-        Ok(owed.pop().unwrap_or_default())
-    }
-
-    /// [`Store::record_actor_hits`] for several walks, in one transaction; per walk.
-    pub async fn record_walks(
-        &self,
-        walks: &[WalkHits],
-    ) -> Result<Vec<Vec<OwedAttribution>>, StoreError> {
-        let part = Part {
-            runs: &[],
-            rejected: &[],
-            walks,
-        };
-        let mut owed = record_batch(self.pool(), &[part]).await?;
-        Ok(owed.pop().unwrap_or_default())
-    }
-
     /// The stored hits of `observable`, by actor and artifact.
     pub async fn actor_hits_for(
         &self,

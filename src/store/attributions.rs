@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, Row, Transaction};
 
-use super::write::{pg_text, pg_texts};
+use super::pg_text::{pg_text, pg_texts};
 use super::{kind_name, ttl_seconds, Store, StoreError};
 use crate::enrich::EnricherKind;
 use crate::model::{Fanout, StoredLinks};

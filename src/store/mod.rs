@@ -17,6 +17,7 @@ mod export;
 mod group_commit;
 mod leases;
 mod outbox;
+mod pg_text;
 mod report;
 mod status;
 mod views;
@@ -410,7 +411,7 @@ impl Store {
         ttl: Duration,
     ) -> Result<Option<Reputation>, StoreError> {
         let mut found = self.cached_reputations(&[host.to_owned()], ttl).await?;
-        Ok(found.remove(&write::pg_text(host)))
+        Ok(found.remove(&pg_text::pg_text(host)))
     }
 
     /// The reputations of `hosts` fetched within `ttl`, keyed by host, in one query: a walk asks
@@ -424,7 +425,7 @@ impl Store {
         if ttl.is_zero() || hosts.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys = write::pg_texts(hosts);
+        let keys = pg_text::pg_texts(hosts);
         let rows = sqlx::query(
             "SELECT host, classification, score, rules FROM reputations \
              WHERE host = ANY($1::text[]) AND fetched_at > now() - make_interval(secs => $2::float8)",
@@ -492,7 +493,7 @@ impl Store {
         if hosts.is_empty() {
             return Ok(claims);
         }
-        let mut sorted = write::pg_texts(hosts);
+        let mut sorted = pg_text::pg_texts(hosts);
         // Sorted and distinct: concurrent claims lock their rows in the same order.
         sorted.sort();
         sorted.dedup();
@@ -522,7 +523,7 @@ impl Store {
         if hosts.is_empty() {
             return Ok(HashSet::new());
         }
-        let hosts = write::pg_texts(hosts);
+        let hosts = pg_text::pg_texts(hosts);
         let held: Vec<String> = sqlx::query_scalar(
             "SELECT host FROM reputation_claims WHERE host = ANY($1) AND claimed_until > now()",
         )

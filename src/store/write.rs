@@ -20,11 +20,39 @@ use uuid::Uuid;
 
 use super::actors;
 use super::attributions::OwedAttribution;
+use super::pg_text::{pg_json, pg_text};
 use super::REJECTED_INPUT_MAX_CHARS;
-use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, StoreError};
+use super::{kind_name, run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
 use crate::enrich::{EnricherKind, Indicator, Reputation};
 use crate::model::WalkHits;
 use crate::observable::Observable;
+
+impl Store {
+    /// Upsert the hits of one walk (and the observable row if missing) and their attributions,
+    /// in one transaction; returns the attributions left owed an event (see `upsert_walks`). A
+    /// message's hits are normally written with its results by [`Store::commit_results`].
+    pub async fn record_actor_hits(
+        &self,
+        walk: WalkHits,
+    ) -> Result<Vec<OwedAttribution>, StoreError> {
+        let mut owed = self.record_walks(std::slice::from_ref(&walk)).await?;
+        Ok(owed.pop().unwrap_or_default())
+    }
+
+    /// [`Store::record_actor_hits`] for several walks, in one transaction; per walk.
+    pub async fn record_walks(
+        &self,
+        walks: &[WalkHits],
+    ) -> Result<Vec<Vec<OwedAttribution>>, StoreError> {
+        let part = Part {
+            runs: &[],
+            rejected: &[],
+            walks,
+        };
+        let mut owed = record_batch(self.pool(), &[part]).await?;
+        Ok(owed.pop().unwrap_or_default())
+    }
+}
 
 /// Extract values and fields are cut to this many bytes (at a character boundary): the unique
 /// and pivot indexes hold them, and a btree entry is limited to about 2,700 bytes.
@@ -611,34 +639,6 @@ async fn upsert_rejected(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// `text` without NUL characters, which Postgres text cannot hold.
-pub(super) fn pg_text(text: &str) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "")
-    } else {
-        text.to_owned()
-    }
-}
-
-/// [`pg_text`] of each text: a list bound as one `text[]` parameter.
-pub(super) fn pg_texts(texts: &[String]) -> Vec<String> {
-    texts.iter().map(|text| pg_text(text)).collect()
-}
-
-/// `value` without NUL characters in its strings and keys, which jsonb cannot hold.
-pub(super) fn pg_json(value: &Value) -> Value {
-    match value {
-        Value::String(text) => Value::String(pg_text(text)),
-        Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(key, value)| (pg_text(key), pg_json(value)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
