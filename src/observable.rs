@@ -442,6 +442,40 @@ pub fn normalise(
     declared: Option<ObservableKind>,
     opts: &NormaliseOptions,
 ) -> Result<Normalised, InvalidObservable> {
+    let refanged = screened(raw)?;
+    let text: &str = &refanged;
+    let extracted = extract_host(text)?;
+    let parsed = parse_host(extracted.host, extracted.bracketed).map_err(|mut error| {
+        // The host alone can be unrecognisable (`..` of `../../etc/passwd`): name what it was
+        // taken from too.
+        if extracted.host != text {
+            if let Some(input) = error.input_mut() {
+                *input = format!("{input} (the host of {})", shown(text));
+            }
+        }
+        error
+    })?;
+    let observable = match parsed {
+        ParsedHost::Ip { addr, mapped } => {
+            if extracted.cidr_suffix {
+                return Err(InvalidObservable::CidrRange { input: shown(text) });
+            }
+            ip_observable(addr, mapped, declared)?
+        }
+        ParsedHost::Name(name) => name_observable(name, declared)?,
+    };
+
+    if !opts.allow_non_public {
+        if let Some(reason) = non_public_reason(&observable) {
+            return Ok(Normalised::Skipped { observable, reason });
+        }
+    }
+    Ok(Normalised::Ready(observable))
+}
+
+/// `raw` trimmed and refanged, once it is known to be no longer than [`MAX_INPUT_LEN`], not
+/// empty, free of control characters and not a file hash.
+fn screened(raw: &str) -> Result<Cow<'_, str>, InvalidObservable> {
     if raw.len() > MAX_INPUT_LEN {
         return Err(InvalidObservable::TooLong {
             len: raw.len(),
@@ -459,69 +493,57 @@ pub fn normalise(
         });
     }
     let refanged = refang(trimmed);
-    let text: &str = &refanged;
-    if let Some(algorithm) = hash_algorithm(text) {
+    if let Some(algorithm) = hash_algorithm(&refanged) {
         return Err(InvalidObservable::FileHash {
-            input: shown(text),
+            input: shown(&refanged),
             algorithm,
         });
     }
+    Ok(refanged)
+}
 
-    let extracted = extract_host(text)?;
-    let parsed = parse_host(extracted.host, extracted.bracketed).map_err(|mut error| {
-        // The host alone can be unrecognisable (`..` of `../../etc/passwd`): name what it was
-        // taken from too.
-        if extracted.host != text {
-            if let Some(input) = error.input_mut() {
-                *input = format!("{input} (the host of {})", shown(text));
-            }
-        }
-        error
-    })?;
-    let observable = match parsed {
-        ParsedHost::Ip { addr, mapped } => {
-            if extracted.cidr_suffix {
-                return Err(InvalidObservable::CidrRange { input: shown(text) });
-            }
-            let (kind, value) = match addr {
-                IpAddr::V4(a) => (ObservableKind::Ipv4, a.to_string()),
-                IpAddr::V6(a) => (ObservableKind::Ipv6, a.to_string()),
-            };
-            let agrees = match declared {
-                None => true,
-                Some(d) => d == kind || (d == ObservableKind::Ipv6 && mapped),
-            };
-            if !agrees {
-                return Err(InvalidObservable::KindMismatch {
-                    input: shown(&value),
-                    declared: declared.unwrap_or(kind),
-                    detected: kind,
-                });
-            }
-            Observable::new_canonical(kind, value)
-        }
-        ParsedHost::Name(name) => {
-            let kind = match declared {
-                Some(d) if d.is_name() => d,
-                Some(d) => {
-                    return Err(InvalidObservable::KindMismatch {
-                        input: shown(&name),
-                        declared: d,
-                        detected: detect_kind(&name),
-                    })
-                }
-                None => detect_kind(&name),
-            };
-            Observable::new_canonical(kind, name)
-        }
+/// An address as an observable, if it is the kind declared (an IPv4-mapped IPv6 address may
+/// be declared `ipv6`).
+fn ip_observable(
+    addr: IpAddr,
+    mapped: bool,
+    declared: Option<ObservableKind>,
+) -> Result<Observable, InvalidObservable> {
+    let (kind, value) = match addr {
+        IpAddr::V4(a) => (ObservableKind::Ipv4, a.to_string()),
+        IpAddr::V6(a) => (ObservableKind::Ipv6, a.to_string()),
     };
-
-    if !opts.allow_non_public {
-        if let Some(reason) = non_public_reason(&observable) {
-            return Ok(Normalised::Skipped { observable, reason });
-        }
+    let agrees = match declared {
+        None => true,
+        Some(d) => d == kind || (d == ObservableKind::Ipv6 && mapped),
+    };
+    if !agrees {
+        return Err(InvalidObservable::KindMismatch {
+            input: shown(&value),
+            declared: declared.unwrap_or(kind),
+            detected: kind,
+        });
     }
-    Ok(Normalised::Ready(observable))
+    Ok(Observable::new_canonical(kind, value))
+}
+
+/// A name as an observable: of the kind declared if that is a name kind, else as detected.
+fn name_observable(
+    name: String,
+    declared: Option<ObservableKind>,
+) -> Result<Observable, InvalidObservable> {
+    let kind = match declared {
+        Some(d) if d.is_name() => d,
+        Some(d) => {
+            return Err(InvalidObservable::KindMismatch {
+                input: shown(&name),
+                declared: d,
+                detected: detect_kind(&name),
+            })
+        }
+        None => detect_kind(&name),
+    };
+    Ok(Observable::new_canonical(kind, name))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,28 +676,42 @@ fn extract_host(s: &str) -> Result<Extracted<'_>, InvalidObservable> {
         });
     }
 
-    if let Some(inner) = host_port.strip_prefix('[') {
-        let Some((host, after)) = inner.split_once(']') else {
-            return Err(InvalidObservable::InvalidIpv6 {
-                input: shown(host_port),
-            });
-        };
-        if !after.is_empty() {
-            let port = after.strip_prefix(':').unwrap_or(after);
-            if !after.starts_with(':') || !valid_port(port) {
-                return Err(InvalidObservable::InvalidPort {
-                    input: shown(s),
-                    port: shown(after),
-                });
-            }
-        }
-        return Ok(Extracted {
-            host,
-            bracketed: true,
-            cidr_suffix,
-        });
-    }
+    let bracketed = host_port.starts_with('[');
+    let host = if bracketed {
+        bracketed_host(s, host_port)?
+    } else {
+        unbracketed_host(s, host_port)?
+    };
+    Ok(Extracted {
+        host,
+        bracketed,
+        cidr_suffix,
+    })
+}
 
+/// The IPv6 address of `[addr]` or `[addr]:port`, the port checked.
+fn bracketed_host<'a>(s: &str, host_port: &'a str) -> Result<&'a str, InvalidObservable> {
+    let inner = &host_port[1..];
+    let Some((host, after)) = inner.split_once(']') else {
+        return Err(InvalidObservable::InvalidIpv6 {
+            input: shown(host_port),
+        });
+    };
+    if !after.is_empty() {
+        let port = after.strip_prefix(':').unwrap_or(after);
+        if !after.starts_with(':') || !valid_port(port) {
+            return Err(InvalidObservable::InvalidPort {
+                input: shown(s),
+                port: shown(after),
+            });
+        }
+    }
+    Ok(host)
+}
+
+/// The host of `host` or `host:port`, the port checked; an unbracketed IPv6 address cannot carry
+/// a port, so with more than one `:` it is all host.
+fn unbracketed_host<'a>(s: &str, host_port: &'a str) -> Result<&'a str, InvalidObservable> {
     let host = match host_port.matches(':').count() {
         0 => host_port,
         1 => {
@@ -688,7 +724,6 @@ fn extract_host(s: &str) -> Result<Extracted<'_>, InvalidObservable> {
             }
             host
         }
-        // an unbracketed IPv6 address: it cannot carry a port
         _ => host_port,
     };
     if host.is_empty() {
@@ -697,11 +732,7 @@ fn extract_host(s: &str) -> Result<Extracted<'_>, InvalidObservable> {
             detail: "no host",
         });
     }
-    Ok(Extracted {
-        host,
-        bracketed: false,
-        cidr_suffix,
-    })
+    Ok(host)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -127,23 +127,7 @@ impl TokenSource {
     }
 
     async fn fetch(&self) -> Result<(Secret, Duration), GraphError> {
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose()),
-            ("scope", SCOPE),
-            ("grant_type", "client_credentials"),
-        ];
-        let response = match self.http.post(&self.token_url).form(&form).send().await {
-            Ok(response) => response,
-            Err(error) => {
-                let (transient, reason) = match classify_transport(&error) {
-                    Verdict::GiveUp(reason) => (false, reason),
-                    Verdict::Backoff(reason) => (true, reason),
-                    other => (true, format!("{other:?}")),
-                };
-                return Err(GraphError::Token { transient, reason });
-            }
-        };
+        let response = self.ask_for_token().await?;
         let status = response.status();
         if status.is_redirection() {
             return Err(GraphError::Token {
@@ -151,58 +135,35 @@ impl TokenSource {
                 reason: self.refused_redirect(status, response.headers()),
             });
         }
-        let body = match read_capped(response, MAX_TOKEN_BODY).await {
-            Ok(body) => body,
-            Err(BodyError::TooLarge) => {
-                return Err(GraphError::Token {
-                    transient: false,
-                    reason: format!(
-                        "HTTP {}: answer larger than {}",
-                        status.as_u16(),
-                        size(MAX_TOKEN_BODY)
-                    ),
-                })
-            }
-            // As an empty body: the status alone then says what happened.
-            Err(BodyError::Read(_)) => Vec::new(),
-        };
+        let body = token_body(response, status).await?;
         // No Retry-After is read here, so the cap on holding one does not matter.
         match classify_status(status, None, Duration::ZERO) {
-            Verdict::Success => {
-                let answer: TokenAnswer =
-                    serde_json::from_slice(&body).map_err(|e| GraphError::Token {
-                        transient: true,
-                        reason: format!("unreadable token answer: {e}"),
-                    })?;
-                let seconds = answer
-                    .expires_in
-                    .as_ref()
-                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-                    .unwrap_or(3599);
-                let lifetime = Duration::from_secs(seconds).min(LONGEST_LIFETIME);
-                Ok((Secret::new(answer.access_token), lifetime))
-            }
-            verdict => {
-                // The AADSTS error text names the problem (bad secret, unknown tenant) and never
-                // echoes the secret, so it is safe and useful to pass on.
-                let detail: TokenErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-                let transient = matches!(
-                    verdict,
-                    Verdict::Backoff(_) | Verdict::RetryAfter(_) | Verdict::WaitTooLong(_)
-                );
-                Err(GraphError::Token {
-                    transient,
-                    reason: format!(
-                        "HTTP {}: {} {}",
-                        status.as_u16(),
-                        detail.error.unwrap_or_default(),
-                        first_line(&detail.error_description.unwrap_or_default())
-                    )
-                    .trim()
-                    .to_owned(),
-                })
-            }
+            Verdict::Success => token_from(&body),
+            verdict => Err(token_refused(status, &verdict, &body)),
         }
+    }
+
+    /// The client-credentials request; a failure to send it is classified as a transport error.
+    async fn ask_for_token(&self) -> Result<reqwest::Response, GraphError> {
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.expose()),
+            ("scope", SCOPE),
+            ("grant_type", "client_credentials"),
+        ];
+        self.http
+            .post(&self.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|error| {
+                let (transient, reason) = match classify_transport(&error) {
+                    Verdict::GiveUp(reason) => (false, reason),
+                    Verdict::Backoff(reason) => (true, reason),
+                    other => (true, format!("{other:?}")),
+                };
+                GraphError::Token { transient, reason }
+            })
     }
 
     /// Why a redirect is not followed, naming where it pointed by host alone: the rest of a
@@ -233,4 +194,60 @@ impl TokenSource {
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
+}
+
+/// The token endpoint's answer, within [`MAX_TOKEN_BODY`]; an unreadable body counts as empty,
+/// so that the status alone says what happened.
+async fn token_body(
+    response: reqwest::Response,
+    status: reqwest::StatusCode,
+) -> Result<Vec<u8>, GraphError> {
+    match read_capped(response, MAX_TOKEN_BODY).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge) => Err(GraphError::Token {
+            transient: false,
+            reason: format!(
+                "HTTP {}: answer larger than {}",
+                status.as_u16(),
+                size(MAX_TOKEN_BODY)
+            ),
+        }),
+        Err(BodyError::Read(_)) => Ok(Vec::new()),
+    }
+}
+
+/// A granted token and how long to keep it (Graph's `expires_in`, a number or a string, capped).
+fn token_from(body: &[u8]) -> Result<(Secret, Duration), GraphError> {
+    let answer: TokenAnswer = serde_json::from_slice(body).map_err(|e| GraphError::Token {
+        transient: true,
+        reason: format!("unreadable token answer: {e}"),
+    })?;
+    let seconds = answer
+        .expires_in
+        .as_ref()
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+        .unwrap_or(3599);
+    let lifetime = Duration::from_secs(seconds).min(LONGEST_LIFETIME);
+    Ok((Secret::new(answer.access_token), lifetime))
+}
+
+/// Why no token was granted. The AADSTS error text names the problem (bad secret, unknown
+/// tenant) and never echoes the secret, so it is safe and useful to pass on.
+fn token_refused(status: reqwest::StatusCode, verdict: &Verdict, body: &[u8]) -> GraphError {
+    let detail: TokenErrorAnswer = serde_json::from_slice(body).unwrap_or_default();
+    let transient = matches!(
+        verdict,
+        Verdict::Backoff(_) | Verdict::RetryAfter(_) | Verdict::WaitTooLong(_)
+    );
+    GraphError::Token {
+        transient,
+        reason: format!(
+            "HTTP {}: {} {}",
+            status.as_u16(),
+            detail.error.unwrap_or_default(),
+            first_line(&detail.error_description.unwrap_or_default())
+        )
+        .trim()
+        .to_owned(),
+    }
 }

@@ -1,293 +1,458 @@
-//! Read-side summaries for people: what the runs produced and what was rejected.
+//! The `report` command's picture, read from the dashboard views (`migrations/0004_views.sql`,
+//! `migrations/0010_attribution_views.sql`, `migrations/0012_lane_views.sql`), so the terminal
+//! and Grafana show the same numbers.
 
 use std::fmt;
 
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{PgPool, Postgres};
 
 use super::{Store, StoreError};
 use crate::model::Band;
 
-/// What the `demo` prints after a run.
-#[derive(Debug, Clone, Default)]
-pub struct Summary {
-    /// (status, count) over all enrichment runs.
-    pub runs_by_status: Vec<(String, i64)>,
-    /// (kind, count) over all extracts.
-    pub extracts_by_kind: Vec<(String, i64)>,
-    pub indicators: i64,
-    /// (host, classification, score) of hosts whose reputation is suspicious or malicious.
-    pub flagged: Vec<(String, String, Option<i32>)>,
-    /// (input, code, reason), each distinct input and code once, newest first.
-    pub rejected: Vec<(String, String, String)>,
-    /// (value, reason) of observables that were skipped.
-    pub skipped: Vec<(String, String)>,
-    /// Attributions (observable and actor) per band, high first, each band present.
-    pub bands: Vec<BandCount>,
-    /// The strongest attributions, strongest first.
-    pub attributions: Vec<SummaryAttribution>,
+/// What happened since an instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub since: DateTime<Utc>,
+    /// Runs by outcome (`cached`, `enriched`, `skipped`), counted by whole UTC hours from the
+    /// hour holding `since`.
+    pub outcomes: Vec<(String, i64)>,
+    pub graph_requests: i64,
+    /// Cached runs: answered from Postgres without a Graph request.
+    pub cache_hits: i64,
+    /// One line per UTC day from the day holding `since`, oldest first.
+    pub daily: Vec<DailyLine>,
+    /// Attributions (observable and actor) written since then, by band: high, medium, low,
+    /// each present.
+    pub bands: Vec<(String, i64)>,
+    /// Actors with a hit updated since then, by observables attributed with high confidence,
+    /// then medium, then all (all-time counts).
+    pub top_actors: Vec<TopActor>,
+    /// Attributions written since then, strongest first.
+    pub attributions: Vec<AttributionLine>,
+    /// Hits updated since then, newest first.
+    pub recent_hits: Vec<RecentHit>,
+    /// Rejections since then by code, most frequent first.
+    pub rejections: Vec<RejectionCount>,
+    /// What waits in each lane now (not bound to `since`): live, then bulk, both always present.
+    pub lane_backlog: Vec<LaneBacklog>,
 }
 
-/// How many attributions are in a band, and how many of them were announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BandCount {
-    pub band: Band,
-    pub attributions: i64,
-    /// Of `attributions`, those an event went out for.
-    pub announced: i64,
+/// What waits in one lane's work and retry queues, as a consuming worker last counted it
+/// (`dash_lane_backlog`).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct LaneBacklog {
+    pub lane: String,
+    /// Messages ready; `null` when no worker has counted this lane yet.
+    pub ready_messages: Option<i64>,
+    /// When the count was taken, and how many seconds ago: a count that stops getting younger
+    /// means no worker consumes the lane any more.
+    pub observed_at: Option<DateTime<Utc>>,
+    pub age_seconds: Option<f64>,
 }
 
-/// One attribution and the hits that make it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SummaryAttribution {
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct DailyLine {
+    pub day: DateTime<Utc>,
+    pub enriched: i64,
+    pub cached: i64,
+    pub skipped: i64,
+    pub graph_requests: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct TopActor {
+    pub actor: String,
+    pub observables: i64,
+    /// Of `observables`, those in each band: an observable counts in the band of its
+    /// attribution to this actor (the best of its hits).
+    pub high_observables: i64,
+    pub medium_observables: i64,
+    pub low_observables: i64,
+    /// The best confidence of the actor's hits, 0-100.
+    pub best_confidence: i16,
+    pub artifacts: i64,
+    pub hits: i64,
+    pub last_hit_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RecentHit {
+    pub updated_at: DateTime<Utc>,
     pub actor: String,
     pub observable: String,
-    /// The best of the hits' confidences, 0-100.
+    pub artifact: String,
+    pub evidence_sources: Vec<String>,
+    /// The hit's own confidence, 0-100, and its band.
     pub confidence: i16,
-    pub band: Band,
+    pub band: String,
+}
+
+/// One attribution (observable and actor), from `dash_attributions`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct AttributionLine {
+    pub updated_at: DateTime<Utc>,
+    pub actor: String,
+    pub kind: String,
+    pub observable: String,
+    /// The best confidence of the pair's hits, 0-100, and its band.
+    pub confidence: i16,
+    pub band: String,
+    /// Distinct evidence kinds over the pair's hits, sorted.
+    pub evidence_kinds: Vec<String>,
+    /// Distinct linking artifacts.
+    pub artifacts: i32,
+    /// Events sent for the pair so far, and whether one is due.
     pub announcements: i32,
-    /// (linking artifact, the hit's confidence), strongest first.
-    pub hits: Vec<(String, i16)>,
+    pub event_owed: bool,
 }
 
-/// At most this many attributions are listed.
-const SUMMARY_ATTRIBUTIONS: i64 = 20;
-/// At most this many linking artifacts are printed per attribution.
-const SUMMARY_HITS: usize = 3;
-
-fn band(name: &str) -> Result<Band, StoreError> {
-    Band::named(name).ok_or_else(|| StoreError::Decode {
-        what: "confidence band",
-        detail: format!("{name:?} is not a band"),
-    })
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RejectionCount {
+    pub code: String,
+    pub rejections: i64,
+    /// The reason and input of the latest rejection with this code.
+    pub latest_reason: String,
+    pub latest_input: String,
 }
 
-const RUNS_BY_STATUS_SQL: &str =
-    "SELECT status, count(*) FROM enrichment_runs GROUP BY status ORDER BY status";
-
-const EXTRACTS_BY_KIND_SQL: &str =
-    "SELECT kind, count(*) FROM extracts GROUP BY kind ORDER BY count(*) DESC, kind";
-
-const FLAGGED_SQL: &str = "
-    SELECT host, coalesce(classification, ''), score FROM reputations
-    WHERE classification IN ('malicious', 'suspicious') ORDER BY score DESC NULLS LAST, host LIMIT 20";
-
-const REJECTED_SQL: &str = "
-    SELECT input, code, reason FROM (
-        SELECT DISTINCT ON (input, code) input, code, reason, rejected_at, id
-        FROM rejected_inputs ORDER BY input, code, rejected_at DESC
-    ) latest ORDER BY rejected_at DESC, id DESC LIMIT 20";
-
-const SKIPPED_SQL: &str = "
-    SELECT DISTINCT o.value, coalesce(r.detail, '') FROM enrichment_runs r
-    JOIN observables o ON o.id = r.observable_id WHERE r.status = 'skipped' ORDER BY 1 LIMIT 20";
-
-const BANDS_SQL: &str = "
-    SELECT band, count(*), count(*) FILTER (WHERE announcements > 0) FROM actor_attributions
-    GROUP BY band";
-
-const ATTRIBUTIONS_SQL: &str = "
-    SELECT a.actor, o.value, a.confidence, a.band, a.announcements,
-           array_agg(h.artifact ORDER BY h.confidence DESC, h.artifact) AS artifacts,
-           array_agg(h.confidence ORDER BY h.confidence DESC, h.artifact) AS confidences
-    FROM actor_attributions a
-    JOIN observables o ON o.id = a.observable_id
-    JOIN actor_hits h ON h.observable_id = a.observable_id AND h.actor = a.actor
-    GROUP BY a.id, o.value
-    ORDER BY a.confidence DESC, lower(a.actor), o.value LIMIT $1";
-
-/// One row of [`ATTRIBUTIONS_SQL`]: an attribution and its hits' artifacts and confidences,
-/// strongest first.
+/// Runs and Graph requests summed over whole hours.
 #[derive(sqlx::FromRow)]
-struct AttributionRow {
-    actor: String,
-    value: String,
-    confidence: i16,
-    band: String,
-    announcements: i32,
-    artifacts: Vec<String>,
-    confidences: Vec<i16>,
+struct Throughput {
+    enriched: i64,
+    cached: i64,
+    skipped: i64,
+    graph_requests: i64,
 }
 
-impl AttributionRow {
-    fn into_summary(self) -> Result<SummaryAttribution, StoreError> {
-        Ok(SummaryAttribution {
-            actor: self.actor,
-            observable: self.value,
-            confidence: self.confidence,
-            band: band(&self.band)?,
-            announcements: self.announcements,
-            hits: self.artifacts.into_iter().zip(self.confidences).collect(),
-        })
+impl Throughput {
+    /// Runs by outcome, in the order the report prints them.
+    fn outcomes(&self) -> Vec<(String, i64)> {
+        vec![
+            ("cached".to_owned(), self.cached),
+            ("enriched".to_owned(), self.enriched),
+            ("skipped".to_owned(), self.skipped),
+        ]
     }
 }
+
+const THROUGHPUT_SQL: &str = "\
+    SELECT coalesce(sum(enriched), 0)::bigint AS enriched, \
+           coalesce(sum(cached), 0)::bigint AS cached, \
+           coalesce(sum(skipped), 0)::bigint AS skipped, \
+           coalesce(sum(graph_requests), 0)::bigint AS graph_requests \
+    FROM dash_throughput_hourly WHERE hour >= date_trunc('hour', $1, 'UTC')";
+
+const DAILY_SQL: &str = "\
+    SELECT day, \
+           coalesce(sum(runs) FILTER (WHERE status = 'enriched'), 0)::bigint AS enriched, \
+           coalesce(sum(runs) FILTER (WHERE status = 'cached'), 0)::bigint AS cached, \
+           coalesce(sum(runs) FILTER (WHERE status = 'skipped'), 0)::bigint AS skipped, \
+           sum(graph_requests)::bigint AS graph_requests \
+    FROM dash_enrichments_daily WHERE day >= date_trunc('day', $1, 'UTC') \
+    GROUP BY day ORDER BY day";
+
+const BANDS_SQL: &str =
+    "SELECT band, count(*) FROM dash_attributions WHERE updated_at >= $1 GROUP BY band";
+
+const TOP_ACTORS_SQL: &str = "\
+    SELECT actor, observables, high_observables, medium_observables, low_observables, \
+           best_confidence, artifacts, hits, last_hit_at FROM dash_top_actors \
+    WHERE last_hit_at >= $1 \
+    ORDER BY high_observables DESC, medium_observables DESC, observables DESC, \
+             hits DESC, actor LIMIT $2";
+
+const ATTRIBUTIONS_SQL: &str = "\
+    SELECT updated_at, actor, kind, observable, confidence, band, evidence_kinds, \
+           artifacts, announcements, event_owed FROM dash_attributions \
+    WHERE updated_at >= $1 \
+    ORDER BY confidence DESC, updated_at DESC, actor, observable LIMIT $2";
+
+const RECENT_HITS_SQL: &str = "\
+    SELECT updated_at, actor, observable, artifact, evidence_sources, confidence, band \
+    FROM dash_actor_hits \
+    WHERE updated_at >= $1 ORDER BY updated_at DESC, actor, observable, artifact LIMIT $2";
+
+const REJECTIONS_SQL: &str = "\
+    SELECT code, count(*) AS rejections, \
+           (array_agg(reason ORDER BY rejected_at DESC))[1] AS latest_reason, \
+           (array_agg(input ORDER BY rejected_at DESC))[1] AS latest_input \
+    FROM dash_rejections WHERE rejected_at >= $1 \
+    GROUP BY code ORDER BY count(*) DESC, code";
+
+const LANE_BACKLOG_SQL: &str = "\
+    SELECT lane, ready_messages, observed_at, age_seconds FROM dash_lane_backlog \
+    ORDER BY lane = 'bulk', lane";
 
 impl Store {
-    pub async fn summary(&self) -> Result<Summary, StoreError> {
+    /// The report since `since`, with at most `top` actors and `top` recent hits.
+    pub async fn report(&self, since: DateTime<Utc>, top: i64) -> Result<Report, StoreError> {
         let pool = self.pool();
-        Ok(Summary {
-            runs_by_status: sqlx::query_as(RUNS_BY_STATUS_SQL).fetch_all(pool).await?,
-            extracts_by_kind: sqlx::query_as(EXTRACTS_BY_KIND_SQL).fetch_all(pool).await?,
-            indicators: sqlx::query_scalar("SELECT count(*) FROM indicators")
-                .fetch_one(pool)
+        let totals: Throughput = sqlx::query_as(THROUGHPUT_SQL)
+            .bind(since)
+            .fetch_one(pool)
+            .await?;
+        Ok(Report {
+            since,
+            outcomes: totals.outcomes(),
+            graph_requests: totals.graph_requests,
+            cache_hits: totals.cached,
+            daily: since_query(DAILY_SQL, since).fetch_all(pool).await?,
+            bands: band_counts(pool, since).await?,
+            top_actors: top_query(TOP_ACTORS_SQL, since, top)
+                .fetch_all(pool)
                 .await?,
-            flagged: sqlx::query_as(FLAGGED_SQL).fetch_all(pool).await?,
-            rejected: sqlx::query_as(REJECTED_SQL).fetch_all(pool).await?,
-            skipped: sqlx::query_as(SKIPPED_SQL).fetch_all(pool).await?,
-            bands: band_counts(pool).await?,
-            attributions: strongest_attributions(pool).await?,
+            attributions: top_query(ATTRIBUTIONS_SQL, since, top)
+                .fetch_all(pool)
+                .await?,
+            recent_hits: top_query(RECENT_HITS_SQL, since, top)
+                .fetch_all(pool)
+                .await?,
+            rejections: since_query(REJECTIONS_SQL, since).fetch_all(pool).await?,
+            lane_backlog: sqlx::query_as(LANE_BACKLOG_SQL).fetch_all(pool).await?,
         })
     }
 }
 
-/// Attributions per band, high first, each band present.
-async fn band_counts(pool: &PgPool) -> Result<Vec<BandCount>, StoreError> {
-    let counted: Vec<(String, i64, i64)> = sqlx::query_as(BANDS_SQL).fetch_all(pool).await?;
+type RowsQuery<T> = sqlx::query::QueryAs<'static, Postgres, T, PgArguments>;
+
+/// Rows of `T` written since `since` (the query's `$1`).
+fn since_query<T>(sql: &'static str, since: DateTime<Utc>) -> RowsQuery<T>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).bind(since)
+}
+
+/// The first `top` rows of `T` written since `since` (the query's `$1` and `$2`).
+fn top_query<T>(sql: &'static str, since: DateTime<Utc>, top: i64) -> RowsQuery<T>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    since_query(sql, since).bind(top)
+}
+
+/// Attributions written since `since` by band: high, medium, low, each present.
+async fn band_counts(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let counted: Vec<(String, i64)> = since_query(BANDS_SQL, since).fetch_all(pool).await?;
+    let count = |band: &Band| {
+        counted
+            .iter()
+            .find(|(name, _)| name == band.as_str())
+            .map_or(0, |(_, n)| *n)
+    };
     Ok(Band::ALL
-        .into_iter()
+        .iter()
         .rev()
-        .map(|band| {
-            let row = counted.iter().find(|(name, ..)| name == band.as_str());
-            BandCount {
-                band,
-                attributions: row.map_or(0, |r| r.1),
-                announced: row.map_or(0, |r| r.2),
-            }
-        })
+        .map(|band| (band.as_str().to_owned(), count(band)))
         .collect())
 }
 
-async fn strongest_attributions(pool: &PgPool) -> Result<Vec<SummaryAttribution>, StoreError> {
-    let rows: Vec<AttributionRow> = sqlx::query_as(ATTRIBUTIONS_SQL)
-        .bind(SUMMARY_ATTRIBUTIONS)
-        .fetch_all(pool)
-        .await?;
-    rows.into_iter().map(AttributionRow::into_summary).collect()
+fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-impl fmt::Display for Summary {
+/// The age of a count, as people say it: `12 s`, `4 min`, `3 h`.
+fn age(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).round() as u64;
+    match seconds {
+        0..=119 => format!("{seconds} s"),
+        120..=7199 => format!("{} min", seconds / 60),
+        _ => format!("{} h", seconds / 3600),
+    }
+}
+
+impl fmt::Display for LaneBacklog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.write_counts(f)?;
-        self.write_flagged(f)?;
-        self.write_attributions(f)?;
-        self.write_skipped(f)?;
-        self.write_rejected(f)
+        match (self.ready_messages, self.observed_at, self.age_seconds) {
+            (Some(ready), Some(at), Some(seconds)) => write!(
+                f,
+                "{:<5} {ready:>9} message(s) ready, counted {} ago ({})",
+                self.lane,
+                age(seconds),
+                when(at)
+            ),
+            _ => write!(
+                f,
+                "{:<5} not counted yet (no worker has consumed this lane)",
+                self.lane
+            ),
+        }
     }
 }
 
-impl Summary {
-    fn write_counts(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let runs: Vec<String> = self
-            .runs_by_status
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Since {}", when(self.since))?;
+        self.write_totals(f)?;
+        self.write_lane_backlog(f)?;
+        self.write_daily(f)?;
+        self.write_top_actors(f)?;
+        self.write_attributions(f)?;
+        self.write_recent_hits(f)?;
+        self.write_rejections(f)
+    }
+}
+
+impl Report {
+    fn write_totals(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcomes: Vec<String> = self
+            .outcomes
             .iter()
-            .map(|(status, n)| format!("{n} {status}"))
+            .map(|(status, runs)| format!("{runs} {status}"))
             .collect();
-        writeln!(f, "\nIn Postgres now:")?;
-        writeln!(f, "  runs:        {}", runs.join(", "))?;
-        writeln!(f, "  indicators:  {}", self.indicators)?;
-        let extracts: Vec<String> = self
-            .extracts_by_kind
-            .iter()
-            .map(|(kind, n)| format!("{kind} {n}"))
-            .collect();
-        writeln!(f, "  extracts:    {}", extracts.join(", "))
+        writeln!(f, "  runs:            {}", outcomes.join(", "))?;
+        writeln!(
+            f,
+            "  Graph:           {} requests, {} cache hits",
+            self.graph_requests, self.cache_hits
+        )
     }
 
-    fn write_flagged(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.flagged.is_empty() {
-            return Ok(());
-        }
-        writeln!(f, "  flagged by reputation:")?;
-        for (host, classification, score) in &self.flagged {
-            let score = score.map_or("-".into(), |s| s.to_string());
-            writeln!(f, "    {host:<40} {classification} (score {score})")?;
+    fn write_lane_backlog(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "\n  backlog now (ready in each lane's work and retry queues, as a worker last counted):"
+        )?;
+        for lane in &self.lane_backlog {
+            writeln!(f, "    {lane}")?;
         }
         Ok(())
     }
 
-    fn write_attributions(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total: i64 = self.bands.iter().map(|b| b.attributions).sum();
-        if total == 0 {
+    fn write_daily(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.daily.is_empty() {
             return Ok(());
         }
-        let bands: Vec<String> = self
-            .bands
-            .iter()
-            .map(|b| format!("{} {}", b.attributions, b.band))
-            .collect();
-        let announced: i64 = self.bands.iter().map(|b| b.announced).sum();
         writeln!(
             f,
-            "  attributions (observable and actor): {}; {announced} announced",
-            bands.join(", ")
+            "\n  day (UTC)     enriched   cached  skipped  Graph requests"
         )?;
-        writeln!(
-            f,
-            "  strongest first (confidence, band, actor, observable via each linking artifact and its hit's confidence):"
-        )?;
-        for attribution in &self.attributions {
-            writeln!(f, "    {attribution}")?;
-        }
-        let listed = self.attributions.len() as i64;
-        if total > listed {
+        for line in &self.daily {
             writeln!(
                 f,
-                "    ... and {} more (report, or the dash_attributions view)",
-                total - listed
+                "  {}  {:>8} {:>8} {:>8} {:>15}",
+                line.day.format("%Y-%m-%d"),
+                line.enriched,
+                line.cached,
+                line.skipped,
+                line.graph_requests
             )?;
         }
         Ok(())
     }
 
-    fn write_skipped(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.skipped.is_empty() {
-            return Ok(());
+    fn write_top_actors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "\n  top actors, by observables attributed with high, medium, low confidence:"
+        )?;
+        if self.top_actors.is_empty() {
+            writeln!(f, "    none")?;
+        } else {
+            writeln!(
+                f,
+                "    {:<24} {:>4} {:>6} {:>4} {:>5}  {:>4} {:>9} {:>5}  last hit",
+                "actor", "high", "medium", "low", "all", "best", "artifacts", "hits"
+            )?;
         }
-        writeln!(f, "  skipped:")?;
-        for (value, reason) in &self.skipped {
-            writeln!(f, "    {value:<40} {reason}")?;
+        for actor in &self.top_actors {
+            writeln!(
+                f,
+                "    {:<24} {:>4} {:>6} {:>4} {:>5}  {:>4} {:>9} {:>5}  {}",
+                actor.actor,
+                actor.high_observables,
+                actor.medium_observables,
+                actor.low_observables,
+                actor.observables,
+                actor.best_confidence,
+                actor.artifacts,
+                actor.hits,
+                when(actor.last_hit_at)
+            )?;
         }
         Ok(())
     }
 
-    fn write_rejected(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.rejected.is_empty() {
+    fn write_attributions(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bands: Vec<String> = self
+            .bands
+            .iter()
+            .map(|(band, n)| format!("{n} {band}"))
+            .collect();
+        writeln!(
+            f,
+            "\n  attributions (observable and actor): {}",
+            bands.join(", ")
+        )?;
+        for line in &self.attributions {
+            writeln!(
+                f,
+                "    {:>3} {:<6}  {:<20} {}  {} artifact(s) [{}]  {}",
+                line.confidence,
+                line.band,
+                line.actor,
+                line.observable,
+                line.artifacts,
+                line.evidence_kinds.join(", "),
+                line.event()
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_recent_hits(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.recent_hits.is_empty() {
             return Ok(());
         }
-        writeln!(f, "  rejected:")?;
-        for (input, code, reason) in &self.rejected {
-            let input: String = input.chars().take(40).collect();
-            writeln!(f, "    {input:<40} [{code}] {reason}")?;
+        writeln!(f, "\n  recent actor hits:")?;
+        for hit in &self.recent_hits {
+            writeln!(
+                f,
+                "    {}  {:>3} {:<6}  {:<20} {} via {} [{}]",
+                when(hit.updated_at),
+                hit.confidence,
+                hit.band,
+                hit.actor,
+                hit.observable,
+                hit.artifact,
+                hit.evidence_sources.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_rejections(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\n  rejections by code:")?;
+        if self.rejections.is_empty() {
+            writeln!(f, "    none")?;
+        }
+        for rejection in &self.rejections {
+            let input: String = rejection.latest_input.chars().take(40).collect();
+            writeln!(
+                f,
+                "    {:<22} {:>5}  latest: {input:?}: {}",
+                rejection.code, rejection.rejections, rejection.latest_reason
+            )?;
         }
         Ok(())
     }
 }
 
-impl fmt::Display for SummaryAttribution {
-    /// One line: confidence, band, actor, and the observable via its strongest few linking
-    /// artifacts (a shared observable can be linked through dozens).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hits: Vec<String> = self
-            .hits
-            .iter()
-            .take(SUMMARY_HITS)
-            .map(|(artifact, confidence)| format!("{artifact} {confidence}"))
-            .collect();
-        if self.hits.len() > SUMMARY_HITS {
-            hits.push(format!("{} more", self.hits.len() - SUMMARY_HITS));
-        }
-        let announced = if self.announcements > 0 {
-            "  [announced]"
+impl AttributionLine {
+    /// Where the pair's event stands: owed, sent how many times, or never sent.
+    fn event(&self) -> String {
+        if self.event_owed {
+            "event owed".to_owned()
+        } else if self.announcements > 0 {
+            format!("announced {}x", self.announcements)
         } else {
-            ""
-        };
-        write!(
-            f,
-            "{:>3} {:<6}  {:<18} {} via {}{announced}",
-            self.confidence,
-            self.band.as_str(),
-            self.actor,
-            self.observable,
-            hits.join(", ")
-        )
+            "not announced".to_owned()
+        }
     }
 }
