@@ -592,3 +592,50 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Sets its flag when dropped: a task holding one was aborted or ended.
+    struct Ended(Arc<AtomicBool>);
+
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    // Paused clock: the limit passes without the test waiting for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_pass_that_outlasts_its_limit_is_aborted_at_the_limit() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let guard = Ended(Arc::clone(&ended));
+        let pass = AbortOnDrop(tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        }));
+        let started = tokio::time::Instant::now();
+        pass.finish(RELAY_STOP_LIMIT).await;
+        assert_eq!(started.elapsed(), RELAY_STOP_LIMIT);
+        tokio::task::yield_now().await;
+        assert!(ended.load(Ordering::SeqCst), "the pass was not aborted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_pass_that_ends_in_time_is_waited_for_not_cut() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&finished);
+        let pass = AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            done.store(true, Ordering::SeqCst);
+        }));
+        let started = tokio::time::Instant::now();
+        pass.finish(RELAY_STOP_LIMIT).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(finished.load(Ordering::SeqCst));
+    }
+}
