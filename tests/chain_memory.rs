@@ -17,7 +17,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
-use mdti_worker::chain::{ChainReport, ChainSettings, Chainer, Known};
+use mdti_worker::chain::{ChainFindings, ChainSettings, Chainer, Known};
 use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
 use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
 use mdti_worker::secret::Secret;
@@ -280,7 +280,7 @@ fn expected_hits(
         .collect()
 }
 
-fn hits(report: &ChainReport) -> BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)> {
+fn hits(report: &ChainFindings) -> BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)> {
     report
         .hits
         .iter()

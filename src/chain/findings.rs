@@ -1,14 +1,14 @@
-//! Reading a [`ChainReport`]: the seed's answer (actor → linking artifacts), a terminal view, and
-//! the outbound event of one hit.
+//! Reading a walk's [`ChainFindings`]: the seed's answer (actor → linking artifacts), a terminal
+//! view, and the outbound event of one hit.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{ActorHit, Band, ChainReport, Evidence, Factor};
+use super::{ActorHit, Band, ChainFindings, Evidence, Factor};
 
-impl ChainReport {
+impl ChainFindings {
     /// Actor → the domains and IPs linking the IOC to it (sorted, each once): what the seed
     /// returns.
     pub fn actors(&self) -> BTreeMap<String, Vec<String>> {
@@ -73,7 +73,7 @@ impl fmt::Display for Evidence {
     }
 }
 
-impl fmt::Display for ChainReport {
+impl fmt::Display for ChainFindings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
@@ -109,7 +109,7 @@ impl fmt::Display for ChainReport {
     }
 }
 
-impl ChainReport {
+impl ChainFindings {
     /// The intel articles found on artifacts no actor was attributed through.
     fn write_loose_articles(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let attributed: Vec<&str> = self.hits.iter().map(|h| h.artifact.as_str()).collect();
@@ -257,7 +257,7 @@ mod tests {
         let ioc = crate::observable::normalise("evil.example", None, &Default::default())
             .unwrap()
             .into_observable();
-        let report = ChainReport {
+        let report = ChainFindings {
             ioc,
             // In the walk's order: by actor, then path.
             hits: vec![

@@ -30,7 +30,7 @@
 //!   client counts them ([`GraphClient::tracked`]): pages, reputations and their retries. A
 //!   passive DNS walk is capped to the pages the budget has left; reputations beyond the budget
 //!   are not asked. Either cut, a page cap and [`ChainSettings::max_artifacts`] are recorded in
-//!   [`ChainReport::truncated`]. Retries already under way may overshoot the budget slightly.
+//!   [`ChainFindings::truncated`]. Retries already under way may overshoot the budget slightly.
 //! - A Graph failure (after the client's retries) fails the walk: the caller retries the IOC whole,
 //!   and what was already fetched is in the cache. A cache read or write failure only logs: the
 //!   walk falls back to Graph.
@@ -41,9 +41,9 @@
 mod attribution;
 pub mod confidence;
 mod event;
+mod findings;
 mod lookup;
 mod profiles;
-mod report;
 pub mod retro;
 mod sharing;
 
@@ -61,8 +61,8 @@ pub use crate::model::{
 };
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
 pub use event::attribution_event;
+pub use findings::event_routing_key;
 pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
-pub use report::event_routing_key;
 
 use crate::enrich::Reputation;
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
@@ -153,7 +153,7 @@ pub struct ArticleRef {
 
 /// What one walk found and what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChainReport {
+pub struct ChainFindings {
     pub ioc: Observable,
     /// Sorted by actor (case-insensitively), then by path length, then by artifact.
     pub hits: Vec<ActorHit>,
@@ -163,7 +163,7 @@ pub struct ChainReport {
     pub counterparts: usize,
     /// Passive DNS pages read.
     pub pages: u32,
-    /// Of [`ChainReport::pages`], first pages read only to measure how shared an attributed
+    /// Of [`ChainFindings::pages`], first pages read only to measure how shared an attributed
     /// counterpart is (see [`confidence`]).
     pub sharing_pages: u32,
     /// Graph requests this walk sent, retries included.
@@ -379,7 +379,7 @@ impl Chainer {
     }
 
     /// Walk from `ioc` and attribute what was found; see the module documentation.
-    pub async fn walk(&self, ioc: &Observable) -> Result<ChainReport, ChainError> {
+    pub async fn walk(&self, ioc: &Observable) -> Result<ChainFindings, ChainError> {
         self.walk_from(ioc, Known::default()).await
     }
 
@@ -389,7 +389,7 @@ impl Chainer {
         &self,
         ioc: &Observable,
         known: Known<'_>,
-    ) -> Result<ChainReport, ChainError> {
+    ) -> Result<ChainFindings, ChainError> {
         let root = ioc.value().to_owned();
         let mut walk = Walk::new(self.graph.tracked(), &root, known.reputation);
         let prefetched = known.passive_dns.filter(|c| !c.truncated);
@@ -398,7 +398,7 @@ impl Chainer {
             attribution::attribute(&walk.order, &walk.nodes, &walk.reputations, &self.profiles);
         self.measure_sharing(&mut walk, &hits).await?;
         attribution::score(&mut hits, &walk.reputations, |hit| walk.link_sharing(hit));
-        Ok(ChainReport {
+        Ok(ChainFindings {
             ioc: ioc.clone(),
             hits,
             articles,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::outcome::Failure;
 use super::validate::Work;
 use super::{Incoming, Pipeline};
-use crate::chain::{ChainReport, ChainSettings, Chainer, Known};
+use crate::chain::{ChainFindings, ChainSettings, Chainer, Known};
 use crate::enrich::{self, EnricherKind, Enrichment, Reputation};
 use crate::in_flight::{Lead, Role};
 use crate::observable::Observable;
@@ -16,7 +16,7 @@ use crate::store::{RunRecord, RunStatus};
 /// The cache's answer (no enrichment) or Graph's, the chaining's report, and what it cost.
 pub(super) struct Answer {
     pub enrichment: Option<Enrichment>,
-    pub chain: Option<ChainReport>,
+    pub chain: Option<ChainFindings>,
     pub requests: u64,
     pub duration: Duration,
     /// The lead of this observable's enrichment, held until the message's rows are committed:
@@ -99,7 +99,7 @@ impl Pipeline {
         work: &Work,
         depth: u32,
         enrichment: &Enrichment,
-    ) -> Result<ChainReport, Failure> {
+    ) -> Result<ChainFindings, Failure> {
         let settings = ChainSettings {
             depth,
             ..self.settings.chain.clone()

@@ -20,7 +20,7 @@ mod outbox;
 mod pg_text;
 mod report;
 mod status;
-mod views;
+mod summary;
 mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -40,9 +40,9 @@ pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use group_commit::{GroupCommitStats, Pending};
 pub use leases::{LeaseHolder, LeaseView};
 pub use outbox::{ClaimedEvents, OutboxBacklog, OwedEvent};
-pub use report::Summary;
+pub use report::{DailyLine, LaneBacklog, RecentHit, RejectionCount, Report, TopActor};
 pub use status::{MessageSizes, Publication, SourceActivity};
-pub use views::{DailyLine, LaneBacklog, RecentHit, RejectionCount, Report, TopActor};
+pub use summary::Summary;
 pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};

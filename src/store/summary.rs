@@ -1,4 +1,5 @@
-//! Read-side summaries for people: what the runs produced and what was rejected.
+//! The summary `demo` prints: what the runs produced and what was rejected. (The `report`
+//! command reads the dashboard views instead: [`super::report`].)
 
 use std::fmt;
 
