@@ -1,29 +1,13 @@
 //! Queue-driven enrichment of observables with Microsoft Defender Threat Intelligence.
 //!
-//! The flow, and the module that owns each step:
+//! A delivery goes [`consumer`] → [`pipeline`] ([`message`] decoded, [`enrich`]ers asking
+//! [`graph`], [`chain`] walking passive DNS to actor hits) → [`store`] (one transaction) →
+//! `decide` in `pipeline/outcome.rs` (the one decision: ack, retry, dead letter, hand back) →
+//! [`consumer`] (carried out); [`outbox`] announces the hits. [`app`] starts a worker the same
+//! way for every entry point; [`cli`] holds the commands, one file each.
 //!
-//! - [`observable`]: parse, refang and canonicalise what feeds send (IPv4, IPv6, domains, hosts).
-//! - [`graph`]: the Microsoft Graph threat intelligence client: token cache, one shared rate
-//!   limiter, the single retry classifier, paging.
-//! - [`enrich`]: the enrichers (whois, passive DNS, host, host pairs, subdomains, reputation) and the
-//!   mapping of Graph records to indicators and extracts.
-//! - [`lane`]: live and bulk work, each with its own queue, consumer and priority for quota.
-//! - [`in_flight`]: work in flight in the process, followed by whoever needs the same thing
-//!   meanwhile (a counterpart's reputation, a repeated observable's enrichment).
-//! - [`outbox`]: announcing actor hits on the events exchange from the rows that hold them, at
-//!   least once whatever fails between a message's commit and the broker's confirm.
-//! - [`fleet`]: several workers sharing one tenant's Graph quota through leases in Postgres.
-//! - [`progress`]: whether the worker gets anywhere, and what each message in flight waits on.
-//! - [`ops`]: the worker's `/metrics`, `/healthz` and `/readyz` listener, reading the counters
-//!   the work keeps; [`metrics`] holds the histogram and the Prometheus text format.
-//! - [`status`]: what waits in each lane and when it will be through, from the broker and
-//!   Postgres.
-//! - [`app`]: a worker built from its settings and run, the same way for every entry point.
-//! - [`cli`]: the commands, one module each.
-//! - [`sim`]: a Graph simulator that serves the documented shapes and misbehaves like Graph does.
-//!
-//! `graph` knows no broker and no database, `enrich` knows no broker, `observable` depends on
-//! nothing of the crate: the pipeline is where they meet.
+//! ARCHITECTURE.md gives every module's layer (each uses only lower ones, as `tests/layers.rs`
+//! checks), a message's path, and how to add an enricher or a command.
 
 // A function longer than clippy.toml's limit is split where its steps are (CI denies warnings).
 #![warn(clippy::too_many_lines)]
