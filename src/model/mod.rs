@@ -14,6 +14,6 @@ mod walk;
 pub use attribution::{Attribution, AttributionLink, EVENT_ARTIFACTS};
 pub use cache::MemoryCache;
 pub use hit::{ActorHit, Band, Evidence, Factor, Fanout};
-pub use profile::{IntelProfileRecord, ProfileIndicatorRecord};
+pub use profile::{IntelProfileRecord, ProfileIndicatorRecord, ProfileRows};
 pub use storage::{LookupClaims, ProfileStore, StorageError, StorageFault, WalkCache};
 pub use walk::{StoredLinks, WalkHits};

@@ -23,3 +23,9 @@ pub struct ProfileIndicatorRecord {
     pub first_seen: Option<DateTime<Utc>>,
     pub last_seen: Option<DateTime<Utc>>,
 }
+
+/// Every stored profile, and every indicator with the id of its profile.
+pub type ProfileRows = (
+    Vec<IntelProfileRecord>,
+    Vec<(String, ProfileIndicatorRecord)>,
+);

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Fanout, IntelProfileRecord, ProfileIndicatorRecord, StoredLinks, WalkHits};
+use super::{
+    Fanout, IntelProfileRecord, ProfileIndicatorRecord, ProfileRows, StoredLinks, WalkHits,
+};
 use crate::enrich::Reputation;
 
 /// A failure of the storage behind [`WalkCache`] or [`ProfileStore`], as its own error type
@@ -111,15 +113,7 @@ pub trait ProfileStore: Send + Sync {
     type Error: StorageFault;
 
     /// Every stored profile, and every indicator with its profile id.
-    async fn intel_profile_rows(
-        &self,
-    ) -> Result<
-        (
-            Vec<IntelProfileRecord>,
-            Vec<(String, ProfileIndicatorRecord)>,
-        ),
-        Self::Error,
-    >;
+    async fn intel_profile_rows(&self) -> Result<ProfileRows, Self::Error>;
 
     /// Keep one profile and its indicators; when `complete`, the indicators not listed are
     /// dropped. Returns the artifacts the profile did not list before.

@@ -106,7 +106,7 @@ impl Pipeline {
         };
         let chainer = Chainer::new(
             self.graph.clone(),
-            Some(Arc::new(self.store.clone())),
+            Some(Arc::clone(&self.walk_cache)),
             settings,
         )
         .with_profiles(self.current_profiles())

@@ -22,6 +22,7 @@ use crate::graph::{GraphClient, PageLimits};
 use crate::in_flight::InFlight;
 use crate::lane::Lane;
 use crate::message::{self, DecodeLimits, Item};
+use crate::model::WalkCache;
 use crate::observable::{NormaliseOptions, Observable};
 use crate::outbox::RelayHandle;
 use crate::progress::{self, point};
@@ -65,6 +66,8 @@ pub struct PipelineSettings {
 pub struct Pipeline {
     graph: GraphClient,
     store: Store,
+    /// The store as the chaining walks read and save reputations, made once for all walks.
+    walk_cache: Arc<dyn WalkCache>,
     settings: PipelineSettings,
     /// The intel profile index, replaced whole by the sync job; readers take the current `Arc`
     /// (a std lock: held only to clone or swap the pointer, never across an await).
@@ -87,6 +90,7 @@ impl Pipeline {
     pub fn new(graph: GraphClient, store: Store, settings: PipelineSettings) -> Self {
         Pipeline {
             graph,
+            walk_cache: Arc::new(store.clone()),
             store,
             settings,
             profiles: Arc::default(),
@@ -273,7 +277,7 @@ impl Pipeline {
     /// handed back uncounted; otherwise the failure is this message's, and its attempt counts.
     async fn retry_or_suspend(&self, failure: Failure) -> Outcome {
         let dependency = failure.service;
-        if failure.service_may_be_down {
+        if failure.retryable {
             if let Err(down) = self.probe(dependency).await {
                 return Outcome::Suspend {
                     dependency,

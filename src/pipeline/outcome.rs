@@ -195,12 +195,11 @@ fn bad_items(rejected: &[RejectedInput]) -> Disposition {
 /// Why an item could not be answered; it decides the whole message.
 #[derive(Debug, Clone)]
 pub(super) struct Failure {
-    /// Trying later may succeed; otherwise the message is refused for good.
+    /// Trying later may succeed; otherwise the message is refused for good. A transient
+    /// failure may also be the service's rather than the item's: worth a probe.
     pub retryable: bool,
     /// The service the failure came from.
     pub service: Dependency,
-    /// The failure may be the service's rather than the item's: worth a probe.
-    pub service_may_be_down: bool,
     pub reason: String,
 }
 
@@ -221,7 +220,6 @@ impl Failure {
         Failure {
             retryable: transient,
             service: Dependency::Graph,
-            service_may_be_down: transient,
             reason,
         }
     }
@@ -235,7 +233,6 @@ impl Failure {
         Failure {
             retryable: transient,
             service: Dependency::Postgres,
-            service_may_be_down: transient,
             reason: format!("Postgres: {error}"),
         }
     }
@@ -406,12 +403,12 @@ mod tests {
     fn postgres_failures_are_retried_only_when_transient() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let down = Failure::store(StoreError::from(sqlx::Error::Io(refused)));
-        assert!(down.retryable && down.service_may_be_down);
+        assert!(down.retryable);
         let data = Failure::store(StoreError::Decode {
             what: "extract",
             detail: "unknown kind".into(),
         });
-        assert!(!data.retryable && !data.service_may_be_down);
+        assert!(!data.retryable);
         assert_eq!(data.service.refused_code(), POSTGRES_REFUSED);
     }
 }

@@ -13,7 +13,7 @@ use super::attributions::{stored_confidence, upsert_pairs, OwedAttribution};
 use super::pg_text::{pg_json, pg_text, pg_texts};
 use super::{kind_name, Store, StoreError};
 use crate::model::{
-    ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord, WalkHits,
+    ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord, ProfileRows, WalkHits,
 };
 use crate::observable::Observable;
 
@@ -110,15 +110,7 @@ impl Store {
     }
 
     /// Every stored profile, and every indicator with its profile id.
-    pub async fn intel_profile_rows(
-        &self,
-    ) -> Result<
-        (
-            Vec<IntelProfileRecord>,
-            Vec<(String, ProfileIndicatorRecord)>,
-        ),
-        StoreError,
-    > {
+    pub async fn intel_profile_rows(&self) -> Result<ProfileRows, StoreError> {
         let profiles =
             sqlx::query("SELECT id, title, aliases, first_active FROM intel_profiles ORDER BY id")
                 .fetch_all(self.pool())

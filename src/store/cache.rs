@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{Store, StoreError};
 use crate::enrich::Reputation;
 use crate::model::{
-    Fanout, IntelProfileRecord, LookupClaims, ProfileIndicatorRecord, ProfileStore, StorageError,
-    StorageFault, StoredLinks, WalkCache, WalkHits,
+    Fanout, IntelProfileRecord, LookupClaims, ProfileIndicatorRecord, ProfileRows, ProfileStore,
+    StorageError, StorageFault, StoredLinks, WalkCache, WalkHits,
 };
 
 impl StorageFault for StoreError {
@@ -79,15 +79,7 @@ impl WalkCache for Store {
 impl ProfileStore for Store {
     type Error = StoreError;
 
-    async fn intel_profile_rows(
-        &self,
-    ) -> Result<
-        (
-            Vec<IntelProfileRecord>,
-            Vec<(String, ProfileIndicatorRecord)>,
-        ),
-        StoreError,
-    > {
+    async fn intel_profile_rows(&self) -> Result<ProfileRows, StoreError> {
         Store::intel_profile_rows(self).await
     }
 
