@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::enrich::EnricherKind;
+use crate::graph::adaptive::GraphRate;
 use crate::graph::{GraphSettings, PageLimits};
 use crate::secret::Secret;
 
@@ -152,9 +153,11 @@ pub struct GraphArgs {
     /// File holding the client secret (first line)
     #[arg(long, env = "MDTI_CLIENT_SECRET_FILE")]
     pub client_secret_file: Option<PathBuf>,
-    /// Graph requests per second for this process, retries and pages included
-    #[arg(long, env = "MDTI_GRAPH_RATE", default_value_t = 10.0)]
-    pub graph_rate: f64,
+    /// Graph requests per second for this process, retries and pages included: where the rate
+    /// starts and the most it climbs back to after Graph's 429s cut it; `auto` starts at 10 and
+    /// climbs until Graph says no
+    #[arg(long, env = "MDTI_GRAPH_RATE", default_value = "10")]
+    pub graph_rate: GraphRate,
     /// Requests the limiter lets through at once after a quiet spell
     #[arg(long, env = "MDTI_GRAPH_BURST", default_value_t = 10)]
     pub graph_burst: u32,
@@ -262,7 +265,8 @@ impl GraphArgs {
             tenant_id: self.tenant_id.clone(),
             client_id: self.client_id.clone(),
             client_secret,
-            requests_per_second: self.graph_rate,
+            requests_per_second: self.graph_rate.start(),
+            rate_ceiling: Some(self.graph_rate.ceiling()),
             burst: self.graph_burst,
             live_reserve: self.live_reserve,
             max_in_flight: self.graph_max_in_flight,

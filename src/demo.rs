@@ -13,6 +13,7 @@ use crate::app;
 use crate::config::{redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs};
 use crate::consumer::WorkerStats;
 use crate::enrich::EnricherKind;
+use crate::graph::adaptive::GraphRate;
 use crate::graph::GraphClient;
 use crate::queue::publisher::Publisher;
 use crate::queue::Topology;
@@ -34,7 +35,7 @@ pub async fn run(
     let use_simulator = !graph_args.has_credentials();
     if use_simulator {
         // The simulator is not a throttled tenant: let the demo go at its own pace.
-        graph_args.graph_rate = graph_args.graph_rate.max(500.0);
+        graph_args.graph_rate = GraphRate::UpTo(graph_args.graph_rate.ceiling().max(500.0));
         graph_args.graph_burst = graph_args.graph_burst.max(50);
     }
     let (graph, _sim) = app::graph_client(&mut graph_args, use_simulator).await?;

@@ -146,7 +146,7 @@ impl Coordinator {
         // Applied only once recorded: a share the others cannot see yet is not spent.
         let share = share_of(quota, burst, view.live_workers, view.others_share);
         let throttle = self.graph.throttle();
-        if throttle.set_rate(share.requests_per_second, share.burst) {
+        if throttle.set_ceiling(share.requests_per_second, share.burst) {
             tracing::info!(
                 live_workers = share.live_workers,
                 requests_per_second = share.requests_per_second,
@@ -236,10 +236,10 @@ impl Coordinator {
     /// heartbeat again.
     fn fall_back(&self) {
         let throttle = self.graph.throttle();
-        let (rate, _) = throttle.rate();
-        throttle.set_rate(rate / 10.0, 1);
+        let share = throttle.learnt().ceiling;
+        throttle.set_ceiling(share / 10.0, 1);
         tracing::warn!(
-            requests_per_second = rate / 10.0,
+            requests_per_second = share / 10.0,
             "no fleet heartbeat within the lease expiry: slowing down until Postgres answers"
         );
     }

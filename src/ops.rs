@@ -483,6 +483,22 @@ fn graph_wait_metrics(out: &mut Exposition, graph: &GraphClient) {
         "Seconds requests spent waiting for the client's own rate limiter (--graph-rate), summed over requests.",
         seconds(limiter_micros),
     );
+    let learnt = graph.throttle().learnt();
+    out.gauge(
+        "mdti_graph_rate_requests_per_second",
+        "The rate Graph requests are admitted at now, as learnt from Graph's 429s.",
+        &[(&[], learnt.requests_per_second)],
+    );
+    out.gauge(
+        "mdti_graph_rate_ceiling_requests_per_second",
+        "The most the learnt rate climbs to: --graph-rate, or this worker's share of --tenant-quota.",
+        &[(&[], learnt.ceiling)],
+    );
+    out.counter_value(
+        "mdti_graph_rate_cuts_total",
+        "Times a 429 to a request sent at the current rate cut the rate.",
+        learnt.cuts as f64,
+    );
     out.counter_value(
         "mdti_graph_retries_total",
         "Graph requests tried again by the client.",

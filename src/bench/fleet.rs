@@ -47,7 +47,7 @@ fn command_line(
         .chain([
             // N workers on one host: each its own free port.
             ("--metrics-listen", "127.0.0.1:0".to_owned()),
-            ("--tenant-quota", graph.graph_rate.to_string()),
+            ("--tenant-quota", graph.graph_rate.ceiling().to_string()),
         ])
         .flat_map(|(flag, value)| [flag.to_owned(), value])
         .collect();

@@ -49,6 +49,7 @@ use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
 };
 use crate::consumer::WorkerStats;
+use crate::graph::adaptive::GraphRate;
 use crate::graph::GraphClient;
 use crate::lane::Lane;
 use crate::queue::publisher::Publisher;
@@ -94,10 +95,11 @@ pub struct BenchCmd {
     /// Passive DNS hops of a chaining walk
     #[arg(long, default_value_t = 1)]
     pub chain_depth: u32,
-    /// The client's rate limit, requests/s (the default is effectively no limit); with
-    /// --workers above 1, the tenant quota the worker processes share (`--tenant-quota`)
-    #[arg(long, default_value_t = 1_000_000.0)]
-    pub graph_rate: f64,
+    /// The client's rate limit, requests/s (the default is effectively no limit), or `auto`
+    /// (learnt from the 429s, see the worker's --graph-rate); with --workers above 1, the
+    /// tenant quota the worker processes share (`--tenant-quota`)
+    #[arg(long, default_value = "1000000")]
+    pub graph_rate: GraphRate,
     /// The client limiter's burst
     #[arg(long, default_value_t = 10)]
     pub graph_burst: u32,
@@ -1306,7 +1308,10 @@ impl Drain {
                 self.lanes_measured = Some(lanes::Measured {
                     live_rate: cmd.live_rate,
                     live_reserve: cmd.live_reserve,
-                    quota: cmd.sim_rate.unwrap_or(f64::INFINITY).min(cmd.graph_rate),
+                    quota: cmd
+                        .sim_rate
+                        .unwrap_or(f64::INFINITY)
+                        .min(cmd.graph_rate.ceiling()),
                     live_published: published,
                     bulk_drain: started.elapsed(),
                     requests: [0, 1].map(|i| requests[i] - self.lane_requests_before[i]),
@@ -1526,7 +1531,7 @@ fn config(a: &Assembly<'_>, in_process: bool) -> Config {
         enrichers: cmd.enrichers.0.iter().map(|e| e.to_string()).collect(),
         chain: cmd.chain,
         chain_depth: cmd.chain_depth,
-        graph_rate: cmd.graph_rate,
+        graph_rate: cmd.graph_rate.ceiling(),
         graph_burst: cmd.graph_burst,
         graph_max_in_flight: cmd.graph_max_in_flight,
         sim: a.ctx.sim.mode().to_owned(),

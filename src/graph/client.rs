@@ -31,8 +31,12 @@ pub struct GraphSettings {
     pub tenant_id: String,
     pub client_id: String,
     pub client_secret: Secret,
-    /// Sustained requests per second for the whole process, retries and pages included.
+    /// Sustained requests per second for the whole process, retries and pages included: where
+    /// the learnt rate starts, and (without `rate_ceiling`) the most it climbs to.
     pub requests_per_second: f64,
+    /// The most the learnt rate climbs to, when that is not `requests_per_second`
+    /// (`--graph-rate auto`).
+    pub rate_ceiling: Option<f64>,
     pub burst: u32,
     /// The part of the rate bulk requests leave to live ones (see [`crate::lane`]).
     pub live_reserve: f64,
@@ -63,6 +67,7 @@ impl std::fmt::Debug for GraphSettings {
             client_id,
             client_secret,
             requests_per_second,
+            rate_ceiling,
             burst,
             live_reserve,
             max_in_flight,
@@ -84,6 +89,7 @@ impl std::fmt::Debug for GraphSettings {
             .field("client_id", client_id)
             .field("client_secret", client_secret)
             .field("requests_per_second", requests_per_second)
+            .field("rate_ceiling", rate_ceiling)
             .field("burst", burst)
             .field("live_reserve", live_reserve)
             .field("max_in_flight", max_in_flight)
@@ -110,6 +116,7 @@ impl Default for GraphSettings {
             client_id: String::new(),
             client_secret: Secret::default(),
             requests_per_second: 10.0,
+            rate_ceiling: None,
             burst: 10,
             live_reserve: 0.0,
             max_in_flight: 32,
@@ -299,6 +306,9 @@ impl GraphClient {
         );
         let throttle = Throttle::with_live_reserve(
             settings.requests_per_second,
+            settings
+                .rate_ceiling
+                .unwrap_or(settings.requests_per_second),
             settings.burst,
             settings.max_in_flight,
             settings.max_retry_after,
@@ -711,7 +721,7 @@ impl GraphClient {
         // The lane of the message this request is for: it decides the request's place in the
         // limiter's queue.
         let lane = crate::lane::Lane::current();
-        let _permit = self.inner.throttle.admit(lane).await;
+        let admission = self.inner.throttle.admit(lane).await;
         let stats = &self.inner.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.requests_by_lane[lane.index()].fetch_add(1, Ordering::Relaxed);
@@ -724,6 +734,11 @@ impl GraphClient {
             progress::global().advanced();
         }
         stats.record(endpoint, status, started.elapsed());
+        if status == Some(429) {
+            // Graph's word that the rate is too high: the learner cuts it (once for all the
+            // requests sent at that rate).
+            self.inner.throttle.throttled(admission.generation);
+        }
         attempt
     }
 

@@ -1,10 +1,12 @@
 //! Microsoft Graph threat intelligence (`/security/threatIntelligence`) client.
 //!
-//! [`GraphClient`] owns the token cache ([`auth`]), the process-wide budget ([`throttle`]) and the
+//! [`GraphClient`] owns the token cache ([`auth`]), the process-wide budget ([`throttle`], its rate
+//! learnt from Graph's 429s by [`adaptive`]) and the
 //! request loop; [`retry`] is the single place that classifies answers; [`body`] reads answers
 //! up to a cap; `tls` decides whom `--ca-cert` trusts; [`model`] holds tolerant serde types.
 //! This module knows no broker and no database.
 
+pub mod adaptive;
 pub mod auth;
 pub mod body;
 pub mod client;

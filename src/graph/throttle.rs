@@ -9,12 +9,16 @@
 //! its own in-flight cap, so bulk requests waiting for the rate never hold the permits a live
 //! request needs.
 //!
-//! A fleet of workers sharing one tenant changes two of them from outside: the limiter's rate
-//! ([`Throttle::set_rate`], each worker's share of the tenant quota) and the hold (a 429 one
+//! The rate is learnt ([`super::adaptive`]): each 429 to a request sent at the current rate cuts
+//! it, and it grows back while requests wait for it, never past its ceiling (`--graph-rate`).
+//!
+//! A fleet of workers sharing one tenant changes two of them from outside: the rate's ceiling
+//! ([`Throttle::set_ceiling`], each worker's share of the tenant's learnt quota) and the hold (a 429 one
 //! worker saw is every worker's 429: [`Throttle::hold_shared`]). The throttle itself knows
 //! nothing of the fleet: it reports its own 429 holds on a watch channel
 //! ([`Throttle::subscribe_holds`]) and takes the others' back.
 
+use super::adaptive::Learner;
 use crate::lane::Lane;
 use crate::progress::{self, point};
 use std::collections::VecDeque;
@@ -114,6 +118,9 @@ pub struct Throttle {
     /// takes the read lock only to clone the `Arc` (uncontended, nanoseconds, never held across
     /// an await), which is nothing next to an HTTPS round trip, and needs no extra dependency.
     limiter: RwLock<Arc<Limiters>>,
+    /// The learnt rate, and the burst that goes with a rate: `burst` at `rate` and in
+    /// proportion below it. Locked before `limiter` whenever both are.
+    learner: Mutex<Learnt>,
     /// The part of the rate bulk requests leave to live ones (0 to 0.9).
     live_reserve: f64,
     /// Bumped on every swap, so that requests queued on the old limiter move to the new one
@@ -146,29 +153,72 @@ pub struct Throttle {
     pub(crate) hold_wait_micros: AtomicU64,
 }
 
+/// The learner, and the rate and burst its ceiling was given with.
+struct Learnt {
+    learner: Learner,
+    burst_per_request_per_second: f64,
+}
+
+impl Learnt {
+    fn burst_at(&self, rate: f64) -> u32 {
+        ((rate * self.burst_per_request_per_second).round() as u32).max(1)
+    }
+}
+
+/// A request let through: its in-flight permit and the rate it went at.
+pub struct Admission<'a> {
+    _permit: SemaphorePermit<'a>,
+    /// The learner's generation when the request went: a 429 to it cuts only that rate.
+    pub generation: u64,
+}
+
+/// What the throttle has learnt, for metrics and reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearntRate {
+    pub requests_per_second: f64,
+    pub ceiling: f64,
+    pub cuts: u64,
+}
+
 impl Throttle {
+    /// A throttle at a fixed most `requests_per_second`, starting there.
     pub fn new(
         requests_per_second: f64,
         burst: u32,
         max_in_flight: usize,
         max_hold: Duration,
     ) -> Self {
-        Throttle::with_live_reserve(requests_per_second, burst, max_in_flight, max_hold, 0.0)
+        Throttle::with_live_reserve(
+            requests_per_second,
+            requests_per_second,
+            burst,
+            max_in_flight,
+            max_hold,
+            0.0,
+        )
     }
 
-    /// A throttle whose bulk requests leave `live_reserve` (a fraction of the rate) to live ones.
+    /// A throttle starting at `requests_per_second` (with `burst`), learning up to `ceiling`,
+    /// whose bulk requests leave `live_reserve` (a fraction of the rate) to live ones.
     pub fn with_live_reserve(
         requests_per_second: f64,
+        ceiling: f64,
         burst: u32,
         max_in_flight: usize,
         max_hold: Duration,
         live_reserve: f64,
     ) -> Self {
         let live_reserve = sane_reserve(live_reserve);
-        let limiters = Limiters::new(requests_per_second, burst, live_reserve, Limiter::new);
+        let start = sane_rate(requests_per_second);
+        let learnt = Learnt {
+            learner: Learner::new(start, sane_rate(ceiling).max(start), Instant::now()),
+            burst_per_request_per_second: f64::from(burst.max(1)) / start,
+        };
+        let limiters = Limiters::new(start, burst, live_reserve, Limiter::new);
         let cap = max_in_flight.max(1);
         Throttle {
             limiter: RwLock::new(Arc::new(limiters)),
+            learner: Mutex::new(learnt),
             live_reserve,
             swaps: watch::Sender::new(0),
             turn: Turn::default(),
@@ -187,7 +237,7 @@ impl Throttle {
     /// rate and the hold are the last word before the request is sent: a cell taken before a
     /// long wait for a permit (Graph slow) would let a pile of requests out together once Graph
     /// sped up, past the rate or into a new hold.
-    pub async fn admit(&self, lane: Lane) -> SemaphorePermit<'_> {
+    pub async fn admit(&self, lane: Lane) -> Admission<'_> {
         let permit = progress::wait_at(point::GRAPH_PERMIT, self.in_flight[lane.index()].acquire())
             .await
             .expect("the in-flight semaphore is never closed");
@@ -197,15 +247,67 @@ impl Throttle {
             let mut swapped = self.swaps.subscribe();
             let limiters = Arc::clone(&self.limiter.read().expect("limiter lock poisoned"));
             let started = Instant::now();
-            let ready = self.bulk_cell(lane, &limiters, &mut swapped).await
-                && self.tenant_cell(lane, &limiters, &mut swapped).await;
+            let cell = match self.bulk_cell(lane, &limiters, &mut swapped).await {
+                Cell::Taken { waited } => {
+                    match self.tenant_cell(lane, &limiters, &mut swapped).await {
+                        Cell::Taken { waited: also } => Cell::Taken {
+                            waited: waited || also,
+                        },
+                        Cell::Swapped => Cell::Swapped,
+                    }
+                }
+                Cell::Swapped => Cell::Swapped,
+            };
             add_micros(&self.limiter_wait_micros, started.elapsed());
             // A hold raised while this request waited for the rate (another task's 429, or
             // another worker's) applies to it too.
-            if ready && self.held_until().is_none() {
-                return permit;
+            if let Cell::Taken { waited } = cell {
+                if self.held_until().is_none() {
+                    return Admission {
+                        _permit: permit,
+                        generation: self.learn(|learner, now| learner.admitted(waited, now)),
+                    };
+                }
             }
         }
+    }
+
+    /// Graph throttled a request sent at `generation`: cut the rate if that is the current one.
+    pub fn throttled(&self, generation: u64) {
+        self.learn(|learner, now| learner.throttled(generation, now));
+    }
+
+    /// A new ceiling for the learnt rate, and the burst that goes with it: this worker's share
+    /// of its tenant's quota. Returns whether the rate changed.
+    pub fn set_ceiling(&self, ceiling: f64, burst: u32) -> bool {
+        let ceiling = sane_rate(ceiling);
+        let mut learnt = self.learner.lock().expect("learner lock poisoned");
+        learnt.burst_per_request_per_second = f64::from(burst.max(1)) / ceiling;
+        learnt.learner.set_ceiling(ceiling, Instant::now());
+        let rate = learnt.learner.rate();
+        self.swap_limiter(rate, learnt.burst_at(rate))
+    }
+
+    /// What the rate is now, its ceiling, and how often Graph's 429s cut it.
+    pub fn learnt(&self) -> LearntRate {
+        let learnt = self.learner.lock().expect("learner lock poisoned");
+        LearntRate {
+            requests_per_second: learnt.learner.rate(),
+            ceiling: learnt.learner.ceiling(),
+            cuts: learnt.learner.cuts(),
+        }
+    }
+
+    /// Tell the learner something, apply the rate it answers with, if any, and return its
+    /// generation. The limiter is swapped under the learner's lock, so two changes land in the
+    /// order they were decided.
+    fn learn(&self, event: impl FnOnce(&mut Learner, Instant) -> Option<f64>) -> u64 {
+        let mut learnt = self.learner.lock().expect("learner lock poisoned");
+        if let Some(rate) = event(&mut learnt.learner, Instant::now()) {
+            let burst = learnt.burst_at(rate);
+            self.swap_limiter(rate, burst);
+        }
+        learnt.learner.generation()
     }
 
     /// A bulk request's cell of the bulk limiter, in arrival order among bulk requests; at once
@@ -215,17 +317,18 @@ impl Throttle {
         lane: Lane,
         limiters: &Limiters,
         swapped: &mut watch::Receiver<u64>,
-    ) -> bool {
+    ) -> Cell {
         let Some(bulk) = limiters.bulk.as_ref().filter(|_| lane == Lane::Bulk) else {
-            return true;
+            return Cell::Taken { waited: false };
         };
-        bulk.limiter.check().is_ok() || {
-            let _turn = self.bulk_turn.lock().await;
-            let _waiting = progress::waiting(point::GRAPH_LIMITER);
-            tokio::select! {
-                _ = until_ready(&bulk.limiter) => true,
-                _ = swapped.changed() => false,
-            }
+        if bulk.limiter.check().is_ok() {
+            return Cell::Taken { waited: false };
+        }
+        let _turn = self.bulk_turn.lock().await;
+        let _waiting = progress::waiting(point::GRAPH_LIMITER);
+        tokio::select! {
+            _ = until_ready(&bulk.limiter) => Cell::Taken { waited: true },
+            _ = swapped.changed() => Cell::Swapped,
         }
     }
 
@@ -238,16 +341,17 @@ impl Throttle {
         lane: Lane,
         limiters: &Limiters,
         swapped: &mut watch::Receiver<u64>,
-    ) -> bool {
+    ) -> Cell {
         let tenant = &limiters.tenant.limiter;
         let may_jump = lane == Lane::Live || self.turn.is_free();
-        (may_jump && tenant.check().is_ok()) || {
-            let _turn = self.turn.take(lane).await;
-            let _waiting = progress::waiting(point::GRAPH_LIMITER);
-            tokio::select! {
-                _ = until_ready(tenant) => true,
-                _ = swapped.changed() => false,
-            }
+        if may_jump && tenant.check().is_ok() {
+            return Cell::Taken { waited: false };
+        }
+        let _turn = self.turn.take(lane).await;
+        let _waiting = progress::waiting(point::GRAPH_LIMITER);
+        tokio::select! {
+            _ = until_ready(tenant) => Cell::Taken { waited: true },
+            _ = swapped.changed() => Cell::Swapped,
         }
     }
 
@@ -272,7 +376,7 @@ impl Throttle {
 
     /// Admit requests at a new rate from now on, starting with no burst to spend. Returns
     /// whether anything changed: an unchanged rate keeps the current limiter.
-    pub fn set_rate(&self, requests_per_second: f64, burst: u32) -> bool {
+    fn swap_limiter(&self, requests_per_second: f64, burst: u32) -> bool {
         let wanted = (sane_rate(requests_per_second), burst.max(1));
         let mut limiters = self.limiter.write().expect("limiter lock poisoned");
         if (limiters.tenant.requests_per_second, limiters.tenant.burst) == wanted {
@@ -332,6 +436,13 @@ impl Throttle {
             false
         }
     }
+}
+
+/// A limiter's answer to a request: a cell (after waiting for it or not), or none because the
+/// limiter was swapped meanwhile.
+enum Cell {
+    Taken { waited: bool },
+    Swapped,
 }
 
 /// The turn to wait for the tenant limiter's next cell: one holder at a time, and when it lets
@@ -460,11 +571,11 @@ mod tests {
     fn a_new_rate_swaps_the_limiter_only_when_it_differs() {
         let throttle = Throttle::new(30.0, 9, 4, HOLD);
         assert_eq!(throttle.rate(), (30.0, 9));
-        assert!(!throttle.set_rate(30.0, 9));
-        assert!(throttle.set_rate(10.0, 3));
+        assert!(!throttle.swap_limiter(30.0, 9));
+        assert!(throttle.swap_limiter(10.0, 3));
         assert_eq!(throttle.rate(), (10.0, 3));
         // Nonsense rates fall back to one a second rather than panicking.
-        assert!(throttle.set_rate(f64::NAN, 0));
+        assert!(throttle.swap_limiter(f64::NAN, 0));
         assert_eq!(throttle.rate(), (1.0, 1));
     }
 
@@ -614,7 +725,7 @@ mod tests {
         for _ in 0..3 {
             drop(throttle.admit(Lane::Live).await);
         }
-        assert!(throttle.set_rate(2.0 / 3600.0, 5));
+        assert!(throttle.swap_limiter(2.0 / 3600.0, 5));
         let waiting = tokio::spawn({
             let throttle = Arc::clone(&throttle);
             async move { drop(throttle.admit(Lane::Live).await) }
@@ -640,7 +751,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished());
-        throttle.set_rate(1000.0, 10);
+        throttle.swap_limiter(1000.0, 10);
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .expect("the queued request went at the new rate")

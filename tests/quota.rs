@@ -1,0 +1,101 @@
+//! The learnt rate against the simulator's enforced quota: a client set to twice what the tenant
+//! accepts learns the quota from Graph's 429s, instead of earning a 429 for every other request.
+//! Figures asserted are shares of requests, never durations.
+
+use std::sync::atomic::Ordering;
+
+use mdti_worker::graph::{GraphClient, GraphSettings};
+use mdti_worker::sim::{self, SimConfig};
+
+mod support;
+use support::graph_settings;
+
+const QUOTA: f64 = 50.0;
+
+/// `tasks` tasks asking whois of hosts of their own until `answers` answers came back in all.
+async fn ask_until(client: &GraphClient, tasks: usize, answers: usize) {
+    let workers: Vec<_> = (0..tasks)
+        .map(|task| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in (task..answers).step_by(tasks) {
+                    client
+                        .whois(&format!("h{i}.contoso.com"))
+                        .await
+                        .expect("every request ends answered, after its 429s");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_client_set_to_twice_the_quota_learns_it_and_earns_few_429s() {
+    let sim = sim::spawn(SimConfig {
+        rate_limit: Some(QUOTA),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts");
+    let client = GraphClient::new(GraphSettings {
+        requests_per_second: 2.0 * QUOTA,
+        burst: 10,
+        max_in_flight: 32,
+        ..graph_settings(&sim)
+    })
+    .expect("client builds");
+
+    ask_until(&client, 32, 1_000).await;
+
+    let requests = client.stats().requests.load(Ordering::Relaxed);
+    let throttled = sim.count("throttled");
+    let share = throttled as f64 / requests as f64;
+    // A fixed rate of twice the quota earns a 429 for about every other request.
+    assert!(
+        share <= 0.02,
+        "{throttled} of {requests} requests were 429s ({:.1} %)",
+        share * 100.0
+    );
+    let learnt = client.throttle().learnt();
+    assert!(learnt.cuts >= 1, "the rate was never cut: {learnt:?}");
+    assert!(
+        learnt.requests_per_second < 1.2 * QUOTA,
+        "the rate stayed above the quota: {learnt:?}"
+    );
+    assert_eq!(learnt.ceiling, 2.0 * QUOTA);
+}
+
+#[tokio::test]
+async fn auto_climbs_from_its_start_towards_a_quota_far_above_it() {
+    let sim = sim::spawn(SimConfig {
+        rate_limit: Some(QUOTA),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts");
+    let client = GraphClient::new(GraphSettings {
+        requests_per_second: 5.0,
+        rate_ceiling: Some(1000.0),
+        burst: 5,
+        max_in_flight: 32,
+        ..graph_settings(&sim)
+    })
+    .expect("client builds");
+
+    ask_until(&client, 32, 600).await;
+
+    let requests = client.stats().requests.load(Ordering::Relaxed);
+    let throttled = sim.count("throttled");
+    let learnt = client.throttle().learnt();
+    assert!(
+        learnt.requests_per_second > 2.0 * 5.0,
+        "the rate did not climb: {learnt:?}"
+    );
+    assert!(
+        (throttled as f64) <= 0.05 * requests as f64,
+        "{throttled} of {requests} requests were 429s"
+    );
+}
