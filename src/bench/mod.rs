@@ -434,12 +434,16 @@ struct GraphCounts {
     retry_after_micros: u64,
     limiter_micros: u64,
     hold_micros: u64,
+    /// Cuts Graph's 429s made to the learnt rate, and the rate (at this instant).
+    rate_cuts: u64,
+    learnt_rate: f64,
 }
 
 impl GraphCounts {
     fn of(graph: &GraphClient) -> GraphCounts {
         let s = graph.stats();
         let (limiter_micros, hold_micros) = graph.wait_micros();
+        let learnt = graph.throttle().learnt();
         GraphCounts {
             requests: s.requests.load(Ordering::Relaxed),
             throttled: s.throttled.load(Ordering::Relaxed),
@@ -448,6 +452,8 @@ impl GraphCounts {
             retry_after_micros: s.retry_after_micros.load(Ordering::Relaxed),
             limiter_micros,
             hold_micros,
+            rate_cuts: learnt.cuts,
+            learnt_rate: learnt.requests_per_second,
         }
     }
 
@@ -460,6 +466,8 @@ impl GraphCounts {
             retry_after_micros: self.retry_after_micros - e.retry_after_micros,
             limiter_micros: self.limiter_micros - e.limiter_micros,
             hold_micros: self.hold_micros - e.hold_micros,
+            rate_cuts: self.rate_cuts - e.rate_cuts,
+            learnt_rate: self.learnt_rate,
         }
     }
 }
@@ -1500,7 +1508,7 @@ fn assemble(a: Assembly<'_>) -> Report {
             observables_done: f.observables_done,
             observables_per_s: per(f.observables_done as f64, f.end_to_end),
         },
-        graph: graph_figures(&f, sim_delta),
+        graph: graph_figures(&f, sim_delta, a.ctx.cmd.sim_rate),
         breakdown: breakdown(&a, &f, &latency),
         latency,
         runs: Runs {
@@ -1553,8 +1561,13 @@ fn config(a: &Assembly<'_>, in_process: bool) -> Config {
     }
 }
 
-fn graph_figures(f: &Figures, sim_delta: BTreeMap<String, u64>) -> Graph {
+fn graph_figures(f: &Figures, sim_delta: BTreeMap<String, u64>, sim_rate: Option<f64>) -> Graph {
     let g = &f.client;
+    let sim_429 = sim_delta.get("throttled").copied();
+    let sim_requests = sim_delta.get("graph").copied();
+    let accepted = sim_requests
+        .zip(sim_429)
+        .map(|(seen, refused)| seen.saturating_sub(refused));
     Graph {
         requests: f.requests,
         requests_counted_by: if f.multi_process {
@@ -1565,8 +1578,17 @@ fn graph_figures(f: &Figures, sim_delta: BTreeMap<String, u64>) -> Graph {
         .to_owned(),
         requests_per_observable: per(f.requests as f64, f.observables_done as f64),
         achieved_rate: per(f.requests as f64, f.end_to_end),
-        sim_429: sim_delta.get("throttled").copied(),
-        sim_requests: sim_delta.get("graph").copied(),
+        sim_429,
+        sim_requests,
+        throttled_share: sim_requests
+            .zip(sim_429)
+            .filter(|(seen, _)| *seen > 0)
+            .map(|(seen, refused)| refused as f64 / seen as f64),
+        quota_accepted: accepted
+            .zip(sim_rate.filter(|q| *q > 0.0))
+            .map(|(accepted, quota)| per(accepted as f64, f.end_to_end) / quota),
+        learnt_rate: f.client_side(g.learnt_rate),
+        rate_cuts: f.client_side(g.rate_cuts),
         client_throttled: f.client_side(g.throttled),
         retries: f.client_side(g.retries),
         gave_up: f.client_side(g.gave_up),

@@ -98,6 +98,15 @@ pub struct Graph {
     pub sim_429: Option<u64>,
     /// Every request the simulator saw under `/v1.0` (its `graph` counter).
     pub sim_requests: Option<u64>,
+    /// 429s as a share of the requests the simulator saw.
+    pub throttled_share: Option<f64>,
+    /// Requests the simulator accepted per second (end to end), as a share of its enforced
+    /// rate (`--sim-rate`); `null` without one.
+    pub quota_accepted: Option<f64>,
+    /// The client's learnt rate at the end of the run, requests/s.
+    pub learnt_rate: Option<f64>,
+    /// Cuts Graph's 429s made to the learnt rate during the run.
+    pub rate_cuts: Option<u64>,
     /// The client-side figures below are `null` (not measured) with several worker processes:
     /// they live in the workers' memory.
     pub client_throttled: Option<u64>,
@@ -398,6 +407,7 @@ impl Report {
                 g.sim_429.map_or("n/a".into(), |v| v.to_string()),
             ),
         );
+        line(out, "quota", self.quota_line());
         line(
             out,
             "waits (summed)",
@@ -414,6 +424,26 @@ impl Report {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         line(out, "by endpoint", endpoints.join(", "));
+    }
+
+    /// What share of the requests Graph refused, what share of its quota it accepted, and the
+    /// rate the client learnt from that.
+    fn quota_line(&self) -> String {
+        let g = &self.graph;
+        let share = g.throttled_share.map_or("429 share not measured".into(), |v| {
+            format!("{:.2} % of requests were 429s", v * 100.0)
+        });
+        let accepted = g
+            .quota_accepted
+            .map(|q| format!("; {q:.2} of the simulator's rate accepted"))
+            .unwrap_or_default();
+        let learnt = match (g.learnt_rate, g.rate_cuts) {
+            (Some(rate), Some(cuts)) => {
+                format!("; learnt rate {rate:.1} req/s at the end, {cuts} cuts")
+            }
+            _ => "; learnt rate not measured (it is in the worker processes)".into(),
+        };
+        format!("{share}{accepted}{learnt}")
     }
 
     /// How the observables were answered, and what they were attributed to.
@@ -701,6 +731,10 @@ mod tests {
             achieved_rate: 59.3,
             sim_429: Some(12),
             sim_requests: Some(1212),
+            throttled_share: Some(12.0 / 1212.0),
+            quota_accepted: Some(0.98),
+            learnt_rate: Some(57.5),
+            rate_cuts: Some(3),
             client_throttled: Some(12),
             retries: Some(11),
             gave_up: Some(1),
@@ -860,7 +894,11 @@ mod tests {
         report.graph.requests_counted_by = "simulator".into();
         report.graph.client_throttled = None;
         report.graph.sim_429 = None;
+        report.graph.throttled_share = None;
+        report.graph.quota_accepted = None;
         report.graph.limiter_wait_s = None;
+        report.graph.learnt_rate = None;
+        report.graph.rate_cuts = None;
         report.resources.rss_includes_simulator = false;
         report.resources.peak_rss_window_only = false;
         report.resources.worker_processes = vec![
