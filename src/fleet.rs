@@ -11,7 +11,17 @@
 //!   of its fair share at least, until they lower theirs at their next heartbeat); the burst is
 //!   split in the same proportion. Heartbeats of one tenant run one at a time (an advisory
 //!   lock), so each sees the shares the others last took;
-//! - reads the tenant's shared hold (`tenant_quotas.throttled_until`) and holds back until then.
+//! - reads the tenant's shared hold (`tenant_quotas.throttled_until`) and holds back until then;
+//! - grows the tenant's learnt rate (`tenant_quotas.learnt_rate`, null until it first changes:
+//!   the whole quota) when this worker's requests waited at its share: the shares above are
+//!   shares of that rate, not of the quota.
+//!
+//! The tenant's rate is learnt the way one process learns its own ([`crate::graph::adaptive`]),
+//! with the same two rules: a 429 any worker sees cuts it (at most once a second for the whole
+//! tenant, by the database's clock), and it grows by the time since it last changed at the
+//! heartbeats of the workers held back by their share. Each worker also cuts its own rate at
+//! once on its own 429s, and its share is only its ceiling; so the fleet learns together what
+//! one worker would learn alone.
 //!
 //! A 429 one worker sees is written at once as `throttled_until = greatest(existing, now() +
 //! Retry-After)`, so the others stop at their next heartbeat instead of each earning its own
@@ -33,8 +43,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
+use crate::graph::adaptive::{cut, grown, STEP};
 use crate::graph::GraphClient;
-use crate::store::{LeaseHolder, Store, StoreError};
+use crate::store::{HeartbeatDecision, LeaseHolder, LeaseView, Store, StoreError, TenantRate};
 
 /// How a fleet shares its tenant.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +85,22 @@ pub fn share_of(quota: f64, burst: u32, live_workers: u32, others_share: f64) ->
         requests_per_second,
         burst,
     }
+}
+
+/// The tenant's rate after a 429: cut from the learnt rate (the quota if none), unless another
+/// worker's 429 cut it within the last second (the same overshoot, seen by several workers).
+fn tenant_cut(learnt: Option<TenantRate>, quota: f64) -> Option<f64> {
+    match learnt {
+        Some(learnt) if learnt.since_cut.is_some_and(|since| since < STEP) => None,
+        Some(learnt) => Some(cut(learnt.requests_per_second, quota)),
+        None => Some(cut(quota, quota)),
+    }
+}
+
+/// The tenant's burst at `rate`: the configured burst in proportion to the rate's part of the
+/// quota.
+fn tenant_burst(burst: u32, rate: f64, quota: f64) -> u32 {
+    ((f64::from(burst) * rate / quota).round() as u32).max(1)
 }
 
 /// Where the output of spawned workers goes.
@@ -134,17 +161,18 @@ impl Coordinator {
         &self.settings
     }
 
-    /// Renew the lease, take this worker's share of the quota, and honour the tenant's hold.
+    /// Renew the lease, grow the tenant's learnt rate if this worker waited at its share, take
+    /// this worker's share of that rate, and honour the tenant's hold.
     pub async fn heartbeat(&self) -> Result<Share, StoreError> {
-        let (quota, burst) = (self.settings.tenant_quota, self.settings.tenant_burst);
-        let (view, _) = self
+        let pressed = self.graph.throttle().take_pressed();
+        let (view, decision) = self
             .store
             .heartbeat_lease(&self.holder, self.settings.lease_expiry, |view| {
-                share_of(quota, burst, view.live_workers, view.others_share).requests_per_second
+                self.decide(view, pressed)
             })
             .await?;
         // Applied only once recorded: a share the others cannot see yet is not spent.
-        let share = share_of(quota, burst, view.live_workers, view.others_share);
+        let share = self.share(&view, decision.tenant_rate);
         let throttle = self.graph.throttle();
         if throttle.set_ceiling(share.requests_per_second, share.burst) {
             tracing::info!(
@@ -160,15 +188,60 @@ impl Coordinator {
         Ok(share)
     }
 
-    /// This worker was throttled for `wait`: make it the tenant's hold, and hold back for
-    /// whatever the tenant's hold now is (another worker's may be longer).
+    /// The tenant's rate after this heartbeat (grown if this worker's requests waited at its
+    /// share), and this worker's share of it.
+    fn decide(&self, view: &LeaseView, pressed: bool) -> HeartbeatDecision {
+        let quota = self.settings.tenant_quota;
+        let tenant_rate = view
+            .learnt
+            .filter(|_| pressed)
+            .map(|learnt| {
+                let throttled_before = learnt.since_cut.is_some();
+                grown(
+                    learnt.requests_per_second,
+                    learnt.since_change,
+                    throttled_before,
+                    quota,
+                )
+            })
+            .filter(|rate| Some(*rate) != view.learnt.map(|l| l.requests_per_second));
+        HeartbeatDecision {
+            share: self.share(view, tenant_rate).requests_per_second,
+            tenant_rate,
+        }
+    }
+
+    /// This worker's share of the tenant's rate: `rate` if given, else the learnt one, else
+    /// the quota.
+    fn share(&self, view: &LeaseView, rate: Option<f64>) -> Share {
+        let quota = self.settings.tenant_quota;
+        let rate = rate
+            .or(view.learnt.map(|learnt| learnt.requests_per_second))
+            .unwrap_or(quota)
+            .min(quota);
+        let burst = tenant_burst(self.settings.tenant_burst, rate, quota);
+        share_of(rate, burst, view.live_workers, view.others_share)
+    }
+
+    /// This worker was throttled for `wait`: make it the tenant's hold, cut the tenant's rate
+    /// (at most once a second for the tenant), and hold back for whatever the tenant's hold now
+    /// is (another worker's may be longer).
     pub async fn share_throttle(&self, wait: Duration) -> Result<(), StoreError> {
-        let hold = self
-            .store
-            .raise_tenant_hold(&self.settings.tenant_id, wait)
-            .await?;
+        let tenant = &self.settings.tenant_id;
+        let hold = self.store.raise_tenant_hold(tenant, wait).await?;
         if let Some(hold) = hold {
             self.graph.throttle().hold_shared(hold);
+        }
+        let quota = self.settings.tenant_quota;
+        let cut_to = self
+            .store
+            .cut_tenant_rate(tenant, |learnt| tenant_cut(learnt, quota))
+            .await?;
+        if let Some(rate) = cut_to {
+            tracing::info!(
+                requests_per_second = rate,
+                "Graph throttled the tenant: its learnt rate was cut"
+            );
         }
         Ok(())
     }

@@ -167,6 +167,76 @@ async fn a_429_seen_by_one_worker_holds_back_the_others() {
     other.leave().await.unwrap();
 }
 
+/// The tenant's learnt rate as recorded, if any.
+async fn learnt_rate(db: &TestDb) -> Option<f64> {
+    sqlx::query_scalar::<_, Option<f64>>(
+        "SELECT learnt_rate FROM tenant_quotas WHERE tenant_id = 'sim-tenant'",
+    )
+    .fetch_optional(db.store.pool())
+    .await
+    .unwrap()
+    .flatten()
+}
+
+#[tokio::test]
+async fn one_workers_429_cuts_the_tenants_rate_and_every_share_follows_it() {
+    let (db, sim, expiry) = in_process_fleet().await;
+    let throttled = join(&db, &sim, expiry).await;
+    let other = join(&db, &sim, expiry).await;
+    beat_until(&[&throttled, &other], QUOTA / 2.0, 2).await;
+    assert_eq!(learnt_rate(&db).await, None, "nothing learnt before a 429");
+
+    throttled
+        .share_throttle(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(learnt_rate(&db).await, Some(QUOTA * 0.9));
+    // The same overshoot seen by the other worker within the second cuts nothing more.
+    other
+        .share_throttle(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(learnt_rate(&db).await, Some(QUOTA * 0.9));
+
+    let shares = beat_until(&[&throttled, &other], QUOTA * 0.9 / 2.0, 3).await;
+    assert_eq!(rates(&shares), vec![QUOTA * 0.9 / 2.0; 2]);
+    let learnt = other.graph().throttle().learnt();
+    assert_eq!(learnt.ceiling, QUOTA * 0.9 / 2.0);
+    assert_eq!(learnt.requests_per_second, QUOTA * 0.9 / 2.0);
+
+    throttled.leave().await.unwrap();
+    other.leave().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_tenants_rate_grows_back_when_a_worker_waits_at_its_share() {
+    let (db, sim, expiry) = in_process_fleet().await;
+    let worker = join(&db, &sim, expiry).await;
+    worker
+        .share_throttle(Duration::from_millis(10))
+        .await
+        .unwrap();
+    worker.heartbeat().await.unwrap();
+    let cut_to = learnt_rate(&db).await.expect("a learnt rate");
+
+    // More requests than its share lets through at once: they wait at the ceiling.
+    let graph = worker.graph().clone();
+    let asking: Vec<_> = (0..40)
+        .map(|i| {
+            let graph = graph.clone();
+            tokio::spawn(async move { graph.whois(&format!("h{i}.contoso.com")).await })
+        })
+        .collect();
+    for task in asking {
+        task.await.unwrap().unwrap();
+    }
+    worker.heartbeat().await.unwrap();
+    let grown = learnt_rate(&db).await.expect("a learnt rate");
+    assert!(grown > cut_to, "{grown} after {cut_to}");
+    assert!(grown <= QUOTA);
+    worker.leave().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_real_429_is_shared_through_the_running_coordinators() {
     let (db, sim, expiry) = in_process_fleet().await;

@@ -430,9 +430,11 @@ impl Report {
     /// rate the client learnt from that.
     fn quota_line(&self) -> String {
         let g = &self.graph;
-        let share = g.throttled_share.map_or("429 share not measured".into(), |v| {
-            format!("{:.2} % of requests were 429s", v * 100.0)
-        });
+        let share = g
+            .throttled_share
+            .map_or("429 share not measured".into(), |v| {
+                format!("{:.2} % of requests were 429s", v * 100.0)
+            });
         let accepted = g
             .quota_accepted
             .map(|q| format!("; {q:.2} of the simulator's rate accepted"))

@@ -288,6 +288,13 @@ impl Throttle {
         self.swap_limiter(rate, learnt.burst_at(rate))
     }
 
+    /// Whether requests waited for the rate while it sat at its ceiling, since the last call:
+    /// a fleet worker whose share holds it back.
+    pub fn take_pressed(&self) -> bool {
+        let mut learnt = self.learner.lock().expect("learner lock poisoned");
+        learnt.learner.take_pressed()
+    }
+
     /// What the rate is now, its ceiling, and how often Graph's 429s cut it.
     pub fn learnt(&self) -> LearntRate {
         let learnt = self.learner.lock().expect("learner lock poisoned");

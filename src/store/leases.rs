@@ -29,7 +29,49 @@ pub struct LeaseView {
     pub others_share: f64,
     /// How much longer the tenant is throttled, if it is.
     pub throttled_for: Option<Duration>,
+    /// The rate the fleet has learnt for the tenant, if it learnt one yet.
+    pub learnt: Option<TenantRate>,
 }
+
+/// A tenant's learnt rate, and how long ago it last changed and was last cut.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenantRate {
+    pub requests_per_second: f64,
+    pub since_change: Duration,
+    pub since_cut: Option<Duration>,
+}
+
+/// What a heartbeat decided: this worker's share, and the tenant's rate if it changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeartbeatDecision {
+    pub share: f64,
+    pub tenant_rate: Option<f64>,
+}
+
+/// Reads a tenant's learnt rate from the columns `learnt_rate`, `since_change` and
+/// `since_cut` (seconds) of `row`.
+fn tenant_rate(row: &sqlx::postgres::PgRow) -> Result<Option<TenantRate>, sqlx::Error> {
+    let rate: Option<f64> = row.try_get("learnt_rate")?;
+    let since_change: Option<f64> = row.try_get("since_change")?;
+    let since_cut: Option<f64> = row.try_get("since_cut")?;
+    Ok(rate
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(|rate| TenantRate {
+            requests_per_second: rate,
+            since_change: elapsed(since_change),
+            since_cut: since_cut.map(|s| elapsed(Some(s))),
+        }))
+}
+
+/// Seconds elapsed by the database's clock; a clock stepped back reads as none.
+fn elapsed(seconds: Option<f64>) -> Duration {
+    positive_seconds(seconds).unwrap_or(Duration::ZERO)
+}
+
+/// The tenant's learnt-rate columns, as `tenant_rate` reads them, for a query over `q`.
+const TENANT_RATE_COLUMNS: &str = "q.learnt_rate, \
+    extract(epoch FROM now() - q.learnt_at)::float8 AS since_change, \
+    extract(epoch FROM now() - q.cut_at)::float8 AS since_cut";
 
 impl Store {
     /// One heartbeat, in one transaction: renew (or take, the first time or after it was
@@ -44,16 +86,11 @@ impl Store {
         &self,
         holder: &LeaseHolder,
         expiry: Duration,
-        decide: impl FnOnce(&LeaseView) -> f64,
-    ) -> Result<(LeaseView, f64), StoreError> {
+        decide: impl FnOnce(&LeaseView) -> HeartbeatDecision,
+    ) -> Result<(LeaseView, HeartbeatDecision), StoreError> {
         let expiry = ttl_seconds(expiry);
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('mdti.worker_leases:' || $1, 0))",
-        )
-        .bind(&holder.tenant_id)
-        .execute(&mut *tx)
-        .await?;
+        lock_tenant(&mut tx, &holder.tenant_id).await?;
         sqlx::query(
             "INSERT INTO worker_leases (id, tenant_id, host, pid, started_at, heartbeat_at) \
              VALUES ($1, $2, $3, $4, now(), now()) \
@@ -65,15 +102,17 @@ impl Store {
         .bind(holder.pid as i32)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(
-            "SELECT count(l.id) AS others, \
-               coalesce(sum(l.share), 0)::float8 AS others_share, \
-               (SELECT extract(epoch FROM q.throttled_until - now())::float8 \
-                  FROM tenant_quotas q WHERE q.tenant_id = $2) AS throttled_seconds \
-             FROM worker_leases l \
-             WHERE l.tenant_id = $2 AND l.id <> $1 \
-               AND l.heartbeat_at > now() - make_interval(secs => $3::float8)",
-        )
+        let row = sqlx::query(&format!(
+            "WITH others AS ( \
+               SELECT count(l.id) AS others, coalesce(sum(l.share), 0)::float8 AS others_share \
+               FROM worker_leases l \
+               WHERE l.tenant_id = $2 AND l.id <> $1 \
+                 AND l.heartbeat_at > now() - make_interval(secs => $3::float8)) \
+             SELECT o.others, o.others_share, \
+               extract(epoch FROM q.throttled_until - now())::float8 AS throttled_seconds, \
+               {TENANT_RATE_COLUMNS} \
+             FROM others o LEFT JOIN tenant_quotas q ON q.tenant_id = $2"
+        ))
         .bind(holder.id)
         .bind(&holder.tenant_id)
         .bind(expiry)
@@ -85,8 +124,13 @@ impl Store {
             live_workers: u32::try_from(others).unwrap_or(u32::MAX).saturating_add(1),
             others_share: row.try_get("others_share")?,
             throttled_for: positive_seconds(throttled),
+            learnt: tenant_rate(&row)?,
         };
-        let share = decide(&view);
+        let decision = decide(&view);
+        if let Some(rate) = decision.tenant_rate {
+            set_tenant_rate(&mut tx, &holder.tenant_id, rate, false).await?;
+        }
+        let share = decision.share;
         sqlx::query(
             "WITH expired AS ( \
                DELETE FROM worker_leases \
@@ -102,7 +146,32 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((view, share))
+        Ok((view, decision))
+    }
+
+    /// A worker of the tenant was throttled: let `decide` pick the tenant's new rate from the
+    /// learnt one (`None` if it learnt none yet), and record it as a cut. Serialised with the
+    /// heartbeats, so a heartbeat's growth never overwrites a cut. Returns the rate recorded.
+    pub async fn cut_tenant_rate(
+        &self,
+        tenant_id: &str,
+        decide: impl FnOnce(Option<TenantRate>) -> Option<f64>,
+    ) -> Result<Option<f64>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        lock_tenant(&mut tx, tenant_id).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_RATE_COLUMNS} FROM (SELECT 1) AS one \
+             LEFT JOIN tenant_quotas q ON q.tenant_id = $1"
+        ))
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let cut = decide(tenant_rate(&row)?);
+        if let Some(rate) = cut {
+            set_tenant_rate(&mut tx, tenant_id, rate, true).await?;
+        }
+        tx.commit().await?;
+        Ok(cut)
     }
 
     /// Give the lease back (a clean shutdown): the others count one worker fewer at their next
@@ -135,6 +204,40 @@ impl Store {
         .await?;
         Ok(positive_seconds(Some(seconds)))
     }
+}
+
+/// Heartbeats and rate cuts of one tenant run one at a time: a transaction-scoped advisory lock.
+async fn lock_tenant(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('mdti.worker_leases:' || $1, 0))")
+        .bind(tenant_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Record the tenant's learnt rate, and when it changed (and was cut, if `cut`).
+async fn set_tenant_rate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: &str,
+    rate: f64,
+    cut: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tenant_quotas AS q (tenant_id, throttled_until, learnt_rate, learnt_at, cut_at) \
+         VALUES ($1, now(), $2, now(), CASE WHEN $3 THEN now() END) \
+         ON CONFLICT (tenant_id) DO UPDATE \
+           SET learnt_rate = EXCLUDED.learnt_rate, learnt_at = now(), \
+               cut_at = coalesce(EXCLUDED.cut_at, q.cut_at)",
+    )
+    .bind(tenant_id)
+    .bind(rate)
+    .bind(cut)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn positive_seconds(seconds: Option<f64>) -> Option<Duration> {
