@@ -5,7 +5,9 @@
 //! `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO UPDATE`. Before that they are deduplicated
 //! on the conflict key (Postgres refuses an `ON CONFLICT DO UPDATE` that touches a row twice)
 //! and sorted by it, so concurrent messages lock shared rows in the same order and do not
-//! deadlock.
+//! deadlock. Observables and extracts take two statements each: the observables nobody stored
+//! are inserted first, which tells them apart, and their extracts (most of the rows) are then
+//! inserted without the upsert's conflict check, which nothing can hit.
 //!
 //! Text is made storable on the way in: Postgres text and jsonb cannot hold NUL characters, and
 //! an extract value longer than a btree index entry allows would fail the whole message, so NULs
