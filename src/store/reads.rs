@@ -5,7 +5,7 @@
 //! nearly all of Postgres's transactions (about 2.5 per message against one group commit per
 //! fifty messages), and a statement's fixed cost (planning, executor start, the round trip) is
 //! several times that of the index lookups it makes. So, as for the group commit, the asks
-//! wait in a queue and a few runner tasks each take whatever is waiting (up to [`MAX_ASKS`]) into
+//! wait in a queue and a runner task takes whatever is waiting (up to [`MAX_ASKS`]) into
 //! one statement. Nothing waits for a batch to fill: a runner that finds one ask reads one.
 //!
 //! Every statement starts after the asks it answers were made, so an ask sees every commit
@@ -28,8 +28,10 @@ use crate::model::Fanout;
 /// At most this many asks in one statement.
 const MAX_ASKS: usize = 256;
 
-/// Statements of one kind running at once: one can be answered while another is being read.
-const RUNNERS: usize = 2;
+/// Statements of one kind running at once. One: asks made while it runs wait for it (a few
+/// milliseconds) and go together in the next; with two, the walks' cache reads, which come
+/// less often than the freshness checks, mostly found a runner free and went one by one.
+const RUNNERS: usize = 1;
 
 /// One statement answering every ask of a batch, an answer per ask in order.
 type ReadFn<A, B> = for<'a> fn(&'a PgPool, &'a [A]) -> BoxFuture<'a, Result<Vec<B>, StoreError>>;
