@@ -735,3 +735,140 @@ async fn a_reputation_lookup_is_claimed_by_one_worker_until_released_or_run_out(
     db.store.release_reputation_lookups(&stale).await.unwrap();
     assert_eq!(held().await, 2, "still the new holder's");
 }
+
+#[tokio::test]
+async fn a_batch_of_new_and_stored_observables_writes_each_extract_once() {
+    let db = TestDb::new().await;
+    let stored = observable("20.1.0.1");
+    let new = observable("20.2.0.1");
+    db.store
+        .record_message(&[run("first", 0, &stored, RunStatus::Enriched)], &[])
+        .await
+        .unwrap();
+    let before = db.count("extracts").await;
+    sqlx::query("UPDATE extracts SET last_seen_at = now() - interval '1 day'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+
+    // One transaction: the stored observable's extracts are upserted, the new one's inserted.
+    let runs = [
+        run("second", 0, &stored, RunStatus::Enriched),
+        run("second", 1, &new, RunStatus::Enriched),
+    ];
+    db.store.record_message(&runs, &[]).await.unwrap();
+    assert_eq!(db.count("observables").await, 2);
+    assert_eq!(db.count("extracts").await, 2 * before);
+    let stale: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM extracts WHERE last_seen_at < now() - interval '1 hour'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stale, 0, "the stored observable's extracts were seen again");
+    assert_eq!(
+        db.store.extracts_for(&new).await.unwrap().len() as i64,
+        before
+    );
+}
+
+#[tokio::test]
+async fn deleting_observables_and_runs_still_reaches_their_extracts() {
+    let db = TestDb::new().await;
+    let kept = observable("20.1.0.1");
+    let dropped = observable("20.2.0.1");
+    let runs = [
+        run("m", 0, &kept, RunStatus::Enriched),
+        run("m", 1, &dropped, RunStatus::Enriched),
+    ];
+    db.store.record_message(&runs, &[]).await.unwrap();
+    let each = db.count("extracts").await / 2;
+    assert!(each > 0);
+
+    // A pruned run leaves its extracts without a run, as a foreign key's SET NULL did.
+    sqlx::query("DELETE FROM enrichment_runs WHERE id = $1")
+        .bind(run_id("m", 0))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let unlinked: i64 = sqlx::query_scalar("SELECT count(*) FROM extracts WHERE run_id IS NULL")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(unlinked, each);
+
+    // A deleted observable takes its extracts with it, as a foreign key's CASCADE did.
+    sqlx::query("DELETE FROM observables WHERE value = $1")
+        .bind(dropped.value())
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(db.count("extracts").await, each);
+    assert!(db.store.extracts_for(&dropped).await.unwrap().is_empty());
+    assert_eq!(
+        db.store.extracts_for(&kept).await.unwrap().len() as i64,
+        each
+    );
+}
+
+#[tokio::test]
+async fn concurrent_cache_reads_each_get_their_own_answer() {
+    let db = TestDb::new().await;
+    db.store
+        .save_reputation("fresh.example", &reputation())
+        .await
+        .unwrap();
+    db.store
+        .save_reputation("old.example", &reputation())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE reputations SET fetched_at = now() - interval '2 hours' WHERE host = 'old.example'",
+    )
+    .execute(db.store.pool())
+    .await
+    .unwrap();
+    let enriched = observable("20.1.0.1");
+    db.store
+        .record_message(&[run("m", 0, &enriched, RunStatus::Enriched)], &[])
+        .await
+        .unwrap();
+
+    // Asked all at once, so that they share statements: each ask keeps its own hosts and TTL.
+    let hosts = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let asks = (0..60).map(|i| {
+        let store = db.store.clone();
+        let (names, ttl) = match i % 3 {
+            0 => (hosts(&["fresh.example", "old.example"]), HOUR),
+            1 => (
+                hosts(&["fresh.example", "old.example", "unknown.example"]),
+                3 * HOUR,
+            ),
+            _ => (hosts(&["old.example"]), HOUR),
+        };
+        async move { (i, store.cached_reputations(&names, ttl).await.unwrap()) }
+    });
+    for (i, found) in futures::future::join_all(asks).await {
+        let mut found: Vec<String> = found.into_keys().collect();
+        found.sort();
+        let wanted = match i % 3 {
+            0 => vec!["fresh.example"],
+            1 => vec!["fresh.example", "old.example"],
+            _ => vec![],
+        };
+        assert_eq!(found, wanted, "ask {i}");
+    }
+
+    let fresh = (0..60).map(|i| {
+        let store = db.store.clone();
+        let asked = if i % 2 == 0 {
+            enriched.clone()
+        } else {
+            observable("20.9.0.1")
+        };
+        async move { (i, store.is_fresh(&asked, &ENRICHERS, HOUR).await.unwrap()) }
+    });
+    for (i, fresh) in futures::future::join_all(fresh).await {
+        assert_eq!(fresh, i % 2 == 0, "ask {i}");
+    }
+}

@@ -558,6 +558,7 @@ async fn pg_stats(admin_url: &str, db_name: &str) -> anyhow::Result<Postgres> {
         blocks_hit: row.try_get("blks_hit")?,
         blocks_read: row.try_get("blks_read")?,
         active_s: row.try_get::<Option<f64>, _>("active_time")?.unwrap_or(0.0) / 1000.0,
+        ..Postgres::default()
     })
 }
 
@@ -571,6 +572,7 @@ fn pg_delta(after: &Postgres, before: &Postgres) -> Postgres {
         blocks_hit: after.blocks_hit - before.blocks_hit,
         blocks_read: after.blocks_read - before.blocks_read,
         active_s: after.active_s - before.active_s,
+        ..Postgres::default()
     }
 }
 
@@ -1520,7 +1522,7 @@ fn assemble(a: Assembly<'_>) -> Report {
         },
         worker: worker_counters(&a),
         resources: resources(&a, &f, cpu),
-        postgres: a.pg.clone(),
+        postgres: a.pg.clone().per(a.published as f64, a.rows.enriched as f64),
         lanes: None,
         notes: notes(&a, &f),
     }
@@ -1617,6 +1619,8 @@ fn breakdown(a: &Assembly<'_>, f: &Figures, latency: &Latency) -> Breakdown {
 
 fn resources(a: &Assembly<'_>, f: &Figures, cpu: CpuUse) -> Resources {
     let (before, after) = (&a.before, &a.after);
+    let postgres_backends_cpu_s =
+        measure::processes_delta(&before.postgres_backends, &after.postgres_backends);
     Resources {
         peak_rss_mib: a.peak_kib.map(|k| k as f64 / 1024.0),
         end_rss_mib: a.end_kib.map(|k| k as f64 / 1024.0),
@@ -1628,9 +1632,10 @@ fn resources(a: &Assembly<'_>, f: &Figures, cpu: CpuUse) -> Resources {
         publisher_cpu_s: cpu.publisher,
         worker_cpu_s: cpu.worker,
         worker_cpu_s_per_1000: per(cpu.worker * 1000.0, f.observables_done as f64),
-        postgres_backends_cpu_s: measure::processes_delta(
-            &before.postgres_backends,
-            &after.postgres_backends,
+        postgres_backends_cpu_s,
+        postgres_backends_cpu_s_per_1000: per(
+            postgres_backends_cpu_s * 1000.0,
+            f.observables_done as f64,
         ),
         postgres_all_cpu_s: measure::processes_delta(&before.postgres_all, &after.postgres_all),
         rabbitmq_cpu_s: measure::processes_delta(&before.rabbitmq, &after.rabbitmq),

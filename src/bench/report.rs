@@ -189,6 +189,8 @@ pub struct Resources {
     pub worker_cpu_s_per_1000: f64,
     /// Backends serving the bench database.
     pub postgres_backends_cpu_s: f64,
+    /// The same, per 1,000 observables done (the worker's CPU's companion figure).
+    pub postgres_backends_cpu_s_per_1000: f64,
     /// Every `postgres` process on the host (WAL writer, checkpointer, other databases...).
     pub postgres_all_cpu_s: f64,
     pub rabbitmq_cpu_s: f64,
@@ -220,6 +222,30 @@ pub struct Postgres {
     pub blocks_read: i64,
     /// Server-side time executing statements for the bench database (`active_time`).
     pub active_s: f64,
+    /// Commits (`xact_commit`: every autocommitted statement is one) per published message.
+    pub transactions_per_message: f64,
+    /// Rows inserted, and updated, per observable the worker enriched.
+    pub rows_inserted_per_enriched: f64,
+    pub rows_updated_per_enriched: f64,
+}
+
+impl Postgres {
+    /// These counters with their ratios to `messages` published and `enriched` observables.
+    pub fn per(self, messages: f64, enriched: f64) -> Postgres {
+        let ratio = |value: i64, over: f64| {
+            if over > 0.0 {
+                value as f64 / over
+            } else {
+                0.0
+            }
+        };
+        Postgres {
+            transactions_per_message: ratio(self.commits, messages),
+            rows_inserted_per_enriched: ratio(self.rows_inserted, enriched),
+            rows_updated_per_enriched: ratio(self.rows_updated, enriched),
+            ..self
+        }
+    }
 }
 
 /// Where the time went, in task-seconds (summed over whatever ran at once).
@@ -585,8 +611,8 @@ impl Report {
             out,
             "Postgres CPU",
             format!(
-                "{:.2} s in the bench database's backends ({:.2} s all postgres processes)",
-                r.postgres_backends_cpu_s, r.postgres_all_cpu_s
+                "{:.2} s in the bench database's backends = {:.3} s per 1,000 observables ({:.2} s all postgres processes)",
+                r.postgres_backends_cpu_s, r.postgres_backends_cpu_s_per_1000, r.postgres_all_cpu_s
             ),
         );
         line(out, "RabbitMQ CPU", format!("{:.2} s", r.rabbitmq_cpu_s));
@@ -601,6 +627,14 @@ impl Report {
             format!(
                 "{} commits, {} rollbacks, {} rows inserted, {} updated, {} fetched; active {:.2} s",
                 p.commits, p.rollbacks, p.rows_inserted, p.rows_updated, p.rows_fetched, p.active_s
+            ),
+        );
+        line(
+            out,
+            "Postgres per unit",
+            format!(
+                "{:.2} transactions per message; {:.1} rows inserted, {:.1} updated per enriched observable",
+                p.transactions_per_message, p.rows_inserted_per_enriched, p.rows_updated_per_enriched
             ),
         );
         if let (Some(messages), Some(transactions)) = (
@@ -771,6 +805,7 @@ mod tests {
             worker_cpu_s: 3.0,
             worker_cpu_s_per_1000: 3.03,
             postgres_backends_cpu_s: 1.25,
+            postgres_backends_cpu_s_per_1000: 1.263,
             postgres_all_cpu_s: 1.5,
             rabbitmq_cpu_s: 0.75,
             worker_processes: Vec::new(),
@@ -876,6 +911,9 @@ mod tests {
                 blocks_hit: 0,
                 blocks_read: 0,
                 active_s: 2.5,
+                transactions_per_message: 0.4,
+                rows_inserted_per_enriched: 3.33,
+                rows_updated_per_enriched: 0.5,
             },
             breakdown: breakdown(),
             lanes: Some(lanes()),

@@ -110,7 +110,8 @@ pub(super) async fn upsert_pairs(
 }
 
 impl Store {
-    /// The fanouts of `hosts` measured within `ttl`, in one query.
+    /// The fanouts of `hosts` measured within `ttl`, in one query (shared with other walks
+    /// asking meanwhile).
     pub async fn cached_fanouts(
         &self,
         hosts: &[String],
@@ -119,26 +120,11 @@ impl Store {
         if ttl.is_zero() || hosts.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = sqlx::query(
-            "SELECT host, names, more FROM host_fanout \
-             WHERE host = ANY($1::text[]) AND fetched_at > now() - make_interval(secs => $2::float8)",
-        )
-        .bind(pg_texts(hosts))
-        .bind(ttl_seconds(ttl))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let names: i32 = row.try_get("names")?;
-                Ok((
-                    row.try_get("host")?,
-                    Fanout {
-                        names: names.max(0) as u32,
-                        more: row.try_get("more")?,
-                    },
-                ))
-            })
-            .collect()
+        let ask = super::reads::HostAsk {
+            hosts: pg_texts(hosts),
+            ttl_seconds: ttl_seconds(ttl),
+        };
+        self.reads.fanouts.ask(ask).await
     }
 
     /// Save fanouts measured now, in one statement (on the relaxed sessions: a lost row is only

@@ -18,6 +18,7 @@ mod group_commit;
 mod leases;
 mod outbox;
 mod pg_text;
+mod reads;
 mod report;
 mod status;
 mod summary;
@@ -45,7 +46,7 @@ pub use status::{MessageSizes, Publication, SourceActivity};
 pub use summary::Summary;
 pub use write::EXTRACT_MAX_BYTES;
 
-use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation, ReputationRule};
+use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation};
 use crate::lane::Lane;
 use crate::model::LookupClaims;
 pub use crate::model::{StoredLinks, WalkHits};
@@ -234,6 +235,25 @@ pub struct Store {
     /// statement and one round trip, not four (BEGIN, SET LOCAL, the write, COMMIT).
     relaxed: PgPool,
     group: Option<Arc<group_commit::GroupCommit>>,
+    reads: Arc<Reads>,
+}
+
+/// The reads that concurrent messages ask often, each kind answered in batches (see
+/// `reads.rs`).
+struct Reads {
+    fresh: reads::Batched<reads::FreshAsk, bool>,
+    reputations: reads::Batched<reads::HostAsk, HashMap<String, Reputation>>,
+    fanouts: reads::Batched<reads::HostAsk, HashMap<String, crate::model::Fanout>>,
+}
+
+impl Reads {
+    fn new(pool: &PgPool) -> Reads {
+        Reads {
+            fresh: reads::Batched::new(pool.clone(), reads::read_fresh),
+            reputations: reads::Batched::new(pool.clone(), reads::read_reputations),
+            fanouts: reads::Batched::new(pool.clone(), reads::read_fanouts),
+        }
+    }
 }
 
 impl fmt::Debug for Store {
@@ -260,8 +280,10 @@ impl Store {
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy_with(options)
         };
+        let main = pool(max_connections.saturating_sub(relaxed), options.clone());
         Ok(Store {
-            pool: pool(max_connections.saturating_sub(relaxed), options.clone()),
+            reads: Arc::new(Reads::new(&main)),
+            pool: main,
             relaxed: pool(relaxed, options.options([("synchronous_commit", "off")])),
             group: None,
         })
@@ -343,19 +365,14 @@ impl Store {
         let mut wanted: Vec<&str> = enrichers.iter().map(|e| e.as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let fresh: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM enricher_results e \
-             JOIN observables o ON o.id = e.observable_id \
-             WHERE o.kind = $1 AND o.value = $2 AND e.enricher = ANY($3::text[]) \
-               AND e.fetched_at > now() - make_interval(secs => $4::float8)",
-        )
-        .bind(kind_name(observable.kind()))
-        .bind(observable.value())
-        .bind(&wanted)
-        .bind(ttl_seconds(ttl))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(fresh == wanted.len() as i64)
+        let ask = reads::FreshAsk {
+            kind: kind_name(observable.kind()),
+            value: observable.value().to_owned(),
+            wanted: wanted.join(","),
+            wanted_count: wanted.len() as i64,
+            ttl_seconds: ttl_seconds(ttl),
+        };
+        self.reads.fresh.ask(ask).await
     }
 
     /// Everything one message produced, in one transaction: observables, runs, and for enriched
@@ -414,9 +431,10 @@ impl Store {
         Ok(found.remove(&pg_text::pg_text(host)))
     }
 
-    /// The reputations of `hosts` fetched within `ttl`, keyed by host, in one query: a walk asks
-    /// for a whole level of counterparts at once rather than one round trip each. A stored value
-    /// this build cannot read is treated as a miss.
+    /// The reputations of `hosts` fetched within `ttl`, keyed by host, in one query (shared with
+    /// other walks asking meanwhile): a walk asks for a whole level of counterparts at once
+    /// rather than one round trip each. A stored value this build cannot read is treated as a
+    /// miss.
     pub async fn cached_reputations(
         &self,
         hosts: &[String],
@@ -425,34 +443,11 @@ impl Store {
         if ttl.is_zero() || hosts.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys = pg_text::pg_texts(hosts);
-        let rows = sqlx::query(
-            "SELECT host, classification, score, rules FROM reputations \
-             WHERE host = ANY($1::text[]) AND fetched_at > now() - make_interval(secs => $2::float8)",
-        )
-        .bind(&keys)
-        .bind(ttl_seconds(ttl))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let host: String = row.try_get("host")?;
-            let rules: serde_json::Value = row.try_get("rules")?;
-            match serde_json::from_value::<Vec<ReputationRule>>(rules) {
-                Ok(rules) => {
-                    let reputation = Reputation {
-                        classification: row.try_get("classification")?,
-                        score: row.try_get("score")?,
-                        rules,
-                    };
-                    found.insert(host, reputation);
-                }
-                Err(error) => {
-                    tracing::warn!(host, %error, "stored reputation rules unreadable; treating as a miss");
-                }
-            }
-        }
-        Ok(found)
+        let ask = reads::HostAsk {
+            hosts: pg_text::pg_texts(hosts),
+            ttl_seconds: ttl_seconds(ttl),
+        };
+        self.reads.reputations.ask(ask).await
     }
 
     /// Store the reputation of `host` (an observable or a counterpart), fetched now.

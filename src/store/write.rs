@@ -5,13 +5,15 @@
 //! `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT DO UPDATE`. Before that they are deduplicated
 //! on the conflict key (Postgres refuses an `ON CONFLICT DO UPDATE` that touches a row twice)
 //! and sorted by it, so concurrent messages lock shared rows in the same order and do not
-//! deadlock.
+//! deadlock. Observables and extracts take two statements each: the observables nobody stored
+//! are inserted first, which tells them apart, and their extracts (most of the rows) are then
+//! inserted without the upsert's conflict check, which nothing can hit.
 //!
 //! Text is made storable on the way in: Postgres text and jsonb cannot hold NUL characters, and
 //! an extract value longer than a btree index entry allows would fail the whole message, so NULs
 //! are dropped and extract values are cut at [`EXTRACT_MAX_BYTES`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -109,10 +111,10 @@ pub(super) async fn record_batch(
         .collect();
 
     let mut tx = pool.begin().await?;
-    let mut ids = HashMap::new();
+    let mut observables = ObservableIds::default();
     if !runs.is_empty() {
-        ids = upsert_observables(&mut tx, runs.values().copied()).await?;
-        write_runs(&mut tx, &runs, &ids).await?;
+        observables = upsert_observables(&mut tx, runs.values().copied()).await?;
+        write_runs(&mut tx, &runs, &observables).await?;
     }
     if !rejected.is_empty() {
         upsert_rejected(&mut tx, &rejected).await?;
@@ -120,7 +122,7 @@ pub(super) async fn record_batch(
     if !walks.is_empty() {
         let mut owners = Vec::with_capacity(walks.len());
         for (_, _, walk) in &walks {
-            let id = match ids.get(&key_of(&walk.observable)) {
+            let id = match observables.ids.get(&key_of(&walk.observable)) {
                 Some(&id) => id,
                 None => actors::observable_id(&mut tx, &walk.observable).await?,
             };
@@ -152,38 +154,79 @@ fn was_enriched(run: &RunRecord) -> bool {
     run.status == RunStatus::Enriched || run.enrichment.is_some()
 }
 
+/// Every observable's id, and which of them this transaction inserted.
+#[derive(Default)]
+struct ObservableIds {
+    ids: HashMap<ObservableKey, i64>,
+    /// Inserted by this transaction: no other transaction can have stored rows that name them
+    /// (their ids are not visible to any before this one commits), so their extracts are
+    /// inserted without an upsert's conflict check.
+    new: HashSet<i64>,
+}
+
 /// Insert the observables not seen before, stamp `last_enriched_at` on those Graph was called
-/// for, and return every one's id.
+/// for, and return every one's id. Two statements, each in key order (so concurrent batches
+/// lock the same rows in the same order): the insert of those nobody stored, which tells the new
+/// ones apart, then the upsert of the rest as before.
 async fn upsert_observables<'r>(
     tx: &mut Transaction<'_, Postgres>,
     runs: impl Iterator<Item = &'r RunRecord>,
-) -> Result<HashMap<ObservableKey, i64>, StoreError> {
+) -> Result<ObservableIds, StoreError> {
     let mut wanted: BTreeMap<ObservableKey, bool> = BTreeMap::new();
     for run in runs {
         *wanted.entry(observable_key(run)).or_default() |= was_enriched(run);
     }
+    let mut found = ObservableIds::default();
+    let inserted = observable_rows(tx, INSERT_NEW_OBSERVABLES, &wanted).await?;
+    for (key, id) in inserted {
+        wanted.remove(&key);
+        found.new.insert(id);
+        found.ids.insert(key, id);
+    }
+    if !wanted.is_empty() {
+        found
+            .ids
+            .extend(observable_rows(tx, UPSERT_OBSERVABLES, &wanted).await?);
+    }
+    Ok(found)
+}
+
+/// Only the rows it inserts are returned (a conflict returns nothing).
+const INSERT_NEW_OBSERVABLES: &str =
+    "INSERT INTO observables AS o (kind, value, last_enriched_at) \
+     SELECT u.kind, u.value, CASE WHEN u.enriched THEN now() END \
+     FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(kind, value, enriched) \
+     ON CONFLICT (kind, value) DO NOTHING \
+     RETURNING o.id, o.kind, o.value";
+
+/// DO UPDATE (even when nothing changes) so RETURNING yields the ids of existing rows too.
+const UPSERT_OBSERVABLES: &str = "INSERT INTO observables AS o (kind, value, last_enriched_at) \
+     SELECT u.kind, u.value, CASE WHEN u.enriched THEN now() END \
+     FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(kind, value, enriched) \
+     ON CONFLICT (kind, value) DO UPDATE \
+     SET last_enriched_at = COALESCE(excluded.last_enriched_at, o.last_enriched_at) \
+     RETURNING o.id, o.kind, o.value";
+
+/// `sql` (one of the two above) over `wanted`, in key order; the ids it returned.
+async fn observable_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &'static str,
+    wanted: &BTreeMap<ObservableKey, bool>,
+) -> Result<Vec<(ObservableKey, i64)>, StoreError> {
     let mut kinds = Vec::with_capacity(wanted.len());
     let mut values = Vec::with_capacity(wanted.len());
     let mut enriched = Vec::with_capacity(wanted.len());
     for ((kind, value), was) in wanted {
-        kinds.push(kind);
-        values.push(value);
-        enriched.push(was);
+        kinds.push(kind.as_str());
+        values.push(value.as_str());
+        enriched.push(*was);
     }
-    // DO UPDATE (even when nothing changes) so RETURNING yields the ids of existing rows too.
-    let rows = sqlx::query(
-        "INSERT INTO observables AS o (kind, value, last_enriched_at) \
-         SELECT u.kind, u.value, CASE WHEN u.enriched THEN now() END \
-         FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(kind, value, enriched) \
-         ON CONFLICT (kind, value) DO UPDATE \
-         SET last_enriched_at = COALESCE(excluded.last_enriched_at, o.last_enriched_at) \
-         RETURNING o.id, o.kind, o.value",
-    )
-    .bind(&kinds)
-    .bind(&values)
-    .bind(&enriched)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows = sqlx::query(sql)
+        .bind(&kinds)
+        .bind(&values)
+        .bind(&enriched)
+        .fetch_all(&mut **tx)
+        .await?;
     rows.iter()
         .map(|row| {
             Ok((
@@ -198,7 +241,7 @@ async fn upsert_observables<'r>(
 async fn write_runs(
     tx: &mut Transaction<'_, Postgres>,
     runs: &BTreeMap<(&str, i32), &RunRecord>,
-    observable_ids: &HashMap<ObservableKey, i64>,
+    observables: &ObservableIds,
 ) -> Result<(), StoreError> {
     let mut rows = RunRows::default();
     let mut results = ResultRows::default();
@@ -206,7 +249,8 @@ async fn write_runs(
     let mut reputations = ReputationRows::default();
     let mut extracts = ExtractRows::default();
     for run in runs.values() {
-        let observable_id = *observable_ids
+        let observable_id = *observables
+            .ids
             .get(&observable_key(run))
             .expect("every run's observable was upserted");
         let id = run_id(&run.message_id, run.item_index);
@@ -246,7 +290,7 @@ async fn write_runs(
     results.execute(&mut **tx).await?;
     indicators.execute(&mut **tx).await?;
     reputations.execute(&mut **tx).await?;
-    extracts.execute(&mut **tx).await?;
+    extracts.execute(tx, &observables.new).await?;
     Ok(())
 }
 
@@ -537,45 +581,83 @@ impl ExtractRows {
         self.0.insert(key, value);
     }
 
-    async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
-        if self.0.is_empty() {
+    /// Insert the extracts of observables in `new` (inserted by this transaction, so nothing of
+    /// theirs can conflict) plainly, and upsert the others: a plain insert skips the upsert's
+    /// check of the key index before each row.
+    async fn execute(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        new: &HashSet<i64>,
+    ) -> Result<(), StoreError> {
+        let (fresh, seen): (Vec<_>, Vec<_>) =
+            self.0.iter().partition(|(key, _)| new.contains(&key.0));
+        ExtractColumns::of(&fresh)
+            .execute(&mut **tx, INSERT_EXTRACTS)
+            .await?;
+        ExtractColumns::of(&seen)
+            .execute(&mut **tx, UPSERT_EXTRACTS)
+            .await
+    }
+}
+
+const INSERT_EXTRACTS: &str = "INSERT INTO extracts (observable_id, enricher, kind, value, field, \
+         country_code, run_id) \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::uuid[])";
+
+const UPSERT_EXTRACTS: &str = "INSERT INTO extracts (observable_id, enricher, kind, value, field, \
+         country_code, run_id) \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::uuid[]) \
+     ON CONFLICT (observable_id, enricher, kind, value, field) DO UPDATE SET \
+         country_code = excluded.country_code, last_seen_at = now(), \
+         run_id = excluded.run_id";
+
+/// Extract rows as the columns a statement binds.
+#[derive(Default)]
+struct ExtractColumns<'a> {
+    observable_ids: Vec<i64>,
+    enrichers: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    values: Vec<&'a str>,
+    fields: Vec<&'a str>,
+    country_codes: Vec<Option<&'a str>>,
+    run_ids: Vec<Uuid>,
+}
+
+impl<'a> ExtractColumns<'a> {
+    fn of(rows: &[(&'a ExtractKey, &'a (Option<String>, Uuid))]) -> Self {
+        let mut columns = ExtractColumns::default();
+        for ((observable_id, enricher, kind, value, field), (country_code, run_id)) in rows {
+            columns.observable_ids.push(*observable_id);
+            columns.enrichers.push(enricher);
+            columns.kinds.push(kind);
+            columns.values.push(value.as_str());
+            columns.fields.push(field.as_str());
+            columns.country_codes.push(country_code.as_deref());
+            columns.run_ids.push(*run_id);
+        }
+        columns
+    }
+
+    async fn execute(
+        &self,
+        executor: impl PgExecutor<'_>,
+        sql: &'static str,
+    ) -> Result<(), StoreError> {
+        if self.observable_ids.is_empty() {
             return Ok(());
         }
-        let n = self.0.len();
-        let mut observable_ids = Vec::with_capacity(n);
-        let mut enrichers = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut values = Vec::with_capacity(n);
-        let mut fields = Vec::with_capacity(n);
-        let mut country_codes = Vec::with_capacity(n);
-        let mut run_ids = Vec::with_capacity(n);
-        for ((observable_id, enricher, kind, value, field), (country_code, run_id)) in &self.0 {
-            observable_ids.push(*observable_id);
-            enrichers.push(*enricher);
-            kinds.push(*kind);
-            values.push(value.as_str());
-            fields.push(field.as_str());
-            country_codes.push(country_code.as_deref());
-            run_ids.push(*run_id);
-        }
-        sqlx::query(
-            "INSERT INTO extracts (observable_id, enricher, kind, value, field, country_code, \
-                 run_id) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::uuid[]) \
-             ON CONFLICT (observable_id, enricher, kind, value, field) DO UPDATE SET \
-                 country_code = excluded.country_code, last_seen_at = now(), \
-                 run_id = excluded.run_id",
-        )
-        .bind(&observable_ids)
-        .bind(&enrichers)
-        .bind(&kinds)
-        .bind(&values)
-        .bind(&fields)
-        .bind(&country_codes)
-        .bind(&run_ids)
-        .execute(executor)
-        .await?;
+        sqlx::query(sql)
+            .bind(&self.observable_ids)
+            .bind(&self.enrichers)
+            .bind(&self.kinds)
+            .bind(&self.values)
+            .bind(&self.fields)
+            .bind(&self.country_codes)
+            .bind(&self.run_ids)
+            .execute(executor)
+            .await?;
         Ok(())
     }
 }
