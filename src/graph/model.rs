@@ -165,8 +165,32 @@ where
 pub struct EntityRef {
     #[serde(default, deserialize_with = "lenient_string")]
     pub id: Option<String>,
-    #[serde(rename = "@odata.type", default, deserialize_with = "lenient_string")]
-    pub odata_type: Option<String>,
+    #[serde(rename = "@odata.type", default, deserialize_with = "type_name")]
+    pub odata_type: Option<Cow<'static, str>>,
+}
+
+/// The `@odata.type`s Graph sends on nearly every artifact, held as constants rather than a
+/// copy per record.
+const TYPE_NAMES: [&str; 3] = [
+    "#microsoft.graph.security.ipAddress",
+    "#microsoft.graph.security.hostname",
+    "#microsoft.graph.security.hostName",
+];
+
+/// An `@odata.type`, read as [`lenient_string`] reads text.
+fn type_name<'de, D>(deserializer: D) -> Result<Option<Cow<'static, str>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Str(text) => Some(match TYPE_NAMES.iter().find(|known| **known == text) {
+            Some(known) => Cow::Borrowed(*known),
+            None => Cow::Owned(text.into_owned()),
+        }),
+        Scalar::Number(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Bool(b) => Some(Cow::Owned(b.to_string())),
+        Scalar::Other => None,
+    })
 }
 
 /// What an `@odata.type` says an artifact is.
@@ -334,19 +358,17 @@ pub struct Host {
     pub netblock: Option<String>,
 }
 
+/// A passive DNS record as far as the worker reads it: the mapping and the walk take the
+/// artifact and the seen times, so its `id`, `collectedDateTime` and `recordType` are left out
+/// (enrichment holds these records while the walk runs). `parentHost` stays, so a record whose
+/// parent is not a host reference is still skipped.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PassiveDnsRecord {
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_time")]
-    pub collected_date_time: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_time")]
     pub first_seen_date_time: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_time")]
     pub last_seen_date_time: Option<DateTime<Utc>>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub record_type: Option<String>,
     #[serde(default)]
     pub parent_host: Option<EntityRef>,
     #[serde(default)]
@@ -718,9 +740,9 @@ mod tests {
     #[test]
     fn a_page_keeps_the_items_that_parse_and_says_why_the_others_did_not() {
         let body = br#"{"@odata.context": "x", "value": [
-            {"id": "a", "artifact": {"id": "1.2.3.4"}}, "junk", {"id": "b", "artifact": 7},
+            {"id": "a", "childHost": {"id": "1.2.3.4"}}, "junk", {"id": "b", "childHost": 7},
             {"id": "c"}], "@odata.nextLink": "https://graph/next"}"#;
-        let page = Page::<PassiveDnsRecord>::read(body).unwrap();
+        let page = Page::<HostPair>::read(body).unwrap();
         let ids: Vec<_> = page
             .items
             .iter()
