@@ -602,7 +602,7 @@ mod tests {
         PassiveDnsRecord {
             artifact: Some(EntityRef {
                 id: Some(artifact.into()),
-                odata_type: Some(odata.into()),
+                odata_type: Some(odata.to_owned().into()),
             }),
             ..PassiveDnsRecord::default()
         }

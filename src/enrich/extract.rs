@@ -1,6 +1,8 @@
 //! Extracts: the observables and attributes an enricher pulls out of a Graph record.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -62,10 +64,19 @@ pub struct Extract {
 }
 
 /// Collects extracts in order, dropping empty values and exact repeats.
+///
+/// Repeats are found through hashes of what was kept rather than copies of it: a hash not seen
+/// before is a new extract for certain, and only a hash seen before (a repeat, or rarely a
+/// collision) is checked against the extracts themselves. The hash keys are random per
+/// collection, so crafted values cannot make every push a scan.
 #[derive(Debug, Default)]
 pub struct Extracts {
     items: Vec<Extract>,
-    seen: HashSet<(ExtractKind, String, String)>,
+    hasher: RandomState,
+    /// Hashes of (kind, value, field) kept.
+    seen: HashSet<u64>,
+    /// Hashes of (kind, value) kept, for [`Extracts::push_host_once`].
+    seen_values: HashSet<u64>,
 }
 
 impl Extracts {
@@ -73,18 +84,35 @@ impl Extracts {
         let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
             return;
         };
+        let new = self.seen.insert(self.hasher.hash_one((kind, value, field)))
+            || !self
+                .items
+                .iter()
+                .any(|e| e.kind == kind && e.value == value && e.field == field);
+        if !new {
+            return;
+        }
+        self.seen_values.insert(self.hasher.hash_one((kind, value)));
         let country_code = match kind {
             ExtractKind::Country => country::iso_code(value).map(str::to_owned),
             _ => None,
         };
-        if self.seen.insert((kind, value.to_owned(), field.to_owned())) {
-            self.items.push(Extract {
-                kind,
-                value: value.to_owned(),
-                field: field.to_owned(),
-                country_code,
-            });
-        }
+        self.items.push(Extract {
+            kind,
+            value: value.to_owned(),
+            field: field.to_owned(),
+            country_code,
+        });
+    }
+
+    /// Whether an extract of this kind and value is kept, whatever its field.
+    fn has_value(&self, kind: ExtractKind, value: &str) -> bool {
+        self.seen_values
+            .contains(&self.hasher.hash_one((kind, value)))
+            && self
+                .items
+                .iter()
+                .any(|e| e.kind == kind && e.value == value)
     }
 
     /// A host key (IP or name) as IPV4, IPV6 or HOST, by what the value is.
@@ -98,11 +126,7 @@ impl Extracts {
     /// carried it (host pairs name the same host as parent in one pair and child in the next).
     pub fn push_host_once(&mut self, value: Option<&str>, field: &str) {
         if let Some((kind, canonical)) = value.and_then(host_extract) {
-            if !self
-                .items
-                .iter()
-                .any(|e| e.kind == kind && e.value == canonical)
-            {
+            if !self.has_value(kind, &canonical) {
                 self.push(kind, Some(&canonical), field);
             }
         }

@@ -92,44 +92,26 @@ fn map_contact(
     extracts: &mut Extracts,
     labels: &mut Vec<String>,
 ) {
-    let field = |name: &str| format!("{role}.{name}");
-    extracts.push(
-        ExtractKind::Email,
-        contact.email.as_deref(),
-        &field("email"),
-    );
-    extracts.push(ExtractKind::Name, contact.name.as_deref(), &field("name"));
-    extracts.push(
-        ExtractKind::Organization,
-        contact.organization.as_deref(),
-        &field("organization"),
-    );
-    extracts.push(
-        ExtractKind::Telephone,
-        contact.telephone.as_deref(),
-        &field("telephone"),
-    );
+    // The field's name is only spelled out for a value that is there: most contacts leave
+    // most of their fields empty.
+    let mut push = |kind: ExtractKind, value: &Option<String>, name: &str| {
+        if let Some(value) = non_empty(value) {
+            extracts.push(kind, Some(value), &format!("{role}.{name}"));
+        }
+    };
+    push(ExtractKind::Email, &contact.email, "email");
+    push(ExtractKind::Name, &contact.name, "name");
+    push(ExtractKind::Organization, &contact.organization, "organization");
+    push(ExtractKind::Telephone, &contact.telephone, "telephone");
     if let Some(address) = &contact.address {
-        extracts.push(
+        push(
             ExtractKind::Country,
-            address.country_or_region.as_deref(),
-            &field("address.countryOrRegion"),
+            &address.country_or_region,
+            "address.countryOrRegion",
         );
-        extracts.push(
-            ExtractKind::City,
-            address.city.as_deref(),
-            &field("address.city"),
-        );
-        extracts.push(
-            ExtractKind::Postcode,
-            address.postal_code.as_deref(),
-            &field("address.postalCode"),
-        );
-        extracts.push(
-            ExtractKind::Street,
-            address.street.as_deref(),
-            &field("address.street"),
-        );
+        push(ExtractKind::City, &address.city, "address.city");
+        push(ExtractKind::Postcode, &address.postal_code, "address.postalCode");
+        push(ExtractKind::Street, &address.street, "address.street");
         if let Some(state) = non_empty(&address.state) {
             let label = format!("state:{state}");
             if !labels.contains(&label) {

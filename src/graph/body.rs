@@ -10,6 +10,9 @@ pub(crate) const MAX_ERROR_BODY: usize = 64 << 10;
 /// Token answers are a few kilobytes.
 pub(crate) const MAX_TOKEN_BODY: usize = 1 << 20;
 
+/// The most room reserved for an answer on the word of its `Content-Length` alone.
+const PRESIZE_LIMIT: usize = 1 << 20;
+
 /// Why a body was not read whole.
 pub(crate) enum BodyError {
     /// Longer than the cap (declared so, or found so while reading).
@@ -22,13 +25,17 @@ pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
 ) -> Result<Vec<u8>, BodyError> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > cap as u64)
-    {
+    let declared = response.content_length();
+    if declared.is_some_and(|length| length > cap as u64) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = Vec::new();
+    // Room for the declared length up front, so a long answer is not copied over and over as
+    // it grows, nor held in a buffer up to twice its size; a declared length is only believed up
+    // to PRESIZE_LIMIT, so a server announcing much and sending little costs no more than that.
+    let presize = declared.map_or(0, |length| {
+        usize::try_from(length).map_or(PRESIZE_LIMIT, |length| length.min(PRESIZE_LIMIT))
+    });
+    let mut body = Vec::with_capacity(presize);
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
         if body.len().saturating_add(chunk.len()) > cap {
             return Err(BodyError::TooLarge);

@@ -493,17 +493,10 @@ impl GraphClient {
         endpoint: &'static str,
         path: &str,
     ) -> Result<Option<T>, GraphError> {
-        match self.get(endpoint, &self.url(path)).await? {
-            None => Ok(None),
-            Some(body) => serde_json::from_value(body)
-                .map(Some)
-                .map_err(|e| GraphError::GaveUp {
-                    endpoint,
-                    attempts: 1,
-                    reason: format!("answer does not have the documented shape: {e}"),
-                    transient: false,
-                }),
-        }
+        self.get(endpoint, &self.url(path), |body| {
+            serde_json::from_slice(body)
+        })
+        .await
     }
 
     /// Every page of a collection, following `@odata.nextLink` exactly as given, within `limits`;
@@ -558,33 +551,18 @@ impl GraphClient {
         // Links only (one per page read), never items.
         let mut followed = HashSet::from([url.clone()]);
         loop {
-            let Some(mut page) = self.get(endpoint, &url).await? else {
+            let Some(page) = self.get(endpoint, &url, model::Page::<T>::read).await? else {
                 // A 404 on a later page would be odd; treat the walk as ended either way.
                 out.found = out.pages > 0;
                 return Ok(out);
             };
             out.pages += 1;
-            let mut items = Vec::new();
-            if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
-                items.reserve(values.len());
-                for item in values {
-                    match serde_json::from_value(item) {
-                        Ok(parsed) => items.push(parsed),
-                        Err(error) => {
-                            out.skipped += 1;
-                            tracing::warn!(endpoint, %error, "skipping an unreadable collection item");
-                        }
-                    }
-                }
+            for error in &page.unreadable {
+                out.skipped += 1;
+                tracing::warn!(endpoint, %error, "skipping an unreadable collection item");
             }
-            let next = page
-                .get("@odata.nextLink")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            // The answer is read; only the parsed items are handed on.
-            drop(page);
-            on_page(items);
-            match next {
+            on_page(page.items);
+            match page.next_link {
                 None => return Ok(out),
                 Some(_) if limits.max_pages.is_some_and(|cap| out.pages >= cap) => {
                     out.truncated = true;
@@ -616,16 +594,29 @@ impl GraphClient {
         }
     }
 
-    /// One GET with the whole retry discipline; `Ok(None)` for 404.
-    async fn get(&self, endpoint: &'static str, url: &str) -> Result<Option<Value>, GraphError> {
+    /// One GET with the whole retry discipline, its body read by `decode`; `Ok(None)` for 404.
+    async fn get<P>(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+        decode: Decode<P>,
+    ) -> Result<Option<P>, GraphError> {
         let stats = &self.inner.stats;
         let mut refreshed = false;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let verdict = match self.attempt(endpoint, url).await {
+            let verdict = match self.attempt(endpoint, url, decode).await {
                 Attempt::Done(body) => return Ok(Some(body)),
                 Attempt::NotFound => return Ok(None),
+                Attempt::Shape(reason) => {
+                    return Err(GraphError::GaveUp {
+                        endpoint,
+                        attempts: attempt,
+                        reason,
+                        transient: false,
+                    })
+                }
                 Attempt::Unauthorized(generation) if !refreshed => {
                     // One refresh and one retry: a second 401 means the credentials or the
                     // permission are wrong, which waiting will not fix.
@@ -713,7 +704,7 @@ impl GraphClient {
     }
 
     /// One request: token, budget, then the exchange, whose result is recorded whatever it was.
-    async fn attempt(&self, endpoint: &'static str, url: &str) -> Attempt {
+    async fn attempt<P>(&self, endpoint: &'static str, url: &str, decode: Decode<P>) -> Attempt<P> {
         let bearer = match progress::wait_at(point::GRAPH_TOKEN, self.inner.tokens.bearer()).await {
             Ok(bearer) => bearer,
             Err(error) => return Attempt::Token(error),
@@ -729,7 +720,7 @@ impl GraphClient {
         let _in_flight = InFlight::enter(&stats.in_flight);
         let started = Instant::now();
         let (attempt, status) =
-            progress::wait_at(point::GRAPH_ANSWER, self.exchange(url, &bearer)).await;
+            progress::wait_at(point::GRAPH_ANSWER, self.exchange(url, &bearer, decode)).await;
         if status.is_some() {
             progress::global().advanced();
         }
@@ -743,11 +734,12 @@ impl GraphClient {
     }
 
     /// Send, classify, read the body; with the HTTP status when an answer came.
-    async fn exchange(
+    async fn exchange<P>(
         &self,
         url: &str,
         bearer: &super::auth::BearerToken,
-    ) -> (Attempt, Option<u16>) {
+        decode: Decode<P>,
+    ) -> (Attempt<P>, Option<u16>) {
         let response = match self
             .inner
             .http
@@ -787,8 +779,11 @@ impl GraphClient {
         // failure like any other, and is retried.
         let cap = self.inner.settings.max_body_bytes;
         let attempt = match read_capped(response, cap).await {
-            Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(bytes) => match decode(&bytes) {
                 Ok(body) => Attempt::Done(body),
+                Err(error) if error.is_data() => Attempt::Shape(format!(
+                    "answer does not have the documented shape: {error}"
+                )),
                 Err(error) => Attempt::Verdict(Verdict::Backoff(format!(
                     "unreadable JSON in a {} answer: {error}",
                     status.as_u16()
@@ -806,9 +801,15 @@ impl GraphClient {
     }
 }
 
-enum Attempt {
-    Done(Value),
+/// How a body becomes what the caller asked for, straight from its bytes: broken JSON is a
+/// broken answer (retried), JSON of another shape is permanent.
+type Decode<P> = fn(&[u8]) -> Result<P, serde_json::Error>;
+
+enum Attempt<P> {
+    Done(P),
     NotFound,
+    /// Valid JSON that is not what the endpoint documents: asking again would bring it again.
+    Shape(String),
     Unauthorized(u64),
     Token(GraphError),
     Verdict(Verdict),

@@ -5,17 +5,133 @@
 //! documentation example even carries `"String (timestamp)"` where a date belongs. One bad
 //! timestamp becomes `None` for that field and never sinks the record.
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
 use chrono::{DateTime, Utc};
+use serde::de::{self, DeserializeOwned, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// Visitor methods for the JSON shapes a lenient visitor does not take: each is read through to
+/// its end (a nested array or object included, so the rest of the document still parses) and
+/// gives `Self::Value::default()`, what Graph sending a field in an unexpected shape reads as.
+macro_rules! absent_otherwise {
+    ($($shape:ident)*) => { $(absent_otherwise!(@ $shape);)* };
+    (@ bool) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+    (@ i64) => {
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+    (@ u64) => {
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+    (@ f64) => {
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+    (@ str) => {
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+    (@ unit) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+    (@ seq) => {
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(Default::default())
+        }
+    };
+    (@ map) => {
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(Default::default())
+        }
+    };
+}
+
+/// A JSON scalar as Graph sent it, read without building a `serde_json::Value`: a string is
+/// borrowed from the answer where it has no escapes, so a field that is only looked at (a
+/// timestamp) costs no allocation.
+#[derive(Default)]
+enum Scalar<'de> {
+    Str(Cow<'de, str>),
+    Number(serde_json::Number),
+    Bool(bool),
+    /// `null`, an array or an object.
+    #[default]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+
+    // The numbers a `serde_json::Value` would hold, so they print as they always did.
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Scalar::Other, Scalar::Number))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+
+    absent_otherwise!(unit seq map);
+}
 
 /// A timestamp that is `None` when absent, `null` or unparsable.
 fn lenient_time<'de, D>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    let raw = Option::<serde_json::Value>::deserialize(deserializer)?;
-    Ok(match raw {
-        Some(serde_json::Value::String(text)) => parse_time(&text),
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Str(text) => parse_time(&text),
         _ => None,
     })
 }
@@ -36,12 +152,11 @@ fn lenient_string<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    let raw = Option::<serde_json::Value>::deserialize(deserializer)?;
-    Ok(match raw {
-        Some(serde_json::Value::String(text)) => Some(text),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
-        _ => None,
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Str(text) => Some(text.into_owned()),
+        Scalar::Number(n) => Some(n.to_string()),
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Other => None,
     })
 }
 
@@ -50,8 +165,32 @@ where
 pub struct EntityRef {
     #[serde(default, deserialize_with = "lenient_string")]
     pub id: Option<String>,
-    #[serde(rename = "@odata.type", default, deserialize_with = "lenient_string")]
-    pub odata_type: Option<String>,
+    #[serde(rename = "@odata.type", default, deserialize_with = "type_name")]
+    pub odata_type: Option<Cow<'static, str>>,
+}
+
+/// The `@odata.type`s Graph sends on nearly every artifact, held as constants rather than a
+/// copy per record.
+const TYPE_NAMES: [&str; 3] = [
+    "#microsoft.graph.security.ipAddress",
+    "#microsoft.graph.security.hostname",
+    "#microsoft.graph.security.hostName",
+];
+
+/// An `@odata.type`, read as [`lenient_string`] reads text.
+fn type_name<'de, D>(deserializer: D) -> Result<Option<Cow<'static, str>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Str(text) => Some(match TYPE_NAMES.iter().find(|known| **known == text) {
+            Some(known) => Cow::Borrowed(*known),
+            None => Cow::Owned(text.into_owned()),
+        }),
+        Scalar::Number(n) => Some(Cow::Owned(n.to_string())),
+        Scalar::Bool(b) => Some(Cow::Owned(b.to_string())),
+        Scalar::Other => None,
+    })
 }
 
 /// What an `@odata.type` says an artifact is.
@@ -73,11 +212,13 @@ pub fn artifact_type(odata_type: Option<&str>) -> ArtifactType {
     let Some(name) = odata_type else {
         return ArtifactType::Other;
     };
-    let short = name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase();
-    match short.as_str() {
-        "ipaddress" => ArtifactType::IpAddress,
-        "hostname" => ArtifactType::Hostname,
-        _ => ArtifactType::Other,
+    let short = name.rsplit('.').next().unwrap_or(name);
+    if short.eq_ignore_ascii_case("ipaddress") {
+        ArtifactType::IpAddress
+    } else if short.eq_ignore_ascii_case("hostname") {
+        ArtifactType::Hostname
+    } else {
+        ArtifactType::Other
     }
 }
 
@@ -217,19 +358,17 @@ pub struct Host {
     pub netblock: Option<String>,
 }
 
+/// A passive DNS record as far as the worker reads it: the mapping and the walk take the
+/// artifact and the seen times, so its `id`, `collectedDateTime` and `recordType` are left out
+/// (enrichment holds these records while the walk runs). `parentHost` stays, so a record whose
+/// parent is not a host reference is still skipped.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PassiveDnsRecord {
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_time")]
-    pub collected_date_time: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_time")]
     pub first_seen_date_time: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_time")]
     pub last_seen_date_time: Option<DateTime<Utc>>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub record_type: Option<String>,
     #[serde(default)]
     pub parent_host: Option<EntityRef>,
     #[serde(default)]
@@ -333,18 +472,190 @@ pub struct IntelligenceProfileIndicator {
     pub artifact: Option<EntityRef>,
 }
 
-/// A list whose elements that do not parse are dropped instead of failing the parent record.
+/// A list whose elements that do not parse are dropped instead of failing the parent record;
+/// a list in another shape is empty.
 fn lenient_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
+    T: DeserializeOwned,
 {
-    let raw = Option::<Vec<serde_json::Value>>::deserialize(deserializer).unwrap_or_default();
-    Ok(raw
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|item| serde_json::from_value(item).ok())
-        .collect())
+    deserializer.deserialize_any(ListVisitor(PhantomData))
+}
+
+struct ListVisitor<T>(PhantomData<T>);
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for ListVisitor<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        // Each element is cut out whole first, so one that does not parse leaves the reader at
+        // the next one.
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            if let Ok(item) = serde_json::from_str(raw.get()) {
+                items.push(item);
+            }
+        }
+        Ok(items)
+    }
+
+    absent_otherwise!(bool i64 u64 f64 str unit map);
+}
+
+/// One page of a collection as Graph answered it: the items that parsed, why the others did
+/// not, and the link to the next page.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// One error per item left out.
+    pub unreadable: Vec<serde_json::Error>,
+    pub next_link: Option<String>,
+}
+
+impl<T: DeserializeOwned> Page<T> {
+    /// Reads a page straight from the answer's bytes. Only a body that is not JSON fails: a
+    /// body of another shape is an empty last page, a `value` that is not a list holds no
+    /// items, a next link that is not a string is none, and an item that does not parse is
+    /// left out on its own (each item is cut out whole before it is parsed).
+    pub fn read(body: &[u8]) -> Result<Page<T>, serde_json::Error> {
+        let raw: RawPage<'_> = serde_json::from_slice(body)?;
+        let mut page = Page {
+            items: Vec::with_capacity(raw.items.len()),
+            unreadable: Vec::new(),
+            next_link: raw.next_link,
+        };
+        for item in raw.items {
+            match serde_json::from_str(item.get()) {
+                Ok(parsed) => page.items.push(parsed),
+                Err(error) => page.unreadable.push(error),
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// A page with its items still unparsed, borrowed from the answer.
+#[derive(Default)]
+struct RawPage<'de> {
+    items: Vec<&'de RawValue>,
+    next_link: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawPage<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PageVisitor)
+    }
+}
+
+struct PageVisitor;
+
+impl<'de> Visitor<'de> for PageVisitor {
+    type Value = RawPage<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a collection page")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut page = RawPage::default();
+        // A key given twice counts as its last value, as in any JSON object read whole.
+        while let Some(key) = map.next_key::<PageKey>()? {
+            match key {
+                PageKey::Value => page.items = map.next_value::<RawItems<'de>>()?.0,
+                PageKey::NextLink => page.next_link = map.next_value::<NextLink>()?.0,
+                PageKey::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    absent_otherwise!(bool i64 u64 f64 str unit seq);
+}
+
+enum PageKey {
+    Value,
+    NextLink,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for PageKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = PageKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<PageKey, E> {
+                Ok(match key {
+                    "value" => PageKey::Value,
+                    "@odata.nextLink" => PageKey::NextLink,
+                    _ => PageKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// A page's `value`: its items cut out unparsed, or none when it is not a list.
+#[derive(Default)]
+struct RawItems<'de>(Vec<&'de RawValue>);
+
+impl<'de> Deserialize<'de> for RawItems<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor;
+        impl<'de> Visitor<'de> for ItemsVisitor {
+            type Value = RawItems<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of items")
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    items.push(item);
+                }
+                Ok(RawItems(items))
+            }
+
+            absent_otherwise!(bool i64 u64 f64 str unit map);
+        }
+        deserializer.deserialize_any(ItemsVisitor)
+    }
+}
+
+/// A page's `@odata.nextLink`, or none when it is not a string.
+#[derive(Default)]
+struct NextLink(Option<String>);
+
+impl<'de> Deserialize<'de> for NextLink {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LinkVisitor;
+        impl<'de> Visitor<'de> for LinkVisitor {
+            type Value = NextLink;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a link")
+            }
+
+            fn visit_str<E: de::Error>(self, link: &str) -> Result<NextLink, E> {
+                Ok(NextLink(Some(link.to_owned())))
+            }
+
+            absent_otherwise!(bool i64 u64 f64 unit seq map);
+        }
+        deserializer.deserialize_any(LinkVisitor)
+    }
 }
 
 fn lenient_strings<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
@@ -400,6 +711,74 @@ mod tests {
             ArtifactType::IpAddress
         );
         assert_eq!(artifact_type(None), ArtifactType::Other);
+    }
+
+    #[test]
+    fn text_fields_read_numbers_and_bools_as_text_and_other_shapes_as_absent() {
+        let body = br#"{"id": 12, "whoisServer": 1.5, "domainStatus": true,
+            "rawWhoisText": {"a": [1]}, "registrationDateTime": ["x"],
+            "firstSeenDateTime": "2022-04-18T10:31:12Z", "host": {"id": "a\u0062c"}}"#;
+        let record: WhoisRecord = serde_json::from_slice(body).unwrap();
+        assert_eq!(record.id.as_deref(), Some("12"));
+        assert_eq!(record.whois_server.as_deref(), Some("1.5"));
+        assert_eq!(record.domain_status.as_deref(), Some("true"));
+        assert_eq!(record.raw_whois_text, None);
+        assert_eq!(record.registration_date_time, None);
+        assert!(record.first_seen_date_time.is_some());
+        assert_eq!(record.host.unwrap().id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_list_in_another_shape_is_empty_and_the_record_still_reads() {
+        let body = br#"{"rules": {"name": "x"}, "classification": "malicious", "score": 3}"#;
+        let rep: HostReputation = serde_json::from_slice(body).unwrap();
+        assert!(rep.rules.is_empty());
+        assert_eq!(rep.classification.as_deref(), Some("malicious"));
+        assert_eq!(rep.score(), Some(3));
+    }
+
+    #[test]
+    fn a_page_keeps_the_items_that_parse_and_says_why_the_others_did_not() {
+        let body = br#"{"@odata.context": "x", "value": [
+            {"id": "a", "childHost": {"id": "1.2.3.4"}}, "junk", {"id": "b", "childHost": 7},
+            {"id": "c"}], "@odata.nextLink": "https://graph/next"}"#;
+        let page = Page::<HostPair>::read(body).unwrap();
+        let ids: Vec<_> = page
+            .items
+            .iter()
+            .map(|r| r.id.as_deref().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(page.unreadable.len(), 2);
+        assert_eq!(page.next_link.as_deref(), Some("https://graph/next"));
+    }
+
+    #[test]
+    fn a_page_in_another_shape_is_an_empty_last_page_but_broken_json_fails() {
+        for body in [
+            &br#"[1, 2]"#[..],
+            br#""x""#,
+            b"null",
+            br#"{"value": {"a": 1}}"#,
+        ] {
+            let page = Page::<Subdomain>::read(body).unwrap();
+            assert!(page.items.is_empty() && page.next_link.is_none());
+        }
+        let page = Page::<Subdomain>::read(br#"{"value": 3, "@odata.nextLink": "n"}"#).unwrap();
+        assert_eq!(page.next_link.as_deref(), Some("n"));
+        let page = Page::<Subdomain>::read(br#"{"value": [], "@odata.nextLink": 5}"#).unwrap();
+        assert_eq!(page.next_link, None);
+        assert!(Page::<Subdomain>::read(br#"{"value": [{"id": "a"}"#).is_err());
+        assert!(Page::<Subdomain>::read(b"{\"value\": [\"\xff\"]}").is_err());
+    }
+
+    #[test]
+    fn a_key_given_twice_in_a_page_counts_as_its_last_value() {
+        let body = br#"{"value": [{"id": "a"}], "@odata.nextLink": "1",
+            "value": [{"id": "b"}], "@odata.nextLink": "2"}"#;
+        let page = Page::<Subdomain>::read(body).unwrap();
+        assert_eq!(page.items[0].id.as_deref(), Some("b"));
+        assert_eq!(page.next_link.as_deref(), Some("2"));
     }
 
     #[test]
