@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use mdti_worker::graph::{GraphClient, GraphSettings};
-use mdti_worker::sim::{self, SimConfig};
+use mdti_worker::sim::{self, SimConfig, SimHandle};
 
 mod support;
 use support::graph_settings;
@@ -32,8 +32,13 @@ async fn ask_until(client: &GraphClient, tasks: usize, answers: usize) {
     }
 }
 
-#[tokio::test]
-async fn a_client_set_to_twice_the_quota_learns_it_and_earns_few_429s() {
+/// A simulator enforcing [`QUOTA`], and a client of it starting at `start` requests a second
+/// with a burst of `burst`, learning up to `ceiling` (`None`: up to `start`).
+async fn throttled_client(
+    start: f64,
+    ceiling: Option<f64>,
+    burst: u32,
+) -> (SimHandle, GraphClient) {
     let sim = sim::spawn(SimConfig {
         rate_limit: Some(QUOTA),
         ..SimConfig::default()
@@ -41,12 +46,19 @@ async fn a_client_set_to_twice_the_quota_learns_it_and_earns_few_429s() {
     .await
     .expect("simulator starts");
     let client = GraphClient::new(GraphSettings {
-        requests_per_second: 2.0 * QUOTA,
-        burst: 10,
+        requests_per_second: start,
+        rate_ceiling: ceiling,
+        burst,
         max_in_flight: 32,
         ..graph_settings(&sim)
     })
     .expect("client builds");
+    (sim, client)
+}
+
+#[tokio::test]
+async fn a_client_set_to_twice_the_quota_learns_it_and_earns_few_429s() {
+    let (sim, client) = throttled_client(2.0 * QUOTA, None, 10).await;
 
     ask_until(&client, 32, 1_000).await;
 
@@ -70,20 +82,7 @@ async fn a_client_set_to_twice_the_quota_learns_it_and_earns_few_429s() {
 
 #[tokio::test]
 async fn auto_climbs_from_its_start_towards_a_quota_far_above_it() {
-    let sim = sim::spawn(SimConfig {
-        rate_limit: Some(QUOTA),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator starts");
-    let client = GraphClient::new(GraphSettings {
-        requests_per_second: 5.0,
-        rate_ceiling: Some(1000.0),
-        burst: 5,
-        max_in_flight: 32,
-        ..graph_settings(&sim)
-    })
-    .expect("client builds");
+    let (sim, client) = throttled_client(5.0, Some(1000.0), 5).await;
 
     ask_until(&client, 32, 600).await;
 
