@@ -146,14 +146,13 @@ fn enriching_key(observable: &Observable) -> String {
     format!("{}:{}", observable.kind(), observable.value())
 }
 
-/// The run of an answered item.
-pub(super) fn run_record(message: &Incoming<'_>, work: &Work, answer: &Answer) -> RunRecord {
-    let Answer {
-        enrichment,
-        requests,
-        duration,
-        ..
-    } = answer;
+/// The run of an answered item, holding `enrichment` (the answer's, taken out of it).
+pub(super) fn run_record(
+    message: &Incoming<'_>,
+    work: &Work,
+    answer: &Answer,
+    enrichment: Option<Enrichment>,
+) -> RunRecord {
     RunRecord {
         message_id: message.message_id.to_owned(),
         item_index: work.request.index as i32,
@@ -167,9 +166,9 @@ pub(super) fn run_record(message: &Incoming<'_>, work: &Work, answer: &Answer) -
         },
         detail: None,
         enrichers: work.enrichers.clone(),
-        graph_requests: *requests,
-        duration: *duration,
-        enrichment: enrichment.clone(),
+        graph_requests: answer.requests,
+        duration: answer.duration,
+        enrichment,
         lane: message.lane,
     }
 }

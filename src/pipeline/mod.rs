@@ -139,7 +139,7 @@ impl Pipeline {
         let (mut results, work) = self.validate_all(message, items);
         let (unique, repeats) = deduplicate(work);
         let mut answers = self.answer_all(&unique).await;
-        if let Err(failure) = add_runs(message, &unique, &repeats, &answers, &mut results) {
+        if let Err(failure) = add_runs(message, &unique, &repeats, &mut answers, &mut results) {
             return self.fail(message, failure).await;
         }
         let reputation_cache_hits = answers
@@ -330,21 +330,29 @@ fn deduplicate(work: Vec<Work>) -> (Vec<Work>, Vec<(usize, Work)>) {
 }
 
 /// The runs of the answered work and its repeats, added to `results`; the first failure
-/// instead, which decides the whole message.
+/// instead, which decides the whole message. Each enrichment moves out of its answer into its
+/// run, and a repeat's run gets a copy of its first's: held until the commit, enrichments are
+/// most of a message's memory, and nothing after this reads them from the answers.
 fn add_runs(
     message: &Incoming<'_>,
     unique: &[Work],
     repeats: &[(usize, Work)],
-    answers: &[Result<Answer, Failure>],
+    answers: &mut [Result<Answer, Failure>],
     results: &mut Vec<ItemResult>,
 ) -> Result<(), Failure> {
-    for (w, answer) in unique.iter().zip(answers) {
-        let answer = answer.as_ref().map_err(Failure::clone)?;
-        results.push(ItemResult::Run(run_record(message, w, answer)));
+    let first = results.len();
+    for (w, answer) in unique.iter().zip(answers.iter_mut()) {
+        let answer = answer.as_mut().map_err(|failure| failure.clone())?;
+        let enrichment = answer.enrichment.take();
+        results.push(ItemResult::Run(run_record(message, w, answer, enrichment)));
     }
     for (at, w) in repeats {
+        let enrichment = match results.get(first + at) {
+            Some(ItemResult::Run(run)) => run.enrichment.clone(),
+            _ => continue,
+        };
         if let Ok(answer) = &answers[*at] {
-            results.push(ItemResult::Run(run_record(message, w, answer)));
+            results.push(ItemResult::Run(run_record(message, w, answer, enrichment)));
         }
     }
     Ok(())
