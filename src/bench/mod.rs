@@ -136,6 +136,10 @@ pub struct BenchCmd {
     /// Share of distinct values among the observables
     #[arg(long, default_value_t = 0.8)]
     pub distinct: f64,
+    /// How long a stored answer counts as fresh. `0s` with a low `--distinct` re-enriches every
+    /// repeat, which measures what writing a re-enrichment costs
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
     /// Seed of the observable mix
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -860,7 +864,7 @@ fn bench_worker_args(cmd: &BenchCmd) -> WorkerArgs {
         concurrency: cmd.concurrency,
         live_prefetch: cmd.live_prefetch,
         enrichers: cmd.enrichers.clone(),
-        cache_ttl: Duration::from_secs(24 * 3600),
+        cache_ttl: cmd.cache_ttl,
         allow_non_public: false,
         max_deliveries: 5,
         max_body_bytes: 1 << 20,
@@ -1533,6 +1537,7 @@ fn config(a: &Assembly<'_>, in_process: bool) -> Config {
     Config {
         observables: cmd.observables,
         distinct_values: a.distinct,
+        cache_ttl_s: cmd.cache_ttl.as_secs_f64(),
         batch_size: cmd.batch_size,
         messages: a.messages,
         concurrency: cmd.concurrency,

@@ -31,10 +31,15 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// The bench's default `--cache-ttl`, in seconds.
+const DAY_S: f64 = 86_400.0;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub observables: usize,
     pub distinct_values: usize,
+    /// How long a stored answer counted as fresh (`--cache-ttl`); 0 re-enriches every repeat.
+    pub cache_ttl_s: f64,
     pub batch_size: usize,
     pub messages: usize,
     pub concurrency: u16,
@@ -313,6 +318,14 @@ impl Report {
                 String::new()
             }
         );
+        // Only a short TTL is worth a line: it turns repeats into re-enrichments.
+        if c.cache_ttl_s < DAY_S {
+            let _ = writeln!(
+                out,
+                "  answers fresh for {} s: repeats are enriched again",
+                c.cache_ttl_s
+            );
+        }
         let _ = writeln!(
             out,
             "  enrichers {}; chain {}; {} {} req/s (burst {}, {} in flight)",
@@ -733,6 +746,7 @@ mod tests {
         Config {
             observables: 1000,
             distinct_values: 400,
+            cache_ttl_s: 86400.0,
             batch_size: 10,
             messages: 100,
             concurrency: 8,
