@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use mdti_worker::enrich::{
     EnricherKind, Enrichment, Extract, ExtractKind, Indicator, Reputation, ReputationRule,
 };
@@ -746,10 +746,7 @@ async fn a_batch_of_new_and_stored_observables_writes_each_extract_once() {
         .await
         .unwrap();
     let before = db.count("extracts").await;
-    sqlx::query("UPDATE extracts SET last_seen_at = now() - interval '1 day'")
-        .execute(db.store.pool())
-        .await
-        .unwrap();
+    a_day_passes(&db).await;
 
     // One transaction: the stored observable's extracts are upserted, the new one's inserted.
     let runs = [
@@ -760,7 +757,7 @@ async fn a_batch_of_new_and_stored_observables_writes_each_extract_once() {
     assert_eq!(db.count("observables").await, 2);
     assert_eq!(db.count("extracts").await, 2 * before);
     let stale: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM extracts WHERE last_seen_at < now() - interval '1 hour'",
+        "SELECT count(*) FROM extracts_seen WHERE last_seen_at < now() - interval '1 hour'",
     )
     .fetch_one(db.store.pool())
     .await
@@ -870,5 +867,108 @@ async fn concurrent_cache_reads_each_get_their_own_answer() {
     });
     for (i, fresh) in futures::future::join_all(fresh).await {
         assert_eq!(fresh, i % 2 == 0, "ask {i}");
+    }
+}
+
+/// Move every stored time a day back, as if the last fetch had been yesterday.
+async fn a_day_passes(db: &TestDb) {
+    for statement in [
+        "UPDATE extracts SET first_seen_at = first_seen_at - interval '1 day', \
+             last_seen_at = last_seen_at - interval '1 day'",
+        "UPDATE enricher_results SET fetched_at = fetched_at - interval '1 day', \
+             unchanged_since = unchanged_since - interval '1 day'",
+    ] {
+        sqlx::query(statement)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+    }
+}
+
+/// Each extract's row version (`xmin` changes whenever the row is written) and its last
+/// sighting as `extracts_seen` gives it, by (enricher, value, field).
+async fn extract_versions(db: &TestDb) -> Vec<(String, String, String, String, DateTime<Utc>)> {
+    sqlx::query_as(
+        "SELECT x.enricher, x.value, x.field, x.xmin::text, s.last_seen_at \
+         FROM extracts x JOIN extracts_seen s USING (observable_id, enricher, kind, value, field) \
+         ORDER BY 1, 2, 3",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap()
+}
+
+async fn whois_fetched_at(db: &TestDb) -> (DateTime<Utc>, DateTime<Utc>) {
+    sqlx::query_as(
+        "SELECT fetched_at, unchanged_since FROM enricher_results WHERE enricher = 'whois'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_unchanged_answer_leaves_its_extracts_alone_yet_counts_as_seen() {
+    let db = TestDb::new().await;
+    let stored = observable("20.1.0.1");
+    let enriched = |message: &str| run(message, 0, &stored, RunStatus::Enriched);
+    db.store
+        .record_message(&[enriched("first")], &[])
+        .await
+        .unwrap();
+    a_day_passes(&db).await;
+    let (first_fetch, _) = whois_fetched_at(&db).await;
+    let before = extract_versions(&db).await;
+
+    db.store
+        .record_message(&[enriched("second")], &[])
+        .await
+        .unwrap();
+    let after = extract_versions(&db).await;
+    let (second_fetch, since) = whois_fetched_at(&db).await;
+    assert_eq!(
+        since, first_fetch,
+        "the answer took its form at the first fetch"
+    );
+    assert_eq!(after.len(), before.len());
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.3, new.3, "{} {} was written again", new.1, new.2);
+        assert_eq!(
+            new.4, second_fetch,
+            "{} {} was seen by the second fetch",
+            new.1, new.2
+        );
+    }
+
+    // The third answer drops one whois mailbox and brings another.
+    let mut third = enriched("third");
+    let whois = &mut third.enrichment.as_mut().unwrap().results[0];
+    whois.extracts.retain(|e| e.value != "abuse@contoso.com");
+    whois.extracts.push(extract(
+        ExtractKind::Email,
+        "new@contoso.com",
+        "abuse.email",
+    ));
+    db.store.record_message(&[third], &[]).await.unwrap();
+    let (third_fetch, since) = whois_fetched_at(&db).await;
+    assert_eq!(since, third_fetch, "the whois answer changed");
+    for (enricher, value, field, version, seen) in extract_versions(&db).await {
+        let expected = match (enricher.as_str(), value.as_str()) {
+            ("whois", "abuse@contoso.com") => second_fetch,
+            ("whois", _) => third_fetch,
+            // The host answer did not change: its rows stay as the first fetch wrote them.
+            _ => {
+                let old = before
+                    .iter()
+                    .find(|b| b.1 == value && b.2 == field)
+                    .unwrap();
+                assert_eq!(old.3, version, "{value} {field} was written again");
+                third_fetch
+            }
+        };
+        assert_eq!(
+            seen, expected,
+            "last sighting of {enricher} {value} {field}"
+        );
     }
 }

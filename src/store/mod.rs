@@ -10,6 +10,7 @@
 //! Queries are checked at run time, not compile time: building the crate needs no database.
 
 mod actors;
+mod answers;
 mod attributions;
 mod cache;
 mod error;

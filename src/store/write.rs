@@ -21,6 +21,7 @@ use sqlx::{PgExecutor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::actors;
+use super::answers::{self, ResultKey};
 use super::attributions::OwedAttribution;
 use super::pg_text::{pg_json, pg_text};
 use super::REJECTED_INPUT_MAX_CHARS;
@@ -286,8 +287,19 @@ async fn write_runs(
             }
         }
     }
+    let digests = extracts.digests(results.0.keys().copied());
+    let stored_before: HashMap<ResultKey, Uuid> = digests
+        .iter()
+        .filter(|((observable_id, _), _)| !observables.new.contains(observable_id))
+        .map(|(&key, &digest)| (key, digest))
+        .collect();
+    // Read before the results' upsert below replaces the stored digests.
+    let unchanged = answers::unchanged(tx, &stored_before).await?;
+    extracts
+        .0
+        .retain(|key, _| !unchanged.contains(&(key.0, key.1)));
     rows.execute(&mut **tx).await?;
-    results.execute(&mut **tx).await?;
+    results.execute(&mut **tx, &digests).await?;
     indicators.execute(&mut **tx).await?;
     reputations.execute(&mut **tx).await?;
     extracts.execute(tx, &observables.new).await?;
@@ -384,7 +396,7 @@ impl RunRows {
 
 /// Enricher results, keyed (observable id, enricher).
 #[derive(Default)]
-struct ResultRows(BTreeMap<(i64, &'static str), (bool, bool, Uuid)>);
+struct ResultRows(BTreeMap<ResultKey, (bool, bool, Uuid)>);
 
 impl ResultRows {
     fn push(
@@ -401,34 +413,45 @@ impl ResultRows {
         );
     }
 
-    async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
+    /// Upsert the results with their answers' `digests`; `unchanged_since` moves only when the
+    /// digest does (a stored null digest counts as changed).
+    async fn execute(
+        &self,
+        executor: impl PgExecutor<'_>,
+        digests: &HashMap<ResultKey, Uuid>,
+    ) -> Result<(), StoreError> {
         if self.0.is_empty() {
             return Ok(());
         }
-        let (mut observable_ids, mut enrichers, mut found, mut truncated, mut run_ids) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for (&(observable_id, enricher), &(f, t, run_id)) in &self.0 {
-            observable_ids.push(observable_id);
-            enrichers.push(enricher);
-            found.push(f);
-            truncated.push(t);
-            run_ids.push(run_id);
+        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (key, &(found, truncated, run_id)) in &self.0 {
+            columns.0.push(key.0);
+            columns.1.push(key.1);
+            columns.2.push(found);
+            columns.3.push(truncated);
+            columns.4.push(run_id);
+            columns.5.push(digests.get(key).copied());
         }
         sqlx::query(
-            "INSERT INTO enricher_results (observable_id, enricher, found, truncated, fetched_at, \
-                 run_id) \
-             SELECT u.observable_id, u.enricher, u.found, u.truncated, now(), u.run_id \
-             FROM UNNEST($1::bigint[], $2::text[], $3::bool[], $4::bool[], $5::uuid[]) \
-                 AS u(observable_id, enricher, found, truncated, run_id) \
+            "INSERT INTO enricher_results AS r (observable_id, enricher, found, truncated, \
+                 fetched_at, run_id, answer_digest, unchanged_since) \
+             SELECT u.observable_id, u.enricher, u.found, u.truncated, now(), u.run_id, \
+                 u.digest, now() \
+             FROM UNNEST($1::bigint[], $2::text[], $3::bool[], $4::bool[], $5::uuid[], \
+                 $6::uuid[]) AS u(observable_id, enricher, found, truncated, run_id, digest) \
              ON CONFLICT (observable_id, enricher) DO UPDATE SET \
                  found = excluded.found, truncated = excluded.truncated, \
-                 fetched_at = excluded.fetched_at, run_id = excluded.run_id",
+                 fetched_at = excluded.fetched_at, run_id = excluded.run_id, \
+                 answer_digest = excluded.answer_digest, \
+                 unchanged_since = CASE WHEN r.answer_digest = excluded.answer_digest \
+                     THEN r.unchanged_since ELSE excluded.unchanged_since END",
         )
-        .bind(&observable_ids)
-        .bind(&enrichers)
-        .bind(&found)
-        .bind(&truncated)
-        .bind(&run_ids)
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&columns.2)
+        .bind(&columns.3)
+        .bind(&columns.4)
+        .bind(&columns.5)
         .execute(executor)
         .await?;
         Ok(())
@@ -579,6 +602,18 @@ struct ExtractRows(BTreeMap<ExtractKey, (Option<String>, Uuid)>);
 impl ExtractRows {
     fn push(&mut self, key: ExtractKey, value: (Option<String>, Uuid)) {
         self.0.insert(key, value);
+    }
+
+    /// The digest of each result's rows; `results` names those that wrote none too.
+    fn digests(&self, results: impl Iterator<Item = ResultKey>) -> HashMap<ResultKey, Uuid> {
+        let rows = self.0.iter().map(|(key, (country_code, _))| {
+            (
+                (key.0, key.1),
+                [key.2, key.3.as_str(), key.4.as_str()],
+                country_code.as_deref(),
+            )
+        });
+        answers::digests(results, rows)
     }
 
     /// Insert the extracts of observables in `new` (inserted by this transaction, so nothing of

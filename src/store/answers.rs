@@ -1,0 +1,159 @@
+//! Answer digests: a re-enrichment whose answer is the one stored leaves its extracts alone.
+//!
+//! Every (observable, enricher) result carries a digest of the extract rows its answer writes
+//! (`enricher_results.answer_digest`). Before a batch writes extracts of observables stored
+//! earlier, it reads their digests in one statement:
+//! - the same digest: the rows are there already, so they are not written again (re-upserting
+//!   them only moved `last_seen_at`, about 74 row updates per re-enrichment);
+//! - another digest: the answer changed. Rows the stored answer had are first stamped with the
+//!   stored `fetched_at` (the last fetch that saw them), then the new answer is written as
+//!   before.
+//!
+//! `unchanged_since` (when the answer took its current form) beside `fetched_at` (when it was
+//! last confirmed) lets the view `extracts_seen` give each row its last sighting (migration
+//! 0017). Two batches of one observable at once both see the old digest and both write: the
+//! digest decides only whether to skip a write, never what is written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// (observable id, enricher): one enricher result.
+pub(super) type ResultKey = (i64, &'static str);
+
+/// The namespace of answer digests: a name-based UUID (v5) is SHA-1 cut to 16 bytes, a stable
+/// digest from a crate the store already uses.
+const DIGEST_NAMESPACE: Uuid = Uuid::from_u128(0x6d64_7469_2d61_6e73_7765_722d_6469_6765);
+
+/// Digests of the extract rows of each result, from rows in key order (so each result's rows
+/// are consecutive). `results` are every result written: one without extracts has the digest of
+/// no rows.
+pub(super) fn digests<'k>(
+    results: impl Iterator<Item = ResultKey>,
+    rows: impl Iterator<Item = (ResultKey, [&'k str; 3], Option<&'k str>)>,
+) -> HashMap<ResultKey, Uuid> {
+    let mut text: BTreeMap<ResultKey, Vec<u8>> = results.map(|key| (key, Vec::new())).collect();
+    for (key, [kind, value, field], country_code) in rows {
+        let bytes = text.entry(key).or_default();
+        // NUL never occurs in stored text (see pg_text), so it separates fields unambiguously;
+        // an absent country code differs from an empty one.
+        for part in [kind, value, field, country_code.unwrap_or("\u{1}")] {
+            bytes.extend_from_slice(part.as_bytes());
+            bytes.push(0);
+        }
+    }
+    text.into_iter()
+        .map(|(key, bytes)| (key, Uuid::new_v5(&DIGEST_NAMESPACE, &bytes)))
+        .collect()
+}
+
+/// Of `digests` (results of observables stored before this transaction), those whose stored
+/// answer is the same. Rows of the others that the stored answer had are stamped with its
+/// `fetched_at` first, so that a row the new answer drops keeps its true last sighting.
+pub(super) async fn unchanged(
+    tx: &mut Transaction<'_, Postgres>,
+    digests: &HashMap<ResultKey, Uuid>,
+) -> Result<HashSet<ResultKey>, StoreError> {
+    if digests.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let (observable_ids, enrichers): (Vec<i64>, Vec<&str>) = digests.keys().copied().unzip();
+    let stored = sqlx::query(
+        "SELECT r.observable_id, r.enricher, r.answer_digest, \
+             r.fetched_at > r.unchanged_since AS confirmed_since \
+         FROM enricher_results r \
+         JOIN UNNEST($1::bigint[], $2::text[]) AS u(observable_id, enricher) \
+             USING (observable_id, enricher) \
+         WHERE r.answer_digest IS NOT NULL",
+    )
+    .bind(&observable_ids)
+    .bind(&enrichers)
+    .fetch_all(&mut **tx)
+    .await?;
+    // Keyed by a borrowed name, valued by the key itself: the key's enricher name is static.
+    let by_name: HashMap<(i64, &str), (ResultKey, Uuid)> = digests
+        .iter()
+        .map(|(&key, &digest)| (key, (key, digest)))
+        .collect();
+    let mut same = HashSet::new();
+    let (mut stamp_ids, mut stamp_enrichers) = (Vec::new(), Vec::new());
+    for row in stored {
+        let observable_id: i64 = row.try_get("observable_id")?;
+        let enricher: String = row.try_get("enricher")?;
+        let Some(&(key, ref digest)) = by_name.get(&(observable_id, enricher.as_str())) else {
+            continue;
+        };
+        if row.try_get::<Uuid, _>("answer_digest")? == *digest {
+            same.insert(key);
+        } else if row.try_get::<bool, _>("confirmed_since")? {
+            stamp_ids.push(key.0);
+            stamp_enrichers.push(key.1);
+        }
+    }
+    stamp_last_sightings(tx, &stamp_ids, &stamp_enrichers).await?;
+    Ok(same)
+}
+
+/// Rows written since the stored answer took its form were seen until its last fetch.
+async fn stamp_last_sightings(
+    tx: &mut Transaction<'_, Postgres>,
+    observable_ids: &[i64],
+    enrichers: &[&str],
+) -> Result<(), StoreError> {
+    if observable_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE extracts x SET last_seen_at = r.fetched_at \
+         FROM UNNEST($1::bigint[], $2::text[]) AS u(observable_id, enricher) \
+         JOIN enricher_results r USING (observable_id, enricher) \
+         WHERE x.observable_id = u.observable_id AND x.enricher = u.enricher \
+             AND x.last_seen_at >= r.unchanged_since AND x.last_seen_at < r.fetched_at",
+    )
+    .bind(observable_ids)
+    .bind(enrichers)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_of(rows: &[([&str; 3], Option<&str>)]) -> Uuid {
+        let key = (1, "Whois");
+        let rows = rows.iter().map(|&(text, code)| (key, text, code));
+        digests(std::iter::once(key), rows)[&key]
+    }
+
+    #[test]
+    fn the_same_rows_give_the_same_digest() {
+        let rows = [(["EMAIL", "a@b.c", "abuse.email"], None)];
+        assert_eq!(digest_of(&rows), digest_of(&rows));
+    }
+
+    #[test]
+    fn any_change_of_a_row_changes_the_digest() {
+        let base = digest_of(&[(["COUNTRY", "Ireland", "country"], Some("IE"))]);
+        for changed in [
+            digest_of(&[(["COUNTRY", "Ireland", "country"], None)]),
+            digest_of(&[(["COUNTRY", "Ireland", "country"], Some(""))]),
+            digest_of(&[(["COUNTRY", "Irelan", "dcountry"], Some("IE"))]),
+            digest_of(&[]),
+        ] {
+            assert_ne!(base, changed);
+        }
+    }
+
+    #[test]
+    fn a_result_without_extracts_has_a_digest_too() {
+        let key = (7, "Host");
+        let found = digests(std::iter::once(key), std::iter::empty());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[&key], digest_of(&[]));
+    }
+}
