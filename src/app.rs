@@ -22,6 +22,7 @@ use crate::observable::NormaliseOptions;
 use crate::ops;
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::queue::message::DecodeLimits;
+use crate::service::FIRST_ANSWER_WITHIN;
 use crate::sim;
 use crate::store::Store;
 
@@ -43,13 +44,12 @@ pub async fn graph_client(
     Ok((client, handle))
 }
 
-/// The database created if missing and migrated, then connected.
+/// The database created if missing and migrated, then connected. Postgres missing is said at
+/// once, as a [`crate::service::Unavailable`].
 pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<Store> {
     let url = database.database_url.expose();
-    Store::create_database_if_missing(url)
-        .await
-        .with_context(|| format!("creating database {}", redact_url(url)))?;
-    let store = Store::connect(url, database.db_max_connections).await?;
+    Store::create_database_if_missing(url).await?;
+    let store = Store::open(url, database.db_max_connections, FIRST_ANSWER_WITHIN).await?;
     store
         .migrate()
         .await

@@ -38,9 +38,12 @@ pub async fn run(
         graph_args.graph_rate = GraphRate::UpTo(graph_args.graph_rate.ceiling().max(500.0));
         graph_args.graph_burst = graph_args.graph_burst.max(50);
     }
+    // The services first: one that is missing is said before anything is started, created or
+    // declared.
+    crate::queue::reach(broker.amqp_url.expose()).await?;
+    let store = app::migrate(&database).await?;
     let (graph, _sim) = app::graph_client(&mut graph_args, use_simulator).await?;
     print_graph(&graph_args, use_simulator);
-    let store = app::migrate(&database).await?;
     print_services(&database, &broker);
     let topology = broker.topology();
     let publisher = Publisher::connect(broker.amqp_url.expose(), topology.clone()).await?;

@@ -38,6 +38,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod queue;
 pub mod secret;
+pub mod service;
 pub mod sim;
 pub mod status;
 pub mod store;

@@ -74,6 +74,34 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// `text` (an error message about `raw_url`) fit to print: the URL replaced by
+/// [`redact_url`]'s form, and its password, as written and percent-decoded, by `***`. Client
+/// libraries quote a URL they could not use, or a part of it, in their errors.
+pub fn scrub_url(text: &str, raw_url: &str) -> String {
+    let mut scrubbed = text.to_owned();
+    if !raw_url.is_empty() {
+        scrubbed = scrubbed.replace(raw_url, &redact_url(raw_url));
+    }
+    if let Some(password) = password_of(raw_url) {
+        let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+        for form in [password, decoded.as_ref()] {
+            scrubbed = scrubbed.replace(form, "***");
+        }
+    }
+    scrubbed
+}
+
+/// The password of a URL, as written: what [`redact_url`] hides (after the first `:` of
+/// everything up to the last `@`).
+fn password_of(raw: &str) -> Option<&str> {
+    let (_, rest) = raw.split_once("://")?;
+    let userinfo = &rest[..rest.rfind('@')?];
+    userinfo
+        .split_once(':')
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty())
+}
+
 fn is_scheme(text: &str) -> bool {
     text.starts_with(|c: char| c.is_ascii_alphabetic())
         && text
@@ -160,6 +188,17 @@ mod tests {
             let shown = redact_url(raw);
             assert!(!shown.contains("hunter2"), "{raw:?} shown as {shown:?}");
         }
+    }
+
+    #[test]
+    fn a_message_quoting_a_url_or_its_password_is_scrubbed() {
+        let raw = "amqp://guest:p%40ss@127.0.0.1:1/%2f";
+        let message = format!("cannot use {raw}; password p@ss; raw p%40ss");
+        assert_eq!(
+            scrub_url(&message, raw),
+            "cannot use amqp://guest:***@127.0.0.1:1/%2f; password ***; raw ***"
+        );
+        assert_eq!(scrub_url("refused", "postgres://h/db"), "refused");
     }
 
     #[test]

@@ -226,12 +226,9 @@ async fn broker_counts(
     lanes: &[Lane],
 ) -> Result<BrokerCounts, String> {
     let shown = redact_url(amqp_url);
-    let connection =
-        match tokio::time::timeout(CONNECT_TIMEOUT, crate::queue::connect(amqp_url)).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => return Err(format!("broker {shown} unreachable: {error}")),
-            Err(_) => return Err(format!("broker {shown} did not answer within 3 s")),
-        };
+    let connection = crate::queue::connect_within(amqp_url, CONNECT_TIMEOUT)
+        .await
+        .map_err(|unavailable| unavailable.to_string())?;
     let count = async {
         let mut counts = BrokerCounts::default();
         for lane in lanes {
@@ -249,18 +246,12 @@ async fn broker_counts(
     counts
 }
 
-/// A store for reading, or why there is none: connected and answering within
-/// [`CONNECT_TIMEOUT`] (the pool's own wait is longer).
+/// A store for reading, or why there is none (PostgreSQL, its URL, the cause and the way
+/// forward): a first connection within [`CONNECT_TIMEOUT`] (the pool's own wait is longer).
 pub async fn connect_store(database_url: &Secret) -> Result<Store, String> {
-    let shown = redact_url(database_url.expose());
-    let store = Store::connect(database_url.expose(), 1)
+    Store::open(database_url.expose(), 1, CONNECT_TIMEOUT)
         .await
-        .map_err(|error| format!("Postgres {shown}: {error}"))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => Ok(store),
-        Ok(Err(error)) => Err(format!("Postgres {shown} unreachable: {error}")),
-        Err(_) => Err(format!("Postgres {shown} did not answer within 3 s")),
-    }
+        .map_err(|unavailable| unavailable.to_string())
 }
 
 /// What Postgres says about the lanes asked for.

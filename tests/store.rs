@@ -12,6 +12,7 @@ use mdti_worker::enrich::{
 };
 use mdti_worker::lane::Lane;
 use mdti_worker::observable::Observable;
+use mdti_worker::service::Problem;
 use mdti_worker::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
 use serde_json::json;
 use uuid::Uuid;
@@ -621,8 +622,9 @@ async fn cached_reputation_respects_the_ttl() {
 #[tokio::test]
 async fn connection_refused_is_transient() {
     let url = "postgres://postgres@127.0.0.1:1/mdti";
+    // At the start: PostgreSQL is missing, not refusing (the way forward is to start it).
     let error = Store::create_database_if_missing(url).await.unwrap_err();
-    assert!(error.is_transient(), "{error:?}");
+    assert_eq!(error.problem(), Problem::Unreachable, "{error:?}");
 
     // Lazy: connecting succeeds, the first query fails (after the acquire timeout).
     let store = Store::connect(url, 1).await.unwrap();

@@ -206,6 +206,9 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
 /// Run the benchmark and write the JSON.
 pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     check_args(&cmd)?;
+    // Both services there before anything is started, created or declared.
+    crate::queue::reach(cmd.amqp_url.expose()).await?;
+    Store::reach_server(cmd.database_url.expose()).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db_name = format!("mdti_bench_{id}");
     let db_url = url_with_database(cmd.database_url.expose(), &db_name)?;

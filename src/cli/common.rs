@@ -1,11 +1,11 @@
 //! What several commands share: reading the store, `--since`, the output format, and the
 //! signal that ends a long-running command.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
 
-use crate::config::{redact_url, DatabaseArgs};
+use crate::config::DatabaseArgs;
+use crate::service::FIRST_ANSWER_WITHIN;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -19,12 +19,11 @@ pub fn since_arg(text: &str) -> Result<DateTime<Utc>, String> {
     crate::export::parse_since(text, Utc::now())
 }
 
-/// A store for reading what the worker wrote: one connection, no migrations.
+/// A store for reading what the worker wrote: one connection, no migrations. Postgres missing
+/// is said at once (see [`Store::open`]).
 pub async fn read_store(database: &DatabaseArgs) -> anyhow::Result<Store> {
     let url = database.database_url.expose();
-    Store::connect(url, 1)
-        .await
-        .with_context(|| format!("connecting to {}", redact_url(url)))
+    Ok(Store::open(url, 1, FIRST_ANSWER_WITHIN).await?)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.

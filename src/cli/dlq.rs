@@ -1,10 +1,9 @@
 //! `dlq list` and `dlq replay`: the dead-letter queue, looked at or sent back to work.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::common::OutputFormat;
-use crate::config::{redact_url, BrokerArgs};
+use crate::config::BrokerArgs;
 use crate::queue::dlq::{DeadLetterQueue, ReplayFilter};
 
 #[derive(Subcommand, Debug)]
@@ -43,10 +42,7 @@ pub async fn run(cmd: DlqCmd) -> anyhow::Result<i32> {
         DlqCmd::List(list) => &list.broker,
         DlqCmd::Replay(replay) => &replay.broker,
     };
-    let url = broker.amqp_url.expose();
-    let dlq = DeadLetterQueue::connect(url, broker.topology())
-        .await
-        .with_context(|| format!("connecting to {}", redact_url(url)))?;
+    let dlq = DeadLetterQueue::connect(broker.amqp_url.expose(), broker.topology()).await?;
     match cmd {
         DlqCmd::List(list) => print_list(&dlq, &list).await?,
         DlqCmd::Replay(replay) => replay_letters(&dlq, replay).await?,

@@ -584,9 +584,7 @@ pub async fn command(cmd: PublishCmd) -> anyhow::Result<i32> {
     let options = args.options();
     let (inputs, names) = open_inputs(&args.files)?;
     let url = amqp_url.expose();
-    let publisher = Publisher::connect(url, topology.clone())
-        .await
-        .with_context(|| format!("connecting to {}", crate::config::redact_url(url)))?;
+    let publisher = Publisher::connect(url, topology.clone()).await?;
     let summary = run(options.clone(), &publisher, inputs, names).await?;
     let _ = publisher.close().await;
     eprintln!("{summary}");

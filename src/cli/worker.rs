@@ -12,6 +12,8 @@ use super::common::shutdown_signal;
 use crate::app::{self, Worker, WorkerSettings};
 use crate::config::{BrokerArgs, DatabaseArgs, FleetArgs, GraphArgs, WorkerArgs};
 use crate::ops::ListenAddr;
+use crate::queue;
+use crate::service::FIRST_ANSWER_WITHIN;
 use crate::store::Store;
 
 #[derive(Args, Debug)]
@@ -44,6 +46,9 @@ pub async fn run(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         .map_err(anyhow::Error::msg)?;
     // Workers sharing a quota share their lookups in flight too: a duplicate costs the quota.
     cmd.worker.share_lookups |= fleet.is_some();
+    // Both services are there at the start, or the worker says which is not and stops; once
+    // running, it rides out their outages (reconnects, pauses).
+    queue::reach(cmd.broker.amqp_url.expose()).await?;
     let store = store(&cmd.database, cmd.worker.migrate).await?;
     let worker = Worker {
         graph,
@@ -72,7 +77,8 @@ async fn store(database: &DatabaseArgs, migrate: bool) -> anyhow::Result<Store> 
     if migrate {
         return app::migrate(database).await;
     }
-    Ok(Store::connect(database.database_url.expose(), database.db_max_connections).await?)
+    let url = database.database_url.expose();
+    Ok(Store::open(url, database.db_max_connections, FIRST_ANSWER_WITHIN).await?)
 }
 
 /// Turns true on SIGINT or SIGTERM.

@@ -186,9 +186,11 @@ async fn session(
 
 /// Connect, declare the topology and open the publisher.
 async fn open_broker(settings: &ConsumerSettings, stats: &WorkerStats) -> anyhow::Result<Broker> {
+    // The first line of the guide only: the reconnect log line names the broker already, and
+    // repeats while the broker is away.
     let connection = queue::connect(settings.amqp_url.expose())
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to the broker: {e}"))?;
+        .map_err(|unavailable| anyhow::anyhow!(unavailable.summary()))?;
     let connection = Arc::new(connection);
     stats.broker_connected.store(true, Ordering::Relaxed);
     let channel = connection.create_channel().await?;

@@ -21,6 +21,7 @@ use super::publisher::{without_expiration, PublishError, Publisher};
 use super::topology::{attempt_of, Topology, ATTEMPT_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
 use crate::lane::Lane;
+use crate::service::{Unavailable, FIRST_ANSWER_WITHIN};
 
 /// How many times a message was sent back from the dead-letter queue by [`DeadLetterQueue::replay`].
 pub const REPLAYED_HEADER: &str = "x-mdti-replayed";
@@ -31,6 +32,9 @@ pub const PREVIEW_CHARS: usize = 120;
 /// Why a dead-letter command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    /// No connection to the broker to begin with (the whole guide).
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("republishing to the work queue: {0}")]
@@ -161,7 +165,7 @@ impl DeadLetterQueue {
     /// Connect and declare the topology (idempotent, as the worker and `publish` do), so the
     /// queues exist even on a broker no worker has used yet.
     pub async fn connect(amqp_url: &str, topology: Topology) -> Result<DeadLetterQueue, DlqError> {
-        let connection = super::connect(amqp_url).await?;
+        let connection = super::connect_within(amqp_url, FIRST_ANSWER_WITHIN).await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         channel.close(200, "declared".into()).await?;

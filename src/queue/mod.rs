@@ -13,6 +13,10 @@ pub mod dlq;
 pub mod publisher;
 pub mod topology;
 
+use std::time::Duration;
+
+use crate::service::{causes, Problem, Service, Unavailable, FIRST_ANSWER_WITHIN};
+
 pub use crate::message;
 pub(crate) use crate::message::truncate_chars;
 pub use crate::message::{
@@ -23,20 +27,57 @@ pub use topology::{
     attempt_of, Topology, ATTEMPT_HEADER, LANE_HEADER, REASON_CODE_HEADER, REASON_HEADER,
 };
 
-/// Connect to the broker at `amqp_url`, with lapin's default connection properties.
+/// Connect to the broker at `amqp_url`, with lapin's default connection properties; a failure
+/// is an [`Unavailable`] naming RabbitMQ, its URL (password hidden) and the cause, said once.
 ///
 /// Unlike [`lapin::Connection::connect`], the error never quotes the URL: lapin's error for a
 /// URL it cannot use (`amqp:user:password@host`, without `//`) repeats it whole, password
 /// included, into whatever logs it.
-pub async fn connect(amqp_url: &str) -> Result<lapin::Connection, lapin::Error> {
-    match amqp_url.parse::<lapin::uri::AMQPUri>() {
-        Ok(uri) => lapin::Connection::connect_uri(uri, Default::default()).await,
-        Err(reason) => {
+pub async fn connect(amqp_url: &str) -> Result<lapin::Connection, Unavailable> {
+    let shown = || crate::secret::redact_url(amqp_url);
+    let uri = amqp_url.parse::<lapin::uri::AMQPUri>().map_err(|reason| {
+        let reason = crate::secret::scrub_url(&reason, amqp_url);
+        Unavailable::new(Service::RabbitMq, shown(), Problem::BadUrl, &reason)
+    })?;
+    lapin::Connection::connect_uri(uri, Default::default())
+        .await
+        .map_err(|error| {
+            let cause = crate::secret::scrub_url(&causes(&error), amqp_url);
+            Unavailable::new(Service::RabbitMq, shown(), problem_of(&error), &cause)
+        })
+}
+
+/// [`connect`], given up after `limit` without an answer: a command's first connection, which
+/// must say at once when the broker is not there rather than wait on a host that drops packets.
+pub async fn connect_within(
+    amqp_url: &str,
+    limit: Duration,
+) -> Result<lapin::Connection, Unavailable> {
+    match tokio::time::timeout(limit, connect(amqp_url)).await {
+        Ok(connected) => connected,
+        Err(_) => {
             let shown = crate::secret::redact_url(amqp_url);
-            let reason = reason.replace(amqp_url, &shown);
-            let message = format!("unusable AMQP URL {shown}: {reason}");
-            Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, message).into())
+            Err(Unavailable::no_answer(Service::RabbitMq, shown, limit))
         }
+    }
+}
+
+/// Whether the broker at `amqp_url` takes a connection now (within
+/// [`FIRST_ANSWER_WITHIN`]): for a command that connects later, after other work, to fail
+/// before that work.
+pub async fn reach(amqp_url: &str) -> Result<(), Unavailable> {
+    let connection = connect_within(amqp_url, FIRST_ANSWER_WITHIN).await?;
+    let _ = connection.close(200, "reachable".into()).await;
+    Ok(())
+}
+
+/// The broker answered and refused (credentials, virtual host, protocol), or nothing answered.
+fn problem_of(error: &lapin::Error) -> Problem {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(_)
+        | lapin::ErrorKind::AuthProviderError(_)
+        | lapin::ErrorKind::InvalidProtocolVersion(_) => Problem::Refused,
+        _ => Problem::Unreachable,
     }
 }
 

@@ -21,6 +21,7 @@ use super::topology::{Topology, ATTEMPT_HEADER, LANE_HEADER, REASON_CODE_HEADER,
 use super::truncate_chars;
 use crate::lane::Lane;
 use crate::progress::{self, point};
+use crate::service::{Unavailable, FIRST_ANSWER_WITHIN};
 
 /// Longest reason (in characters) written into [`REASON_HEADER`].
 pub const MAX_REASON_CHARS: usize = 500;
@@ -32,6 +33,10 @@ const PERSISTENT: u8 = 2;
 /// Why a publish did not end with a broker confirmation.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// No connection to the broker to begin with (printed as the whole guide: the broker, its
+    /// URL, the cause and the way forward).
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     /// The channel failed (the broker closed it, a protocol error) while the connection stayed
     /// up: this publish failed; a publisher that holds its connection sends the next one on a
     /// new channel.
@@ -186,9 +191,11 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Connect to `amqp_url`, open a channel, declare the topology and enable confirms.
-    pub async fn connect(amqp_url: &str, topology: Topology) -> Result<Publisher, lapin::Error> {
-        let connection = Arc::new(super::connect(amqp_url).await?);
+    /// Connect to `amqp_url`, open a channel, declare the topology and enable confirms. A
+    /// broker that does not take the connection within [`FIRST_ANSWER_WITHIN`] is
+    /// [`PublishError::Unavailable`].
+    pub async fn connect(amqp_url: &str, topology: Topology) -> Result<Publisher, PublishError> {
+        let connection = Arc::new(super::connect_within(amqp_url, FIRST_ANSWER_WITHIN).await?);
         let channel = open_channel(&connection, &topology).await?;
         Ok(Publisher::new(channel, topology, Some(connection), true))
     }

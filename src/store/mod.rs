@@ -52,6 +52,8 @@ use crate::lane::Lane;
 use crate::model::LookupClaims;
 pub use crate::model::{StoredLinks, WalkHits};
 use crate::observable::{Observable, ObservableKind};
+use crate::secret::{redact_url, scrub_url};
+use crate::service::{causes, Problem, Service, Unavailable, FIRST_ANSWER_WITHIN};
 
 /// How long [`Store`] waits for a pooled connection before giving up with a transient error.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -269,11 +271,41 @@ impl fmt::Debug for Store {
 impl Store {
     /// Pools of at most `max_connections` connections to `database_url` in all (at least one
     /// each): a fifth serve the cache writes and event marks, the rest everything else. Lazy:
-    /// nothing is connected until the first query, so the worker can start while Postgres is
-    /// down (queries then fail with a transient error after [`ACQUIRE_TIMEOUT`]). Fails only on
-    /// a malformed URL.
+    /// nothing is connected until the first query, and a pool waits up to [`ACQUIRE_TIMEOUT`]
+    /// for a connection, so a running worker rides out an outage (queries fail with a transient
+    /// error meanwhile). Fails only on a malformed URL. A command's start goes through
+    /// [`Store::open`], which says at once when Postgres is not there.
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let options = PgConnectOptions::from_str(database_url)?;
+        Ok(Store::pools(options, max_connections))
+    }
+
+    /// [`Store::connect`], once a first connection to `database_url` succeeded within `limit`:
+    /// an unreachable server, refused credentials or a missing database are an [`Unavailable`]
+    /// (PostgreSQL, its URL, the cause once, the way forward) in a few seconds, rather than a
+    /// pool timeout that names neither after [`ACQUIRE_TIMEOUT`].
+    pub async fn open(
+        database_url: &str,
+        max_connections: u32,
+        limit: Duration,
+    ) -> Result<Store, Unavailable> {
+        let options = connect_options(database_url)?;
+        let first = first_connection(&options, database_url, limit).await?;
+        first.close().await.ok();
+        Ok(Store::pools(options, max_connections))
+    }
+
+    /// Whether the server `database_url` names takes a connection now (to its `postgres`
+    /// database, which every server has), within [`FIRST_ANSWER_WITHIN`]: for a command that
+    /// creates its own database later, to fail before its other work.
+    pub async fn reach_server(database_url: &str) -> Result<(), Unavailable> {
+        let server = connect_options(database_url)?.database("postgres");
+        let first = first_connection(&server, database_url, FIRST_ANSWER_WITHIN).await?;
+        first.close().await.ok();
+        Ok(())
+    }
+
+    fn pools(options: PgConnectOptions, max_connections: u32) -> Store {
         let relaxed = (max_connections / 5).max(1);
         let pool = |max: u32, options: PgConnectOptions| {
             PgPoolOptions::new()
@@ -282,12 +314,12 @@ impl Store {
                 .connect_lazy_with(options)
         };
         let main = pool(max_connections.saturating_sub(relaxed), options.clone());
-        Ok(Store {
+        Store {
             reads: Arc::new(Reads::new(&main)),
             pool: main,
             relaxed: pool(relaxed, options.options([("synchronous_commit", "off")])),
             group: None,
-        })
+        }
     }
 
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
@@ -311,31 +343,20 @@ impl Store {
     }
 
     /// Create the database `database_url` names if it does not exist, connecting to the
-    /// `postgres` database of the same server to do so. Safe to race with another worker.
-    pub async fn create_database_if_missing(database_url: &str) -> Result<(), StoreError> {
-        let options = PgConnectOptions::from_str(database_url)?;
+    /// `postgres` database of the same server to do so. Safe to race with another worker. Any
+    /// failure is the server's (unreachable, or refusing the user or the `CREATE DATABASE`),
+    /// and said as such.
+    pub async fn create_database_if_missing(database_url: &str) -> Result<(), Unavailable> {
+        let options = connect_options(database_url)?;
         let name = options
             .get_database()
             .unwrap_or(options.get_username())
             .to_owned();
-        let mut conn = PgConnection::connect_with(&options.clone().database("postgres")).await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&mut conn)
-                .await?;
-        if !exists {
-            let statement = format!("CREATE DATABASE {}", quote_identifier(&name));
-            match sqlx::query(&statement).execute(&mut conn).await {
-                Ok(_) => tracing::info!(database = %name, "created database"),
-                // Another worker created it between our check and our CREATE.
-                Err(sqlx::Error::Database(db))
-                    if matches!(db.code().as_deref(), Some("42P04") | Some("23505")) => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let server = options.clone().database("postgres");
+        let mut conn = first_connection(&server, database_url, FIRST_ANSWER_WITHIN).await?;
+        let created = create_database(&mut conn, &name).await;
         conn.close().await.ok();
-        Ok(())
+        created.map_err(|error| unavailable(database_url, &error))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -655,6 +676,72 @@ impl Store {
         self.pool.close().await;
         self.relaxed.close().await;
     }
+}
+
+/// `CREATE DATABASE name` unless it exists.
+async fn create_database(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+    if exists {
+        return Ok(());
+    }
+    let statement = format!("CREATE DATABASE {}", quote_identifier(name));
+    match sqlx::query(&statement).execute(&mut *conn).await {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another worker created it between our check and our CREATE.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04") | Some("23505")) => {}
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
+/// The connection settings `database_url` gives, or why it gives none.
+fn connect_options(database_url: &str) -> Result<PgConnectOptions, Unavailable> {
+    PgConnectOptions::from_str(database_url).map_err(|error| unavailable(database_url, &error))
+}
+
+/// One connection with `options` within `limit`, failures told about `database_url` (the URL
+/// as configured, even when `options` name another database of its server). Not through a
+/// pool: a pool retries a refused connection until its acquire timeout and then reports only
+/// that it timed out.
+async fn first_connection(
+    options: &PgConnectOptions,
+    database_url: &str,
+    limit: Duration,
+) -> Result<PgConnection, Unavailable> {
+    match tokio::time::timeout(limit, PgConnection::connect_with(options)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(unavailable(database_url, &error)),
+        Err(_) => {
+            let shown = redact_url(database_url);
+            Err(Unavailable::no_answer(Service::Postgres, shown, limit))
+        }
+    }
+}
+
+/// `error`, met connecting to `database_url`, as PostgreSQL's [`Unavailable`].
+fn unavailable(database_url: &str, error: &sqlx::Error) -> Unavailable {
+    let problem = match error {
+        sqlx::Error::Configuration(_) => Problem::BadUrl,
+        // Connection exceptions, insufficient resources (too many clients), the server starting
+        // up or shutting down: it is not there to use yet.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|code| ["08", "53", "57"].iter().any(|c| code.starts_with(c))) =>
+        {
+            Problem::Unreachable
+        }
+        // Authentication, a missing database, no right to create it.
+        sqlx::Error::Database(_) => Problem::Refused,
+        _ => Problem::Unreachable,
+    };
+    let cause = scrub_url(&causes(error), database_url);
+    Unavailable::new(Service::Postgres, redact_url(database_url), problem, &cause)
 }
 
 fn extract_from_row(row: &sqlx::postgres::PgRow) -> Result<Extract, StoreError> {
