@@ -23,6 +23,7 @@ pub mod demo;
 pub mod enrich;
 pub mod export;
 pub mod failpoint;
+pub mod feeds;
 pub mod fleet;
 pub mod graph;
 pub mod in_flight;
@@ -43,5 +44,5 @@ pub mod sim;
 pub mod status;
 pub mod store;
 
-// `publish`'s line parsing and confirmed batches are also for feeds that publish from Rust.
+// `publish`'s parsing and confirmed batches are also for feeds that publish from Rust.
 pub use cli::publish;

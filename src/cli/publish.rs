@@ -2,30 +2,26 @@
 //! them locally, drop duplicates, and publish the rest in confirmed batches to a lane's exchange
 //! ([`LaneChoice`]: by default what comes on stdin is live work, a file is a bulk backfill).
 //!
-//! Input formats ([`InputFormat`]):
-//!
-//! - `lines` (default): one observable a line;
-//! - `csv`: the value is in one column ([`CsvColumn`]): a 1-based number (no header row) or a
-//!   header name (then the first line of each file is the header row);
-//! - `jsonl`: one JSON value a line: a string, or an object with a string `value` and an
-//!   optional `kind` (other fields are ignored).
-//!
-//! In every format blank lines and lines starting with `#` are skipped. Each remaining line is
-//! normalised with [`crate::observable::normalise`]; a rejected line is reported with its file,
-//! line number and reason. Exact duplicates (after normalisation, over all inputs) are dropped and
-//! counted. Accepted observables are sent as JSON arrays of
-//! `{"value": <canonical>, "kind": <kind>, "source": <source>}` (at most `batch_size` per message,
-//! and never more bytes than the worker accepts), each with a fresh UUID v4 message id, with
-//! publisher confirms: nothing counts as published until the broker confirmed it.
+//! The input formats ([`InputFormat`]: lines, csv, jsonl, stix, misp) are read by
+//! [`crate::feeds`], which hands over each value a feed holds with where it was and the context
+//! that traces it back, or the entry it could not use and why. Each value is normalised with
+//! [`crate::observable::normalise`]; a rejected one is reported with its file, position (line,
+//! CSV record, STIX or MISP object) and reason. Exact duplicates (after normalisation, over all
+//! inputs) are dropped and counted: the first one's context is kept. Accepted observables are
+//! sent as JSON arrays of `{"value": <canonical>, "kind": <kind>, "source": <source>,
+//! "context": <context>}` (`source` and `context` when there are any; at most `batch_size` per
+//! message, and never more bytes than the worker accepts), each with a fresh UUID v4 message
+//! id, with publisher confirms: nothing counts as published until the broker confirmed it.
 //!
 //! The invariant of [`PublishSummary`]: `read = published + not_published + rejected + skipped +
-//! duplicates`.
+//! duplicates`. What was skipped is counted by reason too (`skipped 1 indicator: pattern uses
+//! AND`, `skipped 2 observables: private address (10.0.0.0/8)`).
 //!
 //! After publishing, [`command`] records what it sent in the `publications` ledger (when
 //! Postgres answers; the publish stands either way), which `status` reads to say what is left
 //! of a source, and ends with the estimate `status` gives for the lane.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::io::{BufRead, IsTerminal, Write};
 use std::str::FromStr;
@@ -34,80 +30,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use crate::feeds::{self, Entry, FeedOptions, Flow, Position, Record};
 use crate::lane::Lane;
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable, ObservableKind};
-use crate::queue::message::{DecodeLimits, ECHO_CHARS};
+use crate::queue::message::DecodeLimits;
 use crate::queue::{truncate_chars, PublishError, Publisher};
+
+pub use crate::feeds::{CsvColumn, InputFormat, MAX_LINE_BYTES};
 
 /// Default observables per message.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
-/// Lines longer than this many bytes are rejected without being kept in memory.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Messages published before waiting for their confirms.
 const MESSAGES_IN_FLIGHT: usize = 8;
+/// Distinct skip reasons the summary counts apart; the rest are counted together.
+const MAX_SKIP_REASONS: usize = 50;
 pub use crate::queue::DEFAULT_ROUTING_KEY;
-
-/// How input lines are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum InputFormat {
-    #[default]
-    Lines,
-    Csv,
-    Jsonl,
-}
-
-impl FromStr for InputFormat {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "lines" | "text" | "txt" => Ok(InputFormat::Lines),
-            "csv" => Ok(InputFormat::Csv),
-            "jsonl" | "ndjson" => Ok(InputFormat::Jsonl),
-            other => Err(format!(
-                "unknown input format {:?}: expected lines, csv or jsonl",
-                truncate_chars(other, 40)
-            )),
-        }
-    }
-}
-
-/// Which CSV column holds the observable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CsvColumn {
-    /// 1-based column number; the files have no header row.
-    Number(usize),
-    /// Column name, looked up (case-insensitively, trimmed) in the header row of each file.
-    Name(String),
-}
-
-impl Default for CsvColumn {
-    fn default() -> Self {
-        CsvColumn::Number(1)
-    }
-}
-
-impl FromStr for CsvColumn {
-    type Err = String;
-
-    /// A positive number is a column number, anything else a header name.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err("the CSV column is empty".to_string());
-        }
-        if text.bytes().all(|b| b.is_ascii_digit()) {
-            return match text.parse::<usize>() {
-                Ok(0) | Err(_) => Err(format!(
-                    "CSV column numbers start at 1, got {:?}",
-                    truncate_chars(text, 40)
-                )),
-                Ok(n) => Ok(CsvColumn::Number(n)),
-            };
-        }
-        Ok(CsvColumn::Name(text.to_string()))
-    }
-}
 
 /// Which lane `publish` sends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -161,7 +98,12 @@ pub struct PublishOptions {
     pub format: InputFormat,
     /// Only used with [`InputFormat::Csv`].
     pub csv_column: CsvColumn,
-    /// Declared kind for every line (a JSON line's own `kind` wins).
+    /// Only used with [`InputFormat::Csv`] (default `,`).
+    pub csv_delimiter: u8,
+    /// Only used with [`InputFormat::Misp`]: skip attributes whose `to_ids` is not true.
+    pub misp_to_ids_only: bool,
+    /// Declared kind for every value whose feed declares none (a JSON line's own `kind`, a STIX
+    /// `ipv4-addr`, a MISP `hostname` win).
     pub kind: Option<ObservableKind>,
     /// Written into every item as `source`, and used as the routing key.
     pub source: Option<String>,
@@ -169,10 +111,10 @@ pub struct PublishOptions {
     pub batch_size: usize,
     /// Progress line on stderr: `None` means when stderr is a terminal.
     pub progress: Option<bool>,
-    /// Report each rejected line on stderr (default true).
+    /// Report each rejected entry on stderr (default true).
     pub report_lines: bool,
-    /// Report each skipped line (valid but not public, e.g. a private address) on stderr too
-    /// (default false: feeds often hold many).
+    /// Report each skipped entry (valid but not public, e.g. a private address; an indicator
+    /// whose pattern is not read) on stderr too (default false: feeds often hold many).
     pub report_skipped: bool,
     /// The lane the messages go to (default bulk, the lane of publishers that know no lanes).
     pub lane: Lane,
@@ -183,6 +125,8 @@ impl Default for PublishOptions {
         PublishOptions {
             format: InputFormat::Lines,
             csv_column: CsvColumn::default(),
+            csv_delimiter: b',',
+            misp_to_ids_only: false,
             kind: None,
             source: None,
             batch_size: DEFAULT_BATCH_SIZE,
@@ -194,46 +138,65 @@ impl Default for PublishOptions {
     }
 }
 
-/// A line that could not be used.
+impl PublishOptions {
+    /// What the format readers need.
+    fn feed_options(&self) -> FeedOptions {
+        FeedOptions {
+            format: self.format,
+            csv_column: self.csv_column.clone(),
+            csv_delimiter: self.csv_delimiter,
+            misp_to_ids_only: self.misp_to_ids_only,
+        }
+    }
+}
+
+/// An entry that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub file: String,
-    /// 1-based line number.
+    /// The 1-based line, CSV record or object number (`position` says which).
     pub line: usize,
-    /// The line, truncated.
+    pub position: Position,
+    /// The entry, truncated.
     pub input: String,
     pub reason: String,
 }
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.reason)?;
+        match &self.position {
+            Position::Line(number) => write!(f, "{}:{number}: {}", self.file, self.reason)?,
+            other => write!(f, "{}: {other}: {}", self.file, self.reason)?,
+        }
         if !self.reason.contains(&self.input) {
-            write!(f, " (line: {:?})", self.input)?;
+            write!(f, " (input: {:?})", self.input)?;
         }
         Ok(())
     }
 }
 
-/// A valid observable that normalisation decided not to enrich.
+/// An entry deliberately not published: a valid observable that normalisation decided not to
+/// enrich, or an entry the format reader passed over (an indicator whose pattern says more than
+/// a list of values).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedLine {
+pub struct SkippedEntry {
     pub file: String,
-    pub line: usize,
-    pub observable: Observable,
+    pub position: Position,
+    /// The observable, when normalisation skipped it.
+    pub observable: Option<Observable>,
+    /// What was skipped, for the summary: `observable`, `indicator`, `attribute`.
+    pub what: &'static str,
     pub reason: String,
 }
 
-impl fmt::Display for SkippedLine {
+impl fmt::Display for SkippedEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: skipped {}: {}",
-            self.file,
-            self.line,
-            self.observable.value(),
-            self.reason
-        )
+        write!(f, "{}: {}: skipped ", self.file, self.position)?;
+        match &self.observable {
+            Some(observable) => write!(f, "{}", observable.value())?,
+            None => write!(f, "{}", self.what)?,
+        }
+        write!(f, ": {}", self.reason)
     }
 }
 
@@ -243,58 +206,37 @@ pub struct ParsedInput {
     /// Accepted observables, first occurrences only, in input order.
     pub observables: Vec<Observable>,
     pub rejected: Vec<Rejection>,
-    pub skipped: Vec<SkippedLine>,
+    pub skipped: Vec<SkippedEntry>,
     /// Exact duplicates dropped (of this input or of anything in `seen` before).
     pub duplicates: usize,
-    /// Lines that held an observable (not blank, not a comment, not the CSV header).
+    /// Entries that held an observable (not blank, not a comment, not the CSV header).
     pub read: usize,
-    /// Why the input was not read to its end (I/O error, missing CSV column).
+    /// Why the input was not read to its end (I/O error, missing CSV column, not a document).
     pub error: Option<String>,
 }
 
-/// Parse and validate one input without a broker: what `publish` would send, reject, skip and
-/// drop. `seen` carries the duplicates check across inputs.
+/// Parse and validate one input in `options.format` without a broker: what `publish` would
+/// send, reject, skip and drop. `seen` carries the duplicates check across inputs.
 pub fn parse_lines<R: BufRead>(
-    reader: R,
+    mut reader: R,
     name: &str,
     options: &PublishOptions,
     seen: &mut HashSet<Observable>,
 ) -> ParsedInput {
     let mut out = ParsedInput::default();
-    let mut parser = LineParser::new(options);
-    let mut lines = LineReader::new(reader);
-    loop {
-        let (number, line) = match lines.next_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(error) => {
-                out.error = Some(format!("{name}: read error: {error}"));
-                break;
-            }
-        };
-        match parser.line(name, number, line, seen) {
-            Outcome::Ignored => {}
-            Outcome::Accepted(observable) => {
-                out.read += 1;
-                out.observables.push(observable);
-            }
-            Outcome::Duplicate => {
-                out.read += 1;
-                out.duplicates += 1;
-            }
-            Outcome::Skipped(skipped) => {
-                out.read += 1;
-                out.skipped.push(skipped);
-            }
-            Outcome::Rejected(rejection) => {
-                out.read += 1;
-                out.rejected.push(rejection);
-            }
-            Outcome::FileError(error) => {
-                out.error = Some(error);
-                break;
-            }
+    let normalise_options = NormaliseOptions::default();
+    let result = feeds::read(&mut reader, &options.feed_options(), &mut |entry| {
+        out.read += 1;
+        match classify(name, entry, options.kind, &normalise_options, seen) {
+            Outcome::Accepted(observable, _) => out.observables.push(observable),
+            Outcome::Duplicate => out.duplicates += 1,
+            Outcome::Skipped(skipped) => out.skipped.push(skipped),
+            Outcome::Rejected(rejection) => out.rejected.push(rejection),
         }
+        Flow::Continue
+    });
+    if let Err(error) = result {
+        out.error = Some(format!("{name}: {error}"));
     }
     out
 }
@@ -302,7 +244,7 @@ pub fn parse_lines<R: BufRead>(
 /// The result of a `publish` run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishSummary {
-    /// Lines that held an observable.
+    /// Entries that held an observable.
     pub read: usize,
     /// Observables confirmed by the broker.
     pub published: usize,
@@ -310,6 +252,8 @@ pub struct PublishSummary {
     pub messages: usize,
     pub rejected: usize,
     pub skipped: usize,
+    /// How many were skipped for each (what, reason), e.g. (`indicator`, `pattern uses AND`).
+    pub skip_reasons: BTreeMap<(String, String), usize>,
     pub duplicates: usize,
     /// Accepted observables that were not confirmed (a failed batch, or the run stopped).
     pub not_published: usize,
@@ -320,7 +264,7 @@ pub struct PublishSummary {
 
 impl PublishSummary {
     /// Whether the command succeeded: nothing rejected, nothing left unpublished, no error.
-    /// Skipped lines and duplicates are not failures.
+    /// Skipped entries and duplicates are not failures.
     pub fn is_success(&self) -> bool {
         self.rejected == 0 && self.not_published == 0 && self.errors.is_empty()
     }
@@ -332,6 +276,17 @@ impl PublishSummary {
         } else {
             1
         }
+    }
+
+    /// One more skipped entry, counted under its reason (past [`MAX_SKIP_REASONS`] distinct
+    /// ones, under "other reasons": a hostile file cannot grow the summary without bound).
+    fn count_skipped(&mut self, what: &str, reason: &str) {
+        self.skipped += 1;
+        let mut key = (what.to_string(), reason.to_string());
+        if !self.skip_reasons.contains_key(&key) && self.skip_reasons.len() >= MAX_SKIP_REASONS {
+            key.1 = "other reasons".to_string();
+        }
+        *self.skip_reasons.entry(key).or_default() += 1;
     }
 }
 
@@ -345,6 +300,10 @@ impl fmt::Display for PublishSummary {
         if self.not_published > 0 {
             write!(f, ", NOT published {}", self.not_published)?;
         }
+        for ((what, reason), count) in &self.skip_reasons {
+            let plural = if *count == 1 { "" } else { "s" };
+            write!(f, "\nskipped {count} {what}{plural}: {reason}")?;
+        }
         for error in &self.errors {
             write!(f, "\nerror: {error}")?;
         }
@@ -353,7 +312,7 @@ impl fmt::Display for PublishSummary {
 }
 
 /// Run the `publish` command: read `inputs` (named by `names`, e.g. file names or `-`), report
-/// rejected lines on stderr, publish with confirms through `publisher`, and return the summary
+/// rejected entries on stderr, publish with confirms through `publisher`, and return the summary
 /// (also when something failed: see [`PublishSummary::is_success`]). An `Err` means the command
 /// could not start (bad options).
 ///
@@ -367,9 +326,10 @@ pub async fn run(
 ) -> anyhow::Result<PublishSummary> {
     let routing_key = check_run(&options, inputs.len(), names.len())?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<ReadEvent>(1024);
+    let feed_options = options.feed_options();
     std::thread::Builder::new()
         .name("publish-reader".into())
-        .spawn(move || read_inputs(inputs, sender))
+        .spawn(move || read_inputs(inputs, feed_options, sender))
         .context("cannot start the input reader thread")?;
     let mut reading = Reading::new(&options, &names, routing_key);
     while let Some(event) = receiver.recv().await {
@@ -414,13 +374,11 @@ fn check_run(options: &PublishOptions, inputs: usize, names: usize) -> anyhow::R
 struct Reading<'a> {
     options: &'a PublishOptions,
     names: &'a [String],
-    parser: LineParser<'a>,
+    normalise_options: NormaliseOptions,
     seen: HashSet<Observable>,
     batches: Batcher,
     summary: PublishSummary,
     progress: Progress,
-    /// The input whose reading failed: its remaining lines are ignored.
-    failed_file: Option<usize>,
 }
 
 impl<'a> Reading<'a> {
@@ -428,7 +386,7 @@ impl<'a> Reading<'a> {
         Reading {
             options,
             names,
-            parser: LineParser::new(options),
+            normalise_options: NormaliseOptions::default(),
             seen: HashSet::new(),
             batches: Batcher::new(options, routing_key),
             summary: PublishSummary::default(),
@@ -437,46 +395,38 @@ impl<'a> Reading<'a> {
                     .progress
                     .unwrap_or_else(|| std::io::stderr().is_terminal()),
             ),
-            failed_file: None,
         }
     }
 
     fn event(&mut self, event: ReadEvent) {
         match event {
-            ReadEvent::Line { file, number, line } => {
-                if self.failed_file != Some(file) {
-                    let outcome = self
-                        .parser
-                        .line(&self.names[file], number, line, &mut self.seen);
-                    self.count(file, outcome);
-                }
-            }
-            ReadEvent::EndOfFile { file } => {
-                self.parser.end_of_file();
-                if self.failed_file == Some(file) {
-                    self.failed_file = None;
-                }
+            ReadEvent::Entry { file, entry } => {
+                let outcome = classify(
+                    &self.names[file],
+                    entry,
+                    self.options.kind,
+                    &self.normalise_options,
+                    &mut self.seen,
+                );
+                self.count(outcome);
             }
             ReadEvent::Error { file, error } => {
-                self.parser.end_of_file();
-                self.error(format!("{}: read error: {error}", self.names[file]));
+                self.error(format!("{}: {error}", self.names[file]));
             }
         }
     }
 
-    /// A line's outcome counted, batched and reported as the options say.
-    fn count(&mut self, file: usize, outcome: Outcome) {
+    /// An entry's outcome counted, batched and reported as the options say.
+    fn count(&mut self, outcome: Outcome) {
         let summary = &mut self.summary;
+        summary.read += 1;
         match outcome {
-            Outcome::Ignored => return,
-            Outcome::FileError(error) => {
-                self.failed_file = Some(file);
-                return self.error(error);
+            Outcome::Accepted(observable, context) => {
+                self.batches.push(&observable, context.as_ref());
             }
-            Outcome::Accepted(observable) => self.batches.push(&observable),
             Outcome::Duplicate => summary.duplicates += 1,
             Outcome::Skipped(skipped) => {
-                summary.skipped += 1;
+                summary.count_skipped(skipped.what, &skipped.reason);
                 if self.options.report_skipped {
                     self.progress.message(&skipped.to_string());
                 }
@@ -488,7 +438,6 @@ impl<'a> Reading<'a> {
                 }
             }
         }
-        self.summary.read += 1;
     }
 
     fn error(&mut self, error: String) {
@@ -526,12 +475,18 @@ pub struct PublishCmd {
 pub struct PublishArgs {
     /// Files to read (`-` is stdin); stdin when none
     pub files: Vec<std::path::PathBuf>,
-    /// Input format: lines, csv or jsonl
+    /// Input format: lines, csv, jsonl, stix (a STIX 2.1 bundle) or misp (a MISP event)
     #[arg(long, default_value = "lines")]
     pub format: InputFormat,
     /// CSV column holding the observable: a 1-based number (no header row) or a header name
     #[arg(long, default_value = "1")]
     pub csv_column: CsvColumn,
+    /// CSV field delimiter: one ASCII character (`;`), or `\t` for a tab
+    #[arg(long, default_value = ",", value_parser = feeds::parse_csv_delimiter)]
+    pub csv_delimiter: u8,
+    /// MISP: read only attributes whose to_ids is true (the others are skipped and counted)
+    #[arg(long)]
+    pub misp_to_ids_only: bool,
     /// Declared kind of every observable (ipv4, ipv6, domain, host); guessed when absent
     #[arg(long, value_parser = parse_kind)]
     pub kind: Option<ObservableKind>,
@@ -544,7 +499,7 @@ pub struct PublishArgs {
     /// Never draw the progress line (it is drawn only when stderr is a terminal anyway)
     #[arg(long)]
     pub no_progress: bool,
-    /// Also list each skipped line (valid but not public), not only rejected ones
+    /// Also list each skipped entry (valid but not public, or not read), not only rejected ones
     #[arg(long)]
     pub show_skipped: bool,
     /// Lane to publish to: live, bulk, or auto (the default: stdin alone goes to live, anything
@@ -562,6 +517,8 @@ impl PublishArgs {
         PublishOptions {
             format: self.format,
             csv_column: self.csv_column.clone(),
+            csv_delimiter: self.csv_delimiter,
+            misp_to_ids_only: self.misp_to_ids_only,
             kind: self.kind,
             source: self.source.clone(),
             batch_size: self.batch_size,
@@ -655,333 +612,127 @@ async fn record_publication(
     }
 }
 
-/// Lines read on the reader thread.
+/// What the reader thread hands over.
 enum ReadEvent {
-    Line {
+    Entry {
         file: usize,
-        number: usize,
-        line: RawLine,
+        entry: Entry,
     },
-    EndOfFile {
-        file: usize,
-    },
+    /// The rest of input `file` could not be read.
     Error {
         file: usize,
         error: String,
     },
 }
 
-fn read_inputs(inputs: Vec<Box<dyn BufRead + Send>>, sender: tokio::sync::mpsc::Sender<ReadEvent>) {
-    for (file, input) in inputs.into_iter().enumerate() {
-        let mut lines = LineReader::new(input);
-        loop {
-            let event = match lines.next_line() {
-                Ok(Some((number, line))) => ReadEvent::Line { file, number, line },
-                Ok(None) => ReadEvent::EndOfFile { file },
-                Err(error) => ReadEvent::Error {
-                    file,
-                    error: error.to_string(),
-                },
-            };
-            let last = !matches!(event, ReadEvent::Line { .. });
-            if sender.blocking_send(event).is_err() {
+/// Read every input in turn in the options' format, until the receiving side is gone.
+fn read_inputs(
+    inputs: Vec<Box<dyn BufRead + Send>>,
+    options: FeedOptions,
+    sender: tokio::sync::mpsc::Sender<ReadEvent>,
+) {
+    for (file, mut input) in inputs.into_iter().enumerate() {
+        let mut gone = false;
+        let result = feeds::read(&mut *input, &options, &mut |entry| {
+            if sender
+                .blocking_send(ReadEvent::Entry { file, entry })
+                .is_ok()
+            {
+                Flow::Continue
+            } else {
+                gone = true;
+                Flow::Stop
+            }
+        });
+        if gone {
+            return;
+        }
+        if let Err(error) = result {
+            if sender
+                .blocking_send(ReadEvent::Error { file, error })
+                .is_err()
+            {
                 return;
             }
-            if last {
-                break;
-            }
         }
     }
 }
 
-/// One physical line as read: at most [`MAX_LINE_BYTES`] bytes, without the line ending.
-#[derive(Debug)]
-struct RawLine {
-    bytes: Vec<u8>,
-    /// The line was longer than [`MAX_LINE_BYTES`]; `bytes` holds its beginning.
-    too_long: bool,
-}
-
-/// Reads lines of bounded length, numbering them from 1.
-struct LineReader<R> {
-    reader: R,
-    number: usize,
-}
-
-impl<R: BufRead> LineReader<R> {
-    fn new(reader: R) -> Self {
-        LineReader { reader, number: 0 }
-    }
-
-    fn next_line(&mut self) -> std::io::Result<Option<(usize, RawLine)>> {
-        let mut bytes = Vec::new();
-        let mut too_long = false;
-        let mut any = false;
-        loop {
-            let buffer = match self.reader.fill_buf() {
-                Ok(buffer) => buffer,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            };
-            if buffer.is_empty() {
-                break;
-            }
-            any = true;
-            let (chunk, used, done) = match buffer.iter().position(|&b| b == b'\n') {
-                Some(end) => (&buffer[..end], end + 1, true),
-                None => (buffer, buffer.len(), false),
-            };
-            let room = MAX_LINE_BYTES.saturating_sub(bytes.len());
-            if chunk.len() > room {
-                too_long = true;
-            }
-            bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            self.reader.consume(used);
-            if done {
-                break;
-            }
-        }
-        if !any {
-            return Ok(None);
-        }
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-        self.number += 1;
-        if self.number == 1 && bytes.starts_with(b"\xef\xbb\xbf") {
-            bytes.drain(..3);
-        }
-        Ok(Some((self.number, RawLine { bytes, too_long })))
-    }
-}
-
+/// What became of an entry.
 enum Outcome {
-    /// Blank, comment, or the CSV header row.
-    Ignored,
-    Accepted(Observable),
+    /// To publish, with its context.
+    Accepted(Observable, Option<Value>),
     Duplicate,
-    Skipped(SkippedLine),
+    Skipped(SkippedEntry),
     Rejected(Rejection),
-    /// The rest of this input cannot be read (e.g. the CSV column is not in the header).
-    FileError(String),
 }
 
-/// Line `number` of `file` rejected, echoing at most [`ECHO_CHARS`] of its input.
-fn rejected(file: &str, number: usize, input: &str, reason: String) -> Outcome {
+/// What an entry of `file` amounts to: a record normalised (accepted the first time its value
+/// is seen, a duplicate after), or the reader's own rejection or skip.
+fn classify(
+    file: &str,
+    entry: Entry,
+    kind: Option<ObservableKind>,
+    options: &NormaliseOptions,
+    seen: &mut HashSet<Observable>,
+) -> Outcome {
+    match entry {
+        Entry::Record(record) => normalised(file, record, kind, options, seen),
+        Entry::Rejected {
+            position,
+            input,
+            reason,
+        } => rejected(file, position, input, reason),
+        Entry::Skipped {
+            position,
+            what,
+            reason,
+        } => Outcome::Skipped(SkippedEntry {
+            file: file.to_string(),
+            position,
+            observable: None,
+            what,
+            reason,
+        }),
+    }
+}
+
+fn normalised(
+    file: &str,
+    record: Record,
+    kind: Option<ObservableKind>,
+    options: &NormaliseOptions,
+    seen: &mut HashSet<Observable>,
+) -> Outcome {
+    match normalise(&record.value, record.kind.or(kind), options) {
+        Err(invalid) => rejected(file, record.position, record.value, invalid.to_string()),
+        Ok(Normalised::Skipped { observable, reason }) => Outcome::Skipped(SkippedEntry {
+            file: file.to_string(),
+            position: record.position,
+            observable: Some(observable),
+            what: "observable",
+            reason,
+        }),
+        Ok(Normalised::Ready(observable)) => {
+            if seen.contains(&observable) {
+                Outcome::Duplicate
+            } else {
+                seen.insert(observable.clone());
+                Outcome::Accepted(observable, record.context)
+            }
+        }
+    }
+}
+
+/// An entry of `file` rejected, echoing at most [`feeds::ECHO_CHARS`] of its input.
+fn rejected(file: &str, position: Position, input: String, reason: String) -> Outcome {
     Outcome::Rejected(Rejection {
         file: file.to_string(),
-        line: number,
-        input: truncate_chars(input, ECHO_CHARS),
+        line: position.number(),
+        position,
+        input: truncate_chars(&input, feeds::ECHO_CHARS),
         reason,
     })
-}
-
-/// Turns lines into outcomes; the state is the CSV header of the current input.
-struct LineParser<'a> {
-    options: &'a PublishOptions,
-    normalise_options: NormaliseOptions,
-    /// 0-based column index, once known for the current input.
-    csv_index: Option<usize>,
-}
-
-impl<'a> LineParser<'a> {
-    fn new(options: &'a PublishOptions) -> Self {
-        let mut parser = LineParser {
-            options,
-            normalise_options: NormaliseOptions::default(),
-            csv_index: None,
-        };
-        parser.end_of_file();
-        parser
-    }
-
-    /// Forget the header of the input that ended.
-    fn end_of_file(&mut self) {
-        self.csv_index = match &self.options.csv_column {
-            CsvColumn::Number(n) => Some(n.saturating_sub(1)),
-            CsvColumn::Name(_) => None,
-        };
-    }
-
-    fn line(
-        &mut self,
-        file: &str,
-        number: usize,
-        line: RawLine,
-        seen: &mut HashSet<Observable>,
-    ) -> Outcome {
-        let text = match std::str::from_utf8(&line.bytes) {
-            Ok(text) => text,
-            Err(error) => {
-                return rejected(
-                    file,
-                    number,
-                    &String::from_utf8_lossy(&line.bytes),
-                    format!(
-                        "not valid UTF-8 (invalid byte sequence at byte {})",
-                        error.valid_up_to()
-                    ),
-                )
-            }
-        };
-        let trimmed = text.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            return Outcome::Ignored;
-        }
-        if line.too_long {
-            let reason = format!("line longer than {MAX_LINE_BYTES} bytes");
-            return rejected(file, number, trimmed, reason);
-        }
-        match self.value(file, number, text, trimmed) {
-            Ok((value, declared)) => self.normalised(file, number, &value, declared, seen),
-            Err(outcome) => outcome,
-        }
-    }
-
-    /// The observable a line holds in the input's format, and its declared kind; or what the
-    /// line amounts to when it holds none (a rejection, a CSV header).
-    fn value(
-        &mut self,
-        file: &str,
-        number: usize,
-        text: &str,
-        trimmed: &str,
-    ) -> Result<(String, Option<ObservableKind>), Outcome> {
-        let reject = |reason: String| rejected(file, number, trimmed, reason);
-        match self.options.format {
-            InputFormat::Lines => Ok((trimmed.to_string(), self.options.kind)),
-            InputFormat::Csv => {
-                let fields = split_csv(text).map_err(reject)?;
-                let Some(index) = self.csv_index else {
-                    return Err(self.read_header(file, number, &fields));
-                };
-                match fields.get(index).map(|field| field.trim()) {
-                    None => Err(reject(format!(
-                        "no column {} (the line has {} column(s))",
-                        index + 1,
-                        fields.len()
-                    ))),
-                    Some("") => Err(reject(format!("column {} is empty", index + 1))),
-                    Some(value) => Ok((value.to_string(), self.options.kind)),
-                }
-            }
-            InputFormat::Jsonl => match json_line(trimmed) {
-                Ok((value, kind)) => Ok((value, kind.or(self.options.kind))),
-                Err(reason) => Err(reject(reason)),
-            },
-        }
-    }
-
-    /// A value normalised: accepted the first time it is seen, a duplicate after.
-    fn normalised(
-        &self,
-        file: &str,
-        number: usize,
-        value: &str,
-        declared: Option<ObservableKind>,
-        seen: &mut HashSet<Observable>,
-    ) -> Outcome {
-        match normalise(value, declared, &self.normalise_options) {
-            Err(invalid) => rejected(file, number, value, invalid.to_string()),
-            Ok(Normalised::Skipped { observable, reason }) => Outcome::Skipped(SkippedLine {
-                file: file.to_string(),
-                line: number,
-                observable,
-                reason: reason.to_string(),
-            }),
-            Ok(Normalised::Ready(observable)) => {
-                if seen.contains(&observable) {
-                    Outcome::Duplicate
-                } else {
-                    seen.insert(observable.clone());
-                    Outcome::Accepted(observable)
-                }
-            }
-        }
-    }
-
-    fn read_header(&mut self, file: &str, number: usize, fields: &[String]) -> Outcome {
-        let CsvColumn::Name(wanted) = &self.options.csv_column else {
-            return Outcome::Ignored;
-        };
-        let found = fields
-            .iter()
-            .position(|field| field.trim().eq_ignore_ascii_case(wanted.trim()));
-        match found {
-            Some(index) => {
-                self.csv_index = Some(index);
-                Outcome::Ignored
-            }
-            None => Outcome::FileError(format!(
-                "{file}:{number}: no column named {:?} in the header row ({})",
-                truncate_chars(wanted, 60),
-                truncate_chars(&fields.join(","), ECHO_CHARS)
-            )),
-        }
-    }
-}
-
-/// Split one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote; no line breaks in fields).
-fn split_csv(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut in_quotes = false;
-    let mut quoted_field = false;
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => in_quotes = false,
-                _ => field.push(c),
-            }
-        } else {
-            match c {
-                ',' => {
-                    fields.push(std::mem::take(&mut field));
-                    quoted_field = false;
-                }
-                '"' if field.trim().is_empty() && !quoted_field => {
-                    field.clear();
-                    in_quotes = true;
-                    quoted_field = true;
-                }
-                _ => field.push(c),
-            }
-        }
-    }
-    if in_quotes {
-        return Err("unterminated quoted CSV field".to_string());
-    }
-    fields.push(field);
-    Ok(fields)
-}
-
-/// A JSON line: a string, or an object with a string `value` and an optional string `kind`.
-fn json_line(line: &str) -> Result<(String, Option<ObservableKind>), String> {
-    let parsed: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    match parsed {
-        Value::String(value) => Ok((value, None)),
-        Value::Object(fields) => {
-            let value = match fields.get("value") {
-                Some(Value::String(value)) => value.clone(),
-                None | Some(Value::Null) => return Err("`value` is required".to_string()),
-                Some(_) => return Err("`value` must be a string".to_string()),
-            };
-            let kind = match fields.get("kind") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(kind)) => Some(
-                    ObservableKind::from_str(kind).map_err(|e| format!("invalid `kind`: {e}"))?,
-                ),
-                Some(_) => return Err("`kind` must be a string".to_string()),
-            };
-            Ok((value, kind))
-        }
-        _ => Err("expected a JSON string or an object with `value`".to_string()),
-    }
 }
 
 /// Accumulates observables into messages and sends them a few at a time.
@@ -1015,13 +766,16 @@ impl Batcher {
         }
     }
 
-    fn push(&mut self, observable: &Observable) {
+    fn push(&mut self, observable: &Observable, context: Option<&Value>) {
         let mut item = json!({
             "value": observable.value(),
             "kind": observable.kind(),
         });
         if let Some(source) = &self.source {
             item["source"] = Value::String(source.clone());
+        }
+        if let Some(context) = context {
+            item["context"] = context.clone();
         }
         let item = serde_json::to_vec(&item).unwrap_or_default();
         if !self.current.is_empty() && self.current_bytes + item.len() + 1 > self.max_body_bytes {
@@ -1181,27 +935,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_split() {
-        assert_eq!(split_csv("a,b,c").unwrap(), vec!["a", "b", "c"]);
-        assert_eq!(
-            split_csv(r#""a,b","say ""hi""",c"#).unwrap(),
-            vec!["a,b", r#"say "hi""#, "c"]
-        );
-        assert_eq!(split_csv("a,,").unwrap(), vec!["a", "", ""]);
-        assert!(split_csv(r#""open,b"#).is_err());
-    }
-
-    #[test]
-    fn csv_column_parsing() {
-        assert_eq!("2".parse::<CsvColumn>(), Ok(CsvColumn::Number(2)));
-        assert!("0".parse::<CsvColumn>().is_err());
-        assert_eq!(
-            "indicator".parse::<CsvColumn>(),
-            Ok(CsvColumn::Name("indicator".into()))
-        );
-    }
-
-    #[test]
     fn stdin_alone_is_live_work_and_any_file_makes_it_bulk() {
         let files = |names: &[&str]| -> Vec<std::path::PathBuf> {
             names.iter().map(std::path::PathBuf::from).collect()
@@ -1219,15 +952,44 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_are_bounded() {
-        let input = format!("{}\nnext\n", "a".repeat(MAX_LINE_BYTES * 3));
-        let mut reader = LineReader::new(std::io::BufReader::with_capacity(1000, input.as_bytes()));
-        let (number, first) = reader.next_line().unwrap().unwrap();
-        assert_eq!(number, 1);
-        assert!(first.too_long);
-        assert_eq!(first.bytes.len(), MAX_LINE_BYTES);
-        let (number, second) = reader.next_line().unwrap().unwrap();
-        assert_eq!((number, second.bytes.as_slice()), (2, b"next".as_slice()));
-        assert!(reader.next_line().unwrap().is_none());
+    fn csv_rejections_name_the_record() {
+        let options = PublishOptions {
+            format: InputFormat::Csv,
+            csv_column: CsvColumn::Name("url".into()),
+            csv_delimiter: b';',
+            ..PublishOptions::default()
+        };
+        let input = "id;url\n1;\"not a\nhost!\"\n2;8.8.8.8\n";
+        let parsed = parse_lines(input.as_bytes(), "f.csv", &options, &mut HashSet::new());
+        assert_eq!(parsed.read, 2);
+        assert_eq!(parsed.observables.len(), 1);
+        let rejection = &parsed.rejected[0];
+        assert_eq!(
+            (rejection.line, &rejection.position),
+            (2, &Position::Record(2))
+        );
+        assert!(
+            rejection.to_string().starts_with("f.csv: record 2: "),
+            "{rejection}"
+        );
+    }
+
+    #[test]
+    fn skips_are_counted_by_reason_within_a_bound() {
+        let mut summary = PublishSummary::default();
+        summary.count_skipped("indicator", "pattern uses AND");
+        summary.count_skipped("indicator", "pattern uses AND");
+        summary.count_skipped("attribute", "to_ids is not true");
+        assert_eq!(
+            summary.to_string(),
+            "read 0, published 0 in 0 message(s), rejected 0, skipped 3, duplicates 0\n\
+             skipped 1 attribute: to_ids is not true\n\
+             skipped 2 indicators: pattern uses AND"
+        );
+        for n in 0..MAX_SKIP_REASONS * 2 {
+            summary.count_skipped("attribute", &format!("type x{n} is not read"));
+        }
+        assert_eq!(summary.skip_reasons.len(), MAX_SKIP_REASONS + 1);
+        assert_eq!(summary.skipped, 3 + MAX_SKIP_REASONS * 2);
     }
 }

@@ -88,20 +88,27 @@ pub fn jsonl(rows: &[ExportRow]) -> String {
     out
 }
 
-/// A header line, then one line per row (RFC 4180 quoting, CRLF-free: lines end with `\n`).
+/// A header line, then one line per row, written by the `csv` crate (RFC 4180 quoting where a
+/// cell needs it; lines end with `\n`, not CRLF).
 pub fn csv(rows: &[ExportRow]) -> String {
-    let mut out = COLUMNS.join(",");
-    out.push('\n');
+    // Writing into memory has no I/O to fail; should the crate still refuse, what was written
+    // before is kept rather than the whole export lost.
+    let mut writer = ::csv::WriterBuilder::new()
+        .terminator(::csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let _ = writer.write_record(COLUMNS);
     for row in rows {
-        let cells: Vec<String> = values(row).iter().map(cell).collect();
-        out.push_str(&cells.join(","));
-        out.push('\n');
+        let _ = writer.write_record(values(row).iter().map(cell));
     }
-    out
+    let bytes = writer
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner().get_ref().clone());
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// A cell's text: empty for null, `;`-joined for lists.
 fn cell(value: &Value) -> String {
-    let text = match value {
+    match value {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         Value::Array(items) => items
@@ -110,11 +117,6 @@ fn cell(value: &Value) -> String {
             .collect::<Vec<_>>()
             .join(";"),
         other => other.to_string(),
-    };
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
     }
 }
 
