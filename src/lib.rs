@@ -41,6 +41,7 @@ pub mod secret;
 pub mod sim;
 pub mod status;
 pub mod store;
+pub mod taxii;
 
 // `publish`'s line parsing and confirmed batches are also for feeds that publish from Rust.
 pub use cli::publish;
