@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make PostgreSQL and RabbitMQ available on 127.0.0.1 on a Debian machine without Docker:
 # start them if they are stopped, install them from Debian's packages if they are missing.
-# Also installs the OASIS STIX validator (`stix2_validator`, from PyPI) the export tests use.
+# Also installs, from PyPI, the OASIS STIX validator (`stix2_validator`) the export tests use and
+# the OASIS TAXII 2.1 server (`medallion`) the TAXII tests pull from.
 # Idempotent; safe to run before every test run. Needs root (or sudo) only to install or start.
 set -euo pipefail
 
@@ -63,10 +64,11 @@ rabbitmq() {
   fi
 }
 
-# The OASIS STIX 2.1 validator, which the export tests run on an exported bundle.
-stix_validator() {
-  if command -v stix2_validator >/dev/null 2>&1; then log "stix2_validator is installed"; return 0; fi
-  log "installing the OASIS STIX validator (pip install stix2-validator)"
+# A command from a PyPI package, installed with pip when it is not on PATH: command, package.
+pip_tool() {
+  local command=$1 package=$2
+  if command -v "$command" >/dev/null 2>&1; then log "$command is installed"; return 0; fi
+  log "installing $command (pip install $package)"
   local pip
   pip=$(command -v pip3 || command -v pip || true)
   if [ -z "$pip" ]; then
@@ -75,11 +77,14 @@ stix_validator() {
     pip=pip3
   fi
   # Debian's own Python refuses system-wide pip installs (PEP 668) unless told otherwise.
-  $SUDO "$pip" install -q stix2-validator \
-    || $SUDO "$pip" install -q --break-system-packages stix2-validator
-  command -v stix2_validator >/dev/null 2>&1 || { log "stix2_validator is still not on PATH"; return 1; }
+  $SUDO "$pip" install -q "$package" \
+    || $SUDO "$pip" install -q --break-system-packages "$package"
+  command -v "$command" >/dev/null 2>&1 || { log "$command is still not on PATH"; return 1; }
 }
 
 postgres
 rabbitmq
-stix_validator
+# The OASIS STIX 2.1 validator, which the export tests run on an exported bundle.
+pip_tool stix2_validator stix2-validator
+# medallion, the OASIS TAXII 2.1 reference server, which tests/taxii.rs pulls from.
+pip_tool medallion medallion
