@@ -20,11 +20,12 @@
 //! so two pulls finishing out of order keep the newer one.
 //!
 //! Everything the server sends is hostile: a page is read up to [`Limits::max_page_bytes`] and
-//! refused past it, every request has a timeout, redirects are not followed (they would carry
-//! the credentials elsewhere), and a non-2xx status, another content type, a body that is not a
-//! TAXII envelope, or a date added that is not an RFC 3339 timestamp each end the pull with an
-//! error that says which. The password appears in no error and no log: it is held as a
-//! [`Secret`], the URL may not carry credentials, and an error body echoing it is masked.
+//! refused past it, a pull stops at [`Limits::max_pull_bytes`], every request has a timeout,
+//! redirects are not followed (they would carry the credentials elsewhere), and a non-2xx
+//! status, another content type, a body that is not a TAXII envelope, or a date added that is
+//! not an RFC 3339 timestamp each end the pull with an error that says which. The password
+//! appears in no error and no log: it is held as a [`Secret`], the URL may not carry
+//! credentials, and an error body echoing it is masked.
 
 use std::fmt;
 use std::time::Duration;
@@ -236,6 +237,9 @@ pub struct Limits {
     pub max_pages: u32,
     /// A page's body larger than this is refused.
     pub max_page_bytes: usize,
+    /// A pull stops after the page that brings its bodies to this many bytes, as at
+    /// `max_pages`: what one pull holds stays below this plus one page.
+    pub max_pull_bytes: usize,
     /// For each request, from sending to the last byte of the body.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -247,6 +251,7 @@ impl Default for Limits {
             page_objects: 500,
             max_pages: 100,
             max_page_bytes: 16 * 1024 * 1024,
+            max_pull_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
         }
@@ -262,8 +267,8 @@ pub struct Pull {
     /// cursor the pull started from when the server reported none.
     pub added_after: Option<Cursor>,
     pub pages: u32,
-    /// The pull stopped at [`Limits::max_pages`] while the server had more: pull again after
-    /// advancing the cursor.
+    /// The pull stopped at [`Limits::max_pages`] or [`Limits::max_pull_bytes`] while the server
+    /// had more: pull again after advancing the cursor.
     pub more: bool,
 }
 
@@ -281,6 +286,7 @@ struct Envelope {
 struct Page {
     envelope: Envelope,
     date_added_last: Option<Cursor>,
+    bytes: usize,
 }
 
 /// A TAXII 2.1 client: one HTTP client, the credentials and the bounds.
@@ -325,9 +331,11 @@ impl Client {
         // `next` whose filter changed.
         let mut filter = added_after.cloned();
         let mut next: Option<String> = None;
+        let mut bytes = 0usize;
         loop {
             let page = self.page(&url, filter.as_ref(), next.as_deref()).await?;
             pull.pages += 1;
+            bytes = bytes.saturating_add(page.bytes);
             let newest = page
                 .date_added_last
                 .or_else(|| newest_in(&page.envelope.objects));
@@ -346,7 +354,7 @@ impl Client {
             if !page.envelope.more {
                 return Ok(pull);
             }
-            if pull.pages >= self.limits.max_pages {
+            if pull.pages >= self.limits.max_pages || bytes >= self.limits.max_pull_bytes {
                 pull.more = true;
                 return Ok(pull);
             }
@@ -423,6 +431,7 @@ impl Client {
         Ok(Page {
             envelope,
             date_added_last,
+            bytes: body.len(),
         })
     }
 

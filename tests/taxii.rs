@@ -317,6 +317,27 @@ async fn a_pull_stops_at_its_page_cap_and_the_next_one_resumes_from_its_cursor()
 }
 
 #[tokio::test]
+async fn a_pull_stops_after_the_page_that_reaches_its_byte_cap() {
+    let server = Medallion::start(7).await;
+    let collection = server.collection();
+    let client = client(
+        PASSWORD,
+        Limits {
+            max_pull_bytes: 1,
+            ..small_pages()
+        },
+    );
+
+    let capped = pull(&client, &collection, None).await;
+    assert_eq!((capped.pages, capped.more), (1, true));
+    assert_eq!(
+        ids(&capped.objects),
+        ids(&(1..=3).map(indicator).collect::<Vec<_>>())
+    );
+    assert_eq!(capped.added_after.as_ref().unwrap().as_str(), date_added(3));
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_a_clear_error_without_the_password() {
     let server = Medallion::start(1).await;
     let wrong = "wrong-hunter2-secret";
@@ -420,4 +441,11 @@ async fn answers_that_are_not_a_taxii_envelope_are_refused_with_the_reason() {
     )
     .await;
     assert!(bad_date.contains("not an RFC 3339 timestamp"), "{bad_date}");
+
+    // `more` with neither a `next` nor a date to go on from would return the same page for ever.
+    let stuck = pull_error(http("200 OK", TAXII_MEDIA_TYPE, "{\"more\": true}")).await;
+    assert!(
+        stuck.contains("neither `next` nor a newer date added"),
+        "{stuck}"
+    );
 }
