@@ -2,7 +2,8 @@
 # Make PostgreSQL and RabbitMQ available on 127.0.0.1 on a Debian machine without Docker:
 # start them if they are stopped, install them from Debian's packages if they are missing.
 # Also installs, from PyPI, the OASIS STIX validator (`stix2_validator`) the export tests use and
-# `kubernetes-validate`, which tests/deploy.rs checks the Kubernetes manifests with.
+# `kubernetes-validate`, which tests/deploy.rs checks the Kubernetes manifests with, and
+# the OASIS TAXII 2.1 server (`medallion`) the TAXII tests pull from.
 # Idempotent; safe to run before every test run. Needs root (or sudo) only to install or start.
 set -euo pipefail
 
@@ -89,3 +90,5 @@ pip_tool stix2_validator stix2-validator
 # The Kubernetes schemas (bundled, no cluster needed), which tests/deploy.rs checks
 # deploy/kubernetes against.
 pip_tool kubernetes-validate kubernetes-validate
+# medallion, the OASIS TAXII 2.1 reference server, which tests/taxii.rs pulls from.
+pip_tool medallion medallion

@@ -43,6 +43,7 @@ pub mod service;
 pub mod sim;
 pub mod status;
 pub mod store;
+pub mod taxii;
 
 // `publish`'s parsing and confirmed batches are also for feeds that publish from Rust.
 pub use cli::publish;

@@ -23,6 +23,7 @@ mod reads;
 mod report;
 mod status;
 mod summary;
+mod taxii;
 mod write;
 
 use std::collections::{HashMap, HashSet};
