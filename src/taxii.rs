@@ -1,4 +1,4 @@
-//! Pulling STIX objects from a TAXII 2.1 collection: the library part of `publish --taxii`.
+//! Pulling STIX objects from a TAXII 2.1 collection, for `publish --taxii`.
 //!
 //! [`Client::pull`] asks `GET {api_root}/collections/{id}/objects/` with
 //! `Accept: application/taxii+json;version=2.1`, HTTP basic auth from `MDTI_TAXII_USER` and

@@ -1,7 +1,8 @@
 //! The TAXII 2.1 pull against medallion, the OASIS reference server (installed by
 //! `scripts/services.sh`), with its cursor in a fresh database: every page followed, a rerun
 //! that fetches only what was added since the cursor advanced, and the hostile answers refused
-//! with a reason (a wrong password, a page too large, a server that is not a TAXII server).
+//! with a reason (a wrong password, a page too large, a server that is not a TAXII server);
+//! and `publish --taxii` through the binary, publishing each object once across reruns.
 
 mod support;
 
@@ -12,16 +13,19 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use lapin::options::BasicGetOptions;
+use mdti_worker::lane::Lane;
+use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::taxii::{Client, Collection, Credentials, Cursor, Limits, Pull, TAXII_MEDIA_TYPE};
-use support::TestDb;
+use support::{amqp_url, broker_connection, test_topology, with_cleanup, TestDb};
 
 const API_ROOT: &str = "api1";
 const COLLECTION: &str = "91a7b528-80eb-42ed-a74d-c6fbd5a26116";
 const USER: &str = "reader";
 const PASSWORD: &str = "correct-horse-7";
 
-/// A STIX 2.1 indicator for 203.0.113.`n`.
+/// A STIX 2.1 indicator for 20.30.40.`n`.
 fn indicator(n: u32) -> Value {
     json!({
         "type": "indicator",
@@ -29,7 +33,7 @@ fn indicator(n: u32) -> Value {
         "id": format!("indicator--00000000-0000-4000-8000-{n:012}"),
         "created": "2026-01-01T00:00:00.000Z",
         "modified": "2026-01-01T00:00:00.000Z",
-        "pattern": format!("[ipv4-addr:value = '203.0.113.{n}']"),
+        "pattern": format!("[ipv4-addr:value = '20.30.40.{n}']"),
         "pattern_type": "stix",
         "valid_from": "2026-01-01T00:00:00Z",
     })
@@ -448,4 +452,93 @@ async fn answers_that_are_not_a_taxii_envelope_are_refused_with_the_reason() {
         stuck.contains("neither `next` nor a newer date added"),
         "{stuck}"
     );
+}
+
+/// `publish --taxii` of the test collection through the binary: (success, stderr).
+fn publish_taxii(server: &Medallion, topology: &Topology, database_url: &str) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
+        .args(["publish", "--no-progress", "--taxii", &server.api_root()])
+        .args([
+            "--collection",
+            COLLECTION,
+            "--queue-prefix",
+            &topology.prefix,
+        ])
+        .args(["--amqp-url", &amqp_url(), "--database-url", database_url])
+        .env("MDTI_TAXII_USER", USER)
+        .env("MDTI_TAXII_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
+/// The values and STIX ids waiting in the bulk lane, taken off it.
+async fn published_values(topology: &Topology) -> Vec<(String, String)> {
+    let connection = broker_connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = topology.lane_queue(Lane::Bulk);
+    let mut items = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let body: Vec<Value> = serde_json::from_slice(&message.delivery.data).unwrap();
+        for item in body {
+            let stix_id = item["context"]["stix_id"].as_str().unwrap_or_default();
+            items.push((
+                item["value"].as_str().unwrap().to_owned(),
+                stix_id.to_owned(),
+            ));
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    items
+}
+
+fn counts(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|line| line.starts_with("read "))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"))
+}
+
+#[tokio::test]
+async fn publish_taxii_publishes_each_object_once_across_reruns() {
+    let server = Medallion::start(7).await;
+    let db = TestDb::new().await;
+    let topology = test_topology();
+    let expected = |n: u32| {
+        let id = indicator(n)["id"].as_str().unwrap().to_owned();
+        (format!("20.30.40.{n}"), id)
+    };
+    with_cleanup(&[&topology], async {
+        let (ok, stderr) = publish_taxii(&server, &topology, &db.url);
+        assert!(ok, "{stderr}");
+        assert!(
+            counts(&stderr).starts_with("read 7, published 7 in 1 message(s), rejected 0"),
+            "{stderr}"
+        );
+        let all: Vec<_> = (1..=7).map(expected).collect();
+        assert_eq!(published_values(&topology).await, all);
+        let cursor = db.store.taxii_cursor(&server.collection()).await.unwrap();
+        assert_eq!(cursor.unwrap().as_str(), date_added(7));
+
+        let (ok, stderr) = publish_taxii(&server, &topology, &db.url);
+        assert!(ok, "{stderr}");
+        assert!(
+            counts(&stderr).starts_with("read 0, published 0"),
+            "{stderr}"
+        );
+        assert_eq!(published_values(&topology).await, []);
+
+        server.add(indicator(8)).await;
+        let (ok, stderr) = publish_taxii(&server, &topology, &db.url);
+        assert!(ok, "{stderr}");
+        assert_eq!(published_values(&topology).await, [expected(8)]);
+    })
+    .await;
 }

@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod export;
 pub mod migrate;
 pub mod publish;
+pub mod publish_taxii;
 pub mod report;
 pub mod sim;
 pub mod status;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use super::publish_taxii::{pull_and_publish, TaxiiSource};
 use crate::feeds::{self, Entry, FeedOptions, Flow, Position, Record};
 use crate::lane::Lane;
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable, ObservableKind};
@@ -263,6 +264,21 @@ pub struct PublishSummary {
 }
 
 impl PublishSummary {
+    /// Add up the summaries of several runs (the pulls of `publish --taxii`).
+    pub fn add(&mut self, other: PublishSummary) {
+        self.read += other.read;
+        self.published += other.published;
+        self.messages += other.messages;
+        self.rejected += other.rejected;
+        self.skipped += other.skipped;
+        for (reason, count) in other.skip_reasons {
+            *self.skip_reasons.entry(reason).or_default() += count;
+        }
+        self.duplicates += other.duplicates;
+        self.not_published += other.not_published;
+        self.errors.extend(other.errors);
+    }
+
     /// Whether the command succeeded: nothing rejected, nothing left unpublished, no error.
     /// Skipped entries and duplicates are not failures.
     pub fn is_success(&self) -> bool {
@@ -503,9 +519,16 @@ pub struct PublishArgs {
     #[arg(long)]
     pub show_skipped: bool,
     /// Lane to publish to: live, bulk, or auto (the default: stdin alone goes to live, anything
-    /// read from a file, with or without stdin, to bulk)
+    /// read from a file or pulled from TAXII to bulk)
     #[arg(long, default_value = "auto")]
     pub lane: LaneChoice,
+    /// Pull from this TAXII 2.1 API root instead of reading files (basic auth from
+    /// MDTI_TAXII_USER and MDTI_TAXII_PASSWORD); only what was added since the last pull
+    #[arg(long, requires = "collection", conflicts_with = "files")]
+    pub taxii: Option<String>,
+    /// The TAXII collection id to pull
+    #[arg(long, requires = "taxii")]
+    pub collection: Option<String>,
 }
 
 fn parse_kind(text: &str) -> Result<ObservableKind, String> {
@@ -525,7 +548,11 @@ impl PublishArgs {
             progress: if self.no_progress { Some(false) } else { None },
             report_lines: true,
             report_skipped: self.show_skipped,
-            lane: self.lane.resolve(&self.files),
+            lane: match self.taxii {
+                // A pull is a backfill of whatever the collection gathered.
+                Some(_) if self.lane == LaneChoice::Auto => Lane::Bulk,
+                _ => self.lane.resolve(&self.files),
+            },
         }
     }
 }
@@ -539,10 +566,25 @@ pub async fn command(cmd: PublishCmd) -> anyhow::Result<i32> {
     let (topology, amqp_url) = (cmd.broker.topology(), cmd.broker.amqp_url);
     let (database_url, args) = (cmd.database.database_url, cmd.options);
     let options = args.options();
-    let (inputs, names) = open_inputs(&args.files)?;
+    // Files are opened before connecting: a missing file is the first thing to hear about.
+    let inputs = match args.taxii {
+        Some(_) => None,
+        None => Some(open_inputs(&args.files)?),
+    };
     let url = amqp_url.expose();
     let publisher = Publisher::connect(url, topology.clone()).await?;
-    let summary = run(options.clone(), &publisher, inputs, names).await?;
+    let summary = match (inputs, &args.taxii, &args.collection) {
+        (Some((inputs, names)), _, _) => run(options.clone(), &publisher, inputs, names).await?,
+        (None, Some(api_root), Some(collection)) => {
+            let source = TaxiiSource {
+                api_root,
+                collection,
+                database_url: database_url.expose(),
+            };
+            pull_and_publish(source, options.clone(), &publisher).await?
+        }
+        (None, _, _) => bail!("--taxii needs --collection"),
+    };
     let _ = publisher.close().await;
     eprintln!("{summary}");
 
