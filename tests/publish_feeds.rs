@@ -5,13 +5,11 @@
 
 use std::process::{Command, Stdio};
 
-use lapin::options::BasicGetOptions;
-use mdti_worker::lane::Lane;
 use mdti_worker::queue::Topology;
-use serde_json::{json, Value};
+use serde_json::json;
 
 mod support;
-use support::{amqp_url, broker_connection, test_topology, with_cleanup};
+use support::{amqp_url, publish_counts, take_bulk_items, test_topology, with_cleanup};
 
 /// A database that refuses at once: the ledger is not what these tests look at.
 const NO_DATABASE: &str = "postgres://postgres@127.0.0.1:1/none";
@@ -40,32 +38,6 @@ fn publish(topology: &Topology, args: &[&str]) -> (bool, String) {
     (output.status.success(), stderr)
 }
 
-/// Every item waiting in the bulk lane, in the order published.
-async fn published(topology: &Topology) -> Vec<Value> {
-    let connection = broker_connection().await;
-    let channel = connection.create_channel().await.unwrap();
-    let queue = topology.lane_queue(Lane::Bulk);
-    let mut items = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
-        let body: Vec<Value> = serde_json::from_slice(&message.delivery.data).unwrap();
-        items.extend(body);
-    }
-    let _ = connection.close(200, "done".into()).await;
-    items
-}
-
-/// The summary's first line.
-fn counts(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .find(|line| line.starts_with("read "))
-        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"))
-}
-
 fn lines_starting<'a>(stderr: &'a str, prefix: &str) -> Vec<&'a str> {
     stderr.lines().filter(|l| l.starts_with(prefix)).collect()
 }
@@ -89,11 +61,11 @@ async fn csv_records_with_quotes_and_line_breaks_publish_their_url_column() {
         );
         assert!(ok, "{stderr}");
         assert_eq!(
-            counts(&stderr),
+            publish_counts(&stderr),
             "read 2, published 2 in 1 message(s), rejected 0, skipped 0, duplicates 0"
         );
         assert_eq!(
-            published(&topology).await,
+            take_bulk_items(&topology).await,
             [
                 json!({"value": "evil.com", "kind": "domain"}),
                 json!({"value": "8.8.8.8", "kind": "ipv4"}),
@@ -114,7 +86,7 @@ async fn csv_records_with_quotes_and_line_breaks_publish_their_url_column() {
         let (ok, stderr) = publish(&topology, &args);
         assert!(!ok, "a rejected record fails the command: {stderr}");
         assert_eq!(
-            counts(&stderr),
+            publish_counts(&stderr),
             "read 3, published 2 in 1 message(s), rejected 1, skipped 0, duplicates 0"
         );
         let rejected = lines_starting(&stderr, "rejected ");
@@ -124,7 +96,7 @@ async fn csv_records_with_quotes_and_line_breaks_publish_their_url_column() {
             "{stderr}"
         );
         assert_eq!(
-            published(&topology).await,
+            take_bulk_items(&topology).await,
             [
                 json!({"value": "evil.com", "kind": "domain"}),
                 json!({"value": "1.1.1.1", "kind": "ipv4"}),
@@ -145,7 +117,7 @@ async fn a_stix_bundle_publishes_its_simple_indicators_and_observables_with_thei
         );
         assert!(ok, "{stderr}");
         assert_eq!(
-            counts(&stderr),
+            publish_counts(&stderr),
             "read 13, published 9 in 1 message(s), rejected 0, skipped 3, duplicates 1"
         );
         assert_eq!(
@@ -170,7 +142,7 @@ async fn a_stix_bundle_publishes_its_simple_indicators_and_observables_with_thei
             "indicator_types": ["malicious-activity", "attribution"],
         });
         assert_eq!(
-            published(&topology).await,
+            take_bulk_items(&topology).await,
             [
                 json!({"value": "login-micros0ft.com", "kind": "domain", "context": {
                     "stix_id": indicator(1),
@@ -205,7 +177,7 @@ async fn a_misp_event_publishes_its_address_and_name_attributes_with_the_event()
         let (ok, stderr) = publish(&topology, &["--format", "misp", "--misp-to-ids-only", &event]);
         assert!(ok, "{stderr}");
         assert_eq!(
-            counts(&stderr),
+            publish_counts(&stderr),
             "read 13, published 7 in 1 message(s), rejected 0, skipped 4, duplicates 2"
         );
         assert_eq!(
@@ -235,21 +207,21 @@ async fn a_misp_event_publishes_its_address_and_name_attributes_with_the_event()
             item("45.146.164.110", "ipv4", "06"),
             item("invoice-verify.org", "domain", "10"),
         ];
-        assert_eq!(published(&topology).await, expected);
+        assert_eq!(take_bulk_items(&topology).await, expected);
 
         // Without the flag, to_ids does not matter: the resolver is published, and the sender's
         // address is skipped for its type.
         let (ok, stderr) = publish(&topology, &["--format", "misp", &event]);
         assert!(ok, "{stderr}");
         assert_eq!(
-            counts(&stderr),
+            publish_counts(&stderr),
             "read 13, published 8 in 1 message(s), rejected 0, skipped 3, duplicates 2"
         );
         assert!(
             stderr.contains("skipped 1 attribute: type email-src is not an address, name or URL"),
             "{stderr}"
         );
-        let items = published(&topology).await;
+        let items = take_bulk_items(&topology).await;
         assert_eq!(items.len(), 8);
         assert_eq!(items[6], item("8.8.8.8", "ipv4", "08"));
     })

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use lapin::options::BasicGetOptions;
-use mdti_worker::lane::Lane;
 use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::taxii::{Client, Collection, Credentials, Cursor, Limits, Pull, TAXII_MEDIA_TYPE};
-use support::{amqp_url, broker_connection, test_topology, with_cleanup, TestDb};
+use support::{amqp_url, publish_counts, take_bulk_items, test_topology, with_cleanup, TestDb};
 
 const API_ROOT: &str = "api1";
 const COLLECTION: &str = "91a7b528-80eb-42ed-a74d-c6fbd5a26116";
@@ -477,33 +475,18 @@ fn publish_taxii(server: &Medallion, topology: &Topology, database_url: &str) ->
 
 /// The values and STIX ids waiting in the bulk lane, taken off it.
 async fn published_values(topology: &Topology) -> Vec<(String, String)> {
-    let connection = broker_connection().await;
-    let channel = connection.create_channel().await.unwrap();
-    let queue = topology.lane_queue(Lane::Bulk);
-    let mut items = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-    {
-        let body: Vec<Value> = serde_json::from_slice(&message.delivery.data).unwrap();
-        for item in body {
-            let stix_id = item["context"]["stix_id"].as_str().unwrap_or_default();
-            items.push((
-                item["value"].as_str().unwrap().to_owned(),
-                stix_id.to_owned(),
-            ));
-        }
-    }
-    let _ = connection.close(200, "done".into()).await;
-    items
-}
-
-fn counts(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .find(|line| line.starts_with("read "))
-        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"))
+    let items = take_bulk_items(topology).await;
+    let pair = |item: &Value| {
+        let value = item["value"].as_str().unwrap_or_default().to_owned();
+        (
+            value,
+            item["context"]["stix_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    items.iter().map(pair).collect()
 }
 
 #[tokio::test]
@@ -519,7 +502,7 @@ async fn publish_taxii_publishes_each_object_once_across_reruns() {
         let (ok, stderr) = publish_taxii(&server, &topology, &db.url);
         assert!(ok, "{stderr}");
         assert!(
-            counts(&stderr).starts_with("read 7, published 7 in 1 message(s), rejected 0"),
+            publish_counts(&stderr).starts_with("read 7, published 7 in 1 message(s), rejected 0"),
             "{stderr}"
         );
         let all: Vec<_> = (1..=7).map(expected).collect();
@@ -530,7 +513,7 @@ async fn publish_taxii_publishes_each_object_once_across_reruns() {
         let (ok, stderr) = publish_taxii(&server, &topology, &db.url);
         assert!(ok, "{stderr}");
         assert!(
-            counts(&stderr).starts_with("read 0, published 0"),
+            publish_counts(&stderr).starts_with("read 0, published 0"),
             "{stderr}"
         );
         assert_eq!(published_values(&topology).await, []);

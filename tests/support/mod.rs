@@ -260,6 +260,33 @@ pub async fn broker_connection() -> Connection {
         .expect("RabbitMQ must be reachable for these tests")
 }
 
+/// Every item waiting in `topology`'s bulk lane, in the order published, taken off it.
+pub async fn take_bulk_items(topology: &Topology) -> Vec<serde_json::Value> {
+    use lapin::options::BasicGetOptions;
+    let connection = broker_connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = topology.lane_queue(mdti_worker::lane::Lane::Bulk);
+    let mut items = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let body: Vec<serde_json::Value> = serde_json::from_slice(&message.delivery.data).unwrap();
+        items.extend(body);
+    }
+    let _ = connection.close(200, "done".into()).await;
+    items
+}
+
+/// The first line of `publish`'s summary on `stderr` (`read N, published N in …`).
+pub fn publish_counts(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|line| line.starts_with("read "))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"))
+}
+
 /// Run `body`, then delete every queue and exchange of `topologies`, both lanes' (best
 /// effort), then re-raise a panic of `body`.
 pub async fn with_cleanup<F: Future<Output = ()>>(topologies: &[&Topology], body: F) {
