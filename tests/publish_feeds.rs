@@ -3,13 +3,11 @@
 //! context), beside the summary's counts and the reasons it gives for what it skipped or
 //! rejected.
 
-use std::process::{Command, Stdio};
-
 use mdti_worker::queue::Topology;
 use serde_json::json;
 
 mod support;
-use support::{amqp_url, publish_counts, take_bulk_items, test_topology, with_cleanup};
+use support::{publish_counts, run_publish, take_bulk_items, test_topology, with_cleanup};
 
 /// A database that refuses at once: the ledger is not what these tests look at.
 const NO_DATABASE: &str = "postgres://postgres@127.0.0.1:1/none";
@@ -20,22 +18,7 @@ fn data(name: &str) -> String {
 
 /// Run `publish --no-progress` with `args` against the test's broker: (success, stderr).
 fn publish(topology: &Topology, args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
-        .arg("publish")
-        .args([
-            "--queue-prefix",
-            &topology.prefix,
-            "--amqp-url",
-            &amqp_url(),
-        ])
-        .args(["--database-url", NO_DATABASE, "--no-progress"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.success(), stderr)
+    run_publish(topology, NO_DATABASE, args, &[])
 }
 
 fn lines_starting<'a>(stderr: &'a str, prefix: &str) -> Vec<&'a str> {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::taxii::{Client, Collection, Credentials, Cursor, Limits, Pull, TAXII_MEDIA_TYPE};
-use support::{amqp_url, publish_counts, take_bulk_items, test_topology, with_cleanup, TestDb};
+use support::{publish_counts, run_publish, take_bulk_items, test_topology, with_cleanup, TestDb};
 
 const API_ROOT: &str = "api1";
 const COLLECTION: &str = "91a7b528-80eb-42ed-a74d-c6fbd5a26116";
@@ -454,23 +454,9 @@ async fn answers_that_are_not_a_taxii_envelope_are_refused_with_the_reason() {
 
 /// `publish --taxii` of the test collection through the binary: (success, stderr).
 fn publish_taxii(server: &Medallion, topology: &Topology, database_url: &str) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
-        .args(["publish", "--no-progress", "--taxii", &server.api_root()])
-        .args([
-            "--collection",
-            COLLECTION,
-            "--queue-prefix",
-            &topology.prefix,
-        ])
-        .args(["--amqp-url", &amqp_url(), "--database-url", database_url])
-        .env("MDTI_TAXII_USER", USER)
-        .env("MDTI_TAXII_PASSWORD", PASSWORD)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.success(), stderr)
+    let args = ["--taxii", &server.api_root(), "--collection", COLLECTION];
+    let env = [("MDTI_TAXII_USER", USER), ("MDTI_TAXII_PASSWORD", PASSWORD)];
+    run_publish(topology, database_url, &args, &env)
 }
 
 /// The values and STIX ids waiting in the bulk lane, taken off it.

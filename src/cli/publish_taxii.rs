@@ -45,8 +45,8 @@ pub async fn pull_and_publish(
     let client = Client::new(Credentials::from_env()?, Limits::default())?;
     let store = Store::open(source.database_url, 2, DATABASE_LIMIT).await?;
     let mut total = PublishSummary::default();
+    let mut cursor = store.taxii_cursor(&collection).await?;
     for _ in 0..MAX_PULLS {
-        let cursor = store.taxii_cursor(&collection).await?;
         let pull = client.pull(&collection, cursor.as_ref()).await?;
         let name = format!("{} collection {}", collection.api_root(), collection.id());
         let summary = run(
@@ -61,17 +61,22 @@ pub async fn pull_and_publish(
         if !published_all {
             eprintln!(
                 "the cursor stays at {}: not everything was published",
-                shown(&cursor)
+                shown(cursor.as_ref())
             );
             break;
         }
-        let moved = advance(
-            &store,
-            &collection,
-            cursor.as_ref(),
-            pull.added_after.as_ref(),
-        )
-        .await?;
+        let Some(added_after) = pull.added_after else {
+            break;
+        };
+        let moved = cursor.as_ref() != Some(&added_after);
+        if moved {
+            store
+                .advance_taxii_cursor(&collection, &added_after)
+                .await
+                .context("advancing the TAXII cursor")?;
+        }
+        eprintln!("TAXII cursor at {}", added_after.as_str());
+        cursor = Some(added_after);
         if !pull.more || !moved {
             break;
         }
@@ -80,28 +85,8 @@ pub async fn pull_and_publish(
     Ok(total)
 }
 
-/// Store `added_after` if it is newer than `cursor`; whether it moved.
-async fn advance(
-    store: &Store,
-    collection: &Collection,
-    cursor: Option<&Cursor>,
-    added_after: Option<&Cursor>,
-) -> anyhow::Result<bool> {
-    let Some(added_after) = added_after else {
-        return Ok(false);
-    };
-    store
-        .advance_taxii_cursor(collection, added_after)
-        .await
-        .context("advancing the TAXII cursor")?;
-    eprintln!("TAXII cursor at {}", added_after.as_str());
-    Ok(cursor.map(Cursor::as_str) != Some(added_after.as_str()))
-}
-
-fn shown(cursor: &Option<Cursor>) -> String {
-    cursor
-        .as_ref()
-        .map_or_else(|| "the start".to_owned(), |c| c.as_str().to_owned())
+fn shown(cursor: Option<&Cursor>) -> String {
+    cursor.map_or_else(|| "the start".to_owned(), |c| c.as_str().to_owned())
 }
 
 /// The pulled objects as the STIX reader reads a file.

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -60,35 +60,33 @@ pub(super) async fn unchanged(
     if digests.is_empty() {
         return Ok(HashSet::new());
     }
-    let (observable_ids, enrichers): (Vec<i64>, Vec<&str>) = digests.keys().copied().unzip();
-    let stored = sqlx::query(
-        "SELECT r.observable_id, r.enricher, r.answer_digest, \
-             r.fetched_at > r.unchanged_since AS confirmed_since \
+    let keys: Vec<(&ResultKey, &Uuid)> = digests.iter().collect();
+    let observable_ids: Vec<i64> = keys.iter().map(|(key, _)| key.0).collect();
+    let enrichers: Vec<&str> = keys.iter().map(|(key, _)| key.1).collect();
+    let new_digests: Vec<Uuid> = keys.iter().map(|(_, &digest)| digest).collect();
+    // (position in `keys`, same digest, confirmed by a fetch after it took its form)
+    let stored: Vec<(i64, bool, bool)> = sqlx::query_as(
+        "SELECT u.i, r.answer_digest = u.digest, r.fetched_at > r.unchanged_since \
          FROM enricher_results r \
-         JOIN UNNEST($1::bigint[], $2::text[]) AS u(observable_id, enricher) \
+         JOIN UNNEST($1::bigint[], $2::text[], $3::uuid[]) \
+             WITH ORDINALITY AS u(observable_id, enricher, digest, i) \
              USING (observable_id, enricher) \
          WHERE r.answer_digest IS NOT NULL",
     )
     .bind(&observable_ids)
     .bind(&enrichers)
+    .bind(&new_digests)
     .fetch_all(&mut **tx)
     .await?;
-    // Keyed by a borrowed name, valued by the key itself: the key's enricher name is static.
-    let by_name: HashMap<(i64, &str), (ResultKey, Uuid)> = digests
-        .iter()
-        .map(|(&key, &digest)| (key, (key, digest)))
-        .collect();
     let mut same = HashSet::new();
     let (mut stamp_ids, mut stamp_enrichers) = (Vec::new(), Vec::new());
-    for row in stored {
-        let observable_id: i64 = row.try_get("observable_id")?;
-        let enricher: String = row.try_get("enricher")?;
-        let Some(&(key, ref digest)) = by_name.get(&(observable_id, enricher.as_str())) else {
+    for (position, unchanged, confirmed_since) in stored {
+        let Some(&(&key, _)) = usize::try_from(position - 1).ok().and_then(|i| keys.get(i)) else {
             continue;
         };
-        if row.try_get::<Uuid, _>("answer_digest")? == *digest {
+        if unchanged {
             same.insert(key);
-        } else if row.try_get::<bool, _>("confirmed_since")? {
+        } else if confirmed_since {
             stamp_ids.push(key.0);
             stamp_enrichers.push(key.1);
         }

@@ -260,6 +260,32 @@ pub async fn broker_connection() -> Connection {
         .expect("RabbitMQ must be reachable for these tests")
 }
 
+/// Run the binary's `publish --no-progress` against `topology` on the test broker, with
+/// `database_url`, `args` and `env`: (success, stderr).
+pub fn run_publish(
+    topology: &Topology,
+    database_url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
+        .args([
+            "publish",
+            "--no-progress",
+            "--queue-prefix",
+            &topology.prefix,
+        ])
+        .args(["--amqp-url", &amqp_url(), "--database-url", database_url])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
 /// Every item waiting in `topology`'s bulk lane, in the order published, taken off it.
 pub async fn take_bulk_items(topology: &Topology) -> Vec<serde_json::Value> {
     use lapin::options::BasicGetOptions;
