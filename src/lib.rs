@@ -26,6 +26,7 @@ pub mod failpoint;
 pub mod feeds;
 pub mod fleet;
 pub mod graph;
+pub mod http_body;
 pub mod in_flight;
 pub mod lane;
 pub mod logging;

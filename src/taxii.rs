@@ -31,11 +31,12 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
 
+use crate::http_body::{read_capped, BodyError};
 use crate::secret::{redact_url, Secret};
 
 /// The media type TAXII 2.1 requests and answers carry.
@@ -398,7 +399,7 @@ impl Client {
             request = request.basic_auth(&credentials.user, Some(credentials.password.expose()));
         }
         let shown = url.to_string();
-        let mut response = request
+        let response = request
             .send()
             .await
             .map_err(|e| self.transport(&shown, e))?;
@@ -406,7 +407,7 @@ impl Client {
         let headers = response.headers().clone();
         if !status.is_success() {
             // The excerpt is for the error only: read at most a little of it.
-            let body = self.body(&shown, &mut response, 4 * 1024).await;
+            let body = self.body(&shown, response, 4 * 1024).await;
             let excerpt = body.map(|b| self.excerpt(&b)).unwrap_or_default();
             return Err(TaxiiError::Status {
                 url: shown,
@@ -416,7 +417,7 @@ impl Client {
         }
         check_content_type(&shown, &headers)?;
         let body = self
-            .body(&shown, &mut response, self.limits.max_page_bytes)
+            .body(&shown, response, self.limits.max_page_bytes)
             .await?;
         let envelope: Envelope = serde_json::from_slice(&body)
             .map_err(|e| envelope_error_text(&shown, e.to_string()))?;
@@ -435,34 +436,22 @@ impl Client {
         })
     }
 
-    /// The body, refused once it passes `limit` bytes (before reading it, when the server
-    /// announces its length).
+    /// The body, refused once it passes `limit` bytes (see [`read_capped`]).
     async fn body(
         &self,
         url: &str,
-        response: &mut reqwest::Response,
+        response: reqwest::Response,
         limit: usize,
     ) -> Result<Vec<u8>, TaxiiError> {
-        let too_large = || TaxiiError::TooLarge {
-            url: url.to_owned(),
-            limit,
-        };
-        let announced = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|length| length > limit as u64) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(url, e))? {
-            if body.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        read_capped(response, limit)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => TaxiiError::TooLarge {
+                    url: url.to_owned(),
+                    limit,
+                },
+                BodyError::Read(error) => self.transport(url, error),
+            })
     }
 
     fn transport(&self, url: &str, error: reqwest::Error) -> TaxiiError {
