@@ -1,40 +1,41 @@
-//! Metric primitives and the Prometheus text exposition format (version 0.0.4).
+//! Metric primitives, and a scrape written in the Prometheus text exposition format (version
+//! 0.0.4) by `prometheus-client`.
 //!
 //! The counters themselves live where the work happens (the Graph client's [`GraphStats`],
-//! the consumer's `WorkerStats`) as plain atomics; this module adds the one primitive they lack,
-//! a [`Histogram`], and an [`Exposition`] writer that renders samples as text. It knows nothing of
-//! HTTP: `ops` serves what it writes. Rendering by hand keeps the dependency list short; the
-//! format rules it follows (escaping, cumulative buckets ending in `+Inf`, `_sum` and `_count`)
-//! are pinned by the tests below.
+//! the consumer's `WorkerStats`) as plain atomics, read at scrape time; this module adds the one
+//! primitive they lack, a lock-free [`Histogram`], and an [`Exposition`] through which a
+//! [`Collector`] writes its families. The format itself (escaping, float spelling, cumulative
+//! buckets ending in `+Inf`, `_sum` and `_count`) is the library's. It knows nothing of HTTP:
+//! `ops` serves what it writes.
 //!
 //! [`GraphStats`]: crate::graph::GraphStats
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) for request latencies: from a fast local answer to Graph's timeout.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A histogram of durations with fixed bucket bounds; lock-free to observe.
+/// A histogram of durations with fixed bucket bounds; lock-free to observe, where
+/// `prometheus-client`'s own histogram takes a lock on every observation.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
-    /// One count per bound, plus one for values above the last: not cumulative (the exposition
+    /// One count per bound, plus one for values above the last: not cumulative (the encoder
     /// accumulates), so an observation touches one bucket only.
     buckets: Vec<AtomicU64>,
     sum_micros: AtomicU64,
-}
-
-/// A histogram read at one moment: cumulative counts per bound, the sum and the count.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSnapshot {
-    /// `(upper bound, observations <= bound)`, bounds ascending; `+Inf` is `count`.
-    pub buckets: Vec<(f64, u64)>,
-    pub sum_seconds: f64,
-    pub count: u64,
 }
 
 impl Histogram {
@@ -58,22 +59,6 @@ impl Histogram {
         self.sum_micros
             .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
     }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len());
-        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += count.load(Ordering::Relaxed);
-            buckets.push((*bound, cumulative));
-        }
-        // The count is the sum of the buckets read here, so `+Inf` and `_count` always agree.
-        let count = cumulative + self.buckets[self.bounds.len()].load(Ordering::Relaxed);
-        HistogramSnapshot {
-            buckets,
-            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            count,
-        }
-    }
 }
 
 impl Default for Histogram {
@@ -82,108 +67,101 @@ impl Default for Histogram {
     }
 }
 
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let per_bound: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, count)| (*bound, count.load(Ordering::Relaxed)))
+            .collect();
+        // The count is the sum of the buckets read here, so `+Inf` and `_count` always agree.
+        let above = self.buckets[self.bounds.len()].load(Ordering::Relaxed);
+        let count = per_bound.iter().map(|(_, n)| n).sum::<u64>() + above;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &per_bound, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// Label pairs of one sample, in the order they are written.
 pub type Labels<'a> = &'a [(&'a str, &'a str)];
 
-/// Writes metric families in the text exposition format; each family gets its `# HELP` and
-/// `# TYPE` lines once, followed by its samples.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    out: String,
+/// Everything `collector` writes, as one scrape in the text format.
+pub fn scrape(collector: impl Collector) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+    Ok(text)
 }
 
-impl Exposition {
-    pub fn new() -> Exposition {
-        Exposition::default()
+/// The families of one scrape, each with its `# HELP` and `# TYPE` lines once and then its
+/// samples. Names are the exposed ones, a counter's with its `_total`.
+pub struct Exposition<'a> {
+    encoder: DescriptorEncoder<'a>,
+}
+
+impl<'a> Exposition<'a> {
+    pub fn new(encoder: DescriptorEncoder<'a>) -> Exposition<'a> {
+        Exposition { encoder }
     }
 
-    /// A counter family; `name` should end in `_total`.
-    pub fn counter(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.family(name, help, "counter", samples);
+    /// A counter family; `name` ends in `_total`, which the encoder writes on its own.
+    pub fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Labels<'_>, f64)],
+    ) -> fmt::Result {
+        let family = name.strip_suffix("_total");
+        debug_assert!(family.is_some(), "counter {name} does not end in _total");
+        let samples = samples
+            .iter()
+            .map(|(labels, v)| (*labels, ConstCounter::new(*v)));
+        self.family(family.unwrap_or(name), help, MetricType::Counter, samples)
     }
 
     /// A counter family of one unlabelled sample.
-    pub fn counter_value(&mut self, name: &str, help: &str, value: f64) {
-        self.counter(name, help, &[(&[], value)]);
+    pub fn counter_value(&mut self, name: &str, help: &str, value: f64) -> fmt::Result {
+        self.counter(name, help, &[(&[], value)])
     }
 
-    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.family(name, help, "gauge", samples);
+    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) -> fmt::Result {
+        let samples = samples
+            .iter()
+            .map(|(labels, v)| (*labels, ConstGauge::new(*v)));
+        self.family(name, help, MetricType::Gauge, samples)
+    }
+
+    /// A gauge family of one unlabelled sample.
+    pub fn gauge_value(&mut self, name: &str, help: &str, value: f64) -> fmt::Result {
+        self.gauge(name, help, &[(&[], value)])
     }
 
     /// A histogram family of one unlabelled series.
-    pub fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot) {
-        self.header(name, help, "histogram");
-        let bucket = format!("{name}_bucket");
-        for (bound, count) in &snapshot.buckets {
-            let le = number(*bound);
-            self.sample(&bucket, &[("le", &le)], *count as f64);
+    pub fn histogram(&mut self, name: &str, help: &str, histogram: &Histogram) -> fmt::Result {
+        let encoder = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        histogram.encode(encoder)
+    }
+
+    fn family<'s, M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        samples: impl Iterator<Item = (Labels<'s>, M)>,
+    ) -> fmt::Result {
+        let mut family = self.encoder.encode_descriptor(name, help, None, kind)?;
+        for (labels, metric) in samples {
+            metric.encode(family.encode_family(&labels)?)?;
         }
-        self.sample(&bucket, &[("le", "+Inf")], snapshot.count as f64);
-        self.sample(&format!("{name}_sum"), &[], snapshot.sum_seconds);
-        self.sample(&format!("{name}_count"), &[], snapshot.count as f64);
-    }
-
-    pub fn finish(self) -> String {
-        self.out
-    }
-
-    fn family(&mut self, name: &str, help: &str, kind: &str, samples: &[(Labels<'_>, f64)]) {
-        self.header(name, help, kind);
-        for (labels, value) in samples {
-            self.sample(name, labels, *value);
-        }
-    }
-
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: Labels<'_>, value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{key}=\"{}\"", escape_label(value));
-            }
-            self.out.push('}');
-        }
-        self.out.push(' ');
-        self.out.push_str(&number(value));
-        self.out.push('\n');
-    }
-}
-
-/// Label values escape backslash, double quote and line feed, as the format requires.
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Go's float syntax as Prometheus reads it: `+Inf`, `-Inf`, `NaN`, else Rust's shortest form
-/// (`1`, `0.25`, `1e-7`), which Prometheus parses alike.
-fn number(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value == f64::INFINITY {
-        "+Inf".into()
-    } else if value == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        value.to_string()
+        Ok(())
     }
 }
 
@@ -191,44 +169,56 @@ fn number(value: f64) -> String {
 mod tests {
     use super::*;
 
+    /// A collector of fixed families, as a scrape would write them.
+    #[derive(Debug)]
+    struct Families(fn(&mut Exposition) -> fmt::Result);
+
+    impl Collector for Families {
+        fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+            (self.0)(&mut Exposition::new(encoder))
+        }
+    }
+
+    fn text(families: fn(&mut Exposition) -> fmt::Result) -> String {
+        scrape(Families(families)).unwrap()
+    }
+
     #[test]
     fn families_have_help_and_type_lines_then_their_samples() {
-        let mut text = Exposition::new();
-        text.counter(
-            "mdti_messages_total",
-            "Messages by outcome.",
-            &[
-                (&[("outcome", "done")], 3.0),
-                (&[("outcome", "retried")], 0.0),
-            ],
-        );
-        text.gauge(
-            "mdti_graph_in_flight_requests",
-            "Open requests.",
-            &[(&[], 2.0)],
-        );
+        let scraped = text(|out| {
+            out.counter(
+                "mdti_messages_total",
+                "Messages by outcome.",
+                &[
+                    (&[("outcome", "done")], 3.0),
+                    (&[("outcome", "retried")], 0.0),
+                ],
+            )?;
+            out.gauge_value("mdti_graph_in_flight_requests", "Open requests.", 2.0)
+        });
         assert_eq!(
-            text.finish(),
+            scraped,
             "# HELP mdti_messages_total Messages by outcome.\n\
              # TYPE mdti_messages_total counter\n\
-             mdti_messages_total{outcome=\"done\"} 3\n\
-             mdti_messages_total{outcome=\"retried\"} 0\n\
+             mdti_messages_total{outcome=\"done\"} 3.0\n\
+             mdti_messages_total{outcome=\"retried\"} 0.0\n\
              # HELP mdti_graph_in_flight_requests Open requests.\n\
              # TYPE mdti_graph_in_flight_requests gauge\n\
-             mdti_graph_in_flight_requests 2\n"
+             mdti_graph_in_flight_requests 2.0\n"
         );
     }
 
     #[test]
     fn label_values_and_help_text_are_escaped() {
-        let mut text = Exposition::new();
-        text.counter(
-            "x_total",
-            "A \\ backslash\nand a line feed.",
-            &[(&[("a", "quote \" back \\ line\nend"), ("b", "plain")], 1.5)],
-        );
+        let scraped = text(|out| {
+            out.counter(
+                "x_total",
+                "A \\ backslash\nand a line feed.",
+                &[(&[("a", "quote \" back \\ line\nend"), ("b", "plain")], 1.5)],
+            )
+        });
         assert_eq!(
-            text.finish(),
+            scraped,
             "# HELP x_total A \\\\ backslash\\nand a line feed.\n\
              # TYPE x_total counter\n\
              x_total{a=\"quote \\\" back \\\\ line\\nend\",b=\"plain\"} 1.5\n"
@@ -238,14 +228,14 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_end_in_inf_with_sum_and_count() {
         static BOUNDS: &[f64] = &[0.1, 0.5, 1.0];
-        let histogram = Histogram::new(BOUNDS);
+        static HISTOGRAM: std::sync::LazyLock<Histogram> =
+            std::sync::LazyLock::new(|| Histogram::new(BOUNDS));
         for millis in [50, 100, 300, 2000] {
-            histogram.observe(Duration::from_millis(millis));
+            HISTOGRAM.observe(Duration::from_millis(millis));
         }
-        let mut text = Exposition::new();
-        text.histogram("lat_seconds", "Latency.", &histogram.snapshot());
+        let scraped = text(|out| out.histogram("lat_seconds", "Latency.", &HISTOGRAM));
         assert_eq!(
-            text.finish(),
+            scraped,
             "# HELP lat_seconds Latency.\n\
              # TYPE lat_seconds histogram\n\
              lat_seconds_bucket{le=\"0.1\"} 2\n\
@@ -255,14 +245,5 @@ mod tests {
              lat_seconds_sum 2.45\n\
              lat_seconds_count 4\n"
         );
-    }
-
-    #[test]
-    fn special_floats_use_the_format_spelling() {
-        assert_eq!(number(f64::INFINITY), "+Inf");
-        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(number(f64::NAN), "NaN");
-        assert_eq!(number(42.0), "42");
-        assert_eq!(number(0.005), "0.005");
     }
 }

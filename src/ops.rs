@@ -7,6 +7,7 @@
 //!
 //! [`GraphStats`]: crate::graph::GraphStats
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,15 +26,12 @@ use tokio::task::JoinHandle;
 use crate::consumer::WorkerStats;
 use crate::graph::GraphClient;
 use crate::lane::Lane;
-use crate::metrics::{Exposition, Labels};
+use crate::metrics::{self, Collector, Exposition, Labels};
 use crate::pipeline::Dependency;
 use crate::store::{OutboxBacklog, Store};
 
 /// How long `/readyz` waits for Postgres to answer `SELECT 1` before calling it not ready.
 const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The content type of the text exposition format.
-const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A listen address that may be switched off: empty (or `off`) means no listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,11 +91,14 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
             Ok(Ok(backlog)) => Some(backlog),
             _ => None,
         };
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        render(&ops.graph, &ops.stats, backlog),
-    )
-        .into_response()
+    match render(&ops.graph, &ops.stats, backlog) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded\n",
+        )
+            .into_response(),
+    }
 }
 
 /// The process answers and is getting somewhere: a worker that holds messages and has made
@@ -237,25 +239,56 @@ fn flag(set: &AtomicBool) -> f64 {
 }
 
 /// Every metric of the worker, as one scrape.
-pub fn render(graph: &GraphClient, stats: &WorkerStats, backlog: Option<OutboxBacklog>) -> String {
-    let mut out = Exposition::new();
-    message_metrics(&mut out, graph, stats);
-    event_metrics(&mut out, stats, backlog);
-    commit_metrics(&mut out, stats);
-    pause_metrics(&mut out, stats);
-    liveness_metrics(&mut out, stats);
-    graph_response_metrics(&mut out, graph);
-    graph_wait_metrics(&mut out, graph);
-    out.finish()
+pub fn render(
+    graph: &GraphClient,
+    stats: &Arc<WorkerStats>,
+    backlog: Option<OutboxBacklog>,
+) -> Result<String, fmt::Error> {
+    metrics::scrape(Scrape {
+        graph: graph.clone(),
+        stats: Arc::clone(stats),
+        backlog,
+    })
+}
+
+/// What one scrape reads, handed to the encoder as its collector.
+struct Scrape {
+    graph: GraphClient,
+    stats: Arc<WorkerStats>,
+    backlog: Option<OutboxBacklog>,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let (graph, stats) = (&self.graph, self.stats.as_ref());
+        let out = &mut Exposition::new(encoder);
+        message_metrics(out, graph, stats)?;
+        event_metrics(out, stats, self.backlog)?;
+        commit_metrics(out, stats)?;
+        pause_metrics(out, stats)?;
+        liveness_metrics(out, stats)?;
+        graph_response_metrics(out, graph)?;
+        graph_wait_metrics(out, graph)
+    }
 }
 
 /// Deliveries taken and their outcomes, per lane, and the observables of done messages.
-fn message_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) {
+fn message_metrics(
+    out: &mut Exposition<'_>,
+    graph: &GraphClient,
+    stats: &WorkerStats,
+) -> fmt::Result {
     out.counter_value(
         "mdti_messages_received_total",
         "Deliveries taken from the work queue.",
         count(&stats.messages),
-    );
+    )?;
     out.counter(
         "mdti_messages_total",
         "Deliveries by outcome: done (acked after the Postgres commit; its bad items, if any, also went to the dead-letter queue), retried (sent to the retry queue), dead_lettered (a whole message, or the bad items of a done one), requeued (handed back to the broker because its retry or dead-letter copy could not be published).",
@@ -265,8 +298,8 @@ fn message_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStat
             (&[("outcome", "dead_lettered")], count(&stats.dead_lettered)),
             (&[("outcome", "requeued")], count(&stats.requeued)),
         ],
-    );
-    lane_metrics(out, graph, stats);
+    )?;
+    lane_metrics(out, graph, stats)?;
     out.counter(
         "mdti_observables_total",
         "Observables of done messages by status: enriched from Graph, cached (answered from Postgres within --cache-ttl), skipped (non-public), rejected (bad input).",
@@ -276,11 +309,12 @@ fn message_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStat
             (&[("status", "skipped")], count(&stats.skipped)),
             (&[("status", "rejected")], count(&stats.rejected_items)),
         ],
-    );
+    )?;
+    Ok(())
 }
 
 /// Per lane: messages done, messages waiting in the lane's queues, Graph requests made.
-fn lane_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) {
+fn lane_metrics(out: &mut Exposition<'_>, graph: &GraphClient, stats: &WorkerStats) -> fmt::Result {
     const LABELS: [Labels<'static>; 2] = [&[("lane", "live")], &[("lane", "bulk")]];
     let per_lane = |counters: &[AtomicU64; 2]| -> Vec<(Labels<'_>, f64)> {
         Lane::ALL
@@ -292,26 +326,31 @@ fn lane_metrics(out: &mut Exposition, graph: &GraphClient, stats: &WorkerStats) 
         "mdti_lane_messages_done_total",
         "Messages done (acked after their Postgres commit), by lane.",
         &per_lane(&stats.done_by_lane),
-    );
+    )?;
     out.gauge(
         "mdti_lane_queued_messages",
         "Messages ready in the lane's work and retry queues, as the broker counted them at the worker's last look (every 5 s).",
         &per_lane(&stats.queued_by_lane),
-    );
+    )?;
     out.counter(
         "mdti_lane_graph_requests_total",
         "Graph requests by the lane of the message that made them (work outside any message counts as live). Every attempt counts.",
         &per_lane(&graph.stats().requests_by_lane),
-    );
+    )?;
+    Ok(())
 }
 
 /// Attribution events announced, what profile syncs matched back, and the outbox's backlog.
-fn event_metrics(out: &mut Exposition, stats: &WorkerStats, backlog: Option<OutboxBacklog>) {
+fn event_metrics(
+    out: &mut Exposition<'_>,
+    stats: &WorkerStats,
+    backlog: Option<OutboxBacklog>,
+) -> fmt::Result {
     out.counter_value(
         "mdti_attribution_events_total",
         "Attribution events (one per observable and actor, again on a band change or a new kind of evidence) this worker's outbox relay published (confirmed by the broker) and marked announced.",
         count(&stats.outbox.announced),
-    );
+    )?;
     out.counter(
         "mdti_retro_matched_total",
         "What profile syncs matched back against stored observables: new indicators, stored observables linked to them, hits written.",
@@ -320,63 +359,65 @@ fn event_metrics(out: &mut Exposition, stats: &WorkerStats, backlog: Option<Outb
             (&[("what", "observables")], count(&stats.retro.observables)),
             (&[("what", "hits")], count(&stats.retro.hits)),
         ],
-    );
+    )?;
     out.counter_value(
         "mdti_event_relay_failures_total",
         "Outbox relay passes that stopped on a broker or Postgres failure; their events stay owed for a later pass.",
         count(&stats.outbox.failed_passes),
-    );
+    )?;
     if let Some(backlog) = backlog {
         out.gauge(
             "mdti_events_pending",
             "Attributions owed an event that no relay has announced yet (the whole database, not only this worker's).",
             &[(&[], backlog.pending as f64)],
-        );
+        )?;
         out.gauge(
             "mdti_events_oldest_pending_age_seconds",
             "Age of the oldest attribution whose event is still owed (0 when none is).",
             &[(&[], backlog.oldest_age_seconds)],
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Panicked tasks, cached reputations, group commits, broker reconnects and suspended
 /// deliveries.
-fn commit_metrics(out: &mut Exposition, stats: &WorkerStats) {
+fn commit_metrics(out: &mut Exposition<'_>, stats: &WorkerStats) -> fmt::Result {
     out.counter_value(
         "mdti_message_panics_total",
         "Message tasks that panicked (a bug); each delivery went to the retry queue with reason code internal_error.",
         count(&stats.panics),
-    );
+    )?;
     out.counter_value(
         "mdti_reputation_cache_hits_total",
         "Reputations chaining read from the Postgres cache instead of asking Graph.",
         count(&stats.reputation_cache_hits),
-    );
+    )?;
     out.counter_value(
         "mdti_result_messages_committed_total",
         "Messages whose results were committed to Postgres through group commit.",
         count(&stats.group_commit.committed),
-    );
+    )?;
     out.counter_value(
         "mdti_result_transactions_total",
         "Postgres transactions that committed messages' results (several messages each under load).",
         count(&stats.group_commit.transactions),
-    );
+    )?;
     out.counter_value(
         "mdti_broker_reconnects_total",
         "Broker sessions lost and rebuilt.",
         count(&stats.reconnects),
-    );
+    )?;
     out.counter_value(
         "mdti_messages_suspended_total",
         "Deliveries handed back to the queue without counting an attempt because Postgres or Graph was down for every message.",
         count(&stats.suspended),
-    );
+    )?;
+    Ok(())
 }
 
 /// Whether consumption is paused, on which dependency, and for how long in all.
-fn pause_metrics(out: &mut Exposition, stats: &WorkerStats) {
+fn pause_metrics(out: &mut Exposition<'_>, stats: &WorkerStats) -> fmt::Result {
     let paused_on = stats.pause().map(|pause| pause.dependency);
     let labels: Vec<[(&str, &str); 1]> = Dependency::ALL
         .iter()
@@ -391,46 +432,48 @@ fn pause_metrics(out: &mut Exposition, stats: &WorkerStats) {
         "mdti_consumer_paused",
         "1 while consumption is paused because a service (label dependency) is down for every message.",
         &paused,
-    );
+    )?;
     out.counter_value(
         "mdti_consumer_paused_seconds_total",
         "Seconds consumption spent paused because a service was down for every message.",
         stats.paused_seconds(),
-    );
+    )?;
+    Ok(())
 }
 
 /// Progress, the profile index, the broker connection and the consumer.
-fn liveness_metrics(out: &mut Exposition, stats: &WorkerStats) {
+fn liveness_metrics(out: &mut Exposition<'_>, stats: &WorkerStats) -> fmt::Result {
     let progress = crate::progress::global();
     out.gauge(
         "mdti_stalled",
         "1 while the worker holds messages and nothing moved (Graph answer, commit, ack) for --stall-after.",
         &[(&[], f64::from(u8::from(progress.stalled())))],
-    );
+    )?;
     out.gauge(
         "mdti_seconds_since_progress",
         "Seconds since the last Graph answer, commit or ack.",
         &[(&[], progress.idle_for().as_secs_f64())],
-    );
+    )?;
     out.gauge(
         "mdti_intel_profiles_loaded",
         "1 once the intel profile index is loaded (from Postgres or a first sync); 0 while chaining matches reputation rules only.",
         &[(&[], flag(&stats.profiles_loaded))],
-    );
+    )?;
     out.gauge(
         "mdti_broker_connected",
         "1 while the worker's broker connection is open.",
         &[(&[], flag(&stats.broker_connected))],
-    );
+    )?;
     out.gauge(
         "mdti_consumer_running",
         "1 while the consumer takes deliveries.",
         &[(&[], flag(&stats.consuming))],
-    );
+    )?;
+    Ok(())
 }
 
 /// Graph requests by endpoint and HTTP status.
-fn graph_response_metrics(out: &mut Exposition, graph: &GraphClient) {
+fn graph_response_metrics(out: &mut Exposition<'_>, graph: &GraphClient) -> fmt::Result {
     let responses = graph.stats().responses();
     let statuses: Vec<String> = responses
         .iter()
@@ -454,11 +497,12 @@ fn graph_response_metrics(out: &mut Exposition, graph: &GraphClient) {
         "mdti_graph_requests_total",
         "Graph requests by endpoint and HTTP status (status \"none\": no answer, e.g. a timeout, a refused connection or a TLS failure). Every attempt counts.",
         &samples,
-    );
+    )?;
+    Ok(())
 }
 
 /// Throttling, waiting, retries and latency of Graph requests.
-fn graph_wait_metrics(out: &mut Exposition, graph: &GraphClient) {
+fn graph_wait_metrics(out: &mut Exposition<'_>, graph: &GraphClient) -> fmt::Result {
     let graph_stats = graph.stats();
     let seconds = |micros: u64| micros as f64 / 1e6;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -466,59 +510,60 @@ fn graph_wait_metrics(out: &mut Exposition, graph: &GraphClient) {
         "mdti_graph_throttled_total",
         "Graph answers asking the client to wait: 429, or 503/504 with Retry-After.",
         load(&graph_stats.throttled) as f64,
-    );
+    )?;
     out.counter_value(
         "mdti_graph_retry_after_seconds_total",
         "Seconds of Retry-After those answers asked for, summed.",
         seconds(load(&graph_stats.retry_after_micros)),
-    );
+    )?;
     let (limiter_micros, hold_micros) = graph.wait_micros();
     out.counter_value(
         "mdti_graph_throttle_hold_seconds_total",
         "Seconds requests spent waiting out Retry-After holds, summed over requests.",
         seconds(hold_micros),
-    );
+    )?;
     out.counter_value(
         "mdti_graph_rate_limiter_wait_seconds_total",
         "Seconds requests spent waiting for the client's own rate limiter (--graph-rate), summed over requests.",
         seconds(limiter_micros),
-    );
+    )?;
     let learnt = graph.throttle().learnt();
     out.gauge(
         "mdti_graph_rate_requests_per_second",
         "The rate Graph requests are admitted at now, as learnt from Graph's 429s.",
         &[(&[], learnt.requests_per_second)],
-    );
+    )?;
     out.gauge(
         "mdti_graph_rate_ceiling_requests_per_second",
         "The most the learnt rate climbs to: --graph-rate, or this worker's share of --tenant-quota.",
         &[(&[], learnt.ceiling)],
-    );
+    )?;
     out.counter_value(
         "mdti_graph_rate_cuts_total",
         "Times a 429 to a request sent at the current rate cut the rate.",
         learnt.cuts as f64,
-    );
+    )?;
     out.counter_value(
         "mdti_graph_retries_total",
         "Graph requests tried again by the client.",
         load(&graph_stats.retries) as f64,
-    );
+    )?;
     out.counter_value(
         "mdti_graph_gave_up_total",
         "Graph requests the client gave up on (not retryable, or out of attempts).",
         load(&graph_stats.gave_up) as f64,
-    );
+    )?;
     out.gauge(
         "mdti_graph_in_flight_requests",
         "Graph requests sent and not yet answered.",
         &[(&[], load(&graph_stats.in_flight) as f64)],
-    );
+    )?;
     out.histogram(
         "mdti_graph_request_duration_seconds",
         "Graph request latency, from sending to the last byte of the answer (or the failure).",
-        &graph_stats.latency.snapshot(),
-    );
+        &graph_stats.latency,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

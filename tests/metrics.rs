@@ -3,6 +3,7 @@
 //! can cut) and the Graph simulator; the test scrapes `/metrics` and probes `/healthz` and
 //! `/readyz` over HTTP.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,6 +175,37 @@ fn family_sum(scrape: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Each family of a scrape (its `# TYPE` line) and its type.
+fn scrape_families(scrape: &str) -> BTreeMap<String, String> {
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+        .collect()
+}
+
+/// Each family the README's metrics table names, and the type it gives: a row may name several
+/// families, with one type each or one for all.
+fn readme_families() -> BTreeMap<String, String> {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("| metric | type | what it says |")
+        .nth(1)
+        .expect("the README has its metrics table");
+    let mut families = BTreeMap::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let types: Vec<&str> = cells[2].split(", ").collect();
+        for (i, name) in cells[1].split(", ").enumerate() {
+            let name = name.trim_matches('`').split('{').next().unwrap();
+            let kind = types.get(i).or(types.last()).unwrap();
+            families.insert(name.to_owned(), (*kind).to_owned());
+        }
+    }
+    families
+}
+
 fn whois_only(host: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"value": host, "enrichers": ["whois"], "chain": false})).unwrap()
 }
@@ -294,6 +326,11 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
 
     assert_eq!(at("mdti_broker_connected"), 1.0);
     assert_eq!(at("mdti_consumer_running"), 1.0);
+    assert_eq!(
+        scrape_families(&scrape),
+        readme_families(),
+        "the families of a scrape and their types are those the README's metrics table gives"
+    );
     worker.teardown().await;
 }
 
