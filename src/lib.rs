@@ -45,6 +45,7 @@ pub mod sim;
 pub mod status;
 pub mod store;
 pub mod taxii;
+pub mod terminal;
 
 // `publish`'s parsing and confirmed batches are also for feeds that publish from Rust.
 pub use cli::publish;

@@ -210,3 +210,74 @@ async fn a_misp_event_publishes_its_address_and_name_attributes_with_the_event()
     })
     .await;
 }
+
+/// The command line of a `publish` of `file` that draws progress when it can.
+fn publish_command(topology: &Topology, file: &str) -> Vec<String> {
+    [
+        env!("CARGO_BIN_EXE_mdti-worker"),
+        "publish",
+        "--queue-prefix",
+        &topology.prefix,
+        "--amqp-url",
+        &support::amqp_url(),
+        "--database-url",
+        NO_DATABASE,
+        file,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test]
+async fn progress_is_drawn_on_a_terminal_and_never_into_a_pipe() {
+    let topology = test_topology();
+    with_cleanup(&[&topology], async {
+        let file = std::env::temp_dir().join(format!("progress-{}.txt", uuid::Uuid::new_v4()));
+        std::fs::write(&file, "evil.com\n8.8.8.8\nnot a host!\n").unwrap();
+        let command = publish_command(&topology, file.to_str().unwrap());
+
+        // Into a pipe: the summary and nothing drawn (no carriage return, no escape sequence).
+        let piped = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&piped.stderr);
+        assert_eq!(
+            piped.status.code(),
+            Some(1),
+            "a rejection fails the run: {stderr}"
+        );
+        assert_eq!(
+            publish_counts(&stderr),
+            "read 3, published 2 in 1 message(s), rejected 1, skipped 0, duplicates 0"
+        );
+        assert!(stderr.contains("rejected "), "{stderr}");
+        assert!(
+            !stderr.contains(['\r', '\x1b']),
+            "drawn into a pipe: {stderr:?}"
+        );
+
+        // On a terminal (util-linux's `script` gives the command one): the status line is
+        // drawn, the rejection reported, and the status taken off before the summary.
+        let quoted: Vec<String> = command.iter().map(|a| format!("'{a}'")).collect();
+        let on_terminal = std::process::Command::new("script")
+            .args(["-qec", &quoted.join(" "), "/dev/null"])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("util-linux's script runs");
+        let screen = String::from_utf8_lossy(&on_terminal.stdout);
+        assert_eq!(on_terminal.status.code(), Some(1), "{screen}");
+        let drawn = screen.find(", published 0, rejected").expect(&screen);
+        let summary = screen.find(" message(s), rejected").expect(&screen);
+        assert!(drawn < summary, "{screen:?}");
+        assert!(
+            screen[drawn..summary].contains("\x1b[2K"),
+            "cleared: {screen:?}"
+        );
+        assert!(screen.contains("rejected "), "{screen:?}");
+        std::fs::remove_file(file).unwrap();
+    })
+    .await;
+}

@@ -744,7 +744,7 @@ async fn publish_run_sends_confirmed_batches_the_worker_can_decode() {
         let options = PublishOptions {
             source: Some("unit-test".into()),
             batch_size: 2,
-            progress: Some(false),
+            progress: false,
             report_lines: false,
             ..PublishOptions::default()
         };
@@ -813,7 +813,7 @@ async fn publish_run_counts_unconfirmed_batches_as_not_published() {
             .unwrap();
         let options = PublishOptions {
             batch_size: 1,
-            progress: Some(false),
+            progress: false,
             report_lines: false,
             ..PublishOptions::default()
         };

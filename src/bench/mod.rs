@@ -57,6 +57,7 @@ use crate::queue::topology::Topology;
 use crate::secret::Secret;
 use crate::sim::{self, SimConfig, SimHandle};
 use crate::store::Store;
+use crate::terminal::Progress;
 
 use report::{
     Attribution, Breakdown, Config, Graph, Latency, Machine, Postgres, Resources, Runs, Throughput,
@@ -1228,7 +1229,12 @@ impl Drain {
         let cmd = ctx.cmd;
         let deadline = started + cmd.max_duration;
         let mut next_fleet_check = Instant::now();
+        let progress = match workers.fleet {
+            None => Progress::towards(messages as u64, "messages", true),
+            Some(_) => Progress::towards(cmd.observables as u64, "observables", true),
+        };
         loop {
+            progress.set_position(self.settled_so_far(workers));
             self.collect_publishing().await;
             let Some(settled) = self
                 .bulk_settled(cmd, workers, messages, &mut next_fleet_check)
@@ -1258,6 +1264,20 @@ impl Drain {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        progress.finish();
+    }
+
+    /// What the progress bar counts: bulk messages settled in process, or the observables the
+    /// worker processes' drain last read.
+    fn settled_so_far(&self, workers: &Workers) -> u64 {
+        match workers.fleet {
+            None => {
+                let stats = &workers.stats;
+                WorkerStats::get(&stats.done_by_lane[Lane::Bulk.index()])
+                    + WorkerStats::get(&stats.dead_lettered)
+            }
+            Some(_) => self.fleet_settled.map_or(0, |s| s.observables()),
         }
     }
 
@@ -1289,28 +1309,23 @@ impl Drain {
         messages: usize,
         next_fleet_check: &mut Instant,
     ) -> Option<bool> {
-        let stats = &workers.stats;
-        match workers.fleet.as_mut() {
-            None => Some(
-                WorkerStats::get(&stats.done_by_lane[Lane::Bulk.index()])
-                    + WorkerStats::get(&stats.dead_lettered)
-                    >= messages as u64,
-            ),
-            // A query, not an atomic load: asked at most every FLEET_POLL.
-            Some(fleet) if self.times.is_some() && Instant::now() >= *next_fleet_check => {
-                *next_fleet_check = Instant::now() + FLEET_POLL;
-                match fleet.settled_observables().await {
-                    Ok(settled) => {
-                        self.fleet_settled = Some(settled);
-                        Some(settled.observables() >= cmd.observables as u64)
-                    }
-                    Err(e) => {
-                        self.error = Some(format!("{e:#}"));
-                        None
-                    }
-                }
+        let Some(fleet) = workers.fleet.as_mut() else {
+            return Some(self.settled_so_far(workers) >= messages as u64);
+        };
+        // A query, not an atomic load: asked at most every FLEET_POLL.
+        if self.times.is_none() || Instant::now() < *next_fleet_check {
+            return Some(false);
+        }
+        *next_fleet_check = Instant::now() + FLEET_POLL;
+        match fleet.settled_observables().await {
+            Ok(settled) => {
+                self.fleet_settled = Some(settled);
+                Some(settled.observables() >= cmd.observables as u64)
             }
-            Some(_) => Some(false),
+            Err(e) => {
+                self.error = Some(format!("{e:#}"));
+                None
+            }
         }
     }
 

@@ -23,9 +23,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::BufRead;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -36,6 +35,7 @@ use crate::lane::Lane;
 use crate::observable::{normalise, NormaliseOptions, Normalised, Observable, ObservableKind};
 use crate::queue::message::DecodeLimits;
 use crate::queue::{truncate_chars, PublishError, Publisher};
+use crate::terminal::Progress;
 
 pub use crate::feeds::{CsvColumn, InputFormat, MAX_LINE_BYTES};
 
@@ -110,8 +110,8 @@ pub struct PublishOptions {
     pub source: Option<String>,
     /// Observables per message, 1 ..= [`DecodeLimits::max_items`] (default 500).
     pub batch_size: usize,
-    /// Progress line on stderr: `None` means when stderr is a terminal.
-    pub progress: Option<bool>,
+    /// Draw progress on stderr when it is a terminal; `false` never draws.
+    pub progress: bool,
     /// Report each rejected entry on stderr (default true).
     pub report_lines: bool,
     /// Report each skipped entry (valid but not public, e.g. a private address; an indicator
@@ -131,7 +131,7 @@ impl Default for PublishOptions {
             kind: None,
             source: None,
             batch_size: DEFAULT_BATCH_SIZE,
-            progress: None,
+            progress: true,
             report_lines: true,
             report_skipped: false,
             lane: Lane::Bulk,
@@ -357,7 +357,7 @@ pub async fn run(
                 break;
             }
         }
-        reading.progress.update(&reading.summary);
+        reading.show_progress();
     }
     // Stops the reader thread if we left early (its next send fails).
     drop(receiver);
@@ -406,11 +406,7 @@ impl<'a> Reading<'a> {
             seen: HashSet::new(),
             batches: Batcher::new(options, routing_key),
             summary: PublishSummary::default(),
-            progress: Progress::new(
-                options
-                    .progress
-                    .unwrap_or_else(|| std::io::stderr().is_terminal()),
-            ),
+            progress: Progress::counting(options.progress),
         }
     }
 
@@ -444,20 +440,30 @@ impl<'a> Reading<'a> {
             Outcome::Skipped(skipped) => {
                 summary.count_skipped(skipped.what, &skipped.reason);
                 if self.options.report_skipped {
-                    self.progress.message(&skipped.to_string());
+                    self.progress.line(&skipped.to_string());
                 }
             }
             Outcome::Rejected(rejection) => {
                 summary.rejected += 1;
                 if self.options.report_lines {
-                    self.progress.message(&format!("rejected {rejection}"));
+                    self.progress.line(&format!("rejected {rejection}"));
                 }
             }
         }
     }
 
+    fn show_progress(&mut self) {
+        if self.progress.status_due() {
+            let s = &self.summary;
+            self.progress.status(format!(
+                "read {}, published {}, rejected {}, skipped {}, duplicates {}",
+                s.read, s.published, s.rejected, s.skipped, s.duplicates
+            ));
+        }
+    }
+
     fn error(&mut self, error: String) {
-        self.progress.message(&format!("error: {error}"));
+        self.progress.line(&format!("error: {error}"));
         self.summary.errors.push(error);
     }
 
@@ -545,7 +551,7 @@ impl PublishArgs {
             kind: self.kind,
             source: self.source.clone(),
             batch_size: self.batch_size,
-            progress: if self.no_progress { Some(false) } else { None },
+            progress: !self.no_progress,
             report_lines: true,
             report_skipped: self.show_skipped,
             lane: match self.taxii {
@@ -910,65 +916,6 @@ impl Batcher {
         self.current_bytes = 0;
         self.closed.clear();
         unsent
-    }
-}
-
-/// A single updating progress line on stderr (when enabled), and line reports that do not
-/// collide with it.
-struct Progress {
-    enabled: bool,
-    drawn: bool,
-    last: Option<Instant>,
-}
-
-impl Progress {
-    fn new(enabled: bool) -> Self {
-        Progress {
-            enabled,
-            drawn: false,
-            last: None,
-        }
-    }
-
-    fn clear(&mut self, stderr: &mut impl Write) {
-        if self.drawn {
-            let _ = write!(stderr, "\r\x1b[2K");
-            self.drawn = false;
-        }
-    }
-
-    fn message(&mut self, text: &str) {
-        let mut stderr = std::io::stderr().lock();
-        self.clear(&mut stderr);
-        let _ = writeln!(stderr, "{text}");
-    }
-
-    fn update(&mut self, summary: &PublishSummary) {
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < Duration::from_millis(200))
-        {
-            return;
-        }
-        self.last = Some(now);
-        let mut stderr = std::io::stderr().lock();
-        let _ = write!(
-            stderr,
-            "\r\x1b[2Kread {}, published {}, rejected {}, skipped {}, duplicates {}",
-            summary.read, summary.published, summary.rejected, summary.skipped, summary.duplicates
-        );
-        let _ = stderr.flush();
-        self.drawn = true;
-    }
-
-    fn finish(&mut self) {
-        let mut stderr = std::io::stderr().lock();
-        self.clear(&mut stderr);
-        let _ = stderr.flush();
     }
 }
 
