@@ -1,4 +1,5 @@
-//! Pulling STIX objects from a TAXII 2.1 collection, for `publish --taxii`.
+//! Pulling STIX objects from a TAXII 2.1 collection, for `publish --taxii`, and adding them
+//! to one, for `export --taxii`.
 //!
 //! [`Client::pull`] asks `GET {api_root}/collections/{id}/objects/` with
 //! `Accept: application/taxii+json;version=2.1`, HTTP basic auth from `MDTI_TAXII_USER` and
@@ -26,6 +27,10 @@
 //! not an RFC 3339 timestamp each end the pull with an error that says which. The password
 //! appears in no error and no log: it is held as a [`Secret`], the URL may not carry
 //! credentials, and an error body echoing it is masked.
+//!
+//! [`Client::add`] posts objects (`POST .../objects/`, an envelope of at most
+//! [`Limits::post_objects`] objects a request) and adds up what each request's status resource
+//! says: how many objects the server took, refused (with its reason) or still has pending.
 
 use std::fmt;
 use std::time::Duration;
@@ -73,6 +78,8 @@ pub enum TaxiiError {
     TooLarge { url: String, limit: usize },
     #[error("TAXII page from {url} is not a TAXII envelope: {detail}")]
     Envelope { url: String, detail: String },
+    #[error("TAXII server answered the objects posted to {url} with no status resource: {detail}")]
+    StatusResource { url: String, detail: String },
     #[error("TAXII server gave a date added that is not an RFC 3339 timestamp: {0:?}")]
     Cursor(String),
 }
@@ -241,6 +248,8 @@ pub struct Limits {
     /// A pull stops after the page that brings its bodies to this many bytes, as at
     /// `max_pages`: what one pull holds stays below this plus one page.
     pub max_pull_bytes: usize,
+    /// Objects sent per `POST` at most; a server's `max_content_length` may ask for fewer.
+    pub post_objects: usize,
     /// For each request, from sending to the last byte of the body.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -253,6 +262,7 @@ impl Default for Limits {
             max_pages: 100,
             max_page_bytes: 16 * 1024 * 1024,
             max_pull_bytes: 64 * 1024 * 1024,
+            post_objects: 500,
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
         }
@@ -288,6 +298,62 @@ struct Page {
     envelope: Envelope,
     date_added_last: Option<Cursor>,
     bytes: usize,
+}
+
+/// What the server said of the objects posted to it, added up over the requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Added {
+    pub requests: u32,
+    pub success: u64,
+    pub failure: u64,
+    pub pending: u64,
+    /// `id: reason` of each object refused, as the server gave them.
+    pub failures: Vec<String>,
+    /// The status resources of requests still pending, for whoever wants to ask again.
+    pub pending_statuses: Vec<String>,
+}
+
+/// A status resource (TAXII 2.1, 4.3.1): what became of the objects of one `POST`.
+#[derive(Deserialize)]
+struct Status {
+    id: String,
+    status: String,
+    #[serde(default)]
+    success_count: u64,
+    #[serde(default)]
+    failure_count: u64,
+    #[serde(default)]
+    pending_count: u64,
+    #[serde(default)]
+    failures: Vec<StatusDetail>,
+}
+
+#[derive(Deserialize)]
+struct StatusDetail {
+    id: String,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl Added {
+    fn count(&mut self, status: Status) {
+        self.requests += 1;
+        self.success += status.success_count;
+        self.failure += status.failure_count;
+        self.pending += status.pending_count;
+        self.failures.extend(status.failures.into_iter().map(|f| {
+            let reason = f.message.unwrap_or_else(|| "no reason given".into());
+            let reason: String = reason.chars().take(EXCERPT_CHARS).collect();
+            format!(
+                "{}: {reason}",
+                f.id.chars().take(EXCERPT_CHARS).collect::<String>()
+            )
+        }));
+        if status.status != "complete" {
+            self.pending_statuses
+                .push(status.id.chars().take(EXCERPT_CHARS).collect());
+        }
+    }
 }
 
 /// A TAXII 2.1 client: one HTTP client, the credentials and the bounds.
@@ -394,30 +460,10 @@ impl Client {
                 query.append_pair("next", next);
             }
         }
-        let mut request = self.http.get(url.clone()).header(ACCEPT, TAXII_MEDIA_TYPE);
-        if let Some(credentials) = &self.credentials {
-            request = request.basic_auth(&credentials.user, Some(credentials.password.expose()));
-        }
         let shown = url.to_string();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.transport(&shown, e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        if !status.is_success() {
-            // The excerpt is for the error only: read at most a little of it.
-            let body = self.body(&shown, response, 4 * 1024).await;
-            let excerpt = body.map(|b| self.excerpt(&b)).unwrap_or_default();
-            return Err(TaxiiError::Status {
-                url: shown,
-                status,
-                excerpt,
-            });
-        }
-        check_content_type(&shown, &headers)?;
-        let body = self
-            .body(&shown, response, self.limits.max_page_bytes)
+        let request = self.http.get(url);
+        let (headers, body) = self
+            .exchange(&shown, request, self.limits.max_page_bytes)
             .await?;
         let envelope: Envelope = serde_json::from_slice(&body)
             .map_err(|e| envelope_error_text(&shown, e.to_string()))?;
@@ -434,6 +480,67 @@ impl Client {
             date_added_last,
             bytes: body.len(),
         })
+    }
+
+    /// Post `objects` to `collection`, [`Limits::post_objects`] a request, and add up the
+    /// status resources. Stops at the first request that fails; what earlier ones added stays.
+    pub async fn add(
+        &self,
+        collection: &Collection,
+        objects: &[serde_json::Value],
+    ) -> Result<Added, TaxiiError> {
+        let url = collection.objects_url();
+        let shown = url.to_string();
+        let mut added = Added::default();
+        for chunk in objects.chunks(self.limits.post_objects.max(1)) {
+            let envelope = serde_json::json!({ "objects": chunk }).to_string();
+            let request = self
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, TAXII_MEDIA_TYPE)
+                .body(envelope);
+            let (_, body) = self
+                .exchange(&shown, request, self.limits.max_page_bytes)
+                .await?;
+            let status: Status =
+                serde_json::from_slice(&body).map_err(|e| TaxiiError::StatusResource {
+                    url: shown.clone(),
+                    detail: e.to_string().chars().take(EXCERPT_CHARS).collect(),
+                })?;
+            added.count(status);
+        }
+        Ok(added)
+    }
+
+    /// Send `request` (the TAXII media type accepted, the credentials added) and read a 2xx
+    /// answer of the TAXII media type up to `limit` bytes; anything else is the error that
+    /// says which.
+    async fn exchange(
+        &self,
+        shown: &str,
+        mut request: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<(HeaderMap, Vec<u8>), TaxiiError> {
+        request = request.header(ACCEPT, TAXII_MEDIA_TYPE);
+        if let Some(credentials) = &self.credentials {
+            request = request.basic_auth(&credentials.user, Some(credentials.password.expose()));
+        }
+        let response = request.send().await.map_err(|e| self.transport(shown, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if !status.is_success() {
+            // The excerpt is for the error only: read at most a little of it.
+            let body = self.body(shown, response, 4 * 1024).await;
+            let excerpt = body.map(|b| self.excerpt(&b)).unwrap_or_default();
+            return Err(TaxiiError::Status {
+                url: shown.to_owned(),
+                status,
+                excerpt,
+            });
+        }
+        check_content_type(shown, &headers)?;
+        let body = self.body(shown, response, limit).await?;
+        Ok((headers, body))
     }
 
     /// The body, refused once it passes `limit` bytes (see [`read_capped`]).
@@ -649,5 +756,34 @@ mod tests {
             "2026-01-02T00:00:09Z"
         );
         assert!(newest_in(&[]).is_none());
+    }
+
+    #[test]
+    fn status_resources_add_up_with_each_refusal_and_what_is_still_pending() {
+        let mut added = Added::default();
+        let status = |text: &str| serde_json::from_str::<Status>(text).unwrap();
+        added.count(status(
+            r#"{"id": "s1", "status": "complete", "total_count": 3, "success_count": 2,
+                "failure_count": 1, "pending_count": 0,
+                "failures": [{"id": "indicator--1", "version": "v", "message": "bad pattern"}]}"#,
+        ));
+        added.count(status(
+            r#"{"id": "s2", "status": "pending", "total_count": 2, "success_count": 1,
+                "pending_count": 1, "failures": [{"id": "indicator--2"}]}"#,
+        ));
+        assert_eq!(
+            added,
+            Added {
+                requests: 2,
+                success: 3,
+                failure: 1,
+                pending: 1,
+                failures: vec![
+                    "indicator--1: bad pattern".into(),
+                    "indicator--2: no reason given".into()
+                ],
+                pending_statuses: vec!["s2".into()],
+            }
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! `scripts/services.sh`), with its cursor in a fresh database: every page followed, a rerun
 //! that fetches only what was added since the cursor advanced, and the hostile answers refused
 //! with a reason (a wrong password, a page too large, a server that is not a TAXII server);
-//! and `publish --taxii` through the binary, publishing each object once across reruns.
+//! `publish --taxii` through the binary, publishing each object once across reruns; and
+//! `export --taxii`, whose objects the collection then holds.
 
 mod support;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use mdti_worker::export::{stix, ExportFilter};
 use mdti_worker::queue::Topology;
 use mdti_worker::secret::Secret;
 use mdti_worker::taxii::{Client, Collection, Credentials, Cursor, Limits, Pull, TAXII_MEDIA_TYPE};
@@ -510,4 +512,70 @@ async fn publish_taxii_publishes_each_object_once_across_reruns() {
         assert_eq!(published_values(&topology).await, [expected(8)]);
     })
     .await;
+}
+
+/// `export --taxii` of `db` into the server's collection, as `USER` with `password`: the exit
+/// code and stderr.
+fn export_taxii(server: &Medallion, db: &TestDb, password: &str) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
+        .args(["export", "--database-url", &db.url])
+        .args(["--taxii", &server.api_root(), "--collection", COLLECTION])
+        .env("MDTI_TAXII_USER", USER)
+        .env("MDTI_TAXII_PASSWORD", password)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn export_taxii_adds_the_bundle_to_the_collection_and_a_refusal_says_why() {
+    let server = Medallion::start(2).await;
+    let db = TestDb::new().await;
+    support::seed::seed(&db.store).await;
+    let rows = db
+        .store
+        .export_rows(&ExportFilter::default())
+        .await
+        .unwrap();
+    let sent = ids(stix::bundle(&rows)["objects"].as_array().unwrap());
+    assert!(
+        sent.len() > 4,
+        "the seeded database exports a bundle: {sent:?}"
+    );
+
+    let (code, stderr) = export_taxii(&server, &db, PASSWORD);
+    assert_eq!(code, Some(0), "{stderr}");
+    let n = sent.len();
+    assert!(
+        stderr.contains(&format!(
+            "{} row(s) exported as {n} STIX object(s) to collection {COLLECTION} at {}: {n} added, 0 refused, 0 pending",
+            rows.len(),
+            server.api_root()
+        )),
+        "{stderr}"
+    );
+
+    // The collection holds what it had, and every object of the bundle.
+    let held = pull(
+        &client(PASSWORD, Limits::default()),
+        &server.collection(),
+        None,
+    )
+    .await;
+    let mut expected = ids(&[indicator(1), indicator(2)]);
+    expected.extend(sent);
+    assert_eq!(sorted(ids(&held.objects)), sorted(expected));
+
+    // A wrong password: the server's answer, and no password anywhere.
+    let (code, stderr) = export_taxii(&server, &db, "wrong-horse");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(!stderr.contains("wrong-horse"), "{stderr}");
 }
