@@ -366,15 +366,15 @@ fn event_metrics(
         count(&stats.outbox.failed_passes),
     )?;
     if let Some(backlog) = backlog {
-        out.gauge(
+        out.gauge_value(
             "mdti_events_pending",
             "Attributions owed an event that no relay has announced yet (the whole database, not only this worker's).",
-            &[(&[], backlog.pending as f64)],
+            backlog.pending as f64,
         )?;
-        out.gauge(
+        out.gauge_value(
             "mdti_events_oldest_pending_age_seconds",
             "Age of the oldest attribution whose event is still owed (0 when none is).",
-            &[(&[], backlog.oldest_age_seconds)],
+            backlog.oldest_age_seconds,
         )?;
     }
     Ok(())
@@ -444,30 +444,30 @@ fn pause_metrics(out: &mut Exposition<'_>, stats: &WorkerStats) -> fmt::Result {
 /// Progress, the profile index, the broker connection and the consumer.
 fn liveness_metrics(out: &mut Exposition<'_>, stats: &WorkerStats) -> fmt::Result {
     let progress = crate::progress::global();
-    out.gauge(
+    out.gauge_value(
         "mdti_stalled",
         "1 while the worker holds messages and nothing moved (Graph answer, commit, ack) for --stall-after.",
-        &[(&[], f64::from(u8::from(progress.stalled())))],
+        f64::from(u8::from(progress.stalled())),
     )?;
-    out.gauge(
+    out.gauge_value(
         "mdti_seconds_since_progress",
         "Seconds since the last Graph answer, commit or ack.",
-        &[(&[], progress.idle_for().as_secs_f64())],
+        progress.idle_for().as_secs_f64(),
     )?;
-    out.gauge(
+    out.gauge_value(
         "mdti_intel_profiles_loaded",
         "1 once the intel profile index is loaded (from Postgres or a first sync); 0 while chaining matches reputation rules only.",
-        &[(&[], flag(&stats.profiles_loaded))],
+        flag(&stats.profiles_loaded),
     )?;
-    out.gauge(
+    out.gauge_value(
         "mdti_broker_connected",
         "1 while the worker's broker connection is open.",
-        &[(&[], flag(&stats.broker_connected))],
+        flag(&stats.broker_connected),
     )?;
-    out.gauge(
+    out.gauge_value(
         "mdti_consumer_running",
         "1 while the consumer takes deliveries.",
-        &[(&[], flag(&stats.consuming))],
+        flag(&stats.consuming),
     )?;
     Ok(())
 }
@@ -528,15 +528,15 @@ fn graph_wait_metrics(out: &mut Exposition<'_>, graph: &GraphClient) -> fmt::Res
         seconds(limiter_micros),
     )?;
     let learnt = graph.throttle().learnt();
-    out.gauge(
+    out.gauge_value(
         "mdti_graph_rate_requests_per_second",
         "The rate Graph requests are admitted at now, as learnt from Graph's 429s.",
-        &[(&[], learnt.requests_per_second)],
+        learnt.requests_per_second,
     )?;
-    out.gauge(
+    out.gauge_value(
         "mdti_graph_rate_ceiling_requests_per_second",
         "The most the learnt rate climbs to: --graph-rate, or this worker's share of --tenant-quota.",
-        &[(&[], learnt.ceiling)],
+        learnt.ceiling,
     )?;
     out.counter_value(
         "mdti_graph_rate_cuts_total",
@@ -553,10 +553,10 @@ fn graph_wait_metrics(out: &mut Exposition<'_>, graph: &GraphClient) -> fmt::Res
         "Graph requests the client gave up on (not retryable, or out of attempts).",
         load(&graph_stats.gave_up) as f64,
     )?;
-    out.gauge(
+    out.gauge_value(
         "mdti_graph_in_flight_requests",
         "Graph requests sent and not yet answered.",
-        &[(&[], load(&graph_stats.in_flight) as f64)],
+        load(&graph_stats.in_flight) as f64,
     )?;
     out.histogram(
         "mdti_graph_request_duration_seconds",
