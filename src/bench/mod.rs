@@ -1030,6 +1030,18 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     result
 }
 
+/// How long the drain sleeps before it looks again: 5 ms near the end, where the look decides
+/// the drain's measured end, and 100 ms before it. The drain runs on the worker's runtime, so
+/// every look wakes a worker thread, charged to the worker's CPU: 5 ms looks throughout cost a
+/// 90 s throttled run 18,000 wake-ups that a worker in production never has.
+fn next_look(remaining: u64, total: u64) -> Duration {
+    if remaining <= (total / 100).max(8) {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
 /// Sync intel profiles as a worker does at start, so that chaining matches them.
 async fn sync_before_the_run(graph: &GraphClient, store: &Store) -> anyhow::Result<()> {
     let summary = sync_profiles(graph, store)
@@ -1229,12 +1241,14 @@ impl Drain {
         let cmd = ctx.cmd;
         let deadline = started + cmd.max_duration;
         let mut next_fleet_check = Instant::now();
-        let progress = match workers.fleet {
-            None => Progress::towards(messages as u64, "messages", true),
-            Some(_) => Progress::towards(cmd.observables as u64, "observables", true),
+        let (total, unit) = match workers.fleet {
+            None => (messages as u64, "messages"),
+            Some(_) => (cmd.observables as u64, "observables"),
         };
+        let progress = Progress::towards(total, unit, true);
         loop {
-            progress.set_position(self.settled_so_far(workers));
+            let so_far = self.settled_so_far(workers);
+            progress.set_position(so_far);
             self.collect_publishing().await;
             let Some(settled) = self
                 .bulk_settled(cmd, workers, messages, &mut next_fleet_check)
@@ -1263,7 +1277,7 @@ impl Drain {
                 ));
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(next_look(total.saturating_sub(so_far), total)).await;
         }
         progress.finish();
     }
