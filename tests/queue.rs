@@ -837,3 +837,21 @@ async fn publish_run_counts_unconfirmed_batches_as_not_published() {
     })
     .await;
 }
+
+/// lapin keeps 32 frames of buffer each way per connection: the worker proposes small frames
+/// (the broker's default would be 8 MiB a connection), and a URL's own `frame_max` wins.
+#[tokio::test]
+async fn connections_propose_small_frames_unless_the_url_says_otherwise() {
+    let connection = mdti_worker::queue::connect(&amqp_url()).await.unwrap();
+    assert_eq!(
+        connection.configuration().frame_max(),
+        mdti_worker::queue::FRAME_MAX
+    );
+    let _ = connection.close(200, "done".into()).await;
+
+    let separator = if amqp_url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}frame_max=65536", amqp_url());
+    let connection = mdti_worker::queue::connect(&url).await.unwrap();
+    assert_eq!(connection.configuration().frame_max(), 65536);
+    let _ = connection.close(200, "done".into()).await;
+}
