@@ -65,6 +65,8 @@ pub struct WorkerSettings {
     pub consumer: ConsumerSettings,
     /// Messages whose writes are committed in one transaction, at most.
     pub group_commit: usize,
+    /// How long a transaction of bulk messages waits for more to join it.
+    pub bulk_commit_linger: Duration,
     /// Resync intel profiles this often; zero: never, take what is stored.
     pub profile_sync_interval: Duration,
     /// With messages in hand and nothing moving for this long, the worker is stalled.
@@ -100,6 +102,7 @@ impl WorkerSettings {
                 exit_when_idle: worker.exit_when_idle,
             },
             group_commit: worker.group_commit,
+            bulk_commit_linger: worker.bulk_commit_linger,
             profile_sync_interval: worker.profile_sync_interval,
             stall_after: worker.stall_after,
         }
@@ -209,7 +212,11 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         graph,
-        store.with_group_commit(settings.group_commit, Arc::clone(&stats.group_commit)),
+        store.with_group_commit(
+            settings.group_commit,
+            settings.bulk_commit_linger,
+            Arc::clone(&stats.group_commit),
+        ),
         settings.pipeline,
     );
     let interval = settings.profile_sync_interval;

@@ -383,6 +383,11 @@ pub struct WorkerArgs {
     /// (1 = a transaction per message); each is still acked only after its commit
     #[arg(long, env = "MDTI_GROUP_COMMIT", default_value_t = 64)]
     pub group_commit: usize,
+    /// How long a transaction of bulk messages' results waits for more to join it (0: not at
+    /// all); a live message ends the wait. Under a throttled quota, messages finish one by one,
+    /// and each transaction's fixed cost is shared by the messages of this window
+    #[arg(long, env = "MDTI_BULK_COMMIT_LINGER", default_value = "1s", value_parser = parse_duration)]
+    pub bulk_commit_linger: Duration,
     /// Time given to in-flight messages on SIGTERM before they are handed back to the broker
     #[arg(long, env = "MDTI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -130,6 +130,7 @@ fn worker_args() -> WorkerArgs {
         max_body_bytes: 1 << 20,
         item_concurrency: 8,
         group_commit: 64,
+        bulk_commit_linger: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(10),
         stall_after: Duration::from_secs(600),
         migrate: false,

@@ -4,7 +4,8 @@
 //!
 //! Batches are made deterministic by holding a lock on `enrichment_runs` from another session:
 //! both writers block on it with one message each, the rest queue behind them, and when the lock
-//! is released the first free writer takes everything queued.
+//! is released the first free writer takes everything queued. The bulk linger is pinned with an
+//! hour-long one: a batch that waited out the linger would never be answered within the test.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,12 +15,14 @@ use mdti_worker::chain::{ActorHit, Evidence};
 use mdti_worker::enrich::{EnricherKind, Enrichment, Extract, ExtractKind};
 use mdti_worker::lane::Lane;
 use mdti_worker::observable::Observable;
+use mdti_worker::progress;
 use mdti_worker::store::{
     run_id, GroupCommitStats, MessageResults, Pending, RunRecord, RunStatus, Store, StoreError,
     WalkHits,
 };
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod support;
@@ -56,6 +59,7 @@ fn message(message_id: &str, value: &str) -> MessageResults {
         lane: Lane::Bulk,
     };
     MessageResults {
+        lane: Lane::Bulk,
         runs: vec![run],
         rejected: Vec::new(),
         walks: vec![WalkHits {
@@ -135,7 +139,10 @@ async fn submitted(stats: &GroupCommitStats, n: u64) {
 /// A store with group commit whose two writers are each blocked on the lock with one message;
 /// returns their answers.
 async fn writers_held(db: &TestDb, stats: &Arc<GroupCommitStats>) -> (Store, Vec<Answer>) {
-    let store = db.store.clone().with_group_commit(64, Arc::clone(stats));
+    let store = db
+        .store
+        .clone()
+        .with_group_commit(64, Duration::ZERO, Arc::clone(stats));
     let mut answers = Vec::new();
     for n in 1..=2 {
         answers.push(submit(
@@ -272,4 +279,73 @@ async fn two_deliveries_of_one_observable_in_a_batch_write_its_hit_and_attributi
         1
     );
     assert_eq!(db.count("enrichment_runs").await, 4, "both runs kept");
+}
+
+/// A message of `lane` handed over from a task the process counts as a message in hand.
+fn submit_in_hand(store: &Store, id: &str, lane: Lane, go: oneshot::Receiver<()>) -> Answer {
+    let store = store.clone();
+    let mut results = message(id, &format!("{id}.com"));
+    results.lane = lane;
+    results.runs[0].lane = lane;
+    let id = id.to_owned();
+    tokio::spawn(progress::global().track(&id.clone(), async move {
+        let _ = go.await;
+        store.commit_results(results).await
+    }))
+}
+
+#[tokio::test]
+async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_for_none() {
+    let db = TestDb::new().await;
+    let stats = Arc::new(GroupCommitStats::default());
+    let hour = Duration::from_secs(3600);
+    let store = db
+        .store
+        .clone()
+        .with_group_commit(64, hour, Arc::clone(&stats));
+    let (first_go, first) = oneshot::channel();
+    let (second_go, second) = oneshot::channel();
+    let bulk = [
+        submit_in_hand(&store, "bulk-1", Lane::Bulk, first),
+        submit_in_hand(&store, "bulk-2", Lane::Bulk, second),
+    ];
+
+    // Two bulk messages in hand, not finished: a live message is written at once.
+    let (live_go, live) = oneshot::channel();
+    let live = submit_in_hand(&store, "live-1", Lane::Live, live);
+    live_go.send(()).unwrap();
+    let (_, written) = tokio::time::timeout(WAIT, live)
+        .await
+        .expect("live waits for no one")
+        .unwrap();
+    written.unwrap();
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
+
+    // The first bulk message waits for the second, handed over later; once every message in
+    // hand is in the batch, it is written (an hour's linger is not waited out).
+    first_go.send(()).unwrap();
+    submitted(&stats, 2).await;
+    assert_eq!(
+        stats.committed.load(Ordering::Relaxed),
+        1,
+        "the first bulk one waits"
+    );
+    second_go.send(()).unwrap();
+    for answer in bulk {
+        let (_, written) = tokio::time::timeout(WAIT, answer)
+            .await
+            .expect("the batch is written")
+            .unwrap();
+        written.unwrap();
+    }
+    assert_eq!(stats.committed.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        stats.transactions.load(Ordering::Relaxed),
+        2,
+        "the two bulk ones together"
+    );
+    assert_eq!(
+        db.query_count("SELECT count(*) FROM enrichment_runs").await,
+        3
+    );
 }

@@ -111,6 +111,10 @@ fn worker_flags(worker: &WorkerArgs) -> Vec<(&'static str, String)> {
         ("--max-body-bytes", worker.max_body_bytes.to_string()),
         ("--item-concurrency", worker.item_concurrency.to_string()),
         ("--group-commit", worker.group_commit.to_string()),
+        (
+            "--bulk-commit-linger",
+            duration_arg(worker.bulk_commit_linger),
+        ),
         ("--shutdown-timeout", duration_arg(worker.shutdown_timeout)),
         ("--chain", worker.chain.to_string()),
         ("--chain-depth", worker.chain_depth.to_string()),

@@ -87,6 +87,9 @@ pub struct BenchCmd {
     /// Messages whose results may share one Postgres transaction (1 = one per message)
     #[arg(long, default_value_t = 64)]
     pub group_commit: usize,
+    /// How long a transaction of bulk messages' results waits for more to join it
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub bulk_commit_linger: Duration,
     /// Enrichers to run (comma-separated, or `all`)
     #[arg(long, default_value = "all")]
     pub enrichers: EnricherList,
@@ -874,6 +877,7 @@ fn bench_worker_args(cmd: &BenchCmd) -> WorkerArgs {
         max_body_bytes: 1 << 20,
         item_concurrency: cmd.item_concurrency,
         group_commit: cmd.group_commit,
+        bulk_commit_linger: cmd.bulk_commit_linger,
         shutdown_timeout: Duration::from_secs(30),
         stall_after: Duration::from_secs(600),
         migrate: false,
@@ -1575,6 +1579,7 @@ fn config(a: &Assembly<'_>, in_process: bool) -> Config {
         concurrency: cmd.concurrency,
         item_concurrency: cmd.item_concurrency,
         group_commit: cmd.group_commit,
+        bulk_commit_linger_s: cmd.bulk_commit_linger.as_secs_f64(),
         enrichers: cmd.enrichers.0.iter().map(|e| e.to_string()).collect(),
         chain: cmd.chain,
         chain_depth: cmd.chain_depth,

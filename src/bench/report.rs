@@ -45,6 +45,8 @@ pub struct Config {
     pub concurrency: u16,
     pub item_concurrency: usize,
     pub group_commit: usize,
+    /// `--bulk-commit-linger`, in seconds.
+    pub bulk_commit_linger_s: f64,
     pub enrichers: Vec<String>,
     pub chain: bool,
     pub chain_depth: u32,
@@ -752,6 +754,7 @@ mod tests {
             concurrency: 8,
             item_concurrency: 4,
             group_commit: 16,
+            bulk_commit_linger_s: 1.0,
             enrichers: vec!["reputation".into(), "whois".into()],
             chain: true,
             chain_depth: 2,

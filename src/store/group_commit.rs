@@ -8,9 +8,13 @@
 //! `--group-commit` messages and [`MAX_RUNS`] items) and writes it with
 //! [`record_batch`]: the same statements, one per table, for all of them.
 //!
-//! Nothing waits for a batch to fill: a writer that finds one message waiting writes one
-//! message. Batches form only when messages arrive faster than transactions commit, which is
-//! when they help.
+//! A batch of live messages waits for nothing: a writer that finds one live message waiting
+//! writes it. A batch of bulk messages waits up to [`Batching::bulk_linger`] for more to join
+//! (until it is full, or a live message joins it). Under load batches fill at once and the wait
+//! changes nothing; under a throttled quota messages finish one by one, and without it each
+//! would pay a transaction of its own (a commit and one statement per table), and the worker and
+//! Postgres several times the CPU per message. Bulk work has no latency to keep; its acks come
+//! at most the linger later.
 //!
 //! Every message still gets its own answer, and only after the commit that holds its rows, so
 //! the consumer's "ack after the Postgres commit" holds per message. A batch that fails for a
@@ -22,11 +26,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::{timeout_at, Duration, Instant};
 
 use super::attributions::OwedAttribution;
 use super::write::{record_batch, Part};
 use super::{MessageResults, StoreError};
+use crate::lane::Lane;
 
 /// Writer tasks: one can be writing a batch while another waits for its commit.
 const WRITERS: usize = 2;
@@ -59,6 +66,15 @@ pub struct GroupCommitStats {
     pub split: AtomicU64,
 }
 
+/// How batches form.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Batching {
+    /// Messages in one transaction at most.
+    pub max_messages: usize,
+    /// How long a batch of bulk messages waits for more to join it.
+    pub bulk_linger: Duration,
+}
+
 pub(super) struct GroupCommit {
     jobs: mpsc::Sender<Job>,
     stats: Arc<GroupCommitStats>,
@@ -69,16 +85,20 @@ impl GroupCommit {
     /// the messages already handed over are written.
     pub(super) fn spawn(
         pool: PgPool,
-        max_messages: usize,
+        batching: Batching,
         stats: Arc<GroupCommitStats>,
     ) -> GroupCommit {
+        let batching = Batching {
+            max_messages: batching.max_messages.max(1),
+            ..batching
+        };
         let (jobs, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
             tokio::spawn(write_loop(
                 pool.clone(),
                 Arc::clone(&receiver),
-                max_messages.max(1),
+                batching,
                 Arc::clone(&stats),
             ));
         }
@@ -116,30 +136,54 @@ fn writers_gone() -> StoreError {
 async fn write_loop(
     pool: PgPool,
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
-    max_messages: usize,
+    batching: Batching,
     stats: Arc<GroupCommitStats>,
 ) {
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
-            let Some(first) = receiver.recv().await else {
+            let Some(batch) = take_batch(&mut receiver, batching).await else {
                 return;
             };
-            let mut runs = first.results.runs.len();
-            let mut batch = vec![first];
-            while batch.len() < max_messages && runs < MAX_RUNS {
-                match receiver.try_recv() {
-                    Ok(job) => {
-                        runs += job.results.runs.len();
-                        batch.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
             batch
         };
         write(&pool, batch, &stats).await;
     }
+}
+
+/// The next batch: the first message to come, what is waiting behind it, and, while every
+/// message of the batch is bulk, what comes within the linger. The linger ends early once the
+/// batch holds as many messages as the process has in hand: no other can join (a worker at
+/// concurrency 1 would otherwise wait the whole linger for every message). `None` once every
+/// handle is gone and nothing is left.
+async fn take_batch(receiver: &mut mpsc::Receiver<Job>, batching: Batching) -> Option<Vec<Job>> {
+    let first = receiver.recv().await?;
+    let until = Instant::now() + batching.bulk_linger;
+    let mut lingering = !batching.bulk_linger.is_zero() && first.results.lane == Lane::Bulk;
+    let mut runs = first.results.runs.len();
+    let mut batch = vec![first];
+    while batch.len() < batching.max_messages && runs < MAX_RUNS {
+        let job = match receiver.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Empty) if lingering && batch.len() < in_hand() => {
+                match timeout_at(until, receiver.recv()).await {
+                    Ok(Some(job)) => job,
+                    // The linger is over, or every handle is gone: write what is here.
+                    _ => break,
+                }
+            }
+            Err(_) => break,
+        };
+        lingering &= job.results.lane == Lane::Bulk;
+        runs += job.results.runs.len();
+        batch.push(job);
+    }
+    Some(batch)
+}
+
+/// Messages the process is working on (each of this batch's among them).
+fn in_hand() -> usize {
+    crate::progress::global().in_flight()
 }
 
 async fn write(pool: &PgPool, batch: Vec<Job>, stats: &GroupCommitStats) {

@@ -212,6 +212,8 @@ impl RejectedInput {
 /// items it rejected, and the actor hits of its walks.
 #[derive(Debug, Clone, Default)]
 pub struct MessageResults {
+    /// The lane of the message: a transaction of bulk messages may wait for more to join it.
+    pub lane: Lane,
     pub runs: Vec<RunRecord>,
     pub rejected: Vec<RejectedInput>,
     pub walks: Vec<WalkHits>,
@@ -324,14 +326,22 @@ impl Store {
     }
 
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
-    /// messages per transaction (see `group_commit.rs`); 1 or less leaves every message its own
-    /// transaction. Starts writer tasks on the current runtime.
+    /// messages per transaction (see `group_commit.rs`), a transaction of bulk messages waiting
+    /// up to `bulk_linger` for more; 1 or less leaves every message its own transaction. Starts writer tasks on the current runtime.
     /// Its counters go to `stats`.
-    pub fn with_group_commit(self, max_messages: usize, stats: Arc<GroupCommitStats>) -> Store {
+    pub fn with_group_commit(
+        self,
+        max_messages: usize,
+        bulk_linger: Duration,
+        stats: Arc<GroupCommitStats>,
+    ) -> Store {
         let group = (max_messages > 1).then(|| {
             Arc::new(group_commit::GroupCommit::spawn(
                 self.pool.clone(),
-                max_messages,
+                group_commit::Batching {
+                    max_messages,
+                    bulk_linger,
+                },
                 stats,
             ))
         });

@@ -313,9 +313,12 @@ pub struct App {
     pub relay: Option<Relay>,
     pub broker_relay: Option<Relay>,
     concurrency: u16,
+    bulk_commit_linger: Duration,
 }
 
 pub struct Options {
+    /// `--bulk-commit-linger` of the worker (the worker's default, 1 s, unless a test says).
+    pub bulk_commit_linger: Duration,
     pub graph_attempts: u32,
     pub max_deliveries: u32,
     /// Postgres through a relay the test can cut.
@@ -344,6 +347,7 @@ impl Default for Options {
             sim: SimConfig::default(),
             graph: |settings| settings,
             concurrency: 8,
+            bulk_commit_linger: Duration::from_secs(1),
             chain: ChainSettings::default(),
             workers: 1,
         }
@@ -395,6 +399,7 @@ pub async fn spawn_app(options: Options) -> App {
         relay,
         broker_relay,
         concurrency: options.concurrency,
+        bulk_commit_linger: options.bulk_commit_linger,
     };
     app.start_worker(options.max_deliveries);
     app
@@ -443,6 +448,7 @@ impl App {
                 exit_when_idle: None,
             },
             group_commit: 64,
+            bulk_commit_linger: self.bulk_commit_linger,
             profile_sync_interval: Duration::ZERO,
             stall_after: Duration::from_secs(600),
         };
