@@ -22,7 +22,7 @@
 //! transaction, so a bad message fails alone; a failure of the database itself (connection,
 //! pool, shutdown) fails every message of the batch with it, to be retried later.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::PgPool;
@@ -93,11 +93,14 @@ impl GroupCommit {
             ..batching
         };
         let (jobs, receiver) = mpsc::channel(QUEUE);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let writers = Arc::new(Writers {
+            receiver: Mutex::new(receiver),
+            writing: AtomicUsize::new(0),
+        });
         for _ in 0..WRITERS {
             tokio::spawn(write_loop(
                 pool.clone(),
-                Arc::clone(&receiver),
+                Arc::clone(&writers),
                 batching,
                 Arc::clone(&stats),
             ));
@@ -133,33 +136,52 @@ fn writers_gone() -> StoreError {
     StoreError::Database(sqlx::Error::PoolClosed)
 }
 
+/// What the writer tasks share: the messages handed over, taken by one writer at a time, and
+/// how many writers are writing a batch now.
+struct Writers {
+    receiver: Mutex<mpsc::Receiver<Job>>,
+    writing: AtomicUsize,
+}
+
 async fn write_loop(
     pool: PgPool,
-    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    writers: Arc<Writers>,
     batching: Batching,
     stats: Arc<GroupCommitStats>,
 ) {
     loop {
         let batch = {
-            let mut receiver = receiver.lock().await;
-            let Some(batch) = take_batch(&mut receiver, batching).await else {
+            let mut receiver = writers.receiver.lock().await;
+            let Some(batch) = take_batch(&mut receiver, batching, &writers.writing).await else {
                 return;
             };
+            writers.writing.fetch_add(1, Ordering::Relaxed);
             batch
         };
         write(&pool, batch, &stats).await;
+        writers.writing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// The next batch: the first message to come, what is waiting behind it, and, while every
-/// message of the batch is bulk, what comes within the linger. The linger ends early once the
-/// batch holds as many messages as the process has in hand: no other can join (a worker at
-/// concurrency 1 would otherwise wait the whole linger for every message). `None` once every
+/// message of the batch is bulk, what comes within the linger.
+///
+/// The linger is for messages that finish apart: it starts only when no other writer is
+/// writing. Under load one always is, and the batch waiting for the lock grows meanwhile, as it
+/// would without a linger (waiting to fill it instead cost 8 % of the throughput at prefetch
+/// 256). It ends early once the batch holds as many messages as the process has in hand: no
+/// other can join (at concurrency 1 every message would wait out the linger). `None` once every
 /// handle is gone and nothing is left.
-async fn take_batch(receiver: &mut mpsc::Receiver<Job>, batching: Batching) -> Option<Vec<Job>> {
+async fn take_batch(
+    receiver: &mut mpsc::Receiver<Job>,
+    batching: Batching,
+    writing: &AtomicUsize,
+) -> Option<Vec<Job>> {
     let first = receiver.recv().await?;
     let until = Instant::now() + batching.bulk_linger;
-    let mut lingering = !batching.bulk_linger.is_zero() && first.results.lane == Lane::Bulk;
+    let mut lingering = !batching.bulk_linger.is_zero()
+        && first.results.lane == Lane::Bulk
+        && writing.load(Ordering::Relaxed) == 0;
     let mut runs = first.results.runs.len();
     let mut batch = vec![first];
     while batch.len() < batching.max_messages && runs < MAX_RUNS {
