@@ -294,6 +294,15 @@ fn submit_in_hand(store: &Store, id: &str, lane: Lane, go: oneshot::Receiver<()>
     }))
 }
 
+/// The answer, which must come within the test's wait and say committed.
+async fn committed_within_the_test(answer: Answer, what: &str) {
+    let (_, written) = tokio::time::timeout(WAIT, answer)
+        .await
+        .expect(what)
+        .unwrap();
+    written.unwrap();
+}
+
 #[tokio::test]
 async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_for_none() {
     let db = TestDb::new().await;
@@ -314,11 +323,7 @@ async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_
     let (live_go, live) = oneshot::channel();
     let live = submit_in_hand(&store, "live-1", Lane::Live, live);
     live_go.send(()).unwrap();
-    let (_, written) = tokio::time::timeout(WAIT, live)
-        .await
-        .expect("live waits for no one")
-        .unwrap();
-    written.unwrap();
+    committed_within_the_test(live, "live waits for no one").await;
     assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
 
     // The first bulk message waits for the second, handed over later; once every message in
@@ -332,11 +337,7 @@ async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_
     );
     second_go.send(()).unwrap();
     for answer in bulk {
-        let (_, written) = tokio::time::timeout(WAIT, answer)
-            .await
-            .expect("the batch is written")
-            .unwrap();
-        written.unwrap();
+        committed_within_the_test(answer, "the batch is written").await;
     }
     assert_eq!(stats.committed.load(Ordering::Relaxed), 3);
     assert_eq!(
