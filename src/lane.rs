@@ -13,19 +13,8 @@ use std::future::Future;
 use std::str::FromStr;
 
 /// Which lane a message travels in.
-/// A message that names no lane is bulk work (see `queue::lane_of`), hence the default.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
@@ -33,7 +22,6 @@ pub enum Lane {
     /// any bulk request waiting for the quota.
     Live,
     /// Uses whatever quota live work leaves (less the live reserve).
-    #[default]
     Bulk,
 }
 

@@ -91,7 +91,7 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
             Ok(Ok(backlog)) => Some(backlog),
             _ => None,
         };
-    match render(&ops.graph, &ops.stats, backlog) {
+    match metrics::scrape(Scrape { ops, backlog }) {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -238,23 +238,10 @@ fn flag(set: &AtomicBool) -> f64 {
     }
 }
 
-/// Every metric of the worker, as one scrape.
-pub fn render(
-    graph: &GraphClient,
-    stats: &Arc<WorkerStats>,
-    backlog: Option<OutboxBacklog>,
-) -> Result<String, fmt::Error> {
-    metrics::scrape(Scrape {
-        graph: graph.clone(),
-        stats: Arc::clone(stats),
-        backlog,
-    })
-}
-
-/// What one scrape reads, handed to the encoder as its collector.
+/// Every metric of the worker, as one scrape: what the listener reads from, and the outbox
+/// backlog read for this scrape, handed to the encoder as its collector.
 struct Scrape {
-    graph: GraphClient,
-    stats: Arc<WorkerStats>,
+    ops: Arc<Ops>,
     backlog: Option<OutboxBacklog>,
 }
 
@@ -266,7 +253,7 @@ impl std::fmt::Debug for Scrape {
 
 impl Collector for Scrape {
     fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
-        let (graph, stats) = (&self.graph, self.stats.as_ref());
+        let (graph, stats) = (&self.ops.graph, self.ops.stats.as_ref());
         let out = &mut Exposition::new(encoder);
         message_metrics(out, graph, stats)?;
         event_metrics(out, stats, self.backlog)?;

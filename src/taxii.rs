@@ -42,6 +42,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::http_body::{read_capped, BodyError};
+use crate::message::truncate_chars;
 use crate::secret::{redact_url, Secret};
 
 /// The media type TAXII 2.1 requests and answers carry.
@@ -342,16 +343,16 @@ impl Added {
         self.failure += status.failure_count;
         self.pending += status.pending_count;
         self.failures.extend(status.failures.into_iter().map(|f| {
-            let reason = f.message.unwrap_or_else(|| "no reason given".into());
-            let reason: String = reason.chars().take(EXCERPT_CHARS).collect();
+            let reason = f.message.as_deref().unwrap_or("no reason given");
             format!(
-                "{}: {reason}",
-                f.id.chars().take(EXCERPT_CHARS).collect::<String>()
+                "{}: {}",
+                truncate_chars(&f.id, EXCERPT_CHARS),
+                truncate_chars(reason, EXCERPT_CHARS)
             )
         }));
         if status.status != "complete" {
             self.pending_statuses
-                .push(status.id.chars().take(EXCERPT_CHARS).collect());
+                .push(truncate_chars(&status.id, EXCERPT_CHARS));
         }
     }
 }
@@ -505,7 +506,7 @@ impl Client {
             let status: Status =
                 serde_json::from_slice(&body).map_err(|e| TaxiiError::StatusResource {
                     url: shown.clone(),
-                    detail: e.to_string().chars().take(EXCERPT_CHARS).collect(),
+                    detail: truncate_chars(&e.to_string(), EXCERPT_CHARS),
                 })?;
             added.count(status);
         }

@@ -22,6 +22,9 @@ fn towards_template(unit: &str) -> String {
 /// One command's progress display, and its way of reporting lines that must not collide with it.
 pub struct Progress {
     bar: ProgressBar,
+    /// Whether anything is drawn, decided once: asking the bar takes its lock, and `publish`
+    /// asks for every entry it reads.
+    drawn: bool,
     next_status: Instant,
 }
 
@@ -44,6 +47,7 @@ impl Progress {
 
     fn of(bar: ProgressBar) -> Progress {
         Progress {
+            drawn: !bar.is_hidden(),
             bar,
             next_status: Instant::now(),
         }
@@ -51,7 +55,7 @@ impl Progress {
 
     /// Whether a new status line is due; callers format their counts only then.
     pub fn status_due(&mut self) -> bool {
-        if self.bar.is_hidden() {
+        if !self.drawn {
             return false;
         }
         let now = Instant::now();

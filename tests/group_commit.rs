@@ -59,7 +59,6 @@ fn message(message_id: &str, value: &str) -> MessageResults {
         lane: Lane::Bulk,
     };
     MessageResults {
-        lane: Lane::Bulk,
         runs: vec![run],
         rejected: Vec::new(),
         walks: vec![WalkHits {
@@ -285,7 +284,6 @@ async fn two_deliveries_of_one_observable_in_a_batch_write_its_hit_and_attributi
 fn submit_in_hand(store: &Store, id: &str, lane: Lane, go: oneshot::Receiver<()>) -> Answer {
     let store = store.clone();
     let mut results = message(id, &format!("{id}.com"));
-    results.lane = lane;
     results.runs[0].lane = lane;
     let id = id.to_owned();
     tokio::spawn(progress::global().track(&id.clone(), async move {

@@ -148,7 +148,7 @@ impl Pipeline {
             .map(|report| report.reputation_cache_hits)
             .sum();
         let walks = self.walk_hits(message, &unique, &mut answers);
-        let results = message_results(message.lane, results, walks);
+        let results = message_results(results, walks);
         let tally = Tally::of(&results.runs, reputation_cache_hits);
         self.commit(message, results, tally, answers).await
     }
@@ -359,7 +359,7 @@ fn add_runs(
 }
 
 /// Everything the message produced, in the form the store commits.
-fn message_results(lane: Lane, results: Vec<ItemResult>, walks: Vec<WalkHits>) -> MessageResults {
+fn message_results(results: Vec<ItemResult>, walks: Vec<WalkHits>) -> MessageResults {
     let mut runs = Vec::new();
     let mut rejected = Vec::new();
     for result in results {
@@ -369,7 +369,6 @@ fn message_results(lane: Lane, results: Vec<ItemResult>, walks: Vec<WalkHits>) -
         }
     }
     MessageResults {
-        lane,
         runs,
         rejected,
         walks,

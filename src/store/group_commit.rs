@@ -180,7 +180,7 @@ async fn take_batch(
     let first = receiver.recv().await?;
     let until = Instant::now() + batching.bulk_linger;
     let mut lingering = !batching.bulk_linger.is_zero()
-        && first.results.lane == Lane::Bulk
+        && first.results.lane() == Lane::Bulk
         && writing.load(Ordering::Relaxed) == 0;
     let mut runs = first.results.runs.len();
     let mut batch = vec![first];
@@ -196,7 +196,7 @@ async fn take_batch(
             }
             Err(_) => break,
         };
-        lingering &= job.results.lane == Lane::Bulk;
+        lingering &= job.results.lane() == Lane::Bulk;
         runs += job.results.runs.len();
         batch.push(job);
     }

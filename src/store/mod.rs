@@ -212,14 +212,21 @@ impl RejectedInput {
 /// items it rejected, and the actor hits of its walks.
 #[derive(Debug, Clone, Default)]
 pub struct MessageResults {
-    /// The lane of the message: a transaction of bulk messages may wait for more to join it.
-    pub lane: Lane,
     pub runs: Vec<RunRecord>,
     pub rejected: Vec<RejectedInput>,
     pub walks: Vec<WalkHits>,
 }
 
 impl MessageResults {
+    /// The lane of the message, as its runs and rejections record it; a message that names none
+    /// is bulk work (see `queue::lane_of`).
+    pub fn lane(&self) -> Lane {
+        let recorded = self.runs.first().map(|run| run.lane);
+        recorded
+            .or_else(|| self.rejected.first().map(|rejected| rejected.lane))
+            .unwrap_or(Lane::Bulk)
+    }
+
     fn part(&self) -> write::Part<'_> {
         write::Part {
             runs: &self.runs,
@@ -327,8 +334,8 @@ impl Store {
 
     /// This store, with [`Store::commit_results`] writing the results of up to `max_messages`
     /// messages per transaction (see `group_commit.rs`), a transaction of bulk messages waiting
-    /// up to `bulk_linger` for more; 1 or less leaves every message its own transaction. Starts writer tasks on the current runtime.
-    /// Its counters go to `stats`.
+    /// up to `bulk_linger` for more; 1 or less leaves every message its own transaction. Starts
+    /// writer tasks on the current runtime. Its counters go to `stats`.
     pub fn with_group_commit(
         self,
         max_messages: usize,
