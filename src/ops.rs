@@ -514,6 +514,11 @@ fn graph_wait_metrics(out: &mut Exposition<'_>, graph: &GraphClient) -> fmt::Res
         "Seconds requests spent waiting for the client's own rate limiter (--graph-rate), summed over requests.",
         seconds(limiter_micros),
     )?;
+    out.counter_value(
+        "mdti_graph_rate_limiter_sleeps_total",
+        "Timer sleeps of requests waiting for the rate limiter: one per round of bulk requests admitted together.",
+        graph.throttle().limiter_sleeps() as f64,
+    )?;
     let learnt = graph.throttle().learnt();
     out.gauge_value(
         "mdti_graph_rate_requests_per_second",

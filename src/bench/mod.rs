@@ -444,6 +444,7 @@ struct GraphCounts {
     gave_up: u64,
     retry_after_micros: u64,
     limiter_micros: u64,
+    limiter_sleeps: u64,
     hold_micros: u64,
     /// Cuts Graph's 429s made to the learnt rate, and the rate (at this instant).
     rate_cuts: u64,
@@ -462,6 +463,7 @@ impl GraphCounts {
             gave_up: s.gave_up.load(Ordering::Relaxed),
             retry_after_micros: s.retry_after_micros.load(Ordering::Relaxed),
             limiter_micros,
+            limiter_sleeps: graph.throttle().limiter_sleeps(),
             hold_micros,
             rate_cuts: learnt.cuts,
             learnt_rate: learnt.requests_per_second,
@@ -476,6 +478,7 @@ impl GraphCounts {
             gave_up: self.gave_up - e.gave_up,
             retry_after_micros: self.retry_after_micros - e.retry_after_micros,
             limiter_micros: self.limiter_micros - e.limiter_micros,
+            limiter_sleeps: self.limiter_sleeps - e.limiter_sleeps,
             hold_micros: self.hold_micros - e.hold_micros,
             rate_cuts: self.rate_cuts - e.rate_cuts,
             learnt_rate: self.learnt_rate,
@@ -1638,6 +1641,10 @@ fn graph_figures(f: &Figures, sim_delta: BTreeMap<String, u64>, sim_rate: Option
         gave_up: f.client_side(g.gave_up),
         retry_after_asked_s: f.client_side(g.retry_after_micros as f64 / 1e6),
         limiter_wait_s: f.client_side(g.limiter_micros as f64 / 1e6),
+        limiter_sleeps_per_request: f
+            .client_side(g.requests)
+            .filter(|sent| *sent > 0)
+            .map(|sent| g.limiter_sleeps as f64 / sent as f64),
         hold_wait_s: f.client_side(g.hold_micros as f64 / 1e6),
         sim_endpoints: sim_delta,
     }

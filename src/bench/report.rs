@@ -122,6 +122,9 @@ pub struct Graph {
     pub retry_after_asked_s: Option<f64>,
     /// Summed over requests: time waiting on the client's rate limiter.
     pub limiter_wait_s: Option<f64>,
+    /// Timer sleeps on the rate limiter per request sent: below 1 when waiting requests are
+    /// admitted in rounds.
+    pub limiter_sleeps_per_request: Option<f64>,
     /// Summed over requests: time held back by a 429's Retry-After.
     pub hold_wait_s: Option<f64>,
     /// The simulator's per-endpoint counters during the run.
@@ -453,8 +456,9 @@ impl Report {
             out,
             "waits (summed)",
             format!(
-                "limiter {}, 429 hold {}",
+                "limiter {} ({} timer sleeps per request), 429 hold {}",
                 measured(g.limiter_wait_s, |v| format!("{v:.1} s")),
+                measured(g.limiter_sleeps_per_request, |v| format!("{v:.2}")),
                 measured(g.hold_wait_s, |v| format!("{v:.1} s"))
             ),
         );
@@ -793,6 +797,7 @@ mod tests {
             gave_up: Some(1),
             retry_after_asked_s: Some(3.5),
             limiter_wait_s: Some(9.25),
+            limiter_sleeps_per_request: Some(0.25),
             hold_wait_s: None,
             sim_endpoints: [
                 ("graph", 1212),
@@ -954,6 +959,7 @@ mod tests {
         report.graph.throttled_share = None;
         report.graph.quota_accepted = None;
         report.graph.limiter_wait_s = None;
+        report.graph.limiter_sleeps_per_request = None;
         report.graph.learnt_rate = None;
         report.graph.rate_cuts = None;
         report.resources.rss_includes_simulator = false;

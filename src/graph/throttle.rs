@@ -9,6 +9,11 @@
 //! its own in-flight cap, so bulk requests waiting for the rate never hold the permits a live
 //! request needs.
 //!
+//! Bulk requests waiting for the rate are admitted in rounds ([`Limiter::round_extra`]): the one
+//! whose turn it is sleeps until the cells of those queued behind it have come too, and they
+//! follow it without sleeping. The rate is the same; a throttled worker wakes a few times a
+//! second instead of once per request.
+//!
 //! The rate is learnt ([`super::adaptive`]): each 429 to a request sent at the current rate cuts
 //! it, and it grows back while requests wait for it, never past its ceiling (`--graph-rate`).
 //!
@@ -39,6 +44,9 @@ struct Limiter {
     burst: u32,
 }
 
+/// The longest a bulk request sleeps to gather a round of cells (see [`Limiter::round_extra`]).
+const ROUND: Duration = Duration::from_millis(200);
+
 impl Limiter {
     /// A limiter with its whole burst to give, for a process that has sent nothing yet.
     fn new(requests_per_second: f64, burst: u32) -> Limiter {
@@ -65,6 +73,21 @@ impl Limiter {
             let _ = limiter.limiter.check_n(cells);
         }
         limiter
+    }
+
+    /// How much longer than until its own cell a request sleeps when `queued` bulk requests
+    /// wait behind it: until their cells have come too (at most a [`ROUND`]'s worth), so
+    /// that it and they go in one wake-up, at the same rate. Each request admitted on its own
+    /// costs the process a timer, a wake-up and a send at every tick of the rate; throttled,
+    /// that was most of a worker's CPU. A round stays a quarter short of the burst: cells past
+    /// the burst are lost, and a sleeper woken late must not find the bucket already full.
+    fn round_extra(&self, queued: usize) -> Duration {
+        let by_time = (self.requests_per_second * ROUND.as_secs_f64()).floor() as usize;
+        let by_burst = self.burst as usize * 3 / 4;
+        let cells = queued
+            .min(by_time.saturating_sub(1))
+            .min(by_burst.saturating_sub(1));
+        Duration::from_secs_f64(cells as f64 / self.requests_per_second)
     }
 }
 
@@ -136,7 +159,7 @@ pub struct Throttle {
     /// Live requests are handed the turn before bulk ones.
     turn: Turn,
     /// The same for the bulk limiter, among bulk requests only.
-    bulk_turn: tokio::sync::Mutex<()>,
+    bulk_turn: Turn,
     /// Bounds open requests, so a burst of deliveries cannot open hundreds of sockets at once;
     /// one cap per lane ([`Lane::index`]).
     in_flight: [Semaphore; 2],
@@ -151,6 +174,8 @@ pub struct Throttle {
     max_hold: Duration,
     pub(crate) limiter_wait_micros: AtomicU64,
     pub(crate) hold_wait_micros: AtomicU64,
+    /// Timer sleeps on the limiters: one per round of admissions.
+    limiter_sleeps: AtomicU64,
 }
 
 /// The learner, and the rate and burst its ceiling was given with.
@@ -222,13 +247,14 @@ impl Throttle {
             live_reserve,
             swaps: watch::Sender::new(0),
             turn: Turn::default(),
-            bulk_turn: tokio::sync::Mutex::new(()),
+            bulk_turn: Turn::default(),
             in_flight: [Semaphore::new(cap), Semaphore::new(cap)],
             hold_until: Mutex::new(None),
             own_holds: watch::Sender::new(None),
             max_hold,
             limiter_wait_micros: AtomicU64::new(0),
             hold_wait_micros: AtomicU64::new(0),
+            limiter_sleeps: AtomicU64::new(0),
         }
     }
 
@@ -331,18 +357,20 @@ impl Throttle {
         if bulk.limiter.check().is_ok() {
             return Cell::Taken { waited: false };
         }
-        let _turn = self.bulk_turn.lock().await;
+        let _turn = self.bulk_turn.take(Lane::Bulk).await;
         let _waiting = progress::waiting(point::GRAPH_LIMITER);
+        let round = bulk.round_extra(self.bulk_turn.queued(Lane::Bulk));
         tokio::select! {
-            _ = until_ready(&bulk.limiter) => Cell::Taken { waited: true },
+            _ = self.until_ready(&bulk.limiter, round) => Cell::Taken { waited: true },
             _ = swapped.changed() => Cell::Swapped,
         }
     }
 
     /// A cell of the tenant's limiter. A free cell is taken at once, by a bulk request only
     /// when nobody waits for the turn (a live request may); otherwise the request waits for
-    /// its turn, live before bulk. Waiting is cancel-safe: governor takes a cell only when it
-    /// lets the request go. False when the limiter was swapped meanwhile.
+    /// its turn, live before bulk; a bulk request gathers a round for the bulk requests behind
+    /// it, a live one goes at its own cell. Waiting is cancel-safe: governor takes a cell only
+    /// when it lets the request go. False when the limiter was swapped meanwhile.
     async fn tenant_cell(
         &self,
         lane: Lane,
@@ -356,10 +384,45 @@ impl Throttle {
         }
         let _turn = self.turn.take(lane).await;
         let _waiting = progress::waiting(point::GRAPH_LIMITER);
-        tokio::select! {
-            _ = until_ready(tenant) => Cell::Taken { waited: true },
-            _ = swapped.changed() => Cell::Swapped,
+        // Registered before the queue is read, so a live request queueing in between is seen.
+        let live_queued = self.turn.live_queued.notified();
+        tokio::pin!(live_queued);
+        let mut round = match lane {
+            Lane::Bulk if self.turn.queued(Lane::Live) == 0 => {
+                limiters.tenant.round_extra(self.turn.queued(Lane::Bulk))
+            }
+            _ => Duration::ZERO,
+        };
+        loop {
+            tokio::select! {
+                _ = self.until_ready(tenant, round) => return Cell::Taken { waited: true },
+                // A live request queued behind a bulk round: the round ends at the next cell.
+                _ = &mut live_queued, if !round.is_zero() => round = Duration::ZERO,
+                _ = swapped.changed() => return Cell::Swapped,
+            }
         }
+    }
+
+    /// Wait until `limiter` lets one request go, sleeping `round` past its next cell (the
+    /// first sleep only), on tokio's timer. governor's own `until_ready` sleeps on the
+    /// `futures-timer` thread, where a worker was seen to stop for good with every request
+    /// queued behind a wait that never woke; tokio's timer is the one the rest of the worker
+    /// runs on (and the one paused-time tests control). Its millisecond resolution only matters
+    /// past about a thousand waits a second, far above any tenant's Graph quota.
+    async fn until_ready(&self, limiter: &DefaultDirectRateLimiter, round: Duration) {
+        let mut round = round;
+        while let Err(not_until) = limiter.check() {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            self.limiter_sleeps.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait.max(Duration::from_micros(100)) + round).await;
+            round = Duration::ZERO;
+        }
+    }
+
+    /// Timer sleeps on the rate limiters so far: one per round of requests admitted together,
+    /// so that with requests waiting it stays well below the requests sent.
+    pub fn limiter_sleeps(&self) -> u64 {
+        self.limiter_sleeps.load(Ordering::Relaxed)
     }
 
     async fn wait_out_hold(&self) {
@@ -459,6 +522,9 @@ enum Cell {
 #[derive(Default)]
 struct Turn {
     state: Mutex<TurnState>,
+    /// Told whenever a live request queues, so a bulk holder gathering a round stops
+    /// gathering and lets it go at the next cell.
+    live_queued: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -473,6 +539,12 @@ impl Turn {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many of `lane` wait for the turn (a waiter that gave up counts until the turn
+    /// reaches it).
+    fn queued(&self, lane: Lane) -> usize {
+        self.lock().queued[lane.index()].len()
     }
 
     /// Nobody holds the turn or waits for it.
@@ -494,6 +566,9 @@ impl Turn {
             state.queued[lane.index()].push_back(hand);
             handed
         };
+        if lane == Lane::Live {
+            self.live_queued.notify_waiters();
+        }
         let mut waiting = Waiting {
             turn: self,
             handed: Some(handed),
@@ -552,18 +627,6 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Wait until `limiter` lets one request go, sleeping on tokio's timer. governor's own
-/// `until_ready` sleeps on the `futures-timer` thread, where a worker was seen to stop for good
-/// with every request queued behind a wait that never woke; tokio's timer is the one the rest of
-/// the worker runs on (and the one paused-time tests control). Its millisecond resolution only
-/// matters past about a thousand waits a second, far above any tenant's Graph quota.
-async fn until_ready(limiter: &DefaultDirectRateLimiter) {
-    while let Err(not_until) = limiter.check() {
-        let wait = not_until.wait_time_from(limiter.clock().now());
-        tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
-    }
-}
-
 fn add_micros(counter: &AtomicU64, elapsed: Duration) {
     counter.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
 }
@@ -610,6 +673,89 @@ mod tests {
         // floor the limiter guarantees, not a speed claim).
         assert!(started.elapsed() >= Duration::from_millis(285));
         assert_eq!(admitted.lock().unwrap().len(), 30);
+    }
+
+    // Real time: governor reads its own clock. The elapsed time is a floor the rate
+    // guarantees, not a speed claim; the sleeps are counted, not timed.
+    #[tokio::test]
+    async fn bulk_requests_waiting_together_go_in_rounds_within_the_rate() {
+        let throttle = Arc::new(Throttle::new(100.0, 20, 100, HOLD));
+        for _ in 0..20 {
+            drop(throttle.admit(Lane::Bulk).await);
+        }
+        assert_eq!(
+            throttle.limiter_sleeps(),
+            0,
+            "the burst goes without waiting"
+        );
+        let started = Instant::now();
+        let waiters: Vec<_> = (0..45)
+            .map(|_| {
+                let throttle = Arc::clone(&throttle);
+                tokio::spawn(async move { drop(throttle.admit(Lane::Bulk).await) })
+            })
+            .collect();
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        // The burst is spent: 45 more cells at 100 a second take at least 0.44 s.
+        assert!(started.elapsed() >= Duration::from_millis(435));
+        // One sleep per request would be 45; rounds of up to 15 (three quarters of the burst)
+        // need a handful.
+        let sleeps = throttle.limiter_sleeps();
+        assert!(sleeps <= 10, "{sleeps} sleeps for 45 requests");
+    }
+
+    // Real time: governor reads its own clock. The bound is the round's length, ten times what
+    // the live request should wait, so a slow machine does not fail it.
+    #[tokio::test]
+    async fn a_live_request_does_not_wait_for_a_bulk_round() {
+        // 50 a second: rounds of up to ten cells, 180 ms past the holder's own.
+        let throttle = Arc::new(Throttle::new(50.0, 100, 100, HOLD));
+        for _ in 0..100 {
+            drop(throttle.admit(Lane::Bulk).await);
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let bulk: Vec<_> = (0..20)
+            .map(|i| request(&throttle, Lane::Bulk, format!("bulk-{i}"), &order))
+            .collect();
+        // The first holder saw nobody behind it; the second gathers a round for the others.
+        while throttle.limiter_sleeps() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let queued = Instant::now();
+        let live = {
+            let throttle = Arc::clone(&throttle);
+            tokio::spawn(async move {
+                drop(throttle.admit(Lane::Live).await);
+                queued.elapsed()
+            })
+        };
+        let waited = live.await.unwrap();
+        assert!(
+            waited < Duration::from_millis(120),
+            "the live request waited {waited:?}, for the bulk round"
+        );
+        for task in bulk {
+            task.await.unwrap();
+        }
+    }
+
+    #[test]
+    fn a_round_is_at_most_a_fifth_of_a_second_and_short_of_the_burst() {
+        let at = |rate: f64, burst: u32, queued: usize| {
+            Limiter::new(rate, burst).round_extra(queued).as_secs_f64() * rate
+        };
+        let close = |cells: f64, expected: f64| (cells - expected).abs() < 1e-6;
+        // 50 a second, burst 10: seven requests a round, six cells past the first.
+        assert!(close(at(50.0, 10, 100), 6.0));
+        // Nobody behind: no extra wait.
+        assert!(close(at(50.0, 10, 0), 0.0));
+        assert!(close(at(50.0, 10, 2), 2.0));
+        // 10 a second: two cells in 200 ms, whatever the burst.
+        assert!(close(at(10.0, 100, 100), 1.0));
+        // A burst of one leaves no room for a round.
+        assert!(close(at(50.0, 1, 100), 0.0));
     }
 
     /// Admit `lane`'s request on a task of its own, recording its name once admitted.
