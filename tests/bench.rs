@@ -3,13 +3,18 @@
 //! exactly one run and the report's counts agree with each other and with the database.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mdti_worker::bench::{run_and_record, BenchCmd, Recorded};
+use mdti_worker::queue::topology::Topology;
 use mdti_worker::store::Store;
 
 mod support;
-use support::{TestDb, AMQP};
+use support::{amqp_url, TestDb, AMQP};
 
 const OBSERVABLES: usize = 40;
 
@@ -118,6 +123,47 @@ async fn the_in_process_worker_drains_a_tiny_run() {
     assert!(report.graph.limiter_wait_s.is_some());
     assert_eq!(report.worker["done"], OBSERVABLES as u64);
     assert!(report.resources.worker_processes.is_empty());
+    assert_nothing_left_on_the_broker(&report.config.queue_prefix).await;
+}
+
+/// None of the queues and exchanges a run with `prefix` declared (both lanes') is left.
+async fn assert_nothing_left_on_the_broker(prefix: &str) {
+    let topology = Topology {
+        prefix: prefix.to_owned(),
+        retry_delay: Duration::from_secs(2),
+    };
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("a broker connection");
+    let passive_queue = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let passive_exchange = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for queue in topology.queues() {
+        // A failed passive declare closes its channel: one channel per look.
+        let channel = connection.create_channel().await.expect("a channel");
+        let found = channel
+            .queue_declare(queue.as_str().into(), passive_queue, FieldTable::default())
+            .await;
+        assert!(found.is_err(), "queue {queue} was left behind");
+    }
+    for exchange in topology.exchanges() {
+        let channel = connection.create_channel().await.expect("a channel");
+        let found = channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                passive_exchange,
+                FieldTable::default(),
+            )
+            .await;
+        assert!(found.is_err(), "exchange {exchange} was left behind");
+    }
+    let _ = connection.close(200, "checked".into()).await;
 }
 
 #[tokio::test]

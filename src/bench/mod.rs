@@ -604,16 +604,12 @@ async fn drop_database(admin_url: &str, db_name: &str) -> anyhow::Result<()> {
 async fn delete_broker_objects(amqp_url: &str, topology: &Topology) -> anyhow::Result<()> {
     let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    for queue in [
-        topology.work_queue(),
-        topology.retry_queue(),
-        topology.dead_letter_queue(),
-    ] {
+    for queue in topology.queues() {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    for exchange in [topology.input_exchange(), topology.events_exchange()] {
+    for exchange in topology.exchanges() {
         channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;

@@ -132,6 +132,25 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
+    /// Every queue [`Topology::declare`] declares: each lane's work and retry queues, and the
+    /// dead letter queue.
+    pub fn queues(&self) -> Vec<String> {
+        Lane::ALL
+            .into_iter()
+            .flat_map(|lane| [self.lane_queue(lane), self.lane_retry_queue(lane)])
+            .chain([self.dead_letter_queue()])
+            .collect()
+    }
+
+    /// Every exchange [`Topology::declare`] declares: each lane's and the events exchange.
+    pub fn exchanges(&self) -> Vec<String> {
+        Lane::ALL
+            .into_iter()
+            .map(|lane| self.lane_exchange(lane))
+            .chain([self.events_exchange()])
+            .collect()
+    }
+
     /// The retry delay in milliseconds, as RabbitMQ wants it for `x-message-ttl`.
     fn retry_ttl_ms(&self) -> i64 {
         i64::try_from(self.retry_delay.as_millis()).unwrap_or(i64::MAX)
