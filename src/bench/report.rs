@@ -456,9 +456,11 @@ impl Report {
             out,
             "waits (summed)",
             format!(
-                "limiter {} ({} timer sleeps per request), 429 hold {}",
+                "limiter {}{}, 429 hold {}",
                 measured(g.limiter_wait_s, |v| format!("{v:.1} s")),
-                measured(g.limiter_sleeps_per_request, |v| format!("{v:.2}")),
+                g.limiter_sleeps_per_request
+                    .map(|v| format!(" ({v:.2} timer sleeps per request)"))
+                    .unwrap_or_default(),
                 measured(g.hold_wait_s, |v| format!("{v:.1} s"))
             ),
         );
