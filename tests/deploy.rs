@@ -430,7 +430,7 @@ fn the_worker_asks_for_its_measured_memory_and_its_limits_are_above_its_requests
             "{what}: {request} > {limit}"
         );
     }
-    // The README's peak RSS of the worker: 64-67 MiB (Benchmark, the worker alone).
+    // The README's peak RSS of the worker alone: 56-67 MiB (Benchmark), the top of it.
     let memory = quantity(resources["requests"]["memory"].as_str().unwrap());
     assert!(
         memory >= 67 << 20,
