@@ -3,14 +3,12 @@
 //! exactly one run and the report's counts agree with each other and with the database.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::Parser;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mdti_worker::bench::{run_and_record, BenchCmd, Recorded};
-use mdti_worker::queue::topology::Topology;
 use mdti_worker::store::Store;
 
 mod support;
@@ -128,10 +126,7 @@ async fn the_in_process_worker_drains_a_tiny_run() {
 
 /// None of the queues and exchanges a run with `prefix` declared (both lanes') is left.
 async fn assert_nothing_left_on_the_broker(prefix: &str) {
-    let topology = Topology {
-        prefix: prefix.to_owned(),
-        retry_delay: Duration::from_secs(2),
-    };
+    let topology = mdti_worker::bench::topology(prefix);
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("a broker connection");

@@ -207,6 +207,15 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
     Ok(if recorded.report.complete { 0 } else { 1 })
 }
 
+/// The queues and exchanges of a run whose queue prefix is `prefix`: a short retry delay, so a
+/// retried message does not hold the run up.
+pub fn topology(prefix: &str) -> Topology {
+    Topology {
+        prefix: prefix.to_owned(),
+        retry_delay: Duration::from_secs(2),
+    }
+}
+
 /// Run the benchmark and write the JSON.
 pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     check_args(&cmd)?;
@@ -217,10 +226,7 @@ pub async fn run_and_record(cmd: BenchCmd) -> anyhow::Result<Recorded> {
     let db_name = format!("mdti_bench_{id}");
     let db_url = url_with_database(cmd.database_url.expose(), &db_name)?;
     let admin_url = url_with_database(cmd.database_url.expose(), "postgres")?;
-    let topology = Topology {
-        prefix: format!("bench-{id}"),
-        retry_delay: Duration::from_secs(2),
-    };
+    let topology = topology(&format!("bench-{id}"));
     let started_at = chrono::Utc::now();
     let json = cmd.json.clone().unwrap_or_else(|| {
         PathBuf::from("bench-results").join(format!(
