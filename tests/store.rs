@@ -13,7 +13,9 @@ use mdti_worker::enrich::{
 use mdti_worker::lane::Lane;
 use mdti_worker::observable::Observable;
 use mdti_worker::service::Problem;
-use mdti_worker::store::{run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError};
+use mdti_worker::store::{
+    run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError, PING_AFTER_IDLE,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -630,6 +632,64 @@ async fn connection_refused_is_transient() {
     let store = Store::connect(url, 1).await.unwrap();
     let error = store.run_count().await.unwrap_err();
     assert!(error.is_transient(), "{error:?}");
+}
+
+/// A store of its own on `db`, its sessions named so that they can be ended from outside.
+async fn named_store(db: &TestDb) -> (Store, String) {
+    let name = format!("store-sessions-{}", Uuid::new_v4().simple());
+    let url = format!("{}?application_name={name}", db.url);
+    (Store::connect(&url, 2).await.unwrap(), name)
+}
+
+/// End every session named `name`, from the test database's own pool, and wait until they
+/// are gone; how many were ended.
+async fn end_sessions(db: &TestDb, name: &str) -> i64 {
+    let sessions = "FROM pg_stat_activity WHERE application_name = $1";
+    let ended = sqlx::query_scalar(&format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {sessions}"
+    ))
+    .bind(name)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    let left = format!("SELECT count(*) {sessions}");
+    for _ in 0..100 {
+        let left: i64 = sqlx::query_scalar(&left)
+            .bind(name)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ended
+}
+
+#[tokio::test]
+async fn a_session_ended_moments_after_its_last_statement_fails_the_next_one_transiently() {
+    let db = TestDb::new().await;
+    let (store, name) = named_store(&db).await;
+    store.run_count().await.unwrap();
+    assert_eq!(end_sessions(&db, &name).await, 1);
+
+    // Not pinged again so soon after it answered: the statement meets the ended session,
+    // fails in a way a message is retried for, and the pool replaces the session.
+    let error = store.run_count().await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert_eq!(store.run_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_session_ended_while_long_idle_is_replaced_before_a_statement_meets_it() {
+    let db = TestDb::new().await;
+    let (store, name) = named_store(&db).await;
+    store.run_count().await.unwrap();
+    assert_eq!(end_sessions(&db, &name).await, 1);
+
+    tokio::time::sleep(PING_AFTER_IDLE + Duration::from_secs(1)).await;
+    assert_eq!(store.run_count().await.unwrap(), 0);
 }
 
 #[tokio::test]

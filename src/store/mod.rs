@@ -59,6 +59,15 @@ use crate::service::{causes, Problem, Service, Unavailable, FIRST_ANSWER_WITHIN}
 /// How long [`Store`] waits for a pooled connection before giving up with a transient error.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pooled connection idle this long is pinged before it is handed out; one idle for less
+/// is used as it is. sqlx pings every connection as it goes back to the pool, and by default
+/// again as it comes out: two round trips, and two wake-ups of a waiting worker, around every
+/// statement. The second proves little about a connection that answered a moment ago, and one
+/// that has died since fails its statement with an I/O error, which is transient (the message
+/// is tried again) and drops the connection. A connection idle longer may have been cut by a
+/// server restart or a firewall's idle timeout without a word; that one is still pinged.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 /// At most this many characters of a rejected input are kept.
 pub const REJECTED_INPUT_MAX_CHARS: usize = 1_000;
 
@@ -321,6 +330,15 @@ impl Store {
             PgPoolOptions::new()
                 .max_connections(max.max(1))
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_AFTER_IDLE {
+                            connection.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(options)
         };
         let main = pool(max_connections.saturating_sub(relaxed), options.clone());
