@@ -10,7 +10,7 @@
 //! broker, a missing exchange, the process itself), the rows stay owed and a later pass sends
 //! them, independently of what happens to the message:
 //! - passes run when a message left pairs owed ([`RelayHandle::wake`]), when a broker session
-//!   starts, every [`RELAY_INTERVAL`], and once more when a worker stops;
+//!   starts, [`RELAY_INTERVAL`] after the last pass, and once more when a worker stops;
 //! - relays of several workers never hold the same row at once. An event is sent twice only
 //!   when a relay dies between the broker's confirm and its commit: at least once, and the
 //!   event's message id (`actor-attribution-<row id>-<announcement>`) lets a subscriber drop
@@ -28,7 +28,7 @@ use crate::chain::{attribution_event, event_routing_key};
 use crate::queue::{PublishError, Publisher, Topology};
 use crate::store::{Store, StoreError};
 
-/// How often the relay looks for owed events when nothing woke it.
+/// How long the relay waits after a pass before it looks for owed events unbidden.
 pub const RELAY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Events claimed and published per round trip.
@@ -80,7 +80,7 @@ impl RelayChannels {
 }
 
 /// Relay owed events until `stop` turns true (or the task is aborted): one pass at once, then
-/// one whenever woken or every [`RELAY_INTERVAL`]. A stop is taken between passes, never inside
+/// one whenever woken or [`RELAY_INTERVAL`] after the last. A stop is taken between passes, never inside
 /// one: a pass cut short would leave its claimed events locked by a transaction not yet rolled
 /// back, and the stopping worker's last pass would skip them. A channel that failed is
 /// replaced at the next pass, since the broker closes a channel on a refused publish.
@@ -114,7 +114,12 @@ pub async fn run(
                 }
             },
         };
-        match drain(&store, &publisher, &stats).await {
+        let pass = drain(&store, &publisher, &stats).await;
+        // The interval counts from the last pass, however woken: a busy worker's relay passes
+        // after its commits, and a pass on the clock as well would find nothing owed (a
+        // transaction and four round trips for nothing).
+        tick.reset();
+        match pass {
             Ok(_) => current = Some(publisher),
             Err(error) => {
                 stats.failed_passes.fetch_add(1, Ordering::Relaxed);
