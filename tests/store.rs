@@ -634,45 +634,40 @@ async fn connection_refused_is_transient() {
     assert!(error.is_transient(), "{error:?}");
 }
 
-/// A store of its own on `db`, its sessions named so that they can be ended from outside.
-async fn named_store(db: &TestDb) -> (Store, String) {
+/// A store of its own on `db` that has used its one session, then had it ended from outside
+/// (from the test database's own pool), the session gone before this returns.
+async fn store_whose_session_was_ended(db: &TestDb) -> Store {
     let name = format!("store-sessions-{}", Uuid::new_v4().simple());
-    let url = format!("{}?application_name={name}", db.url);
-    (Store::connect(&url, 2).await.unwrap(), name)
-}
-
-/// End every session named `name`, from the test database's own pool, and wait until they
-/// are gone; how many were ended.
-async fn end_sessions(db: &TestDb, name: &str) -> i64 {
+    let store = Store::connect(&format!("{}?application_name={name}", db.url), 2)
+        .await
+        .unwrap();
+    store.run_count().await.unwrap();
     let sessions = "FROM pg_stat_activity WHERE application_name = $1";
-    let ended = sqlx::query_scalar(&format!(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {sessions}"
-    ))
-    .bind(name)
-    .fetch_one(db.store.pool())
-    .await
-    .unwrap();
-    let left = format!("SELECT count(*) {sessions}");
+    let count = |sql: String| {
+        let name = name.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .bind(name)
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let ended = format!("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {sessions}");
+    assert_eq!(count(ended).await, 1);
     for _ in 0..100 {
-        let left: i64 = sqlx::query_scalar(&left)
-            .bind(name)
-            .fetch_one(db.store.pool())
-            .await
-            .unwrap();
-        if left == 0 {
-            break;
+        if count(format!("SELECT count(*) {sessions}")).await == 0 {
+            return store;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ended
+    panic!("the ended session is still listed after 2 s");
 }
 
 #[tokio::test]
 async fn a_session_ended_moments_after_its_last_statement_fails_the_next_one_transiently() {
     let db = TestDb::new().await;
-    let (store, name) = named_store(&db).await;
-    store.run_count().await.unwrap();
-    assert_eq!(end_sessions(&db, &name).await, 1);
+    let store = store_whose_session_was_ended(&db).await;
 
     // Not pinged again so soon after it answered: the statement meets the ended session,
     // fails in a way a message is retried for, and the pool replaces the session.
@@ -684,9 +679,7 @@ async fn a_session_ended_moments_after_its_last_statement_fails_the_next_one_tra
 #[tokio::test]
 async fn a_session_ended_while_long_idle_is_replaced_before_a_statement_meets_it() {
     let db = TestDb::new().await;
-    let (store, name) = named_store(&db).await;
-    store.run_count().await.unwrap();
-    assert_eq!(end_sessions(&db, &name).await, 1);
+    let store = store_whose_session_was_ended(&db).await;
 
     tokio::time::sleep(PING_AFTER_IDLE + Duration::from_secs(1)).await;
     assert_eq!(store.run_count().await.unwrap(), 0);
