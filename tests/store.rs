@@ -634,14 +634,27 @@ async fn connection_refused_is_transient() {
     assert!(error.is_transient(), "{error:?}");
 }
 
-/// A store of its own on `db` that has used its one session, then had it ended from outside
-/// (from the test database's own pool), the session gone before this returns.
+/// A store of its own on `db` that has used its one session and taken it back, then had it
+/// ended from outside (from the test database's own pool), the session gone before this
+/// returns.
 async fn store_whose_session_was_ended(db: &TestDb) -> Store {
     let name = format!("store-sessions-{}", Uuid::new_v4().simple());
     let store = Store::connect(&format!("{}?application_name={name}", db.url), 2)
         .await
         .unwrap();
     store.run_count().await.unwrap();
+    // Back in the pool (sqlx pings it there, in a task of its own) before it is ended.
+    for _ in 0..100 {
+        if store.pool().num_idle() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store.pool().num_idle(),
+        1,
+        "the session went back to the pool"
+    );
     let sessions = "FROM pg_stat_activity WHERE application_name = $1";
     let count = |sql: String| {
         let name = name.clone();
