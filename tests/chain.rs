@@ -5,21 +5,23 @@
 //!
 //! Each test that needs a database gets its own (see `support::TestDb`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mdti_worker::chain::{
     cti_actor_names, event_routing_key, sync_profiles, ActorHit, Band, ChainSettings, Chainer,
     Evidence, Factor, ProfileIndex, CTI_RULE,
 };
+use mdti_worker::enrich::Reputation;
 use mdti_worker::graph::{GraphClient, PageLimits};
 use mdti_worker::in_flight::InFlight;
 use mdti_worker::lane::Lane;
-use mdti_worker::model::{MemoryCache, WalkCache};
+use mdti_worker::model::{CachedLeads, Fanout, LookupClaims, MemoryCache, StorageError, WalkCache};
 use mdti_worker::observable::Observable;
 use mdti_worker::sim::{self, SimConfig, SimHandle};
-use mdti_worker::store::{run_id, WalkHits};
+use mdti_worker::store::{run_id, Store, WalkHits};
 use serde_json::{json, Value};
 
 mod support;
@@ -28,6 +30,87 @@ use support::{graph_settings, observable, TestDb};
 // ---------------------------------------------------------------------------------------------
 // Set-up
 // ---------------------------------------------------------------------------------------------
+
+/// The Postgres store as the walks' cache, noting which of its caches each walk reads.
+struct ReadsNoted {
+    store: Store,
+    reads: Mutex<Vec<&'static str>>,
+}
+
+impl ReadsNoted {
+    fn new(store: Store) -> Arc<ReadsNoted> {
+        Arc::new(ReadsNoted {
+            store,
+            reads: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn note(&self, read: &'static str) {
+        self.reads.lock().unwrap().push(read);
+    }
+
+    /// The reads noted since the last call.
+    fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut self.reads.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl WalkCache for ReadsNoted {
+    async fn cached_leads(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<CachedLeads, StorageError> {
+        self.note("reputations and fanouts");
+        WalkCache::cached_leads(&self.store, hosts, ttl).await
+    }
+
+    async fn cached_reputations(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<HashMap<String, Reputation>, StorageError> {
+        self.note("reputations");
+        WalkCache::cached_reputations(&self.store, hosts, ttl).await
+    }
+
+    async fn save_reputations(&self, rows: &[(String, Reputation)]) -> Result<(), StorageError> {
+        WalkCache::save_reputations(&self.store, rows).await
+    }
+
+    async fn cached_fanouts(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<HashMap<String, Fanout>, StorageError> {
+        self.note("fanouts");
+        WalkCache::cached_fanouts(&self.store, hosts, ttl).await
+    }
+
+    async fn save_fanouts(&self, fanouts: &HashMap<String, Fanout>) -> Result<(), StorageError> {
+        WalkCache::save_fanouts(&self.store, fanouts).await
+    }
+
+    async fn claim_reputation_lookups(
+        &self,
+        hosts: &[String],
+        hold: Duration,
+    ) -> Result<LookupClaims, StorageError> {
+        WalkCache::claim_reputation_lookups(&self.store, hosts, hold).await
+    }
+
+    async fn held_reputation_lookups(
+        &self,
+        hosts: &[String],
+    ) -> Result<HashSet<String>, StorageError> {
+        WalkCache::held_reputation_lookups(&self.store, hosts).await
+    }
+
+    async fn release_reputation_lookups(&self, claims: &LookupClaims) -> Result<(), StorageError> {
+        WalkCache::release_reputation_lookups(&self.store, claims).await
+    }
+}
 
 async fn sim_and_client() -> (SimHandle, GraphClient) {
     let sim = sim::spawn(SimConfig::default())
@@ -304,12 +387,9 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
 
     let profiles = Arc::new(ProfileIndex::load(&db.store).await.expect("load"));
     assert_eq!(profiles.profiles().len(), 2);
-    let chainer = Chainer::new(
-        graph.clone(),
-        Some(Arc::new(db.store.clone())),
-        known_settings(),
-    )
-    .with_profiles(profiles);
+    let cache = ReadsNoted::new(db.store.clone());
+    let chainer =
+        Chainer::new(graph.clone(), Some(cache.clone()), known_settings()).with_profiles(profiles);
     sim.control().reset_counters();
 
     let report = chainer.walk(&observable(IOC)).await.expect("walk");
@@ -374,8 +454,14 @@ async fn a_known_graph_gives_exactly_the_expected_hits() {
     assert!(text.contains("Aqua Blizzard [profile p-aqua]"), "{text}");
     assert!(text.contains("Infrastructure overlaps"), "{text}");
 
-    // Again, through the cache: the same hits and scores, no reputation or sharing request.
+    // The counterparts' fanouts were read with their reputations, found missing, and read
+    // again before their pages were asked (another walk may have measured them meanwhile).
+    assert_eq!(cache.take(), ["reputations and fanouts", "fanouts"]);
+
+    // Again, through the cache: the same hits and scores, no reputation or sharing request,
+    // and the cache read once.
     let again = chainer.walk(&observable(IOC)).await.expect("walk again");
+    assert_eq!(cache.take(), ["reputations and fanouts"]);
     assert_eq!(again.hits, report.hits);
     assert_eq!(again.reputation_cache_hits, 9);
     assert_eq!(sim.count("reputation"), 9);

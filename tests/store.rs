@@ -4,6 +4,7 @@
 //! The server is `MDTI_TEST_DATABASE_URL` (its path, if any, is replaced by the test database's
 //! name), by default `postgres://postgres@127.0.0.1:5432`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -11,6 +12,7 @@ use mdti_worker::enrich::{
     EnricherKind, Enrichment, Extract, ExtractKind, Indicator, Reputation, ReputationRule,
 };
 use mdti_worker::lane::Lane;
+use mdti_worker::model::Fanout;
 use mdti_worker::observable::Observable;
 use mdti_worker::service::Problem;
 use mdti_worker::store::{
@@ -936,6 +938,99 @@ async fn concurrent_cache_reads_each_get_their_own_answer() {
     for (i, fresh) in futures::future::join_all(fresh).await {
         assert_eq!(fresh, i % 2 == 0, "ask {i}");
     }
+}
+
+#[tokio::test]
+async fn leads_read_together_are_what_each_cache_holds_apart() {
+    let db = TestDb::new().await;
+    for host in [
+        "both.example",
+        "old-reputation.example",
+        "reputation.example",
+    ] {
+        db.store.save_reputation(host, &reputation()).await.unwrap();
+    }
+    let fanouts: HashMap<String, Fanout> = [
+        "both.example",
+        "old-reputation.example",
+        "old-fanout.example",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, host)| {
+        (
+            host.to_string(),
+            Fanout {
+                names: i as u32 + 1,
+                more: i == 2,
+            },
+        )
+    })
+    .collect();
+    db.store.save_fanouts(&fanouts).await.unwrap();
+    for (table, host) in [
+        ("reputations", "old-reputation.example"),
+        ("host_fanout", "old-fanout.example"),
+    ] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET fetched_at = now() - interval '2 hours' WHERE host = $1"
+        ))
+        .bind(host)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    }
+
+    // Asked all at once, so that they share statements, each with its own TTL.
+    let hosts: Vec<String> = [
+        "both.example",
+        "old-reputation.example",
+        "reputation.example",
+        "old-fanout.example",
+        "unknown.example",
+    ]
+    .iter()
+    .map(|h| h.to_string())
+    .collect();
+    let asks = (0..40).map(|i| {
+        let (store, hosts) = (db.store.clone(), hosts.clone());
+        let ttl = if i % 2 == 0 { HOUR } else { 3 * HOUR };
+        async move { (ttl, store.cached_leads(&hosts, ttl).await.unwrap()) }
+    });
+    for (ttl, leads) in futures::future::join_all(asks).await {
+        let apart = (
+            db.store.cached_reputations(&hosts, ttl).await.unwrap(),
+            db.store.cached_fanouts(&hosts, ttl).await.unwrap(),
+        );
+        assert_eq!((leads.reputations, leads.fanouts), apart, "TTL {ttl:?}");
+    }
+    let within_an_hour = db.store.cached_leads(&hosts, HOUR).await.unwrap();
+    let mut reputations: Vec<_> = within_an_hour.reputations.into_keys().collect();
+    reputations.sort();
+    assert_eq!(reputations, ["both.example", "reputation.example"]);
+    let mut fanouts: Vec<_> = within_an_hour.fanouts.into_iter().collect();
+    fanouts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        fanouts,
+        [
+            (
+                "both.example".to_string(),
+                Fanout {
+                    names: 1,
+                    more: false
+                }
+            ),
+            (
+                "old-reputation.example".to_string(),
+                Fanout {
+                    names: 2,
+                    more: false
+                }
+            ),
+        ]
+    );
+    let unread = db.store.cached_leads(&hosts, Duration::ZERO).await.unwrap();
+    assert_eq!(unread, Default::default());
 }
 
 /// Move every stored time a day back, as if the last fetch had been yesterday.

@@ -14,7 +14,7 @@ use crate::enrich::{mapping, Reputation};
 use crate::graph::GraphClient;
 use crate::in_flight::{Follower, Lead, Role};
 use crate::lane::Lane;
-use crate::model::{LookupClaims, WalkCache};
+use crate::model::{CachedLeads, LookupClaims, WalkCache};
 use crate::progress::{self, point};
 
 /// How long a worker's claim on a lookup holds other workers back: long enough for a throttled
@@ -188,16 +188,36 @@ impl Chainer {
             return leads;
         };
         let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-        let mut cached = match cache
-            .cached_reputations(&keys, self.settings.reputation_ttl)
-            .await
-        {
-            Ok(cached) => cached,
+        let ttl = self.settings.reputation_ttl;
+        // Measuring sharing will want the fanouts of the leads that link an actor: read them
+        // with the reputations, and it reads only those the cache did not hold, later (one
+        // statement fewer when it held them all; a miss is read again, since another walk
+        // may have measured it meanwhile).
+        let read = if self.settings.measure_sharing {
+            cache.cached_leads(&keys, ttl).await
+        } else {
+            cache
+                .cached_reputations(&keys, ttl)
+                .await
+                .map(|reputations| CachedLeads {
+                    reputations,
+                    fanouts: HashMap::new(),
+                })
+        };
+        let CachedLeads {
+            reputations: mut cached,
+            fanouts,
+        } = match read {
+            Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "reputation cache unreadable; asking Graph");
                 return leads;
             }
         };
+        for (host, fanout) in fanouts {
+            // A host this walk read the passive DNS of keeps the fanout it counted.
+            walk.fanout.entry(host).or_insert(fanout);
+        }
         let mut missing = Vec::new();
         for (key, lead) in leads {
             match cached.remove(&key) {

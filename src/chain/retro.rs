@@ -22,7 +22,7 @@ use super::{
     sync_profiles, ActorHit, ChainError, ChainSettings, Fanout, Node, ProfileIndex, SyncSummary,
 };
 use crate::graph::GraphClient;
-use crate::model::{ProfileStore, StorageError, StoredLinks, WalkCache, WalkHits};
+use crate::model::{CachedLeads, ProfileStore, StorageError, StoredLinks, WalkCache, WalkHits};
 
 /// Observables matched back per sync, at most: a sync bringing an indicator half the stored
 /// observables resolved to does bounded work, and says it was cut.
@@ -93,8 +93,10 @@ pub async fn match_back<S: ProfileStore + WalkCache>(
                     .chain([s.observable.value().to_owned()])
             })
             .collect();
-        let reputations = store.cached_reputations(&hosts, EVIDENCE_AGE).await?;
-        let fanouts = store.cached_fanouts(&hosts, EVIDENCE_AGE).await?;
+        let CachedLeads {
+            reputations,
+            fanouts,
+        } = store.cached_leads(&hosts, EVIDENCE_AGE).await?;
         let walks: Vec<WalkHits> = chunk
             .iter()
             .filter_map(|stored| {

@@ -15,5 +15,5 @@ pub use attribution::{Attribution, AttributionLink, EVENT_ARTIFACTS};
 pub use cache::MemoryCache;
 pub use hit::{ActorHit, Band, Evidence, Factor, Fanout};
 pub use profile::{IntelProfileRecord, ProfileIndicatorRecord, ProfileRows};
-pub use storage::{LookupClaims, ProfileStore, StorageError, StorageFault, WalkCache};
+pub use storage::{CachedLeads, LookupClaims, ProfileStore, StorageError, StorageFault, WalkCache};
 pub use walk::{StoredLinks, WalkHits};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::pg_text::{pg_text, pg_texts};
-use super::{kind_name, ttl_seconds, Store, StoreError};
+use super::{kind_name, Store, StoreError};
 use crate::enrich::EnricherKind;
 use crate::model::{Fanout, StoredLinks};
 use crate::observable::{normalise, NormaliseOptions, ObservableKind};
@@ -117,14 +117,7 @@ impl Store {
         hosts: &[String],
         ttl: Duration,
     ) -> Result<HashMap<String, Fanout>, StoreError> {
-        if ttl.is_zero() || hosts.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let ask = super::reads::HostAsk {
-            hosts: pg_texts(hosts),
-            ttl_seconds: ttl_seconds(ttl),
-        };
-        self.reads.fanouts.ask(ask).await
+        self.reads.fanouts.ask_hosts(hosts, ttl).await
     }
 
     /// Save fanouts measured now, in one statement (on the relaxed sessions: a lost row is only

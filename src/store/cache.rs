@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{Store, StoreError};
 use crate::enrich::Reputation;
 use crate::model::{
-    Fanout, IntelProfileRecord, LookupClaims, ProfileIndicatorRecord, ProfileRows, ProfileStore,
-    StorageError, StorageFault, StoredLinks, WalkCache, WalkHits,
+    CachedLeads, Fanout, IntelProfileRecord, LookupClaims, ProfileIndicatorRecord, ProfileRows,
+    ProfileStore, StorageError, StorageFault, StoredLinks, WalkCache, WalkHits,
 };
 
 impl StorageFault for StoreError {
@@ -27,6 +27,14 @@ impl From<StoreError> for StorageError {
 
 #[async_trait]
 impl WalkCache for Store {
+    async fn cached_leads(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<CachedLeads, StorageError> {
+        Ok(Store::cached_leads(self, hosts, ttl).await?)
+    }
+
     async fn cached_reputations(
         &self,
         hosts: &[String],

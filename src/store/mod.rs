@@ -50,7 +50,7 @@ pub use write::EXTRACT_MAX_BYTES;
 
 use crate::enrich::{EnricherKind, Enrichment, Extract, ExtractKind, Reputation};
 use crate::lane::Lane;
-use crate::model::LookupClaims;
+use crate::model::{CachedLeads, LookupClaims};
 pub use crate::model::{StoredLinks, WalkHits};
 use crate::observable::{Observable, ObservableKind};
 use crate::secret::{redact_url, scrub_url};
@@ -266,6 +266,7 @@ struct Reads {
     fresh: reads::Batched<reads::FreshAsk, bool>,
     reputations: reads::Batched<reads::HostAsk, HashMap<String, Reputation>>,
     fanouts: reads::Batched<reads::HostAsk, HashMap<String, crate::model::Fanout>>,
+    leads: reads::Batched<reads::HostAsk, CachedLeads>,
 }
 
 impl Reads {
@@ -274,6 +275,7 @@ impl Reads {
             fresh: reads::Batched::new(pool.clone(), reads::read_fresh),
             reputations: reads::Batched::new(pool.clone(), reads::read_reputations),
             fanouts: reads::Batched::new(pool.clone(), reads::read_fanouts),
+            leads: reads::Batched::new(pool.clone(), reads::read_leads),
         }
     }
 }
@@ -498,14 +500,17 @@ impl Store {
         hosts: &[String],
         ttl: Duration,
     ) -> Result<HashMap<String, Reputation>, StoreError> {
-        if ttl.is_zero() || hosts.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let ask = reads::HostAsk {
-            hosts: pg_text::pg_texts(hosts),
-            ttl_seconds: ttl_seconds(ttl),
-        };
-        self.reads.reputations.ask(ask).await
+        self.reads.reputations.ask_hosts(hosts, ttl).await
+    }
+
+    /// The reputations and the fanouts of `hosts` fetched within `ttl`, in one statement
+    /// (with whatever else is asked meanwhile); none when `ttl` is zero.
+    pub async fn cached_leads(
+        &self,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<CachedLeads, StoreError> {
+        self.reads.leads.ask_hosts(hosts, ttl).await
     }
 
     /// Store the reputation of `host` (an observable or a counterpart), fetched now.

@@ -15,15 +15,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use super::pg_text::pg_texts;
+use super::{ttl_seconds, StoreError};
 use crate::enrich::{Reputation, ReputationRule};
-use crate::model::Fanout;
+use crate::model::{CachedLeads, Fanout};
 
 /// At most this many asks in one statement.
 const MAX_ASKS: usize = 256;
@@ -214,6 +216,20 @@ pub(super) fn read_fresh<'a>(
     })
 }
 
+impl<B: Default + Send + 'static> Batched<HostAsk, B> {
+    /// What this cache holds for `hosts` within `ttl`; nothing, unread, when `ttl` is zero.
+    pub(super) async fn ask_hosts(&self, hosts: &[String], ttl: Duration) -> Result<B, StoreError> {
+        if ttl.is_zero() || hosts.is_empty() {
+            return Ok(B::default());
+        }
+        self.ask(HostAsk {
+            hosts: pg_texts(hosts),
+            ttl_seconds: ttl_seconds(ttl),
+        })
+        .await
+    }
+}
+
 /// Rows of a cache keyed by host, younger than a TTL.
 pub(super) struct HostAsk {
     /// As stored (see `pg_text`).
@@ -229,6 +245,17 @@ async fn read_by_host<T: Clone>(
     sql: &'static str,
     decode: fn(&PgRow) -> Result<Option<T>, StoreError>,
 ) -> Result<Vec<HashMap<String, T>>, StoreError> {
+    let rows = fetch_by_host(pool, asks, sql).await?;
+    let found = aged(&rows, "age", decode)?;
+    Ok(asks.iter().map(|ask| younger(ask, &found)).collect())
+}
+
+/// The rows `sql` reads for the distinct hosts of `asks` (`$1`) and their longest TTL (`$2`).
+async fn fetch_by_host(
+    pool: &PgPool,
+    asks: &[HostAsk],
+    sql: &'static str,
+) -> Result<Vec<PgRow>, StoreError> {
     let mut hosts: Vec<&str> = asks
         .iter()
         .flat_map(|a| a.hosts.iter().map(String::as_str))
@@ -236,31 +263,41 @@ async fn read_by_host<T: Clone>(
     hosts.sort_unstable();
     hosts.dedup();
     let longest = asks.iter().map(|a| a.ttl_seconds).fold(0.0, f64::max);
-    let rows = sqlx::query(sql)
+    Ok(sqlx::query(sql)
         .bind(&hosts)
         .bind(longest)
         .fetch_all(pool)
-        .await?;
-    let mut found: HashMap<String, (f64, T)> = HashMap::with_capacity(rows.len());
-    for row in &rows {
+        .await?)
+}
+
+/// The value `decode` reads from each row whose column `age` is not null, by host, with
+/// that age.
+fn aged<T>(
+    rows: &[PgRow],
+    age: &str,
+    decode: fn(&PgRow) -> Result<Option<T>, StoreError>,
+) -> Result<HashMap<String, (f64, T)>, StoreError> {
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let Some(age) = row.try_get::<Option<f64>, _>(age)? else {
+            continue;
+        };
         if let Some(value) = decode(row)? {
-            found.insert(row.try_get("host")?, (row.try_get("age")?, value));
+            found.insert(row.try_get("host")?, (age, value));
         }
     }
-    Ok(asks
+    Ok(found)
+}
+
+/// The hosts of `ask` found younger than its TTL.
+fn younger<T: Clone>(ask: &HostAsk, found: &HashMap<String, (f64, T)>) -> HashMap<String, T> {
+    ask.hosts
         .iter()
-        .map(|ask| {
-            ask.hosts
-                .iter()
-                .filter_map(|host| match found.get(host) {
-                    Some((age, value)) if *age < ask.ttl_seconds => {
-                        Some((host.clone(), value.clone()))
-                    }
-                    _ => None,
-                })
-                .collect()
+        .filter_map(|host| match found.get(host) {
+            Some((age, value)) if *age < ask.ttl_seconds => Some((host.clone(), value.clone())),
+            _ => None,
         })
-        .collect())
+        .collect()
 }
 
 /// The reputation cache. A stored value this build cannot read is a miss.
@@ -316,4 +353,39 @@ fn decode_fanout(row: &PgRow) -> Result<Option<Fanout>, StoreError> {
         names: names.max(0) as u32,
         more: row.try_get("more")?,
     }))
+}
+
+/// The reputation and the fanout caches together, in one statement: what a walk knows of its
+/// counterparts before it asks Graph (see [`crate::model::WalkCache::cached_leads`]).
+pub(super) fn read_leads<'a>(
+    pool: &'a PgPool,
+    asks: &'a [HostAsk],
+) -> BoxFuture<'a, Result<Vec<CachedLeads>, StoreError>> {
+    Box::pin(async move {
+        let rows = fetch_by_host(
+            pool,
+            asks,
+            "WITH r AS (SELECT host, classification, score, rules, \
+                     EXTRACT(EPOCH FROM now() - fetched_at)::float8 AS reputation_age \
+                 FROM reputations WHERE host = ANY($1::text[]) \
+                   AND fetched_at > now() - make_interval(secs => $2::float8)), \
+             f AS (SELECT host, names, more, \
+                     EXTRACT(EPOCH FROM now() - fetched_at)::float8 AS fanout_age \
+                 FROM host_fanout WHERE host = ANY($1::text[]) \
+                   AND fetched_at > now() - make_interval(secs => $2::float8)) \
+             SELECT COALESCE(r.host, f.host) AS host, r.classification, r.score, r.rules, \
+                 r.reputation_age, f.names, f.more, f.fanout_age \
+             FROM r FULL JOIN f ON f.host = r.host",
+        )
+        .await?;
+        let reputations = aged(&rows, "reputation_age", decode_reputation)?;
+        let fanouts = aged(&rows, "fanout_age", decode_fanout)?;
+        Ok(asks
+            .iter()
+            .map(|ask| CachedLeads {
+                reputations: younger(ask, &reputations),
+                fanouts: younger(ask, &fanouts),
+            })
+            .collect())
+    })
 }
