@@ -58,11 +58,11 @@ fn decode_band(text: &str) -> Result<Band, StoreError> {
 impl Store {
     /// Claim up to `limit` owed events, oldest first, skipping rows another relay holds.
     pub async fn claim_owed_events(&self, limit: i64) -> Result<ClaimedEvents, StoreError> {
-        let mut tx = self.pool().begin().await?;
         // A mark lost in a crash only means the event is sent again: no need to wait for the
-        // WAL flush when the marks commit.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
+        // WAL flush when the marks commit. Said with the BEGIN, in its round trip.
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
             .await?;
         let rows = sqlx::query(
             "SELECT a.id, a.observable_id, o.kind, o.value, a.actor, a.profile_id, a.aliases, \
