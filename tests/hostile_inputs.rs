@@ -173,7 +173,9 @@ async fn every_hostile_message_ends_enriched_skipped_or_rejected_with_its_reason
         "every message settled and its bad ones dead-lettered",
         || async {
             let depths = app.queue_depths().await;
-            WorkerStats::get(&app.stats.messages) >= rows.len() as u64
+            // Settled, not merely delivered: a queue counts only what waits, and a message
+            // in progress has left it.
+            WorkerStats::get(&app.stats.settled) >= rows.len() as u64
                 && depths.work == 0
                 && depths.retry == 0
                 && depths.dead_letter as usize >= expected_dead

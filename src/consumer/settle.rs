@@ -242,7 +242,10 @@ async fn acknowledge(task: &Settler, taken: &Taken, handed_over: Result<(), Publ
     let Taken { delivery, id, .. } = taken;
     match handed_over {
         Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
-            Ok(true) => progress::global().advanced(),
+            Ok(true) => {
+                task.stats.settled.fetch_add(1, Ordering::Relaxed);
+                progress::global().advanced()
+            }
             Ok(false) => {
                 tracing::warn!(message_id = %id, "ack not sent: channel closed; the broker will redeliver (results are idempotent)")
             }

@@ -13,7 +13,13 @@ use crate::store::GroupCommitStats;
 /// What the worker did, for logs, the demo and the benchmark.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
+    /// Deliveries taken.
     pub messages: AtomicU64,
+    /// Deliveries acked, after their results were committed or they were handed to the retry
+    /// or dead-letter queue (one handed back to its queue is not). A queue's depth counts only
+    /// what waits in it, not what is in progress: this is what to wait on for "everything
+    /// delivered is settled".
+    pub settled: AtomicU64,
     /// Messages done, by lane ([`Lane::index`]); [`WorkerStats::done`] sums them.
     pub done_by_lane: [AtomicU64; 2],
     /// Messages ready in each lane's work queue (its retry queue included) at the last look,
