@@ -193,7 +193,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_recorded() {
     )
     .await;
     eventually(Duration::from_secs(30), "both messages settled", || async {
-        WorkerStats::get(&app.stats.messages) == 2
+        WorkerStats::get(&app.stats.settled) == 2
             && app.count("SELECT count(*) FROM enrichment_runs").await == 1
     })
     .await;
