@@ -14,7 +14,7 @@ use crate::enrich::{mapping, Reputation};
 use crate::graph::GraphClient;
 use crate::in_flight::{Follower, Lead, Role};
 use crate::lane::Lane;
-use crate::model::{CachedLeads, LookupClaims, WalkCache};
+use crate::model::{CachedLeads, LookupClaims, StorageError, WalkCache};
 use crate::progress::{self, point};
 
 /// How long a worker's claim on a lookup holds other workers back: long enough for a throttled
@@ -181,43 +181,25 @@ impl Chainer {
         (leads, follows)
     }
 
-    /// Take the reputations the cache holds for `leads`, in one query; returns the hosts it
-    /// does not hold. An unreadable cache only logs: those hosts are asked of Graph.
+    /// Take the reputations (and fanouts) the cache holds for `leads`, in one query; returns
+    /// the hosts it does not hold. An unreadable cache only logs: those hosts are asked of
+    /// Graph.
     async fn read_cache(&self, walk: &mut Walk, leads: Vec<Pending>) -> Vec<Pending> {
         let Some(cache) = self.cache.as_ref().filter(|_| !leads.is_empty()) else {
             return leads;
         };
         let keys: Vec<String> = leads.iter().map(|(key, _)| key.clone()).collect();
-        let ttl = self.settings.reputation_ttl;
-        // Measuring sharing will want the fanouts of the leads that link an actor: read them
-        // with the reputations, and it reads only those the cache did not hold, later (one
-        // statement fewer when it held them all; a miss is read again, since another walk
-        // may have measured it meanwhile).
-        let read = if self.settings.measure_sharing {
-            cache.cached_leads(&keys, ttl).await
-        } else {
-            cache
-                .cached_reputations(&keys, ttl)
-                .await
-                .map(|reputations| CachedLeads {
-                    reputations,
-                    fanouts: HashMap::new(),
-                })
-        };
         let CachedLeads {
             reputations: mut cached,
             fanouts,
-        } = match read {
+        } = match self.cached_leads(cache.as_ref(), &keys).await {
             Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "reputation cache unreadable; asking Graph");
                 return leads;
             }
         };
-        for (host, fanout) in fanouts {
-            // A host this walk read the passive DNS of keeps the fanout it counted.
-            walk.fanout.entry(host).or_insert(fanout);
-        }
+        walk.cached_fanouts(fanouts);
         let mut missing = Vec::new();
         for (key, lead) in leads {
             match cached.remove(&key) {
@@ -226,6 +208,25 @@ impl Chainer {
             }
         }
         missing
+    }
+
+    /// The cached reputations of `keys`, and their cached fanouts when sharing is measured:
+    /// measuring it will want the fanouts of the leads that link an actor, and reads again
+    /// only those not found here (one statement fewer when all were; a miss is read again,
+    /// since another walk may have measured it meanwhile).
+    async fn cached_leads(
+        &self,
+        cache: &dyn WalkCache,
+        keys: &[String],
+    ) -> Result<CachedLeads, StorageError> {
+        let ttl = self.settings.reputation_ttl;
+        if self.settings.measure_sharing {
+            return cache.cached_leads(keys, ttl).await;
+        }
+        Ok(CachedLeads {
+            reputations: cache.cached_reputations(keys, ttl).await?,
+            fanouts: HashMap::new(),
+        })
     }
 
     /// With shared lookups, claim `leads` for this worker: those another worker is asking

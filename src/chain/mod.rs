@@ -298,6 +298,14 @@ impl Walk {
         walk
     }
 
+    /// Fanouts the cache held for this walk's leads; a host whose passive DNS this walk read
+    /// keeps the fanout it counted.
+    fn cached_fanouts(&mut self, fanouts: HashMap<String, Fanout>) {
+        for (host, fanout) in fanouts {
+            self.fanout.entry(host).or_insert(fanout);
+        }
+    }
+
     /// The passive DNS of `parent` was read: what [`Walk::counting`] counted is its fanout.
     fn counted(&mut self, parent: &str, cut: bool) {
         let fanout = self.counting.fanout(cut);
