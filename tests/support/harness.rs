@@ -203,7 +203,14 @@ pub async fn delete_topology(topology: &Topology) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    for queue in queues(topology) {
+    // A worker binary started without `--retry-delay` declares the default delay's retry
+    // queues under the same prefix; the names carry the delay, so delete those too.
+    let with_default_delay = Topology::with_prefix(topology.prefix.clone());
+    let mut all = queues(topology);
+    all.extend(queues(&with_default_delay));
+    all.sort();
+    all.dedup();
+    for queue in all {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
