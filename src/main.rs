@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     mdti_worker::logging::init(matches!(cli.log_format, LogFormat::Json));
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match cli.runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the async runtime: {error}");

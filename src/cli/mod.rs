@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::RuntimeThreads;
+
 pub mod bench;
 pub mod common;
 pub mod demo;
@@ -43,8 +45,29 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
+    /// Threads of the async runtime: a number, or `auto` (one for a worker whose Graph rate is
+    /// at most 1,000 requests/s, else one per CPU)
+    #[arg(
+        long,
+        env = "MDTI_RUNTIME_THREADS",
+        default_value = "auto",
+        global = true
+    )]
+    pub runtime_threads: RuntimeThreads,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The async runtime the command runs on, its threads as `--runtime-threads` says.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let rate_ceiling = self.command.graph_rate_ceiling();
+        if let Some(threads) = self.runtime_threads.for_rate(rate_ceiling) {
+            builder.worker_threads(threads);
+        }
+        builder.enable_all().build()
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -82,6 +105,18 @@ pub enum Command {
     Status(status::StatusCmd),
 }
 
+impl Command {
+    /// The most Graph requests a second the worker this command runs in its process makes;
+    /// `None` for a command that runs none.
+    fn graph_rate_ceiling(&self) -> Option<f64> {
+        match self {
+            Command::Worker(cmd) => Some(cmd.graph_rate_ceiling()),
+            Command::Bench(cmd) => Some(cmd.graph_rate.ceiling()),
+            _ => None,
+        }
+    }
+}
+
 /// Run the command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -97,5 +132,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Export(cmd) => export::run(cmd).await,
         Command::Report(cmd) => report::run(cmd).await,
         Command::Status(cmd) => status::run(cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime_threads(args: &[&str]) -> usize {
+        let cli = Cli::parse_from(args);
+        let runtime = cli.runtime().expect("a runtime");
+        runtime.metrics().num_workers()
+    }
+
+    #[test]
+    fn a_worker_held_to_a_quota_one_thread_serves_runs_on_one_thread() {
+        assert_eq!(runtime_threads(&["mdti-worker", "worker"]), 1);
+        for rate in ["auto", "50", "1000"] {
+            let args = ["mdti-worker", "worker", "--graph-rate", rate];
+            assert_eq!(runtime_threads(&args), 1, "--graph-rate {rate}");
+        }
+        let shared = ["worker", "--graph-rate", "5000", "--tenant-quota", "100"];
+        assert_eq!(
+            runtime_threads(&[&["mdti-worker"], &shared[..]].concat()),
+            1
+        );
+        let bench = ["mdti-worker", "bench", "--graph-rate", "50"];
+        assert_eq!(runtime_threads(&bench), 1);
+    }
+
+    #[test]
+    fn a_faster_worker_and_the_other_commands_keep_tokios_default_unless_told() {
+        let tokios_default = tokio::runtime::Runtime::new()
+            .unwrap()
+            .metrics()
+            .num_workers();
+        let fast = ["mdti-worker", "worker", "--graph-rate", "5000"];
+        assert_eq!(runtime_threads(&fast), tokios_default);
+        assert_eq!(runtime_threads(&["mdti-worker", "bench"]), tokios_default);
+        assert_eq!(runtime_threads(&["mdti-worker", "report"]), tokios_default);
+        let told = ["mdti-worker", "--runtime-threads", "3", "worker"];
+        assert_eq!(runtime_threads(&told), 3);
     }
 }

@@ -36,6 +36,15 @@ pub struct WorkerCmd {
     pub metrics_listen: ListenAddr,
 }
 
+impl WorkerCmd {
+    /// The most Graph requests a second this worker makes: its `--graph-rate`, or less with a
+    /// smaller `--tenant-quota`.
+    pub fn graph_rate_ceiling(&self) -> f64 {
+        let own = self.graph.graph_rate.ceiling();
+        self.fleet.tenant_quota.map_or(own, |quota| own.min(quota))
+    }
+}
+
 pub async fn run(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
     // Bound first: a taken port is a configuration error, reported before any work starts.
     let ops_listener = bind_ops(&cmd.metrics_listen).await?;

@@ -156,6 +156,7 @@ async fn session(
         live_prefetch = settings.prefetch(Lane::Live),
         bulk_queue = %settings.topology.lane_queue(Lane::Bulk),
         bulk_prefetch = settings.prefetch(Lane::Bulk),
+        runtime_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "consuming"
     );
     stats.consuming.store(true, Ordering::Relaxed);
