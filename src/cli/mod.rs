@@ -171,6 +171,8 @@ mod tests {
         assert_eq!(runtime_threads(&fast), tokios_default);
         assert_eq!(runtime_threads(&["mdti-worker", "bench"]), tokios_default);
         assert_eq!(runtime_threads(&["mdti-worker", "report"]), tokios_default);
+        let whole_quota = ["mdti-worker", "worker", "--tenant-quota", "5000"];
+        assert_eq!(runtime_threads(&whole_quota), tokios_default);
         let told = ["mdti-worker", "--runtime-threads", "3", "worker"];
         assert_eq!(runtime_threads(&told), 3);
     }

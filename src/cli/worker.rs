@@ -37,11 +37,11 @@ pub struct WorkerCmd {
 }
 
 impl WorkerCmd {
-    /// The most Graph requests a second this worker makes: its `--graph-rate`, or less with a
-    /// smaller `--tenant-quota`.
+    /// The most Graph requests a second this worker makes: its `--graph-rate`, or with
+    /// `--tenant-quota` the quota, since its share of the quota replaces `--graph-rate` as its
+    /// limiter's ceiling (a worker alone takes the whole quota).
     pub fn graph_rate_ceiling(&self) -> f64 {
-        let own = self.graph.graph_rate.ceiling();
-        self.fleet.tenant_quota.map_or(own, |quota| own.min(quota))
+        (self.fleet.tenant_quota).unwrap_or_else(|| self.graph.graph_rate.ceiling())
     }
 }
 
