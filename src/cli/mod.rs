@@ -152,11 +152,15 @@ mod tests {
             let args = ["mdti-worker", "worker", "--graph-rate", rate];
             assert_eq!(runtime_threads(&args), 1, "--graph-rate {rate}");
         }
-        let shared = ["worker", "--graph-rate", "5000", "--tenant-quota", "100"];
-        assert_eq!(
-            runtime_threads(&[&["mdti-worker"], &shared[..]].concat()),
-            1
-        );
+        let shared = [
+            "mdti-worker",
+            "worker",
+            "--graph-rate",
+            "5000",
+            "--tenant-quota",
+            "100",
+        ];
+        assert_eq!(runtime_threads(&shared), 1);
         let bench = ["mdti-worker", "bench", "--graph-rate", "50"];
         assert_eq!(runtime_threads(&bench), 1);
     }

@@ -270,16 +270,16 @@ async fn fetch_by_host(
         .await?)
 }
 
-/// The value `decode` reads from each row whose column `age` is not null, by host, with
-/// that age.
+/// The value `decode` reads from each row whose column `age_column` is not null, by host,
+/// with that age.
 fn aged<T>(
     rows: &[PgRow],
-    age: &str,
+    age_column: &str,
     decode: fn(&PgRow) -> Result<Option<T>, StoreError>,
 ) -> Result<HashMap<String, (f64, T)>, StoreError> {
     let mut found = HashMap::with_capacity(rows.len());
     for row in rows {
-        let Some(age) = row.try_get::<Option<f64>, _>(age)? else {
+        let Some(age) = row.try_get::<Option<f64>, _>(age_column)? else {
             continue;
         };
         if let Some(value) = decode(row)? {
