@@ -10,7 +10,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::attributions::{stored_confidence, upsert_pairs, OwedAttribution};
-use super::pg_text::{pg_json, pg_text, pg_texts};
+use super::pg_text::{jsonb, pg_text, pg_texts, Jsonb};
 use super::{kind_name, Store, StoreError};
 use crate::model::{
     ActorHit, Evidence, Factor, IntelProfileRecord, ProfileIndicatorRecord, ProfileRows, WalkHits,
@@ -18,8 +18,8 @@ use crate::model::{
 use crate::observable::Observable;
 
 /// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
-fn text_list(items: &[String]) -> Value {
-    Value::Array(items.iter().map(|i| Value::String(pg_text(i))).collect())
+fn text_list(items: &[String]) -> Jsonb {
+    jsonb(items)
 }
 
 /// `ARRAY(...)` of a JSON array of texts, order kept.
@@ -333,11 +333,16 @@ fn hit_rows<'w>(walks: &[(i64, &'w WalkHits)]) -> HitRows<'w> {
 impl HitColumns {
     fn of(rows: &HitRows<'_>, walks: &[(i64, &WalkHits)]) -> HitColumns {
         let mut columns = HitColumns::with_capacity(rows.len());
+        // A walk's context goes with each of its hits: serialised once.
+        let contexts: Vec<Option<Jsonb>> = walks
+            .iter()
+            .map(|(_, walk)| walk.context.as_ref().map(jsonb))
+            .collect();
         for ((observable_id, actor, artifact), (w, hit)) in rows {
             let walk = walks[*w].1;
             columns.observable_ids.push(*observable_id);
             columns.run_ids.push(walk.run_id);
-            columns.contexts.push(walk.context.as_ref().map(pg_json));
+            columns.contexts.push(contexts[*w].clone());
             columns.actors.push(actor.clone());
             columns.artifacts.push(artifact.clone());
             columns
@@ -345,15 +350,11 @@ impl HitColumns {
                 .push(hit.profile_id.as_deref().map(pg_text));
             columns.aliases.push(text_list(&hit.aliases));
             columns.paths.push(text_list(&hit.path));
-            columns.evidence.push(pg_json(
-                &serde_json::to_value(&hit.evidence).unwrap_or(Value::Array(Vec::new())),
-            ));
+            columns.evidence.push(jsonb(&hit.evidence));
             columns.first_seen.push(hit.first_seen);
             columns.last_seen.push(hit.last_seen);
             columns.confidences.push(i16::from(hit.confidence));
-            columns.factors.push(pg_json(
-                &serde_json::to_value(&hit.factors).unwrap_or(Value::Array(Vec::new())),
-            ));
+            columns.factors.push(jsonb(&hit.factors));
         }
         columns
     }
@@ -451,17 +452,17 @@ async fn owe_pairs(
 struct HitColumns {
     observable_ids: Vec<i64>,
     run_ids: Vec<Option<Uuid>>,
-    contexts: Vec<Option<Value>>,
+    contexts: Vec<Option<Jsonb>>,
     actors: Vec<String>,
     profile_ids: Vec<Option<String>>,
-    aliases: Vec<Value>,
+    aliases: Vec<Jsonb>,
     artifacts: Vec<String>,
-    paths: Vec<Value>,
-    evidence: Vec<Value>,
+    paths: Vec<Jsonb>,
+    evidence: Vec<Jsonb>,
     first_seen: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     last_seen: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     confidences: Vec<i16>,
-    factors: Vec<Value>,
+    factors: Vec<Jsonb>,
 }
 
 impl HitColumns {
@@ -491,10 +492,9 @@ mod tests {
     #[test]
     fn json_texts_lose_their_nuls() {
         assert_eq!(
-            pg_json(&serde_json::json!({"a\u{0}": ["b\u{0}c", 1]})),
-            serde_json::json!({"a": ["bc", 1]})
+            text_list(&["x\u{0}".into(), "y".into()]).0.get(),
+            r#"["x","y"]"#
         );
-        assert_eq!(text_list(&["x\u{0}".into()]), serde_json::json!(["x"]));
         assert!(text_array("u.path").contains("jsonb_array_elements_text(u.path)"));
     }
 }
