@@ -24,7 +24,7 @@ use lapin::Connection;
 use tokio::sync::watch;
 use tokio::sync::Notify;
 
-use crate::chain::{attribution_event, event_routing_key};
+use crate::chain::{attribution_event, event_routing_key, AttributionEvent};
 use crate::queue::{PublishError, Publisher, Topology};
 use crate::store::{Store, StoreError};
 
@@ -165,20 +165,15 @@ pub async fn drain(
         if n == 0 {
             return Ok(announced);
         }
-        let events: Vec<(String, String, serde_json::Value)> = claimed
+        let ids: Vec<(String, String)> = claimed
             .events
             .iter()
-            .map(|e| {
-                (
-                    e.message_id(),
-                    event_routing_key(&e.attribution.actor),
-                    attribution_event(&e.attribution),
-                )
-            })
+            .map(|e| (e.message_id(), event_routing_key(&e.attribution.actor)))
             .collect();
-        let batch: Vec<(&str, &str, &serde_json::Value)> = events
+        let batch: Vec<(&str, &str, AttributionEvent<'_>)> = ids
             .iter()
-            .map(|(id, key, body)| (id.as_str(), key.as_str(), body))
+            .zip(&claimed.events)
+            .map(|((id, key), e)| (id.as_str(), key.as_str(), attribution_event(&e.attribution)))
             .collect();
         publisher.publish_identified_events(&batch).await?;
         claimed.mark_announced().await?;

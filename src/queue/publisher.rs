@@ -16,6 +16,7 @@ use futures::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind};
+use serde::Serialize;
 
 use super::topology::{Topology, ATTEMPT_HEADER, LANE_HEADER, REASON_CODE_HEADER, REASON_HEADER};
 use super::truncate_chars;
@@ -490,14 +491,14 @@ impl Publisher {
 
     /// [`Publisher::publish_events`] for `(message_id, routing_key, body)`: each event carries
     /// the id given, the same every time that event is sent, so a subscriber can drop repeats.
-    pub async fn publish_identified_events(
+    pub async fn publish_identified_events<B: Serialize>(
         &self,
-        events: &[(&str, &str, &serde_json::Value)],
+        events: &[(&str, &str, B)],
     ) -> Result<(), PublishError> {
         let exchange = self.topology.events_exchange();
         let mut pending = Vec::with_capacity(events.len());
         let mut unsent = None;
-        for &(message_id, routing_key, body) in events {
+        for (message_id, routing_key, body) in events {
             match self
                 .send_event(&exchange, message_id, routing_key, body)
                 .await
@@ -532,7 +533,7 @@ impl Publisher {
         exchange: &str,
         message_id: &str,
         routing_key: &str,
-        body: &serde_json::Value,
+        body: &impl Serialize,
     ) -> Result<(String, lapin::PublisherConfirm), PublishError> {
         let payload = serde_json::to_vec(body).map_err(|e| PublishError::Invalid {
             field: "event body",
