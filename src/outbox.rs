@@ -24,7 +24,7 @@ use lapin::Connection;
 use tokio::sync::watch;
 use tokio::sync::Notify;
 
-use crate::chain::{attribution_event, event_routing_key, AttributionEvent};
+use crate::chain::{attribution_event, event_routing_key};
 use crate::queue::{PublishError, Publisher, Topology};
 use crate::store::{Store, StoreError};
 
@@ -170,7 +170,7 @@ pub async fn drain(
             .iter()
             .map(|e| (e.message_id(), event_routing_key(&e.attribution.actor)))
             .collect();
-        let batch: Vec<(&str, &str, AttributionEvent<'_>)> = ids
+        let batch: Vec<_> = ids
             .iter()
             .zip(&claimed.events)
             .map(|((id, key), e)| (id.as_str(), key.as_str(), attribution_event(&e.attribution)))

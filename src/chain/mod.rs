@@ -60,7 +60,7 @@ pub use crate::model::{
     ProfileIndicatorRecord, EVENT_ARTIFACTS,
 };
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
-pub use event::{attribution_event, AttributionEvent};
+pub use event::attribution_event;
 pub use findings::event_routing_key;
 pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
 

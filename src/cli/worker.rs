@@ -41,7 +41,9 @@ impl WorkerCmd {
     /// `--tenant-quota` the quota, since its share of the quota replaces `--graph-rate` as its
     /// limiter's ceiling (a worker alone takes the whole quota).
     pub fn graph_rate_ceiling(&self) -> f64 {
-        (self.fleet.tenant_quota).unwrap_or_else(|| self.graph.graph_rate.ceiling())
+        self.fleet
+            .tenant_quota
+            .unwrap_or_else(|| self.graph.graph_rate.ceiling())
     }
 }
 

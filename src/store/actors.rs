@@ -17,11 +17,6 @@ use crate::model::{
 };
 use crate::observable::Observable;
 
-/// A list of texts as a JSON array: UNNEST would flatten a two-dimensional text array.
-fn text_list(items: &[String]) -> Jsonb {
-    jsonb(items)
-}
-
 /// `ARRAY(...)` of a JSON array of texts, order kept.
 const JSON_TO_TEXT_ARRAY: &str = "ARRAY(SELECT x.v FROM jsonb_array_elements_text({}) \
                                   WITH ORDINALITY AS x(v, n) ORDER BY x.n)";
@@ -348,8 +343,9 @@ impl HitColumns {
             columns
                 .profile_ids
                 .push(hit.profile_id.as_deref().map(pg_text));
-            columns.aliases.push(text_list(&hit.aliases));
-            columns.paths.push(text_list(&hit.path));
+            // Lists of texts as JSON arrays: UNNEST would flatten a two-dimensional text array.
+            columns.aliases.push(jsonb(&hit.aliases));
+            columns.paths.push(jsonb(&hit.path));
             columns.evidence.push(jsonb(&hit.evidence));
             columns.first_seen.push(hit.first_seen);
             columns.last_seen.push(hit.last_seen);
@@ -491,10 +487,7 @@ mod tests {
 
     #[test]
     fn json_texts_lose_their_nuls() {
-        assert_eq!(
-            text_list(&["x\u{0}".into(), "y".into()]).0.get(),
-            r#"["x","y"]"#
-        );
+        assert_eq!(jsonb(&["x\u{0}", "y"]).0.get(), r#"["x","y"]"#);
         assert!(text_array("u.path").contains("jsonb_array_elements_text(u.path)"));
     }
 }

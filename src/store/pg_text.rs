@@ -31,7 +31,7 @@ pub(super) fn pg_texts(texts: &[String]) -> Vec<String> {
 }
 
 /// `value` without NUL characters in its strings and keys, which jsonb cannot hold.
-pub(super) fn pg_json(value: &Value) -> Value {
+fn pg_json(value: &Value) -> Value {
     match value {
         Value::String(text) => Value::String(pg_text(text)),
         Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),
