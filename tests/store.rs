@@ -22,7 +22,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod support;
-use support::{enricher_result as result, observable, TestDb, TABLES};
+use support::{enricher_result as result, observable, seed, TestDb, TABLES};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -839,43 +839,84 @@ async fn a_batch_of_new_and_stored_observables_writes_each_extract_once() {
     );
 }
 
+/// The tables holding what was written about an observable, each with its `observable_id`.
+const DEPENDENTS: [&str; 6] = [
+    "enrichment_runs",
+    "enricher_results",
+    "indicators",
+    "extracts",
+    "actor_hits",
+    "actor_attributions",
+];
+
+/// The tables whose rows name the run that wrote them.
+const RUN_LINKED: [&str; 3] = ["enricher_results", "indicators", "extracts"];
+
+/// How many rows of each dependent table are about `observable`.
+async fn rows_about(db: &TestDb, observable: &Observable) -> Vec<(&'static str, i64)> {
+    let mut counts = Vec::new();
+    for table in DEPENDENTS {
+        let sql = format!(
+            "SELECT count(*) FROM {table} t JOIN observables o ON o.id = t.observable_id \
+             WHERE o.value = '{}'",
+            observable.value()
+        );
+        counts.push((table, db.query_count(&sql).await));
+    }
+    counts
+}
+
 #[tokio::test]
-async fn deleting_observables_and_runs_still_reaches_their_extracts() {
+async fn deleting_observables_and_runs_still_reaches_what_was_written_about_them() {
     let db = TestDb::new().await;
     let kept = observable("20.1.0.1");
     let dropped = observable("20.2.0.1");
     let runs = [
-        run("m", 0, &kept, RunStatus::Enriched),
-        run("m", 1, &dropped, RunStatus::Enriched),
+        run("m", 0, &dropped, RunStatus::Enriched),
+        run("m", 1, &kept, RunStatus::Enriched),
     ];
     db.store.record_message(&runs, &[]).await.unwrap();
-    let each = db.count("extracts").await / 2;
-    assert!(each > 0);
+    for ioc in [&kept, &dropped] {
+        let hit = seed::hit("Storm-0558", None, ioc.value(), ioc.value(), 50);
+        db.store
+            .record_actor_hits(seed::walk(ioc.value(), vec![hit]))
+            .await
+            .unwrap();
+    }
+    let kept_before = rows_about(&db, &kept).await;
+    assert!(kept_before.iter().all(|(_, n)| *n > 0), "{kept_before:?}");
+    let dropped_id: i64 = sqlx::query_scalar("SELECT id FROM observables WHERE value = $1")
+        .bind(dropped.value())
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
 
-    // A pruned run leaves its extracts without a run, as a foreign key's SET NULL did.
+    // A pruned run leaves the rows it wrote without a run, as a foreign key's SET NULL did.
     sqlx::query("DELETE FROM enrichment_runs WHERE id = $1")
         .bind(run_id("m", 0))
         .execute(db.store.pool())
         .await
         .unwrap();
-    let unlinked: i64 = sqlx::query_scalar("SELECT count(*) FROM extracts WHERE run_id IS NULL")
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
-    assert_eq!(unlinked, each);
+    for table in RUN_LINKED {
+        let sql = format!("SELECT count(*) FROM {table} WHERE observable_id = {dropped_id}");
+        let unlinked = format!("{sql} AND run_id IS NULL");
+        let all = db.query_count(&sql).await;
+        assert!(all > 0, "{table}");
+        assert_eq!(db.query_count(&unlinked).await, all, "{table}");
+    }
 
-    // A deleted observable takes its extracts with it, as a foreign key's CASCADE did.
+    // A deleted observable takes everything written about it, as the foreign keys' CASCADE did.
     sqlx::query("DELETE FROM observables WHERE value = $1")
         .bind(dropped.value())
         .execute(db.store.pool())
         .await
         .unwrap();
-    assert_eq!(db.count("extracts").await, each);
+    for table in DEPENDENTS {
+        let sql = format!("SELECT count(*) FROM {table} WHERE observable_id = {dropped_id}");
+        assert_eq!(db.query_count(&sql).await, 0, "{table}");
+    }
+    assert_eq!(rows_about(&db, &kept).await, kept_before);
     assert!(db.store.extracts_for(&dropped).await.unwrap().is_empty());
-    assert_eq!(
-        db.store.extracts_for(&kept).await.unwrap().len() as i64,
-        each
-    );
 }
 
 #[tokio::test]

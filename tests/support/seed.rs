@@ -99,7 +99,15 @@ fn rejected(message: &str, index: i32, input: &str, code: &str, reason: &str) ->
     }
 }
 
-fn hit(actor: &str, profile: Option<&str>, ioc: &str, artifact: &str, confidence: u8) -> ActorHit {
+/// A scored hit of `actor` on `ioc` through `artifact`, with a reputation rule's evidence (and an
+/// article's when the actor has a profile).
+pub fn hit(
+    actor: &str,
+    profile: Option<&str>,
+    ioc: &str,
+    artifact: &str,
+    confidence: u8,
+) -> ActorHit {
     let mut evidence = vec![Evidence::ReputationRule {
         rule: "Cyber Threat Intelligence".into(),
         severity: Some("high".into()),
@@ -140,7 +148,7 @@ fn hit(actor: &str, profile: Option<&str>, ioc: &str, artifact: &str, confidence
 }
 
 /// The hits of one walk of `value`, announced from the default threshold.
-fn walk(value: &str, hits: Vec<ActorHit>) -> WalkHits {
+pub fn walk(value: &str, hits: Vec<ActorHit>) -> WalkHits {
     WalkHits {
         observable: observable(value),
         run_id: None,
