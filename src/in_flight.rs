@@ -19,9 +19,9 @@
 //! would have it enriched twice; the repeat follows the first instead, and reads the store once
 //! the first message's rows are committed (see `pipeline`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use foldhash::HashMap;
 use tokio::sync::watch;
 
 use crate::lane::Lane;

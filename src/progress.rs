@@ -10,12 +10,14 @@
 //!
 //! It knows nothing of the rest of the crate: every other module may use it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt};
 
 /// The names of the wait points, as the dump prints them.
 pub mod point {

@@ -5,11 +5,12 @@
 //!
 //! Each test that needs a database gets its own (see `support::TestDb`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashSet};
 use mdti_worker::chain::{
     cti_actor_names, event_routing_key, sync_profiles, ActorHit, Band, ChainSettings, Chainer,
     Evidence, Factor, ProfileIndex, CTI_RULE,

@@ -4,10 +4,10 @@
 //! The server is `MDTI_TEST_DATABASE_URL` (its path, if any, is replaced by the test database's
 //! name), by default `postgres://postgres@127.0.0.1:5432`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use foldhash::HashMap;
 use mdti_worker::enrich::{
     EnricherKind, Enrichment, Extract, ExtractKind, Indicator, Reputation, ReputationRule,
 };

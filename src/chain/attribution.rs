@@ -1,7 +1,8 @@
 //! Reputation rules and profile indicators → actor hits. Pure functions: no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use foldhash::{HashMap, HashMapExt};
 use serde_json::Value;
 
 use super::confidence::{self, HitContext};
@@ -351,7 +352,7 @@ mod tests {
             )],
         );
         let order: Vec<String> = vec!["ioc.example".into(), "20.0.0.2".into()];
-        let nodes = HashMap::from([
+        let nodes = HashMap::from_iter([
             (
                 "ioc.example".to_owned(),
                 Node {
@@ -385,7 +386,7 @@ mod tests {
                 ),
             ],
         };
-        let reputations = HashMap::from([
+        let reputations = HashMap::from_iter([
             ("ioc.example".to_owned(), None),
             ("20.0.0.2".to_owned(), Some(reputation)),
         ]);

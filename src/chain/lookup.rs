@@ -3,10 +3,10 @@
 //! claimed the lookup, and last Graph; what Graph answered is saved to the cache in one
 //! statement.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::StreamExt;
 
 use super::{ChainError, Chainer, Walk};

@@ -47,11 +47,11 @@ mod profiles;
 pub mod retro;
 mod sharing;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::{Deserialize, Serialize};
 
 use crate::in_flight::InFlight;
@@ -271,7 +271,7 @@ impl Walk {
     fn new(graph: GraphClient, root: &str, reputation: Option<&Reputation>) -> Walk {
         let mut walk = Walk {
             graph,
-            nodes: HashMap::from([(
+            nodes: HashMap::from_iter([(
                 root.to_owned(),
                 Node {
                     path: vec![root.to_owned()],

@@ -1,9 +1,8 @@
 //! Intelligence profiles (kind `actor`) and their indicators: synced from Graph into Postgres by a
 //! job, read back into an in-memory [`ProfileIndex`] that walks match against for free.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 
 use super::{canonical_artifact, ChainError};

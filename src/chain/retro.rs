@@ -11,10 +11,10 @@
 //! cache does not hold counts as unknown (no reputation, sharing unmeasured), and the
 //! resolution window is not stored, so the time factor does not apply to these hits.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::attribution;
@@ -131,7 +131,7 @@ fn rebuild(
 ) -> Vec<ActorHit> {
     let root = stored.observable.value().to_owned();
     let mut order = vec![root.clone()];
-    let mut nodes = HashMap::from([(root.clone(), node(vec![root.clone()]))]);
+    let mut nodes = HashMap::from_iter([(root.clone(), node(vec![root.clone()]))]);
     for counterpart in stored.counterparts.iter().filter(|c| **c != root) {
         order.push(counterpart.clone());
         nodes.insert(

@@ -4,8 +4,7 @@
 //! [`super::ChainSettings::reputation_ttl`], through the `host_fanout` cache), within the walk's
 //! request budget.
 
-use std::collections::{HashMap, HashSet};
-
+use foldhash::{HashMap, HashSet};
 use futures::StreamExt;
 
 use super::{ActorHit, ChainError, Chainer, Fanout, Walk};

@@ -1,10 +1,10 @@
 //! Extracts: the observables and attributes an enricher pulls out of a Graph record.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
+use foldhash::fast::RandomState;
+use foldhash::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::country;

@@ -1,11 +1,11 @@
 //! A [`WalkCache`] in memory, for walks without a database (`enrich --chain`): what one walk
 //! asked is not asked again by the next in the same process.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::{Fanout, LookupClaims, StorageError, WalkCache};
 use crate::enrich::Reputation;
@@ -124,7 +124,7 @@ mod tests {
             .save_reputations(&[(hosts[0].clone(), reputation(90))])
             .await
             .unwrap();
-        let fanouts = HashMap::from([(
+        let fanouts = HashMap::from_iter([(
             hosts[1].clone(),
             Fanout {
                 names: 3,

@@ -1,12 +1,12 @@
 //! What a walk and a profile sync ask of whatever keeps their results between walks: the
 //! Postgres store in the worker, memory in a one-off `enrich --chain`.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashSet};
 
 use super::{
     Fanout, IntelProfileRecord, ProfileIndicatorRecord, ProfileRows, StoredLinks, WalkHits,

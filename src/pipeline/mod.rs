@@ -9,10 +9,10 @@ mod answer;
 mod outcome;
 mod validate;
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use futures::StreamExt;
 
 use crate::chain::{ChainSettings, ProfileIndex};

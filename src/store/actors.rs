@@ -2,9 +2,10 @@
 //! actor intelligence profiles (`intel_profiles`, `intel_profile_indicators`). See
 //! `migrations/0002_actor_hits.sql` and [`crate::chain`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt};
 use serde_json::Value;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;

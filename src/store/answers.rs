@@ -14,8 +14,9 @@
 //! 0017). Two batches of one observable at once both see the old digest and both write: the
 //! digest decides only whether to skip a write, never what is written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
+use foldhash::{HashMap, HashSet, HashSetExt};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 

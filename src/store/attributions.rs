@@ -4,9 +4,10 @@
 //! Also the `host_fanout` cache of how shared hosts are. See
 //! `migrations/0009_attribution_confidence.sql`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use foldhash::HashMap;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::pg_text::{pg_text, pg_texts};

@@ -1,10 +1,10 @@
 //! The store as the walks' cache and the profiles' keeper: the model's storage traits over the
 //! store's own methods, its errors as storage faults.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use foldhash::{HashMap, HashSet};
 
 use super::{Store, StoreError};
 use crate::enrich::Reputation;

@@ -3,8 +3,7 @@
 //! message that found the hits, so the promise of an event is exactly as durable as the hits;
 //! [`crate::outbox`] keeps it.
 
-use std::collections::HashMap;
-
+use foldhash::{HashMap, HashMapExt};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::attributions::stored_confidence;

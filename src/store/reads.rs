@@ -13,10 +13,10 @@
 //! that fails for a reason that may be one ask's (anything but the database being unreachable)
 //! is read again one ask per statement, so that one bad ask fails alone.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use futures::future::BoxFuture;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
