@@ -352,6 +352,11 @@ fn event_metrics(
         "Outbox relay passes that stopped on a broker or Postgres failure; their events stay owed for a later pass.",
         count(&stats.outbox.failed_passes),
     )?;
+    out.counter_value(
+        "mdti_event_relay_passes_total",
+        "Outbox relay passes: each claims the owed events (a transaction) and announces them.",
+        count(&stats.outbox.passes),
+    )?;
     if let Some(backlog) = backlog {
         out.gauge_value(
             "mdti_events_pending",

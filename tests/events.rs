@@ -7,12 +7,13 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mdti_worker::chain::{ActorHit, Evidence};
 use mdti_worker::consumer::WorkerStats;
-use mdti_worker::outbox::{self, OutboxStats};
+use mdti_worker::outbox::{self, OutboxStats, RelayChannels, RelayHandle};
 use mdti_worker::queue::Publisher;
 use mdti_worker::store::WalkHits;
 use serde_json::json;
@@ -190,6 +191,56 @@ async fn three_relays_at_once_send_each_owed_event_once() {
     assert_eq!(sent, 300);
     let distinct: BTreeSet<String> = events.take_ids().await.into_iter().collect();
     assert!(distinct.is_empty(), "nothing more arrived");
+    events.close().await;
+    delete_topology(&topology).await;
+}
+
+#[tokio::test]
+async fn wakes_from_the_messages_of_one_commit_run_one_relay_pass() {
+    let db = TestDb::new().await;
+    let topology = fresh_topology();
+    let events = EventsTap::bind(&topology).await;
+    let channels = RelayChannels {
+        connection: Arc::new(broker_connection().await),
+        topology: topology.clone(),
+    };
+    let (handle, stats) = (RelayHandle::default(), Arc::new(OutboxStats::default()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(outbox::run(
+        db.store.clone(),
+        handle.clone(),
+        Arc::clone(&stats),
+        channels,
+        stopped,
+    ));
+    let passes = || stats.passes.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(10), "the pass at start", || async {
+        passes() == 1
+    })
+    .await;
+
+    // One group commit of five messages, each of which left a pair owed and wakes the relay.
+    for n in 0..5 {
+        let hits = vec![hit("Aqua Blizzard", &format!("a-{n}.example.net"), 60)];
+        db.store
+            .record_actor_hits(walk(&format!("host-{n}.example.org"), hits))
+            .await
+            .unwrap();
+    }
+    for _ in 0..5 {
+        handle.wake();
+    }
+    eventually(Duration::from_secs(10), "the five announced", || async {
+        stats.announced.load(Ordering::Relaxed) == 5
+    })
+    .await;
+    // Well within the relay's interval: a pass now would be one of the wakes'.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    assert_eq!(passes(), 2, "the pass at start, and one for the commit");
+    assert_eq!(events.assert_every_attribution_announced(&db, 0).await, 5);
+    stop.send(true).unwrap();
+    relay.await.unwrap();
     events.close().await;
     delete_topology(&topology).await;
 }

@@ -1709,6 +1709,7 @@ fn worker_counters(a: &Assembly<'_>) -> BTreeMap<String, u64> {
             ("skipped", &stats.skipped),
             ("rejected_items", &stats.rejected_items),
             ("attribution_events", &stats.outbox.announced),
+            ("event_relay_passes", &stats.outbox.passes),
             ("reconnects", &stats.reconnects),
             ("results_committed", &stats.group_commit.committed),
             ("result_transactions", &stats.group_commit.transactions),
