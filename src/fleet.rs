@@ -45,7 +45,9 @@ use uuid::Uuid;
 
 use crate::graph::adaptive::{cut, grown, STEP};
 use crate::graph::GraphClient;
-use crate::store::{HeartbeatDecision, LeaseHolder, LeaseView, Store, StoreError, TenantRate};
+use crate::store::{
+    HeartbeatDecision, LeaseHolder, LeaseView, Store, StoreError, TenantRate, TenantThrottles,
+};
 
 /// How a fleet shares its tenant.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,30 +253,35 @@ impl Coordinator {
         self.store.release_lease(self.holder.id).await
     }
 
-    /// Heartbeat every interval and share this worker's 429s as they happen, until `stop` turns
-    /// true (or its sender is dropped); then give the lease back.
+    /// Heartbeat every interval, and at once when another worker of the tenant announces a
+    /// 429; share this worker's 429s as they happen; until `stop` turns true (or its sender is
+    /// dropped); then give the lease back.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut holds = self.graph.throttle().subscribe_holds();
+        let mut throttles = self.listen_for_throttles().await;
         let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // join() made the first heartbeat.
         tick.tick().await;
-        let mut last_ok = Instant::now();
-        let mut cut_off = false;
+        let mut liveness = Liveness {
+            last_ok: Instant::now(),
+            cut_off: false,
+        };
         let mut holds_open = true;
         while !*stop.borrow() {
             tokio::select! {
-                _ = tick.tick() => match self.heartbeat().await {
-                    Ok(_) => {
-                        last_ok = Instant::now();
-                        cut_off = false;
+                _ = tick.tick() => {
+                    self.beat(&mut liveness).await;
+                    if throttles.is_none() && !liveness.cut_off {
+                        throttles = self.listen_for_throttles().await;
                     }
+                },
+                throttled = next_throttle(&mut throttles) => match throttled {
+                    Ok(tenant) if tenant == self.settings.tenant_id => self.beat(&mut liveness).await,
+                    Ok(_) => {}
                     Err(error) => {
-                        tracing::warn!(%error, "fleet heartbeat failed");
-                        if !cut_off && last_ok.elapsed() > self.settings.lease_expiry {
-                            cut_off = true;
-                            self.fall_back();
-                        }
+                        tracing::warn!(%error, "fleet: other workers' 429s now arrive with the heartbeats");
+                        throttles = None;
                     }
                 },
                 changed = holds.changed(), if holds_open => match changed {
@@ -304,6 +311,40 @@ impl Coordinator {
         }
     }
 
+    /// One heartbeat of [`Coordinator::run`]; past the lease expiry without one, fall back.
+    async fn beat(&self, liveness: &mut Liveness) {
+        match self.heartbeat().await {
+            Ok(_) => {
+                liveness.last_ok = Instant::now();
+                liveness.cut_off = false;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "fleet heartbeat failed");
+                if !liveness.cut_off && liveness.last_ok.elapsed() > self.settings.lease_expiry {
+                    liveness.cut_off = true;
+                    self.fall_back();
+                }
+            }
+        }
+    }
+
+    /// The other workers' 429s as they announce them (see [`Store::cut_tenant_rate`]), so that
+    /// this one holds back and takes the cut rate within milliseconds rather than at its next
+    /// heartbeat, by which time its requests at the old rate have earned 429s of their own.
+    /// `None` while Postgres does not answer within a heartbeat interval: the heartbeats
+    /// still carry both.
+    async fn listen_for_throttles(&self) -> Option<TenantThrottles> {
+        let listening = self.store.tenant_throttles();
+        match tokio::time::timeout(self.settings.heartbeat_interval, listening).await {
+            Ok(Ok(throttles)) => Some(throttles),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "fleet: cannot listen for other workers' 429s; the heartbeats carry them");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Postgres has been unreachable past the lease expiry: the others no longer count this
     /// worker and may have grown into its share, so it spends a tenth of its share until it can
     /// heartbeat again.
@@ -315,6 +356,20 @@ impl Coordinator {
             requests_per_second = share / 10.0,
             "no fleet heartbeat within the lease expiry: slowing down until Postgres answers"
         );
+    }
+}
+
+/// When the coordinator last heartbeat, and whether it fell back since.
+struct Liveness {
+    last_ok: Instant,
+    cut_off: bool,
+}
+
+/// The next tenant announced throttled, or never without a listener.
+async fn next_throttle(throttles: &mut Option<TenantThrottles>) -> Result<String, StoreError> {
+    match throttles {
+        Some(throttles) => throttles.next().await,
+        None => std::future::pending().await,
     }
 }
 

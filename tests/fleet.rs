@@ -278,6 +278,59 @@ async fn a_real_429_is_shared_through_the_running_coordinators() {
     assert_eq!(db.count("worker_leases").await, 0);
 }
 
+#[tokio::test]
+async fn a_429_reaches_the_other_workers_at_once_not_at_their_next_heartbeat() {
+    let (db, sim, _) = in_process_fleet().await;
+    // Heartbeats a minute apart: whatever the other worker learns within seconds, it did not
+    // learn from one.
+    let slow = FleetSettings {
+        heartbeat_interval: Duration::from_secs(60),
+        ..settings(Duration::from_secs(300))
+    };
+    let throttled_graph = GraphClient::new(graph_settings(&sim)).unwrap();
+    let throttled = Coordinator::join(db.store.clone(), throttled_graph.clone(), slow.clone())
+        .await
+        .unwrap();
+    let other_graph = GraphClient::new(graph_settings(&sim)).unwrap();
+    let other = Coordinator::join(db.store.clone(), other_graph.clone(), slow)
+        .await
+        .unwrap();
+    let shares = beat_until(&[&throttled, &other], QUOTA / 2.0, 3).await;
+    assert_eq!(rates(&shares), [QUOTA / 2.0, QUOTA / 2.0]);
+    let share = other_graph.throttle().learnt().ceiling;
+    let (stop, stopping) = watch::channel(false);
+    let running = [
+        tokio::spawn(throttled.run(stopping.clone())),
+        tokio::spawn(other.run(stopping)),
+    ];
+
+    sim.control().inject_429(1, Duration::from_secs(120));
+    let request = tokio::spawn(async move { throttled_graph.host("contoso.com").await });
+    eventually(
+        Duration::from_secs(10),
+        "the other worker holds back",
+        || {
+            let held = other_graph.throttle().held_until();
+            async move { held.is_some() }
+        },
+    )
+    .await;
+    assert!(
+        other_graph.throttle().held_until().unwrap() > Instant::now() + Duration::from_secs(60)
+    );
+    assert!(
+        other_graph.throttle().learnt().ceiling < share,
+        "the tenant's cut rate is the other worker's too"
+    );
+    request.abort();
+
+    stop.send(true).unwrap();
+    for task in running {
+        task.await.unwrap();
+    }
+    assert_eq!(db.count("worker_leases").await, 0);
+}
+
 /// The worker binary's arguments for a fleet sharing `QUOTA` on `sim`.
 fn fleet_args(db: &TestDb, sim: &SimHandle, prefix: &str) -> Vec<String> {
     [

@@ -5,10 +5,28 @@
 
 use std::time::Duration;
 
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::Row;
 use uuid::Uuid;
 
 use super::{ttl_seconds, Store, StoreError};
+
+/// The notification channel of [`Store::cut_tenant_rate`]; the payload is the tenant's id.
+const THROTTLE_CHANNEL: &str = "mdti_tenant_throttled";
+
+/// Throttles announced by the workers of every tenant sharing the database.
+pub struct TenantThrottles {
+    listener: PgListener,
+}
+
+impl TenantThrottles {
+    /// The tenant of the next throttle announced. After a lost connection it reconnects (what
+    /// was announced meanwhile is lost: the heartbeat reads the hold anyway); an error means
+    /// Postgres is unreachable.
+    pub async fn next(&mut self) -> Result<String, StoreError> {
+        Ok(self.listener.recv().await?.payload().to_owned())
+    }
+}
 
 /// Who holds a lease: enough to find the process from a `SELECT * FROM worker_leases`.
 #[derive(Debug, Clone)]
@@ -170,8 +188,29 @@ impl Store {
         if let Some(rate) = cut {
             set_tenant_rate(&mut tx, tenant_id, rate, true).await?;
         }
+        // Delivered at the commit, with the hold raised before it already in place: the other
+        // workers of the tenant take both at once instead of at their next heartbeat.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(THROTTLE_CHANNEL)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(cut)
+    }
+
+    /// The tenants whose workers were throttled from now on, as [`Store::cut_tenant_rate`]
+    /// announces them, on a connection of their own.
+    pub async fn tenant_throttles(&self) -> Result<TenantThrottles, StoreError> {
+        // A pool of one for the listener, which holds its connection for good: taken from the
+        // worker's pool, it would leave the work one connection fewer.
+        let options = (*self.pool().connect_options()).clone();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&own).await?;
+        listener.listen(THROTTLE_CHANNEL).await?;
+        Ok(TenantThrottles { listener })
     }
 
     /// Give the lease back (a clean shutdown): the others count one worker fewer at their next

@@ -41,7 +41,7 @@ pub use attributions::OwedAttribution;
 pub use error::StoreError;
 pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use group_commit::{GroupCommitStats, Pending};
-pub use leases::{HeartbeatDecision, LeaseHolder, LeaseView, TenantRate};
+pub use leases::{HeartbeatDecision, LeaseHolder, LeaseView, TenantRate, TenantThrottles};
 pub use outbox::{ClaimedEvents, OutboxBacklog, OwedEvent};
 pub use report::{DailyLine, LaneBacklog, RecentHit, RejectionCount, Report, TopActor};
 pub use status::{MessageSizes, Publication, SourceActivity};
