@@ -271,13 +271,14 @@ impl Coordinator {
         while !*stop.borrow() {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.beat(&mut liveness).await;
-                    if throttles.is_none() && !liveness.cut_off {
+                    if self.beat(&mut liveness).await && throttles.is_none() {
                         throttles = self.listen_for_throttles().await;
                     }
                 },
                 throttled = next_throttle(&mut throttles) => match throttled {
-                    Ok(tenant) if tenant == self.settings.tenant_id => self.beat(&mut liveness).await,
+                    Ok(tenant) if tenant == self.settings.tenant_id => {
+                        self.beat(&mut liveness).await;
+                    }
                     Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, "fleet: other workers' 429s now arrive with the heartbeats");
@@ -312,11 +313,13 @@ impl Coordinator {
     }
 
     /// One heartbeat of [`Coordinator::run`]; past the lease expiry without one, fall back.
-    async fn beat(&self, liveness: &mut Liveness) {
+    /// Returns whether Postgres answered.
+    async fn beat(&self, liveness: &mut Liveness) -> bool {
         match self.heartbeat().await {
             Ok(_) => {
                 liveness.last_ok = Instant::now();
                 liveness.cut_off = false;
+                true
             }
             Err(error) => {
                 tracing::warn!(%error, "fleet heartbeat failed");
@@ -324,6 +327,7 @@ impl Coordinator {
                     liveness.cut_off = true;
                     self.fall_back();
                 }
+                false
             }
         }
     }
