@@ -538,10 +538,10 @@ fn name_observable(
             return Err(InvalidObservable::KindMismatch {
                 input: shown(&name),
                 declared: d,
-                detected: detect_kind(&name),
+                detected: name_kind(&name),
             })
         }
-        None => detect_kind(&name),
+        None => name_kind(&name),
     };
     Ok(Observable::new_canonical(kind, name))
 }
@@ -623,7 +623,8 @@ struct Extracted<'a> {
 
 /// The rest after `scheme://` when `s` starts with a syntactically valid scheme.
 fn strip_scheme(s: &str) -> Option<&str> {
-    let at = s.find("://")?;
+    // A scheme has no `:` of its own, so only the first `:` can end one.
+    let at = s.find(':').filter(|&at| s[at..].starts_with("://"))?;
     let scheme = &s[..at];
     let mut chars = scheme.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
@@ -635,6 +636,10 @@ fn strip_scheme(s: &str) -> Option<&str> {
 fn has_at_marker(s: &str) -> bool {
     const MARKERS: [&[u8]; 4] = [b"[at]", b"(at)", b"{at}", b"[@]"];
     let b = s.as_bytes();
+    // Every marker opens with a bracket: most values have none, and need no closer look.
+    if !b.iter().any(|c| matches!(c, b'[' | b'(' | b'{')) {
+        return false;
+    }
     MARKERS
         .iter()
         .any(|m| b.windows(m.len()).any(|w| w.eq_ignore_ascii_case(m)))
@@ -807,11 +812,12 @@ fn check_name_chars(s: &str, applies: impl Fn(char) -> bool) -> Result<(), Inval
 
 /// DNS rules for a lowercase ASCII name without a trailing dot.
 fn check_name(name: &str) -> Result<(), InvalidObservable> {
-    let labels: Vec<&str> = name.split('.').collect();
-    if labels.iter().any(|l| l.is_empty()) {
+    // Each rule looks over all the labels before the next: the first rule broken is the error.
+    let labels = || name.split('.');
+    if labels().any(str::is_empty) {
         return Err(InvalidObservable::EmptyLabel { input: shown(name) });
     }
-    if let Some(label) = labels.iter().find(|l| l.len() > MAX_LABEL_LEN) {
+    if let Some(label) = labels().find(|l| l.len() > MAX_LABEL_LEN) {
         return Err(InvalidObservable::LabelTooLong {
             label: shown(label),
             len: label.len(),
@@ -823,16 +829,13 @@ fn check_name(name: &str) -> Result<(), InvalidObservable> {
             len: name.len(),
         });
     }
-    if let Some(label) = labels
-        .iter()
-        .find(|l| l.starts_with('-') || l.ends_with('-'))
-    {
+    if let Some(label) = labels().find(|l| l.starts_with('-') || l.ends_with('-')) {
         return Err(InvalidObservable::InvalidLabel {
             input: shown(name),
             label: shown(label),
         });
     }
-    if labels.len() < 2 {
+    if !name.contains('.') {
         return Err(InvalidObservable::SingleLabel { input: shown(name) });
     }
     Ok(())
@@ -943,17 +946,29 @@ pub fn detect_kind(canonical_name: &str) -> ObservableKind {
     if name.parse::<Ipv6Addr>().is_ok() {
         return ObservableKind::Ipv6;
     }
-    let labels = name.split('.').count();
-    let suffix_labels = match name.rsplitn(3, '.').collect::<Vec<_>>().as_slice() {
-        [tld, second, _] | [tld, second] => {
-            let pair = format!("{second}.{tld}").to_ascii_lowercase();
-            if MULTI_LABEL_SUFFIXES.binary_search(&pair.as_str()).is_ok() {
+    name_kind(name)
+}
+
+/// Domain or Host for a name known not to be an address, without a trailing dot. Every
+/// counterpart of a chaining walk comes through here, so it allocates nothing.
+fn name_kind(name: &str) -> ObservableKind {
+    let mut dots = name.rmatch_indices('.').map(|(at, _)| at);
+    let labels = name.bytes().filter(|&b| b == b'.').count() + 1;
+    // The last two labels, `second.tld`: all of a two-label name, else what follows the second
+    // dot from the end.
+    let suffix_labels = match (dots.next(), dots.next()) {
+        (Some(_), second) => {
+            let pair = &name.as_bytes()[second.map_or(0, |at| at + 1)..];
+            let listed = MULTI_LABEL_SUFFIXES.binary_search_by(|suffix| {
+                suffix.bytes().cmp(pair.iter().map(u8::to_ascii_lowercase))
+            });
+            if listed.is_ok() {
                 2
             } else {
                 1
             }
         }
-        _ => 1,
+        (None, _) => 1,
     };
     if labels == suffix_labels + 1 {
         ObservableKind::Domain

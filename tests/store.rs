@@ -624,6 +624,25 @@ async fn cached_reputation_respects_the_ttl() {
 }
 
 #[tokio::test]
+async fn stored_reputation_rules_this_build_cannot_read_are_a_miss_not_an_error() {
+    let db = TestDb::new().await;
+    let host = "counterpart.example";
+    db.store.save_reputation(host, &reputation()).await.unwrap();
+    for unreadable in [r#"{"name": "not a list"}"#, r#"[{"name": 7}]"#, "null"] {
+        sqlx::query("UPDATE reputations SET rules = $1::jsonb")
+            .bind(unreadable)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            db.store.cached_reputation(host, HOUR).await.unwrap(),
+            None,
+            "{unreadable}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn connection_refused_is_transient() {
     let url = "postgres://postgres@127.0.0.1:1/mdti";
     // At the start: PostgreSQL is missing, not refusing (the way forward is to start it).
