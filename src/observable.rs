@@ -812,12 +812,21 @@ fn check_name_chars(s: &str, applies: impl Fn(char) -> bool) -> Result<(), Inval
 
 /// DNS rules for a lowercase ASCII name without a trailing dot.
 fn check_name(name: &str) -> Result<(), InvalidObservable> {
-    // Each rule looks over all the labels before the next: the first rule broken is the error.
-    let labels = || name.split('.');
-    if labels().any(str::is_empty) {
+    // One pass over the labels; the first rule broken, in this order, is the error.
+    let (mut empty, mut too_long, mut hyphened) = (false, None, None);
+    for label in name.split('.') {
+        empty |= label.is_empty();
+        if too_long.is_none() && label.len() > MAX_LABEL_LEN {
+            too_long = Some(label);
+        }
+        if hyphened.is_none() && (label.starts_with('-') || label.ends_with('-')) {
+            hyphened = Some(label);
+        }
+    }
+    if empty {
         return Err(InvalidObservable::EmptyLabel { input: shown(name) });
     }
-    if let Some(label) = labels().find(|l| l.len() > MAX_LABEL_LEN) {
+    if let Some(label) = too_long {
         return Err(InvalidObservable::LabelTooLong {
             label: shown(label),
             len: label.len(),
@@ -829,7 +838,7 @@ fn check_name(name: &str) -> Result<(), InvalidObservable> {
             len: name.len(),
         });
     }
-    if let Some(label) = labels().find(|l| l.starts_with('-') || l.ends_with('-')) {
+    if let Some(label) = hyphened {
         return Err(InvalidObservable::InvalidLabel {
             input: shown(name),
             label: shown(label),
