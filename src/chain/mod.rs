@@ -43,6 +43,7 @@ pub mod confidence;
 mod event;
 mod findings;
 mod lookup;
+mod names;
 mod profiles;
 pub mod retro;
 mod sharing;
@@ -62,13 +63,14 @@ pub use crate::model::{
 pub use attribution::{article_id, cti_actor_names, CTI_RULE, INTEL_ARTICLE_RULE};
 pub use event::attribution_event;
 pub use findings::event_routing_key;
+pub use names::CanonicalNames;
 pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
 
 use crate::enrich::Reputation;
 use crate::graph::model::{ArtifactType, PassiveDnsRecord};
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
 use crate::model::{StorageError, WalkCache};
-use crate::observable::{normalise, NormaliseOptions, Normalised, Observable};
+use crate::observable::{normalise, NormaliseOptions, Observable};
 
 /// How far and how expensively one walk may go.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +219,7 @@ pub struct Chainer {
     settings: ChainSettings,
     profiles: Arc<ProfileIndex>,
     in_flight: Option<InFlight<Reputation>>,
+    names: CanonicalNames,
 }
 
 /// What the enrichers already read of the IOC, so the walk does not ask Graph again.
@@ -362,7 +365,15 @@ impl Chainer {
             settings,
             profiles: Arc::new(ProfileIndex::default()),
             in_flight: None,
+            names: CanonicalNames::default(),
         }
+    }
+
+    /// Take counterparts' canonical names from `names`, shared with other walks, rather than
+    /// from this walk's own (see [`CanonicalNames`]).
+    pub fn with_names(mut self, names: CanonicalNames) -> Chainer {
+        self.names = names;
+        self
     }
 
     /// Join reputation lookups other walks sharing `in_flight` have in flight, and let them
@@ -536,7 +547,7 @@ impl Chainer {
         let path = walk.nodes[parent].path.clone();
         let mut added = Vec::new();
         for record in records {
-            let Some(artifact) = counterpart(record) else {
+            let Some(artifact) = counterpart(record, &self.names) else {
                 continue;
             };
             // Every name counts towards how shared the parent is, however old its record.
@@ -572,7 +583,7 @@ impl Chainer {
 
 /// The canonical counterpart a passive DNS record names, if it is a public host worth asking
 /// about. An `ipAddress` artifact whose id is not an IP is not trusted.
-fn counterpart(record: &PassiveDnsRecord) -> Option<String> {
+fn counterpart(record: &PassiveDnsRecord, names: &CanonicalNames) -> Option<String> {
     let artifact = record.artifact.as_ref()?;
     let id = artifact.id.as_deref()?.trim();
     if id.is_empty() {
@@ -583,10 +594,7 @@ fn counterpart(record: &PassiveDnsRecord) -> Option<String> {
     {
         return None;
     }
-    match normalise(id, None, &NormaliseOptions::default()) {
-        Ok(Normalised::Ready(observable)) => Some(observable.value().to_owned()),
-        Ok(Normalised::Skipped { .. }) | Err(_) => None,
-    }
+    names.public_host(id)
 }
 
 /// The canonical form of an indicator artifact (non-public values allowed): what
@@ -620,17 +628,21 @@ mod tests {
     fn counterparts_are_canonical_and_public() {
         let ip = "#microsoft.graph.security.ipAddress";
         let host = "#microsoft.graph.security.hostName";
+        let names = CanonicalNames::default();
         assert_eq!(
-            counterpart(&record("20.0.0.1", ip)),
+            counterpart(&record("20.0.0.1", ip), &names),
             Some("20.0.0.1".into())
         );
         assert_eq!(
-            counterpart(&record("CDN-1.Example.NET.", host)),
+            counterpart(&record("CDN-1.Example.NET.", host), &names),
             Some("cdn-1.example.net".into())
         );
-        assert_eq!(counterpart(&record("10.0.0.1", ip)), None);
-        assert_eq!(counterpart(&record("not-an-ip.example.com", ip)), None);
-        assert_eq!(counterpart(&record("  ", host)), None);
+        assert_eq!(counterpart(&record("10.0.0.1", ip), &names), None);
+        assert_eq!(
+            counterpart(&record("not-an-ip.example.com", ip), &names),
+            None
+        );
+        assert_eq!(counterpart(&record("  ", host), &names), None);
         assert_eq!(
             canonical_artifact("Update-1.Example.COM"),
             Some("update-1.example.com".into())

@@ -99,13 +99,13 @@ impl Chainer {
         };
         let pages = futures::stream::iter(hosts.into_iter().take(left))
             .map(|host| {
-                let graph = graph.clone();
+                let (graph, names) = (graph.clone(), self.names.clone());
                 async move {
                     let mut counter = Counter::default();
                     let paged = graph
                         .passive_dns_pages(&host, limits, |page| {
                             for record in &page {
-                                if let Some(name) = super::counterpart(record) {
+                                if let Some(name) = super::counterpart(record, &names) {
                                     counter.insert(&name);
                                 }
                             }

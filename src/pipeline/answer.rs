@@ -110,7 +110,8 @@ impl Pipeline {
             settings,
         )
         .with_profiles(self.current_profiles())
-        .with_in_flight(self.lookups.clone());
+        .with_in_flight(self.lookups.clone())
+        .with_names(self.names.clone());
         let unknown = Reputation::default();
         chainer
             .walk_from(&work.observable, known_from(enrichment, &unknown))

@@ -15,7 +15,7 @@ use std::time::Duration;
 use foldhash::{HashMap, HashMapExt};
 use futures::StreamExt;
 
-use crate::chain::{ChainSettings, ProfileIndex};
+use crate::chain::{CanonicalNames, ChainSettings, ProfileIndex};
 use crate::enrich::{EnricherKind, Reputation};
 use crate::failpoint;
 use crate::graph::{GraphClient, PageLimits};
@@ -74,6 +74,8 @@ pub struct Pipeline {
     profiles: Arc<RwLock<Arc<ProfileIndex>>>,
     /// Reputation lookups of this worker's walks in flight, followed by the other walks.
     lookups: InFlight<Reputation>,
+    /// Counterparts' canonical names, worked out once for all walks.
+    names: CanonicalNames,
     /// Observables this worker is enriching, followed by their repeats (see [`Pipeline::answer`]).
     enriching: InFlight<()>,
     /// Woken when a commit stored hits whose events are owed.
@@ -95,6 +97,7 @@ impl Pipeline {
             settings,
             profiles: Arc::default(),
             lookups: InFlight::default(),
+            names: CanonicalNames::default(),
             enriching: InFlight::default(),
             relay: RelayHandle::default(),
         }
