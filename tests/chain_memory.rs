@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
 use mdti_worker::chain::{ChainFindings, ChainSettings, Chainer, Known};
+use mdti_worker::graph::model::PassiveDnsRecord;
 use mdti_worker::graph::{GraphClient, GraphSettings, PageLimits};
 use mdti_worker::observable::{normalise, NormaliseOptions, Normalised, Observable};
 use mdti_worker::secret::Secret;
@@ -309,12 +310,12 @@ async fn the_pager_hands_on_one_page_at_a_time() {
     let mut calls = 0u32;
     let mut largest = 0usize;
     let mut records = 0usize;
-    let (paged, paged_peak) = peak_while(graph.passive_dns_pages(BIG, limits(), |page| {
+    let on_page = |page: Vec<PassiveDnsRecord>| {
         calls += 1;
         largest = largest.max(page.len());
         records += page.len();
-    }))
-    .await;
+    };
+    let (paged, paged_peak) = peak_while(graph.passive_dns_pages(BIG, limits(), on_page)).await;
     let paged = paged.unwrap();
     assert_eq!(calls, 100, "one call per page");
     assert_eq!(largest, PAGE as usize);

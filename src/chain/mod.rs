@@ -67,7 +67,7 @@ pub use names::CanonicalNames;
 pub use profiles::{sync_profiles, sync_profiles_with, ProfileIndex, ProfileInfo, SyncSummary};
 
 use crate::enrich::Reputation;
-use crate::graph::model::{ArtifactType, PassiveDnsRecord};
+use crate::graph::model::{ArtifactType, EntityRef, PassiveDnsRecord};
 use crate::graph::{Collection, GraphClient, GraphError, PageLimits};
 use crate::model::{StorageError, WalkCache};
 use crate::observable::{normalise, NormaliseOptions, Observable};
@@ -547,7 +547,7 @@ impl Chainer {
         let path = walk.nodes[parent].path.clone();
         let mut added = Vec::new();
         for record in records {
-            let Some(artifact) = counterpart(record, &self.names) else {
+            let Some(artifact) = counterpart(record.artifact.as_ref(), &self.names) else {
                 continue;
             };
             // Every name counts towards how shared the parent is, however old its record.
@@ -581,10 +581,10 @@ impl Chainer {
     }
 }
 
-/// The canonical counterpart a passive DNS record names, if it is a public host worth asking
-/// about. An `ipAddress` artifact whose id is not an IP is not trusted.
-fn counterpart(record: &PassiveDnsRecord, names: &CanonicalNames) -> Option<String> {
-    let artifact = record.artifact.as_ref()?;
+/// The canonical counterpart a passive DNS record's artifact names, if it is a public host
+/// worth asking about. An `ipAddress` artifact whose id is not an IP is not trusted.
+fn counterpart(artifact: Option<&EntityRef>, names: &CanonicalNames) -> Option<String> {
+    let artifact = artifact?;
     let id = artifact.id.as_deref()?.trim();
     if id.is_empty() {
         return None;
@@ -612,14 +612,17 @@ pub(crate) fn canonical_artifact(id: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::model::EntityRef;
 
-    fn record(artifact: &str, odata: &str) -> PassiveDnsRecord {
+    fn artifact(id: &str, odata: &str) -> EntityRef {
+        EntityRef {
+            id: Some(id.into()),
+            odata_type: Some(odata.to_owned().into()),
+        }
+    }
+
+    fn record(id: &str, odata: &str) -> PassiveDnsRecord {
         PassiveDnsRecord {
-            artifact: Some(EntityRef {
-                id: Some(artifact.into()),
-                odata_type: Some(odata.to_owned().into()),
-            }),
+            artifact: Some(artifact(id, odata)),
             ..PassiveDnsRecord::default()
         }
     }
@@ -630,19 +633,19 @@ mod tests {
         let host = "#microsoft.graph.security.hostName";
         let names = CanonicalNames::default();
         assert_eq!(
-            counterpart(&record("20.0.0.1", ip), &names),
+            counterpart(Some(&artifact("20.0.0.1", ip)), &names),
             Some("20.0.0.1".into())
         );
         assert_eq!(
-            counterpart(&record("CDN-1.Example.NET.", host), &names),
+            counterpart(Some(&artifact("CDN-1.Example.NET.", host)), &names),
             Some("cdn-1.example.net".into())
         );
-        assert_eq!(counterpart(&record("10.0.0.1", ip), &names), None);
+        assert_eq!(counterpart(Some(&artifact("10.0.0.1", ip)), &names), None);
         assert_eq!(
-            counterpart(&record("not-an-ip.example.com", ip), &names),
+            counterpart(Some(&artifact("not-an-ip.example.com", ip)), &names),
             None
         );
-        assert_eq!(counterpart(&record("  ", host), &names), None);
+        assert_eq!(counterpart(Some(&artifact("  ", host)), &names), None);
         assert_eq!(
             canonical_artifact("Update-1.Example.COM"),
             Some("update-1.example.com".into())

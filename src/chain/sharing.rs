@@ -8,6 +8,7 @@ use foldhash::{HashMap, HashSet};
 use futures::StreamExt;
 
 use super::{ActorHit, ChainError, Chainer, Fanout, Walk};
+use crate::graph::model::PassiveDnsArtifact;
 use crate::graph::PageLimits;
 
 /// At most this many distinct names are counted per host: enough to tell dedicated, shared and
@@ -103,9 +104,10 @@ impl Chainer {
                 async move {
                     let mut counter = Counter::default();
                     let paged = graph
-                        .passive_dns_pages(&host, limits, |page| {
+                        .passive_dns_pages(&host, limits, |page: Vec<PassiveDnsArtifact>| {
                             for record in &page {
-                                if let Some(name) = super::counterpart(record, &names) {
+                                let artifact = record.artifact.as_ref();
+                                if let Some(name) = super::counterpart(artifact, &names) {
                                     counter.insert(&name);
                                 }
                             }

@@ -406,16 +406,18 @@ impl GraphClient {
         .await
     }
 
-    /// [`passive_dns`](Self::passive_dns) a page at a time; see
+    /// [`passive_dns`](Self::passive_dns) a page at a time, each record read as `T` (a whole
+    /// [`model::PassiveDnsRecord`], or only what the caller needs); see
     /// [`for_each_page`](Self::for_each_page).
-    pub async fn passive_dns_pages<F>(
+    pub async fn passive_dns_pages<T, F>(
         &self,
         key: &str,
         limits: PageLimits,
         on_page: F,
     ) -> Result<Paged, GraphError>
     where
-        F: FnMut(Vec<model::PassiveDnsRecord>),
+        T: DeserializeOwned,
+        F: FnMut(Vec<T>),
     {
         self.for_each_page(
             "passiveDns",

@@ -375,6 +375,14 @@ pub struct PassiveDnsRecord {
     pub artifact: Option<EntityRef>,
 }
 
+/// A passive DNS record as a count of the names behind a host reads it: the artifact alone.
+/// Its times and parent are skipped unread rather than parsed.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct PassiveDnsArtifact {
+    #[serde(default)]
+    pub artifact: Option<EntityRef>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HostPair {
@@ -698,6 +706,21 @@ mod tests {
         assert_eq!(record.expiration_date_time, None);
         assert!(record.first_seen_date_time.is_some());
         assert!(record.nameservers.is_empty());
+    }
+
+    #[test]
+    fn a_record_read_for_its_artifact_reads_the_same_artifact_as_the_whole_record() {
+        let body = br##"{"firstSeenDateTime": "2022-04-18T10:31:12Z", "lastSeenDateTime": 7,
+            "collectedDateTime": "2023-01-01T00:00:00Z", "recordType": "A",
+            "parentHost": {"id": "contoso.com", "@odata.type": "#microsoft.graph.security.hostname"},
+            "artifact": {"id": "20.0.0.1", "@odata.type": "#microsoft.graph.security.ipAddress"}}"##;
+        let whole: PassiveDnsRecord = serde_json::from_slice(body).unwrap();
+        let artifact: PassiveDnsArtifact = serde_json::from_slice(body).unwrap();
+        assert_eq!(artifact.artifact, whole.artifact);
+        assert_eq!(
+            artifact.artifact.map(|a| a.artifact_type()),
+            Some(ArtifactType::IpAddress)
+        );
     }
 
     #[test]
