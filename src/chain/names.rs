@@ -29,10 +29,7 @@ impl CanonicalNames {
         if let Some(known) = self.names().get(id) {
             return known.as_deref().map(str::to_owned);
         }
-        let canonical = match normalise(id, None, &NormaliseOptions::default()) {
-            Ok(Normalised::Ready(observable)) => Some(observable.value().to_owned()),
-            Ok(Normalised::Skipped { .. }) | Err(_) => None,
-        };
+        let canonical = normalised(id);
         let mut names = self.names();
         if names.len() >= CAPACITY {
             names.clear();
@@ -45,6 +42,14 @@ impl CanonicalNames {
     fn names(&self) -> MutexGuard<'_, Memo> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `id` normalised, if that makes it a public host: the work the memory saves.
+fn normalised(id: &str) -> Option<String> {
+    normalise(id, None, &NormaliseOptions::default())
+        .ok()
+        .filter(Normalised::is_ready)
+        .map(|ready| ready.observable().value().to_owned())
 }
 
 #[cfg(test)]
@@ -62,13 +67,6 @@ mod tests {
         "2606:4700::1111",
         "hxxp://evil[.]example/path",
     ];
-
-    fn normalised(id: &str) -> Option<String> {
-        match normalise(id, None, &NormaliseOptions::default()) {
-            Ok(Normalised::Ready(observable)) => Some(observable.value().to_owned()),
-            _ => None,
-        }
-    }
 
     #[test]
     fn a_remembered_spelling_answers_as_normalising_it_again_would() {

@@ -28,9 +28,9 @@ pub(super) type ResultKey = (i64, &'static str);
 /// digest stored beside each result.
 const DIGEST_NAMESPACE: Uuid = Uuid::from_u128(0x6d64_7469_2d61_6e73_7765_722d_6469_6765);
 
-/// Digests of the extract rows of each result, from rows in key order (so each result's rows
-/// are consecutive). `results` are every result written: one without extracts has the digest of
-/// no rows.
+/// Digests of the extract rows of each result, each result's rows taken in their order (the
+/// rows of different results may interleave). `results` are every result written: one without
+/// extracts has the digest of no rows.
 pub(super) fn digests<'k>(
     results: impl Iterator<Item = ResultKey>,
     rows: impl Iterator<Item = (ResultKey, [&'k str; 3], Option<&'k str>)>,
