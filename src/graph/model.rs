@@ -525,18 +525,37 @@ pub struct Page<T> {
 }
 
 impl<T: DeserializeOwned> Page<T> {
-    /// Reads a page straight from the answer's bytes. Only a body that is not JSON fails: a
-    /// body of another shape is an empty last page, a `value` that is not a list holds no
-    /// items, a next link that is not a string is none, and an item that does not parse is
-    /// left out on its own (each item is cut out whole before it is parsed).
+    /// Reads a page straight from the answer's bytes. Only a body that is not JSON (nor UTF-8,
+    /// as JSON must be) fails: a body of another shape is an empty last page, a `value` that is
+    /// not a list holds no items, a next link that is not a string is none, and an item that
+    /// does not parse is left out on its own.
     pub fn read(body: &[u8]) -> Result<Page<T>, serde_json::Error> {
-        let raw: RawPage<'_> = serde_json::from_slice(body)?;
+        let text = std::str::from_utf8(body).map_err(|e| {
+            <serde_json::Error as de::Error>::custom(format_args!("the answer is not UTF-8: {e}"))
+        })?;
+        // Items almost always all parse, so the page is first read in one pass. Any error means
+        // reading it again item by item, which finds what the one pass would have and which
+        // items to leave out.
+        match serde_json::from_str::<PageParts<ParsedItems<T>>>(text) {
+            Ok(parts) => Ok(Page {
+                items: parts.items.0,
+                unreadable: Vec::new(),
+                next_link: parts.next_link,
+            }),
+            Err(_) => Self::read_item_by_item(text),
+        }
+    }
+
+    /// [`read`](Self::read) with each item cut out whole before it is parsed, so that one that
+    /// does not parse leaves the reader at the next.
+    fn read_item_by_item(text: &str) -> Result<Page<T>, serde_json::Error> {
+        let raw: PageParts<RawItems<'_>> = serde_json::from_str(text)?;
         let mut page = Page {
-            items: Vec::with_capacity(raw.items.len()),
+            items: Vec::with_capacity(raw.items.0.len()),
             unreadable: Vec::new(),
             next_link: raw.next_link,
         };
-        for item in raw.items {
+        for item in raw.items.0 {
             match serde_json::from_str(item.get()) {
                 Ok(parsed) => page.items.push(parsed),
                 Err(error) => page.unreadable.push(error),
@@ -546,34 +565,34 @@ impl<T: DeserializeOwned> Page<T> {
     }
 }
 
-/// A page with its items still unparsed, borrowed from the answer.
+/// A page's items as `I` (parsed, or cut out unparsed) and its next link.
 #[derive(Default)]
-struct RawPage<'de> {
-    items: Vec<&'de RawValue>,
+struct PageParts<I> {
+    items: I,
     next_link: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for RawPage<'de> {
+impl<'de, I: Deserialize<'de> + Default> Deserialize<'de> for PageParts<I> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PageVisitor)
+        deserializer.deserialize_any(PageVisitor(PhantomData))
     }
 }
 
-struct PageVisitor;
+struct PageVisitor<I>(PhantomData<I>);
 
-impl<'de> Visitor<'de> for PageVisitor {
-    type Value = RawPage<'de>;
+impl<'de, I: Deserialize<'de> + Default> Visitor<'de> for PageVisitor<I> {
+    type Value = PageParts<I>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a collection page")
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut page = RawPage::default();
+        let mut page = PageParts::default();
         // A key given twice counts as its last value, as in any JSON object read whole.
         while let Some(key) = map.next_key::<PageKey>()? {
             match key {
-                PageKey::Value => page.items = map.next_value::<RawItems<'de>>()?.0,
+                PageKey::Value => page.items = map.next_value::<I>()?,
                 PageKey::NextLink => page.next_link = map.next_value::<NextLink>()?.0,
                 PageKey::Other => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -639,6 +658,40 @@ impl<'de> Deserialize<'de> for RawItems<'de> {
             absent_otherwise!(bool i64 u64 f64 str unit map);
         }
         deserializer.deserialize_any(ItemsVisitor)
+    }
+}
+
+/// A page's `value` with every item parsed, or none when it is not a list; an item that does
+/// not parse fails the whole page.
+struct ParsedItems<T>(Vec<T>);
+
+impl<T> Default for ParsedItems<T> {
+    fn default() -> Self {
+        ParsedItems(Vec::new())
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for ParsedItems<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor<T>(PhantomData<T>);
+        impl<'de, T: DeserializeOwned> Visitor<'de> for ItemsVisitor<T> {
+            type Value = ParsedItems<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of items")
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<T>()? {
+                    items.push(item);
+                }
+                Ok(ParsedItems(items))
+            }
+
+            absent_otherwise!(bool i64 u64 f64 str unit map);
+        }
+        deserializer.deserialize_any(ItemsVisitor(PhantomData))
     }
 }
 
@@ -793,6 +846,42 @@ mod tests {
         assert_eq!(page.next_link, None);
         assert!(Page::<Subdomain>::read(br#"{"value": [{"id": "a"}"#).is_err());
         assert!(Page::<Subdomain>::read(b"{\"value\": [\"\xff\"]}").is_err());
+    }
+
+    /// Pages whose items all parse are read in one pass; any other page item by item.
+    fn assert_one_pass_reads_as_item_by_item<T: DeserializeOwned + std::fmt::Debug>(body: &str) {
+        let read = Page::<T>::read(body.as_bytes());
+        let by_item = Page::<T>::read_item_by_item(body);
+        assert_eq!(format!("{read:?}"), format!("{by_item:?}"), "{body}");
+    }
+
+    #[test]
+    fn a_page_read_in_one_pass_is_the_page_read_item_by_item() {
+        let deep = format!("{}1{}", "[".repeat(120), "]".repeat(120));
+        let pages = [
+            r#"{"@odata.context": "x", "value": [{"id": "a", "childHost": {"id": "1.2.3.4"},
+                "lastSeenDateTime": "2022-04-18T10:31:12Z", "extra": {"n": [1, {"m": null}]}},
+                {"id": "b\u00e9\n", "parentHost": {"id": "hé.example"}}],
+                "@odata.nextLink": "https://graph/next"}"#
+                .to_owned(),
+            r#"{"value": [{"id": "a"}, "junk", {"id": "c", "childHost": 7}]}"#.to_owned(),
+            r#"{"value": [{"id": "a"}], "value": [{"id": "b"}], "@odata.nextLink": 5}"#.to_owned(),
+            r#"{"value": {"id": "a"}, "@odata.nextLink": "n"}"#.to_owned(),
+            r#"[{"id": "a"}]"#.to_owned(),
+            r#"{"value": [{"id": "a"}"#.to_owned(),
+            // Unmapped values are skipped however deep, in the page or alone.
+            format!(r#"{{"value": [{{"id": "a", "x": {deep}}}]}}"#),
+        ];
+        for page in &pages {
+            assert_one_pass_reads_as_item_by_item::<HostPair>(page);
+            assert_one_pass_reads_as_item_by_item::<Subdomain>(page);
+            assert_one_pass_reads_as_item_by_item::<PassiveDnsRecord>(page);
+        }
+    }
+
+    #[test]
+    fn a_page_that_is_not_utf8_fails_even_where_nothing_is_read() {
+        assert!(Page::<Subdomain>::read(b"{\"value\": [], \"note\": \"\xff\"}").is_err());
     }
 
     #[test]
