@@ -536,7 +536,7 @@ impl<T: DeserializeOwned> Page<T> {
         // Items almost always all parse, so the page is first read in one pass. Any error means
         // reading it again item by item, which finds what the one pass would have and which
         // items to leave out.
-        match serde_json::from_str::<PageParts<ParsedItems<T>>>(text) {
+        match serde_json::from_str::<PageParts<Items<T>>>(text) {
             Ok(parts) => Ok(Page {
                 items: parts.items.0,
                 unreadable: Vec::new(),
@@ -549,7 +549,7 @@ impl<T: DeserializeOwned> Page<T> {
     /// [`read`](Self::read) with each item cut out whole before it is parsed, so that one that
     /// does not parse leaves the reader at the next.
     fn read_item_by_item(text: &str) -> Result<Page<T>, serde_json::Error> {
-        let raw: PageParts<RawItems<'_>> = serde_json::from_str(text)?;
+        let raw: PageParts<Items<&RawValue>> = serde_json::from_str(text)?;
         let mut page = Page {
             items: Vec::with_capacity(raw.items.0.len()),
             unreadable: Vec::new(),
@@ -633,49 +633,21 @@ impl<'de> Deserialize<'de> for PageKey {
     }
 }
 
-/// A page's `value`: its items cut out unparsed, or none when it is not a list.
-#[derive(Default)]
-struct RawItems<'de>(Vec<&'de RawValue>);
+/// A page's `value`: its items as `Item` (each parsed, or cut out unparsed as a `&RawValue`), or
+/// none when it is not a list. An element that does not read as `Item` fails the whole value.
+struct Items<Item>(Vec<Item>);
 
-impl<'de> Deserialize<'de> for RawItems<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ItemsVisitor;
-        impl<'de> Visitor<'de> for ItemsVisitor {
-            type Value = RawItems<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a list of items")
-            }
-
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element::<&'de RawValue>()? {
-                    items.push(item);
-                }
-                Ok(RawItems(items))
-            }
-
-            absent_otherwise!(bool i64 u64 f64 str unit map);
-        }
-        deserializer.deserialize_any(ItemsVisitor)
-    }
-}
-
-/// A page's `value` with every item parsed, or none when it is not a list; an item that does
-/// not parse fails the whole page.
-struct ParsedItems<T>(Vec<T>);
-
-impl<T> Default for ParsedItems<T> {
+impl<Item> Default for Items<Item> {
     fn default() -> Self {
-        ParsedItems(Vec::new())
+        Items(Vec::new())
     }
 }
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for ParsedItems<T> {
+impl<'de, Item: Deserialize<'de>> Deserialize<'de> for Items<Item> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ItemsVisitor<T>(PhantomData<T>);
-        impl<'de, T: DeserializeOwned> Visitor<'de> for ItemsVisitor<T> {
-            type Value = ParsedItems<T>;
+        struct ItemsVisitor<Item>(PhantomData<Item>);
+        impl<'de, Item: Deserialize<'de>> Visitor<'de> for ItemsVisitor<Item> {
+            type Value = Items<Item>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a list of items")
@@ -683,10 +655,10 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for ParsedItems<T> {
 
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element::<T>()? {
+                while let Some(item) = seq.next_element::<Item>()? {
                     items.push(item);
                 }
-                Ok(ParsedItems(items))
+                Ok(Items(items))
             }
 
             absent_otherwise!(bool i64 u64 f64 str unit map);
