@@ -54,9 +54,13 @@ impl Settler {
     pub fn spawn(&self, tasks: &mut JoinSet<()>, lane: Lane, delivery: Delivery) {
         let settler = self.clone();
         let id = message_id(&delivery.properties, &delivery.data);
-        tasks.spawn(progress::global().track(&id.clone(), async move {
+        let tracked_as = id.clone();
+        // Boxed where it is made: the whole processing of a message is one large future, and
+        // each move on its way into the task would copy all of it.
+        let settling = Box::pin(async move {
             settle(&settler, Taken { delivery, lane, id }).await;
-        }));
+        });
+        tasks.spawn(progress::global().track(&tracked_as, settling));
     }
 }
 
