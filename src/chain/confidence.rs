@@ -154,25 +154,18 @@ fn time(
     let overlaps = indicators
         .iter()
         .any(|(from, until)| *from <= last && until.is_none_or(|until| first <= until));
-    let day = |t: DateTime<Utc>| t.format("%Y-%m-%d").to_string();
+    // A date's own Display is `%Y-%m-%d`, without reading a format string for every hit.
+    let (first, last) = (first.date_naive(), last.date_naive());
     Some(if overlaps {
         factor(
             "time",
-            format!(
-                "resolved {}..{} while the indicator was active",
-                day(first),
-                day(last)
-            ),
+            format!("resolved {first}..{last} while the indicator was active"),
             10,
         )
     } else {
         factor(
             "time",
-            format!(
-                "resolved {}..{} outside the indicator's active window",
-                day(first),
-                day(last)
-            ),
+            format!("resolved {first}..{last} outside the indicator's active window"),
             -10,
         )
     })
@@ -344,6 +337,29 @@ mod tests {
             50,
             "an indicator without an end is still active"
         );
+    }
+
+    #[test]
+    fn the_time_factor_names_the_resolution_window_by_its_days() {
+        let evidence = [indicator("2022-01-01T00:00:00Z", None)];
+        let mut hit = hop(&evidence, None);
+        for (first, last, detail) in [
+            (
+                "2022-06-01T23:59:59Z",
+                "2023-06-01T00:00:00Z",
+                "resolved 2022-06-01..2023-06-01 while the indicator was active",
+            ),
+            (
+                "0900-01-05T00:00:00Z",
+                "0999-12-31T12:00:00Z",
+                "resolved 0900-01-05..0999-12-31 outside the indicator's active window",
+            ),
+        ] {
+            hit.window = (Some(first.parse().unwrap()), Some(last.parse().unwrap()));
+            let (_, factors) = score(&hit);
+            let time = factors.iter().find(|f| f.factor == "time").unwrap();
+            assert_eq!(time.detail, detail);
+        }
     }
 
     #[test]
