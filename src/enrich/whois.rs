@@ -128,8 +128,9 @@ fn map_contact(
     extracts: &mut Extracts,
     labels: &mut Vec<String>,
 ) {
+    // `Extracts::push` trims the value and skips an empty one.
     let mut push = |kind: ExtractKind, value: &Option<String>, field: &str| {
-        extracts.push(kind, non_empty(value), field);
+        extracts.push(kind, value.as_deref(), field);
     };
     push(ExtractKind::Email, &contact.email, fields.email);
     push(ExtractKind::Name, &contact.name, fields.name);
