@@ -212,7 +212,7 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         graph,
-        store.with_group_commit(
+        store.remembering_leads().with_group_commit(
             settings.group_commit,
             settings.bulk_commit_linger,
             Arc::clone(&stats.group_commit),

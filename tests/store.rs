@@ -1194,3 +1194,71 @@ async fn an_unchanged_answer_leaves_its_extracts_alone_yet_counts_as_seen() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_remembering_store_gives_back_what_it_read_within_the_ttl_and_reads_saved_hosts_again() {
+    let db = TestDb::new().await;
+    let store = db.store.clone().remembering_leads();
+    let host = "counterpart.example".to_string();
+    let wide = Fanout {
+        names: 30,
+        more: true,
+    };
+    store.save_reputation(&host, &reputation()).await.unwrap();
+    store
+        .save_fanouts(&HashMap::from_iter([(host.clone(), wide)]))
+        .await
+        .unwrap();
+    for table in ["reputations", "host_fanout"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET fetched_at = now() - interval '2 hours'"
+        ))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    }
+    let hosts = [host.clone()];
+    let leads = store.cached_leads(&hosts, 3 * HOUR).await.unwrap();
+    assert_eq!(leads.reputations[&host], reputation());
+    assert_eq!(leads.fanouts[&host], wide);
+
+    // Read once, the rows are kept with their age: gone from Postgres, they are still given
+    // within a TTL they are younger than, and not within one they are older than.
+    for table in ["reputations", "host_fanout"] {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.cached_leads(&hosts, 3 * HOUR).await.unwrap(), leads);
+    assert_eq!(
+        store.cached_reputation(&host, 3 * HOUR).await.unwrap(),
+        Some(reputation())
+    );
+    assert_eq!(
+        store.cached_fanouts(&hosts, 3 * HOUR).await.unwrap()[&host],
+        wide
+    );
+    assert_eq!(
+        store.cached_leads(&hosts, HOUR).await.unwrap(),
+        Default::default()
+    );
+    assert_eq!(store.cached_reputation(&host, HOUR).await.unwrap(), None);
+
+    // A host saved anew is read again: the new row, not the one kept.
+    let benign = Reputation {
+        classification: Some("neutral".into()),
+        score: None,
+        rules: vec![],
+    };
+    store.save_reputation(&host, &benign).await.unwrap();
+    assert_eq!(
+        store.cached_reputation(&host, 3 * HOUR).await.unwrap(),
+        Some(benign)
+    );
+    // The store it was made from keeps nothing: it reads Postgres every time.
+    assert_eq!(
+        db.store.cached_fanouts(&hosts, 3 * HOUR).await.unwrap(),
+        HashMap::default()
+    );
+}

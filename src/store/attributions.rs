@@ -118,7 +118,11 @@ impl Store {
         hosts: &[String],
         ttl: Duration,
     ) -> Result<HashMap<String, Fanout>, StoreError> {
-        self.reads.fanouts.ask_hosts(hosts, ttl).await
+        let (mut found, missing) = self.recent.fanouts(&pg_texts(hosts), ttl);
+        let read = self.reads.fanouts.ask_hosts(missing, ttl).await?;
+        self.recent.keep_read_fanouts(&read);
+        found.extend(super::recent::unaged(read));
+        Ok(found)
     }
 
     /// Save fanouts measured now, in one statement (on the relaxed sessions: a lost row is only
@@ -147,6 +151,7 @@ impl Store {
         .bind(&more)
         .execute(&self.relaxed)
         .await?;
+        self.recent.forget(sorted.keys());
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ mod leases;
 mod outbox;
 mod pg_text;
 mod reads;
+mod recent;
 mod report;
 mod status;
 mod summary;
@@ -258,15 +259,17 @@ pub struct Store {
     relaxed: PgPool,
     group: Option<Arc<group_commit::GroupCommit>>,
     reads: Arc<Reads>,
+    /// The cache rows read lately (see `recent.rs`); nothing unless [`Store::remembering_leads`].
+    recent: Arc<recent::Recent>,
 }
 
 /// The reads that concurrent messages ask often, each kind answered in batches (see
 /// `reads.rs`).
 struct Reads {
     fresh: reads::Batched<reads::FreshAsk, bool>,
-    reputations: reads::Batched<reads::HostAsk, HashMap<String, Reputation>>,
-    fanouts: reads::Batched<reads::HostAsk, HashMap<String, crate::model::Fanout>>,
-    leads: reads::Batched<reads::HostAsk, CachedLeads>,
+    reputations: reads::Batched<reads::HostAsk, recent::Aged<Reputation>>,
+    fanouts: reads::Batched<reads::HostAsk, recent::Aged<crate::model::Fanout>>,
+    leads: reads::Batched<reads::HostAsk, reads::AgedLeads>,
 }
 
 impl Reads {
@@ -349,6 +352,17 @@ impl Store {
             pool: main,
             relaxed: pool(relaxed, options.options([("synchronous_commit", "off")])),
             group: None,
+            recent: Arc::new(recent::Recent::new(0)),
+        }
+    }
+
+    /// This store, keeping the reputation and fanout rows it reads in memory for its walks (up
+    /// to [`recent::CAPACITY`] hosts; see `recent.rs`): a worker's walks read the same
+    /// counterparts over and over.
+    pub fn remembering_leads(self) -> Store {
+        Store {
+            recent: Arc::new(recent::Recent::new(recent::CAPACITY)),
+            ..self
         }
     }
 
@@ -500,7 +514,11 @@ impl Store {
         hosts: &[String],
         ttl: Duration,
     ) -> Result<HashMap<String, Reputation>, StoreError> {
-        self.reads.reputations.ask_hosts(hosts, ttl).await
+        let (mut found, missing) = self.recent.reputations(&pg_text::pg_texts(hosts), ttl);
+        let read = self.reads.reputations.ask_hosts(missing, ttl).await?;
+        self.recent.keep_read_reputations(&read);
+        found.extend(recent::unaged(read));
+        Ok(found)
     }
 
     /// The reputations and the fanouts of `hosts` fetched within `ttl`, in one statement
@@ -510,7 +528,13 @@ impl Store {
         hosts: &[String],
         ttl: Duration,
     ) -> Result<CachedLeads, StoreError> {
-        self.reads.leads.ask_hosts(hosts, ttl).await
+        let (mut found, missing) = self.recent.leads(&pg_text::pg_texts(hosts), ttl);
+        let read = self.reads.leads.ask_hosts(missing, ttl).await?;
+        self.recent.keep_read_reputations(&read.reputations);
+        self.recent.keep_read_fanouts(&read.fanouts);
+        found.reputations.extend(recent::unaged(read.reputations));
+        found.fanouts.extend(recent::unaged(read.fanouts));
+        Ok(found)
     }
 
     /// Store the reputation of `host` (an observable or a counterpart), fetched now.
@@ -535,7 +559,9 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        rows.execute(&self.relaxed).await
+        rows.execute(&self.relaxed).await?;
+        self.recent.forget(rows.hosts());
+        Ok(())
     }
 
     /// Claim the Graph lookups of `hosts` for `hold` on behalf of this worker (see

@@ -23,10 +23,10 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 use tokio::sync::oneshot;
 
-use super::pg_text::pg_texts;
+use super::recent::Aged;
 use super::{ttl_seconds, StoreError};
 use crate::enrich::{Reputation, ReputationRule};
-use crate::model::{CachedLeads, Fanout};
+use crate::model::Fanout;
 
 /// At most this many asks in one statement.
 const MAX_ASKS: usize = 256;
@@ -218,13 +218,18 @@ pub(super) fn read_fresh<'a>(
 }
 
 impl<B: Default + Send + 'static> Batched<HostAsk, B> {
-    /// What this cache holds for `hosts` within `ttl`; nothing, unread, when `ttl` is zero.
-    pub(super) async fn ask_hosts(&self, hosts: &[String], ttl: Duration) -> Result<B, StoreError> {
+    /// What this cache holds for `hosts` (as stored, see `pg_text`) within `ttl`; nothing,
+    /// unread, when `ttl` is zero.
+    pub(super) async fn ask_hosts(
+        &self,
+        hosts: Vec<String>,
+        ttl: Duration,
+    ) -> Result<B, StoreError> {
         if ttl.is_zero() || hosts.is_empty() {
             return Ok(B::default());
         }
         self.ask(HostAsk {
-            hosts: pg_texts(hosts),
+            hosts,
             ttl_seconds: ttl_seconds(ttl),
         })
         .await
@@ -245,7 +250,7 @@ async fn read_by_host<T: Clone>(
     asks: &[HostAsk],
     sql: &'static str,
     decode: fn(&PgRow) -> Result<Option<T>, StoreError>,
-) -> Result<Vec<HashMap<String, T>>, StoreError> {
+) -> Result<Vec<Aged<T>>, StoreError> {
     let rows = fetch_by_host(pool, asks, sql).await?;
     let found = aged(&rows, "age", decode)?;
     Ok(asks.iter().map(|ask| younger(ask, &found)).collect())
@@ -277,7 +282,7 @@ fn aged<T>(
     rows: &[PgRow],
     age_column: &str,
     decode: fn(&PgRow) -> Result<Option<T>, StoreError>,
-) -> Result<HashMap<String, (f64, T)>, StoreError> {
+) -> Result<Aged<T>, StoreError> {
     let mut found = HashMap::with_capacity(rows.len());
     for row in rows {
         let Some(age) = row.try_get::<Option<f64>, _>(age_column)? else {
@@ -290,12 +295,14 @@ fn aged<T>(
     Ok(found)
 }
 
-/// The hosts of `ask` found younger than its TTL.
-fn younger<T: Clone>(ask: &HostAsk, found: &HashMap<String, (f64, T)>) -> HashMap<String, T> {
+/// The hosts of `ask` found younger than its TTL, with their ages.
+fn younger<T: Clone>(ask: &HostAsk, found: &Aged<T>) -> Aged<T> {
     ask.hosts
         .iter()
         .filter_map(|host| match found.get(host) {
-            Some((age, value)) if *age < ask.ttl_seconds => Some((host.clone(), value.clone())),
+            Some((age, value)) if *age < ask.ttl_seconds => {
+                Some((host.clone(), (*age, value.clone())))
+            }
             _ => None,
         })
         .collect()
@@ -305,7 +312,7 @@ fn younger<T: Clone>(ask: &HostAsk, found: &HashMap<String, (f64, T)>) -> HashMa
 pub(super) fn read_reputations<'a>(
     pool: &'a PgPool,
     asks: &'a [HostAsk],
-) -> BoxFuture<'a, Result<Vec<HashMap<String, Reputation>>, StoreError>> {
+) -> BoxFuture<'a, Result<Vec<Aged<Reputation>>, StoreError>> {
     Box::pin(read_by_host(
         pool,
         asks,
@@ -338,7 +345,7 @@ fn decode_reputation(row: &PgRow) -> Result<Option<Reputation>, StoreError> {
 pub(super) fn read_fanouts<'a>(
     pool: &'a PgPool,
     asks: &'a [HostAsk],
-) -> BoxFuture<'a, Result<Vec<HashMap<String, Fanout>>, StoreError>> {
+) -> BoxFuture<'a, Result<Vec<Aged<Fanout>>, StoreError>> {
     Box::pin(read_by_host(
         pool,
         asks,
@@ -357,12 +364,19 @@ fn decode_fanout(row: &PgRow) -> Result<Option<Fanout>, StoreError> {
     }))
 }
 
+/// The reputations and the fanouts a cache holds, each with its age.
+#[derive(Default)]
+pub(super) struct AgedLeads {
+    pub reputations: Aged<Reputation>,
+    pub fanouts: Aged<Fanout>,
+}
+
 /// The reputation and the fanout caches together, in one statement: what a walk knows of its
 /// counterparts before it asks Graph (see [`crate::model::WalkCache::cached_leads`]).
 pub(super) fn read_leads<'a>(
     pool: &'a PgPool,
     asks: &'a [HostAsk],
-) -> BoxFuture<'a, Result<Vec<CachedLeads>, StoreError>> {
+) -> BoxFuture<'a, Result<Vec<AgedLeads>, StoreError>> {
     Box::pin(async move {
         let rows = fetch_by_host(
             pool,
@@ -384,7 +398,7 @@ pub(super) fn read_leads<'a>(
         let fanouts = aged(&rows, "fanout_age", decode_fanout)?;
         Ok(asks
             .iter()
-            .map(|ask| CachedLeads {
+            .map(|ask| AgedLeads {
                 reputations: younger(ask, &reputations),
                 fanouts: younger(ask, &fanouts),
             })

@@ -555,6 +555,11 @@ impl ReputationRows {
         self.0.is_empty()
     }
 
+    /// The hosts, as stored.
+    pub(super) fn hosts(&self) -> impl Iterator<Item = &String> {
+        self.0.keys()
+    }
+
     pub(super) async fn execute(&self, executor: impl PgExecutor<'_>) -> Result<(), StoreError> {
         if self.0.is_empty() {
             return Ok(());
