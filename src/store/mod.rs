@@ -357,11 +357,11 @@ impl Store {
     }
 
     /// This store, keeping the reputation and fanout rows it reads in memory for its walks (up
-    /// to [`recent::CAPACITY`] hosts; see `recent.rs`): a worker's walks read the same
+    /// to [`recent::BUDGET`] bytes; see `recent.rs`): a worker's walks read the same
     /// counterparts over and over.
     pub fn remembering_leads(self) -> Store {
         Store {
-            recent: Arc::new(recent::Recent::new(recent::CAPACITY)),
+            recent: Arc::new(recent::Recent::new(recent::BUDGET)),
             ..self
         }
     }

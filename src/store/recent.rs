@@ -17,10 +17,16 @@ use foldhash::{HashMap, HashMapExt};
 use crate::enrich::Reputation;
 use crate::model::{CachedLeads, Fanout};
 
-/// Hosts remembered at most; then the memory starts again. A reputation with its rules is a few
-/// hundred bytes, so this bounds it near 4 MiB, and the hosts still being met come back with
-/// the next read of each.
-pub(super) const CAPACITY: usize = 8_192;
+/// What the memory may hold, in bytes of hosts and values, each entry also charged for its place
+/// in the map; then it starts again, and the hosts still being met come back with the next read
+/// of each. A reputation with its rules is a few hundred bytes, so some ten thousand hosts fit.
+pub(super) const BUDGET: usize = 4 << 20;
+
+/// A value heavier than this is not kept: a few of them would fill the memory.
+const HEAVIEST: usize = BUDGET / 64;
+
+/// What an entry costs beyond its texts: its slot in the map, the times, the struct.
+const ENTRY_BYTES: usize = 160;
 
 /// A value read from a cache, with its age in seconds (how long ago Graph answered it).
 pub(super) type Aged<T> = HashMap<String, (f64, T)>;
@@ -31,18 +37,27 @@ struct Entry {
     fanout: Option<(Instant, Fanout)>,
 }
 
+#[derive(Default)]
+struct Memory {
+    entries: HashMap<String, Entry>,
+    /// Charged for every value kept since the memory last started, replaced or forgotten ones
+    /// included: a generous count, which only makes it start again sooner.
+    bytes: usize,
+}
+
 /// Keyed by host as stored (see `pg_text`).
 pub(super) struct Recent {
-    entries: Mutex<HashMap<String, Entry>>,
-    capacity: usize,
+    memory: Mutex<Memory>,
+    budget: usize,
 }
 
 impl Recent {
-    /// At most `capacity` hosts; zero remembers nothing, so that every read goes to Postgres.
-    pub(super) fn new(capacity: usize) -> Recent {
+    /// At most `budget` bytes (see [`BUDGET`]); zero remembers nothing, so that every read goes
+    /// to Postgres.
+    pub(super) fn new(budget: usize) -> Recent {
         Recent {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
+            memory: Mutex::new(Memory::default()),
+            budget,
         }
     }
 
@@ -82,21 +97,25 @@ impl Recent {
 
     /// Keep reputations read from the cache, each with its age.
     pub(super) fn keep_read_reputations(&self, read: &Aged<Reputation>) {
-        self.keep(read, |entry, at, value| {
+        self.keep(read, reputation_bytes, |entry, at, value| {
             entry.reputation = Some((at, value.clone()))
         });
     }
 
     /// Keep fanouts read from the cache, each with its age.
     pub(super) fn keep_read_fanouts(&self, read: &Aged<Fanout>) {
-        self.keep(read, |entry, at, value| entry.fanout = Some((at, *value)));
+        self.keep(
+            read,
+            |_| 0,
+            |entry, at, value| entry.fanout = Some((at, *value)),
+        );
     }
 
     /// Forget what is kept of `hosts`: newer values were just saved for them, to be read next.
     pub(super) fn forget<'h>(&self, hosts: impl IntoIterator<Item = &'h String>) {
-        let mut entries = self.entries();
+        let mut memory = self.memory();
         for host in hosts {
-            entries.remove(host);
+            memory.entries.remove(host);
         }
     }
 
@@ -111,9 +130,9 @@ impl Recent {
         if ttl.is_zero() {
             return (found, missing);
         }
-        let entries = self.entries();
+        let memory = self.memory();
         for host in hosts {
-            match entries.get(host).and_then(&value) {
+            match memory.entries.get(host).and_then(&value) {
                 Some((at, value)) if at.elapsed() < ttl => {
                     found.insert(host.clone(), value.clone());
                 }
@@ -123,25 +142,63 @@ impl Recent {
         (found, missing)
     }
 
-    fn keep<T>(&self, read: &Aged<T>, set: impl Fn(&mut Entry, Instant, &T)) {
-        if self.capacity == 0 {
+    /// Keep each value of `read` that weighs (`bytes`) at most [`HEAVIEST`], timed from its age.
+    fn keep<T>(
+        &self,
+        read: &Aged<T>,
+        bytes: impl Fn(&T) -> usize,
+        set: impl Fn(&mut Entry, Instant, &T),
+    ) {
+        if self.budget == 0 {
             return;
         }
-        let mut entries = self.entries();
+        let mut memory = self.memory();
         for (host, (age, value)) in read {
             let Some(at) = answered(*age) else {
                 continue;
             };
-            if entries.len() >= self.capacity && !entries.contains_key(host) {
-                entries.clear();
+            let weight = host.len() + bytes(value) + ENTRY_BYTES;
+            if weight > HEAVIEST.min(self.budget) {
+                continue;
             }
-            set(entries.entry(host.clone()).or_default(), at, value);
+            if memory.bytes + weight > self.budget {
+                *memory = Memory::default();
+            }
+            memory.bytes += weight;
+            set(memory.entries.entry(host.clone()).or_default(), at, value);
         }
     }
 
     /// Held only for lookups and inserts.
-    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The bytes of text a reputation holds, with a little for each rule's own place.
+fn reputation_bytes(reputation: &Reputation) -> usize {
+    let text = |text: &Option<String>| text.as_ref().map_or(0, String::len);
+    text(&reputation.classification)
+        + reputation
+            .rules
+            .iter()
+            .map(|rule| {
+                64 + text(&rule.name)
+                    + text(&rule.severity)
+                    + text(&rule.related_details_url)
+                    + rule.description.as_ref().map_or(0, json_bytes)
+            })
+            .sum::<usize>()
+}
+
+/// The bytes of text a JSON value holds, with a little for each node.
+fn json_bytes(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    16 + match value {
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(json_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + json_bytes(v)).sum(),
+        _ => 0,
     }
 }
 
@@ -160,6 +217,7 @@ fn answered(age: f64) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enrich::ReputationRule;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -183,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_row_read_is_given_back_while_younger_than_the_ttl_asked_timed_from_graphs_answer() {
-        let recent = Recent::new(CAPACITY);
+        let recent = Recent::new(BUDGET);
         recent.keep_read_reputations(&read(vec![
             ("fresh.example", 10.0, reputation(90)),
             ("old.example", 2.0 * 3600.0, reputation(40)),
@@ -211,7 +269,7 @@ mod tests {
 
     #[test]
     fn leads_come_from_memory_only_for_hosts_whose_reputation_is_known() {
-        let recent = Recent::new(CAPACITY);
+        let recent = Recent::new(BUDGET);
         let wide = Fanout {
             names: 30,
             more: true,
@@ -237,7 +295,7 @@ mod tests {
 
     #[test]
     fn hosts_saved_anew_are_forgotten_and_read_again() {
-        let recent = Recent::new(CAPACITY);
+        let recent = Recent::new(BUDGET);
         recent.keep_read_reputations(&read(vec![("a.example", 1.0, reputation(90))]));
         recent.forget(&hosts(&["a.example"]));
         let (found, missing) = recent.reputations(&hosts(&["a.example"]), HOUR);
@@ -246,30 +304,55 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_is_bounded_and_a_zero_capacity_keeps_nothing() {
+    fn the_memory_is_bounded_in_bytes_and_a_zero_budget_keeps_nothing() {
         let off = Recent::new(0);
         off.keep_read_reputations(&read(vec![("a.example", 1.0, reputation(90))]));
         assert_eq!(off.reputations(&hosts(&["a.example"]), HOUR).1.len(), 1);
 
-        let small = Recent::new(2);
-        small.keep_read_reputations(&read(vec![
-            ("a.example", 1.0, reputation(1)),
-            ("b.example", 1.0, reputation(2)),
-        ]));
+        // Room for two entries of these: the third starts the memory again.
+        let one = "a.example".len() + reputation_bytes(&reputation(1)) + ENTRY_BYTES;
+        let small = Recent::new(2 * one + 1);
+        small.keep_read_reputations(&read(vec![("a.example", 1.0, reputation(1))]));
+        small.keep_read_reputations(&read(vec![("b.example", 1.0, reputation(2))]));
+        assert_eq!(small.memory().entries.len(), 2);
         small.keep_read_reputations(&read(vec![("c.example", 1.0, reputation(3))]));
-        assert!(small.entries().len() <= 2);
+        assert_eq!(small.memory().entries.len(), 1);
         let (found, _) = small.reputations(&hosts(&["c.example"]), HOUR);
         assert_eq!(found["c.example"], reputation(3));
     }
 
     #[test]
+    fn a_reputation_too_heavy_for_the_memory_is_read_each_time_instead() {
+        let recent = Recent::new(BUDGET);
+        let mut heavy = reputation(90);
+        heavy.rules = vec![
+            ReputationRule {
+                name: Some("rule".into()),
+                description: Some(serde_json::Value::String("x".repeat(4096))),
+                severity: None,
+                related_details_url: None,
+            };
+            32
+        ];
+        assert!(reputation_bytes(&heavy) > HEAVIEST);
+        recent.keep_read_reputations(&read(vec![
+            ("heavy.example", 1.0, heavy),
+            ("light.example", 1.0, reputation(1)),
+        ]));
+        let (found, missing) =
+            recent.reputations(&hosts(&["heavy.example", "light.example"]), HOUR);
+        assert_eq!(found.len(), 1);
+        assert_eq!(missing, hosts(&["heavy.example"]));
+    }
+
+    #[test]
     fn an_age_that_is_no_duration_is_not_kept() {
-        let recent = Recent::new(CAPACITY);
+        let recent = Recent::new(BUDGET);
         recent.keep_read_reputations(&read(vec![
             ("not-a-number.example", f64::NAN, reputation(1)),
             // Saved by a transaction that began after the read's: it is read again.
             ("later.example", -0.5, reputation(1)),
         ]));
-        assert!(recent.entries().is_empty());
+        assert!(recent.memory().entries.is_empty());
     }
 }
