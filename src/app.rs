@@ -212,11 +212,13 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         graph,
-        store.remembering_leads().with_group_commit(
-            settings.group_commit,
-            settings.bulk_commit_linger,
-            Arc::clone(&stats.group_commit),
-        ),
+        store
+            .remembering_leads(Arc::clone(&stats.kept_rows))
+            .with_group_commit(
+                settings.group_commit,
+                settings.bulk_commit_linger,
+                Arc::clone(&stats.group_commit),
+            ),
         settings.pipeline,
     );
     let interval = settings.profile_sync_interval;

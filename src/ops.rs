@@ -382,8 +382,21 @@ fn commit_metrics(out: &mut Exposition<'_>, stats: &WorkerStats) -> fmt::Result 
     )?;
     out.counter_value(
         "mdti_reputation_cache_hits_total",
-        "Reputations chaining read from the Postgres cache instead of asking Graph.",
+        "Reputations chaining read from the cache (Postgres, or the rows this worker kept from it) instead of asking Graph.",
         count(&stats.reputation_cache_hits),
+    )?;
+    out.counter(
+        "mdti_cache_rows_kept_lookups_total",
+        "Hosts the walks looked up in the cache (a reputation with its fanout, or a fanout alone): answered from the rows this worker kept in memory, or read from Postgres.",
+        &[
+            (&[("outcome", "answered")], count(&stats.kept_rows.answered)),
+            (&[("outcome", "read")], count(&stats.kept_rows.read)),
+        ],
+    )?;
+    out.counter_value(
+        "mdti_cache_rows_kept_restarts_total",
+        "Times the cache rows kept in memory filled their 4 MiB and started again.",
+        count(&stats.kept_rows.restarts),
     )?;
     out.counter_value(
         "mdti_result_messages_committed_total",

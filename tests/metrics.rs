@@ -288,6 +288,9 @@ async fn a_scrape_counts_outcomes_throttling_requests_by_endpoint_and_cache_hits
     assert_eq!(at(r#"mdti_observables_total{status="enriched"}"#), 5.0);
     assert_eq!(at(r#"mdti_observables_total{status="cached"}"#), 1.0);
     assert_eq!(at("mdti_reputation_cache_hits_total"), 1.0);
+    // That cached reputation was read from Postgres: the worker keeps only rows it has read.
+    assert!(at(r#"mdti_cache_rows_kept_lookups_total{outcome="read"}"#) >= 1.0);
+    assert_eq!(at("mdti_cache_rows_kept_restarts_total"), 0.0);
 
     // Requests by endpoint and status: the throttled whois and its retry, three more whois
     // answers, the cached reputation, and the chained message's reputation and passive DNS.

@@ -4,6 +4,8 @@
 //! The server is `MDTI_TEST_DATABASE_URL` (its path, if any, is replaced by the test database's
 //! name), by default `postgres://postgres@127.0.0.1:5432`.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -16,7 +18,7 @@ use mdti_worker::model::Fanout;
 use mdti_worker::observable::Observable;
 use mdti_worker::service::Problem;
 use mdti_worker::store::{
-    run_id, RejectedInput, RunRecord, RunStatus, Store, StoreError, PING_AFTER_IDLE,
+    run_id, KeptRowsStats, RejectedInput, RunRecord, RunStatus, Store, StoreError, PING_AFTER_IDLE,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -1198,7 +1200,8 @@ async fn an_unchanged_answer_leaves_its_extracts_alone_yet_counts_as_seen() {
 #[tokio::test]
 async fn a_remembering_store_gives_back_what_it_read_within_the_ttl_and_reads_saved_hosts_again() {
     let db = TestDb::new().await;
-    let store = db.store.clone().remembering_leads();
+    let stats = Arc::new(KeptRowsStats::default());
+    let store = db.store.clone().remembering_leads(Arc::clone(&stats));
     let host = "counterpart.example".to_string();
     let wide = Fanout {
         names: 30,
@@ -1231,6 +1234,12 @@ async fn a_remembering_store_gives_back_what_it_read_within_the_ttl_and_reads_sa
             .unwrap();
     }
     assert_eq!(store.cached_leads(&hosts, 3 * HOUR).await.unwrap(), leads);
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(
+        (counted(&stats.answered), counted(&stats.read)),
+        (1, 1),
+        "read once from Postgres, then answered from memory"
+    );
     assert_eq!(
         store.cached_reputation(&host, 3 * HOUR).await.unwrap(),
         Some(reputation())

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::outbox::OutboxStats;
 use crate::pipeline::Dependency;
-use crate::store::GroupCommitStats;
+use crate::store::{GroupCommitStats, KeptRowsStats};
 
 /// What the worker did, for logs, the demo and the benchmark.
 #[derive(Debug, Default)]
@@ -40,8 +40,10 @@ pub struct WorkerStats {
     pub panics: AtomicU64,
     /// What profile syncs matched back (see [`crate::chain::retro`]).
     pub retro: crate::chain::retro::RetroStats,
-    /// Counterpart reputations the chaining read from Postgres instead of asking Graph.
+    /// Counterpart reputations the chaining read from the cache instead of asking Graph.
     pub reputation_cache_hits: AtomicU64,
+    /// What the cache rows the worker keeps in memory answered (see `store/recent.rs`).
+    pub kept_rows: Arc<KeptRowsStats>,
     pub reconnects: AtomicU64,
     /// Transactions and messages of the results' group commit.
     pub group_commit: Arc<GroupCommitStats>,

@@ -44,6 +44,7 @@ pub use export::{ExportFilter, ExportHit, ExportRow};
 pub use group_commit::{GroupCommitStats, Pending};
 pub use leases::{HeartbeatDecision, LeaseHolder, LeaseView, TenantRate, TenantThrottles};
 pub use outbox::{ClaimedEvents, OutboxBacklog, OwedEvent};
+pub use recent::KeptRowsStats;
 pub use report::{DailyLine, LaneBacklog, RecentHit, RejectionCount, Report, TopActor};
 pub use status::{MessageSizes, Publication, SourceActivity};
 pub use summary::Summary;
@@ -352,16 +353,16 @@ impl Store {
             pool: main,
             relaxed: pool(relaxed, options.options([("synchronous_commit", "off")])),
             group: None,
-            recent: Arc::new(recent::Recent::new(0)),
+            recent: Arc::new(recent::Recent::new(0, Arc::default())),
         }
     }
 
     /// This store, keeping the reputation and fanout rows it reads in memory for its walks (up
     /// to [`recent::BUDGET`] bytes; see `recent.rs`): a worker's walks read the same
-    /// counterparts over and over.
-    pub fn remembering_leads(self) -> Store {
+    /// counterparts over and over. What the memory does is counted in `stats`.
+    pub fn remembering_leads(self, stats: Arc<KeptRowsStats>) -> Store {
         Store {
-            recent: Arc::new(recent::Recent::new(recent::BUDGET)),
+            recent: Arc::new(recent::Recent::new(recent::BUDGET, stats)),
             ..self
         }
     }

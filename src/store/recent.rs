@@ -9,7 +9,8 @@
 //! since by another worker is as valid as the one kept. A miss is always read again, and a row
 //! a walk saves is forgotten, for the next read to take the new one.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt};
@@ -45,19 +46,32 @@ struct Memory {
     bytes: usize,
 }
 
+/// What the kept rows did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct KeptRowsStats {
+    /// Hosts whose reputation or fanout was asked for and given from memory.
+    pub answered: AtomicU64,
+    /// Hosts asked for that were not kept, and so read from Postgres.
+    pub read: AtomicU64,
+    /// Times the memory filled its budget and started again.
+    pub restarts: AtomicU64,
+}
+
 /// Keyed by host as stored (see `pg_text`).
 pub(super) struct Recent {
     memory: Mutex<Memory>,
     budget: usize,
+    stats: Arc<KeptRowsStats>,
 }
 
 impl Recent {
     /// At most `budget` bytes (see [`BUDGET`]); zero remembers nothing, so that every read goes
-    /// to Postgres.
-    pub(super) fn new(budget: usize) -> Recent {
+    /// to Postgres. What it does is counted in `stats`.
+    pub(super) fn new(budget: usize, stats: Arc<KeptRowsStats>) -> Recent {
         Recent {
             memory: Mutex::new(Memory::default()),
             budget,
+            stats,
         }
     }
 
@@ -67,7 +81,7 @@ impl Recent {
         hosts: &[String],
         ttl: Duration,
     ) -> (HashMap<String, Reputation>, Vec<String>) {
-        self.known(hosts, ttl, |entry| entry.reputation.as_ref())
+        self.counted(self.known(hosts, ttl, |entry| entry.reputation.as_ref()))
     }
 
     /// The fanouts of `hosts` measured within `ttl`, and the hosts not known so.
@@ -76,7 +90,7 @@ impl Recent {
         hosts: &[String],
         ttl: Duration,
     ) -> (HashMap<String, Fanout>, Vec<String>) {
-        self.known(hosts, ttl, |entry| entry.fanout.as_ref())
+        self.counted(self.known(hosts, ttl, |entry| entry.fanout.as_ref()))
     }
 
     /// The leads of `hosts` known within `ttl`, and the hosts whose reputation is not known so
@@ -84,7 +98,8 @@ impl Recent {
     /// given when known: a walk reads a missing fanout again when it wants it.
     pub(super) fn leads(&self, hosts: &[String], ttl: Duration) -> (CachedLeads, Vec<String>) {
         let (reputations, missing) = self.reputations(hosts, ttl);
-        let (mut fanouts, _) = self.fanouts(hosts, ttl);
+        // Counted once per host, by its reputation: the fanouts ride along.
+        let (mut fanouts, _) = self.known(hosts, ttl, |entry| entry.fanout.as_ref());
         fanouts.retain(|host, _| reputations.contains_key(host));
         (
             CachedLeads {
@@ -117,6 +132,21 @@ impl Recent {
         for host in hosts {
             memory.entries.remove(host);
         }
+    }
+
+    /// `lookup`, its hosts counted as answered or read.
+    fn counted<T>(
+        &self,
+        lookup: (HashMap<String, T>, Vec<String>),
+    ) -> (HashMap<String, T>, Vec<String>) {
+        let (found, missing) = &lookup;
+        self.stats
+            .answered
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        self.stats
+            .read
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        lookup
     }
 
     fn known<T: Clone>(
@@ -163,6 +193,7 @@ impl Recent {
             }
             if memory.bytes + weight > self.budget {
                 *memory = Memory::default();
+                self.stats.restarts.fetch_add(1, Ordering::Relaxed);
             }
             memory.bytes += weight;
             set(memory.entries.entry(host.clone()).or_default(), at, value);
@@ -241,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_row_read_is_given_back_while_younger_than_the_ttl_asked_timed_from_graphs_answer() {
-        let recent = Recent::new(BUDGET);
+        let recent = Recent::new(BUDGET, Arc::default());
         recent.keep_read_reputations(&read(vec![
             ("fresh.example", 10.0, reputation(90)),
             ("old.example", 2.0 * 3600.0, reputation(40)),
@@ -269,7 +300,7 @@ mod tests {
 
     #[test]
     fn leads_come_from_memory_only_for_hosts_whose_reputation_is_known() {
-        let recent = Recent::new(BUDGET);
+        let recent = Recent::new(BUDGET, Arc::default());
         let wide = Fanout {
             names: 30,
             more: true,
@@ -295,7 +326,7 @@ mod tests {
 
     #[test]
     fn hosts_saved_anew_are_forgotten_and_read_again() {
-        let recent = Recent::new(BUDGET);
+        let recent = Recent::new(BUDGET, Arc::default());
         recent.keep_read_reputations(&read(vec![("a.example", 1.0, reputation(90))]));
         recent.forget(&hosts(&["a.example"]));
         let (found, missing) = recent.reputations(&hosts(&["a.example"]), HOUR);
@@ -305,25 +336,36 @@ mod tests {
 
     #[test]
     fn the_memory_is_bounded_in_bytes_and_a_zero_budget_keeps_nothing() {
-        let off = Recent::new(0);
+        let off = Recent::new(0, Arc::default());
         off.keep_read_reputations(&read(vec![("a.example", 1.0, reputation(90))]));
         assert_eq!(off.reputations(&hosts(&["a.example"]), HOUR).1.len(), 1);
 
         // Room for two entries of these: the third starts the memory again.
         let one = "a.example".len() + reputation_bytes(&reputation(1)) + ENTRY_BYTES;
-        let small = Recent::new(2 * one + 1);
+        let stats = Arc::new(KeptRowsStats::default());
+        let small = Recent::new(2 * one + 1, Arc::clone(&stats));
         small.keep_read_reputations(&read(vec![("a.example", 1.0, reputation(1))]));
         small.keep_read_reputations(&read(vec![("b.example", 1.0, reputation(2))]));
         assert_eq!(small.memory().entries.len(), 2);
+        assert_eq!(stats.restarts.load(Ordering::Relaxed), 0);
         small.keep_read_reputations(&read(vec![("c.example", 1.0, reputation(3))]));
         assert_eq!(small.memory().entries.len(), 1);
-        let (found, _) = small.reputations(&hosts(&["c.example"]), HOUR);
+        assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
+        let (found, missing) = small.reputations(&hosts(&["a.example", "c.example"]), HOUR);
         assert_eq!(found["c.example"], reputation(3));
+        assert_eq!(missing, hosts(&["a.example"]));
+        assert_eq!(
+            (
+                stats.answered.load(Ordering::Relaxed),
+                stats.read.load(Ordering::Relaxed)
+            ),
+            (1, 1)
+        );
     }
 
     #[test]
     fn a_reputation_too_heavy_for_the_memory_is_read_each_time_instead() {
-        let recent = Recent::new(BUDGET);
+        let recent = Recent::new(BUDGET, Arc::default());
         let mut heavy = reputation(90);
         heavy.rules = vec![
             ReputationRule {
@@ -347,7 +389,7 @@ mod tests {
 
     #[test]
     fn an_age_that_is_no_duration_is_not_kept() {
-        let recent = Recent::new(BUDGET);
+        let recent = Recent::new(BUDGET, Arc::default());
         recent.keep_read_reputations(&read(vec![
             ("not-a-number.example", f64::NAN, reputation(1)),
             // Saved by a transaction that began after the read's: it is read again.
