@@ -1714,6 +1714,9 @@ fn worker_counters(a: &Assembly<'_>) -> BTreeMap<String, u64> {
             ("results_committed", &stats.group_commit.committed),
             ("result_transactions", &stats.group_commit.transactions),
             ("result_batches_split", &stats.group_commit.split),
+            ("cache_rows_kept_answered", &stats.kept_rows.answered),
+            ("cache_rows_kept_read", &stats.kept_rows.read),
+            ("cache_rows_kept_restarts", &stats.kept_rows.restarts),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), WorkerStats::get(v)))
