@@ -99,8 +99,19 @@ pub fn pid_cpu(pid: u32) -> Option<f64> {
     stat_times(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|c| c.total())
 }
 
-/// Every thread of this process: tid → (name, on-CPU nanoseconds from `schedstat`).
-pub type Threads = BTreeMap<u32, (String, u64)>;
+/// One thread's readings from `/proc/self/task/<tid>`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThreadTimes {
+    pub name: String,
+    /// Nanoseconds on a CPU (`schedstat`'s first field).
+    pub on_cpu_ns: u64,
+    /// Times the thread was put on a CPU (`schedstat`'s third field): a thread that sleeps
+    /// between waits runs once per wake, so this counts its wake-ups.
+    pub runs: u64,
+}
+
+/// Every thread of this process by tid.
+pub type Threads = BTreeMap<u32, ThreadTimes>;
 
 pub fn threads() -> Threads {
     let mut out = BTreeMap::new();
@@ -119,25 +130,58 @@ pub fn threads() -> Threads {
         let name = fs::read_to_string(path.join("comm"))
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let ns = fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
-        if let Some(ns) = ns {
-            out.insert(tid, (name, ns));
+        let sched = fs::read_to_string(path.join("schedstat")).ok();
+        if let Some((on_cpu_ns, runs)) = sched.as_deref().and_then(schedstat) {
+            out.insert(
+                tid,
+                ThreadTimes {
+                    name,
+                    on_cpu_ns,
+                    runs,
+                },
+            );
         }
     }
     out
 }
 
-/// CPU seconds per thread name between two snapshots; threads born in between count from zero,
-/// threads that exited in between are missing (the process total still has them).
+/// On-CPU nanoseconds and runs of a `schedstat` line (`<on cpu ns> <waiting ns> <runs>`).
+fn schedstat(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let on_cpu_ns = fields.next()??;
+    let runs = fields.nth(1)??;
+    Some((on_cpu_ns, runs))
+}
+
+/// How far one thread got between two snapshots; a thread born in between counts from zero.
+fn since(before: &Threads, tid: u32, now: &ThreadTimes) -> (f64, u64) {
+    let was = before.get(&tid);
+    let ns = now.on_cpu_ns.saturating_sub(was.map_or(0, |t| t.on_cpu_ns));
+    let runs = now.runs.saturating_sub(was.map_or(0, |t| t.runs));
+    (ns as f64 / 1e9, runs)
+}
+
+/// CPU seconds per thread name between two snapshots; threads that exited in between are
+/// missing (the process total still has them).
 pub fn thread_groups(before: &Threads, after: &Threads) -> BTreeMap<String, f64> {
     let mut groups: BTreeMap<String, f64> = BTreeMap::new();
-    for (tid, (name, ns)) in after {
-        let earlier = before.get(tid).map_or(0, |(_, ns)| *ns);
-        *groups.entry(name.clone()).or_default() += ns.saturating_sub(earlier) as f64 / 1e9;
+    for (tid, now) in after {
+        *groups.entry(now.name.clone()).or_default() += since(before, *tid, now).0;
     }
     groups
+}
+
+/// CPU seconds and runs between two snapshots of the threads `keep` accepts (by tid and name).
+pub fn threads_since(
+    before: &Threads,
+    after: &Threads,
+    keep: impl Fn(u32, &str) -> bool,
+) -> (f64, u64) {
+    after
+        .iter()
+        .filter(|(tid, now)| keep(**tid, &now.name))
+        .map(|(tid, now)| since(before, *tid, now))
+        .fold((0.0, 0), |(s, r), (ds, dr)| (s + ds, r + dr))
 }
 
 /// Processes on this host whose command name is `comm` (e.g. `beam.smp`), with their CPU seconds.
@@ -246,6 +290,32 @@ pub fn cpus() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_runs_are_the_third_schedstat_field() {
+        assert_eq!(schedstat("1500000 20000 42\n"), Some((1_500_000, 42)));
+        assert_eq!(schedstat("1500000 20000"), None);
+        assert_eq!(schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn runs_and_cpu_since_count_threads_born_in_between_from_zero() {
+        let at = |name: &str, ns: u64, runs: u64| ThreadTimes {
+            name: name.into(),
+            on_cpu_ns: ns,
+            runs,
+        };
+        let before: Threads = [(1, at("main", 10, 1)), (2, at("rt", 1_000_000_000, 100))].into();
+        let after: Threads = [
+            (1, at("main", 20, 2)),
+            (2, at("rt", 3_000_000_000, 160)),
+            (3, at("rt", 500_000_000, 5)),
+        ]
+        .into();
+        let (cpu, runs) = threads_since(&before, &after, |tid, _| tid != 1);
+        assert_eq!((cpu, runs), (2.5, 65));
+        assert_eq!(thread_groups(&before, &after)["rt"], 2.5);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

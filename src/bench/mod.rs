@@ -1464,6 +1464,8 @@ struct CpuUse {
     simulator: f64,
     publisher: f64,
     worker: f64,
+    /// Times the in-process worker's threads were put on a CPU: its wake-ups.
+    worker_runs: Option<u64>,
 }
 
 impl CpuUse {
@@ -1480,15 +1482,20 @@ impl CpuUse {
         // The bench's own main thread only polls counters (the worker runs on the runtime's
         // worker threads); its name is the executable's.
         let main_thread = std::process::id();
-        let bench_main = after.threads.get(&main_thread).map_or(0.0, |(_, ns)| {
-            let was = before.threads.get(&main_thread).map_or(0, |(_, ns)| *ns);
-            ns.saturating_sub(was) as f64 / 1e9
-        });
+        let (bench_main, _) =
+            measure::threads_since(&before.threads, &after.threads, |tid, _| tid == main_thread);
+        let worker_thread = |tid: u32, name: &str| {
+            tid != main_thread && name != "mdti-sim" && name != "mdti-bench-pub"
+        };
+        let (_, runs) = measure::threads_since(&before.threads, &after.threads, worker_thread);
         // With worker processes, the bench process holds no worker: theirs is their own CPU.
-        let worker = if multi_process {
-            a.processes.iter().filter_map(|p| p.cpu_s).sum()
+        let (worker, worker_runs) = if multi_process {
+            (a.processes.iter().filter_map(|p| p.cpu_s).sum(), None)
         } else {
-            (process.total() - simulator - publisher - bench_main).max(0.0)
+            (
+                (process.total() - simulator - publisher - bench_main).max(0.0),
+                Some(runs),
+            )
         };
         CpuUse {
             process,
@@ -1496,6 +1503,7 @@ impl CpuUse {
             simulator,
             publisher,
             worker,
+            worker_runs,
         }
     }
 }
@@ -1683,6 +1691,11 @@ fn resources(a: &Assembly<'_>, f: &Figures, cpu: CpuUse) -> Resources {
         publisher_cpu_s: cpu.publisher,
         worker_cpu_s: cpu.worker,
         worker_cpu_s_per_1000: per(cpu.worker * 1000.0, f.observables_done as f64),
+        worker_thread_runs: cpu.worker_runs,
+        worker_thread_runs_per_request: cpu
+            .worker_runs
+            .filter(|_| f.requests > 0)
+            .map(|runs| per(runs as f64, f.requests as f64)),
         postgres_backends_cpu_s,
         postgres_backends_cpu_s_per_1000: per(
             postgres_backends_cpu_s * 1000.0,

@@ -197,6 +197,11 @@ pub struct Resources {
     /// Process CPU minus the simulator's, the publisher's and the bench's own main thread.
     pub worker_cpu_s: f64,
     pub worker_cpu_s_per_1000: f64,
+    /// Times the in-process worker's threads were put on a CPU (`schedstat`): a worker that
+    /// waits between requests pays for each wake-up, so this is what waiting costs, counted.
+    pub worker_thread_runs: Option<u64>,
+    /// The same per Graph request sent.
+    pub worker_thread_runs_per_request: Option<f64>,
     /// Backends serving the bench database.
     pub postgres_backends_cpu_s: f64,
     /// The same, per 1,000 observables done (the worker's CPU's companion figure).
@@ -628,6 +633,15 @@ impl Report {
             .map(|(k, s)| format!("{k} {s:.2}"))
             .collect();
         line(out, "CPU by thread (s)", threads.join(", "));
+        if let (Some(runs), Some(per_request)) =
+            (r.worker_thread_runs, r.worker_thread_runs_per_request)
+        {
+            line(
+                out,
+                "worker wake-ups",
+                format!("{runs} runs of its threads on a CPU, {per_request:.2} per Graph request"),
+            );
+        }
         line(
             out,
             "Postgres CPU",
@@ -828,6 +842,8 @@ mod tests {
             publisher_cpu_s: 0.25,
             worker_cpu_s: 3.0,
             worker_cpu_s_per_1000: 3.03,
+            worker_thread_runs: Some(5_000),
+            worker_thread_runs_per_request: Some(2.5),
             postgres_backends_cpu_s: 1.25,
             postgres_backends_cpu_s_per_1000: 1.263,
             postgres_all_cpu_s: 1.5,
@@ -966,6 +982,8 @@ mod tests {
         report.graph.rate_cuts = None;
         report.resources.rss_includes_simulator = false;
         report.resources.peak_rss_window_only = false;
+        report.resources.worker_thread_runs = None;
+        report.resources.worker_thread_runs_per_request = None;
         report.resources.worker_processes = vec![
             WorkerProcess {
                 pid: 11,
