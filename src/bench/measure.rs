@@ -100,7 +100,7 @@ pub fn pid_cpu(pid: u32) -> Option<f64> {
 }
 
 /// One thread's readings from `/proc/self/task/<tid>`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ThreadTimes {
     pub name: String,
     /// Nanoseconds on a CPU (`schedstat`'s first field).

@@ -379,7 +379,7 @@ impl SimSide {
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cmd.sim_threads.max(1))
-            .thread_name("mdti-sim")
+            .thread_name(SIM_THREADS)
             .enable_all()
             .build()?;
         let config = SimConfig {
@@ -1063,12 +1063,17 @@ async fn sync_before_the_run(graph: &GraphClient, store: &Store) -> anyhow::Resu
     Ok(())
 }
 
-/// The publishers' runtime: threads of their own (`mdti-bench-pub`), so their CPU can be told
-/// apart from the worker's.
+/// The names of the in-process simulator's and the publishers' threads: their CPU and wake-ups
+/// are told apart from the worker's by them.
+const SIM_THREADS: &str = "mdti-sim";
+const PUBLISHER_THREADS: &str = "mdti-bench-pub";
+
+/// The publishers' runtime: threads of their own ([`PUBLISHER_THREADS`]), so their CPU can be
+/// told apart from the worker's.
 fn publish_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("mdti-bench-pub")
+        .thread_name(PUBLISHER_THREADS)
         .enable_all()
         .build()?)
 }
@@ -1477,25 +1482,24 @@ impl CpuUse {
         };
         let by_thread = measure::thread_groups(&before.threads, &after.threads);
         let group = |name: &str| by_thread.get(name).copied().unwrap_or(0.0);
-        let simulator = group("mdti-sim");
-        let publisher = group("mdti-bench-pub");
-        // The bench's own main thread only polls counters (the worker runs on the runtime's
-        // worker threads); its name is the executable's.
-        let main_thread = std::process::id();
-        let (bench_main, _) =
-            measure::threads_since(&before.threads, &after.threads, |tid, _| tid == main_thread);
-        let worker_thread = |tid: u32, name: &str| {
-            tid != main_thread && name != "mdti-sim" && name != "mdti-bench-pub"
-        };
-        let (_, runs) = measure::threads_since(&before.threads, &after.threads, worker_thread);
+        let simulator = group(SIM_THREADS);
+        let publisher = group(PUBLISHER_THREADS);
         // With worker processes, the bench process holds no worker: theirs is their own CPU.
         let (worker, worker_runs) = if multi_process {
             (a.processes.iter().filter_map(|p| p.cpu_s).sum(), None)
         } else {
-            (
-                (process.total() - simulator - publisher - bench_main).max(0.0),
-                Some(runs),
-            )
+            // The bench's own main thread only polls counters (the worker runs on the
+            // runtime's worker threads); its name is the executable's, so it goes by its tid.
+            let main_thread = std::process::id();
+            let (bench_main, _) =
+                measure::threads_since(&before.threads, &after.threads, |tid, _| {
+                    tid == main_thread
+                });
+            let (_, runs) = measure::threads_since(&before.threads, &after.threads, |tid, name| {
+                tid != main_thread && name != SIM_THREADS && name != PUBLISHER_THREADS
+            });
+            let worker = (process.total() - simulator - publisher - bench_main).max(0.0);
+            (worker, Some(runs))
         };
         CpuUse {
             process,
