@@ -1300,11 +1300,12 @@ impl Drain {
                 break;
             }
             let look = next_look(total.saturating_sub(so_far), total);
-            // Made inside the task: a sleep belongs to the runtime it is created on.
-            let _ = self
-                .looks
-                .spawn(async move { tokio::time::sleep(look).await })
-                .await;
+            // A sleep belongs to the runtime current where it is made.
+            let sleep = {
+                let _publishers = self.looks.enter();
+                tokio::time::sleep(look)
+            };
+            sleep.await;
         }
         progress.finish();
     }
