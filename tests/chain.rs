@@ -13,11 +13,10 @@ use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashSet};
 use mdti_worker::chain::{
     cti_actor_names, event_routing_key, sync_profiles, ActorHit, Band, ChainSettings, Chainer,
-    Evidence, Factor, ProfileIndex, CTI_RULE,
+    Evidence, Factor, InFlightLookups, ProfileIndex, CTI_RULE,
 };
 use mdti_worker::enrich::Reputation;
 use mdti_worker::graph::{GraphClient, PageLimits};
-use mdti_worker::in_flight::InFlight;
 use mdti_worker::lane::Lane;
 use mdti_worker::model::{CachedLeads, Fanout, LookupClaims, MemoryCache, StorageError, WalkCache};
 use mdti_worker::observable::Observable;
@@ -755,6 +754,77 @@ async fn the_ioc_named_scores_above_a_dedicated_counterpart_which_scores_above_a
     assert_eq!(again.sharing_pages, 0);
 }
 
+/// IOCs that all resolve to the sharing case's dedicated and shared counterparts.
+fn iocs_on_the_sharing_graph(sim: &SimHandle, n: usize) -> Vec<Observable> {
+    let when = "2024-01-01T00:00:00Z";
+    (0..n)
+        .map(|i| {
+            let ioc = format!("ioc-{i}.sharing-test.com");
+            sim.control().set_override(
+                &format!("hosts/{ioc}/passiveDns"),
+                json!([
+                    pdns(&ioc, DEDICATED, "ipAddress", when, when),
+                    pdns(&ioc, SHARED, "ipAddress", when, when),
+                ]),
+            );
+            observable(&ioc)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn walks_running_at_once_measure_each_shared_counterpart_once_and_score_as_one_by_one() {
+    let (sim, graph) = sim_and_client().await;
+    build_sharing_graph(&sim);
+    let iocs = iocs_on_the_sharing_graph(&sim, 20);
+    // Slow answers, so that every walk reaches the two counterparts' sharing while another
+    // walk's page of them is still on its way.
+    sim.control().set_latency(Duration::from_millis(30));
+    let walker = |db: &TestDb, in_flight: InFlightLookups| {
+        Chainer::new(
+            graph.clone(),
+            Some(Arc::new(db.store.clone())),
+            ChainSettings::default(),
+        )
+        .with_in_flight(in_flight)
+    };
+
+    let one_by_one_db = TestDb::new().await;
+    let chainer = walker(&one_by_one_db, InFlightLookups::default());
+    let mut one_by_one = Vec::new();
+    for ioc in &iocs {
+        one_by_one.push(chainer.walk(ioc).await.expect("walk").hits);
+    }
+
+    let at_once_db = TestDb::new().await;
+    let in_flight = InFlightLookups::default();
+    let chainer = walker(&at_once_db, in_flight.clone());
+    let start = sim.count("passiveDns");
+    let reports = futures::future::join_all(iocs.iter().map(|ioc| chainer.walk(ioc))).await;
+    let pages = sim.count("passiveDns") - start;
+
+    let mut sharing_pages = 0;
+    let mut at_once = Vec::new();
+    for report in reports {
+        let report = report.expect("walk");
+        sharing_pages += report.sharing_pages;
+        at_once.push(report.hits);
+    }
+    assert_eq!(at_once, one_by_one, "the same hits, scored the same");
+    // The sharing case's counterparts, the IOC unattributed: 40 + 10 + 5, less 30 when shared.
+    assert_eq!(scores(&at_once[0]), [(DEDICATED, 55), (SHARED, 25)]);
+    assert_eq!(
+        sharing_pages, 2,
+        "one page of each counterpart, for all walks"
+    );
+    assert_eq!(
+        pages,
+        20 + 2,
+        "each IOC's page, and one of each counterpart"
+    );
+    assert!(in_flight.is_empty(), "every lookup closed");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cycles and budgets
 // ---------------------------------------------------------------------------------------------
@@ -977,7 +1047,7 @@ async fn walks_running_at_once_ask_each_shared_counterpart_once() {
     sim.control()
         .set_latency(std::time::Duration::from_millis(30));
 
-    let in_flight = InFlight::default();
+    let in_flight = InFlightLookups::default();
     let chainer = Chainer::new(
         graph.clone(),
         Some(Arc::new(db.store.clone())),
@@ -1025,7 +1095,7 @@ async fn workers_sharing_a_database_ask_each_shared_counterpart_once() {
             Some(Arc::new(db.store.clone())),
             settings.clone(),
         )
-        .with_in_flight(InFlight::default())
+        .with_in_flight(InFlightLookups::default())
     };
     let (first, second) = (worker(), worker());
 
@@ -1216,7 +1286,7 @@ async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_
         ..ChainSettings::default()
     };
     let chainer = Chainer::new(graph.clone(), Some(Arc::new(db.store.clone())), settings)
-        .with_in_flight(InFlight::default());
+        .with_in_flight(InFlightLookups::default());
     let start = sim.count("reputation");
     let walks =
         futures::future::join_all(iocs.iter().map(|ioc| Lane::Bulk.scope(chainer.walk(ioc))));
@@ -1265,7 +1335,7 @@ async fn a_live_walk_asks_for_hosts_another_worker_holds_instead_of_waiting() {
         ..ChainSettings::default()
     };
     let chainer = Chainer::new(graph.clone(), Some(Arc::new(db.store.clone())), settings)
-        .with_in_flight(InFlight::default());
+        .with_in_flight(InFlightLookups::default());
     let start = sim.count("reputation");
     // Shorter than the 30 s a walk waits for a claim at most: a walk that waited fails here.
     let report = tokio::time::timeout(

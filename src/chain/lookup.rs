@@ -172,7 +172,7 @@ impl Chainer {
         let mut leads = Vec::new();
         let mut follows = Vec::new();
         for key in keys {
-            match self.in_flight.as_ref().map(|f| f.join(&key)) {
+            match self.in_flight.as_ref().map(|f| f.reputations.join(&key)) {
                 Some(Role::Follow(follower)) => follows.push((key, follower)),
                 Some(Role::Lead(lead)) => leads.push((key, Some(lead))),
                 None => leads.push((key, None)),

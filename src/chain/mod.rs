@@ -218,8 +218,24 @@ pub struct Chainer {
     cache: Option<Arc<dyn WalkCache>>,
     settings: ChainSettings,
     profiles: Arc<ProfileIndex>,
-    in_flight: Option<InFlight<Reputation>>,
+    in_flight: Option<InFlightLookups>,
     names: CanonicalNames,
+}
+
+/// The lookups of one worker's walks in flight, followed by its other walks meanwhile (see
+/// [`InFlight`]): counterparts' reputations, and the pages that measure how shared they are.
+/// Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct InFlightLookups {
+    reputations: InFlight<Reputation>,
+    fanouts: InFlight<Fanout>,
+}
+
+impl InFlightLookups {
+    /// Whether no lookup is open.
+    pub fn is_empty(&self) -> bool {
+        self.reputations.is_empty() && self.fanouts.is_empty()
+    }
 }
 
 /// What the enrichers already read of the IOC, so the walk does not ask Graph again.
@@ -376,9 +392,9 @@ impl Chainer {
         self
     }
 
-    /// Join reputation lookups other walks sharing `in_flight` have in flight, and let them
-    /// join this walk's (see [`InFlight`]).
-    pub fn with_in_flight(mut self, in_flight: InFlight<Reputation>) -> Chainer {
+    /// Join the lookups other walks sharing `in_flight` have in flight, and let them join this
+    /// walk's (see [`InFlightLookups`]).
+    pub fn with_in_flight(mut self, in_flight: InFlightLookups) -> Chainer {
         self.in_flight = Some(in_flight);
         self
     }

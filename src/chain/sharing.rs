@@ -2,7 +2,8 @@
 //! [`super::confidence`]). The walk counts it for every host whose passive DNS it reads anyway;
 //! for an attributed counterpart it did not read, one page is asked (at most once per
 //! [`super::ChainSettings::reputation_ttl`], through the `host_fanout` cache), within the walk's
-//! request budget.
+//! request budget. Walks running at once often link through the same counterpart; the first
+//! to measure it leads, the others follow (see [`crate::in_flight`]), so that it is asked once.
 
 use foldhash::{HashMap, HashSet};
 use futures::StreamExt;
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use super::{ActorHit, ChainError, Chainer, Fanout, Walk};
 use crate::graph::model::PassiveDnsArtifact;
 use crate::graph::PageLimits;
+use crate::in_flight::{Follower, Lead, Role};
 
 /// At most this many distinct names are counted per host: enough to tell dedicated, shared and
 /// widely shared apart (see [`super::confidence::SHARED_MAX`]), and one page's worth.
@@ -40,9 +42,15 @@ impl Counter {
     }
 }
 
+/// A host whose fanout this walk measures itself, with the lead of its measure when shared.
+type Measuring = (String, Option<Lead<Fanout>>);
+
 impl Chainer {
     /// Measure the fanout of every counterpart that links an actor and whose fanout the walk
-    /// does not know: from the cache, else one page of its passive DNS each.
+    /// does not know: from a measure another walk has in flight, from the cache, else one page
+    /// of its passive DNS each. Like reputations (see [`super::lookup`]), this walk's own
+    /// measures are saved before it waits for anyone else's, and what others give up on, it
+    /// measures itself.
     pub(super) async fn measure_sharing(
         &self,
         walk: &mut Walk,
@@ -61,6 +69,47 @@ impl Chainer {
         if wanted.is_empty() {
             return Ok(());
         }
+        let (leads, follows) = self.join_measures(wanted);
+        self.measure(walk, leads).await?;
+        let mut released = Vec::new();
+        for (host, follower) in follows {
+            match follower.answer().await {
+                Some(fanout) => {
+                    walk.fanout.insert(host, fanout);
+                }
+                None => released.push((host, None)),
+            }
+        }
+        self.measure(walk, released).await
+    }
+
+    /// Join the measures other walks of this worker have in flight: the hosts this walk
+    /// measures itself (leading the measure, when shared), and those it follows another walk
+    /// for.
+    fn join_measures(
+        &self,
+        hosts: Vec<String>,
+    ) -> (Vec<Measuring>, Vec<(String, Follower<Fanout>)>) {
+        let mut leads = Vec::new();
+        let mut follows = Vec::new();
+        for host in hosts {
+            match self.in_flight.as_ref().map(|f| f.fanouts.join(&host)) {
+                Some(Role::Follow(follower)) => follows.push((host, follower)),
+                Some(Role::Lead(lead)) => leads.push((host, Some(lead))),
+                None => leads.push((host, None)),
+            }
+        }
+        (leads, follows)
+    }
+
+    /// The fanouts of `hosts` from the cache, else from Graph; what Graph answered is saved
+    /// before the leads are dropped, so that a walk coming later finds it in the cache.
+    async fn measure(&self, walk: &mut Walk, hosts: Vec<Measuring>) -> Result<(), ChainError> {
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let (names, leads): (Vec<String>, Vec<Option<Lead<Fanout>>>) = hosts.into_iter().unzip();
+        let mut wanted = names.clone();
         if let Some(cache) = &self.cache {
             match cache
                 .cached_fanouts(&wanted, self.settings.reputation_ttl)
@@ -74,6 +123,12 @@ impl Chainer {
             }
         }
         let measured = self.first_pages(walk, wanted).await?;
+        for (host, lead) in names.iter().zip(&leads) {
+            if let (Some(lead), Some(fanout)) = (lead, walk.fanout.get(host).or(measured.get(host)))
+            {
+                lead.answer(*fanout);
+            }
+        }
         if let Some(cache) = &self.cache {
             if let Err(error) = cache.save_fanouts(&measured).await {
                 tracing::warn!(%error, "could not cache {} fanout(s)", measured.len());

@@ -15,8 +15,8 @@ use std::time::Duration;
 use foldhash::{HashMap, HashMapExt};
 use futures::StreamExt;
 
-use crate::chain::{CanonicalNames, ChainSettings, ProfileIndex};
-use crate::enrich::{EnricherKind, Reputation};
+use crate::chain::{CanonicalNames, ChainSettings, InFlightLookups, ProfileIndex};
+use crate::enrich::EnricherKind;
 use crate::failpoint;
 use crate::graph::{GraphClient, PageLimits};
 use crate::in_flight::InFlight;
@@ -72,8 +72,8 @@ pub struct Pipeline {
     /// The intel profile index, replaced whole by the sync job; readers take the current `Arc`
     /// (a std lock: held only to clone or swap the pointer, never across an await).
     profiles: Arc<RwLock<Arc<ProfileIndex>>>,
-    /// Reputation lookups of this worker's walks in flight, followed by the other walks.
-    lookups: InFlight<Reputation>,
+    /// Lookups of this worker's walks in flight, followed by the other walks.
+    lookups: InFlightLookups,
     /// Counterparts' canonical names, worked out once for all walks.
     names: CanonicalNames,
     /// Observables this worker is enriching, followed by their repeats (see [`Pipeline::answer`]).
@@ -96,7 +96,7 @@ impl Pipeline {
             store,
             settings,
             profiles: Arc::default(),
-            lookups: InFlight::default(),
+            lookups: InFlightLookups::default(),
             names: CanonicalNames::default(),
             enriching: InFlight::default(),
             relay: RelayHandle::default(),
