@@ -97,6 +97,30 @@ impl<T: Clone> InFlight<T> {
     }
 }
 
+/// A key whose work one does oneself, with its lead when the work is shared.
+pub type Own<T> = (String, Option<Lead<T>>);
+
+/// A key whose work somebody else leads.
+pub type Following<T> = (String, Follower<T>);
+
+/// Of `keys`, the work to do oneself and the work to follow somebody else's for (all one's own
+/// when `in_flight` is `None`: nothing shared).
+pub fn split<T: Clone>(
+    in_flight: Option<&InFlight<T>>,
+    keys: Vec<String>,
+) -> (Vec<Own<T>>, Vec<Following<T>>) {
+    let mut own = Vec::new();
+    let mut follows = Vec::new();
+    for key in keys {
+        match in_flight.map(|f| f.join(&key)) {
+            Some(Role::Follow(follower)) => follows.push((key, follower)),
+            Some(Role::Lead(lead)) => own.push((key, Some(lead))),
+            None => own.push((key, None)),
+        }
+    }
+    (own, follows)
+}
+
 impl<T> InFlight<T> {
     /// Keys with work open now.
     pub fn len(&self) -> usize {

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use super::{ChainError, Chainer, Walk};
 use crate::enrich::{mapping, Reputation};
 use crate::graph::GraphClient;
-use crate::in_flight::{Follower, Lead, Role};
+use crate::in_flight::{self, Lead};
 use crate::lane::Lane;
 use crate::model::{CachedLeads, LookupClaims, StorageError, WalkCache};
 use crate::progress::{self, point};
@@ -26,7 +26,7 @@ const CLAIM_HOLD: Duration = Duration::from_secs(30);
 const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 /// A host this walk looks up itself, with the lead of its lookup when shared in the worker.
-type Pending = (String, Option<Lead<Reputation>>);
+type Pending = in_flight::Own<Reputation>;
 
 /// A host a walk asked Graph about, what came back, and the lead of its lookup when shared.
 type Asked = (String, Result<Lookup, ChainError>, Option<Lead<Reputation>>);
@@ -140,7 +140,8 @@ impl Chainer {
         if keys.is_empty() {
             return Ok(());
         }
-        let (leads, follows) = self.join_in_flight(keys);
+        let in_flight = self.in_flight.as_ref().map(|f| &f.reputations);
+        let (leads, follows) = in_flight::split(in_flight, keys);
         let leads = self.read_cache(walk, leads).await;
         let claimed = self.claim_lookups(leads).await;
         let asking = Asking {
@@ -161,24 +162,6 @@ impl Chainer {
         self.settle(&mut settled, rest, LookupClaims::default())
             .await;
         record(walk, settled, asking.budget)
-    }
-
-    /// Join the lookups other walks of this worker have in flight: the hosts this walk looks
-    /// up itself (leading the lookup, when shared), and those it follows another walk for.
-    fn join_in_flight(
-        &self,
-        keys: Vec<String>,
-    ) -> (Vec<Pending>, Vec<(String, Follower<Reputation>)>) {
-        let mut leads = Vec::new();
-        let mut follows = Vec::new();
-        for key in keys {
-            match self.in_flight.as_ref().map(|f| f.reputations.join(&key)) {
-                Some(Role::Follow(follower)) => follows.push((key, follower)),
-                Some(Role::Lead(lead)) => leads.push((key, Some(lead))),
-                None => leads.push((key, None)),
-            }
-        }
-        (leads, follows)
     }
 
     /// Take the reputations (and fanouts) the cache holds for `leads`, in one query; returns
@@ -374,7 +357,7 @@ impl Chainer {
 /// lead gave up, for this walk to ask itself.
 async fn follow_other_walks(
     walk: &mut Walk,
-    follows: Vec<(String, Follower<Reputation>)>,
+    follows: Vec<in_flight::Following<Reputation>>,
 ) -> Vec<Pending> {
     let followed: Vec<(String, Option<Reputation>)> =
         futures::future::join_all(follows.into_iter().map(|(key, follower)| async move {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use super::{ActorHit, ChainError, Chainer, Fanout, Walk};
 use crate::graph::model::PassiveDnsArtifact;
 use crate::graph::PageLimits;
-use crate::in_flight::{Follower, Lead, Role};
+use crate::in_flight::{self, Lead};
 
 /// At most this many distinct names are counted per host: enough to tell dedicated, shared and
 /// widely shared apart (see [`super::confidence::SHARED_MAX`]), and one page's worth.
@@ -43,7 +43,7 @@ impl Counter {
 }
 
 /// A host whose fanout this walk measures itself, with the lead of its measure when shared.
-type Measuring = (String, Option<Lead<Fanout>>);
+type Measuring = in_flight::Own<Fanout>;
 
 impl Chainer {
     /// Measure the fanout of every counterpart that links an actor and whose fanout the walk
@@ -69,7 +69,8 @@ impl Chainer {
         if wanted.is_empty() {
             return Ok(());
         }
-        let (leads, follows) = self.join_measures(wanted);
+        let in_flight = self.in_flight.as_ref().map(|f| &f.fanouts);
+        let (leads, follows) = in_flight::split(in_flight, wanted);
         self.measure(walk, leads).await?;
         let mut released = Vec::new();
         for (host, follower) in follows {
@@ -81,25 +82,6 @@ impl Chainer {
             }
         }
         self.measure(walk, released).await
-    }
-
-    /// Join the measures other walks of this worker have in flight: the hosts this walk
-    /// measures itself (leading the measure, when shared), and those it follows another walk
-    /// for.
-    fn join_measures(
-        &self,
-        hosts: Vec<String>,
-    ) -> (Vec<Measuring>, Vec<(String, Follower<Fanout>)>) {
-        let mut leads = Vec::new();
-        let mut follows = Vec::new();
-        for host in hosts {
-            match self.in_flight.as_ref().map(|f| f.fanouts.join(&host)) {
-                Some(Role::Follow(follower)) => follows.push((host, follower)),
-                Some(Role::Lead(lead)) => leads.push((host, Some(lead))),
-                None => leads.push((host, None)),
-            }
-        }
-        (leads, follows)
     }
 
     /// The fanouts of `hosts` from the cache, else from Graph; what Graph answered is saved
