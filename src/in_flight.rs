@@ -25,6 +25,7 @@ use foldhash::HashMap;
 use tokio::sync::watch;
 
 use crate::lane::Lane;
+use crate::progress;
 
 enum State<T> {
     Pending,
@@ -119,6 +120,29 @@ pub fn split<T: Clone>(
         }
     }
     (own, follows)
+}
+
+/// Wait for the work of `follows`, all at once, each marked as waiting at `point` (see
+/// [`crate::progress`]); returns the answers, and the keys whose lead gave up without one, to
+/// do oneself.
+pub async fn follow<T: Clone>(
+    follows: Vec<Following<T>>,
+    point: &'static str,
+) -> (Vec<(String, T)>, Vec<Own<T>>) {
+    let followed =
+        futures::future::join_all(follows.into_iter().map(|(key, follower)| async {
+            (key, progress::wait_at(point, follower.answer()).await)
+        }))
+        .await;
+    let mut answered = Vec::new();
+    let mut released = Vec::new();
+    for (key, answer) in followed {
+        match answer {
+            Some(value) => answered.push((key, value)),
+            None => released.push((key, None)),
+        }
+    }
+    (answered, released)
 }
 
 impl<T> InFlight<T> {

@@ -359,20 +359,9 @@ async fn follow_other_walks(
     walk: &mut Walk,
     follows: Vec<in_flight::Following<Reputation>>,
 ) -> Vec<Pending> {
-    let followed: Vec<(String, Option<Reputation>)> =
-        futures::future::join_all(follows.into_iter().map(|(key, follower)| async move {
-            (
-                key,
-                progress::wait_at(point::OTHER_WALK, follower.answer()).await,
-            )
-        }))
-        .await;
-    let mut released = Vec::new();
-    for (key, answer) in followed {
-        match answer {
-            Some(reputation) => walk.found(key, reputation, None),
-            None => released.push((key, None)),
-        }
+    let (answered, released) = in_flight::follow(follows, point::OTHER_WALK).await;
+    for (key, reputation) in answered {
+        walk.found(key, reputation, None);
     }
     released
 }

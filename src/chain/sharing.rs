@@ -11,7 +11,8 @@ use futures::StreamExt;
 use super::{ActorHit, ChainError, Chainer, Fanout, Walk};
 use crate::graph::model::PassiveDnsArtifact;
 use crate::graph::PageLimits;
-use crate::in_flight::{self, Lead};
+use crate::in_flight;
+use crate::progress::point;
 
 /// At most this many distinct names are counted per host: enough to tell dedicated, shared and
 /// widely shared apart (see [`super::confidence::SHARED_MAX`]), and one page's worth.
@@ -72,15 +73,8 @@ impl Chainer {
         let in_flight = self.in_flight.as_ref().map(|f| &f.fanouts);
         let (leads, follows) = in_flight::split(in_flight, wanted);
         self.measure(walk, leads).await?;
-        let mut released = Vec::new();
-        for (host, follower) in follows {
-            match follower.answer().await {
-                Some(fanout) => {
-                    walk.fanout.insert(host, fanout);
-                }
-                None => released.push((host, None)),
-            }
-        }
+        let (answered, released) = in_flight::follow(follows, point::OTHER_WALK).await;
+        walk.fanout.extend(answered);
         self.measure(walk, released).await
     }
 
@@ -90,8 +84,7 @@ impl Chainer {
         if hosts.is_empty() {
             return Ok(());
         }
-        let (names, leads): (Vec<String>, Vec<Option<Lead<Fanout>>>) = hosts.into_iter().unzip();
-        let mut wanted = names.clone();
+        let mut wanted: Vec<String> = hosts.iter().map(|(host, _)| host.clone()).collect();
         if let Some(cache) = &self.cache {
             match cache
                 .cached_fanouts(&wanted, self.settings.reputation_ttl)
@@ -99,18 +92,15 @@ impl Chainer {
             {
                 Ok(cached) => {
                     wanted.retain(|host| !cached.contains_key(host));
+                    // Followers of a cached host need not wait for the others' pages.
+                    answer(&hosts, &cached);
                     walk.fanout.extend(cached);
                 }
                 Err(error) => tracing::warn!(%error, "fanout cache unreadable; asking Graph"),
             }
         }
         let measured = self.first_pages(walk, wanted).await?;
-        for (host, lead) in names.iter().zip(&leads) {
-            if let (Some(lead), Some(fanout)) = (lead, walk.fanout.get(host).or(measured.get(host)))
-            {
-                lead.answer(*fanout);
-            }
-        }
+        answer(&hosts, &measured);
         if let Some(cache) = &self.cache {
             if let Err(error) = cache.save_fanouts(&measured).await {
                 tracing::warn!(%error, "could not cache {} fanout(s)", measured.len());
@@ -164,6 +154,15 @@ impl Chainer {
             ));
         }
         pages.into_iter().collect()
+    }
+}
+
+/// Give the followers of each of `hosts` that `fanouts` holds their answer.
+fn answer(hosts: &[Measuring], fanouts: &HashMap<String, Fanout>) {
+    for (host, lead) in hosts {
+        if let (Some(lead), Some(fanout)) = (lead, fanouts.get(host)) {
+            lead.answer(*fanout);
+        }
     }
 }
 
