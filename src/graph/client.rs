@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use url::Url;
 
 use super::auth::TokenSource;
 use super::body::{read_capped, size, BodyError, MAX_ERROR_BODY, MAX_GRAPH_BODY};
@@ -250,6 +251,9 @@ impl Drop for InFlight<'_> {
 
 struct Inner {
     settings: GraphSettings,
+    /// The Graph base URL, parsed once: each request's URL is this one with its path and query
+    /// set, so its scheme and host are not parsed again for every request.
+    graph_base: Url,
     http: reqwest::Client,
     tokens: TokenSource,
     throttle: Throttle,
@@ -283,7 +287,7 @@ impl GraphClient {
                 missing.join(", ")
             )));
         }
-        check_base_url("Graph base URL", &settings.graph_base_url)?;
+        let graph_base = check_base_url("Graph base URL", &settings.graph_base_url)?;
         check_base_url("login base URL", &settings.login_base_url)?;
 
         if !settings.tls_verify {
@@ -317,6 +321,7 @@ impl GraphClient {
         Ok(GraphClient {
             inner: Arc::new(Inner {
                 settings,
+                graph_base,
                 http,
                 tokens,
                 throttle,
@@ -363,11 +368,14 @@ impl GraphClient {
         &self.inner.settings
     }
 
-    fn url(&self, path: &str) -> String {
-        format!(
-            "{}/{TI}/{path}",
-            self.inner.settings.graph_base_url.trim_end_matches('/')
-        )
+    /// `{base}/{TI}/{path}?{query}`; `path` comes escaped ([`host_path`](Self::host_path)).
+    fn url(&self, path: &str, query: Option<&str>) -> Url {
+        let mut url = self.inner.graph_base.clone();
+        let base_path = url.path().trim_end_matches('/');
+        let path = format!("{base_path}/{TI}/{path}");
+        url.set_path(&path);
+        url.set_query(query);
+        url
     }
 
     /// `hosts/{key}` or `hosts/{key}/{leaf}`, the key escaped as one path segment.
@@ -495,7 +503,7 @@ impl GraphClient {
         endpoint: &'static str,
         path: &str,
     ) -> Result<Option<T>, GraphError> {
-        self.get(endpoint, &self.url(path), |body| {
+        self.get(endpoint, &self.url(path, None), |body| {
             serde_json::from_slice(body)
         })
         .await
@@ -539,10 +547,8 @@ impl GraphClient {
         T: DeserializeOwned,
         F: FnMut(Vec<T>),
     {
-        let mut url = self.url(path);
-        if let Some(top) = limits.page_size {
-            url.push_str(&format!("?$top={top}"));
-        }
+        let top = limits.page_size.map(|top| format!("$top={top}"));
+        let mut url = self.url(path, top.as_deref());
         let mut out = Paged {
             pages: 0,
             truncated: false,
@@ -577,9 +583,10 @@ impl GraphClient {
                 }
                 Some(next) => {
                     // The bearer token goes wherever the link points: only ever to Graph itself.
-                    if !same_origin(&next, &self.inner.settings.graph_base_url) {
-                        return Err(GraphError::ForeignNextLink);
-                    }
+                    let next = match Url::parse(&next) {
+                        Ok(next) if same_origin(&next, &self.inner.graph_base) => next,
+                        _ => return Err(GraphError::ForeignNextLink),
+                    };
                     if !followed.insert(next.clone()) {
                         // What was read stands; the walk says it did not reach the end.
                         out.truncated = true;
@@ -600,7 +607,7 @@ impl GraphClient {
     async fn get<P>(
         &self,
         endpoint: &'static str,
-        url: &str,
+        url: &Url,
         decode: Decode<P>,
     ) -> Result<Option<P>, GraphError> {
         let stats = &self.inner.stats;
@@ -706,7 +713,7 @@ impl GraphClient {
     }
 
     /// One request: token, budget, then the exchange, whose result is recorded whatever it was.
-    async fn attempt<P>(&self, endpoint: &'static str, url: &str, decode: Decode<P>) -> Attempt<P> {
+    async fn attempt<P>(&self, endpoint: &'static str, url: &Url, decode: Decode<P>) -> Attempt<P> {
         let bearer = match progress::wait_at(point::GRAPH_TOKEN, self.inner.tokens.bearer()).await {
             Ok(bearer) => bearer,
             Err(error) => return Attempt::Token(error),
@@ -738,14 +745,14 @@ impl GraphClient {
     /// Send, classify, read the body; with the HTTP status when an answer came.
     async fn exchange<P>(
         &self,
-        url: &str,
+        url: &Url,
         bearer: &super::auth::BearerToken,
         decode: Decode<P>,
     ) -> (Attempt<P>, Option<u16>) {
         let response = match self
             .inner
             .http
-            .get(url)
+            .get(url.clone())
             .bearer_auth(bearer.token.expose())
             .header("Accept", "application/json")
             .send()
@@ -855,26 +862,21 @@ fn build_http(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, GraphE
 
 /// A base URL must parse and carry no user or password: the client authenticates with its
 /// token, and a password in a URL would travel into logs and next links.
-fn check_base_url(what: &str, raw: &str) -> Result<(), GraphError> {
-    let url = url::Url::parse(raw).map_err(|e| GraphError::Config(format!("{what}: {e}")))?;
+fn check_base_url(what: &str, raw: &str) -> Result<Url, GraphError> {
+    let url = Url::parse(raw).map_err(|e| GraphError::Config(format!("{what}: {e}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(GraphError::Config(format!(
             "{what} {} carries a user or password; Graph takes none",
             redact_url(raw)
         )));
     }
-    Ok(())
+    Ok(url)
 }
 
-fn same_origin(link: &str, base: &str) -> bool {
-    match (url::Url::parse(link), url::Url::parse(base)) {
-        (Ok(link), Ok(base)) => {
-            link.scheme() == base.scheme()
-                && link.host_str() == base.host_str()
-                && link.port_or_known_default() == base.port_or_known_default()
-        }
-        _ => false,
-    }
+fn same_origin(link: &Url, base: &Url) -> bool {
+    link.scheme() == base.scheme()
+        && link.host_str() == base.host_str()
+        && link.port_or_known_default() == base.port_or_known_default()
 }
 
 #[cfg(test)]
@@ -895,13 +897,61 @@ mod tests {
 
     #[test]
     fn next_links_are_followed_only_within_graph() {
-        let base = "https://graph.microsoft.com/v1.0";
-        assert!(same_origin(
-            "https://graph.microsoft.com/v1.0/security/x?$skip=10",
-            base
+        let base = Url::parse("https://graph.microsoft.com/v1.0").unwrap();
+        let within = |link: &str| same_origin(&Url::parse(link).unwrap(), &base);
+        assert!(within(
+            "https://graph.microsoft.com/v1.0/security/x?$skip=10"
         ));
-        assert!(!same_origin("https://evil.example/v1.0/x", base));
-        assert!(!same_origin("http://graph.microsoft.com/v1.0/x", base));
+        assert!(within("https://graph.microsoft.com:443/beta/x"));
+        assert!(!within("https://evil.example/v1.0/x"));
+        assert!(!within("http://graph.microsoft.com/v1.0/x"));
+        assert!(!within("https://graph.microsoft.com:8443/v1.0/x"));
+    }
+
+    fn client_at(graph_base_url: &str) -> GraphClient {
+        GraphClient::new(GraphSettings {
+            graph_base_url: graph_base_url.into(),
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret: Secret::new("s"),
+            ..GraphSettings::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_url_is_the_base_the_service_path_and_the_query_as_one_url_would_parse() {
+        for base in [
+            "https://graph.microsoft.com/v1.0",
+            "https://graph.microsoft.com/v1.0/",
+            "http://127.0.0.1:18081/v1.0",
+            "http://localhost:8080",
+        ] {
+            let client = client_at(base);
+            for (path, query) in [
+                (GraphClient::host_path("contoso.com", Some("whois")), None),
+                (
+                    GraphClient::host_path("2001:db8::1", Some("passiveDns")),
+                    Some("$top=1000"),
+                ),
+                (GraphClient::host_path("../x?y#z/w", None), None),
+                (
+                    GraphClient::host_path("bücher.example", Some("reputation")),
+                    None,
+                ),
+                ("intelProfiles".to_owned(), Some("$top=50")),
+            ] {
+                let whole = match query {
+                    Some(query) => format!("{}/{TI}/{path}?{query}", base.trim_end_matches('/')),
+                    None => format!("{}/{TI}/{path}", base.trim_end_matches('/')),
+                };
+                assert_eq!(
+                    client.url(&path, query),
+                    Url::parse(&whole).unwrap(),
+                    "{whole}"
+                );
+            }
+        }
     }
 
     #[test]
