@@ -222,7 +222,7 @@ mod tests {
         Reputation {
             classification: Some("malicious".into()),
             score: Some(90),
-            rules: Vec::new(),
+            rules: Arc::default(),
         }
     }
 

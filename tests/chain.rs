@@ -1271,7 +1271,7 @@ async fn walks_crossing_on_hosts_another_worker_holds_finish_without_asking_for_
             let reputation = mdti_worker::enrich::Reputation {
                 classification: Some("neutral".into()),
                 score: Some(1),
-                rules: Vec::new(),
+                rules: Arc::default(),
             };
             store
                 .save_reputations([(x, &reputation), (y, &reputation)])

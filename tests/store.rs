@@ -46,7 +46,8 @@ fn reputation() -> Reputation {
             description: Some(json!(["seen in a campaign", "listed"])),
             severity: Some("high".into()),
             related_details_url: Some("https://example.test/rule".into()),
-        }],
+        }]
+        .into(),
     }
 }
 
@@ -604,7 +605,7 @@ async fn cached_reputation_respects_the_ttl() {
     let benign = Reputation {
         classification: Some("neutral".into()),
         score: None,
-        rules: vec![],
+        rules: vec![].into(),
     };
     db.store.save_reputation(host, &benign).await.unwrap();
     assert_eq!(
@@ -1258,7 +1259,7 @@ async fn a_remembering_store_gives_back_what_it_read_within_the_ttl_and_reads_sa
     let benign = Reputation {
         classification: Some("neutral".into()),
         score: None,
-        rules: vec![],
+        rules: vec![].into(),
     };
     store.save_reputation(&host, &benign).await.unwrap();
     assert_eq!(

@@ -109,7 +109,7 @@ pub(super) fn attribute(
         let mut found = Vec::new();
         let mut article_evidence_here = Vec::new();
         if let Some(Some(reputation)) = reputations.get(artifact) {
-            for rule in &reputation.rules {
+            for rule in reputation.rules.iter() {
                 if rule_is(rule, CTI_RULE) {
                     found.extend(named_by_rule(rule, reputation, profiles));
                 } else if rule_is(rule, INTEL_ARTICLE_RULE) {
@@ -384,7 +384,8 @@ mod tests {
                     json!("An article"),
                     Some("https://ti.defender.microsoft.com/article/a1"),
                 ),
-            ],
+            ]
+            .into(),
         };
         let reputations = HashMap::from_iter([
             ("ioc.example".to_owned(), None),

@@ -229,7 +229,7 @@ mod tests {
         Reputation {
             classification: Some("malicious".into()),
             score: Some(score),
-            rules: Vec::new(),
+            rules: Default::default(),
         }
     }
 
@@ -369,7 +369,7 @@ mod tests {
             let reputation = Reputation {
                 classification: Some(classification.into()),
                 score: Some(score),
-                rules: Vec::new(),
+                rules: Default::default(),
             };
             let mut hit = hop(&evidence, None);
             hit.reputation = Some(&reputation);
@@ -403,7 +403,7 @@ mod tests {
         let benign = Reputation {
             classification: Some("benign".into()),
             score: Some(0),
-            rules: Vec::new(),
+            rules: Default::default(),
         };
         let mut hit = hop(&weak, names(9000, true));
         hit.hops = 3;

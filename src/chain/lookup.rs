@@ -80,11 +80,7 @@ impl Asking {
         Ok(Lookup::Fetched(match self.graph.reputation(key).await? {
             Some(record) => mapping::reputation(&record),
             // Unknown to MDTI: cached as an empty reputation so it is not asked again.
-            None => Reputation {
-                classification: None,
-                score: None,
-                rules: Vec::new(),
-            },
+            None => Reputation::default(),
         }))
     }
 

@@ -15,6 +15,7 @@ pub mod table;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -145,7 +146,9 @@ pub struct ReputationRule {
 pub struct Reputation {
     pub classification: Option<String>,
     pub score: Option<i32>,
-    pub rules: Vec<ReputationRule>,
+    /// Shared, not copied: a walk hands the same reputation to every hit it links, to the
+    /// walks that follow its lookup and to the worker's kept rows.
+    pub rules: Arc<[ReputationRule]>,
 }
 
 /// What one enricher found for one observable.

@@ -60,7 +60,7 @@ fn write_reputation(out: &mut String, result: &EnricherResult) {
         reputation.classification.as_deref().unwrap_or("-"),
         reputation.score.map_or("-".into(), |s| s.to_string())
     );
-    for rule in &reputation.rules {
+    for rule in reputation.rules.iter() {
         let description = match &rule.description {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),

@@ -112,7 +112,7 @@ mod tests {
         Reputation {
             classification: Some("malicious".into()),
             score: Some(score),
-            rules: Vec::new(),
+            rules: Default::default(),
         }
     }
 

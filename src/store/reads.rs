@@ -330,7 +330,7 @@ fn decode_reputation(row: &PgRow) -> Result<Option<Reputation>, StoreError> {
         Ok(Json(rules)) => Ok(Some(Reputation {
             classification: row.try_get("classification")?,
             score: row.try_get("score")?,
-            rules,
+            rules: rules.into(),
         })),
         Err(sqlx::Error::ColumnDecode { source: error, .. }) => {
             let host: String = row.try_get("host")?;

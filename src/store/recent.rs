@@ -256,7 +256,7 @@ mod tests {
         Reputation {
             classification: Some("malicious".into()),
             score: Some(score),
-            rules: Vec::new(),
+            rules: Arc::default(),
         }
     }
 
@@ -375,7 +375,8 @@ mod tests {
                 related_details_url: None,
             };
             32
-        ];
+        ]
+        .into();
         assert!(reputation_bytes(&heavy) > HEAVIEST);
         recent.keep_read_reputations(&read(vec![
             ("heavy.example", 1.0, heavy),

@@ -45,7 +45,7 @@ fn enrichment(observable: &Observable, reputation: Option<(&str, i32)>) -> Enric
         reputation_result.reputation = Some(Reputation {
             classification: Some(classification.into()),
             score: Some(score),
-            rules: Vec::new(),
+            rules: Default::default(),
         });
         results.push(reputation_result);
     }
