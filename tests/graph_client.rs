@@ -579,3 +579,36 @@ async fn a_token_that_claims_to_live_forever_does_not_break_the_client() {
     let host = within_guard(client.host("contoso.com")).await.unwrap();
     assert!(host.is_some());
 }
+
+#[tokio::test]
+async fn a_token_a_header_cannot_carry_fails_each_request_with_a_reason_and_reaches_no_graph() {
+    let login = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let login_addr = login.local_addr().unwrap();
+    let token = Router::new().fallback(|| async {
+        axum::Json(json!({"access_token": "split\r\nX-Injected: 1", "expires_in": 3599}))
+    });
+    tokio::spawn(async move { axum::serve(login, token).await });
+    let asked = Arc::new(AtomicUsize::new(0));
+    let graph = Router::new().fallback({
+        let asked = Arc::clone(&asked);
+        move || async move {
+            asked.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"id": "contoso.com"}))
+        }
+    });
+    let client = GraphClient::new(GraphSettings {
+        login_base_url: format!("http://{login_addr}"),
+        max_attempts: 2,
+        ..stand_in(graph).await
+    })
+    .unwrap();
+    let error = within_guard(client.host("contoso.com")).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("header cannot carry"), "{text}");
+    assert!(!text.contains("X-Injected"), "the token leaked: {text}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "a request left without a token"
+    );
+}

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -23,14 +24,16 @@ const SCOPE: &str = "https://graph.microsoft.com/.default";
 /// or hostile answer can neither keep a token forever nor overflow the refresh instant.
 const LONGEST_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// A token as the `Authorization` header that carries it, built once per token rather than once
+/// per request. The header value is marked sensitive: its `Debug` shows no token.
 #[derive(Clone)]
 pub struct BearerToken {
-    pub token: Secret,
+    pub authorization: HeaderValue,
     pub generation: u64,
 }
 
 struct Cached {
-    token: Secret,
+    authorization: HeaderValue,
     refresh_at: Instant,
     generation: u64,
 }
@@ -91,12 +94,12 @@ impl TokenSource {
         if let Some(cached) = cache.as_ref() {
             if Instant::now() < cached.refresh_at {
                 return Ok(BearerToken {
-                    token: cached.token.clone(),
+                    authorization: cached.authorization.clone(),
                     generation: cached.generation,
                 });
             }
         }
-        let (token, lifetime) = self.fetch().await?;
+        let (authorization, lifetime) = self.fetch().await?;
         let generation = self
             .generations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -105,7 +108,7 @@ impl TokenSource {
         let usable = lifetime.saturating_sub(self.margin).max(lifetime / 2);
         let now = Instant::now();
         *cache = Some(Cached {
-            token: token.clone(),
+            authorization: authorization.clone(),
             // Past the clock's range (not with LONGEST_LIFETIME): refresh at the next request.
             refresh_at: now.checked_add(usable).unwrap_or(now),
             generation,
@@ -115,7 +118,10 @@ impl TokenSource {
             lifetime_s = lifetime.as_secs(),
             "fetched a Graph access token"
         );
-        Ok(BearerToken { token, generation })
+        Ok(BearerToken {
+            authorization,
+            generation,
+        })
     }
 
     /// Graph refused the token of `generation`: drop it, unless a newer one is already cached.
@@ -126,7 +132,7 @@ impl TokenSource {
         }
     }
 
-    async fn fetch(&self) -> Result<(Secret, Duration), GraphError> {
+    async fn fetch(&self) -> Result<(HeaderValue, Duration), GraphError> {
         let response = self.ask_for_token().await?;
         let status = response.status();
         if status.is_redirection() {
@@ -216,8 +222,10 @@ async fn token_body(
     }
 }
 
-/// A granted token and how long to keep it (Graph's `expires_in`, a number or a string, capped).
-fn token_from(body: &[u8]) -> Result<(Secret, Duration), GraphError> {
+/// A granted token as its `Authorization` header, and how long to keep it (Graph's
+/// `expires_in`, a number or a string, capped). A token that cannot travel in a header is
+/// refused here, as an unreadable answer is, rather than failing each request sent with it.
+fn token_from(body: &[u8]) -> Result<(HeaderValue, Duration), GraphError> {
     let answer: TokenAnswer = serde_json::from_slice(body).map_err(|e| GraphError::Token {
         transient: true,
         reason: format!("unreadable token answer: {e}"),
@@ -228,7 +236,13 @@ fn token_from(body: &[u8]) -> Result<(Secret, Duration), GraphError> {
         .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
         .unwrap_or(3599);
     let lifetime = Duration::from_secs(seconds).min(LONGEST_LIFETIME);
-    Ok((Secret::new(answer.access_token), lifetime))
+    let mut authorization = HeaderValue::try_from(format!("Bearer {}", answer.access_token))
+        .map_err(|_| GraphError::Token {
+            transient: true,
+            reason: "the granted access token holds characters a header cannot carry".into(),
+        })?;
+    authorization.set_sensitive(true);
+    Ok((authorization, lifetime))
 }
 
 /// Why no token was granted. The AADSTS error text names the problem (bad secret, unknown

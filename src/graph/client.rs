@@ -753,7 +753,7 @@ impl GraphClient {
             .inner
             .http
             .get(url.clone())
-            .bearer_auth(bearer.token.expose())
+            .header(reqwest::header::AUTHORIZATION, bearer.authorization.clone())
             .header("Accept", "application/json")
             .send()
             .await
