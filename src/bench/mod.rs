@@ -985,6 +985,7 @@ async fn measure_run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         sync_before_the_run(&graph, &setup_store).await?;
     }
     setup_store.close().await;
+    end_setup_backends(ctx).await?;
 
     let worker_args = bench_worker_args(cmd);
     let broker = BrokerArgs {
@@ -1048,6 +1049,39 @@ fn next_look(remaining: u64, total: u64) -> Duration {
     } else {
         Duration::from_millis(100)
     }
+}
+
+/// See the setup's connections (migrations, profile sync) out of Postgres before the run. A
+/// backend flushes its statistics to `pg_stat_database` as it exits, or some 10 s after its
+/// last statement, so a setup backend still there when the baseline is read can count the
+/// setup's ~2,000 catalog and profile rows, and its commits, in the run's figures. sqlx's
+/// `Pool::close` can leave one open: a connection on its way back to the pool (pinged as it
+/// returns) when the pool closes lands in its idle queue afterwards, and nothing closes it.
+/// Every backend of the run's own database is the setup's at this point, so what is left is
+/// ended here.
+async fn end_setup_backends(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut ended = false;
+    while !backend_pids(ctx.admin_url, ctx.db_name).await?.is_empty() {
+        if started.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!("the setup's Postgres connections did not leave within 10 s");
+        }
+        if !ended && started.elapsed() > Duration::from_millis(200) {
+            let mut conn = admin_connection(ctx.admin_url).await?;
+            let left = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(ctx.db_name)
+            .execute(&mut conn)
+            .await?
+            .rows_affected();
+            let _ = conn.close().await;
+            eprintln!("ended {left} setup connection(s) the pool left open");
+            ended = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Sync intel profiles as a worker does at start, so that chaining matches them.
@@ -1123,8 +1157,9 @@ async fn measure_window(
             cmd.workers,
         ))
         .await??;
-    // Let the setup's Postgres statistics reach pg_stat_database (flushed at most once a
-    // second) before reading the baseline.
+    // The setup's backends are gone ([`end_setup_backends`]); let the worker's start-up
+    // statements reach pg_stat_database (a busy backend flushes at most once a second) before
+    // reading the baseline.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let pg_before = pg_stats(ctx.admin_url, ctx.db_name).await?;
     let before = Snapshot::take(ctx, graph).await;
