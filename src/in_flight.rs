@@ -98,6 +98,17 @@ impl<T: Clone> InFlight<T> {
     }
 }
 
+#[cfg(test)]
+impl<T> InFlight<T> {
+    /// How many wait for the work on `key` in the current lane.
+    pub(crate) fn followers(&self, key: &str) -> usize {
+        let flights = self.flights.lock().expect("in-flight lock poisoned");
+        flights
+            .get(&(Lane::current(), key.to_owned()))
+            .map_or(0, |flight| flight.receiver_count())
+    }
+}
+
 /// A key whose work one does oneself, with its lead when the work is shared.
 pub type Own<T> = (String, Option<Lead<T>>);
 

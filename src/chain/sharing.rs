@@ -168,7 +168,114 @@ fn answer(hosts: &[Measuring], fanouts: &HashMap<String, Fanout>) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
     use super::*;
+    use crate::chain::{ChainSettings, InFlightLookups};
+    use crate::graph::{GraphClient, GraphSettings};
+    use crate::observable::{normalise, Normalised};
+    use crate::secret::Secret;
+    use crate::sim::{self, SimConfig};
+
+    const IOC: &str = "ioc.lead-gives-up-test.com";
+    const COUNTERPART: &str = "52.9.0.1";
+
+    fn record(parent: &str, artifact: &str, odata: &str) -> Value {
+        let when = "2024-01-01T00:00:00Z";
+        json!({
+            "id": format!("{parent}-{artifact}"), "collectedDateTime": when,
+            "firstSeenDateTime": when, "lastSeenDateTime": when, "recordType": "A",
+            "parentHost": {"id": parent},
+            "artifact": {"@odata.type": format!("#microsoft.graph.security.{odata}"), "id": artifact},
+        })
+    }
+
+    /// A walk from `IOC` that links Lace Tempest through `COUNTERPART`, whose passive DNS
+    /// names three hosts.
+    async fn walker() -> (sim::SimHandle, Chainer, InFlightLookups) {
+        let sim = sim::spawn(SimConfig::default())
+            .await
+            .expect("simulator starts");
+        let control = sim.control();
+        control.set_override(
+            &format!("hosts/{IOC}/passiveDns"),
+            json!([record(IOC, COUNTERPART, "ipAddress")]),
+        );
+        control.set_override(
+            &format!("hosts/{COUNTERPART}/reputation"),
+            json!({"id": COUNTERPART, "classification": "malicious", "score": 80,
+                   "rules": [{"name": "Cyber Threat Intelligence", "description": "Lace Tempest"}]}),
+        );
+        let names: Vec<Value> = (0..3)
+            .map(|i| {
+                record(
+                    COUNTERPART,
+                    &format!("site-{i}.tenant-example.com"),
+                    "hostname",
+                )
+            })
+            .collect();
+        control.set_override(&format!("hosts/{COUNTERPART}/passiveDns"), json!(names));
+        let graph = GraphClient::new(GraphSettings {
+            graph_base_url: sim.graph_base_url(),
+            login_base_url: sim.login_base_url(),
+            tenant_id: "sim-tenant".into(),
+            client_id: "sim-client".into(),
+            client_secret: Secret::new("sim-secret"),
+            requests_per_second: 2000.0,
+            burst: 200,
+            ..GraphSettings::default()
+        })
+        .expect("client builds");
+        let lookups = InFlightLookups::default();
+        let chainer =
+            Chainer::new(graph, None, ChainSettings::default()).with_in_flight(lookups.clone());
+        (sim, chainer, lookups)
+    }
+
+    #[tokio::test]
+    async fn a_walk_whose_fanout_lead_gives_up_measures_the_counterpart_itself() {
+        let (sim, chainer, lookups) = walker().await;
+        // Another walk leads the counterpart's measure (as one over its request budget would).
+        let (lead, _) = in_flight::split(Some(&lookups.fanouts), vec![COUNTERPART.to_owned()]);
+        let Ok(Normalised::Ready(ioc)) = normalise(IOC, None, &Default::default()) else {
+            panic!("{IOC} is a ready observable");
+        };
+        let walk = tokio::spawn(async move { chainer.walk(&ioc).await });
+        let following = async {
+            while lookups.fanouts.followers(COUNTERPART) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), following)
+            .await
+            .expect("the walk follows the lead");
+        let pages = sim.count("passiveDns");
+        drop(lead);
+
+        let report = walk.await.expect("walk task").expect("walk");
+        assert_eq!(
+            sim.count("passiveDns") - pages,
+            1,
+            "the walk read the counterpart's page itself"
+        );
+        assert_eq!(report.sharing_pages, 1);
+        let hit = report
+            .hits
+            .iter()
+            .find(|hit| hit.artifact == COUNTERPART)
+            .expect("a hit through the counterpart");
+        let sharing: Vec<&str> = hit
+            .factors
+            .iter()
+            .filter(|f| f.factor == "sharing")
+            .map(|f| f.detail.as_str())
+            .collect();
+        assert_eq!(sharing, ["dedicated (3 names)"]);
+        assert!(lookups.is_empty(), "every lookup closed");
+    }
 
     #[test]
     fn a_counter_counts_distinct_names_up_to_a_page() {
