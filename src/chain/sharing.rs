@@ -195,9 +195,8 @@ mod tests {
     /// A walk from `IOC` that links Lace Tempest through `COUNTERPART`, whose passive DNS
     /// names three hosts.
     async fn walker() -> (sim::SimHandle, Chainer, InFlightLookups) {
-        let sim = sim::spawn(SimConfig::default())
-            .await
-            .expect("simulator starts");
+        let config = SimConfig::default();
+        let sim = sim::spawn(config.clone()).await.expect("simulator starts");
         let control = sim.control();
         control.set_override(
             &format!("hosts/{IOC}/passiveDns"),
@@ -222,10 +221,8 @@ mod tests {
             graph_base_url: sim.graph_base_url(),
             login_base_url: sim.login_base_url(),
             tenant_id: "sim-tenant".into(),
-            client_id: "sim-client".into(),
-            client_secret: Secret::new("sim-secret"),
-            requests_per_second: 2000.0,
-            burst: 200,
+            client_id: config.client_id,
+            client_secret: Secret::new(config.client_secret),
             ..GraphSettings::default()
         })
         .expect("client builds");
