@@ -1054,11 +1054,10 @@ fn next_look(remaining: u64, total: u64) -> Duration {
 /// See the setup's connections (migrations, profile sync) out of Postgres before the run. A
 /// backend flushes its statistics to `pg_stat_database` as it exits, or some 10 s after its
 /// last statement, so a setup backend still there when the baseline is read can count the
-/// setup's ~2,000 catalog and profile rows, and its commits, in the run's figures. sqlx's
-/// `Pool::close` can leave one open: a connection on its way back to the pool (pinged as it
-/// returns) when the pool closes lands in its idle queue afterwards, and nothing closes it.
-/// Every backend of the run's own database is the setup's at this point, so what is left is
-/// ended here.
+/// setup's ~2,000 catalog and profile rows, and its commits, in the run's figures.
+/// [`Store::close`] closes the straggler sqlx's `Pool::close` can leave; should one still be
+/// there, every backend of the run's own database is the setup's at this point, so it is ended
+/// here.
 async fn end_setup_backends(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut ended = false;

@@ -739,12 +739,27 @@ impl Store {
         Ok(())
     }
 
-    /// Close the pool, waiting for connections in use to be returned.
+    /// Close the pools, waiting for connections in use to be returned. sqlx's `Pool::close` can
+    /// return with one connection still open: one on its way back (pinged as it returns) when
+    /// the pool closed lands in the idle queue afterwards, and nothing closes it. So the pools
+    /// are closed again, briefly, until none holds a connection.
     pub async fn close(&self) {
-        self.pool.close().await;
-        self.relaxed.close().await;
+        for pool in [&self.pool, &self.relaxed] {
+            pool.close().await;
+            for _ in 0..CLOSE_RETRIES {
+                if pool.size() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                pool.close().await;
+            }
+        }
     }
 }
+
+/// How many times [`Store::close`] closes a pool again for a straggling connection, 10 ms
+/// apart.
+const CLOSE_RETRIES: usize = 50;
 
 /// `CREATE DATABASE name` unless it exists.
 async fn create_database(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
