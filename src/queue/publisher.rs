@@ -336,7 +336,8 @@ impl Publisher {
     }
 
     /// Publish every `(routing_key, body, content_type, message_id)` to the input exchange, then
-    /// await all the confirms (pipelined: one wait, not one round trip per message).
+    /// await all the confirms (pipelined: one wait, not one round trip per message). All are
+    /// handed to the connection before any is waited for ([`Publisher::publish_raw`]).
     ///
     /// Returns how many were confirmed (all of them) or [`PublishError::Batch`] naming each
     /// message that was not confirmed, with the count of those that were. A message that could
@@ -356,17 +357,25 @@ impl Publisher {
         items: Vec<(String, Vec<u8>, String, String)>,
     ) -> Result<usize, PublishError> {
         let exchange = self.topology.lane_exchange(lane);
-        let mut pending = Vec::with_capacity(items.len());
-        let mut failed = Vec::new();
-        for (index, (routing_key, body, content_type, message_id)) in items.into_iter().enumerate()
-        {
-            let sent = match observable_properties(&content_type, &message_id) {
-                Ok(props) => {
-                    self.publish_raw(&exchange, &routing_key, true, &body, props)
-                        .await
+        let sent = join_all(items.into_iter().enumerate().map(
+            |(index, (routing_key, body, content_type, message_id))| {
+                let exchange = exchange.as_str();
+                async move {
+                    let sent = match observable_properties(&content_type, &message_id) {
+                        Ok(props) => {
+                            self.publish_raw(exchange, &routing_key, true, &body, props)
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    };
+                    (index, message_id, sent)
                 }
-                Err(error) => Err(error),
-            };
+            },
+        ))
+        .await;
+        let mut pending = Vec::with_capacity(sent.len());
+        let mut failed = Vec::new();
+        for (index, message_id, sent) in sent {
             match sent {
                 Ok(confirm) => pending.push((index, message_id, confirm)),
                 Err(error) => failed.push(BatchFailure {
@@ -470,9 +479,9 @@ impl Publisher {
     }
 
     /// [`Publisher::publish_event`] for each `(routing_key, body)`, pipelined: every event is
-    /// sent, then all the confirms are awaited (one wait, not one round trip per event). Fails
-    /// with the first event that was not confirmed; once one could not be sent, the rest are
-    /// not tried.
+    /// handed to the connection at once ([`Publisher::publish_raw`]), then all the confirms are
+    /// awaited (one wait, not one round trip per event). Fails with the first event that was
+    /// not sent or not confirmed.
     pub async fn publish_events(
         &self,
         events: &[(&str, &serde_json::Value)],
@@ -496,17 +505,17 @@ impl Publisher {
         events: &[(&str, &str, B)],
     ) -> Result<(), PublishError> {
         let exchange = self.topology.events_exchange();
-        let mut pending = Vec::with_capacity(events.len());
+        let sent = join_all(events.iter().map(|(message_id, routing_key, body)| {
+            self.send_event(&exchange, message_id, routing_key, body)
+        }))
+        .await;
+        let mut pending = Vec::with_capacity(sent.len());
         let mut unsent = None;
-        for (message_id, routing_key, body) in events {
-            match self
-                .send_event(&exchange, message_id, routing_key, body)
-                .await
-            {
+        for sent in sent {
+            match sent {
                 Ok(sent) => pending.push(sent),
                 Err(error) => {
-                    unsent = Some(error);
-                    break;
+                    unsent.get_or_insert(error);
                 }
             }
         }
@@ -581,6 +590,10 @@ impl Publisher {
         .map_err(|e| self.failed(e))
     }
 
+    /// Hand one message to the connection; returns once lapin's I/O thread has written it,
+    /// with its confirm to wait for. Each such return is a wake-up of that thread and then of
+    /// this task's: publishes awaited one after another cost two wake-ups each, so a batch
+    /// polls all of its publishes together and the thread writes them in one go.
     async fn publish_raw(
         &self,
         exchange: &str,
