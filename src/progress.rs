@@ -61,13 +61,7 @@ pub struct Progress {
 /// The process's one [`Progress`].
 pub fn global() -> &'static Progress {
     static GLOBAL: OnceLock<Progress> = OnceLock::new();
-    GLOBAL.get_or_init(|| Progress {
-        epoch: Instant::now(),
-        last: AtomicU64::new(0),
-        next: AtomicU64::new(0),
-        tracked: Mutex::new(HashMap::new()),
-        stalled: AtomicBool::new(false),
-    })
+    GLOBAL.get_or_init(Progress::new)
 }
 
 /// Mark the current message task as waiting at `point` until the guard is dropped. Outside a
@@ -108,17 +102,27 @@ impl Drop for WaitGuard {
 }
 
 /// Forgets a tracked message when its task ends, however it ends.
-struct Untrack(u64);
+struct Untrack(&'static Progress, u64);
 
 impl Drop for Untrack {
     fn drop(&mut self) {
-        if let Ok(mut tracked) = global().tracked.lock() {
-            tracked.remove(&self.0);
+        if let Ok(mut tracked) = self.0.tracked.lock() {
+            tracked.remove(&self.1);
         }
     }
 }
 
 impl Progress {
+    fn new() -> Progress {
+        Progress {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+            tracked: Mutex::new(HashMap::new()),
+            stalled: AtomicBool::new(false),
+        }
+    }
+
     /// Run a message's processing as a tracked message: its waits are recorded for the dump.
     pub fn track<F: Future>(
         &'static self,
@@ -128,6 +132,11 @@ impl Progress {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let waits = Waits::default();
         if let Ok(mut tracked) = self.tracked.lock() {
+            // The first message in hand starts the clock: a worker idle for longer than the
+            // stall limit is not stalled the moment a message arrives.
+            if tracked.is_empty() {
+                self.advanced();
+            }
             tracked.insert(
                 id,
                 Tracked {
@@ -137,7 +146,7 @@ impl Progress {
                 },
             );
         }
-        let untrack = Untrack(id);
+        let untrack = Untrack(self, id);
         async move {
             let _untrack = untrack;
             CURRENT.scope(waits, future).await
@@ -194,15 +203,37 @@ impl Progress {
         let was = self.stalled.swap(stalled, Ordering::Relaxed);
         stalled && !was
     }
+
+    /// When the watchdog looks next: when a stall could first be due, `after` past the last
+    /// move, rather than on a clock. A throttled worker wakes for little else than its work,
+    /// and a look every second was two more wake-ups a second (tokio's timer wheel wakes once
+    /// to move a sleep that long to its finer level, once more when it is due). Once stalled,
+    /// every [`STALLED_LOOKS`], so that health comes back soon after progress does.
+    fn until_next_look(&self, after: Duration) -> Duration {
+        if self.stalled() {
+            return STALLED_LOOKS;
+        }
+        let left = after.saturating_sub(self.idle_for());
+        // Nothing left: nothing is in hand (or it would be stalled now), and the first
+        // message to arrive starts the clock again ([`Progress::track`]).
+        let wait = if left.is_zero() { after } else { left };
+        wait.max(MIN_LOOK)
+    }
 }
 
-/// Watch for a stall every second until the task is aborted; on one, log the dump.
+/// How often a stalled worker's watchdog looks again.
+const STALLED_LOOKS: Duration = Duration::from_secs(1);
+
+/// The shortest wait between two looks, whatever `--stall-after` says.
+const MIN_LOOK: Duration = Duration::from_millis(100);
+
+/// Watch for a stall until the task is aborted ([`Progress::until_next_look`]); on one, log
+/// the dump.
 pub async fn watch(after: Duration) {
     let progress = global();
     progress.advanced();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::time::sleep(progress.until_next_look(after)).await;
         if progress.check(after) {
             tracing::error!(
                 idle_seconds = progress.idle_for().as_secs(),
@@ -275,5 +306,52 @@ mod tests {
             .0
             .iter()
             .all(|l| l.message_id != "dump-test"));
+    }
+
+    /// A progress of its own, so that other tests' messages do not count.
+    fn fresh() -> &'static Progress {
+        Box::leak(Box::new(Progress::new()))
+    }
+
+    #[tokio::test]
+    async fn a_worker_idle_past_the_stall_limit_is_not_stalled_when_a_message_arrives() {
+        let progress = fresh();
+        let after = Duration::from_millis(50);
+        tokio::time::sleep(after * 2).await;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(progress.track("arrives-late", async move {
+            released.await.ok();
+        }));
+        while progress.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!progress.check(after), "stalled the moment it arrived");
+        tokio::time::sleep(after).await;
+        assert!(
+            progress.check(after),
+            "held past the limit with nothing moving"
+        );
+        release.send(()).unwrap();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn the_watchdog_looks_when_a_stall_could_first_be_due() {
+        let progress = fresh();
+        let after = Duration::from_secs(600);
+        progress.advanced();
+        let next = progress.until_next_look(after);
+        assert!(
+            next <= after && next > after - Duration::from_secs(1),
+            "{next:?}"
+        );
+
+        // Nothing in hand for longer than the limit: the next message starts the clock.
+        let short = Duration::from_millis(200);
+        std::thread::sleep(short + Duration::from_millis(50));
+        assert_eq!(progress.until_next_look(short), short);
+
+        progress.stalled.store(true, Ordering::Relaxed);
+        assert_eq!(progress.until_next_look(after), STALLED_LOOKS);
     }
 }
