@@ -356,20 +356,18 @@ impl Publisher {
         lane: Lane,
         items: Vec<(String, Vec<u8>, String, String)>,
     ) -> Result<usize, PublishError> {
-        let exchange = self.topology.lane_exchange(lane);
+        let exchange_name = self.topology.lane_exchange(lane);
+        let exchange = exchange_name.as_str();
         let sent = join_all(items.into_iter().enumerate().map(
-            |(index, (routing_key, body, content_type, message_id))| {
-                let exchange = exchange.as_str();
-                async move {
-                    let sent = match observable_properties(&content_type, &message_id) {
-                        Ok(props) => {
-                            self.publish_raw(exchange, &routing_key, true, &body, props)
-                                .await
-                        }
-                        Err(error) => Err(error),
-                    };
-                    (index, message_id, sent)
-                }
+            |(index, (routing_key, body, content_type, message_id))| async move {
+                let sent = match observable_properties(&content_type, &message_id) {
+                    Ok(props) => {
+                        self.publish_raw(exchange, &routing_key, true, &body, props)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                };
+                (index, message_id, sent)
             },
         ))
         .await;
@@ -387,7 +385,6 @@ impl Publisher {
         }
 
         let mut confirmed = 0;
-        let exchange = exchange.as_str();
         let results = join_all(pending.into_iter().map(
             |(index, message_id, confirm)| async move {
                 let result = check(
@@ -504,9 +501,10 @@ impl Publisher {
         &self,
         events: &[(&str, &str, B)],
     ) -> Result<(), PublishError> {
-        let exchange = self.topology.events_exchange();
+        let exchange_name = self.topology.events_exchange();
+        let exchange = exchange_name.as_str();
         let sent = join_all(events.iter().map(|(message_id, routing_key, body)| {
-            self.send_event(&exchange, message_id, routing_key, body)
+            self.send_event(exchange, message_id, routing_key, body)
         }))
         .await;
         let mut pending = Vec::with_capacity(sent.len());
@@ -519,7 +517,6 @@ impl Publisher {
                 }
             }
         }
-        let exchange = exchange.as_str();
         let results = join_all(pending.into_iter().map(|(message_id, confirm)| async move {
             check(
                 progress::wait_at(point::CONFIRM, confirm).await,
