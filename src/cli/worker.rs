@@ -69,14 +69,7 @@ pub async fn run(mut cmd: WorkerCmd) -> anyhow::Result<i32> {
         fleet,
         ops_listener,
     };
-    // On a task of its own: `block_on` polls main's future on the main thread, beside the
-    // runtime's threads, so the consume loop ran there and deliveries and finished messages
-    // woke one thread from the other. As a task it runs where the messages' tasks run.
-    match tokio::spawn(worker.run(stop_on_signal())).await {
-        Ok(result) => result?,
-        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-        Err(failed) => return Err(failed.into()),
-    }
+    worker.run(stop_on_signal()).await?;
     Ok(0)
 }
 
