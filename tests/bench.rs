@@ -193,3 +193,32 @@ async fn two_worker_processes_drain_a_tiny_run_and_report_each_process() {
     assert!(log.exists());
     let _ = std::fs::remove_file(&log);
 }
+
+/// `--print-mix` prints the run's input and nothing else, without reaching any service: the
+/// same observables, in the same order, as the run would publish.
+#[test]
+fn print_mix_prints_the_observables_a_run_publishes() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mdti-worker"))
+        .args([
+            "bench",
+            "--observables",
+            "300",
+            "--seed",
+            "7",
+            "--print-mix",
+        ])
+        .env(
+            "MDTI_BENCH_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .env("MDTI_BENCH_AMQP_URL", "amqp://nobody@127.0.0.1:1/%2f")
+        .output()
+        .expect("running mdti-worker bench --print-mix");
+    assert!(output.status.success(), "{output:?}");
+    let printed: Vec<String> = String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(printed, mdti_worker::bench::observable_mix(300, 0.8, 7));
+}

@@ -147,6 +147,10 @@ pub struct BenchCmd {
     /// Seed of the observable mix
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print the observables this run would publish, one a line, and exit: the same input for
+    /// a worker run by hand (`mdti-worker publish --lane bulk`)
+    #[arg(long)]
+    pub print_mix: bool,
     /// Stop waiting for the drain after this long (the report then says incomplete)
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub max_duration: Duration,
@@ -198,6 +202,10 @@ pub struct Recorded {
 /// Run the benchmark, print the table, write the JSON. Exit code 0 when every message was
 /// settled, 1 otherwise.
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
+    if cmd.print_mix {
+        write_mix(&cmd, &mut std::io::stdout().lock())?;
+        return Ok(0);
+    }
     let recorded = run_and_record(cmd).await?;
     print!("{}", recorded.report.table());
     if let Some(log) = &recorded.worker_log {
@@ -205,6 +213,15 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
     }
     println!("\nJSON: {}", recorded.json.display());
     Ok(if recorded.report.complete { 0 } else { 1 })
+}
+
+/// The observables a run with these settings publishes, one a line, in the order it publishes
+/// them (`scripts/worker-throttled.sh` feeds them to a worker process).
+pub fn write_mix(cmd: &BenchCmd, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    for value in observable_mix(cmd.observables, cmd.distinct, cmd.seed).iter() {
+        writeln!(out, "{value}")?;
+    }
+    out.flush()
 }
 
 /// The queues and exchanges of a run whose queue prefix is `prefix`: a short retry delay, so a
