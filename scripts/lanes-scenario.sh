@@ -20,16 +20,8 @@ PSQL=(psql -qtA -U postgres -h 127.0.0.1)
 GRAPH=(--graph-url "http://127.0.0.1:$PORT/v1.0" --login-url "http://127.0.0.1:$PORT"
        --tenant-id sim-tenant --client-id sim-client --client-secret sim-secret)
 
-cleanup() {
-  kill "${WORKER:-}" "${SIM:-}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB" postgres >/dev/null 2>&1 || true
-  for q in $(rabbitmqctl list_queues name 2>/dev/null | grep "^$PREFIX\." || true); do
-    rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/cleanup.sh
+source "$(dirname "$0")/cleanup.sh"
 
 python3 -c "
 for i in range(2000): print(f'host{i}.backfill-$ID.com')" > "$WORK/iocs.txt"

@@ -22,16 +22,8 @@ GRAPH=(--graph-url "http://127.0.0.1:$PORT/v1.0" --login-url "http://127.0.0.1:$
        --tenant-id sim-tenant --client-id sim-client --client-secret sim-secret)
 export MDTI_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB
 
-cleanup() {
-  kill "${WORKER:-}" "${SIM:-}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB" postgres >/dev/null 2>&1 || true
-  for q in $(rabbitmqctl list_queues name 2>/dev/null | grep "^$PREFIX\." || true); do
-    rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/cleanup.sh
+source "$(dirname "$0")/cleanup.sh"
 
 "$BIN" bench --observables "$N" --print-mix > "$WORK/mix.txt"
 "$BIN" sim --listen "127.0.0.1:$PORT" --rate-limit 50 > "$WORK/sim.log" 2>&1 &
