@@ -218,10 +218,18 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<i32> {
 /// The observables a run with these settings publishes, one a line, in the order it publishes
 /// them (`scripts/worker-throttled.sh` feeds them to a worker process).
 pub fn write_mix(cmd: &BenchCmd, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    for value in observable_mix(cmd.observables, cmd.distinct, cmd.seed).iter() {
+    for value in cmd.mix() {
         writeln!(out, "{value}")?;
     }
     out.flush()
+}
+
+impl BenchCmd {
+    /// The observables this run publishes, in order: one place, so that `--print-mix` prints
+    /// what a run publishes.
+    fn mix(&self) -> Vec<String> {
+        observable_mix(self.observables, self.distinct, self.seed)
+    }
 }
 
 /// The queues and exchanges of a run whose queue prefix is `prefix`: a short retry delay, so a
@@ -1164,7 +1172,7 @@ async fn measure_window(
     workers: &mut Workers,
 ) -> anyhow::Result<Report> {
     let cmd = ctx.cmd;
-    let mix = Arc::new(observable_mix(cmd.observables, cmd.distinct, cmd.seed));
+    let mix = Arc::new(cmd.mix());
     let messages = cmd.observables.div_ceil(cmd.batch_size);
     let publisher = publish_runtime
         .spawn(ready_publisher(

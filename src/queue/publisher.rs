@@ -356,8 +356,7 @@ impl Publisher {
         lane: Lane,
         items: Vec<(String, Vec<u8>, String, String)>,
     ) -> Result<usize, PublishError> {
-        let exchange_name = self.topology.lane_exchange(lane);
-        let exchange = exchange_name.as_str();
+        let exchange: &str = &self.topology.lane_exchange(lane);
         let sent = join_all(items.into_iter().enumerate().map(
             |(index, (routing_key, body, content_type, message_id))| async move {
                 let sent = match observable_properties(&content_type, &message_id) {
@@ -501,8 +500,7 @@ impl Publisher {
         &self,
         events: &[(&str, &str, B)],
     ) -> Result<(), PublishError> {
-        let exchange_name = self.topology.events_exchange();
-        let exchange = exchange_name.as_str();
+        let exchange: &str = &self.topology.events_exchange();
         let sent = join_all(events.iter().map(|(message_id, routing_key, body)| {
             self.send_event(exchange, message_id, routing_key, body)
         }))
