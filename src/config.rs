@@ -14,8 +14,10 @@ use clap::Args;
 
 use crate::enrich::EnricherKind;
 use crate::graph::adaptive::GraphRate;
+use crate::graph::throttle::GraphBurst;
 use crate::graph::{GraphSettings, PageLimits};
 use crate::secret::Secret;
+use crate::setting::number_or_auto;
 
 /// Load `KEY=VALUE` lines into the environment where the variable is not set yet. Runs before
 /// any thread is spawned (from `main`), which is what makes `set_var` sound here.
@@ -152,13 +154,8 @@ impl std::str::FromStr for RuntimeThreads {
     type Err = String;
 
     fn from_str(text: &str) -> Result<RuntimeThreads, String> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(RuntimeThreads::Auto);
-        }
-        text.parse::<NonZeroUsize>()
-            .map(RuntimeThreads::Fixed)
-            .map_err(|_| format!("{text:?} is neither a positive number of threads nor `auto`"))
+        let threads = number_or_auto(text, "threads", |text| text.parse::<NonZeroUsize>().ok())?;
+        Ok(threads.map_or(RuntimeThreads::Auto, RuntimeThreads::Fixed))
     }
 }
 
@@ -201,9 +198,10 @@ pub struct GraphArgs {
     /// climbs until Graph says no
     #[arg(long, env = "MDTI_GRAPH_RATE", default_value = "10")]
     pub graph_rate: GraphRate,
-    /// Requests the limiter lets through at once after a quiet spell
-    #[arg(long, env = "MDTI_GRAPH_BURST", default_value_t = 10)]
-    pub graph_burst: u32,
+    /// Requests the limiter lets through at once after a quiet spell, or `auto`: half a second
+    /// of the rate --graph-rate starts at, at least 10 (with --tenant-quota, of the quota)
+    #[arg(long, env = "MDTI_GRAPH_BURST", default_value = "auto")]
+    pub graph_burst: GraphBurst,
     /// Part of the Graph rate that bulk work leaves unspent for live bursts, from 0 to 0.9
     /// (0: bulk uses whatever live work leaves; live requests always go first)
     #[arg(long, env = "MDTI_LIVE_RESERVE", default_value_t = 0.0, value_parser = parse_reserve)]
@@ -310,7 +308,7 @@ impl GraphArgs {
             client_secret,
             requests_per_second: self.graph_rate.start(),
             rate_ceiling: Some(self.graph_rate.ceiling()),
-            burst: self.graph_burst,
+            burst: self.graph_burst.at_rate(self.graph_rate.start()),
             live_reserve: self.live_reserve,
             max_in_flight: self.graph_max_in_flight,
             max_attempts: self.graph_max_attempts.max(1),
@@ -493,12 +491,12 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
-    /// The fleet settings for `tenant_id`, or `None` without `--tenant-quota`. `graph_burst`
-    /// becomes the tenant's burst, split among the workers like the quota.
+    /// The fleet settings for `tenant_id`, or `None` without `--tenant-quota`. `graph_burst`, at
+    /// the quota, becomes the tenant's burst, split among the workers like the quota.
     pub fn settings(
         &self,
         tenant_id: &str,
-        graph_burst: u32,
+        graph_burst: GraphBurst,
     ) -> Result<Option<crate::fleet::FleetSettings>, String> {
         let Some(quota) = self.tenant_quota else {
             return Ok(None);
@@ -520,7 +518,7 @@ impl FleetArgs {
         Ok(Some(crate::fleet::FleetSettings {
             tenant_id: tenant_id.to_owned(),
             tenant_quota: quota,
-            tenant_burst: graph_burst.max(1),
+            tenant_burst: graph_burst.at_rate(quota),
             heartbeat_interval: self.heartbeat_interval,
             lease_expiry: self.lease_expiry,
         }))
@@ -596,19 +594,28 @@ mod tests {
             heartbeat_interval: parse_duration(heartbeat).unwrap(),
             lease_expiry: parse_duration(expiry).unwrap(),
         };
-        assert_eq!(FleetArgs::default().settings("t", 10), Ok(None));
-        let settings = fleet(30.0, "2s", "10s").settings("t", 10).unwrap().unwrap();
+        assert_eq!(
+            FleetArgs::default().settings("t", GraphBurst::Exactly(10)),
+            Ok(None)
+        );
+        let settings = fleet(30.0, "2s", "10s")
+            .settings("t", GraphBurst::Exactly(10))
+            .unwrap()
+            .unwrap();
         assert_eq!((settings.tenant_quota, settings.tenant_burst), (30.0, 10));
+        // `auto`: half a second of the tenant's quota.
+        let settings = fleet(80.0, "2s", "10s").settings("t", GraphBurst::Auto);
+        assert_eq!(settings.unwrap().unwrap().tenant_burst, 40);
         assert!(fleet(0.0, "2s", "10s")
-            .settings("t", 10)
+            .settings("t", GraphBurst::Exactly(10))
             .unwrap_err()
             .contains("--tenant-quota"));
         assert!(fleet(30.0, "0s", "10s")
-            .settings("t", 10)
+            .settings("t", GraphBurst::Exactly(10))
             .unwrap_err()
             .contains("--heartbeat-interval"));
         assert!(fleet(30.0, "10s", "10s")
-            .settings("t", 10)
+            .settings("t", GraphBurst::Exactly(10))
             .unwrap_err()
             .contains("--lease-expiry"));
     }

@@ -14,6 +14,7 @@ use crate::config::{redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArg
 use crate::consumer::WorkerStats;
 use crate::enrich::EnricherKind;
 use crate::graph::adaptive::GraphRate;
+use crate::graph::throttle::GraphBurst;
 use crate::graph::GraphClient;
 use crate::queue::publisher::Publisher;
 use crate::queue::Topology;
@@ -36,7 +37,10 @@ pub async fn run(
     if use_simulator {
         // The simulator is not a throttled tenant: let the demo go at its own pace.
         graph_args.graph_rate = GraphRate::UpTo(graph_args.graph_rate.ceiling().max(500.0));
-        graph_args.graph_burst = graph_args.graph_burst.max(50);
+        let burst = graph_args
+            .graph_burst
+            .at_rate(graph_args.graph_rate.start());
+        graph_args.graph_burst = GraphBurst::Exactly(burst.max(50));
     }
     // The services first: one that is missing is said before anything is started, created or
     // declared.

@@ -41,6 +41,7 @@ pub mod progress;
 pub mod queue;
 pub mod secret;
 pub mod service;
+pub mod setting;
 pub mod sim;
 pub mod status;
 pub mod store;

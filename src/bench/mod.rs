@@ -50,6 +50,7 @@ use crate::config::{
 };
 use crate::consumer::WorkerStats;
 use crate::graph::adaptive::GraphRate;
+use crate::graph::throttle::GraphBurst;
 use crate::graph::GraphClient;
 use crate::lane::Lane;
 use crate::queue::publisher::Publisher;
@@ -104,9 +105,9 @@ pub struct BenchCmd {
     /// tenant quota the worker processes share (`--tenant-quota`)
     #[arg(long, default_value = "1000000")]
     pub graph_rate: GraphRate,
-    /// The client limiter's burst
-    #[arg(long, default_value_t = 10)]
-    pub graph_burst: u32,
+    /// The client limiter's burst, or `auto` (see the worker's --graph-burst)
+    #[arg(long, default_value = "auto")]
+    pub graph_burst: GraphBurst,
     /// Graph requests open at once, per lane
     #[arg(long, default_value_t = 32)]
     pub graph_max_in_flight: usize,
@@ -1674,7 +1675,7 @@ fn config(a: &Assembly<'_>, in_process: bool) -> Config {
         chain: cmd.chain,
         chain_depth: cmd.chain_depth,
         graph_rate: cmd.graph_rate.ceiling(),
-        graph_burst: cmd.graph_burst,
+        graph_burst: cmd.graph_burst.at_rate(cmd.graph_rate.start()),
         graph_max_in_flight: cmd.graph_max_in_flight,
         sim: a.ctx.sim.mode().to_owned(),
         sim_url: a.ctx.sim.graph_url(),

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::setting::number_or_auto;
+
 /// What one cut leaves of the rate.
 pub const CUT: f64 = 0.9;
 /// Growth per second, as a share of the rate, once Graph has throttled.
@@ -67,16 +69,12 @@ impl std::str::FromStr for GraphRate {
     type Err = String;
 
     fn from_str(text: &str) -> Result<GraphRate, String> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(GraphRate::Auto);
-        }
-        match text.parse::<f64>() {
-            Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(GraphRate::UpTo(rate)),
-            _ => Err(format!(
-                "{text:?} is neither a positive number of requests per second nor `auto`"
-            )),
-        }
+        let rate = number_or_auto(text, "requests per second", |text| {
+            text.parse::<f64>()
+                .ok()
+                .filter(|rate| rate.is_finite() && *rate > 0.0)
+        })?;
+        Ok(rate.map_or(GraphRate::Auto, GraphRate::UpTo))
     }
 }
 

@@ -26,6 +26,7 @@
 use super::adaptive::Learner;
 use crate::lane::Lane;
 use crate::progress::{self, point};
+use crate::setting::number_or_auto;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,59 @@ struct Limiter {
 /// delays nobody who is not already waiting; under the default burst it is the burst, not
 /// this, that bounds a round.
 const ROUND: Duration = Duration::from_secs(1);
+
+/// `--graph-burst`: how many requests the limiter lets through at once after a quiet spell.
+/// A number is taken as it is; `auto` is half a second of the rate, and never less than
+/// [`GraphBurst::AUTO_LEAST`].
+///
+/// The burst bounds a round of bulk requests (three quarters of it), and a round is one
+/// wake-up of a throttled worker for all the requests in it: a burst fixed at ten held a worker
+/// at 50 requests/s to rounds of seven, some seven wake-ups a second for the rounds alone, and
+/// more for the answers trickling in after each. Half a second of the rate keeps the other half
+/// of what a tenant's one-second bucket would hold (the simulator's model of Graph's) as margin
+/// for requests that reach Graph closer together than they left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphBurst {
+    Exactly(u32),
+    Auto,
+}
+
+impl GraphBurst {
+    /// `auto`'s least burst: the fixed default it replaced, a second at the default rate.
+    pub const AUTO_LEAST: u32 = 10;
+
+    /// The burst for a limiter at `requests_per_second`.
+    pub fn at_rate(self, requests_per_second: f64) -> u32 {
+        match self {
+            GraphBurst::Exactly(burst) => burst.max(1),
+            GraphBurst::Auto => {
+                let half_second = (sane_rate(requests_per_second) / 2.0).round();
+                // A float-to-int `as` saturates: an effectively unlimited rate gets u32::MAX.
+                (half_second as u32).max(Self::AUTO_LEAST)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for GraphBurst {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<GraphBurst, String> {
+        let burst = number_or_auto(text, "requests", |text| {
+            text.parse::<u32>().ok().filter(|burst| *burst > 0)
+        })?;
+        Ok(burst.map_or(GraphBurst::Auto, GraphBurst::Exactly))
+    }
+}
+
+impl std::fmt::Display for GraphBurst {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GraphBurst::Exactly(burst) => write!(f, "{burst}"),
+            GraphBurst::Auto => f.write_str("auto"),
+        }
+    }
+}
 
 impl Limiter {
     /// A limiter with its whole burst to give, for a process that has sent nothing yet.
@@ -639,6 +693,25 @@ mod tests {
     use super::*;
 
     const HOLD: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_graph_burst_is_a_number_or_auto_half_a_second_of_the_rate() {
+        assert_eq!("25".parse(), Ok(GraphBurst::Exactly(25)));
+        assert_eq!(" Auto ".parse(), Ok(GraphBurst::Auto));
+        assert!("0".parse::<GraphBurst>().is_err());
+        assert!("-3".parse::<GraphBurst>().is_err());
+        assert!("lots".parse::<GraphBurst>().unwrap_err().contains("auto"));
+        assert_eq!(GraphBurst::Auto.to_string().parse(), Ok(GraphBurst::Auto));
+        // A number is the burst whatever the rate.
+        assert_eq!(GraphBurst::Exactly(7).at_rate(500.0), 7);
+        // `auto`: half a second of the rate, never below the old fixed default...
+        assert_eq!(GraphBurst::Auto.at_rate(50.0), 25);
+        assert_eq!(GraphBurst::Auto.at_rate(10.0), 10);
+        assert_eq!(GraphBurst::Auto.at_rate(1.0), 10);
+        // ...and no overflow for an effectively unlimited rate, nor a panic for a bad one.
+        assert_eq!(GraphBurst::Auto.at_rate(1e12), u32::MAX);
+        assert_eq!(GraphBurst::Auto.at_rate(f64::NAN), 10);
+    }
 
     #[test]
     fn a_new_rate_swaps_the_limiter_only_when_it_differs() {
