@@ -277,6 +277,11 @@ impl std::fmt::Debug for GraphArgs {
 }
 
 impl GraphArgs {
+    /// The limiter's burst: `--graph-burst` at the rate `--graph-rate` starts at.
+    pub fn burst(&self) -> u32 {
+        self.graph_burst.at_rate(self.graph_rate.start())
+    }
+
     pub fn page_limits(&self) -> PageLimits {
         PageLimits {
             page_size: Some(self.page_size.max(1)),
@@ -308,7 +313,7 @@ impl GraphArgs {
             client_secret,
             requests_per_second: self.graph_rate.start(),
             rate_ceiling: Some(self.graph_rate.ceiling()),
-            burst: self.graph_burst.at_rate(self.graph_rate.start()),
+            burst: self.burst(),
             live_reserve: self.live_reserve,
             max_in_flight: self.graph_max_in_flight,
             max_attempts: self.graph_max_attempts.max(1),

@@ -37,10 +37,7 @@ pub async fn run(
     if use_simulator {
         // The simulator is not a throttled tenant: let the demo go at its own pace.
         graph_args.graph_rate = GraphRate::UpTo(graph_args.graph_rate.ceiling().max(500.0));
-        let burst = graph_args
-            .graph_burst
-            .at_rate(graph_args.graph_rate.start());
-        graph_args.graph_burst = GraphBurst::Exactly(burst.max(50));
+        graph_args.graph_burst = GraphBurst::Exactly(graph_args.burst().max(50));
     }
     // The services first: one that is missing is said before anything is started, created or
     // declared.

@@ -1675,7 +1675,7 @@ fn config(a: &Assembly<'_>, in_process: bool) -> Config {
         chain: cmd.chain,
         chain_depth: cmd.chain_depth,
         graph_rate: cmd.graph_rate.ceiling(),
-        graph_burst: cmd.graph_burst.at_rate(cmd.graph_rate.start()),
+        graph_burst: bench_graph_args(cmd).burst(),
         graph_max_in_flight: cmd.graph_max_in_flight,
         sim: a.ctx.sim.mode().to_owned(),
         sim_url: a.ctx.sim.graph_url(),
