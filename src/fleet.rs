@@ -44,6 +44,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
 use crate::graph::adaptive::{cut, grown, STEP};
+use crate::graph::throttle::burst_while_learning;
 use crate::graph::GraphClient;
 use crate::store::{
     HeartbeatDecision, LeaseHolder, LeaseView, Store, StoreError, TenantRate, TenantThrottles,
@@ -100,9 +101,11 @@ fn tenant_cut(learnt: Option<TenantRate>, quota: f64) -> Option<f64> {
 }
 
 /// The tenant's burst at `rate`: the configured burst in proportion to the rate's part of the
-/// quota.
+/// quota, and small while the rate is learnt below the quota, as one worker's is: the fleet's
+/// rounds meet the tenant's bucket together.
 fn tenant_burst(burst: u32, rate: f64, quota: f64) -> u32 {
-    ((f64::from(burst) * rate / quota).round() as u32).max(1)
+    let burst = ((f64::from(burst) * rate / quota).round() as u32).max(1);
+    burst_while_learning(burst, rate, quota)
 }
 
 /// Where the output of spawned workers goes.
@@ -544,6 +547,16 @@ mod tests {
         assert_eq!(share.requests_per_second, 10.0);
         assert_eq!(share.burst, 3);
         assert_eq!(share_of(30.0, 10, 1, 0.0).requests_per_second, 30.0);
+    }
+
+    #[test]
+    fn the_tenants_burst_is_small_while_its_rate_is_learnt_below_the_quota() {
+        // The whole quota: the configured burst, half a second of it.
+        assert_eq!(tenant_burst(50, 100.0, 100.0), 50);
+        // Cut to half the quota: a tenth of a second of that, not half the burst.
+        assert_eq!(tenant_burst(50, 50.0, 100.0), 5);
+        // A burst already smaller stays as it is.
+        assert_eq!(tenant_burst(2, 50.0, 100.0), 1);
     }
 
     #[test]
