@@ -44,7 +44,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use uuid::Uuid;
 
 use crate::graph::adaptive::{cut, grown, STEP};
-use crate::graph::throttle::burst_while_learning;
+use crate::graph::throttle::burst_at;
 use crate::graph::GraphClient;
 use crate::store::{
     HeartbeatDecision, LeaseHolder, LeaseView, Store, StoreError, TenantRate, TenantThrottles,
@@ -104,8 +104,7 @@ fn tenant_cut(learnt: Option<TenantRate>, quota: f64) -> Option<f64> {
 /// quota, and small while the rate is learnt below the quota, as one worker's is: the fleet's
 /// rounds meet the tenant's bucket together.
 fn tenant_burst(burst: u32, rate: f64, quota: f64) -> u32 {
-    let burst = ((f64::from(burst) * rate / quota).round() as u32).max(1);
-    burst_while_learning(burst, rate, quota)
+    burst_at(f64::from(burst) / quota, rate, quota)
 }
 
 /// Where the output of spawned workers goes.

@@ -59,21 +59,25 @@ async fn throttled_client(
     (sim, client)
 }
 
+/// At most `share` of the client's requests were answered 429, as the simulator counted them.
+fn assert_429s_at_most(sim: &SimHandle, client: &GraphClient, share: f64) {
+    let requests = client.stats().requests.load(Ordering::Relaxed);
+    let throttled = sim.count("throttled");
+    assert!(
+        throttled as f64 <= share * requests as f64,
+        "{throttled} of {requests} requests were 429s ({:.1} %)",
+        100.0 * throttled as f64 / requests as f64
+    );
+}
+
 #[tokio::test]
 async fn a_client_set_to_twice_the_quota_learns_it_and_earns_few_429s() {
     let (sim, client) = throttled_client(2.0 * QUOTA, None, 10).await;
 
     ask_until(&client, Lane::Live, 32, 1_000).await;
 
-    let requests = client.stats().requests.load(Ordering::Relaxed);
-    let throttled = sim.count("throttled");
-    let share = throttled as f64 / requests as f64;
     // A fixed rate of twice the quota earns a 429 for about every other request.
-    assert!(
-        share <= 0.02,
-        "{throttled} of {requests} requests were 429s ({:.1} %)",
-        share * 100.0
-    );
+    assert_429s_at_most(&sim, &client, 0.02);
     let learnt = client.throttle().learnt();
     assert!(learnt.cuts >= 1, "the rate was never cut: {learnt:?}");
     assert!(
@@ -93,16 +97,9 @@ async fn a_client_at_twice_the_quota_with_the_default_burst_earns_few_429s() {
 
     ask_until(&client, Lane::Bulk, 32, 2_000).await;
 
-    let requests = client.stats().requests.load(Ordering::Relaxed);
-    let throttled = sim.count("throttled");
-    let share = throttled as f64 / requests as f64;
     // With the burst kept at half a second of the learnt rate: 1.2 and 1.3 % in two runs (25 of
     // 2,025, 26 of 2,026); with it a tenth of a second, 0.5 %.
-    assert!(
-        share <= 0.01,
-        "{throttled} of {requests} requests were 429s ({:.1} %) with a burst of {burst}",
-        share * 100.0
-    );
+    assert_429s_at_most(&sim, &client, 0.01);
 }
 
 #[tokio::test]
@@ -111,15 +108,10 @@ async fn auto_climbs_from_its_start_towards_a_quota_far_above_it() {
 
     ask_until(&client, Lane::Live, 32, 600).await;
 
-    let requests = client.stats().requests.load(Ordering::Relaxed);
-    let throttled = sim.count("throttled");
     let learnt = client.throttle().learnt();
     assert!(
         learnt.requests_per_second > 2.0 * 5.0,
         "the rate did not climb: {learnt:?}"
     );
-    assert!(
-        (throttled as f64) <= 0.05 * requests as f64,
-        "{throttled} of {requests} requests were 429s"
-    );
+    assert_429s_at_most(&sim, &client, 0.05);
 }

@@ -251,21 +251,25 @@ struct Learnt {
 /// that is sent 429s pays for them in Graph's patience, not in CPU.
 const LEARNING_BURST: Duration = Duration::from_millis(100);
 
-/// `burst` for a rate learnt up to `ceiling`: as it is at the ceiling, and at most
-/// [`LEARNING_BURST`] of the rate below it. One worker's learner and a fleet's tenant rate both
-/// size their bursts by this.
-pub fn burst_while_learning(burst: u32, rate: f64, ceiling: f64) -> u32 {
-    if rate < ceiling {
-        burst.min(((rate * LEARNING_BURST.as_secs_f64()).round() as u32).max(1))
+/// The burst at a `rate` learnt up to `ceiling`, for a burst given as `seconds` of the rate: that
+/// many seconds of it at the ceiling, and at most [`LEARNING_BURST`] of it below. One worker's
+/// learner and a fleet's tenant rate both size their bursts by this.
+pub fn burst_at(seconds: f64, rate: f64, ceiling: f64) -> u32 {
+    let seconds = if rate < ceiling {
+        seconds.min(LEARNING_BURST.as_secs_f64())
     } else {
-        burst
-    }
+        seconds
+    };
+    ((rate * seconds).round() as u32).max(1)
 }
 
 impl Learnt {
     fn burst_at(&self, rate: f64) -> u32 {
-        let burst = ((rate * self.burst_per_request_per_second).round() as u32).max(1);
-        burst_while_learning(burst, rate, self.learner.ceiling())
+        burst_at(
+            self.burst_per_request_per_second,
+            rate,
+            self.learner.ceiling(),
+        )
     }
 }
 
