@@ -68,6 +68,15 @@ pub fn parse_reserve(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `--bulk-commit-linger`'s default. Throttled at 50 requests/s a worker finishes some eight
+/// messages a second, one by one; each transaction costs the worker and Postgres a fixed price
+/// (its round trips, its commit), so the window sets how many messages share it. Measured with
+/// the bench's throttled worker-alone command (README, Benchmark): 1 s gave some ten messages a
+/// transaction, 4 s some twenty-five, and ×0.85 of the worker's CPU; bulk work has no latency
+/// to keep, a live message ends the wait, and a batch holding every message in hand ends it too,
+/// so a worker's slots are never all held waiting.
+pub const BULK_COMMIT_LINGER: &str = "4s";
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -432,7 +441,7 @@ pub struct WorkerArgs {
     /// How long a transaction of bulk messages' results waits for more to join it (0: not at
     /// all); a live message ends the wait. Under a throttled quota, messages finish one by one,
     /// and each transaction's fixed cost is shared by the messages of this window
-    #[arg(long, env = "MDTI_BULK_COMMIT_LINGER", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "MDTI_BULK_COMMIT_LINGER", default_value = BULK_COMMIT_LINGER, value_parser = parse_duration)]
     pub bulk_commit_linger: Duration,
     /// Time given to in-flight messages on SIGTERM before they are handed back to the broker
     #[arg(long, env = "MDTI_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]

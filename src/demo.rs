@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app;
-use crate::config::{redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs};
+use crate::config::{
+    parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
+    BULK_COMMIT_LINGER,
+};
 use crate::consumer::WorkerStats;
 use crate::enrich::EnricherKind;
 use crate::graph::adaptive::GraphRate;
@@ -131,7 +134,7 @@ fn worker_args() -> WorkerArgs {
         max_body_bytes: 1 << 20,
         item_concurrency: 8,
         group_commit: 64,
-        bulk_commit_linger: Duration::from_secs(1),
+        bulk_commit_linger: parse_duration(BULK_COMMIT_LINGER).expect("the default linger parses"),
         shutdown_timeout: Duration::from_secs(10),
         stall_after: Duration::from_secs(600),
         migrate: false,

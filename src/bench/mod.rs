@@ -47,6 +47,7 @@ use crate::app;
 use crate::chain::sync_profiles;
 use crate::config::{
     parse_duration, redact_url, BrokerArgs, DatabaseArgs, EnricherList, GraphArgs, WorkerArgs,
+    BULK_COMMIT_LINGER,
 };
 use crate::consumer::WorkerStats;
 use crate::graph::adaptive::GraphRate;
@@ -89,7 +90,7 @@ pub struct BenchCmd {
     #[arg(long, default_value_t = 64)]
     pub group_commit: usize,
     /// How long a transaction of bulk messages' results waits for more to join it
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = BULK_COMMIT_LINGER, value_parser = parse_duration)]
     pub bulk_commit_linger: Duration,
     /// Enrichers to run (comma-separated, or `all`)
     #[arg(long, default_value = "all")]

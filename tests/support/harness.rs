@@ -324,7 +324,8 @@ pub struct App {
 }
 
 pub struct Options {
-    /// `--bulk-commit-linger` of the worker (the worker's default, 1 s, unless a test says).
+    /// `--bulk-commit-linger` of the worker: 1 s unless a test says, shorter than the worker's
+    /// default so that a test's bulk messages are not held for it (the linger's own tests pin it).
     pub bulk_commit_linger: Duration,
     pub graph_attempts: u32,
     pub max_deliveries: u32,
