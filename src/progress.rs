@@ -170,6 +170,24 @@ impl Progress {
         self.tracked.lock().map(|t| t.len()).unwrap_or(0)
     }
 
+    /// Messages being processed now that may still finish without a commit first: all but the
+    /// repeats waiting for another message's rows of their observable ([`point::REPEAT`]; a
+    /// repeat waits only when it is its message's only work). A transaction waiting for more
+    /// messages to join it need not wait for those: they wait for a commit themselves.
+    pub fn may_finish(&self) -> usize {
+        let Ok(tracked) = self.tracked.lock() else {
+            return 0;
+        };
+        tracked
+            .values()
+            .filter(|t| {
+                t.waits
+                    .lock()
+                    .map_or(true, |waits| !waits.contains_key(point::REPEAT))
+            })
+            .count()
+    }
+
     /// Whether the watchdog found the worker stalled (and nothing moved since).
     pub fn stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)

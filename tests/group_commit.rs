@@ -348,3 +348,28 @@ async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_
         3
     );
 }
+
+#[tokio::test]
+async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
+    let db = TestDb::new().await;
+    let stats = Arc::new(GroupCommitStats::default());
+    let hour = Duration::from_secs(3600);
+    let store = db
+        .store
+        .clone()
+        .with_group_commit(64, hour, Arc::clone(&stats));
+    // Another message in hand, a repeat of an observable being enriched: it waits for that
+    // enrichment's rows, so it cannot join the batch before the batch commits.
+    let (rows_go, rows) = oneshot::channel::<()>();
+    let repeat = tokio::spawn(progress::global().track("repeat-1", async move {
+        progress::wait_at(progress::point::REPEAT, rows).await
+    }));
+    let (go, first) = oneshot::channel();
+    let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, first);
+
+    go.send(()).unwrap();
+    committed_within_the_test(bulk, "the batch is written without waiting out the linger").await;
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
+    rows_go.send(()).unwrap();
+    repeat.await.unwrap().unwrap();
+}

@@ -169,9 +169,10 @@ async fn write_loop(
 /// The linger is for messages that finish apart: it starts only when no other writer is
 /// writing. Under load one always is, and the batch waiting for the lock grows meanwhile, as it
 /// would without a linger (waiting to fill it instead cost 8 % of the throughput at prefetch
-/// 256). It ends early once the batch holds as many messages as the process has in hand: no
-/// other can join (at concurrency 1 every message would wait out the linger). `None` once every
-/// handle is gone and nothing is left.
+/// 256). It ends early once the batch holds every message in hand that may still finish: no
+/// other can join (at concurrency 1 every message would wait out the linger), and a repeat
+/// waiting for its observable's rows waits for this very commit. `None` once every handle is
+/// gone and nothing is left.
 async fn take_batch(
     receiver: &mut mpsc::Receiver<Job>,
     batching: Batching,
@@ -187,7 +188,7 @@ async fn take_batch(
     while batch.len() < batching.max_messages && runs < MAX_RUNS {
         let job = match receiver.try_recv() {
             Ok(job) => job,
-            Err(TryRecvError::Empty) if lingering && batch.len() < in_hand() => {
+            Err(TryRecvError::Empty) if lingering && batch.len() < may_join() => {
                 match timeout_at(until, receiver.recv()).await {
                     Ok(Some(job)) => job,
                     // The linger is over, or every handle is gone: write what is here.
@@ -203,9 +204,9 @@ async fn take_batch(
     Some(batch)
 }
 
-/// Messages the process is working on (each of this batch's among them).
-fn in_hand() -> usize {
-    crate::progress::global().in_flight()
+/// Messages in hand that may still finish and join a batch (each of this batch's among them).
+fn may_join() -> usize {
+    crate::progress::global().may_finish()
 }
 
 async fn write(pool: &PgPool, batch: Vec<Job>, stats: &GroupCommitStats) {
