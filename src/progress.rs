@@ -38,14 +38,22 @@ pub mod point {
 /// there (items and lookups of one message run concurrently within its task).
 type Waits = Arc<Mutex<BTreeMap<&'static str, usize>>>;
 
+/// What the process knows of one message task from within it.
+#[derive(Clone, Default)]
+struct Task {
+    waits: Waits,
+    /// Its results went to a commit ([`handed_over`]): it will join no later one.
+    handed_over: Arc<AtomicBool>,
+}
+
 tokio::task_local! {
-    static CURRENT: Waits;
+    static CURRENT: Task;
 }
 
 struct Tracked {
     message_id: String,
     since: Instant,
-    waits: Waits,
+    task: Task,
 }
 
 /// The progress of the messages of this process.
@@ -67,13 +75,19 @@ pub fn global() -> &'static Progress {
 /// Mark the current message task as waiting at `point` until the guard is dropped. Outside a
 /// message task it marks nothing.
 pub fn waiting(point: &'static str) -> WaitGuard {
-    let waits = CURRENT.try_with(Arc::clone).ok();
+    let waits = CURRENT.try_with(|task| Arc::clone(&task.waits)).ok();
     if let Some(waits) = &waits {
         if let Ok(mut map) = waits.lock() {
             *map.entry(point).or_default() += 1;
         }
     }
     WaitGuard { waits, point }
+}
+
+/// Mark the current message task as having handed its results to a commit. Outside a message
+/// task it marks nothing.
+pub fn handed_over() {
+    let _ = CURRENT.try_with(|task| task.handed_over.store(true, Ordering::Relaxed));
 }
 
 /// Await `future` marked as waiting at `point`.
@@ -130,7 +144,7 @@ impl Progress {
         future: F,
     ) -> impl Future<Output = F::Output> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let waits = Waits::default();
+        let task = Task::default();
         if let Ok(mut tracked) = self.tracked.lock() {
             // The first message in hand starts the clock: a worker idle for longer than the
             // stall limit is not stalled the moment a message arrives.
@@ -142,14 +156,14 @@ impl Progress {
                 Tracked {
                     message_id: message_id.chars().take(200).collect(),
                     since: Instant::now(),
-                    waits: Arc::clone(&waits),
+                    task: task.clone(),
                 },
             );
         }
         let untrack = Untrack(self, id);
         async move {
             let _untrack = untrack;
-            CURRENT.scope(waits, future).await
+            CURRENT.scope(task, future).await
         }
     }
 
@@ -170,22 +184,22 @@ impl Progress {
         self.tracked.lock().map(|t| t.len()).unwrap_or(0)
     }
 
-    /// Messages being processed now that may still finish without a commit first: all but the
-    /// repeats waiting for another message's rows of their observable ([`point::REPEAT`]; a
-    /// repeat waits only when it is its message's only work). A transaction waiting for more
-    /// messages to join it need not wait for those: they wait for a commit themselves.
-    pub fn may_finish(&self) -> usize {
+    /// Whether a message being processed now may still hand its results to a commit without
+    /// one committing first: one that has not handed them over yet and is not a repeat waiting
+    /// for another message's rows of its observable ([`point::REPEAT`]; a repeat waits only
+    /// when it is its message's only work). A transaction waiting for more messages to join it
+    /// waits for these only: the others have joined one, or wait for a commit themselves.
+    pub fn any_may_finish(&self) -> bool {
         let Ok(tracked) = self.tracked.lock() else {
-            return 0;
+            return false;
         };
-        tracked
-            .values()
-            .filter(|t| {
-                t.waits
+        tracked.values().any(|t| {
+            !t.task.handed_over.load(Ordering::Relaxed)
+                && t.task
+                    .waits
                     .lock()
                     .map_or(true, |waits| !waits.contains_key(point::REPEAT))
-            })
-            .count()
+        })
     }
 
     /// Whether the watchdog found the worker stalled (and nothing moved since).
@@ -204,6 +218,7 @@ impl Progress {
                 message_id: t.message_id.clone(),
                 age: t.since.elapsed(),
                 waits: t
+                    .task
                     .waits
                     .lock()
                     .map(|w| w.iter().map(|(p, n)| (*p, *n)).collect())

@@ -30,6 +30,11 @@ use support::{enricher_result, eventually, observable, TestDb};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Held by each test that puts messages in hand: a lingering batch asks the process-wide
+/// progress whether any message in hand may still join it, so one test's messages would hold
+/// another's batch.
+static IN_HAND: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One enriched observable with one extract, and a walk that found one actor hit.
 fn message(message_id: &str, value: &str) -> MessageResults {
     let observable = observable(value);
@@ -303,6 +308,7 @@ async fn committed_within_the_test(answer: Answer, what: &str) {
 
 #[tokio::test]
 async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_for_none() {
+    let _in_hand = IN_HAND.lock().await;
     let db = TestDb::new().await;
     let stats = Arc::new(GroupCommitStats::default());
     let hour = Duration::from_secs(3600);
@@ -351,6 +357,7 @@ async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_
 
 #[tokio::test]
 async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
+    let _in_hand = IN_HAND.lock().await;
     let db = TestDb::new().await;
     let stats = Arc::new(GroupCommitStats::default());
     let hour = Duration::from_secs(3600);
@@ -372,4 +379,41 @@ async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
     assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
     rows_go.send(()).unwrap();
     repeat.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_bulk_batch_does_not_wait_for_a_message_whose_results_are_already_committed() {
+    let _in_hand = IN_HAND.lock().await;
+    let db = TestDb::new().await;
+    let stats = Arc::new(GroupCommitStats::default());
+    let hour = Duration::from_secs(3600);
+    let store = db
+        .store
+        .clone()
+        .with_group_commit(64, hour, Arc::clone(&stats));
+    // A message whose rows are committed but which is still in hand (acking, say).
+    let (committed_tx, committed) = oneshot::channel();
+    let (acked_tx, acked) = oneshot::channel::<()>();
+    let acking = {
+        let store = store.clone();
+        tokio::spawn(progress::global().track("acking-1", async move {
+            let (_, written) = store
+                .commit_results(message("acking-1", "acking-1.com"))
+                .await;
+            let _ = committed_tx.send(written.is_ok());
+            let _ = acked.await;
+        }))
+    };
+    assert!(tokio::time::timeout(WAIT, committed)
+        .await
+        .unwrap()
+        .unwrap());
+
+    let (go, next) = oneshot::channel();
+    let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, next);
+    go.send(()).unwrap();
+    committed_within_the_test(bulk, "the batch is written without waiting out the linger").await;
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 2);
+    acked_tx.send(()).unwrap();
+    acking.await.unwrap();
 }

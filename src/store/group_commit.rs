@@ -34,6 +34,7 @@ use super::attributions::OwedAttribution;
 use super::write::{record_batch, Part};
 use super::{MessageResults, StoreError};
 use crate::lane::Lane;
+use crate::progress;
 
 /// Writer tasks: one can be writing a batch while another waits for its commit.
 const WRITERS: usize = 2;
@@ -119,6 +120,7 @@ impl GroupCommit {
         results: MessageResults,
     ) -> (MessageResults, Result<Pending, StoreError>) {
         let (reply, answer) = oneshot::channel();
+        progress::handed_over();
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { results, reply }).await {
             return (job.results, Err(writers_gone()));
         }
@@ -169,10 +171,10 @@ async fn write_loop(
 /// The linger is for messages that finish apart: it starts only when no other writer is
 /// writing. Under load one always is, and the batch waiting for the lock grows meanwhile, as it
 /// would without a linger (waiting to fill it instead cost 8 % of the throughput at prefetch
-/// 256). It ends early once the batch holds every message in hand that may still finish: no
-/// other can join (at concurrency 1 every message would wait out the linger), and a repeat
-/// waiting for its observable's rows waits for this very commit. `None` once every handle is
-/// gone and nothing is left.
+/// 256). It ends early once no message in hand may still finish and join it (at concurrency 1
+/// every message would otherwise wait out the linger): every other has joined a batch, or is a
+/// repeat waiting for its observable's rows, maybe for this very commit. `None` once every
+/// handle is gone and nothing is left.
 async fn take_batch(
     receiver: &mut mpsc::Receiver<Job>,
     batching: Batching,
@@ -188,7 +190,7 @@ async fn take_batch(
     while batch.len() < batching.max_messages && runs < MAX_RUNS {
         let job = match receiver.try_recv() {
             Ok(job) => job,
-            Err(TryRecvError::Empty) if lingering && batch.len() < may_join() => {
+            Err(TryRecvError::Empty) if lingering && progress::global().any_may_finish() => {
                 match timeout_at(until, receiver.recv()).await {
                     Ok(Some(job)) => job,
                     // The linger is over, or every handle is gone: write what is here.
@@ -202,11 +204,6 @@ async fn take_batch(
         batch.push(job);
     }
     Some(batch)
-}
-
-/// Messages in hand that may still finish and join a batch (each of this batch's among them).
-fn may_join() -> usize {
-    crate::progress::global().may_finish()
 }
 
 async fn write(pool: &PgPool, batch: Vec<Job>, stats: &GroupCommitStats) {
