@@ -297,6 +297,18 @@ fn submit_in_hand(store: &Store, id: &str, lane: Lane, go: oneshot::Receiver<()>
     }))
 }
 
+/// A store with group commit whose bulk batches linger an hour: a batch that waited out the
+/// linger would never be answered within the test.
+fn lingering_an_hour(db: &TestDb) -> (Store, Arc<GroupCommitStats>) {
+    let stats = Arc::new(GroupCommitStats::default());
+    let hour = Duration::from_secs(3600);
+    let store = db
+        .store
+        .clone()
+        .with_group_commit(64, hour, Arc::clone(&stats));
+    (store, stats)
+}
+
 /// The answer, which must come within the test's wait and say committed.
 async fn committed_within_the_test(answer: Answer, what: &str) {
     let (_, written) = tokio::time::timeout(WAIT, answer)
@@ -310,12 +322,7 @@ async fn committed_within_the_test(answer: Answer, what: &str) {
 async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_for_none() {
     let _in_hand = IN_HAND.lock().await;
     let db = TestDb::new().await;
-    let stats = Arc::new(GroupCommitStats::default());
-    let hour = Duration::from_secs(3600);
-    let store = db
-        .store
-        .clone()
-        .with_group_commit(64, hour, Arc::clone(&stats));
+    let (store, stats) = lingering_an_hour(&db);
     let (first_go, first) = oneshot::channel();
     let (second_go, second) = oneshot::channel();
     let bulk = [
@@ -359,12 +366,7 @@ async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_
 async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
     let _in_hand = IN_HAND.lock().await;
     let db = TestDb::new().await;
-    let stats = Arc::new(GroupCommitStats::default());
-    let hour = Duration::from_secs(3600);
-    let store = db
-        .store
-        .clone()
-        .with_group_commit(64, hour, Arc::clone(&stats));
+    let (store, stats) = lingering_an_hour(&db);
     // Another message in hand, a repeat of an observable being enriched: it waits for that
     // enrichment's rows, so it cannot join the batch before the batch commits.
     let (rows_go, rows) = oneshot::channel::<()>();
@@ -385,12 +387,7 @@ async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
 async fn a_bulk_batch_does_not_wait_for_a_message_whose_results_are_already_committed() {
     let _in_hand = IN_HAND.lock().await;
     let db = TestDb::new().await;
-    let stats = Arc::new(GroupCommitStats::default());
-    let hour = Duration::from_secs(3600);
-    let store = db
-        .store
-        .clone()
-        .with_group_commit(64, hour, Arc::clone(&stats));
+    let (store, stats) = lingering_an_hour(&db);
     // A message whose rows are committed but which is still in hand (acking, say).
     let (committed_tx, committed) = oneshot::channel();
     let (acked_tx, acked) = oneshot::channel::<()>();
