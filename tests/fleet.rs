@@ -329,6 +329,13 @@ fn fleet_args(db: &TestDb, sim: &SimHandle, prefix: &str) -> Vec<String> {
         "3s",
         "--exit-when-idle",
         "3s",
+        // A small prefetch spreads the batch over all three, and a short linger commits soon:
+        // with the defaults (16 in hand, 4 s), two workers can take every message while the
+        // third, holding none, idles out before the first batch has lingered to its commit.
+        "--concurrency",
+        "4",
+        "--bulk-commit-linger",
+        "1s",
     ]
     .iter()
     .map(|s| s.to_string())
