@@ -354,7 +354,7 @@ fn event_metrics(
     )?;
     out.counter_value(
         "mdti_event_relay_passes_total",
-        "Outbox relay passes: each claims the owed events (a transaction) and announces them.",
+        "Outbox relay passes: each claims and announces the owed events (a transaction), unless it ran on the clock and a plain read found none owed.",
         count(&stats.outbox.passes),
     )?;
     if let Some(backlog) = backlog {

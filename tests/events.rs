@@ -14,7 +14,7 @@ use std::time::Duration;
 use mdti_worker::chain::{ActorHit, Evidence};
 use mdti_worker::consumer::WorkerStats;
 use mdti_worker::outbox::{self, OutboxStats, RelayChannels, RelayHandle};
-use mdti_worker::queue::Publisher;
+use mdti_worker::queue::{Publisher, Topology};
 use mdti_worker::store::WalkHits;
 use serde_json::json;
 use support::harness::{
@@ -195,27 +195,55 @@ async fn three_relays_at_once_send_each_owed_event_once() {
     delete_topology(&topology).await;
 }
 
+/// A relay of the test's own, on the test's database and topology.
+struct TestRelay {
+    handle: RelayHandle,
+    stats: Arc<OutboxStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestRelay {
+    async fn start(db: &TestDb, topology: &Topology) -> TestRelay {
+        let channels = RelayChannels {
+            connection: Arc::new(broker_connection().await),
+            topology: topology.clone(),
+        };
+        let (handle, stats) = (RelayHandle::default(), Arc::new(OutboxStats::default()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(outbox::run(
+            db.store.clone(),
+            handle.clone(),
+            Arc::clone(&stats),
+            channels,
+            stopped,
+        ));
+        TestRelay {
+            handle,
+            stats,
+            stop,
+            task,
+        }
+    }
+
+    fn passes(&self) -> u64 {
+        self.stats.passes.load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn wakes_from_the_messages_of_one_commit_run_one_relay_pass() {
     let db = TestDb::new().await;
     let topology = fresh_topology();
     let events = EventsTap::bind(&topology).await;
-    let channels = RelayChannels {
-        connection: Arc::new(broker_connection().await),
-        topology: topology.clone(),
-    };
-    let (handle, stats) = (RelayHandle::default(), Arc::new(OutboxStats::default()));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(outbox::run(
-        db.store.clone(),
-        handle.clone(),
-        Arc::clone(&stats),
-        channels,
-        stopped,
-    ));
-    let passes = || stats.passes.load(Ordering::Relaxed);
+    let relay = TestRelay::start(&db, &topology).await;
     eventually(Duration::from_secs(10), "the pass at start", || async {
-        passes() == 1
+        relay.passes() == 1
     })
     .await;
 
@@ -228,20 +256,47 @@ async fn wakes_from_the_messages_of_one_commit_run_one_relay_pass() {
             .unwrap();
     }
     for _ in 0..5 {
-        handle.wake();
+        relay.handle.wake();
     }
     eventually(Duration::from_secs(10), "the five announced", || async {
-        stats.announced.load(Ordering::Relaxed) == 5
+        relay.stats.announced.load(Ordering::Relaxed) == 5
     })
     .await;
     // Well within the relay's interval: a pass now would be one of the wakes'.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    assert_eq!(passes(), 2, "the pass at start, and one for the commit");
+    assert_eq!(
+        relay.passes(),
+        2,
+        "the pass at start, and one for the commit"
+    );
     assert_eq!(events.assert_every_attribution_announced(&db, 0).await, 5);
-    stop.send(true).unwrap();
-    relay.await.unwrap();
+    relay.stop().await;
     events.close().await;
+    delete_topology(&topology).await;
+}
+
+#[tokio::test]
+async fn relay_passes_on_the_clock_that_find_nothing_owed_open_no_transaction() {
+    let db = TestDb::new().await;
+    let topology = fresh_topology();
+    let relay = TestRelay::start(&db, &topology).await;
+    eventually(
+        Duration::from_secs(10),
+        "the pass at start and one on the clock",
+        || async { relay.passes() >= 2 },
+    )
+    .await;
+    // A backend reports its transactions to the statistics once it has been idle a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let rollbacks = db
+        .query_count(
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .await;
+    assert_eq!(rollbacks, 0, "no claim was opened and given back");
+    relay.stop().await;
     delete_topology(&topology).await;
 }
 

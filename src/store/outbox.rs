@@ -55,6 +55,13 @@ fn decode_band(text: &str) -> Result<Band, StoreError> {
 }
 
 impl Store {
+    /// Whether any event is owed (held by another relay or not): one autocommitted read of the
+    /// partial index, cheaper than a claim's transaction when the answer is mostly no.
+    pub async fn any_owed_events(&self) -> Result<bool, StoreError> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM actor_attributions WHERE owed)";
+        Ok(sqlx::query_scalar(sql).fetch_one(self.pool()).await?)
+    }
+
     /// Claim up to `limit` owed events, oldest first, skipping rows another relay holds.
     pub async fn claim_owed_events(&self, limit: i64) -> Result<ClaimedEvents, StoreError> {
         // A mark lost in a crash only means the event is sent again: no need to wait for the
