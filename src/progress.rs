@@ -64,6 +64,9 @@ pub struct Progress {
     next: AtomicU64,
     tracked: Mutex<HashMap<u64, Tracked>>,
     stalled: AtomicBool,
+    /// Told when a message in hand may have stopped being one that may still finish (see
+    /// [`Progress::any_may_finish`]): it left, or began to wait as a repeat.
+    may_finish_fewer: tokio::sync::Notify,
 }
 
 /// The process's one [`Progress`].
@@ -79,6 +82,9 @@ pub fn waiting(point: &'static str) -> WaitGuard {
     if let Some(waits) = &waits {
         if let Ok(mut map) = waits.lock() {
             *map.entry(point).or_default() += 1;
+        }
+        if point == point::REPEAT {
+            global().may_finish_fewer.notify_waiters();
         }
     }
     WaitGuard { waits, point }
@@ -123,6 +129,7 @@ impl Drop for Untrack {
         if let Ok(mut tracked) = self.0.tracked.lock() {
             tracked.remove(&self.1);
         }
+        self.0.may_finish_fewer.notify_waiters();
     }
 }
 
@@ -134,6 +141,7 @@ impl Progress {
             next: AtomicU64::new(0),
             tracked: Mutex::new(HashMap::new()),
             stalled: AtomicBool::new(false),
+            may_finish_fewer: tokio::sync::Notify::new(),
         }
     }
 
@@ -200,6 +208,22 @@ impl Progress {
                     .lock()
                     .map_or(true, |waits| !waits.contains_key(point::REPEAT))
         })
+    }
+
+    /// Resolves once no message in hand may still finish ([`Progress::any_may_finish`]). It
+    /// looks again whenever a message leaves or begins to wait as a repeat: a message that
+    /// hands its results over instead is seen arriving by whoever waits for them.
+    pub async fn none_may_finish(&self) {
+        loop {
+            let fewer = self.may_finish_fewer.notified();
+            tokio::pin!(fewer);
+            // Registered before the look, so a change between the two is not missed.
+            fewer.as_mut().enable();
+            if !self.any_may_finish() {
+                return;
+            }
+            fewer.await;
+        }
     }
 
     /// Whether the watchdog found the worker stalled (and nothing moved since).

@@ -414,3 +414,60 @@ async fn a_bulk_batch_does_not_wait_for_a_message_whose_results_are_already_comm
     acked_tx.send(()).unwrap();
     acking.await.unwrap();
 }
+
+/// A message in hand that may still finish: it waits at `point` until `go`, and `then` decides
+/// what it does next (nothing, when it leaves).
+fn in_hand_waiting(
+    id: &str,
+    point: &'static str,
+    go: oneshot::Receiver<()>,
+    then: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(progress::global().track(id, async move {
+        let _ = progress::wait_at(point, go).await;
+        then.await
+    }))
+}
+
+#[tokio::test]
+async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join_leaves() {
+    let _in_hand = IN_HAND.lock().await;
+    let db = TestDb::new().await;
+    let (store, stats) = lingering_an_hour(&db);
+    // A message waiting for Graph that will fail and leave without results (retried later).
+    let (fails_go, fails) = oneshot::channel();
+    let failing = in_hand_waiting("failing-1", progress::point::GRAPH_ANSWER, fails, async {});
+    let (go, next) = oneshot::channel();
+    let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, next);
+    go.send(()).unwrap();
+    submitted(&stats, 1).await;
+
+    fails_go.send(()).unwrap();
+    failing.await.unwrap();
+    committed_within_the_test(bulk, "the batch is written once nothing can join it").await;
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join_turns_repeat() {
+    let _in_hand = IN_HAND.lock().await;
+    let db = TestDb::new().await;
+    let (store, stats) = lingering_an_hour(&db);
+    // A message waiting for Graph, then for another message's rows of its observable: once
+    // it waits for those, it cannot join the batch before the batch commits.
+    let (answer_go, answer) = oneshot::channel();
+    let (rows_go, rows) = oneshot::channel::<()>();
+    let repeat = in_hand_waiting("repeat-1", progress::point::GRAPH_ANSWER, answer, async {
+        let _ = progress::wait_at(progress::point::REPEAT, rows).await;
+    });
+    let (go, next) = oneshot::channel();
+    let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, next);
+    go.send(()).unwrap();
+    submitted(&stats, 1).await;
+
+    answer_go.send(()).unwrap();
+    committed_within_the_test(bulk, "the batch is written once nothing can join it").await;
+    assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
+    rows_go.send(()).unwrap();
+    repeat.await.unwrap();
+}

@@ -172,9 +172,10 @@ async fn write_loop(
 /// writing. Under load one always is, and the batch waiting for the lock grows meanwhile, as it
 /// would without a linger (waiting to fill it instead cost 8 % of the throughput at prefetch
 /// 256). It ends early once no message in hand may still finish and join it (at concurrency 1
-/// every message would otherwise wait out the linger): every other has joined a batch, or is a
-/// repeat waiting for its observable's rows, maybe for this very commit. `None` once every
-/// handle is gone and nothing is left.
+/// every message would otherwise wait out the linger): every other has joined a batch, left
+/// without results, or is a repeat waiting for its observable's rows, maybe for this very
+/// commit; it is told when the last one leaves or turns repeat. `None` once every handle is
+/// gone and nothing is left.
 async fn take_batch(
     receiver: &mut mpsc::Receiver<Job>,
     batching: Batching,
@@ -191,10 +192,15 @@ async fn take_batch(
         let job = match receiver.try_recv() {
             Ok(job) => job,
             Err(TryRecvError::Empty) if lingering && progress::global().any_may_finish() => {
-                match timeout_at(until, receiver.recv()).await {
-                    Ok(Some(job)) => job,
-                    // The linger is over, or every handle is gone: write what is here.
-                    _ => break,
+                tokio::select! {
+                    biased;
+                    joined = timeout_at(until, receiver.recv()) => match joined {
+                        Ok(Some(job)) => job,
+                        // The linger is over, or every handle is gone: write what is here.
+                        _ => break,
+                    },
+                    // The last that could have joined left or turned repeat: look once more.
+                    () = progress::global().none_may_finish() => continue,
                 }
             }
             Err(_) => break,
