@@ -369,10 +369,8 @@ async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
     let (store, stats) = lingering_an_hour(&db);
     // Another message in hand, a repeat of an observable being enriched: it waits for that
     // enrichment's rows, so it cannot join the batch before the batch commits.
-    let (rows_go, rows) = oneshot::channel::<()>();
-    let repeat = tokio::spawn(progress::global().track("repeat-1", async move {
-        progress::wait_at(progress::point::REPEAT, rows).await
-    }));
+    let (rows_go, rows) = oneshot::channel();
+    let repeat = in_hand_waiting("repeat-1", progress::point::REPEAT, rows, async {});
     let (go, first) = oneshot::channel();
     let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, first);
 
@@ -380,7 +378,7 @@ async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
     committed_within_the_test(bulk, "the batch is written without waiting out the linger").await;
     assert_eq!(stats.transactions.load(Ordering::Relaxed), 1);
     rows_go.send(()).unwrap();
-    repeat.await.unwrap().unwrap();
+    repeat.await.unwrap();
 }
 
 #[tokio::test]
@@ -429,6 +427,15 @@ fn in_hand_waiting(
     }))
 }
 
+/// A bulk message in hand whose results were handed over: its batch lingers for company.
+async fn bulk_lingering(store: &Store, stats: &GroupCommitStats) -> Answer {
+    let (go, next) = oneshot::channel();
+    let bulk = submit_in_hand(store, "bulk-1", Lane::Bulk, next);
+    go.send(()).unwrap();
+    submitted(stats, 1).await;
+    bulk
+}
+
 #[tokio::test]
 async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join_leaves() {
     let _in_hand = IN_HAND.lock().await;
@@ -437,10 +444,7 @@ async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join
     // A message waiting for Graph that will fail and leave without results (retried later).
     let (fails_go, fails) = oneshot::channel();
     let failing = in_hand_waiting("failing-1", progress::point::GRAPH_ANSWER, fails, async {});
-    let (go, next) = oneshot::channel();
-    let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, next);
-    go.send(()).unwrap();
-    submitted(&stats, 1).await;
+    let bulk = bulk_lingering(&store, &stats).await;
 
     fails_go.send(()).unwrap();
     failing.await.unwrap();
@@ -460,10 +464,7 @@ async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join
     let repeat = in_hand_waiting("repeat-1", progress::point::GRAPH_ANSWER, answer, async {
         let _ = progress::wait_at(progress::point::REPEAT, rows).await;
     });
-    let (go, next) = oneshot::channel();
-    let bulk = submit_in_hand(&store, "bulk-1", Lane::Bulk, next);
-    go.send(()).unwrap();
-    submitted(&stats, 1).await;
+    let bulk = bulk_lingering(&store, &stats).await;
 
     answer_go.send(()).unwrap();
     committed_within_the_test(bulk, "the batch is written once nothing can join it").await;
