@@ -297,16 +297,24 @@ fn submit_in_hand(store: &Store, id: &str, lane: Lane, go: oneshot::Receiver<()>
     }))
 }
 
-/// A store with group commit whose bulk batches linger an hour: a batch that waited out the
-/// linger would never be answered within the test.
-fn lingering_an_hour(db: &TestDb) -> (Store, Arc<GroupCommitStats>) {
+/// The hold on the process's messages in hand ([`IN_HAND`]), a test database, and a store on it
+/// with group commit whose bulk batches linger an hour: a batch that waited out the linger would
+/// never be answered within the test.
+async fn lingering_an_hour() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    TestDb,
+    Store,
+    Arc<GroupCommitStats>,
+) {
+    let in_hand = IN_HAND.lock().await;
+    let db = TestDb::new().await;
     let stats = Arc::new(GroupCommitStats::default());
     let hour = Duration::from_secs(3600);
     let store = db
         .store
         .clone()
         .with_group_commit(64, hour, Arc::clone(&stats));
-    (store, stats)
+    (in_hand, db, store, stats)
 }
 
 /// The answer, which must come within the test's wait and say committed.
@@ -320,9 +328,7 @@ async fn committed_within_the_test(answer: Answer, what: &str) {
 
 #[tokio::test]
 async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_for_none() {
-    let _in_hand = IN_HAND.lock().await;
-    let db = TestDb::new().await;
-    let (store, stats) = lingering_an_hour(&db);
+    let (_in_hand, db, store, stats) = lingering_an_hour().await;
     let (first_go, first) = oneshot::channel();
     let (second_go, second) = oneshot::channel();
     let bulk = [
@@ -364,9 +370,7 @@ async fn bulk_messages_finishing_apart_share_a_transaction_and_a_live_one_waits_
 
 #[tokio::test]
 async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
-    let _in_hand = IN_HAND.lock().await;
-    let db = TestDb::new().await;
-    let (store, stats) = lingering_an_hour(&db);
+    let (_in_hand, _db, store, stats) = lingering_an_hour().await;
     // Another message in hand, a repeat of an observable being enriched: it waits for that
     // enrichment's rows, so it cannot join the batch before the batch commits.
     let (rows_go, rows) = oneshot::channel();
@@ -383,9 +387,7 @@ async fn a_bulk_batch_does_not_wait_for_a_repeat_that_waits_for_its_commit() {
 
 #[tokio::test]
 async fn a_bulk_batch_does_not_wait_for_a_message_whose_results_are_already_committed() {
-    let _in_hand = IN_HAND.lock().await;
-    let db = TestDb::new().await;
-    let (store, stats) = lingering_an_hour(&db);
+    let (_in_hand, _db, store, stats) = lingering_an_hour().await;
     // A message whose rows are committed but which is still in hand (acking, say).
     let (committed_tx, committed) = oneshot::channel();
     let (acked_tx, acked) = oneshot::channel::<()>();
@@ -438,9 +440,7 @@ async fn bulk_lingering(store: &Store, stats: &GroupCommitStats) -> Answer {
 
 #[tokio::test]
 async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join_leaves() {
-    let _in_hand = IN_HAND.lock().await;
-    let db = TestDb::new().await;
-    let (store, stats) = lingering_an_hour(&db);
+    let (_in_hand, _db, store, stats) = lingering_an_hour().await;
     // A message waiting for Graph that will fail and leave without results (retried later).
     let (fails_go, fails) = oneshot::channel();
     let failing = in_hand_waiting("failing-1", progress::point::GRAPH_ANSWER, fails, async {});
@@ -454,9 +454,7 @@ async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join
 
 #[tokio::test]
 async fn a_lingering_bulk_batch_is_written_once_the_last_message_that_could_join_turns_repeat() {
-    let _in_hand = IN_HAND.lock().await;
-    let db = TestDb::new().await;
-    let (store, stats) = lingering_an_hour(&db);
+    let (_in_hand, _db, store, stats) = lingering_an_hour().await;
     // A message waiting for Graph, then for another message's rows of its observable: once
     // it waits for those, it cannot join the batch before the batch commits.
     let (answer_go, answer) = oneshot::channel();

@@ -191,18 +191,17 @@ async fn take_batch(
     while batch.len() < batching.max_messages && runs < MAX_RUNS {
         let job = match receiver.try_recv() {
             Ok(job) => job,
-            Err(TryRecvError::Empty) if lingering && progress::global().any_may_finish() => {
-                tokio::select! {
-                    biased;
-                    joined = timeout_at(until, receiver.recv()) => match joined {
-                        Ok(Some(job)) => job,
-                        // The linger is over, or every handle is gone: write what is here.
-                        _ => break,
-                    },
-                    // The last that could have joined left or turned repeat: look once more.
-                    () = progress::global().none_may_finish() => continue,
-                }
-            }
+            Err(TryRecvError::Empty) if lingering => tokio::select! {
+                biased;
+                joined = timeout_at(until, receiver.recv()) => match joined {
+                    Ok(Some(job)) => job,
+                    // The linger is over, or every handle is gone: write what is here.
+                    _ => break,
+                },
+                // No message in hand may still join (at once, or once the last left or
+                // turned repeat).
+                () = progress::global().none_may_finish() => break,
+            },
             Err(_) => break,
         };
         lingering &= job.results.lane() == Lane::Bulk;

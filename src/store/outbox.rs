@@ -56,7 +56,9 @@ fn decode_band(text: &str) -> Result<Band, StoreError> {
 
 impl Store {
     /// Whether any event is owed (held by another relay or not): one autocommitted read of the
-    /// partial index, cheaper than a claim's transaction when the answer is mostly no.
+    /// partial index, cheaper than a claim's transaction when the answer is mostly no. Not
+    /// [`Store::outbox_backlog`]: that counts every owed row, thousands while the broker is
+    /// away, and this stops at the first.
     pub async fn any_owed_events(&self) -> Result<bool, StoreError> {
         let sql = "SELECT EXISTS (SELECT 1 FROM actor_attributions WHERE owed)";
         Ok(sqlx::query_scalar(sql).fetch_one(self.pool()).await?)
